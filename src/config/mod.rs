@@ -1,0 +1,279 @@
+//! The configuration: one YAML file read once into typed, validated structs.
+//! Nothing outside this module sees YAML; everything else sees `Config`.
+//! Secrets are resolved here and carried as `Secret`, which never prints.
+
+mod decode;
+pub mod error;
+pub mod interpolate;
+mod locate;
+pub mod path;
+pub mod secret;
+mod ser;
+pub mod services;
+mod summary;
+pub mod units;
+pub mod upstreams;
+#[cfg(test)]
+mod tests;
+mod validate;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use decode::{Decoder, Node};
+pub use error::{ConfigError, ConfigErrors, Location};
+use interpolate::{Lookup, ProcessLookup};
+pub use secret::Secret;
+pub use services::{Auth, Service};
+pub use summary::summary;
+pub use upstreams::UpstreamGroup;
+pub use webhooks::{Delivery, Webhook};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: Listen,
+    pub admin: Admin,
+    #[serde(serialize_with = "ser::duration")]
+    pub drain_delay: Duration,
+    #[serde(serialize_with = "ser::duration")]
+    pub shutdown_grace: Duration,
+    pub store: Store,
+    pub services: Vec<Service>,
+    pub upstreams: Vec<UpstreamGroup>,
+    pub webhooks: Vec<Webhook>,
+    pub delivery: Option<Delivery>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listen {
+    pub egress: SocketAddr,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Admin {
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoreKind {
+    Local { path: PathBuf },
+    Redis { urls: Vec<Secret> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Store {
+    #[serde(flatten)]
+    pub kind: StoreKind,
+    pub prefix: String,
+}
+
+impl Config {
+    /// Reads, resolves and validates `path`, reporting every error found.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let file = path.display().to_string();
+        let source = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError { path: "(file)".into(), message: format!("cannot read the file: {err}"), location: None }],
+        })?;
+        Self::from_yaml(&source, &file, &ProcessLookup)
+    }
+
+    pub fn from_yaml(source: &str, file: &str, lookup: &dyn Lookup) -> Result<Self, ConfigErrors> {
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(source).map_err(|err| ConfigErrors {
+            file: file.to_string(),
+            errors: vec![syntax_error(source, &err)],
+        })?;
+        let mut decoder = Decoder::new(lookup);
+        let config = decode_document(&mut decoder, &Node::root(&value));
+        if let Some(config) = config.as_ref() {
+            validate::check(&mut decoder, config);
+        }
+        let errors = decoder.into_errors();
+        if errors.is_empty() {
+            if let Some(config) = config {
+                return Ok(config);
+            }
+        }
+        let mut errors: Vec<ConfigError> = errors
+            .into_iter()
+            .map(|(path, message)| ConfigError {
+                location: locate::locate(source, path.segments()),
+                path: path.to_string(),
+                message,
+            })
+            .collect();
+        errors.sort_by_key(|e| e.location.map(|l| (l.line, l.column)).unwrap_or((usize::MAX, 0)));
+        Err(ConfigErrors { file: file.to_string(), errors })
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+fn syntax_error(source: &str, err: &serde_yaml_ng::Error) -> ConfigError {
+    let location = err.location().map(|l| Location { line: l.line(), column: l.column() });
+    let mut message = format!("invalid YAML: {}", strip_position(&err.to_string()));
+    let line_text = location.and_then(|l| source.lines().nth(l.line.saturating_sub(1))).unwrap_or("");
+    if line_text.contains("${") && (line_text.contains('{') || line_text.contains('[')) {
+        message.push_str("; inside { } or [ ] write references in quotes, e.g. token: \"${env:NAME}\"");
+    }
+    ConfigError { path: "(document)".into(), message, location }
+}
+
+/// serde_yaml's messages end with "at line L column C"; we print the position our own way.
+fn strip_position(message: &str) -> &str {
+    message.split(" at line ").next().unwrap_or(message)
+}
+
+const TOP_LEVEL_KEYS: &[&str] =
+    &["listen", "admin", "drain_delay", "shutdown_grace", "store", "services", "upstreams", "webhooks", "delivery"];
+
+fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
+    if root.value.is_null() {
+        d.error(&root.path, "the file is empty");
+        return None;
+    }
+    let f = d.fields(root, TOP_LEVEL_KEYS)?;
+    let listen = match f.get("listen") {
+        Some(n) => decode_listen(d, &n),
+        None => Some(default_listen()),
+    };
+    let admin = match f.get("admin") {
+        Some(n) => decode_admin(d, &n),
+        None => Some(Admin::default()),
+    };
+    let drain_delay = match f.get("drain_delay") {
+        Some(n) => d.duration(&n),
+        None => Some(Duration::from_secs(5)),
+    };
+    let shutdown_grace = match f.get("shutdown_grace") {
+        Some(n) => d.duration(&n),
+        None => Some(Duration::from_secs(25)),
+    };
+    let store = match f.get("store") {
+        Some(n) => decode_store(d, &n),
+        None => Some(Store { kind: StoreKind::Local { path: PathBuf::from("./data") }, prefix: "sidecar".into() }),
+    };
+    let services = named_entries(d, f.get("services"), services::decode_service);
+    let upstreams = named_entries(d, f.get("upstreams"), upstreams::decode_upstream);
+    // Webhook targets are checked against every upstream that was named, even
+    // one whose own entry had errors, so that one mistake is reported once.
+    let upstream_names: Vec<String> = f.get("upstreams").and_then(|n| n.value.as_mapping().map(|m| m.keys().filter_map(|k| k.as_str().map(String::from)).collect())).unwrap_or_default();
+    let webhooks = named_entries(d, f.get("webhooks"), |d, name, node| webhooks::decode_webhook(d, name, node, &upstream_names));
+    let delivery = f.get("delivery").map(|n| webhooks::decode_delivery_section(d, &n));
+    Some(Config {
+        listen: listen?,
+        admin: admin?,
+        drain_delay: drain_delay?,
+        shutdown_grace: shutdown_grace?,
+        store: store?,
+        services,
+        upstreams,
+        webhooks,
+        delivery: delivery.flatten(),
+    })
+}
+
+fn named_entries<T>(d: &mut Decoder, node: Option<Node>, mut decode: impl FnMut(&mut Decoder, &str, &Node) -> Option<T>) -> Vec<T> {
+    let Some(node) = node else { return Vec::new() };
+    d.entries(&node).into_iter().filter_map(|(name, entry)| decode(d, &name, &entry)).collect()
+}
+
+fn default_listen() -> Listen {
+    Listen {
+        egress: SocketAddr::from(([127, 0, 0, 1], 15001)),
+        ingress: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+    }
+}
+
+fn decode_listen(d: &mut Decoder, node: &Node) -> Option<Listen> {
+    let f = d.fields(node, &["egress", "ingress", "admin"])?;
+    let defaults = default_listen();
+    let mut addr = |key: &str, default: SocketAddr| match f.get(key) {
+        Some(n) => d.socket_addr(&n),
+        None => Some(default),
+    };
+    let egress = addr("egress", defaults.egress);
+    let ingress = addr("ingress", defaults.ingress);
+    let admin = addr("admin", defaults.admin);
+    Some(Listen { egress: egress?, ingress: ingress?, admin: admin? })
+}
+
+fn decode_admin(d: &mut Decoder, node: &Node) -> Option<Admin> {
+    let f = d.fields(node, &["token"])?;
+    let token = match f.get("token") {
+        Some(n) => {
+            let token = d.secret(&n)?;
+            // An empty value (e.g. `${env:SIDECAR_ADMIN_TOKEN:-}`) means "no token".
+            if token.expose().is_empty() {
+                None
+            } else if token.expose().len() < webhooks::MIN_SECRET_BYTES {
+                d.error(&n.path, format!("token is {} bytes long; at least {} are required", token.expose().len(), webhooks::MIN_SECRET_BYTES));
+                return None;
+            } else {
+                Some(token)
+            }
+        }
+        None => None,
+    };
+    Some(Admin { token })
+}
+
+fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
+    let f = d.fields(node, &["kind", "path", "url", "prefix"])?;
+    let kind = match f.get("kind") {
+        Some(n) => d.choice(&n, &[("local", false), ("redis", true)])?,
+        None => false,
+    };
+    let prefix = match f.get("prefix") {
+        Some(n) => d.parsed(&n, |p| {
+            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b':') {
+                Ok(p.to_string())
+            } else {
+                Err(format!("invalid prefix \"{p}\": use letters, digits, '-', '_' and ':'"))
+            }
+        }),
+        None => Some("sidecar".to_string()),
+    };
+    let kind = if kind {
+        if let Some(n) = f.get("path") {
+            d.error(&n.path, "only applies to kind: local");
+        }
+        let urls = d.required(&f, "url").and_then(|n| {
+            let url = |d: &mut Decoder, item: &Node| {
+                d.parsed(item, |u| {
+                    if u.starts_with("redis://") || u.starts_with("rediss://") {
+                        Ok(Secret::new(u))
+                    } else {
+                        Err("invalid Redis URL: expected redis://host:port[/db] or rediss:// for TLS".to_string())
+                    }
+                })
+            };
+            if n.value.is_sequence() {
+                d.list(&n, url)
+            } else {
+                url(d, &n).map(|u| vec![u])
+            }
+        });
+        StoreKind::Redis { urls: urls? }
+    } else {
+        if let Some(n) = f.get("url") {
+            d.error(&n.path, "only applies to kind: redis");
+        }
+        let path = match f.get("path") {
+            Some(n) => d.non_empty_string(&n).map(PathBuf::from)?,
+            None => PathBuf::from("./data"),
+        };
+        StoreKind::Local { path }
+    };
+    Some(Store { kind, prefix: prefix? })
+}

@@ -1,0 +1,16 @@
+//! How typed values are written back out in `/admin/config`: durations in the
+//! configuration's own syntax, so operators can compare it with their file.
+
+use std::time::Duration;
+
+use serde::Serializer;
+
+use super::units::format_duration;
+
+pub fn duration<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_duration(*value))
+}
+
+pub fn percent<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{}%", value * 100.0))
+}

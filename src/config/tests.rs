@@ -1,0 +1,230 @@
+//! Loading whole documents: defaults, every validation error with its exact
+//! message, path and position, and that all errors are reported at once.
+
+use std::time::Duration;
+
+use super::interpolate::MapLookup;
+use super::services::{ApiKeyPlacement, ClientAuth};
+use super::*;
+
+fn lookup() -> MapLookup {
+    let mut lookup = MapLookup::default();
+    lookup.env.insert("STRIPE_KEY".into(), "sk_test_1234567890".into());
+    lookup.files.insert("/secrets/sup".into(), "client-secret-value\n".into());
+    lookup
+}
+
+fn load(yaml: &str) -> Result<Config, ConfigErrors> {
+    Config::from_yaml(yaml, "test.yaml", &lookup())
+}
+
+/// The rendered error lines, for exact comparison.
+fn errors(yaml: &str) -> Vec<String> {
+    load(yaml).expect_err("expected configuration errors").errors.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn an_empty_mapping_gets_every_default() {
+    let config = load("{}").unwrap();
+    assert_eq!(config.listen.egress.to_string(), "127.0.0.1:15001");
+    assert_eq!(config.listen.ingress.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.listen.admin.to_string(), "127.0.0.1:9901");
+    assert_eq!(config.drain_delay, Duration::from_secs(5));
+    assert_eq!(config.shutdown_grace, Duration::from_secs(25));
+    assert!(matches!(&config.store.kind, StoreKind::Local { path } if path.to_str() == Some("./data")));
+    assert_eq!(config.store.prefix, "sidecar");
+    assert!(config.admin.token.is_none());
+}
+
+#[test]
+fn reads_every_auth_kind_with_secrets_resolved() {
+    let config = load(
+        r#"
+services:
+  stripe:
+    route: /stripe
+    upstream: https://api.stripe.com
+    auth: { kind: bearer, token: "${env:STRIPE_KEY}" }
+  resend:
+    route: /resend
+    upstream: https://api.resend.com
+    connect_timeout: 250ms
+    timeout: 1m
+    auth: { kind: api_key, query: api_key, value: k-1 }
+  twilio:
+    route: /twilio
+    upstream: https://api.twilio.com
+    auth: { kind: basic, username: AC1, password: "${env:MISSING:-pw}" }
+  suppliers:
+    route: /suppliers
+    upstream: http://127.0.0.1:9000/v2
+    auth:
+      kind: oauth2
+      token_url: http://127.0.0.1:9001/token
+      client_id: sup
+      client_secret: ${file:/secrets/sup}
+      scopes: [suppliers.read, suppliers.write]
+      audience: suppliers
+      client_auth: body
+"#,
+    )
+    .unwrap();
+    let stripe = config.service("stripe").unwrap();
+    assert!(matches!(&stripe.auth, Some(Auth::Bearer { token }) if token.expose() == "sk_test_1234567890"));
+    assert_eq!(stripe.timeout, Duration::from_secs(30));
+    let resend = config.service("resend").unwrap();
+    assert_eq!((resend.connect_timeout, resend.timeout), (Duration::from_millis(250), Duration::from_secs(60)));
+    assert!(matches!(&resend.auth, Some(Auth::ApiKey { placement: ApiKeyPlacement::Query(q), .. }) if q == "api_key"));
+    assert!(matches!(&config.service("twilio").unwrap().auth, Some(Auth::Basic { password, .. }) if password.expose() == "pw"));
+    let Some(Auth::OAuth2(oauth)) = &config.service("suppliers").unwrap().auth else { panic!("oauth2 expected") };
+    assert_eq!(oauth.client_secret.expose(), "client-secret-value");
+    assert_eq!(oauth.scopes, ["suppliers.read", "suppliers.write"]);
+    assert_eq!(oauth.client_auth, ClientAuth::Body);
+    assert_eq!(oauth.refresh_before, Duration::from_secs(60));
+    assert_eq!(config.service("suppliers").unwrap().upstream.base_path, "/v2");
+}
+
+#[test]
+fn unknown_keys_are_errors_with_a_suggestion_and_position() {
+    assert_eq!(
+        errors("services:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n    conect_timeout: 5s\n"),
+        ["services.stripe.conect_timeout: unknown key \"conect_timeout\"; did you mean \"connect_timeout\"? (expected one of: route, upstream, ca_file, connect_timeout, timeout, auth, rate_limit, circuit_breaker, retry, idempotency_key) (line 5, column 21)"]
+    );
+}
+
+#[test]
+fn bad_durations_addresses_and_urls_name_their_path() {
+    assert_eq!(
+        errors("listen:\n  egress: localhost:15001\nservices:\n  s:\n    route: /s\n    upstream: api.example.com\n    timeout: 30\n"),
+        [
+            "listen.egress: invalid address \"localhost:15001\": expected IP:port (e.g. 127.0.0.1:15001 or [::1]:15001) (line 2, column 11)",
+            "services.s.upstream: invalid URL \"api.example.com\": the scheme must be http or https (line 6, column 15)",
+            "services.s.timeout: invalid duration \"30\": expected a number followed by ms, s, m, h or d (e.g. 250ms, 30s, 1h30m) (line 7, column 14)",
+        ]
+    );
+}
+
+#[test]
+fn missing_environment_variables_and_files_name_the_key() {
+    assert_eq!(
+        errors("services:\n  s:\n    route: /s\n    upstream: https://x.example\n    auth:\n      kind: bearer\n      token: ${env:NOT_SET}\nadmin:\n  token: ${file:/nope}\n"),
+        [
+            "services.s.auth.token: environment variable NOT_SET is not set (referenced as ${env:NOT_SET}; use ${env:NOT_SET:-default} for a default) (line 7, column 14)",
+            "admin.token: cannot read /nope (referenced as ${file:/nope}): No such file or directory (line 9, column 10)",
+        ]
+    );
+}
+
+#[test]
+fn duplicate_and_shadowing_routes_are_errors() {
+    assert_eq!(
+        errors("services:\n  a:\n    route: /pay\n    upstream: https://a.example\n  b:\n    route: /pay\n    upstream: https://b.example\n  c:\n    route: /pay/v2\n    upstream: https://c.example\n"),
+        [
+            "services.b.route: route /pay is already used by services.a (line 6, column 12)",
+            "services.c.route: route /pay/v2 lies under route /pay of services.a: it would shadow part of that service (line 9, column 12)",
+            "services.c.route: route /pay/v2 lies under route /pay of services.b: it would shadow part of that service (line 9, column 12)",
+        ]
+    );
+}
+
+#[test]
+fn malformed_routes_are_errors() {
+    assert_eq!(
+        errors("services:\n  a:\n    route: pay/\n    upstream: https://a.example\n"),
+        ["services.a.route: invalid route \"pay/\": it must start with / (line 3, column 12)"]
+    );
+}
+
+#[test]
+fn webhook_targets_must_name_an_upstream_and_secrets_must_be_long_enough() {
+    let yaml = r#"
+webhooks:
+  stripe:
+    path: /webhooks/stripe
+    verify: { kind: stripe, secrets: [short] }
+    routes: [{ events: ["*"], targets: [nowhere] }]
+"#;
+    assert_eq!(
+        errors(yaml),
+        [
+            "webhooks.stripe.verify.secrets[0]: secret is 5 bytes long; at least 16 are required (line 5, column 39)",
+            "webhooks.stripe.routes[0].targets[0]: target \"nowhere\" names no entry under upstreams (none are defined) (line 6, column 41)",
+        ]
+    );
+}
+
+#[test]
+fn features_not_built_yet_are_refused_not_ignored() {
+    let yaml = r#"
+services:
+  stripe:
+    route: /stripe
+    upstream: https://api.stripe.com
+    rate_limit: { requests: 100, per: 1m }
+    idempotency_key: auto
+upstreams:
+  notify: { backends: [127.0.0.1:7001] }
+webhooks:
+  stripe:
+    path: /webhooks/stripe
+    verify: { kind: stripe, secrets: [whsec_0123456789abcdef] }
+    routes: [{ events: ["*"], targets: [notify] }]
+"#;
+    let not_yet = "not supported yet by this version of wedsync-sidecar; remove it (it would otherwise be silently ignored)";
+    assert_eq!(
+        errors(yaml),
+        [
+            format!("services.stripe.rate_limit: {not_yet} (line 6, column 17)"),
+            format!("services.stripe.idempotency_key: {not_yet} (line 7, column 22)"),
+            format!("upstreams: {not_yet} (line 9, column 3)"),
+            format!("webhooks: {not_yet} (line 11, column 3)"),
+        ]
+    );
+}
+
+#[test]
+fn global_rate_limits_need_the_redis_store() {
+    let yaml = "services:\n  s:\n    route: /s\n    upstream: https://x.example\n    rate_limit: { requests: 10, per: 1s, scope: global }\n";
+    let errs = errors(yaml);
+    assert!(errs.contains(&"services.s.rate_limit.scope: scope: global needs store.kind: redis so that replicas share one budget; with the local store use scope: local (line 5, column 49)".to_string()), "{errs:?}");
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let yaml = "listen:\n  admin: nope\nservices:\n  a:\n    route: /a\n  b:\n    route: /b\n    upstream: https://b.example\n    auth: { kind: magic }\nshutdown_grace: forever\n";
+    let errs = errors(yaml);
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(errs[0].starts_with("listen.admin: invalid address"));
+    assert_eq!(errs[1], "services.a.upstream: is required (line 5, column 5)");
+    assert!(errs[2].starts_with("services.b.auth.kind: unknown value \"magic\": expected one of bearer, api_key, basic, oauth2"));
+    assert!(errs[3].starts_with("shutdown_grace: invalid duration \"forever\""));
+}
+
+#[test]
+fn listeners_must_not_collide() {
+    assert_eq!(
+        errors("listen: { egress: 127.0.0.1:9000, ingress: 127.0.0.1:9000, admin: 127.0.0.1:9001 }\n"),
+        ["listen.ingress: 127.0.0.1:9000 is already the egress listener (line 1, column 44)"]
+    );
+}
+
+#[test]
+fn unquoted_references_in_flow_collections_get_a_hint() {
+    let errs = errors("services:\n  s:\n    route: /s\n    upstream: https://x.example\n    auth: { kind: bearer, token: ${env:X} }\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("(document): invalid YAML: "), "{}", errs[0]);
+    assert!(errs[0].contains("write references in quotes, e.g. token: \"${env:NAME}\""), "{}", errs[0]);
+}
+
+#[test]
+fn the_effective_config_never_contains_a_secret() {
+    let config = load(
+        "admin: { token: admin-token-0123456789 }\nservices:\n  s:\n    route: /s\n    upstream: https://x.example\n    auth: { kind: bearer, token: \"${env:STRIPE_KEY}\" }\n",
+    )
+    .unwrap();
+    let shown = serde_json::to_string(&config).unwrap();
+    assert!(!shown.contains("sk_test_1234567890"), "{shown}");
+    assert!(!shown.contains("admin-token-0123456789"), "{shown}");
+    assert!(shown.contains("\"token\":\"<redacted>\""), "{shown}");
+    assert!(shown.contains("\"timeout\":\"30s\""), "{shown}");
+}

@@ -1,0 +1,155 @@
+//! `upstreams.<name>`: the internal services that receive delivered events.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::decode::{Decoder, Node};
+use super::services::positive_duration;
+use super::ser;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamGroup {
+    pub name: String,
+    pub backends: Backends,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backends {
+    Static(Vec<WeightedBackend>),
+    Dns {
+        /// `name:port`, resolved in the background.
+        dns: String,
+        #[serde(serialize_with = "ser::duration")]
+        refresh: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightedBackend {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+    Weighted,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub path: String,
+    pub expect: Vec<u16>,
+    #[serde(serialize_with = "ser::duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "ser::duration")]
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+}
+
+pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<UpstreamGroup> {
+    let f = d.fields(node, &["backends", "discovery", "balance", "health_check"])?;
+    let backends = match (f.get("backends"), f.get("discovery")) {
+        (Some(n), None) => d.list(&n, decode_backend).and_then(|list| {
+            if list.is_empty() {
+                d.error(&n.path, "must name at least one backend");
+                return None;
+            }
+            Some(Backends::Static(list))
+        }),
+        (None, Some(n)) => decode_discovery(d, &n),
+        _ => {
+            d.error(&f.path, "set exactly one of `backends` (a list of IP:port) or `discovery: { dns: name:port }`");
+            None
+        }
+    };
+    let balance = match f.get("balance") {
+        Some(n) => d.choice(
+            &n,
+            &[
+                ("round_robin", Balance::RoundRobin),
+                ("least_connections", Balance::LeastConnections),
+                ("weighted", Balance::Weighted),
+                ("random", Balance::Random),
+            ],
+        ),
+        None => Some(Balance::RoundRobin),
+    };
+    let health_check = f.get("health_check").map(|n| decode_health_check(d, &n));
+    Some(UpstreamGroup { name: name.to_string(), backends: backends?, balance: balance?, health_check: health_check.flatten() })
+}
+
+fn decode_backend(d: &mut Decoder, node: &Node) -> Option<WeightedBackend> {
+    if node.value.is_mapping() {
+        let f = d.fields(node, &["addr", "weight"])?;
+        let addr = d.required(&f, "addr").and_then(|n| d.socket_addr(&n));
+        let weight = match f.get("weight") {
+            Some(n) => d.integer(&n, 1, 1000).map(|w| w as u32),
+            None => Some(1),
+        };
+        return Some(WeightedBackend { addr: addr?, weight: weight? });
+    }
+    d.socket_addr(node).map(|addr| WeightedBackend { addr, weight: 1 })
+}
+
+fn decode_discovery(d: &mut Decoder, node: &Node) -> Option<Backends> {
+    let f = d.fields(node, &["dns", "refresh"])?;
+    let dns = d.required(&f, "dns").and_then(|n| {
+        d.parsed(&n, |text| match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(text.to_string()),
+            _ => Err(format!("invalid DNS target \"{text}\": expected name:port")),
+        })
+    });
+    let refresh = positive_duration(d, &f, "refresh", Duration::from_secs(10));
+    Some(Backends::Dns { dns: dns?, refresh: refresh? })
+}
+
+fn decode_health_check(d: &mut Decoder, node: &Node) -> Option<HealthCheck> {
+    let f = d.fields(node, &["kind", "path", "expect", "interval", "timeout", "healthy_after", "unhealthy_after"])?;
+    let kind = match f.get("kind") {
+        Some(n) => d.choice(&n, &[("http", HealthCheckKind::Http), ("tcp", HealthCheckKind::Tcp)]),
+        None => Some(HealthCheckKind::Http),
+    };
+    let path = match f.get("path") {
+        Some(n) => d.parsed(&n, |p| if p.starts_with('/') { Ok(p.to_string()) } else { Err(format!("invalid path \"{p}\": it must start with /")) }),
+        None => Some("/healthz".to_string()),
+    };
+    let expect = match f.get("expect") {
+        Some(n) => d.list(&n, |d, item| d.integer(item, 100, 599).map(|v| v as u16)),
+        None => Some(vec![200]),
+    };
+    let interval = positive_duration(d, &f, "interval", Duration::from_secs(5));
+    let timeout = positive_duration(d, &f, "timeout", Duration::from_secs(1));
+    let count = |d: &mut Decoder, key: &str, default: u32| match f.get(key) {
+        Some(n) => d.integer(&n, 1, 100).map(|v| v as u32),
+        None => Some(default),
+    };
+    let healthy_after = count(d, "healthy_after", 1);
+    let unhealthy_after = count(d, "unhealthy_after", 3);
+    Some(HealthCheck {
+        kind: kind?,
+        path: path?,
+        expect: expect?,
+        interval: interval?,
+        timeout: timeout?,
+        healthy_after: healthy_after?,
+        unhealthy_after: unhealthy_after?,
+    })
+}

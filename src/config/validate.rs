@@ -1,0 +1,116 @@
+//! Checks that span several entries (routes against routes, webhook targets
+//! against upstreams) and the sections whose features are not built yet: those
+//! are refused loudly, never ignored, so a limit that looks configured is one
+//! that applies.
+
+use super::decode::Decoder;
+use super::path::YamlPath;
+use super::services::{IdempotencyKey, LimitScope};
+use super::{Config, StoreKind};
+
+pub fn check(d: &mut Decoder, config: &Config) {
+    check_listeners(d, config);
+    check_routes(d, config);
+    check_webhooks(d, config);
+    check_global_limits(d, config);
+    check_not_supported_yet(d, config);
+}
+
+fn check_listeners(d: &mut Decoder, config: &Config) {
+    let listen = YamlPath::root().key("listen");
+    let l = &config.listen;
+    if l.ingress == l.egress {
+        d.error(&listen.key("ingress"), format!("{} is already the egress listener", l.ingress));
+    }
+    if l.admin == l.egress || l.admin == l.ingress {
+        d.error(&listen.key("admin"), format!("{} is already used by another listener", l.admin));
+    }
+}
+
+/// Does `inner` lie at or below `outer` in whole path segments?
+fn route_covers(outer: &str, inner: &str) -> bool {
+    outer == "/" || inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn check_routes(d: &mut Decoder, config: &Config) {
+    for (i, service) in config.services.iter().enumerate() {
+        let path = YamlPath::root().key("services").key(&service.name).key("route");
+        for earlier in &config.services[..i] {
+            if earlier.route == service.route {
+                d.error(&path, format!("route {} is already used by services.{}", service.route, earlier.name));
+            } else if route_covers(&earlier.route, &service.route) {
+                d.error(&path, format!("route {} lies under route {} of services.{}: it would shadow part of that service", service.route, earlier.route, earlier.name));
+            } else if route_covers(&service.route, &earlier.route) {
+                d.error(&path, format!("route {} would shadow route {} of services.{}", service.route, earlier.route, earlier.name));
+            }
+        }
+    }
+}
+
+fn check_webhooks(d: &mut Decoder, config: &Config) {
+    for (i, webhook) in config.webhooks.iter().enumerate() {
+        let base = YamlPath::root().key("webhooks").key(&webhook.name);
+        if let Some(earlier) = config.webhooks[..i].iter().find(|w| w.path == webhook.path) {
+            d.error(&base.key("path"), format!("path {} is already used by webhooks.{}", webhook.path, earlier.name));
+        }
+    }
+}
+
+fn check_global_limits(d: &mut Decoder, config: &Config) {
+    if !matches!(config.store.kind, StoreKind::Local { .. }) {
+        return;
+    }
+    for service in &config.services {
+        if service.rate_limit.as_ref().is_some_and(|l| l.scope == LimitScope::Global) {
+            d.error(
+                &YamlPath::root().key("services").key(&service.name).key("rate_limit").key("scope"),
+                "scope: global needs store.kind: redis so that replicas share one budget; with the local store use scope: local",
+            );
+        }
+    }
+}
+
+const NOT_YET: &str = "not supported yet by this version of wedsync-sidecar; remove it (it would otherwise be silently ignored)";
+
+fn check_not_supported_yet(d: &mut Decoder, config: &Config) {
+    for service in &config.services {
+        let base = YamlPath::root().key("services").key(&service.name);
+        if service.rate_limit.is_some() {
+            d.error(&base.key("rate_limit"), NOT_YET);
+        }
+        if service.circuit_breaker.is_some() {
+            d.error(&base.key("circuit_breaker"), NOT_YET);
+        }
+        if service.retry.is_some() {
+            d.error(&base.key("retry"), NOT_YET);
+        }
+        if service.idempotency_key == IdempotencyKey::Auto {
+            d.error(&base.key("idempotency_key"), NOT_YET);
+        }
+    }
+    if let StoreKind::Redis { .. } = config.store.kind {
+        d.error(&YamlPath::root().key("store").key("kind"), format!("kind: redis is {NOT_YET}"));
+    }
+    for (key, present) in [
+        ("upstreams", !config.upstreams.is_empty()),
+        ("webhooks", !config.webhooks.is_empty()),
+        ("delivery", config.delivery.is_some()),
+    ] {
+        if present {
+            d.error(&YamlPath::root().key(key), NOT_YET);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_cover_by_whole_segments() {
+        assert!(route_covers("/stripe", "/stripe/v1"));
+        assert!(route_covers("/", "/anything"));
+        assert!(!route_covers("/stripe", "/stripe-connect"));
+        assert!(!route_covers("/stripe/v1", "/stripe"));
+    }
+}

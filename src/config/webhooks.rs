@@ -1,0 +1,448 @@
+//! `webhooks.<name>` and `delivery`: what the ingress accepts, how it verifies
+//! it, and where the delivery workers send it.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Serialize;
+
+use super::decode::{Decoder, Node};
+use super::secret::Secret;
+use super::ser;
+use super::services::{decode_backoff, header_name, positive_duration, Backoff};
+
+/// Shorter keys make brute-forcing a signature realistic.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Webhook {
+    pub name: String,
+    pub path: String,
+    pub verify: Verify,
+    pub max_body: u64,
+    pub event_id: Option<Field>,
+    pub event_type: Option<Field>,
+    pub context: Vec<(String, Field)>,
+    pub priority: PriorityRules,
+    pub routes: Vec<Route>,
+    pub delivery: WebhookDelivery,
+    #[serde(serialize_with = "ser::duration")]
+    pub dedup_window: Duration,
+    pub ack: Option<Ack>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyKind {
+    Stripe,
+    Standard,
+    Github,
+    Shopify,
+    Slack,
+    Twilio,
+    Hmac,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmacAlgorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HmacScheme {
+    pub header: String,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: SignatureEncoding,
+    pub prefix: String,
+    pub timestamp_header: Option<String>,
+    /// What is signed, e.g. `{timestamp}.{body}`.
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verify {
+    pub kind: VerifyKind,
+    pub secrets: Vec<Secret>,
+    #[serde(serialize_with = "ser::duration")]
+    pub tolerance: Duration,
+    /// GitHub only: also accept `X-Hub-Signature` (SHA-1). Off: no downgrade.
+    pub allow_sha1: bool,
+    /// Twilio only: the URL the provider was configured with.
+    pub public_url: Option<String>,
+    pub hmac: Option<HmacScheme>,
+}
+
+/// Where a value is read from: a JSON pointer into the body or a header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    Pointer(String),
+    Header(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PriorityRules {
+    pub high: Vec<String>,
+    pub low: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    pub events: Vec<String>,
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookDelivery {
+    pub path: String,
+    #[serde(serialize_with = "ser::duration")]
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    #[serde(serialize_with = "ser::duration")]
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ack {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub signing_secret: Option<Secret>,
+    pub workers: u32,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self { signing_secret: None, workers: 32 }
+    }
+}
+
+const WEBHOOK_KEYS: &[&str] = &[
+    "path", "verify", "max_body", "event_id", "event_type", "context", "priority", "routes", "delivery",
+    "dedup_window", "ack",
+];
+
+pub fn decode_webhook(d: &mut Decoder, name: &str, node: &Node, upstreams: &[String]) -> Option<Webhook> {
+    let f = d.fields(node, WEBHOOK_KEYS)?;
+    let path = d.required(&f, "path").and_then(|n| {
+        d.parsed(&n, |p| {
+            if p.starts_with('/') && !p.contains(['?', '#', ' ']) {
+                Ok(p.to_string())
+            } else {
+                Err(format!("invalid path \"{p}\": expected an absolute path such as /webhooks/{name}"))
+            }
+        })
+    });
+    let verify = d.required(&f, "verify").and_then(|n| decode_verify(d, &n));
+    let max_body = match f.get("max_body") {
+        Some(n) => d.size(&n).filter(|size| {
+            let ok = (1..=64 << 20).contains(size);
+            if !ok {
+                d.error(&n.path, "must be between 1B and 64MiB");
+            }
+            ok
+        }),
+        None => Some(1 << 20),
+    };
+    let event_id = f.get("event_id").and_then(|n| d.parsed(&n, field));
+    let event_type = f.get("event_type").and_then(|n| d.parsed(&n, field));
+    let context = match f.get("context") {
+        Some(n) => d.entries(&n).into_iter().map(|(k, v)| d.parsed(&v, field).map(|f| (k, f))).collect::<Option<Vec<_>>>(),
+        None => Some(Vec::new()),
+    };
+    let priority = match f.get("priority") {
+        Some(n) => decode_priority(d, &n),
+        None => Some(PriorityRules::default()),
+    };
+    let routes = d.required(&f, "routes").and_then(|n| d.list(&n, |d, item| decode_route(d, item, upstreams)));
+    let delivery = match f.get("delivery") {
+        Some(n) => decode_delivery(d, &n, name),
+        None => Some(default_delivery(name)),
+    };
+    let dedup_window = positive_duration(d, &f, "dedup_window", Duration::from_secs(72 * 3600)).filter(|w| {
+        let ok = *w <= Duration::from_secs(30 * 86400);
+        if !ok {
+            d.error(&f.path.key("dedup_window"), "must be at most 30d");
+        }
+        ok
+    });
+    let ack = f.get("ack").and_then(|n| decode_ack(d, &n));
+    Some(Webhook {
+        name: name.to_string(),
+        path: path?,
+        verify: verify?,
+        max_body: max_body?,
+        event_id,
+        event_type,
+        context: context?,
+        priority: priority?,
+        routes: routes?,
+        delivery: delivery?,
+        dedup_window: dedup_window?,
+        ack,
+    })
+}
+
+fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
+    let f = d.fields(
+        node,
+        &["kind", "secrets", "tolerance", "allow_sha1", "public_url", "header", "algorithm", "encoding", "prefix", "timestamp_header", "payload"],
+    )?;
+    let kind = d.required(&f, "kind").and_then(|n| {
+        d.choice(
+            &n,
+            &[
+                ("stripe", VerifyKind::Stripe),
+                ("standard", VerifyKind::Standard),
+                ("github", VerifyKind::Github),
+                ("shopify", VerifyKind::Shopify),
+                ("slack", VerifyKind::Slack),
+                ("twilio", VerifyKind::Twilio),
+                ("hmac", VerifyKind::Hmac),
+            ],
+        )
+    })?;
+    let secrets = d.required(&f, "secrets").and_then(|n| {
+        let secrets = d.list(&n, |d, item| {
+            let secret = d.secret(item)?;
+            match secret_key_bytes(kind, secret.expose()) {
+                Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Some(secret),
+                Ok(bytes) => {
+                    d.error(&item.path, format!("secret is {} bytes long; at least {MIN_SECRET_BYTES} are required", bytes.len()));
+                    None
+                }
+                Err(message) => {
+                    d.error(&item.path, message);
+                    None
+                }
+            }
+        })?;
+        if secrets.is_empty() {
+            d.error(&n.path, "must list at least one secret");
+            return None;
+        }
+        Some(secrets)
+    });
+    let tolerance = positive_duration(d, &f, "tolerance", Duration::from_secs(300));
+    let allow_sha1 = match f.get("allow_sha1") {
+        Some(n) if kind == VerifyKind::Github => d.boolean(&n),
+        Some(n) => {
+            d.error(&n.path, "only applies to kind: github");
+            None
+        }
+        None => Some(false),
+    };
+    let public_url = match (kind, f.get("public_url")) {
+        (VerifyKind::Twilio, Some(n)) => d.parsed(&n, |url| {
+            if url.starts_with("https://") || url.starts_with("http://") {
+                Ok(Some(url.to_string()))
+            } else {
+                Err(format!("invalid URL \"{url}\": expected the full public URL Twilio calls, e.g. https://hooks.example.com/webhooks/twilio"))
+            }
+        }),
+        (VerifyKind::Twilio, None) => {
+            d.error(&f.path.key("public_url"), "is required for kind: twilio (Twilio signs the URL it was configured with; the request's Host is never trusted)");
+            None
+        }
+        (_, Some(n)) => {
+            d.error(&n.path, "only applies to kind: twilio");
+            None
+        }
+        (_, None) => Some(None),
+    };
+    let hmac_keys = ["header", "algorithm", "encoding", "prefix", "timestamp_header", "payload"];
+    let hmac = if kind == VerifyKind::Hmac {
+        decode_hmac(d, &f).map(Some)
+    } else {
+        for key in hmac_keys.iter().filter(|k| f.has(k)) {
+            d.error(&f.path.key(key), "only applies to kind: hmac");
+        }
+        Some(None)
+    };
+    Some(Verify { kind, secrets: secrets?, tolerance: tolerance?, allow_sha1: allow_sha1?, public_url: public_url?, hmac: hmac? })
+}
+
+fn decode_hmac(d: &mut Decoder, f: &super::decode::Fields) -> Option<HmacScheme> {
+    let header = d.required(f, "header").and_then(|n| d.parsed(&n, header_name));
+    let algorithm = match f.get("algorithm") {
+        Some(n) => d.choice(&n, &[("sha1", HmacAlgorithm::Sha1), ("sha256", HmacAlgorithm::Sha256), ("sha512", HmacAlgorithm::Sha512)]),
+        None => Some(HmacAlgorithm::Sha256),
+    };
+    let encoding = match f.get("encoding") {
+        Some(n) => d.choice(&n, &[("hex", SignatureEncoding::Hex), ("base64", SignatureEncoding::Base64)]),
+        None => Some(SignatureEncoding::Hex),
+    };
+    let prefix = f.get("prefix").and_then(|n| d.string(&n)).unwrap_or_default();
+    let timestamp_header = f.get("timestamp_header").and_then(|n| d.parsed(&n, header_name));
+    let payload = match f.get("payload") {
+        Some(n) => d.parsed(&n, |template| {
+            if !template.contains("{body}") {
+                return Err(format!("invalid payload template \"{template}\": it must contain {{body}}"));
+            }
+            Ok(template.to_string())
+        }),
+        None => Some("{body}".to_string()),
+    };
+    let payload = payload?;
+    if payload.contains("{timestamp}") && timestamp_header.is_none() {
+        d.error(&f.path.key("timestamp_header"), "is required when payload contains {timestamp}");
+        return None;
+    }
+    Some(HmacScheme { header: header?, algorithm: algorithm?, encoding: encoding?, prefix, timestamp_header, payload })
+}
+
+/// The key bytes a secret stands for: Standard Webhooks secrets are base64
+/// after an optional `whsec_` prefix; every other scheme uses the string itself.
+pub fn secret_key_bytes(kind: VerifyKind, secret: &str) -> Result<Vec<u8>, String> {
+    match kind {
+        VerifyKind::Standard => {
+            let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|_| "invalid Standard Webhooks secret: expected whsec_ followed by base64".to_string())
+        }
+        _ => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
+fn field(text: &str) -> Result<Field, String> {
+    if let Some(name) = text.strip_prefix("header:") {
+        return header_name(name).map(Field::Header);
+    }
+    if text.starts_with('/') {
+        return Ok(Field::Pointer(text.to_string()));
+    }
+    Err(format!("invalid field \"{text}\": expected a JSON pointer such as /data/object/id or header:Name"))
+}
+
+fn decode_priority(d: &mut Decoder, node: &Node) -> Option<PriorityRules> {
+    let f = d.fields(node, &["high", "low"])?;
+    let globs = |d: &mut Decoder, key: &str| match f.get(key) {
+        Some(n) => d.list(&n, |d, item| d.non_empty_string(item)),
+        None => Some(Vec::new()),
+    };
+    let high = globs(d, "high");
+    let low = globs(d, "low");
+    Some(PriorityRules { high: high?, low: low? })
+}
+
+fn decode_route(d: &mut Decoder, node: &Node, upstreams: &[String]) -> Option<Route> {
+    let f = d.fields(node, &["events", "targets"])?;
+    let events = d.required(&f, "events").and_then(|n| d.list(&n, |d, item| d.non_empty_string(item)));
+    let targets = d.required(&f, "targets").and_then(|n| {
+        let targets = d.list(&n, |d, item| {
+            let target = d.non_empty_string(item)?;
+            if !upstreams.contains(&target) {
+                let known = if upstreams.is_empty() { "none are defined".to_string() } else { format!("defined: {}", upstreams.join(", ")) };
+                d.error(&item.path, format!("target \"{target}\" names no entry under upstreams ({known})"));
+                return None;
+            }
+            Some(target)
+        })?;
+        if targets.is_empty() {
+            d.error(&n.path, "must name at least one upstream");
+            return None;
+        }
+        Some(targets)
+    });
+    Some(Route { events: events?, targets: targets? })
+}
+
+fn default_delivery(name: &str) -> WebhookDelivery {
+    WebhookDelivery {
+        path: format!("/events/{name}"),
+        timeout: Duration::from_secs(10),
+        max_attempts: 10,
+        backoff: Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(600) },
+        max_age: Duration::from_secs(72 * 3600),
+    }
+}
+
+fn decode_delivery(d: &mut Decoder, node: &Node, name: &str) -> Option<WebhookDelivery> {
+    let defaults = default_delivery(name);
+    let f = d.fields(node, &["path", "timeout", "max_attempts", "backoff", "max_age"])?;
+    let path = match f.get("path") {
+        Some(n) => d.parsed(&n, |p| if p.starts_with('/') { Ok(p.to_string()) } else { Err(format!("invalid path \"{p}\": it must start with /")) }),
+        None => Some(defaults.path),
+    };
+    let timeout = positive_duration(d, &f, "timeout", defaults.timeout);
+    let max_attempts = match f.get("max_attempts") {
+        Some(n) => d.integer(&n, 1, 1000).map(|v| v as u32),
+        None => Some(defaults.max_attempts),
+    };
+    let backoff = match f.get("backoff") {
+        Some(n) => decode_backoff(d, &n, defaults.backoff.initial, defaults.backoff.max),
+        None => Some(defaults.backoff),
+    };
+    let max_age = positive_duration(d, &f, "max_age", defaults.max_age);
+    Some(WebhookDelivery { path: path?, timeout: timeout?, max_attempts: max_attempts?, backoff: backoff?, max_age: max_age? })
+}
+
+fn decode_ack(d: &mut Decoder, node: &Node) -> Option<Ack> {
+    let f = d.fields(node, &["status", "content_type", "body"])?;
+    let status = match f.get("status") {
+        Some(n) => d.integer(&n, 200, 299).map(|v| v as u16),
+        None => Some(200),
+    };
+    let content_type = match f.get("content_type") {
+        Some(n) => d.non_empty_string(&n),
+        None => Some("text/plain".to_string()),
+    };
+    let body = f.get("body").and_then(|n| d.string(&n)).unwrap_or_default();
+    Some(Ack { status: status?, content_type: content_type?, body })
+}
+
+pub fn decode_delivery_section(d: &mut Decoder, node: &Node) -> Option<Delivery> {
+    let f = d.fields(node, &["signing_secret", "workers"])?;
+    let signing_secret = match f.get("signing_secret") {
+        Some(n) => {
+            let secret = d.secret(&n)?;
+            let bytes = secret_key_bytes(VerifyKind::Standard, secret.expose());
+            match bytes {
+                Ok(b) if b.len() >= MIN_SECRET_BYTES => Some(secret),
+                Ok(b) => {
+                    d.error(&n.path, format!("secret is {} bytes long; at least {MIN_SECRET_BYTES} are required", b.len()));
+                    return None;
+                }
+                Err(message) => {
+                    d.error(&n.path, message);
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
+    let workers = match f.get("workers") {
+        Some(n) => d.integer(&n, 1, 4096).map(|v| v as u32)?,
+        None => 32,
+    };
+    Some(Delivery { signing_secret, workers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_secrets_are_measured_after_base64_decoding() {
+        let bytes = secret_key_bytes(VerifyKind::Standard, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        assert_eq!(bytes.len(), 24);
+        assert!(secret_key_bytes(VerifyKind::Standard, "whsec_not base64!").is_err());
+        assert_eq!(secret_key_bytes(VerifyKind::Stripe, "whsec_abc").unwrap(), b"whsec_abc");
+    }
+}
