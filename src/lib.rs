@@ -1,5 +1,13 @@
 //! wedsync-sidecar: an egress gateway, webhook ingress and delivery sidecar
-//! built on Pingora. `main.rs` is only the CLI; everything else starts here.
+//! built on Pingora. `main.rs` is only the CLI; `server::run` starts it all.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod client;
 pub mod config;
+pub mod egress;
+pub mod lifecycle;
+pub mod logging;
+pub mod problem;
+pub mod server;
+pub mod webhooks;

@@ -1,1 +1,72 @@
-fn main() {}
+//! The command line. Errors go to stderr as one line each; exit codes: 0 ok,
+//! 1 bad input or configuration, 2 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wedsync_sidecar::config::{self, Config};
+use wedsync_sidecar::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "wedsync-sidecar", version, about = "Egress gateway, webhook ingress and delivery sidecar")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (default: $SIDECAR_CONFIG, then conf/sidecar.yaml).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (the default).
+    Run,
+    /// Validate the configuration: list every error and exit 1, or summarize it and exit 0.
+    Check,
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("SIDECAR_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("conf/sidecar.yaml"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = config_path(&cli);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => match Config::load(&path) {
+            Ok(config) => {
+                println!("{}: OK\n{}", path.display(), config::summary(&config));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run => {
+            let config = match Config::load(&path) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            logging::init(cli.log_format);
+            tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting wedsync-sidecar");
+            match wedsync_sidecar::server::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("wedsync-sidecar: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

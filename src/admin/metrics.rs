@@ -1,0 +1,61 @@
+//! Every metric the sidecar exports, with its help text, in one place. Names
+//! are part of the contract. Labels stay low-cardinality: a service name and a
+//! status code, never an id.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Latency buckets from 1 ms to 60 s: provider calls are slow next to the proxy.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+pub struct Metrics {
+    registry: Registry,
+    pub egress_requests_total: IntCounterVec,
+    pub egress_request_duration_seconds: HistogramVec,
+    pub oauth2_token_refreshes_total: IntCounterVec,
+}
+
+impl Metrics {
+    /// A fresh registry per sidecar, so that tests can run several in one process.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let egress_requests_total = IntCounterVec::new(
+            Opts::new("sidecar_egress_requests_total", "Egress requests answered, by service and HTTP status code (the provider's or the sidecar's own)."),
+            &["service", "code"],
+        )
+        .expect("static metric definition");
+        let egress_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new("sidecar_egress_request_duration_seconds", "Time from receiving an egress request to the end of its response, by service.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["service"],
+        )
+        .expect("static metric definition");
+        let oauth2_token_refreshes_total = IntCounterVec::new(
+            Opts::new("sidecar_oauth2_token_refreshes_total", "OAuth2 token requests to a service's token endpoint, by outcome (success, failure)."),
+            &["service", "outcome"],
+        )
+        .expect("static metric definition");
+        for collector in [
+            Box::new(egress_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(egress_request_duration_seconds.clone()),
+            Box::new(oauth2_token_refreshes_total.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self { registry, egress_requests_total, egress_request_duration_seconds, oauth2_token_refreshes_total }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buffer = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        // Encoding in-memory families into a Vec cannot fail.
+        let _ = prometheus::Encoder::encode(&encoder, &self.registry.gather(), &mut buffer);
+        buffer
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,74 @@
+//! A small HTTP/1.1 client over Pingora's own connector (pooled, same TLS stack
+//! and CA handling as the proxy), for the sidecar's own calls such as OAuth2
+//! token requests. Bodies are small and read whole.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+
+use crate::egress::peer::UpstreamTarget;
+
+pub struct ClientResponse {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Caps what the sidecar reads from an endpoint it calls itself.
+const MAX_RESPONSE_BODY: usize = 1 << 20;
+
+pub struct SmallClient {
+    connector: Connector,
+}
+
+impl Default for SmallClient {
+    fn default() -> Self {
+        Self { connector: Connector::new(None) }
+    }
+}
+
+impl SmallClient {
+    /// Sends one request and reads the whole answer within `timeout`.
+    pub async fn send(
+        &self,
+        target: &UpstreamTarget,
+        mut request: RequestHeader,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<ClientResponse, String> {
+        let addr = target.resolve().await?;
+        let peer = target.peer(addr, timeout, timeout);
+        request.insert_header("host", target.url.authority()).map_err(|e| e.to_string())?;
+        request.insert_header("content-length", body.len()).map_err(|e| e.to_string())?;
+        let exchange = async {
+            let (mut session, _reused) = self.connector.get_http_session(&peer).await.map_err(describe)?;
+            session.set_read_timeout(Some(timeout));
+            session.set_write_timeout(Some(timeout));
+            session.write_request_header(Box::new(request)).await.map_err(describe)?;
+            if !body.is_empty() {
+                session.write_request_body(body, true).await.map_err(describe)?;
+            }
+            session.finish_request_body().await.map_err(describe)?;
+            session.read_response_header().await.map_err(describe)?;
+            let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+            let mut collected = Vec::new();
+            while let Some(chunk) = session.read_response_body().await.map_err(describe)? {
+                if collected.len() + chunk.len() > MAX_RESPONSE_BODY {
+                    return Err("response body larger than 1 MiB".to_string());
+                }
+                collected.extend_from_slice(&chunk);
+            }
+            self.connector.release_http_session(session, &peer, Some(Duration::from_secs(60))).await;
+            Ok(ClientResponse { status, body: Bytes::from(collected) })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no complete answer within {}", crate::config::units::format_duration(timeout))),
+        }
+    }
+}
+
+fn describe(err: Box<pingora::Error>) -> String {
+    format!("{}", err.etype().as_str())
+}

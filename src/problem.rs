@@ -1,0 +1,154 @@
+//! The answers the sidecar makes itself: RFC 9457 problem+json bodies with an
+//! `x-sidecar-error` header, so an app can tell a sidecar decision from a
+//! provider's answer. A detail never contains a secret or a token.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+pub const ERROR_HEADER: &str = "x-sidecar-error";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    NoRoute,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    /// The connection to the provider broke after it was established.
+    UpstreamFailed,
+    CredentialsUnavailable,
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized,
+    BadRequest,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamFailed => "upstream_failed",
+            Self::CredentialsUnavailable => "credentials_unavailable",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
+            Self::BadRequest => "bad_request",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Self::NoRoute | Self::NotFound => 404,
+            Self::UpstreamUnreachable | Self::UpstreamFailed | Self::CredentialsUnavailable => 502,
+            Self::UpstreamTimeout => 504,
+            Self::MethodNotAllowed => 405,
+            Self::Unauthorized => 401,
+            Self::BadRequest => 400,
+            Self::Internal => 500,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::NoRoute => "No route matches this path",
+            Self::UpstreamUnreachable => "The provider could not be reached",
+            Self::UpstreamTimeout => "The provider did not answer in time",
+            Self::UpstreamFailed => "The connection to the provider failed",
+            Self::CredentialsUnavailable => "Credentials for the provider are unavailable",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Unauthorized => "Unauthorized",
+            Self::BadRequest => "Bad request",
+            Self::Internal => "Internal error",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub code: ErrorCode,
+    pub detail: String,
+    /// Extra response headers such as `Retry-After` or `Allow`.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Problem {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into(), headers: Vec::new() }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "type": format!("urn:wedsync-sidecar:error:{}", self.code.as_str()),
+            "title": self.code.title(),
+            "status": self.status(),
+            "detail": self.detail,
+        }))
+        .unwrap_or_default()
+    }
+
+    pub fn response_header(&self, body_len: usize) -> pingora::Result<ResponseHeader> {
+        let mut header = ResponseHeader::build(self.status(), Some(4 + self.headers.len()))?;
+        header.insert_header("content-type", "application/problem+json")?;
+        header.insert_header(ERROR_HEADER, self.code.as_str())?;
+        header.insert_header("cache-control", "no-store")?;
+        header.set_content_length(body_len)?;
+        for (name, value) in &self.headers {
+            header.insert_header(*name, value.as_str())?;
+        }
+        Ok(header)
+    }
+
+    /// Writes the whole answer on a proxy session.
+    pub async fn write_to(&self, session: &mut Session) -> pingora::Result<()> {
+        let body = self.body();
+        let header = self.response_header(body.len())?;
+        session.write_response_header(Box::new(header), false).await?;
+        session.write_response_body(Some(Bytes::from(body)), true).await
+    }
+
+    /// The same answer for `ServeHttp` services (admin, ingress).
+    pub fn into_http_response(self) -> http::Response<Vec<u8>> {
+        let body = self.body();
+        let mut builder = http::Response::builder()
+            .status(self.status())
+            .header("content-type", "application/problem+json")
+            .header(ERROR_HEADER, self.code.as_str())
+            .header("cache-control", "no-store")
+            .header("content-length", body.len());
+        for (name, value) in &self.headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        builder.body(body).unwrap_or_else(|_| http::Response::new(Vec::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rfc9457_fields_and_the_error_header() {
+        let problem = Problem::new(ErrorCode::UpstreamTimeout, "stripe did not answer within 30s");
+        let body: serde_json::Value = serde_json::from_slice(&problem.body()).unwrap();
+        assert_eq!(body["status"], 504);
+        assert_eq!(body["type"], "urn:wedsync-sidecar:error:upstream_timeout");
+        assert_eq!(body["detail"], "stripe did not answer within 30s");
+        let response = problem.into_http_response();
+        assert_eq!(response.status(), 504);
+        assert_eq!(response.headers()[ERROR_HEADER], "upstream_timeout");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+    }
+}
