@@ -1,0 +1,111 @@
+//! Black-box tests of the admin listener, metrics and the shutdown sequence.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::*;
+
+#[tokio::test]
+async fn metrics_count_known_traffic_by_service_and_code() {
+    let upstream = MockServer::start(|seen| if seen.uri == "/fail" { MockAnswer::status(503, "down") } else { MockAnswer::ok("ok") }).await;
+    let sidecar = Sidecar::start(&format!("services:\n  stripe:\n    route: /stripe\n    upstream: {}\n", upstream.url()));
+    for _ in 0..3 {
+        get(&sidecar.egress_url("/stripe/ok")).await;
+    }
+    get(&sidecar.egress_url("/stripe/fail")).await;
+    get(&sidecar.egress_url("/unknown")).await;
+    let metrics = get(&sidecar.admin_url("/metrics")).await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    for line in [
+        "sidecar_egress_requests_total{code=\"200\",service=\"stripe\"} 3",
+        "sidecar_egress_requests_total{code=\"503\",service=\"stripe\"} 1",
+        "sidecar_egress_requests_total{code=\"404\",service=\"-\"} 1",
+        "sidecar_egress_request_duration_seconds_count{service=\"stripe\"} 4",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_admin_endpoints_but_not_probes_or_metrics() {
+    let body = "admin:\n  token: \"${env:TEST_ADMIN_TOKEN}\"\nservices:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n    auth: { kind: bearer, token: sk_live_do_not_show }\n";
+    let sidecar = Sidecar::start_with_env(body, &[("TEST_ADMIN_TOKEN", "admin-token-0123456789")]);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(get(&sidecar.admin_url(path)).await.status, 200, "{path}");
+    }
+    for path in ["/admin/config", "/admin/services"] {
+        let answer = get(&sidecar.admin_url(path)).await;
+        assert_eq!(answer.status, 401, "{path}");
+        assert_eq!(answer.headers["x-sidecar-error"], "unauthorized");
+        let answer = send("GET", &sidecar.admin_url(path), &[("authorization", "Bearer wrong-token-0123456789")], Bytes::new()).await;
+        assert_eq!(answer.status, 401, "{path}");
+    }
+    let auth = [("authorization", "Bearer admin-token-0123456789")];
+    let config = send("GET", &sidecar.admin_url("/admin/config"), &auth, Bytes::new()).await;
+    assert_eq!(config.status, 200);
+    let text = config.text();
+    assert!(!text.contains("sk_live_do_not_show") && !text.contains("admin-token-0123456789"), "{text}");
+    assert_eq!(config.json()["services"][0]["auth"]["token"], "<redacted>");
+    let services = send("GET", &sidecar.admin_url("/admin/services"), &auth, Bytes::new()).await.json();
+    assert_eq!(services["services"][0]["name"], "stripe");
+    assert_eq!(services["services"][0]["auth"], "bearer");
+}
+
+#[tokio::test]
+async fn the_ingress_listener_answers_404_until_webhooks_exist() {
+    let sidecar = Sidecar::start("services: {}\n");
+    let answer = send("POST", &format!("http://{}/webhooks/stripe", sidecar.ingress), &[], Bytes::from("{}")).await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.headers["x-sidecar-error"], "not_found");
+    let answer = get(&format!("http://{}/webhooks/stripe", sidecar.ingress)).await;
+    assert_eq!(answer.status, 405);
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_at_once_and_lets_a_slow_request_finish() {
+    let upstream = MockServer::start(|_| MockAnswer::ok("finished").delayed(Duration::from_millis(1500))).await;
+    let body = format!("drain_delay: 300ms\nshutdown_grace: 10s\nservices:\n  slow:\n    route: /slow\n    upstream: {}\n", upstream.url());
+    let mut sidecar = Sidecar::start(&body);
+    let in_flight = tokio::spawn(get(&sidecar.egress_url("/slow/x")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    sidecar.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready = get(&sidecar.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["reason"], "shutting down");
+
+    let answer = in_flight.await.unwrap();
+    assert_eq!((answer.status, answer.text().as_str()), (200, "finished"));
+    let status = wait_exit(&mut sidecar.child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_millis(2500), "exited {took:?} after SIGTERM: as soon as the request finished");
+    // After the drain delay the listener no longer accepts.
+    assert!(std::net::TcpStream::connect(sidecar.egress).is_err());
+}
+
+#[tokio::test]
+async fn an_idle_sidecar_exits_right_after_the_drain_delay() {
+    let mut sidecar = Sidecar::start("drain_delay: 500ms\nshutdown_grace: 20s\n");
+    let signalled = Instant::now();
+    sidecar.signal("TERM");
+    let status = wait_exit(&mut sidecar.child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    let took = signalled.elapsed();
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(1500), "took {took:?}");
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the sidecar did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

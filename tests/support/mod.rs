@@ -1,0 +1,366 @@
+//! Test support: starts the real sidecar binary on free ports with a generated
+//! config, and real HTTP(S) mock servers that record what they receive.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running sidecar process; killed when dropped.
+pub struct Sidecar {
+    pub child: Child,
+    pub egress: SocketAddr,
+    pub admin: SocketAddr,
+    pub ingress: SocketAddr,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Sidecar {
+    /// Starts the binary on `body` (YAML without `listen`), waits for /readyz.
+    pub fn start(body: &str) -> Self {
+        Self::start_with_env(body, &[])
+    }
+
+    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("sidecar-test-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (egress, ingress, admin) = (free_port(), free_port(), free_port());
+        let yaml = format!(
+            "listen:\n  egress: 127.0.0.1:{egress}\n  ingress: 127.0.0.1:{ingress}\n  admin: 127.0.0.1:{admin}\nstore:\n  path: {}\n{body}",
+            dir.join("data").display()
+        );
+        let config = dir.join("sidecar.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = dir.join("sidecar.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"));
+        command
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start sidecar");
+        let sidecar = Sidecar {
+            child,
+            egress: SocketAddr::from(([127, 0, 0, 1], egress)),
+            ingress: SocketAddr::from(([127, 0, 0, 1], ingress)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            dir,
+            log,
+        };
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = std::net::TcpStream::connect(self.admin) {
+                let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("sidecar not ready; log:\n{}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
+    }
+
+    /// Resident memory in KiB: (current, peak).
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub fn egress_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.egress)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a mock upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HashMap<String, String>,
+    pub body_len: usize,
+    pub body: Bytes,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> MockAnswer + Send + Sync>;
+
+pub struct MockAnswer {
+    pub status: u16,
+    pub body: Bytes,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+}
+
+impl MockAnswer {
+    pub fn ok(body: &str) -> Self {
+        Self { status: 200, body: Bytes::from(body.to_string()), delay: Duration::ZERO, headers: Vec::new() }
+    }
+    pub fn status(status: u16, body: &str) -> Self {
+        Self { status, ..Self::ok(body) }
+    }
+    pub fn with_body(mut self, body: Bytes) -> Self {
+        self.body = body;
+        self
+    }
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// An HTTP/1.1 server on a free port that records every request; bodies are
+/// counted as they stream in, and kept only when small.
+pub struct MockServer {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    pub async fn start(handler: impl Fn(&Seen) -> MockAnswer + Send + Sync + 'static) -> Self {
+        Self::start_with_tls(handler, None).await
+    }
+
+    pub async fn start_with_tls(
+        handler: impl Fn(&Seen) -> MockAnswer + Send + Sync + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
+        // TLS mocks stand for named hosts (`localhost`), which may resolve to
+        // ::1 as well as 127.0.0.1: listen dual-stack where the machine can.
+        let listener = match tls {
+            Some(_) => match TcpListener::bind("[::]:0").await {
+                Ok(listener) => listener,
+                Err(_) => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            },
+            None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let seen_clone = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (handler, seen, tls) = (Arc::clone(&handler), Arc::clone(&seen_clone), tls.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| serve(req, Arc::clone(&handler), Arc::clone(&seen)));
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(req: Request<Incoming>, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let mut body = req.into_body();
+    let mut body_len = 0;
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            body_len += data.len();
+            if kept.len() < 64 * 1024 {
+                kept.extend_from_slice(data);
+            }
+        }
+    }
+    let record = Seen { method, uri, headers, body_len, body: Bytes::from(kept) };
+    let answer = handler(&record);
+    seen.lock().unwrap().push(record);
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
+    let mut response = Response::builder().status(answer.status);
+    for (k, v) in &answer.headers {
+        response = response.header(k, v);
+    }
+    Ok(response.body(Full::new(answer.body)).unwrap())
+}
+
+/// A minimal HTTP/1.1 client answer.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one request on a fresh connection and reads the whole answer.
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
+    send_body(method, url, headers, Full::new(body)).await
+}
+
+pub fn get(url: &str) -> impl std::future::Future<Output = Answer> + Send + 'static {
+    let url = url.to_string();
+    async move { send("GET", &url, &[], Bytes::new()).await }
+}
+
+pub async fn send_body<B>(method: &str, url: &str, headers: &[(&str, &str)], body: B) -> Answer
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let uri: hyper::Uri = url.parse().unwrap();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = Request::builder().method(method).uri(uri.path_and_query().unwrap().as_str()).header("host", uri.authority().unwrap().as_str());
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = sender.send_request(request.body(body).unwrap()).await.expect("response");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Answer { status, headers, body }
+}
+
+/// A private CA and a server certificate for `host` signed by it.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+pub fn test_pki(host: &str) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![host.to_string()]).unwrap().signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    TestPki { ca_pem: ca.pem(), acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) }
+}
+
+/// A request body of `remaining` bytes sent in 64 KiB chunks, never held whole.
+pub struct ChunkedBody {
+    pub remaining: usize,
+}
+
+impl hyper::body::Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        static CHUNK: [u8; 65536] = [b'y'; 65536];
+        if self.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK.len());
+        self.remaining -= n;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(&CHUNK[..n])))))
+    }
+}
