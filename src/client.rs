@@ -24,7 +24,9 @@ pub struct SmallClient {
 
 impl Default for SmallClient {
     fn default() -> Self {
-        Self { connector: Connector::new(None) }
+        Self {
+            connector: Connector::new(None),
+        }
     }
 }
 
@@ -39,19 +41,36 @@ impl SmallClient {
     ) -> Result<ClientResponse, String> {
         let addr = target.resolve().await?;
         let peer = target.peer(addr, timeout, timeout);
-        request.insert_header("host", target.url.authority()).map_err(|e| e.to_string())?;
-        request.insert_header("content-length", body.len()).map_err(|e| e.to_string())?;
+        request
+            .insert_header("host", target.url.authority())
+            .map_err(|e| e.to_string())?;
+        request
+            .insert_header("content-length", body.len())
+            .map_err(|e| e.to_string())?;
         let exchange = async {
-            let (mut session, _reused) = self.connector.get_http_session(&peer).await.map_err(describe)?;
+            let (mut session, _reused) = self
+                .connector
+                .get_http_session(&peer)
+                .await
+                .map_err(describe)?;
             session.set_read_timeout(Some(timeout));
             session.set_write_timeout(Some(timeout));
-            session.write_request_header(Box::new(request)).await.map_err(describe)?;
+            session
+                .write_request_header(Box::new(request))
+                .await
+                .map_err(describe)?;
             if !body.is_empty() {
-                session.write_request_body(body, true).await.map_err(describe)?;
+                session
+                    .write_request_body(body, true)
+                    .await
+                    .map_err(describe)?;
             }
             session.finish_request_body().await.map_err(describe)?;
             session.read_response_header().await.map_err(describe)?;
-            let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+            let status = session
+                .response_header()
+                .map(|h| h.status.as_u16())
+                .unwrap_or(0);
             let mut collected = Vec::new();
             while let Some(chunk) = session.read_response_body().await.map_err(describe)? {
                 if collected.len() + chunk.len() > MAX_RESPONSE_BODY {
@@ -59,16 +78,25 @@ impl SmallClient {
                 }
                 collected.extend_from_slice(&chunk);
             }
-            self.connector.release_http_session(session, &peer, Some(Duration::from_secs(60))).await;
-            Ok(ClientResponse { status, body: Bytes::from(collected) })
+            self.connector
+                .release_http_session(session, &peer, Some(Duration::from_secs(60)))
+                .await;
+            Ok(ClientResponse {
+                status,
+                body: Bytes::from(collected),
+            })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no complete answer within {}", crate::config::units::format_duration(timeout))),
+            Err(_) => Err(format!(
+                "no complete answer within {}",
+                crate::config::units::format_duration(timeout)
+            )),
         }
     }
 }
 
-fn describe(err: Box<pingora::Error>) -> String {
-    format!("{}", err.etype().as_str())
+#[allow(clippy::boxed_local)] // Pingora hands errors over boxed
+fn describe(err: pingora::BError) -> String {
+    err.etype().as_str().to_string()
 }

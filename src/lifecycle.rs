@@ -75,8 +75,13 @@ pub struct DrainingShutdown {
 impl ShutdownSignalWatch for DrainingShutdown {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("cannot install signal handlers; the sidecar can only be stopped by SIGKILL");
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!(
+                "cannot install signal handlers; the sidecar can only be stopped by SIGKILL"
+            );
             return std::future::pending().await;
         };
         let name = tokio::select! {
@@ -84,16 +89,27 @@ impl ShutdownSignalWatch for DrainingShutdown {
             _ = int.recv() => "SIGINT",
         };
         self.lifecycle.start_draining();
-        tracing::info!(signal = name, drain_delay_ms = self.drain_delay.as_millis() as u64, "shutdown requested: readiness is now failing, still serving during the drain delay");
+        tracing::info!(
+            signal = name,
+            drain_delay_ms = self.drain_delay.as_millis() as u64,
+            "shutdown requested: readiness is now failing, still serving during the drain delay"
+        );
         tokio::time::sleep(self.drain_delay).await;
-        tracing::info!(in_flight = self.lifecycle.in_flight(), "drain delay over: listeners stop accepting");
+        tracing::info!(
+            in_flight = self.lifecycle.in_flight(),
+            "drain delay over: listeners stop accepting"
+        );
         ShutdownSignal::GracefulTerminate
     }
 }
 
 /// Ends the process once the listeners have stopped and nothing is in flight,
 /// or when the grace period is over, whichever comes first.
-pub fn exit_when_idle(lifecycle: Arc<Lifecycle>, mut phases: broadcast::Receiver<ExecutionPhase>, grace: Duration) {
+pub fn exit_when_idle(
+    lifecycle: Arc<Lifecycle>,
+    mut phases: broadcast::Receiver<ExecutionPhase>,
+    grace: Duration,
+) {
     std::thread::spawn(move || {
         loop {
             match phases.blocking_recv() {
@@ -108,7 +124,10 @@ pub fn exit_when_idle(lifecycle: Arc<Lifecycle>, mut phases: broadcast::Receiver
         }
         let left = lifecycle.in_flight();
         if left > 0 {
-            tracing::warn!(in_flight = left, "shutdown grace period over: abandoning requests still in flight");
+            tracing::warn!(
+                in_flight = left,
+                "shutdown grace period over: abandoning requests still in flight"
+            );
         } else {
             tracing::info!("no request in flight: exiting");
         }

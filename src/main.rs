@@ -9,7 +9,11 @@ use wedsync_sidecar::config::{self, Config};
 use wedsync_sidecar::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "wedsync-sidecar", version, about = "Egress gateway, webhook ingress and delivery sidecar")]
+#[command(
+    name = "wedsync-sidecar",
+    version,
+    about = "Egress gateway, webhook ingress and delivery sidecar"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -77,7 +77,11 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), headers: Vec::new() }
+        Self {
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -115,8 +119,12 @@ impl Problem {
     pub async fn write_to(&self, session: &mut Session) -> pingora::Result<()> {
         let body = self.body();
         let header = self.response_header(body.len())?;
-        session.write_response_header(Box::new(header), false).await?;
-        session.write_response_body(Some(Bytes::from(body)), true).await
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
     }
 
     /// The same answer for `ServeHttp` services (admin, ingress).
@@ -131,7 +139,9 @@ impl Problem {
         for (name, value) in &self.headers {
             builder = builder.header(*name, value.as_str());
         }
-        builder.body(body).unwrap_or_else(|_| http::Response::new(Vec::new()))
+        builder
+            .body(body)
+            .unwrap_or_else(|_| http::Response::new(Vec::new()))
     }
 }
 
@@ -141,7 +151,10 @@ mod tests {
 
     #[test]
     fn renders_rfc9457_fields_and_the_error_header() {
-        let problem = Problem::new(ErrorCode::UpstreamTimeout, "stripe did not answer within 30s");
+        let problem = Problem::new(
+            ErrorCode::UpstreamTimeout,
+            "stripe did not answer within 30s",
+        );
         let body: serde_json::Value = serde_json::from_slice(&problem.body()).unwrap();
         assert_eq!(body["status"], 504);
         assert_eq!(body["type"], "urn:wedsync-sidecar:error:upstream_timeout");
@@ -149,6 +162,9 @@ mod tests {
         let response = problem.into_http_response();
         assert_eq!(response.status(), 504);
         assert_eq!(response.headers()[ERROR_HEADER], "upstream_timeout");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
     }
 }

@@ -19,18 +19,29 @@ use crate::webhooks::IngressApp;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({role} listener): {source}")]
-    Bind { role: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Setup(String),
     #[error("the {role} listener on {addr} did not come up within 10s")]
-    NotListening { role: &'static str, addr: SocketAddr },
+    NotListening {
+        role: &'static str,
+        addr: SocketAddr,
+    },
 }
 
 /// Runs the sidecar until it is told to stop; the process exits from within.
 pub fn run(config: Config) -> Result<(), StartError> {
     let started = Instant::now();
     let config = Arc::new(config);
-    let listeners = [("egress", config.listen.egress), ("ingress", config.listen.ingress), ("admin", config.listen.admin)];
+    let listeners = [
+        ("egress", config.listen.egress),
+        ("ingress", config.listen.ingress),
+        ("admin", config.listen.admin),
+    ];
     // Pingora binds inside its service threads and panics there on failure;
     // checking first turns a taken port into one clear error and exit code.
     for (role, addr) in listeners {
@@ -39,12 +50,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let metrics = Arc::new(Metrics::new());
     let lifecycle = Lifecycle::new();
-    let egress = EgressProxy::new(&config, Arc::clone(&metrics), Arc::clone(&lifecycle)).map_err(StartError::Setup)?;
+    let egress = EgressProxy::new(&config, Arc::clone(&metrics), Arc::clone(&lifecycle))
+        .map_err(StartError::Setup)?;
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let server_conf = Arc::clone(&server.configuration);
 
-    let mut egress_service = pingora::proxy::http_proxy_service_with_name(&server_conf, egress, "egress");
+    let mut egress_service =
+        pingora::proxy::http_proxy_service_with_name(&server_conf, egress, "egress");
     egress_service.add_tcp(&config.listen.egress.to_string());
     egress_service.threads = Some(egress_threads());
 
@@ -52,7 +65,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ingress_service.add_tcp(&config.listen.ingress.to_string());
     let mut admin_service = Service::new(
         "admin".to_string(),
-        AdminApp::new(Arc::clone(&config), Arc::clone(&metrics), Arc::clone(&lifecycle)),
+        AdminApp::new(
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+            Arc::clone(&lifecycle),
+        ),
     );
     admin_service.add_tcp(&config.listen.admin.to_string());
     ingress_service.threads = Some(1);
@@ -62,11 +79,20 @@ pub fn run(config: Config) -> Result<(), StartError> {
     server.add_service(ingress_service);
     server.add_service(admin_service);
 
-    exit_when_idle(Arc::clone(&lifecycle), server.watch_execution_phase(), config.shutdown_grace);
+    exit_when_idle(
+        Arc::clone(&lifecycle),
+        server.watch_execution_phase(),
+        config.shutdown_grace,
+    );
     watch_listeners(Arc::clone(&lifecycle), listeners, started);
 
-    let shutdown = DrainingShutdown { lifecycle, drain_delay: config.drain_delay };
-    server.run(RunArgs { shutdown_signal: Box::new(shutdown) });
+    let shutdown = DrainingShutdown {
+        lifecycle,
+        drain_delay: config.drain_delay,
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(shutdown),
+    });
     Ok(())
 }
 
@@ -79,19 +105,29 @@ fn server_conf(config: &Config) -> ServerConf {
         grace_period_seconds: Some(config.shutdown_grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: run_dir.join("wedsync-sidecar.pid").display().to_string(),
-        upgrade_sock: run_dir.join(format!("wedsync-sidecar-{}.sock", std::process::id())).display().to_string(),
+        upgrade_sock: run_dir
+            .join(format!("wedsync-sidecar-{}.sock", std::process::id()))
+            .display()
+            .to_string(),
         ..ServerConf::default()
     }
 }
 
 /// One proxy thread per core, at most four: a sidecar shares its pod.
 fn egress_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
 }
 
 /// Marks the sidecar ready once every listener accepts connections; exits with
 /// a clear error if one never does.
-fn watch_listeners(lifecycle: Arc<Lifecycle>, listeners: [(&'static str, SocketAddr); 3], started: Instant) {
+fn watch_listeners(
+    lifecycle: Arc<Lifecycle>,
+    listeners: [(&'static str, SocketAddr); 3],
+    started: Instant,
+) {
     std::thread::spawn(move || {
         for (role, addr) in listeners {
             let probe = loopback_for(addr);
@@ -104,15 +140,22 @@ fn watch_listeners(lifecycle: Arc<Lifecycle>, listeners: [(&'static str, SocketA
             }
         }
         lifecycle.mark_listeners_bound();
-        tracing::info!(startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
+        tracing::info!(
+            startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "ready"
+        );
     });
 }
 
 /// A wildcard listen address is probed on loopback.
 fn loopback_for(addr: SocketAddr) -> SocketAddr {
     match addr {
-        SocketAddr::V4(v4) if v4.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], v4.port())),
-        SocketAddr::V6(v6) if v6.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port())),
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], v4.port()))
+        }
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port()))
+        }
         other => other,
     }
 }

@@ -9,8 +9,18 @@ use support::*;
 
 #[tokio::test]
 async fn metrics_count_known_traffic_by_service_and_code() {
-    let upstream = MockServer::start(|seen| if seen.uri == "/fail" { MockAnswer::status(503, "down") } else { MockAnswer::ok("ok") }).await;
-    let sidecar = Sidecar::start(&format!("services:\n  stripe:\n    route: /stripe\n    upstream: {}\n", upstream.url()));
+    let upstream = MockServer::start(|seen| {
+        if seen.uri == "/fail" {
+            MockAnswer::status(503, "down")
+        } else {
+            MockAnswer::ok("ok")
+        }
+    })
+    .await;
+    let sidecar = Sidecar::start(&format!(
+        "services:\n  stripe:\n    route: /stripe\n    upstream: {}\n",
+        upstream.url()
+    ));
     for _ in 0..3 {
         get(&sidecar.egress_url("/stripe/ok")).await;
     }
@@ -40,16 +50,38 @@ async fn the_admin_token_guards_admin_endpoints_but_not_probes_or_metrics() {
         let answer = get(&sidecar.admin_url(path)).await;
         assert_eq!(answer.status, 401, "{path}");
         assert_eq!(answer.headers["x-sidecar-error"], "unauthorized");
-        let answer = send("GET", &sidecar.admin_url(path), &[("authorization", "Bearer wrong-token-0123456789")], Bytes::new()).await;
+        let answer = send(
+            "GET",
+            &sidecar.admin_url(path),
+            &[("authorization", "Bearer wrong-token-0123456789")],
+            Bytes::new(),
+        )
+        .await;
         assert_eq!(answer.status, 401, "{path}");
     }
     let auth = [("authorization", "Bearer admin-token-0123456789")];
-    let config = send("GET", &sidecar.admin_url("/admin/config"), &auth, Bytes::new()).await;
+    let config = send(
+        "GET",
+        &sidecar.admin_url("/admin/config"),
+        &auth,
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(config.status, 200);
     let text = config.text();
-    assert!(!text.contains("sk_live_do_not_show") && !text.contains("admin-token-0123456789"), "{text}");
+    assert!(
+        !text.contains("sk_live_do_not_show") && !text.contains("admin-token-0123456789"),
+        "{text}"
+    );
     assert_eq!(config.json()["services"][0]["auth"]["token"], "<redacted>");
-    let services = send("GET", &sidecar.admin_url("/admin/services"), &auth, Bytes::new()).await.json();
+    let services = send(
+        "GET",
+        &sidecar.admin_url("/admin/services"),
+        &auth,
+        Bytes::new(),
+    )
+    .await
+    .json();
     assert_eq!(services["services"][0]["name"], "stripe");
     assert_eq!(services["services"][0]["auth"], "bearer");
 }
@@ -57,7 +89,13 @@ async fn the_admin_token_guards_admin_endpoints_but_not_probes_or_metrics() {
 #[tokio::test]
 async fn the_ingress_listener_answers_404_until_webhooks_exist() {
     let sidecar = Sidecar::start("services: {}\n");
-    let answer = send("POST", &format!("http://{}/webhooks/stripe", sidecar.ingress), &[], Bytes::from("{}")).await;
+    let answer = send(
+        "POST",
+        &format!("http://{}/webhooks/stripe", sidecar.ingress),
+        &[],
+        Bytes::from("{}"),
+    )
+    .await;
     assert_eq!(answer.status, 404);
     assert_eq!(answer.headers["x-sidecar-error"], "not_found");
     let answer = get(&format!("http://{}/webhooks/stripe", sidecar.ingress)).await;
@@ -66,7 +104,9 @@ async fn the_ingress_listener_answers_404_until_webhooks_exist() {
 
 #[tokio::test]
 async fn sigterm_fails_readiness_at_once_and_lets_a_slow_request_finish() {
-    let upstream = MockServer::start(|_| MockAnswer::ok("finished").delayed(Duration::from_millis(1500))).await;
+    let upstream =
+        MockServer::start(|_| MockAnswer::ok("finished").delayed(Duration::from_millis(1500)))
+            .await;
     let body = format!("drain_delay: 300ms\nshutdown_grace: 10s\nservices:\n  slow:\n    route: /slow\n    upstream: {}\n", upstream.url());
     let mut sidecar = Sidecar::start(&body);
     let in_flight = tokio::spawn(get(&sidecar.egress_url("/slow/x")));
@@ -83,7 +123,10 @@ async fn sigterm_fails_readiness_at_once_and_lets_a_slow_request_finish() {
     let status = wait_exit(&mut sidecar.child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
     let took = signalled.elapsed();
-    assert!(took < Duration::from_millis(2500), "exited {took:?} after SIGTERM: as soon as the request finished");
+    assert!(
+        took < Duration::from_millis(2500),
+        "exited {took:?} after SIGTERM: as soon as the request finished"
+    );
     // After the drain delay the listener no longer accepts.
     assert!(std::net::TcpStream::connect(sidecar.egress).is_err());
 }
@@ -96,7 +139,10 @@ async fn an_idle_sidecar_exits_right_after_the_drain_delay() {
     let status = wait_exit(&mut sidecar.child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
     let took = signalled.elapsed();
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(1500), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
 }
 
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {

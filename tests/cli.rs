@@ -3,11 +3,23 @@
 use std::process::Command;
 
 fn check(yaml: &str) -> (i32, String, String) {
-    let path = std::env::temp_dir().join(format!("sidecar-check-{}-{}.yaml", std::process::id(), yaml.len()));
+    let path = std::env::temp_dir().join(format!(
+        "sidecar-check-{}-{}.yaml",
+        std::process::id(),
+        yaml.len()
+    ));
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar")).args(["check", "-c"]).arg(&path).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&path);
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -16,9 +28,18 @@ fn check_lists_every_error_and_exits_1() {
     assert_eq!(code, 1);
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(lines[0].ends_with(": 3 configuration errors"), "{stderr}");
-    assert!(lines[1].starts_with("  listen.egress: invalid address \"nowhere\""), "{stderr}");
-    assert!(lines[2].starts_with("  services.s.route: invalid route \"s\""), "{stderr}");
-    assert!(lines[3].starts_with("  services.s.timeout: invalid duration \"soon\""), "{stderr}");
+    assert!(
+        lines[1].starts_with("  listen.egress: invalid address \"nowhere\""),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with("  services.s.route: invalid route \"s\""),
+        "{stderr}"
+    );
+    assert!(
+        lines[3].starts_with("  services.s.timeout: invalid duration \"soon\""),
+        "{stderr}"
+    );
     assert!(lines[3].ends_with("(line 7, column 14)"), "{stderr}");
 }
 
@@ -34,10 +55,18 @@ fn check_summarizes_a_valid_file_and_exits_0() {
 #[test]
 fn the_shipped_demo_config_is_valid() {
     let out = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
-        .args(["check", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml")])
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -45,9 +74,24 @@ fn a_taken_port_is_one_clear_error_with_exit_code_2() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let path = std::env::temp_dir().join(format!("sidecar-port-{}.yaml", std::process::id()));
-    std::fs::write(&path, format!("listen: {{ egress: 127.0.0.1:{port}, ingress: 127.0.0.1:0, admin: 127.0.0.1:1 }}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar")).args(["run", "-c"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "listen: {{ egress: 127.0.0.1:{port}, ingress: 127.0.0.1:0, admin: 127.0.0.1:1 }}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (egress listener)")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} (egress listener)"
+        )),
+        "{stderr}"
+    );
 }

@@ -15,16 +15,31 @@ fn service(name: &str, route: &str, upstream: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn routes_by_prefix_strips_it_keeps_the_query_and_injects_a_bearer_token() {
-    let upstream = MockServer::start(|_| MockAnswer::ok("charged").header("x-provider", "yes")).await;
+    let upstream =
+        MockServer::start(|_| MockAnswer::ok("charged").header("x-provider", "yes")).await;
     let other = MockServer::start(|_| MockAnswer::ok("other")).await;
     let body = format!(
         "services:\n{}{}",
-        service("stripe", "/stripe", &format!("{}/base", upstream.url()), "    auth: { kind: bearer, token: \"${env:TEST_STRIPE_KEY}\" }\n"),
+        service(
+            "stripe",
+            "/stripe",
+            &format!("{}/base", upstream.url()),
+            "    auth: { kind: bearer, token: \"${env:TEST_STRIPE_KEY}\" }\n"
+        ),
         service("stripe-connect", "/stripe-connect", &other.url(), ""),
     );
     let sidecar = Sidecar::start_with_env(&body, &[("TEST_STRIPE_KEY", "sk_test_secret_value")]);
 
-    let answer = send("POST", &sidecar.egress_url("/stripe/v1/charges?amount=100&currency=eur"), &[("authorization", "Bearer app-own-token"), ("x-request-id", "req-123")], Bytes::from("a=1")).await;
+    let answer = send(
+        "POST",
+        &sidecar.egress_url("/stripe/v1/charges?amount=100&currency=eur"),
+        &[
+            ("authorization", "Bearer app-own-token"),
+            ("x-request-id", "req-123"),
+        ],
+        Bytes::from("a=1"),
+    )
+    .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.text(), "charged");
     assert_eq!(answer.headers["x-provider"], "yes");
@@ -42,12 +57,25 @@ async fn routes_by_prefix_strips_it_keeps_the_query_and_injects_a_bearer_token()
     assert_eq!(other.requests()[0].uri, "/accounts");
     assert!(!other.requests()[0].headers.contains_key("authorization"));
     let generated = &other.requests()[0].headers["x-request-id"];
-    assert_eq!(generated.len(), 36, "a UUID request id is generated: {generated}");
+    assert_eq!(
+        generated.len(),
+        36,
+        "a UUID request id is generated: {generated}"
+    );
 
     let logs = sidecar.logs();
-    assert!(!logs.contains("sk_test_secret_value"), "a secret reached the log:\n{logs}");
-    assert!(!logs.contains("currency=eur"), "a query value reached the log:\n{logs}");
-    assert!(logs.contains("req-123"), "the access log names the request id:\n{logs}");
+    assert!(
+        !logs.contains("sk_test_secret_value"),
+        "a secret reached the log:\n{logs}"
+    );
+    assert!(
+        !logs.contains("currency=eur"),
+        "a query value reached the log:\n{logs}"
+    );
+    assert!(
+        logs.contains("req-123"),
+        "the access log names the request id:\n{logs}"
+    );
 }
 
 #[tokio::test]
@@ -57,7 +85,10 @@ async fn unknown_routes_answer_404_problem_json() {
     assert_eq!(answer.status, 404);
     assert_eq!(answer.headers["content-type"], "application/problem+json");
     assert_eq!(answer.headers["x-sidecar-error"], "no_route");
-    assert_eq!(answer.json()["detail"], "no service route matches /nowhere/x");
+    assert_eq!(
+        answer.json()["detail"],
+        "no service route matches /nowhere/x"
+    );
 }
 
 #[tokio::test]
@@ -65,14 +96,39 @@ async fn injects_api_keys_in_headers_and_queries_and_basic_credentials() {
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
     let body = format!(
         "services:\n{}{}{}",
-        service("resend", "/resend", &upstream.url(), "    auth: { kind: api_key, header: X-Api-Key, value: re_key_1 }\n"),
-        service("maps", "/maps", &upstream.url(), "    auth: { kind: api_key, query: key, value: \"k&1\" }\n"),
-        service("twilio", "/twilio", &upstream.url(), "    auth: { kind: basic, username: AC123, password: tok }\n"),
+        service(
+            "resend",
+            "/resend",
+            &upstream.url(),
+            "    auth: { kind: api_key, header: X-Api-Key, value: re_key_1 }\n"
+        ),
+        service(
+            "maps",
+            "/maps",
+            &upstream.url(),
+            "    auth: { kind: api_key, query: key, value: \"k&1\" }\n"
+        ),
+        service(
+            "twilio",
+            "/twilio",
+            &upstream.url(),
+            "    auth: { kind: basic, username: AC123, password: tok }\n"
+        ),
     );
     let sidecar = Sidecar::start(&body);
-    get_with(&sidecar, "/resend/emails", &[("x-api-key", "app-key"), ("authorization", "Bearer app")]).await;
+    get_with(
+        &sidecar,
+        "/resend/emails",
+        &[("x-api-key", "app-key"), ("authorization", "Bearer app")],
+    )
+    .await;
     get_with(&sidecar, "/maps/geo?key=app&q=venue", &[]).await;
-    get_with(&sidecar, "/twilio/Messages.json", &[("authorization", "Basic YXBwOmFwcA==")]).await;
+    get_with(
+        &sidecar,
+        "/twilio/Messages.json",
+        &[("authorization", "Basic YXBwOmFwcA==")],
+    )
+    .await;
     let seen = upstream.requests();
     assert_eq!(seen[0].headers["x-api-key"], "re_key_1");
     assert!(!seen[0].headers.contains_key("authorization"));
@@ -105,28 +161,54 @@ async fn oauth2_fetches_one_token_for_fifty_concurrent_requests_and_caches_it() 
     let counter = Arc::clone(&issued);
     let tokens = MockServer::start(move |_| {
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        MockAnswer::ok(&format!(r#"{{"access_token":"at-{n}","token_type":"Bearer","expires_in":3600}}"#)).delayed(Duration::from_millis(200))
+        MockAnswer::ok(&format!(
+            r#"{{"access_token":"at-{n}","token_type":"Bearer","expires_in":3600}}"#
+        ))
+        .delayed(Duration::from_millis(200))
     })
     .await;
     let upstream = MockServer::start(|_| MockAnswer::ok("suppliers")).await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens, 3600)));
+    let sidecar = Sidecar::start(&format!(
+        "services:\n{}",
+        oauth_body(&upstream, &tokens, 3600)
+    ));
 
-    let requests: Vec<_> = (0..50).map(|_| tokio::spawn(get(&sidecar.egress_url("/suppliers/v1/vendors")))).collect();
+    let requests: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(get(&sidecar.egress_url("/suppliers/v1/vendors"))))
+        .collect();
     for request in requests {
         assert_eq!(request.await.unwrap().status, 200);
     }
-    assert_eq!(tokens.requests().len(), 1, "single flight: one token request for a cold cache");
+    assert_eq!(
+        tokens.requests().len(),
+        1,
+        "single flight: one token request for a cold cache"
+    );
     let token_request = &tokens.requests()[0];
     assert_eq!(token_request.method, "POST");
     assert_eq!(token_request.uri, "/oauth/token");
-    assert_eq!(token_request.headers["authorization"], "Basic d2Vkc3luYzpzM2NyZXQtdmFsdWU=");
-    assert_eq!(&token_request.body[..], b"grant_type=client_credentials&scope=suppliers.read&audience=suppliers-api");
-    assert!(upstream.requests().iter().all(|r| r.headers["authorization"] == "Bearer at-1"));
+    assert_eq!(
+        token_request.headers["authorization"],
+        "Basic d2Vkc3luYzpzM2NyZXQtdmFsdWU="
+    );
+    assert_eq!(
+        &token_request.body[..],
+        b"grant_type=client_credentials&scope=suppliers.read&audience=suppliers-api"
+    );
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.headers["authorization"] == "Bearer at-1"));
 
     get(&sidecar.egress_url("/suppliers/v1/vendors")).await;
     assert_eq!(tokens.requests().len(), 1, "the cached token is reused");
     let metrics = get(&sidecar.admin_url("/metrics")).await.text();
-    assert!(metrics.contains("sidecar_oauth2_token_refreshes_total{outcome=\"success\",service=\"suppliers\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "sidecar_oauth2_token_refreshes_total{outcome=\"success\",service=\"suppliers\"} 1"
+        ),
+        "{metrics}"
+    );
     assert!(!sidecar.logs().contains("at-1"), "a token reached the log");
 }
 
@@ -147,8 +229,16 @@ async fn oauth2_refreshes_before_expiry() {
     get(&sidecar.egress_url("/suppliers/b")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     get(&sidecar.egress_url("/suppliers/c")).await;
-    let auth: Vec<String> = upstream.requests().iter().map(|r| r.headers["authorization"].clone()).collect();
-    assert_eq!(auth, ["Bearer at-1", "Bearer at-1", "Bearer at-2"], "refreshed in the background before expiry");
+    let auth: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.headers["authorization"].clone())
+        .collect();
+    assert_eq!(
+        auth,
+        ["Bearer at-1", "Bearer at-1", "Bearer at-2"],
+        "refreshed in the background before expiry"
+    );
 }
 
 #[tokio::test]
@@ -164,18 +254,33 @@ async fn oauth2_endpoint_down_answers_502_without_forwarding_and_recovers() {
     })
     .await;
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens, 3600)));
+    let sidecar = Sidecar::start(&format!(
+        "services:\n{}",
+        oauth_body(&upstream, &tokens, 3600)
+    ));
     let answer = get(&sidecar.egress_url("/suppliers/x")).await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.headers["x-sidecar-error"], "credentials_unavailable");
-    assert!(answer.text().contains("answered 503 (temporarily_unavailable)"), "{}", answer.text());
+    assert!(
+        answer
+            .text()
+            .contains("answered 503 (temporarily_unavailable)"),
+        "{}",
+        answer.text()
+    );
     assert!(!answer.text().contains("s3cret-value"));
-    assert!(upstream.requests().is_empty(), "never forwarded without credentials");
+    assert!(
+        upstream.requests().is_empty(),
+        "never forwarded without credentials"
+    );
 
     healthy.store(true, Ordering::SeqCst);
     let answer = get(&sidecar.egress_url("/suppliers/x")).await;
     assert_eq!(answer.status, 200);
-    assert_eq!(upstream.requests()[0].headers["authorization"], "Bearer at-ok");
+    assert_eq!(
+        upstream.requests()[0].headers["authorization"],
+        "Bearer at-ok"
+    );
 }
 
 #[tokio::test]
@@ -195,8 +300,15 @@ async fn an_upstream_401_invalidates_the_cached_token() {
         }
     })
     .await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens, 3600)));
-    assert_eq!(get(&sidecar.egress_url("/suppliers/x")).await.status, 401, "the provider's 401 passes through");
+    let sidecar = Sidecar::start(&format!(
+        "services:\n{}",
+        oauth_body(&upstream, &tokens, 3600)
+    ));
+    assert_eq!(
+        get(&sidecar.egress_url("/suppliers/x")).await.status,
+        401,
+        "the provider's 401 passes through"
+    );
     assert_eq!(get(&sidecar.egress_url("/suppliers/x")).await.status, 200);
     assert_eq!(tokens.requests().len(), 2);
 }
@@ -208,7 +320,12 @@ async fn slow_providers_time_out_with_504_and_closed_ports_answer_502() {
     let body = format!(
         "services:\n{}{}",
         service("slow", "/slow", &slow.url(), "    timeout: 300ms\n"),
-        service("gone", "/gone", &format!("http://127.0.0.1:{closed}"), "    connect_timeout: 200ms\n"),
+        service(
+            "gone",
+            "/gone",
+            &format!("http://127.0.0.1:{closed}"),
+            "    connect_timeout: 200ms\n"
+        ),
     );
     let sidecar = Sidecar::start(&body);
     let started = std::time::Instant::now();
@@ -220,37 +337,66 @@ async fn slow_providers_time_out_with_504_and_closed_ports_answer_502() {
     let answer = get(&sidecar.egress_url("/gone/x")).await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.headers["x-sidecar-error"], "upstream_unreachable");
-    assert_eq!(answer.json()["type"], "urn:wedsync-sidecar:error:upstream_unreachable");
+    assert_eq!(
+        answer.json()["type"],
+        "urn:wedsync-sidecar:error:upstream_unreachable"
+    );
 }
 
 #[tokio::test]
 async fn tls_upstreams_are_verified_against_a_private_ca_with_sni() {
     let pki = test_pki("localhost");
-    let upstream = MockServer::start_with_tls(|_| MockAnswer::ok("secure"), Some(pki.acceptor.clone())).await;
+    let upstream =
+        MockServer::start_with_tls(|_| MockAnswer::ok("secure"), Some(pki.acceptor.clone())).await;
     let port = upstream.addr.port();
     let dir = tempdir();
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let body = format!(
         "services:\n{}{}{}",
-        service("trusted", "/trusted", &format!("https://localhost:{port}"), &format!("    ca_file: {}\n", ca.display())),
-        service("untrusted", "/untrusted", &format!("https://localhost:{port}"), ""),
-        service("wrongname", "/wrongname", &format!("https://127.0.0.1:{port}"), &format!("    ca_file: {}\n", ca.display())),
+        service(
+            "trusted",
+            "/trusted",
+            &format!("https://localhost:{port}"),
+            &format!("    ca_file: {}\n", ca.display())
+        ),
+        service(
+            "untrusted",
+            "/untrusted",
+            &format!("https://localhost:{port}"),
+            ""
+        ),
+        service(
+            "wrongname",
+            "/wrongname",
+            &format!("https://127.0.0.1:{port}"),
+            &format!("    ca_file: {}\n", ca.display())
+        ),
     );
     let sidecar = Sidecar::start(&body);
     let answer = get(&sidecar.egress_url("/trusted/x")).await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "secure"));
-    assert_eq!(upstream.requests()[0].headers["host"], format!("localhost:{port}"));
+    assert_eq!(
+        upstream.requests()[0].headers["host"],
+        format!("localhost:{port}")
+    );
     for path in ["/untrusted/x", "/wrongname/x"] {
         let answer = get(&sidecar.egress_url(path)).await;
         assert_eq!(answer.status, 502, "{path}");
-        assert_eq!(answer.headers["x-sidecar-error"], "upstream_unreachable", "{path}");
+        assert_eq!(
+            answer.headers["x-sidecar-error"], "upstream_unreachable",
+            "{path}"
+        );
     }
     assert_eq!(upstream.requests().len(), 1);
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sidecar-pki-{}-{}", std::process::id(), free_port()));
+    let dir = std::env::temp_dir().join(format!(
+        "sidecar-pki-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -266,18 +412,27 @@ async fn streams_50_mib_both_ways_without_buffering_it() {
         }
     })
     .await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", service("files", "/files", &upstream.url(), "")));
+    let sidecar = Sidecar::start(&format!(
+        "services:\n{}",
+        service("files", "/files", &upstream.url(), "")
+    ));
     get(&sidecar.egress_url("/files/warmup")).await;
     let (_, peak_before) = sidecar.rss_kib();
 
     let chunks = ChunkedBody { remaining: SIZE };
     let answer = send_body("PUT", &sidecar.egress_url("/files/upload"), &[], chunks).await;
-    assert_eq!(answer.text(), SIZE.to_string(), "the whole body arrived upstream");
+    assert_eq!(
+        answer.text(),
+        SIZE.to_string(),
+        "the whole body arrived upstream"
+    );
     let answer = get(&sidecar.egress_url("/files/download")).await;
     assert_eq!(answer.body.len(), SIZE);
 
     let (_, peak_after) = sidecar.rss_kib();
     let growth_mib = (peak_after.saturating_sub(peak_before)) / 1024;
-    assert!(growth_mib < 16, "peak RSS grew by {growth_mib} MiB while streaming 50 MiB each way");
+    assert!(
+        growth_mib < 16,
+        "peak RSS grew by {growth_mib} MiB while streaming 50 MiB each way"
+    );
 }
-

@@ -5,7 +5,9 @@
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Latency buckets from 1 ms to 60 s: provider calls are slow next to the proxy.
-const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -24,8 +26,11 @@ impl Metrics {
         )
         .expect("static metric definition");
         let egress_request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new("sidecar_egress_request_duration_seconds", "Time from receiving an egress request to the end of its response, by service.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "sidecar_egress_request_duration_seconds",
+                "Time from receiving an egress request to the end of its response, by service.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["service"],
         )
         .expect("static metric definition");
@@ -39,9 +44,16 @@ impl Metrics {
             Box::new(egress_request_duration_seconds.clone()),
             Box::new(oauth2_token_refreshes_total.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
-        Self { registry, egress_requests_total, egress_request_duration_seconds, oauth2_token_refreshes_total }
+        Self {
+            registry,
+            egress_requests_total,
+            egress_request_duration_seconds,
+            oauth2_token_refreshes_total,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

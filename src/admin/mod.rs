@@ -24,21 +24,36 @@ pub struct AdminApp {
 
 impl AdminApp {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Self {
-        Self { config, metrics, lifecycle }
+        Self {
+            config,
+            metrics,
+            lifecycle,
+        }
     }
 
-    fn route(&self, method: &http::Method, path: &str, authorization: Option<&[u8]>) -> http::Response<Vec<u8>> {
+    fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        authorization: Option<&[u8]>,
+    ) -> http::Response<Vec<u8>> {
         if method != http::Method::GET && method != http::Method::HEAD {
-            return Problem::new(ErrorCode::MethodNotAllowed, format!("{path} answers GET only"))
-                .with_header("allow", "GET, HEAD")
-                .into_http_response();
+            return Problem::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{path} answers GET only"),
+            )
+            .with_header("allow", "GET, HEAD")
+            .into_http_response();
         }
         match path {
             "/metrics" => response(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => json(200, &serde_json::json!({ "status": "ok" })),
             "/readyz" => match self.lifecycle.readiness() {
                 Ok(()) => json(200, &serde_json::json!({ "status": "ready" })),
-                Err(reason) => json(503, &serde_json::json!({ "status": "not_ready", "reason": reason })),
+                Err(reason) => json(
+                    503,
+                    &serde_json::json!({ "status": "not_ready", "reason": reason }),
+                ),
             },
             _ if path.starts_with("/admin/") => {
                 if let Err(problem) = check_token(self.config.admin.token.as_ref(), authorization) {
@@ -47,10 +62,12 @@ impl AdminApp {
                 match path {
                     "/admin/config" => json(200, &*self.config),
                     "/admin/services" => json(200, &services_summary(&self.config)),
-                    _ => Problem::new(ErrorCode::NotFound, format!("no admin endpoint at {path}")).into_http_response(),
+                    _ => Problem::new(ErrorCode::NotFound, format!("no admin endpoint at {path}"))
+                        .into_http_response(),
                 }
             }
-            _ => Problem::new(ErrorCode::NotFound, format!("no endpoint at {path}")).into_http_response(),
+            _ => Problem::new(ErrorCode::NotFound, format!("no endpoint at {path}"))
+                .into_http_response(),
         }
     }
 }
@@ -61,19 +78,31 @@ impl ServeHttp for AdminApp {
         let request = session.req_header();
         let method = request.method.clone();
         let path = request.uri.path().to_string();
-        let authorization = request.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+        let authorization = request
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
         self.route(&method, &path, authorization.as_deref())
     }
 }
 
 fn check_token(expected: Option<&Secret>, authorization: Option<&[u8]>) -> Result<(), Problem> {
-    let Some(expected) = expected else { return Ok(()) };
-    let presented = authorization.and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let presented = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
     if bool::from(presented.ct_eq(expected.expose().as_bytes())) {
         return Ok(());
     }
-    let detail = if authorization.is_none() { "this endpoint needs Authorization: Bearer <admin.token>" } else { "the admin token does not match" };
-    Err(Problem::new(ErrorCode::Unauthorized, detail).with_header("www-authenticate", "Bearer realm=\"wedsync-sidecar admin\""))
+    let detail = if authorization.is_none() {
+        "this endpoint needs Authorization: Bearer <admin.token>"
+    } else {
+        "the admin token does not match"
+    };
+    Err(Problem::new(ErrorCode::Unauthorized, detail)
+        .with_header("www-authenticate", "Bearer realm=\"wedsync-sidecar admin\""))
 }
 
 fn services_summary(config: &Config) -> serde_json::Value {
@@ -102,7 +131,11 @@ fn services_summary(config: &Config) -> serde_json::Value {
 }
 
 fn json<T: serde::Serialize + ?Sized>(status: u16, value: &T) -> http::Response<Vec<u8>> {
-    response(status, "application/json", serde_json::to_vec_pretty(value).unwrap_or_default())
+    response(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(value).unwrap_or_default(),
+    )
 }
 
 fn response(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
@@ -124,8 +157,16 @@ mod tests {
         let token = Secret::new("admin-token-0123456789");
         assert!(check_token(None, None).is_ok());
         assert!(check_token(Some(&token), Some(b"Bearer admin-token-0123456789")).is_ok());
-        assert_eq!(check_token(Some(&token), None).unwrap_err().detail, "this endpoint needs Authorization: Bearer <admin.token>");
-        assert_eq!(check_token(Some(&token), Some(b"Bearer admin-token-012345678")).unwrap_err().detail, "the admin token does not match");
+        assert_eq!(
+            check_token(Some(&token), None).unwrap_err().detail,
+            "this endpoint needs Authorization: Bearer <admin.token>"
+        );
+        assert_eq!(
+            check_token(Some(&token), Some(b"Bearer admin-token-012345678"))
+                .unwrap_err()
+                .detail,
+            "the admin token does not match"
+        );
         assert!(check_token(Some(&token), Some(b"admin-token-0123456789")).is_err());
     }
 }

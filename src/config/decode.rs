@@ -21,7 +21,10 @@ pub struct Node<'a> {
 
 impl<'a> Node<'a> {
     pub fn root(value: &'a Value) -> Self {
-        Self { value, path: YamlPath::root() }
+        Self {
+            value,
+            path: YamlPath::root(),
+        }
     }
 }
 
@@ -36,7 +39,10 @@ impl<'a> Fields<'a> {
     pub fn get(&self, key: &str) -> Option<Node<'a>> {
         match self.map.get(key) {
             None | Some(Value::Null) => None,
-            Some(value) => Some(Node { value, path: self.path.key(key) }),
+            Some(value) => Some(Node {
+                value,
+                path: self.path.key(key),
+            }),
         }
     }
 
@@ -52,7 +58,10 @@ pub struct Decoder<'l> {
 
 impl<'l> Decoder<'l> {
     pub fn new(lookup: &'l dyn Lookup) -> Self {
-        Self { lookup, errors: Vec::new() }
+        Self {
+            lookup,
+            errors: Vec::new(),
+        }
     }
 
     pub fn error(&mut self, path: &YamlPath, message: impl Into<String>) {
@@ -67,37 +76,74 @@ impl<'l> Decoder<'l> {
     /// because a typo must never silently disable a setting.
     pub fn fields<'a>(&mut self, node: &Node<'a>, allowed: &[&str]) -> Option<Fields<'a>> {
         let Value::Mapping(map) = untagged(node.value) else {
-            self.error(&node.path, format!("expected a mapping with keys {}, found {}", allowed.join(", "), kind_of(node.value)));
+            self.error(
+                &node.path,
+                format!(
+                    "expected a mapping with keys {}, found {}",
+                    allowed.join(", "),
+                    kind_of(node.value)
+                ),
+            );
             return None;
         };
         for key in map.keys() {
             match key.as_str() {
                 Some(key) if allowed.contains(&key) => {}
                 Some(key) => {
-                    let hint = closest(key, allowed).map(|k| format!("; did you mean \"{k}\"?")).unwrap_or_default();
-                    self.error(&node.path.key(key), format!("unknown key \"{key}\"{hint} (expected one of: {})", allowed.join(", ")));
+                    let hint = closest(key, allowed)
+                        .map(|k| format!("; did you mean \"{k}\"?"))
+                        .unwrap_or_default();
+                    self.error(
+                        &node.path.key(key),
+                        format!(
+                            "unknown key \"{key}\"{hint} (expected one of: {})",
+                            allowed.join(", ")
+                        ),
+                    );
                 }
-                None => self.error(&node.path, format!("keys must be strings, found {}", kind_of(key))),
+                None => self.error(
+                    &node.path,
+                    format!("keys must be strings, found {}", kind_of(key)),
+                ),
             }
         }
-        Some(Fields { map, path: node.path.clone() })
+        Some(Fields {
+            map,
+            path: node.path.clone(),
+        })
     }
 
     /// `name: {...}` entries of a user-named mapping (services, upstreams, webhooks).
     pub fn entries<'a>(&mut self, node: &Node<'a>) -> Vec<(String, Node<'a>)> {
         let Value::Mapping(map) = untagged(node.value) else {
-            self.error(&node.path, format!("expected a mapping of names to entries, found {}", kind_of(node.value)));
+            self.error(
+                &node.path,
+                format!(
+                    "expected a mapping of names to entries, found {}",
+                    kind_of(node.value)
+                ),
+            );
             return Vec::new();
         };
         let mut entries = Vec::new();
         for (key, value) in map {
             let Some(name) = key.as_str() else {
-                self.error(&node.path, format!("names must be strings, found {}", kind_of(key)));
+                self.error(
+                    &node.path,
+                    format!("names must be strings, found {}", kind_of(key)),
+                );
                 continue;
             };
             let path = node.path.key(name);
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                self.error(&path, format!("invalid name \"{name}\": use letters, digits, '-' and '_'"));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                self.error(
+                    &path,
+                    format!("invalid name \"{name}\": use letters, digits, '-' and '_'"),
+                );
                 continue;
             }
             entries.push((name.to_string(), Node { value, path }));
@@ -129,7 +175,10 @@ impl<'l> Decoder<'l> {
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
             other => {
-                self.error(&node.path, format!("expected a string, found {}", kind_of(other)));
+                self.error(
+                    &node.path,
+                    format!("expected a string, found {}", kind_of(other)),
+                );
                 return None;
             }
         };
@@ -152,7 +201,11 @@ impl<'l> Decoder<'l> {
     }
 
     /// A string, after resolution, parsed by `parse`.
-    pub fn parsed<T>(&mut self, node: &Node, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+    pub fn parsed<T>(
+        &mut self,
+        node: &Node,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
         let text = self.string(node)?;
         match parse(&text) {
             Ok(value) => Some(value),
@@ -192,7 +245,13 @@ impl<'l> Decoder<'l> {
         match value {
             Some(v) if (min..=max).contains(&v) => Some(v),
             _ => {
-                self.error(&node.path, format!("expected a whole number from {min} to {max}, found {}", display_scalar(node.value)));
+                self.error(
+                    &node.path,
+                    format!(
+                        "expected a whole number from {min} to {max}, found {}",
+                        display_scalar(node.value)
+                    ),
+                );
                 None
             }
         }
@@ -202,7 +261,10 @@ impl<'l> Decoder<'l> {
         match untagged(node.value) {
             Value::Bool(b) => Some(*b),
             other => {
-                self.error(&node.path, format!("expected true or false, found {}", display_scalar(other)));
+                self.error(
+                    &node.path,
+                    format!("expected true or false, found {}", display_scalar(other)),
+                );
                 None
             }
         }
@@ -215,23 +277,44 @@ impl<'l> Decoder<'l> {
             Some((_, value)) => Some(*value),
             None => {
                 let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                self.error(&node.path, format!("unknown value \"{text}\": expected one of {}", names.join(", ")));
+                self.error(
+                    &node.path,
+                    format!(
+                        "unknown value \"{text}\": expected one of {}",
+                        names.join(", ")
+                    ),
+                );
                 None
             }
         }
     }
 
     /// A sequence whose items are read by `item`; a bad item is reported and skipped.
-    pub fn list<'a, T>(&mut self, node: &Node<'a>, mut item: impl FnMut(&mut Self, &Node<'a>) -> Option<T>) -> Option<Vec<T>> {
+    pub fn list<'a, T>(
+        &mut self,
+        node: &Node<'a>,
+        mut item: impl FnMut(&mut Self, &Node<'a>) -> Option<T>,
+    ) -> Option<Vec<T>> {
         let Value::Sequence(items) = untagged(node.value) else {
-            self.error(&node.path, format!("expected a list, found {}", kind_of(node.value)));
+            self.error(
+                &node.path,
+                format!("expected a list, found {}", kind_of(node.value)),
+            );
             return None;
         };
         let before = self.errors.len();
         let values: Vec<T> = items
             .iter()
             .enumerate()
-            .filter_map(|(i, value)| item(self, &Node { value, path: node.path.index(i) }))
+            .filter_map(|(i, value)| {
+                item(
+                    self,
+                    &Node {
+                        value,
+                        path: node.path.index(i),
+                    },
+                )
+            })
             .collect();
         (self.errors.len() == before).then_some(values)
     }
@@ -295,7 +378,10 @@ mod tests {
 
     #[test]
     fn suggests_the_nearest_key_for_a_typo() {
-        assert_eq!(closest("rate_limt", &["route", "rate_limit", "retry"]), Some("rate_limit"));
+        assert_eq!(
+            closest("rate_limt", &["route", "rate_limit", "retry"]),
+            Some("rate_limit")
+        );
         assert_eq!(closest("zzzzzz", &["route", "retry"]), None);
     }
 }

@@ -36,7 +36,12 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.errors.len();
-        write!(f, "{}: {count} configuration error{}", self.file, if count == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{}: {count} configuration error{}",
+            self.file,
+            if count == 1 { "" } else { "s" }
+        )?;
         for error in &self.errors {
             write!(f, "\n  {error}")?;
         }

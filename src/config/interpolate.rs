@@ -37,10 +37,9 @@ impl Lookup for MapLookup {
     }
 
     fn file(&self, path: &str) -> std::io::Result<String> {
-        self.files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"))
+        self.files.get(path).cloned().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory")
+        })
     }
 }
 
@@ -66,9 +65,9 @@ pub fn resolve(text: &str, lookup: &dyn Lookup) -> Result<Resolved, String> {
         }
         value.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated reference \"${{{after}\": expected a closing }}"))?;
+        let end = after.find('}').ok_or_else(|| {
+            format!("unterminated reference \"${{{after}\": expected a closing }}")
+        })?;
         value.push_str(&resolve_reference(&after[..end], lookup)?);
         referenced = true;
         rest = &after[end + 1..];
@@ -84,7 +83,9 @@ fn resolve_reference(reference: &str, lookup: &dyn Lookup) -> Result<String, Str
             None => (spec, None),
         };
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("invalid environment variable name \"{name}\" in ${{env:{name}}}"));
+            return Err(format!(
+                "invalid environment variable name \"{name}\" in ${{env:{name}}}"
+            ));
         }
         return match (lookup.env(name), default) {
             (Some(value), None) => Ok(value),
@@ -101,8 +102,14 @@ fn resolve_reference(reference: &str, lookup: &dyn Lookup) -> Result<String, Str
         }
         return match lookup.file(path) {
             // Secret files usually end with one newline that is not part of the secret.
-            Ok(content) => Ok(content.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&content).to_string()),
-            Err(err) => Err(format!("cannot read {path} (referenced as ${{file:{path}}}): {err}")),
+            Ok(content) => Ok(content
+                .strip_suffix('\n')
+                .map(|s| s.strip_suffix('\r').unwrap_or(s))
+                .unwrap_or(&content)
+                .to_string()),
+            Err(err) => Err(format!(
+                "cannot read {path} (referenced as ${{file:{path}}}): {err}"
+            )),
         };
     }
     Err(format!(
@@ -118,19 +125,36 @@ mod tests {
         let mut lookup = MapLookup::default();
         lookup.env.insert("STRIPE_KEY".into(), "sk_test_123".into());
         lookup.env.insert("EMPTY".into(), String::new());
-        lookup.files.insert("/run/secrets/token".into(), "s3cret\n".into());
+        lookup
+            .files
+            .insert("/run/secrets/token".into(), "s3cret\n".into());
         lookup
     }
 
     #[test]
     fn resolves_env_file_and_defaults() {
         let l = lookup();
-        assert_eq!(resolve("${env:STRIPE_KEY}", &l).unwrap().value, "sk_test_123");
-        assert_eq!(resolve("${env:MISSING:-fallback}", &l).unwrap().value, "fallback");
-        assert_eq!(resolve("${env:EMPTY:-fallback}", &l).unwrap().value, "fallback");
+        assert_eq!(
+            resolve("${env:STRIPE_KEY}", &l).unwrap().value,
+            "sk_test_123"
+        );
+        assert_eq!(
+            resolve("${env:MISSING:-fallback}", &l).unwrap().value,
+            "fallback"
+        );
+        assert_eq!(
+            resolve("${env:EMPTY:-fallback}", &l).unwrap().value,
+            "fallback"
+        );
         assert_eq!(resolve("${env:EMPTY}", &l).unwrap().value, "");
-        assert_eq!(resolve("${file:/run/secrets/token}", &l).unwrap().value, "s3cret");
-        assert_eq!(resolve("Bearer ${env:STRIPE_KEY}!", &l).unwrap().value, "Bearer sk_test_123!");
+        assert_eq!(
+            resolve("${file:/run/secrets/token}", &l).unwrap().value,
+            "s3cret"
+        );
+        assert_eq!(
+            resolve("Bearer ${env:STRIPE_KEY}!", &l).unwrap().value,
+            "Bearer sk_test_123!"
+        );
     }
 
     #[test]
@@ -142,14 +166,20 @@ mod tests {
 
     #[test]
     fn keeps_escaped_references_literal() {
-        assert_eq!(resolve("price: $${env:X}", &lookup()).unwrap().value, "price: ${env:X}");
+        assert_eq!(
+            resolve("price: $${env:X}", &lookup()).unwrap().value,
+            "price: ${env:X}"
+        );
     }
 
     #[test]
     fn names_the_missing_variable_and_file() {
         let l = lookup();
         let err = resolve("${env:NOPE}", &l).err().unwrap();
-        assert!(err.starts_with("environment variable NOPE is not set"), "{err}");
+        assert!(
+            err.starts_with("environment variable NOPE is not set"),
+            "{err}"
+        );
         let err = resolve("${file:/nope}", &l).err().unwrap();
         assert!(err.starts_with("cannot read /nope"), "{err}");
         let err = resolve("${vault:x}", &l).err().unwrap();

@@ -15,7 +15,10 @@ pub fn locate(source: &str, path: &[Segment]) -> Option<Location> {
     let deserializer = serde_yaml_ng::Deserializer::from_str(source);
     let error = Seek { path }.deserialize(deserializer).err()?;
     let location = error.location()?;
-    Some(Location { line: location.line(), column: location.column() })
+    Some(Location {
+        line: location.line(),
+        column: location.column(),
+    })
 }
 
 const FOUND: &str = "found";
@@ -102,7 +105,10 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_deepest_existing_parent() {
-        let missing = YamlPath::root().key("services").key("stripe").key("upstream");
+        let missing = YamlPath::root()
+            .key("services")
+            .key("stripe")
+            .key("upstream");
         assert_eq!(at(missing), (5, 5));
     }
 }

@@ -11,10 +11,10 @@ pub mod secret;
 mod ser;
 pub mod services;
 mod summary;
-pub mod units;
-pub mod upstreams;
 #[cfg(test)]
 mod tests;
+pub mod units;
+pub mod upstreams;
 mod validate;
 pub mod webhooks;
 
@@ -80,16 +80,21 @@ impl Config {
         let file = path.display().to_string();
         let source = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
             file: file.clone(),
-            errors: vec![ConfigError { path: "(file)".into(), message: format!("cannot read the file: {err}"), location: None }],
+            errors: vec![ConfigError {
+                path: "(file)".into(),
+                message: format!("cannot read the file: {err}"),
+                location: None,
+            }],
         })?;
         Self::from_yaml(&source, &file, &ProcessLookup)
     }
 
     pub fn from_yaml(source: &str, file: &str, lookup: &dyn Lookup) -> Result<Self, ConfigErrors> {
-        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(source).map_err(|err| ConfigErrors {
-            file: file.to_string(),
-            errors: vec![syntax_error(source, &err)],
-        })?;
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(source).map_err(|err| ConfigErrors {
+                file: file.to_string(),
+                errors: vec![syntax_error(source, &err)],
+            })?;
         let mut decoder = Decoder::new(lookup);
         let config = decode_document(&mut decoder, &Node::root(&value));
         if let Some(config) = config.as_ref() {
@@ -109,8 +114,15 @@ impl Config {
                 message,
             })
             .collect();
-        errors.sort_by_key(|e| e.location.map(|l| (l.line, l.column)).unwrap_or((usize::MAX, 0)));
-        Err(ConfigErrors { file: file.to_string(), errors })
+        errors.sort_by_key(|e| {
+            e.location
+                .map(|l| (l.line, l.column))
+                .unwrap_or((usize::MAX, 0))
+        });
+        Err(ConfigErrors {
+            file: file.to_string(),
+            errors,
+        })
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
@@ -119,13 +131,24 @@ impl Config {
 }
 
 fn syntax_error(source: &str, err: &serde_yaml_ng::Error) -> ConfigError {
-    let location = err.location().map(|l| Location { line: l.line(), column: l.column() });
+    let location = err.location().map(|l| Location {
+        line: l.line(),
+        column: l.column(),
+    });
     let mut message = format!("invalid YAML: {}", strip_position(&err.to_string()));
-    let line_text = location.and_then(|l| source.lines().nth(l.line.saturating_sub(1))).unwrap_or("");
+    let line_text = location
+        .and_then(|l| source.lines().nth(l.line.saturating_sub(1)))
+        .unwrap_or("");
     if line_text.contains("${") && (line_text.contains('{') || line_text.contains('[')) {
-        message.push_str("; inside { } or [ ] write references in quotes, e.g. token: \"${env:NAME}\"");
+        message.push_str(
+            "; inside { } or [ ] write references in quotes, e.g. token: \"${env:NAME}\"",
+        );
     }
-    ConfigError { path: "(document)".into(), message, location }
+    ConfigError {
+        path: "(document)".into(),
+        message,
+        location,
+    }
 }
 
 /// serde_yaml's messages end with "at line L column C"; we print the position our own way.
@@ -133,8 +156,17 @@ fn strip_position(message: &str) -> &str {
     message.split(" at line ").next().unwrap_or(message)
 }
 
-const TOP_LEVEL_KEYS: &[&str] =
-    &["listen", "admin", "drain_delay", "shutdown_grace", "store", "services", "upstreams", "webhooks", "delivery"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "drain_delay",
+    "shutdown_grace",
+    "store",
+    "services",
+    "upstreams",
+    "webhooks",
+    "delivery",
+];
 
 fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
     if root.value.is_null() {
@@ -160,15 +192,33 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
     };
     let store = match f.get("store") {
         Some(n) => decode_store(d, &n),
-        None => Some(Store { kind: StoreKind::Local { path: PathBuf::from("./data") }, prefix: "sidecar".into() }),
+        None => Some(Store {
+            kind: StoreKind::Local {
+                path: PathBuf::from("./data"),
+            },
+            prefix: "sidecar".into(),
+        }),
     };
     let services = named_entries(d, f.get("services"), services::decode_service);
     let upstreams = named_entries(d, f.get("upstreams"), upstreams::decode_upstream);
     // Webhook targets are checked against every upstream that was named, even
     // one whose own entry had errors, so that one mistake is reported once.
-    let upstream_names: Vec<String> = f.get("upstreams").and_then(|n| n.value.as_mapping().map(|m| m.keys().filter_map(|k| k.as_str().map(String::from)).collect())).unwrap_or_default();
-    let webhooks = named_entries(d, f.get("webhooks"), |d, name, node| webhooks::decode_webhook(d, name, node, &upstream_names));
-    let delivery = f.get("delivery").map(|n| webhooks::decode_delivery_section(d, &n));
+    let upstream_names: Vec<String> = f
+        .get("upstreams")
+        .and_then(|n| {
+            n.value.as_mapping().map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let webhooks = named_entries(d, f.get("webhooks"), |d, name, node| {
+        webhooks::decode_webhook(d, name, node, &upstream_names)
+    });
+    let delivery = f
+        .get("delivery")
+        .map(|n| webhooks::decode_delivery_section(d, &n));
     Some(Config {
         listen: listen?,
         admin: admin?,
@@ -182,9 +232,16 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
     })
 }
 
-fn named_entries<T>(d: &mut Decoder, node: Option<Node>, mut decode: impl FnMut(&mut Decoder, &str, &Node) -> Option<T>) -> Vec<T> {
+fn named_entries<T>(
+    d: &mut Decoder,
+    node: Option<Node>,
+    mut decode: impl FnMut(&mut Decoder, &str, &Node) -> Option<T>,
+) -> Vec<T> {
     let Some(node) = node else { return Vec::new() };
-    d.entries(&node).into_iter().filter_map(|(name, entry)| decode(d, &name, &entry)).collect()
+    d.entries(&node)
+        .into_iter()
+        .filter_map(|(name, entry)| decode(d, &name, &entry))
+        .collect()
 }
 
 fn default_listen() -> Listen {
@@ -205,7 +262,11 @@ fn decode_listen(d: &mut Decoder, node: &Node) -> Option<Listen> {
     let egress = addr("egress", defaults.egress);
     let ingress = addr("ingress", defaults.ingress);
     let admin = addr("admin", defaults.admin);
-    Some(Listen { egress: egress?, ingress: ingress?, admin: admin? })
+    Some(Listen {
+        egress: egress?,
+        ingress: ingress?,
+        admin: admin?,
+    })
 }
 
 fn decode_admin(d: &mut Decoder, node: &Node) -> Option<Admin> {
@@ -217,7 +278,14 @@ fn decode_admin(d: &mut Decoder, node: &Node) -> Option<Admin> {
             if token.expose().is_empty() {
                 None
             } else if token.expose().len() < webhooks::MIN_SECRET_BYTES {
-                d.error(&n.path, format!("token is {} bytes long; at least {} are required", token.expose().len(), webhooks::MIN_SECRET_BYTES));
+                d.error(
+                    &n.path,
+                    format!(
+                        "token is {} bytes long; at least {} are required",
+                        token.expose().len(),
+                        webhooks::MIN_SECRET_BYTES
+                    ),
+                );
                 return None;
             } else {
                 Some(token)
@@ -236,10 +304,15 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
     };
     let prefix = match f.get("prefix") {
         Some(n) => d.parsed(&n, |p| {
-            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b':') {
+            if !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b':')
+            {
                 Ok(p.to_string())
             } else {
-                Err(format!("invalid prefix \"{p}\": use letters, digits, '-', '_' and ':'"))
+                Err(format!(
+                    "invalid prefix \"{p}\": use letters, digits, '-', '_' and ':'"
+                ))
             }
         }),
         None => Some("sidecar".to_string()),
@@ -275,5 +348,8 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         };
         StoreKind::Local { path }
     };
-    Some(Store { kind, prefix: prefix? })
+    Some(Store {
+        kind,
+        prefix: prefix?,
+    })
 }

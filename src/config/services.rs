@@ -39,13 +39,17 @@ pub struct UpstreamUrl {
 
 impl UpstreamUrl {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|_| format!("invalid URL \"{text}\": expected http(s)://host[:port][/path]"))?;
+        let uri: http::Uri = text.parse().map_err(|_| {
+            format!("invalid URL \"{text}\": expected http(s)://host[:port][/path]")
+        })?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("invalid URL \"{text}\": the scheme must be http or https")),
+            _ => {
+                return Err(format!(
+                    "invalid URL \"{text}\": the scheme must be http or https"
+                ))
+            }
         };
         let host = uri
             .host()
@@ -55,19 +59,32 @@ impl UpstreamUrl {
             .trim_end_matches(']')
             .to_string();
         if uri.query().is_some() {
-            return Err(format!("invalid URL \"{text}\": a query string is not allowed here"));
+            return Err(format!(
+                "invalid URL \"{text}\": a query string is not allowed here"
+            ));
         }
         if text.contains('@') {
-            return Err(format!("invalid URL \"{text}\": credentials belong in `auth`, not in the URL"));
+            return Err(format!(
+                "invalid URL \"{text}\": credentials belong in `auth`, not in the URL"
+            ));
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(Self { tls, host, port, base_path })
+        Ok(Self {
+            tls,
+            host,
+            port,
+            base_path,
+        })
     }
 
     /// The `Host` header value: the port only when it is not the scheme's default.
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         let default_port = if self.tls { 443 } else { 80 };
         if self.port == default_port {
             host
@@ -93,9 +110,17 @@ impl Serialize for UpstreamUrl {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Auth {
-    Bearer { token: Secret },
-    ApiKey { placement: ApiKeyPlacement, value: Secret },
-    Basic { username: String, password: Secret },
+    Bearer {
+        token: Secret,
+    },
+    ApiKey {
+        placement: ApiKeyPlacement,
+        value: Secret,
+    },
+    Basic {
+        username: String,
+        password: Secret,
+    },
     #[serde(rename = "oauth2")]
     OAuth2(OAuth2),
 }
@@ -223,23 +248,41 @@ pub enum IdempotencyKey {
 }
 
 const SERVICE_KEYS: &[&str] = &[
-    "route", "upstream", "ca_file", "connect_timeout", "timeout", "auth", "rate_limit",
-    "circuit_breaker", "retry", "idempotency_key",
+    "route",
+    "upstream",
+    "ca_file",
+    "connect_timeout",
+    "timeout",
+    "auth",
+    "rate_limit",
+    "circuit_breaker",
+    "retry",
+    "idempotency_key",
 ];
 
 pub fn decode_service(d: &mut Decoder, name: &str, node: &Node) -> Option<Service> {
     let f = d.fields(node, SERVICE_KEYS)?;
     let route = d.required(&f, "route").and_then(|n| route_prefix(d, &n));
-    let upstream = d.required(&f, "upstream").and_then(|n| d.parsed(&n, UpstreamUrl::parse));
-    let ca_file = f.get("ca_file").and_then(|n| d.non_empty_string(&n)).map(PathBuf::from);
+    let upstream = d
+        .required(&f, "upstream")
+        .and_then(|n| d.parsed(&n, UpstreamUrl::parse));
+    let ca_file = f
+        .get("ca_file")
+        .and_then(|n| d.non_empty_string(&n))
+        .map(PathBuf::from);
     let connect_timeout = positive_duration(d, &f, "connect_timeout", Duration::from_secs(5));
     let timeout = positive_duration(d, &f, "timeout", Duration::from_secs(30));
     let auth = f.get("auth").map(|n| decode_auth(d, &n, ca_file.as_ref()));
-    let rate_limit = f.get("rate_limit").map(|n| decode_rate_limit(d, &n, timeout.unwrap_or_default()));
+    let rate_limit = f
+        .get("rate_limit")
+        .map(|n| decode_rate_limit(d, &n, timeout.unwrap_or_default()));
     let circuit_breaker = f.get("circuit_breaker").map(|n| decode_breaker(d, &n));
     let retry = f.get("retry").map(|n| decode_retry(d, &n));
     let idempotency_key = match f.get("idempotency_key") {
-        Some(n) => d.choice(&n, &[("auto", IdempotencyKey::Auto), ("off", IdempotencyKey::Off)]),
+        Some(n) => d.choice(
+            &n,
+            &[("auto", IdempotencyKey::Auto), ("off", IdempotencyKey::Off)],
+        ),
         None => Some(IdempotencyKey::Off),
     };
     Some(Service {
@@ -265,17 +308,28 @@ fn route_prefix(d: &mut Decoder, node: &Node) -> Option<String> {
             return Err(format!("invalid route \"{text}\": it must start with /"));
         }
         if text.len() > 1 && text.ends_with('/') {
-            return Err(format!("invalid route \"{text}\": drop the trailing / (routes match whole path segments)"));
+            return Err(format!(
+                "invalid route \"{text}\": drop the trailing / (routes match whole path segments)"
+            ));
         }
         if text.contains("//") || text.contains(['?', '#', '*', ' ']) {
-            return Err(format!("invalid route \"{text}\": a route is a plain path prefix such as /stripe"));
+            return Err(format!(
+                "invalid route \"{text}\": a route is a plain path prefix such as /stripe"
+            ));
         }
         Ok(text.to_string())
     })
 }
 
-pub(crate) fn positive_duration(d: &mut Decoder, f: &Fields, key: &str, default: Duration) -> Option<Duration> {
-    let Some(node) = f.get(key) else { return Some(default) };
+pub(crate) fn positive_duration(
+    d: &mut Decoder,
+    f: &Fields,
+    key: &str,
+    default: Duration,
+) -> Option<Duration> {
+    let Some(node) = f.get(key) else {
+        return Some(default);
+    };
     let value = d.duration(&node)?;
     if value.is_zero() {
         d.error(&node.path, "must be greater than 0s");
@@ -285,23 +339,36 @@ pub(crate) fn positive_duration(d: &mut Decoder, f: &Fields, key: &str, default:
 }
 
 fn decode_auth(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> Option<Auth> {
-    let kinds = [("bearer", "bearer"), ("api_key", "api_key"), ("basic", "basic"), ("oauth2", "oauth2")];
+    let kinds = [
+        ("bearer", "bearer"),
+        ("api_key", "api_key"),
+        ("basic", "basic"),
+        ("oauth2", "oauth2"),
+    ];
     if !node.value.is_mapping() {
-        d.error(&node.path, "expected a mapping such as { kind: bearer, token: ... }");
+        d.error(
+            &node.path,
+            "expected a mapping such as { kind: bearer, token: ... }",
+        );
         return None;
     }
     // `kind` picks the variant; each variant then checks its own key set.
     let kind = match untagged_map_get(node, "kind") {
         Some(kind_node) => d.choice(&kind_node, &kinds)?,
         None => {
-            d.error(&node.path.key("kind"), "is required (bearer, api_key, basic or oauth2)");
+            d.error(
+                &node.path.key("kind"),
+                "is required (bearer, api_key, basic or oauth2)",
+            );
             return None;
         }
     };
     match kind {
         "bearer" => {
             let f = d.fields(node, &["kind", "token"])?;
-            let token = d.required(&f, "token").and_then(|n| non_empty_secret(d, &n))?;
+            let token = d
+                .required(&f, "token")
+                .and_then(|n| non_empty_secret(d, &n))?;
             Some(Auth::Bearer { token })
         }
         "api_key" => {
@@ -310,22 +377,38 @@ fn decode_auth(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> Op
                 (Some(h), None) => d.parsed(&h, header_name).map(ApiKeyPlacement::Header),
                 (None, Some(q)) => d.non_empty_string(&q).map(ApiKeyPlacement::Query),
                 _ => {
-                    d.error(&f.path, "set exactly one of `header` (e.g. X-Api-Key) or `query` (e.g. api_key)");
+                    d.error(
+                        &f.path,
+                        "set exactly one of `header` (e.g. X-Api-Key) or `query` (e.g. api_key)",
+                    );
                     None
                 }
             };
-            let value = d.required(&f, "value").and_then(|n| non_empty_secret(d, &n));
-            Some(Auth::ApiKey { placement: placement?, value: value? })
+            let value = d
+                .required(&f, "value")
+                .and_then(|n| non_empty_secret(d, &n));
+            Some(Auth::ApiKey {
+                placement: placement?,
+                value: value?,
+            })
         }
         "basic" => {
             let f = d.fields(node, &["kind", "username", "password"])?;
-            let username = d.required(&f, "username").and_then(|n| d.non_empty_string(&n));
+            let username = d
+                .required(&f, "username")
+                .and_then(|n| d.non_empty_string(&n));
             let password = d.required(&f, "password").and_then(|n| d.secret(&n));
             if username.as_deref().is_some_and(|u| u.contains(':')) {
-                d.error(&f.path.key("username"), "must not contain ':' (HTTP Basic separates user and password with it)");
+                d.error(
+                    &f.path.key("username"),
+                    "must not contain ':' (HTTP Basic separates user and password with it)",
+                );
                 return None;
             }
-            Some(Auth::Basic { username: username?, password: password? })
+            Some(Auth::Basic {
+                username: username?,
+                password: password?,
+            })
         }
         _ => decode_oauth2(d, node, service_ca).map(Auth::OAuth2),
     }
@@ -333,7 +416,13 @@ fn decode_auth(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> Op
 
 /// Reads one key of a mapping without checking the key set (used to pick the variant first).
 fn untagged_map_get<'a>(node: &Node<'a>, key: &str) -> Option<Node<'a>> {
-    node.value.get(key).filter(|v| !v.is_null()).map(|value| Node { value, path: node.path.key(key) })
+    node.value
+        .get(key)
+        .filter(|v| !v.is_null())
+        .map(|value| Node {
+            value,
+            path: node.path.key(key),
+        })
 }
 
 fn non_empty_secret(d: &mut Decoder, node: &Node) -> Option<Secret> {
@@ -349,11 +438,28 @@ pub(crate) fn header_name(text: &str) -> Result<String, String> {
 fn decode_oauth2(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> Option<OAuth2> {
     let f = d.fields(
         node,
-        &["kind", "token_url", "client_id", "client_secret", "scopes", "audience", "params", "client_auth", "refresh_before", "ca_file"],
+        &[
+            "kind",
+            "token_url",
+            "client_id",
+            "client_secret",
+            "scopes",
+            "audience",
+            "params",
+            "client_auth",
+            "refresh_before",
+            "ca_file",
+        ],
     )?;
-    let token_url = d.required(&f, "token_url").and_then(|n| d.parsed(&n, UpstreamUrl::parse));
-    let client_id = d.required(&f, "client_id").and_then(|n| d.non_empty_string(&n));
-    let client_secret = d.required(&f, "client_secret").and_then(|n| non_empty_secret(d, &n));
+    let token_url = d
+        .required(&f, "token_url")
+        .and_then(|n| d.parsed(&n, UpstreamUrl::parse));
+    let client_id = d
+        .required(&f, "client_id")
+        .and_then(|n| d.non_empty_string(&n));
+    let client_secret = d
+        .required(&f, "client_secret")
+        .and_then(|n| non_empty_secret(d, &n));
     let scopes = match f.get("scopes") {
         Some(n) => d.list(&n, |d, item| d.non_empty_string(item)),
         None => Some(Vec::new()),
@@ -362,12 +468,18 @@ fn decode_oauth2(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> 
     let params = match f.get("params") {
         Some(n) => {
             let entries = d.entries(&n);
-            entries.into_iter().map(|(k, v)| d.string(&v).map(|v| (k, v))).collect::<Option<Vec<_>>>()
+            entries
+                .into_iter()
+                .map(|(k, v)| d.string(&v).map(|v| (k, v)))
+                .collect::<Option<Vec<_>>>()
         }
         None => Some(Vec::new()),
     };
     let client_auth = match f.get("client_auth") {
-        Some(n) => d.choice(&n, &[("basic", ClientAuth::Basic), ("body", ClientAuth::Body)]),
+        Some(n) => d.choice(
+            &n,
+            &[("basic", ClientAuth::Basic), ("body", ClientAuth::Body)],
+        ),
         None => Some(ClientAuth::Basic),
     };
     let refresh_before = match f.get("refresh_before") {
@@ -392,8 +504,23 @@ fn decode_oauth2(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> 
 }
 
 fn decode_rate_limit(d: &mut Decoder, node: &Node, service_timeout: Duration) -> Option<RateLimit> {
-    let f = d.fields(node, &["requests", "per", "burst", "scope", "key", "on_limit", "max_wait", "on_store_error"])?;
-    let requests = d.required(&f, "requests").and_then(|n| d.integer(&n, 1, u32::MAX as u64)).map(|v| v as u32);
+    let f = d.fields(
+        node,
+        &[
+            "requests",
+            "per",
+            "burst",
+            "scope",
+            "key",
+            "on_limit",
+            "max_wait",
+            "on_store_error",
+        ],
+    )?;
+    let requests = d
+        .required(&f, "requests")
+        .and_then(|n| d.integer(&n, 1, u32::MAX as u64))
+        .map(|v| v as u32);
     let per = d.required(&f, "per").and_then(|n| d.duration(&n));
     if per.is_some_and(|p| p.is_zero()) {
         d.error(&f.path.key("per"), "must be greater than 0s");
@@ -403,7 +530,10 @@ fn decode_rate_limit(d: &mut Decoder, node: &Node, service_timeout: Duration) ->
         None => requests,
     };
     let scope = match f.get("scope") {
-        Some(n) => d.choice(&n, &[("local", LimitScope::Local), ("global", LimitScope::Global)]),
+        Some(n) => d.choice(
+            &n,
+            &[("local", LimitScope::Local), ("global", LimitScope::Global)],
+        ),
         None => Some(LimitScope::Local),
     };
     let key = match f.get("key") {
@@ -414,7 +544,9 @@ fn decode_rate_limit(d: &mut Decoder, node: &Node, service_timeout: Duration) ->
     let max_wait = f.get("max_wait").and_then(|n| d.duration(&n));
     let on_limit = match f.get("on_limit") {
         Some(n) => match d.choice(&n, &[("reject", false), ("wait", true)]) {
-            Some(true) => Some(OnLimit::Wait { max_wait: max_wait.unwrap_or(service_timeout) }),
+            Some(true) => Some(OnLimit::Wait {
+                max_wait: max_wait.unwrap_or(service_timeout),
+            }),
             Some(false) => {
                 if f.has("max_wait") {
                     d.error(&f.path.key("max_wait"), "only applies with on_limit: wait");
@@ -426,7 +558,14 @@ fn decode_rate_limit(d: &mut Decoder, node: &Node, service_timeout: Duration) ->
         None => Some(OnLimit::Reject),
     };
     let on_store_error = match f.get("on_store_error") {
-        Some(n) => d.choice(&n, &[("local", OnStoreError::Local), ("allow", OnStoreError::Allow), ("deny", OnStoreError::Deny)]),
+        Some(n) => d.choice(
+            &n,
+            &[
+                ("local", OnStoreError::Local),
+                ("allow", OnStoreError::Allow),
+                ("deny", OnStoreError::Deny),
+            ],
+        ),
         None => Some(OnStoreError::Local),
     };
     Some(RateLimit {
@@ -446,14 +585,24 @@ fn limit_key(text: &str) -> Result<LimitKey, String> {
     }
     match text.strip_prefix("header:") {
         Some(name) => header_name(name).map(LimitKey::Header),
-        None => Err(format!("invalid limit key \"{text}\": expected service or header:<Name>")),
+        None => Err(format!(
+            "invalid limit key \"{text}\": expected service or header:<Name>"
+        )),
     }
 }
 
 fn decode_breaker(d: &mut Decoder, node: &Node) -> Option<CircuitBreaker> {
     let f = d.fields(
         node,
-        &["failure_threshold", "error_rate", "window", "min_requests", "open_for", "half_open_probes", "failure_statuses"],
+        &[
+            "failure_threshold",
+            "error_rate",
+            "window",
+            "min_requests",
+            "open_for",
+            "half_open_probes",
+            "failure_statuses",
+        ],
     )?;
     let count = |d: &mut Decoder, key: &str, default: u32| match f.get(key) {
         Some(n) => d.integer(&n, 1, 1_000_000).map(|v| v as u32),
@@ -491,7 +640,12 @@ fn decode_retry(d: &mut Decoder, node: &Node) -> Option<Retry> {
     };
     let retry_on = match f.get("retry_on") {
         Some(n) => d.list(&n, |d, item| d.parsed(item, retry_condition)),
-        None => Some(vec![RetryOn::ConnectError, RetryOn::Status(502), RetryOn::Status(503), RetryOn::Status(504)]),
+        None => Some(vec![
+            RetryOn::ConnectError,
+            RetryOn::Status(502),
+            RetryOn::Status(503),
+            RetryOn::Status(504),
+        ]),
     };
     let budget = match f.get("budget") {
         Some(n) => d.percent(&n),
@@ -499,9 +653,17 @@ fn decode_retry(d: &mut Decoder, node: &Node) -> Option<Retry> {
     };
     let backoff = match f.get("backoff") {
         Some(n) => decode_backoff(d, &n, Duration::from_millis(100), Duration::from_secs(2)),
-        None => Some(Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2) }),
+        None => Some(Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        }),
     };
-    Some(Retry { attempts: attempts?, retry_on: retry_on?, budget: budget?, backoff: backoff? })
+    Some(Retry {
+        attempts: attempts?,
+        retry_on: retry_on?,
+        budget: budget?,
+        backoff: backoff?,
+    })
 }
 
 fn retry_condition(text: &str) -> Result<RetryOn, String> {
@@ -515,12 +677,20 @@ fn retry_condition(text: &str) -> Result<RetryOn, String> {
     }
 }
 
-pub(crate) fn decode_backoff(d: &mut Decoder, node: &Node, initial: Duration, max: Duration) -> Option<Backoff> {
+pub(crate) fn decode_backoff(
+    d: &mut Decoder,
+    node: &Node,
+    initial: Duration,
+    max: Duration,
+) -> Option<Backoff> {
     let f = d.fields(node, &["initial", "max"])?;
     let initial = positive_duration(d, &f, "initial", initial)?;
     let max = positive_duration(d, &f, "max", max)?;
     if max < initial {
-        d.error(&f.path.key("max"), "must not be shorter than backoff.initial");
+        d.error(
+            &f.path.key("max"),
+            "must not be shorter than backoff.initial",
+        );
         return None;
     }
     Some(Backoff { initial, max })
@@ -533,13 +703,22 @@ mod tests {
     #[test]
     fn parses_upstream_urls_with_default_ports_and_base_paths() {
         let url = UpstreamUrl::parse("https://api.stripe.com").unwrap();
-        assert_eq!((url.tls, url.host.as_str(), url.port, url.base_path.as_str()), (true, "api.stripe.com", 443, ""));
+        assert_eq!(
+            (url.tls, url.host.as_str(), url.port, url.base_path.as_str()),
+            (true, "api.stripe.com", 443, "")
+        );
         assert_eq!(url.authority(), "api.stripe.com");
         let url = UpstreamUrl::parse("http://127.0.0.1:8080/base/").unwrap();
-        assert_eq!((url.tls, url.port, url.base_path.as_str()), (false, 8080, "/base"));
+        assert_eq!(
+            (url.tls, url.port, url.base_path.as_str()),
+            (false, 8080, "/base")
+        );
         assert_eq!(url.authority(), "127.0.0.1:8080");
         let url = UpstreamUrl::parse("http://[::1]:9000").unwrap();
-        assert_eq!((url.host.as_str(), url.authority()), ("::1", "[::1]:9000".to_string()));
+        assert_eq!(
+            (url.host.as_str(), url.authority()),
+            ("::1", "[::1]:9000".to_string())
+        );
     }
 
     #[test]

@@ -5,13 +5,23 @@ use super::{Config, StoreKind};
 
 pub fn summary(config: &Config) -> String {
     let mut out = Vec::new();
-    out.push(format!("egress   {} with {} service(s)", config.listen.egress, config.services.len()));
+    out.push(format!(
+        "egress   {} with {} service(s)",
+        config.listen.egress,
+        config.services.len()
+    ));
     for service in &config.services {
         let auth = match &service.auth {
             None => "no credentials".to_string(),
             Some(Auth::Bearer { .. }) => "bearer token".to_string(),
-            Some(Auth::ApiKey { placement: ApiKeyPlacement::Header(h), .. }) => format!("api key in header {h}"),
-            Some(Auth::ApiKey { placement: ApiKeyPlacement::Query(q), .. }) => format!("api key in query parameter {q}"),
+            Some(Auth::ApiKey {
+                placement: ApiKeyPlacement::Header(h),
+                ..
+            }) => format!("api key in header {h}"),
+            Some(Auth::ApiKey {
+                placement: ApiKeyPlacement::Query(q),
+                ..
+            }) => format!("api key in query parameter {q}"),
             Some(Auth::Basic { .. }) => "basic auth".to_string(),
             Some(Auth::OAuth2(o)) => format!("oauth2 client credentials from {}", o.token_url),
         };
@@ -24,8 +34,16 @@ pub fn summary(config: &Config) -> String {
             super::units::format_duration(service.timeout),
         ));
     }
-    out.push(format!("ingress  {} with {} webhook(s)", config.listen.ingress, config.webhooks.len()));
-    let token = if config.admin.token.is_some() { "token required for /admin/*" } else { "no admin token" };
+    out.push(format!(
+        "ingress  {} with {} webhook(s)",
+        config.listen.ingress,
+        config.webhooks.len()
+    ));
+    let token = if config.admin.token.is_some() {
+        "token required for /admin/*"
+    } else {
+        "no admin token"
+    };
     out.push(format!("admin    {} ({token})", config.listen.admin));
     let store = match &config.store.kind {
         StoreKind::Local { path } => format!("local, {}", path.display()),

@@ -9,8 +9,12 @@ use super::*;
 
 fn lookup() -> MapLookup {
     let mut lookup = MapLookup::default();
-    lookup.env.insert("STRIPE_KEY".into(), "sk_test_1234567890".into());
-    lookup.files.insert("/secrets/sup".into(), "client-secret-value\n".into());
+    lookup
+        .env
+        .insert("STRIPE_KEY".into(), "sk_test_1234567890".into());
+    lookup
+        .files
+        .insert("/secrets/sup".into(), "client-secret-value\n".into());
     lookup
 }
 
@@ -20,7 +24,12 @@ fn load(yaml: &str) -> Result<Config, ConfigErrors> {
 
 /// The rendered error lines, for exact comparison.
 fn errors(yaml: &str) -> Vec<String> {
-    load(yaml).expect_err("expected configuration errors").errors.iter().map(ToString::to_string).collect()
+    load(yaml)
+        .expect_err("expected configuration errors")
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
@@ -31,7 +40,9 @@ fn an_empty_mapping_gets_every_default() {
     assert_eq!(config.listen.admin.to_string(), "127.0.0.1:9901");
     assert_eq!(config.drain_delay, Duration::from_secs(5));
     assert_eq!(config.shutdown_grace, Duration::from_secs(25));
-    assert!(matches!(&config.store.kind, StoreKind::Local { path } if path.to_str() == Some("./data")));
+    assert!(
+        matches!(&config.store.kind, StoreKind::Local { path } if path.to_str() == Some("./data"))
+    );
     assert_eq!(config.store.prefix, "sidecar");
     assert!(config.admin.token.is_none());
 }
@@ -70,18 +81,32 @@ services:
     )
     .unwrap();
     let stripe = config.service("stripe").unwrap();
-    assert!(matches!(&stripe.auth, Some(Auth::Bearer { token }) if token.expose() == "sk_test_1234567890"));
+    assert!(
+        matches!(&stripe.auth, Some(Auth::Bearer { token }) if token.expose() == "sk_test_1234567890")
+    );
     assert_eq!(stripe.timeout, Duration::from_secs(30));
     let resend = config.service("resend").unwrap();
-    assert_eq!((resend.connect_timeout, resend.timeout), (Duration::from_millis(250), Duration::from_secs(60)));
-    assert!(matches!(&resend.auth, Some(Auth::ApiKey { placement: ApiKeyPlacement::Query(q), .. }) if q == "api_key"));
-    assert!(matches!(&config.service("twilio").unwrap().auth, Some(Auth::Basic { password, .. }) if password.expose() == "pw"));
-    let Some(Auth::OAuth2(oauth)) = &config.service("suppliers").unwrap().auth else { panic!("oauth2 expected") };
+    assert_eq!(
+        (resend.connect_timeout, resend.timeout),
+        (Duration::from_millis(250), Duration::from_secs(60))
+    );
+    assert!(
+        matches!(&resend.auth, Some(Auth::ApiKey { placement: ApiKeyPlacement::Query(q), .. }) if q == "api_key")
+    );
+    assert!(
+        matches!(&config.service("twilio").unwrap().auth, Some(Auth::Basic { password, .. }) if password.expose() == "pw")
+    );
+    let Some(Auth::OAuth2(oauth)) = &config.service("suppliers").unwrap().auth else {
+        panic!("oauth2 expected")
+    };
     assert_eq!(oauth.client_secret.expose(), "client-secret-value");
     assert_eq!(oauth.scopes, ["suppliers.read", "suppliers.write"]);
     assert_eq!(oauth.client_auth, ClientAuth::Body);
     assert_eq!(oauth.refresh_before, Duration::from_secs(60));
-    assert_eq!(config.service("suppliers").unwrap().upstream.base_path, "/v2");
+    assert_eq!(
+        config.service("suppliers").unwrap().upstream.base_path,
+        "/v2"
+    );
 }
 
 #[test]
@@ -195,7 +220,10 @@ fn every_error_is_reported_not_only_the_first() {
     let errs = errors(yaml);
     assert_eq!(errs.len(), 4, "{errs:#?}");
     assert!(errs[0].starts_with("listen.admin: invalid address"));
-    assert_eq!(errs[1], "services.a.upstream: is required (line 5, column 5)");
+    assert_eq!(
+        errs[1],
+        "services.a.upstream: is required (line 5, column 5)"
+    );
     assert!(errs[2].starts_with("services.b.auth.kind: unknown value \"magic\": expected one of bearer, api_key, basic, oauth2"));
     assert!(errs[3].starts_with("shutdown_grace: invalid duration \"forever\""));
 }
@@ -203,7 +231,9 @@ fn every_error_is_reported_not_only_the_first() {
 #[test]
 fn listeners_must_not_collide() {
     assert_eq!(
-        errors("listen: { egress: 127.0.0.1:9000, ingress: 127.0.0.1:9000, admin: 127.0.0.1:9001 }\n"),
+        errors(
+            "listen: { egress: 127.0.0.1:9000, ingress: 127.0.0.1:9000, admin: 127.0.0.1:9001 }\n"
+        ),
         ["listen.ingress: 127.0.0.1:9000 is already the egress listener (line 1, column 44)"]
     );
 }
@@ -212,8 +242,16 @@ fn listeners_must_not_collide() {
 fn unquoted_references_in_flow_collections_get_a_hint() {
     let errs = errors("services:\n  s:\n    route: /s\n    upstream: https://x.example\n    auth: { kind: bearer, token: ${env:X} }\n");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("(document): invalid YAML: "), "{}", errs[0]);
-    assert!(errs[0].contains("write references in quotes, e.g. token: \"${env:NAME}\""), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with("(document): invalid YAML: "),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[0].contains("write references in quotes, e.g. token: \"${env:NAME}\""),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]

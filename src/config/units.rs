@@ -50,7 +50,13 @@ pub fn format_duration(duration: Duration) -> String {
         return "0s".to_string();
     }
     let mut out = String::new();
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if millis >= size {
             out.push_str(&format!("{}{unit}", millis / size));
             millis %= size;
@@ -86,7 +92,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// `50%` or `12.5%`, as a fraction in 0..=1.
 pub fn parse_percent(text: &str) -> Result<f64, String> {
     let text = text.trim();
-    let expected = || format!("invalid percentage \"{text}\": expected a number from 0 to 100 followed by % (e.g. 50%)");
+    let expected = || {
+        format!("invalid percentage \"{text}\": expected a number from 0 to 100 followed by % (e.g. 50%)")
+    };
     let number = text.strip_suffix('%').ok_or_else(expected)?;
     let value: f64 = number.trim().parse().map_err(|_| expected())?;
     if !(0.0..=100.0).contains(&value) {
@@ -112,7 +120,16 @@ mod tests {
 
     #[test]
     fn rejects_durations_without_a_known_unit() {
-        for bad in ["", "30", "s", "1 minute", "5x", "-1s", "1.5s", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "1 minute",
+            "5x",
+            "-1s",
+            "1.5s",
+            "99999999999999999999d",
+        ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.starts_with("invalid duration"), "{bad}: {err}");
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::decode::{Decoder, Node};
-use super::services::positive_duration;
 use super::ser;
+use super::services::positive_duration;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UpstreamGroup {
@@ -93,7 +93,12 @@ pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<Upstr
         None => Some(Balance::RoundRobin),
     };
     let health_check = f.get("health_check").map(|n| decode_health_check(d, &n));
-    Some(UpstreamGroup { name: name.to_string(), backends: backends?, balance: balance?, health_check: health_check.flatten() })
+    Some(UpstreamGroup {
+        name: name.to_string(),
+        backends: backends?,
+        balance: balance?,
+        health_check: health_check.flatten(),
+    })
 }
 
 fn decode_backend(d: &mut Decoder, node: &Node) -> Option<WeightedBackend> {
@@ -104,31 +109,63 @@ fn decode_backend(d: &mut Decoder, node: &Node) -> Option<WeightedBackend> {
             Some(n) => d.integer(&n, 1, 1000).map(|w| w as u32),
             None => Some(1),
         };
-        return Some(WeightedBackend { addr: addr?, weight: weight? });
+        return Some(WeightedBackend {
+            addr: addr?,
+            weight: weight?,
+        });
     }
-    d.socket_addr(node).map(|addr| WeightedBackend { addr, weight: 1 })
+    d.socket_addr(node)
+        .map(|addr| WeightedBackend { addr, weight: 1 })
 }
 
 fn decode_discovery(d: &mut Decoder, node: &Node) -> Option<Backends> {
     let f = d.fields(node, &["dns", "refresh"])?;
     let dns = d.required(&f, "dns").and_then(|n| {
         d.parsed(&n, |text| match text.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(text.to_string()),
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(text.to_string())
+            }
             _ => Err(format!("invalid DNS target \"{text}\": expected name:port")),
         })
     });
     let refresh = positive_duration(d, &f, "refresh", Duration::from_secs(10));
-    Some(Backends::Dns { dns: dns?, refresh: refresh? })
+    Some(Backends::Dns {
+        dns: dns?,
+        refresh: refresh?,
+    })
 }
 
 fn decode_health_check(d: &mut Decoder, node: &Node) -> Option<HealthCheck> {
-    let f = d.fields(node, &["kind", "path", "expect", "interval", "timeout", "healthy_after", "unhealthy_after"])?;
+    let f = d.fields(
+        node,
+        &[
+            "kind",
+            "path",
+            "expect",
+            "interval",
+            "timeout",
+            "healthy_after",
+            "unhealthy_after",
+        ],
+    )?;
     let kind = match f.get("kind") {
-        Some(n) => d.choice(&n, &[("http", HealthCheckKind::Http), ("tcp", HealthCheckKind::Tcp)]),
+        Some(n) => d.choice(
+            &n,
+            &[
+                ("http", HealthCheckKind::Http),
+                ("tcp", HealthCheckKind::Tcp),
+            ],
+        ),
         None => Some(HealthCheckKind::Http),
     };
     let path = match f.get("path") {
-        Some(n) => d.parsed(&n, |p| if p.starts_with('/') { Ok(p.to_string()) } else { Err(format!("invalid path \"{p}\": it must start with /")) }),
+        Some(n) => d.parsed(&n, |p| {
+            if p.starts_with('/') {
+                Ok(p.to_string())
+            } else {
+                Err(format!("invalid path \"{p}\": it must start with /"))
+            }
+        }),
         None => Some("/healthz".to_string()),
     };
     let expect = match f.get("expect") {

@@ -20,28 +20,53 @@ fn check_listeners(d: &mut Decoder, config: &Config) {
     let listen = YamlPath::root().key("listen");
     let l = &config.listen;
     if l.ingress == l.egress {
-        d.error(&listen.key("ingress"), format!("{} is already the egress listener", l.ingress));
+        d.error(
+            &listen.key("ingress"),
+            format!("{} is already the egress listener", l.ingress),
+        );
     }
     if l.admin == l.egress || l.admin == l.ingress {
-        d.error(&listen.key("admin"), format!("{} is already used by another listener", l.admin));
+        d.error(
+            &listen.key("admin"),
+            format!("{} is already used by another listener", l.admin),
+        );
     }
 }
 
 /// Does `inner` lie at or below `outer` in whole path segments?
 fn route_covers(outer: &str, inner: &str) -> bool {
-    outer == "/" || inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'))
+    outer == "/"
+        || inner == outer
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn check_routes(d: &mut Decoder, config: &Config) {
     for (i, service) in config.services.iter().enumerate() {
-        let path = YamlPath::root().key("services").key(&service.name).key("route");
+        let path = YamlPath::root()
+            .key("services")
+            .key(&service.name)
+            .key("route");
         for earlier in &config.services[..i] {
             if earlier.route == service.route {
-                d.error(&path, format!("route {} is already used by services.{}", service.route, earlier.name));
+                d.error(
+                    &path,
+                    format!(
+                        "route {} is already used by services.{}",
+                        service.route, earlier.name
+                    ),
+                );
             } else if route_covers(&earlier.route, &service.route) {
                 d.error(&path, format!("route {} lies under route {} of services.{}: it would shadow part of that service", service.route, earlier.route, earlier.name));
             } else if route_covers(&service.route, &earlier.route) {
-                d.error(&path, format!("route {} would shadow route {} of services.{}", service.route, earlier.route, earlier.name));
+                d.error(
+                    &path,
+                    format!(
+                        "route {} would shadow route {} of services.{}",
+                        service.route, earlier.route, earlier.name
+                    ),
+                );
             }
         }
     }
@@ -51,7 +76,13 @@ fn check_webhooks(d: &mut Decoder, config: &Config) {
     for (i, webhook) in config.webhooks.iter().enumerate() {
         let base = YamlPath::root().key("webhooks").key(&webhook.name);
         if let Some(earlier) = config.webhooks[..i].iter().find(|w| w.path == webhook.path) {
-            d.error(&base.key("path"), format!("path {} is already used by webhooks.{}", webhook.path, earlier.name));
+            d.error(
+                &base.key("path"),
+                format!(
+                    "path {} is already used by webhooks.{}",
+                    webhook.path, earlier.name
+                ),
+            );
         }
     }
 }
@@ -61,7 +92,11 @@ fn check_global_limits(d: &mut Decoder, config: &Config) {
         return;
     }
     for service in &config.services {
-        if service.rate_limit.as_ref().is_some_and(|l| l.scope == LimitScope::Global) {
+        if service
+            .rate_limit
+            .as_ref()
+            .is_some_and(|l| l.scope == LimitScope::Global)
+        {
             d.error(
                 &YamlPath::root().key("services").key(&service.name).key("rate_limit").key("scope"),
                 "scope: global needs store.kind: redis so that replicas share one budget; with the local store use scope: local",
@@ -89,7 +124,10 @@ fn check_not_supported_yet(d: &mut Decoder, config: &Config) {
         }
     }
     if let StoreKind::Redis { .. } = config.store.kind {
-        d.error(&YamlPath::root().key("store").key("kind"), format!("kind: redis is {NOT_YET}"));
+        d.error(
+            &YamlPath::root().key("store").key("kind"),
+            format!("kind: redis is {NOT_YET}"),
+        );
     }
     for (key, present) in [
         ("upstreams", !config.upstreams.is_empty()),

@@ -128,23 +128,42 @@ pub struct Delivery {
 
 impl Default for Delivery {
     fn default() -> Self {
-        Self { signing_secret: None, workers: 32 }
+        Self {
+            signing_secret: None,
+            workers: 32,
+        }
     }
 }
 
 const WEBHOOK_KEYS: &[&str] = &[
-    "path", "verify", "max_body", "event_id", "event_type", "context", "priority", "routes", "delivery",
-    "dedup_window", "ack",
+    "path",
+    "verify",
+    "max_body",
+    "event_id",
+    "event_type",
+    "context",
+    "priority",
+    "routes",
+    "delivery",
+    "dedup_window",
+    "ack",
 ];
 
-pub fn decode_webhook(d: &mut Decoder, name: &str, node: &Node, upstreams: &[String]) -> Option<Webhook> {
+pub fn decode_webhook(
+    d: &mut Decoder,
+    name: &str,
+    node: &Node,
+    upstreams: &[String],
+) -> Option<Webhook> {
     let f = d.fields(node, WEBHOOK_KEYS)?;
     let path = d.required(&f, "path").and_then(|n| {
         d.parsed(&n, |p| {
             if p.starts_with('/') && !p.contains(['?', '#', ' ']) {
                 Ok(p.to_string())
             } else {
-                Err(format!("invalid path \"{p}\": expected an absolute path such as /webhooks/{name}"))
+                Err(format!(
+                    "invalid path \"{p}\": expected an absolute path such as /webhooks/{name}"
+                ))
             }
         })
     });
@@ -162,25 +181,32 @@ pub fn decode_webhook(d: &mut Decoder, name: &str, node: &Node, upstreams: &[Str
     let event_id = f.get("event_id").and_then(|n| d.parsed(&n, field));
     let event_type = f.get("event_type").and_then(|n| d.parsed(&n, field));
     let context = match f.get("context") {
-        Some(n) => d.entries(&n).into_iter().map(|(k, v)| d.parsed(&v, field).map(|f| (k, f))).collect::<Option<Vec<_>>>(),
+        Some(n) => d
+            .entries(&n)
+            .into_iter()
+            .map(|(k, v)| d.parsed(&v, field).map(|f| (k, f)))
+            .collect::<Option<Vec<_>>>(),
         None => Some(Vec::new()),
     };
     let priority = match f.get("priority") {
         Some(n) => decode_priority(d, &n),
         None => Some(PriorityRules::default()),
     };
-    let routes = d.required(&f, "routes").and_then(|n| d.list(&n, |d, item| decode_route(d, item, upstreams)));
+    let routes = d
+        .required(&f, "routes")
+        .and_then(|n| d.list(&n, |d, item| decode_route(d, item, upstreams)));
     let delivery = match f.get("delivery") {
         Some(n) => decode_delivery(d, &n, name),
         None => Some(default_delivery(name)),
     };
-    let dedup_window = positive_duration(d, &f, "dedup_window", Duration::from_secs(72 * 3600)).filter(|w| {
-        let ok = *w <= Duration::from_secs(30 * 86400);
-        if !ok {
-            d.error(&f.path.key("dedup_window"), "must be at most 30d");
-        }
-        ok
-    });
+    let dedup_window = positive_duration(d, &f, "dedup_window", Duration::from_secs(72 * 3600))
+        .filter(|w| {
+            let ok = *w <= Duration::from_secs(30 * 86400);
+            if !ok {
+                d.error(&f.path.key("dedup_window"), "must be at most 30d");
+            }
+            ok
+        });
     let ack = f.get("ack").and_then(|n| decode_ack(d, &n));
     Some(Webhook {
         name: name.to_string(),
@@ -201,7 +227,19 @@ pub fn decode_webhook(d: &mut Decoder, name: &str, node: &Node, upstreams: &[Str
 fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
     let f = d.fields(
         node,
-        &["kind", "secrets", "tolerance", "allow_sha1", "public_url", "header", "algorithm", "encoding", "prefix", "timestamp_header", "payload"],
+        &[
+            "kind",
+            "secrets",
+            "tolerance",
+            "allow_sha1",
+            "public_url",
+            "header",
+            "algorithm",
+            "encoding",
+            "prefix",
+            "timestamp_header",
+            "payload",
+        ],
     )?;
     let kind = d.required(&f, "kind").and_then(|n| {
         d.choice(
@@ -223,7 +261,13 @@ fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
             match secret_key_bytes(kind, secret.expose()) {
                 Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Some(secret),
                 Ok(bytes) => {
-                    d.error(&item.path, format!("secret is {} bytes long; at least {MIN_SECRET_BYTES} are required", bytes.len()));
+                    d.error(
+                        &item.path,
+                        format!(
+                            "secret is {} bytes long; at least {MIN_SECRET_BYTES} are required",
+                            bytes.len()
+                        ),
+                    );
                     None
                 }
                 Err(message) => {
@@ -265,7 +309,14 @@ fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
         }
         (_, None) => Some(None),
     };
-    let hmac_keys = ["header", "algorithm", "encoding", "prefix", "timestamp_header", "payload"];
+    let hmac_keys = [
+        "header",
+        "algorithm",
+        "encoding",
+        "prefix",
+        "timestamp_header",
+        "payload",
+    ];
     let hmac = if kind == VerifyKind::Hmac {
         decode_hmac(d, &f).map(Some)
     } else {
@@ -274,25 +325,54 @@ fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
         }
         Some(None)
     };
-    Some(Verify { kind, secrets: secrets?, tolerance: tolerance?, allow_sha1: allow_sha1?, public_url: public_url?, hmac: hmac? })
+    Some(Verify {
+        kind,
+        secrets: secrets?,
+        tolerance: tolerance?,
+        allow_sha1: allow_sha1?,
+        public_url: public_url?,
+        hmac: hmac?,
+    })
 }
 
 fn decode_hmac(d: &mut Decoder, f: &super::decode::Fields) -> Option<HmacScheme> {
-    let header = d.required(f, "header").and_then(|n| d.parsed(&n, header_name));
+    let header = d
+        .required(f, "header")
+        .and_then(|n| d.parsed(&n, header_name));
     let algorithm = match f.get("algorithm") {
-        Some(n) => d.choice(&n, &[("sha1", HmacAlgorithm::Sha1), ("sha256", HmacAlgorithm::Sha256), ("sha512", HmacAlgorithm::Sha512)]),
+        Some(n) => d.choice(
+            &n,
+            &[
+                ("sha1", HmacAlgorithm::Sha1),
+                ("sha256", HmacAlgorithm::Sha256),
+                ("sha512", HmacAlgorithm::Sha512),
+            ],
+        ),
         None => Some(HmacAlgorithm::Sha256),
     };
     let encoding = match f.get("encoding") {
-        Some(n) => d.choice(&n, &[("hex", SignatureEncoding::Hex), ("base64", SignatureEncoding::Base64)]),
+        Some(n) => d.choice(
+            &n,
+            &[
+                ("hex", SignatureEncoding::Hex),
+                ("base64", SignatureEncoding::Base64),
+            ],
+        ),
         None => Some(SignatureEncoding::Hex),
     };
-    let prefix = f.get("prefix").and_then(|n| d.string(&n)).unwrap_or_default();
-    let timestamp_header = f.get("timestamp_header").and_then(|n| d.parsed(&n, header_name));
+    let prefix = f
+        .get("prefix")
+        .and_then(|n| d.string(&n))
+        .unwrap_or_default();
+    let timestamp_header = f
+        .get("timestamp_header")
+        .and_then(|n| d.parsed(&n, header_name));
     let payload = match f.get("payload") {
         Some(n) => d.parsed(&n, |template| {
             if !template.contains("{body}") {
-                return Err(format!("invalid payload template \"{template}\": it must contain {{body}}"));
+                return Err(format!(
+                    "invalid payload template \"{template}\": it must contain {{body}}"
+                ));
             }
             Ok(template.to_string())
         }),
@@ -300,10 +380,20 @@ fn decode_hmac(d: &mut Decoder, f: &super::decode::Fields) -> Option<HmacScheme>
     };
     let payload = payload?;
     if payload.contains("{timestamp}") && timestamp_header.is_none() {
-        d.error(&f.path.key("timestamp_header"), "is required when payload contains {timestamp}");
+        d.error(
+            &f.path.key("timestamp_header"),
+            "is required when payload contains {timestamp}",
+        );
         return None;
     }
-    Some(HmacScheme { header: header?, algorithm: algorithm?, encoding: encoding?, prefix, timestamp_header, payload })
+    Some(HmacScheme {
+        header: header?,
+        algorithm: algorithm?,
+        encoding: encoding?,
+        prefix,
+        timestamp_header,
+        payload,
+    })
 }
 
 /// The key bytes a secret stands for: Standard Webhooks secrets are base64
@@ -314,7 +404,10 @@ pub fn secret_key_bytes(kind: VerifyKind, secret: &str) -> Result<Vec<u8>, Strin
             let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
             base64::engine::general_purpose::STANDARD
                 .decode(encoded)
-                .map_err(|_| "invalid Standard Webhooks secret: expected whsec_ followed by base64".to_string())
+                .map_err(|_| {
+                    "invalid Standard Webhooks secret: expected whsec_ followed by base64"
+                        .to_string()
+                })
         }
         _ => Ok(secret.as_bytes().to_vec()),
     }
@@ -327,7 +420,9 @@ fn field(text: &str) -> Result<Field, String> {
     if text.starts_with('/') {
         return Ok(Field::Pointer(text.to_string()));
     }
-    Err(format!("invalid field \"{text}\": expected a JSON pointer such as /data/object/id or header:Name"))
+    Err(format!(
+        "invalid field \"{text}\": expected a JSON pointer such as /data/object/id or header:Name"
+    ))
 }
 
 fn decode_priority(d: &mut Decoder, node: &Node) -> Option<PriorityRules> {
@@ -338,18 +433,30 @@ fn decode_priority(d: &mut Decoder, node: &Node) -> Option<PriorityRules> {
     };
     let high = globs(d, "high");
     let low = globs(d, "low");
-    Some(PriorityRules { high: high?, low: low? })
+    Some(PriorityRules {
+        high: high?,
+        low: low?,
+    })
 }
 
 fn decode_route(d: &mut Decoder, node: &Node, upstreams: &[String]) -> Option<Route> {
     let f = d.fields(node, &["events", "targets"])?;
-    let events = d.required(&f, "events").and_then(|n| d.list(&n, |d, item| d.non_empty_string(item)));
+    let events = d
+        .required(&f, "events")
+        .and_then(|n| d.list(&n, |d, item| d.non_empty_string(item)));
     let targets = d.required(&f, "targets").and_then(|n| {
         let targets = d.list(&n, |d, item| {
             let target = d.non_empty_string(item)?;
             if !upstreams.contains(&target) {
-                let known = if upstreams.is_empty() { "none are defined".to_string() } else { format!("defined: {}", upstreams.join(", ")) };
-                d.error(&item.path, format!("target \"{target}\" names no entry under upstreams ({known})"));
+                let known = if upstreams.is_empty() {
+                    "none are defined".to_string()
+                } else {
+                    format!("defined: {}", upstreams.join(", "))
+                };
+                d.error(
+                    &item.path,
+                    format!("target \"{target}\" names no entry under upstreams ({known})"),
+                );
                 return None;
             }
             Some(target)
@@ -360,7 +467,10 @@ fn decode_route(d: &mut Decoder, node: &Node, upstreams: &[String]) -> Option<Ro
         }
         Some(targets)
     });
-    Some(Route { events: events?, targets: targets? })
+    Some(Route {
+        events: events?,
+        targets: targets?,
+    })
 }
 
 fn default_delivery(name: &str) -> WebhookDelivery {
@@ -368,16 +478,28 @@ fn default_delivery(name: &str) -> WebhookDelivery {
         path: format!("/events/{name}"),
         timeout: Duration::from_secs(10),
         max_attempts: 10,
-        backoff: Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(600) },
+        backoff: Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+        },
         max_age: Duration::from_secs(72 * 3600),
     }
 }
 
 fn decode_delivery(d: &mut Decoder, node: &Node, name: &str) -> Option<WebhookDelivery> {
     let defaults = default_delivery(name);
-    let f = d.fields(node, &["path", "timeout", "max_attempts", "backoff", "max_age"])?;
+    let f = d.fields(
+        node,
+        &["path", "timeout", "max_attempts", "backoff", "max_age"],
+    )?;
     let path = match f.get("path") {
-        Some(n) => d.parsed(&n, |p| if p.starts_with('/') { Ok(p.to_string()) } else { Err(format!("invalid path \"{p}\": it must start with /")) }),
+        Some(n) => d.parsed(&n, |p| {
+            if p.starts_with('/') {
+                Ok(p.to_string())
+            } else {
+                Err(format!("invalid path \"{p}\": it must start with /"))
+            }
+        }),
         None => Some(defaults.path),
     };
     let timeout = positive_duration(d, &f, "timeout", defaults.timeout);
@@ -390,7 +512,13 @@ fn decode_delivery(d: &mut Decoder, node: &Node, name: &str) -> Option<WebhookDe
         None => Some(defaults.backoff),
     };
     let max_age = positive_duration(d, &f, "max_age", defaults.max_age);
-    Some(WebhookDelivery { path: path?, timeout: timeout?, max_attempts: max_attempts?, backoff: backoff?, max_age: max_age? })
+    Some(WebhookDelivery {
+        path: path?,
+        timeout: timeout?,
+        max_attempts: max_attempts?,
+        backoff: backoff?,
+        max_age: max_age?,
+    })
 }
 
 fn decode_ack(d: &mut Decoder, node: &Node) -> Option<Ack> {
@@ -404,7 +532,11 @@ fn decode_ack(d: &mut Decoder, node: &Node) -> Option<Ack> {
         None => Some("text/plain".to_string()),
     };
     let body = f.get("body").and_then(|n| d.string(&n)).unwrap_or_default();
-    Some(Ack { status: status?, content_type: content_type?, body })
+    Some(Ack {
+        status: status?,
+        content_type: content_type?,
+        body,
+    })
 }
 
 pub fn decode_delivery_section(d: &mut Decoder, node: &Node) -> Option<Delivery> {
@@ -416,7 +548,13 @@ pub fn decode_delivery_section(d: &mut Decoder, node: &Node) -> Option<Delivery>
             match bytes {
                 Ok(b) if b.len() >= MIN_SECRET_BYTES => Some(secret),
                 Ok(b) => {
-                    d.error(&n.path, format!("secret is {} bytes long; at least {MIN_SECRET_BYTES} are required", b.len()));
+                    d.error(
+                        &n.path,
+                        format!(
+                            "secret is {} bytes long; at least {MIN_SECRET_BYTES} are required",
+                            b.len()
+                        ),
+                    );
                     return None;
                 }
                 Err(message) => {
@@ -431,7 +569,10 @@ pub fn decode_delivery_section(d: &mut Decoder, node: &Node) -> Option<Delivery>
         Some(n) => d.integer(&n, 1, 4096).map(|v| v as u32)?,
         None => 32,
     };
-    Some(Delivery { signing_secret, workers })
+    Some(Delivery {
+        signing_secret,
+        workers,
+    })
 }
 
 #[cfg(test)]
@@ -440,9 +581,16 @@ mod tests {
 
     #[test]
     fn standard_secrets_are_measured_after_base64_decoding() {
-        let bytes = secret_key_bytes(VerifyKind::Standard, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let bytes = secret_key_bytes(
+            VerifyKind::Standard,
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        )
+        .unwrap();
         assert_eq!(bytes.len(), 24);
         assert!(secret_key_bytes(VerifyKind::Standard, "whsec_not base64!").is_err());
-        assert_eq!(secret_key_bytes(VerifyKind::Stripe, "whsec_abc").unwrap(), b"whsec_abc");
+        assert_eq!(
+            secret_key_bytes(VerifyKind::Stripe, "whsec_abc").unwrap(),
+            b"whsec_abc"
+        );
     }
 }

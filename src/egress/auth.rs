@@ -14,7 +14,10 @@ pub enum PreparedAuth {
     /// Bearer or basic: a complete `Authorization` value.
     Authorization(HeaderValue),
     ApiKeyHeader(HeaderName, HeaderValue),
-    ApiKeyQuery { name: String, encoded_value: String },
+    ApiKeyQuery {
+        name: String,
+        encoded_value: String,
+    },
     /// The bearer token comes from the service's token source per request.
     OAuth2,
 }
@@ -27,20 +30,34 @@ impl PreparedAuth {
                     v.set_sensitive(true);
                     v
                 })
-                .map_err(|_| "credential contains characters not allowed in an HTTP header".to_string())
+                .map_err(|_| {
+                    "credential contains characters not allowed in an HTTP header".to_string()
+                })
         };
         Ok(match auth {
             None => Self::None,
-            Some(Auth::Bearer { token }) => Self::Authorization(sensitive(format!("Bearer {}", token.expose()))?),
+            Some(Auth::Bearer { token }) => {
+                Self::Authorization(sensitive(format!("Bearer {}", token.expose()))?)
+            }
             Some(Auth::Basic { username, password }) => {
                 let pair = format!("{username}:{}", password.expose());
-                Self::Authorization(sensitive(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))?)
+                Self::Authorization(sensitive(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))?)
             }
-            Some(Auth::ApiKey { placement: ApiKeyPlacement::Header(name), value }) => {
-                let name = HeaderName::try_from(name.as_str()).map_err(|_| format!("invalid header name {name}"))?;
+            Some(Auth::ApiKey {
+                placement: ApiKeyPlacement::Header(name),
+                value,
+            }) => {
+                let name = HeaderName::try_from(name.as_str())
+                    .map_err(|_| format!("invalid header name {name}"))?;
                 Self::ApiKeyHeader(name, sensitive(value.expose().to_string())?)
             }
-            Some(Auth::ApiKey { placement: ApiKeyPlacement::Query(name), value }) => Self::ApiKeyQuery {
+            Some(Auth::ApiKey {
+                placement: ApiKeyPlacement::Query(name),
+                value,
+            }) => Self::ApiKeyQuery {
                 name: name.clone(),
                 encoded_value: form_urlencoded::byte_serialize(value.expose().as_bytes()).collect(),
             },
@@ -50,7 +67,11 @@ impl PreparedAuth {
 
     /// Removes what the app sent in the credential's place, then injects ours.
     /// `oauth2_token` is the current access token for `OAuth2` services.
-    pub fn apply(&self, request: &mut RequestHeader, oauth2_token: Option<&str>) -> pingora::Result<()> {
+    pub fn apply(
+        &self,
+        request: &mut RequestHeader,
+        oauth2_token: Option<&str>,
+    ) -> pingora::Result<()> {
         match self {
             Self::None => {}
             Self::Authorization(value) => {
@@ -60,20 +81,34 @@ impl PreparedAuth {
                 request.remove_header(&http::header::AUTHORIZATION);
                 request.insert_header(name.clone(), value.clone())?;
             }
-            Self::ApiKeyQuery { name, encoded_value } => {
+            Self::ApiKeyQuery {
+                name,
+                encoded_value,
+            } => {
                 request.remove_header(&http::header::AUTHORIZATION);
                 let path = request.uri.path().to_string();
                 let query = replace_query_param(request.uri.query(), name, encoded_value);
                 let uri = http::Uri::builder()
                     .path_and_query(format!("{path}?{query}"))
                     .build()
-                    .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "building the upstream URI", e))?;
+                    .map_err(|e| {
+                        pingora::Error::because(
+                            pingora::ErrorType::InternalError,
+                            "building the upstream URI",
+                            e,
+                        )
+                    })?;
                 request.set_uri(uri);
             }
             Self::OAuth2 => {
                 let token = oauth2_token.unwrap_or_default();
-                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-                    .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "access token is not a valid header value", e))?;
+                let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|e| {
+                    pingora::Error::because(
+                        pingora::ErrorType::InternalError,
+                        "access token is not a valid header value",
+                        e,
+                    )
+                })?;
                 value.set_sensitive(true);
                 request.insert_header(http::header::AUTHORIZATION, value)?;
             }
@@ -91,7 +126,10 @@ fn replace_query_param(query: Option<&str>, name: &str, encoded_value: &str) -> 
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
             let key = pair.split('=').next().unwrap_or("");
-            let decoded: String = form_urlencoded::parse(key.as_bytes()).map(|(k, _)| k.into_owned()).next().unwrap_or_default();
+            let decoded: String = form_urlencoded::parse(key.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .next()
+                .unwrap_or_default();
             decoded != name
         })
         .collect();
@@ -107,21 +145,35 @@ mod tests {
 
     fn request(uri: &str) -> RequestHeader {
         let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
-        req.insert_header("authorization", "Bearer app-own").unwrap();
+        req.insert_header("authorization", "Bearer app-own")
+            .unwrap();
         req
     }
 
     #[test]
     fn bearer_replaces_the_apps_authorization() {
-        let auth = PreparedAuth::new(Some(&Auth::Bearer { token: Secret::new("sk_test") })).unwrap();
+        let auth = PreparedAuth::new(Some(&Auth::Bearer {
+            token: Secret::new("sk_test"),
+        }))
+        .unwrap();
         let mut req = request("/v1/x");
         auth.apply(&mut req, None).unwrap();
-        assert_eq!(req.headers.get_all("authorization").iter().collect::<Vec<_>>(), ["Bearer sk_test"]);
+        assert_eq!(
+            req.headers
+                .get_all("authorization")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["Bearer sk_test"]
+        );
     }
 
     #[test]
     fn basic_encodes_username_and_password() {
-        let auth = PreparedAuth::new(Some(&Auth::Basic { username: "AC123".into(), password: Secret::new("tok") })).unwrap();
+        let auth = PreparedAuth::new(Some(&Auth::Basic {
+            username: "AC123".into(),
+            password: Secret::new("tok"),
+        }))
+        .unwrap();
         let mut req = request("/");
         auth.apply(&mut req, None).unwrap();
         assert_eq!(req.headers["authorization"], "Basic QUMxMjM6dG9r");
@@ -137,7 +189,10 @@ mod tests {
         let mut req = request("/");
         req.insert_header("x-api-key", "app-key").unwrap();
         auth.apply(&mut req, None).unwrap();
-        assert_eq!(req.headers.get_all("x-api-key").iter().collect::<Vec<_>>(), ["k1"]);
+        assert_eq!(
+            req.headers.get_all("x-api-key").iter().collect::<Vec<_>>(),
+            ["k1"]
+        );
         assert!(req.headers.get("authorization").is_none());
     }
 
@@ -150,7 +205,10 @@ mod tests {
         .unwrap();
         let mut req = request("/search?q=flowers&api_key=app&api%5Fkey=app2&page=2");
         auth.apply(&mut req, None).unwrap();
-        assert_eq!(req.uri.to_string(), "/search?q=flowers&page=2&api_key=k+1%26");
+        assert_eq!(
+            req.uri.to_string(),
+            "/search?q=flowers&page=2&api_key=k+1%26"
+        );
         let mut req = request("/search");
         auth.apply(&mut req, None).unwrap();
         assert_eq!(req.uri.to_string(), "/search?api_key=k+1%26");

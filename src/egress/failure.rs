@@ -10,8 +10,9 @@ use crate::problem::ErrorCode;
 pub fn classify(error: &Error) -> Option<ErrorCode> {
     use ErrorType::*;
     match error.etype() {
-        ConnectTimedout | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
-        | HandshakeError | ConnectError | ConnectProxyFailure | BindError | SocketError => Some(ErrorCode::UpstreamUnreachable),
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure
+        | TLSHandshakeTimedout | InvalidCert | HandshakeError | ConnectError
+        | ConnectProxyFailure | BindError | SocketError => Some(ErrorCode::UpstreamUnreachable),
         ReadTimedout | WriteTimedout => match error.esource() {
             ErrorSource::Downstream => None,
             _ => Some(ErrorCode::UpstreamTimeout),
@@ -33,12 +34,33 @@ mod tests {
 
     #[test]
     fn maps_connect_timeout_and_broken_exchanges() {
-        assert_eq!(classify(&Error::new_up(ErrorType::ConnectRefused)), Some(ErrorCode::UpstreamUnreachable));
-        assert_eq!(classify(&Error::new_up(ErrorType::TLSHandshakeFailure)), Some(ErrorCode::UpstreamUnreachable));
-        assert_eq!(classify(&Error::new_up(ErrorType::ConnectTimedout)), Some(ErrorCode::UpstreamUnreachable));
-        assert_eq!(classify(&Error::new_up(ErrorType::ReadTimedout)), Some(ErrorCode::UpstreamTimeout));
-        assert_eq!(classify(&Error::new_up(ErrorType::ConnectionClosed)), Some(ErrorCode::UpstreamFailed));
-        assert_eq!(classify(&Error::new_down(ErrorType::ConnectionClosed)), None);
-        assert_eq!(classify(&Error::new_down(ErrorType::InvalidHTTPHeader)), Some(ErrorCode::BadRequest));
+        assert_eq!(
+            classify(&Error::new_up(ErrorType::ConnectRefused)),
+            Some(ErrorCode::UpstreamUnreachable)
+        );
+        assert_eq!(
+            classify(&Error::new_up(ErrorType::TLSHandshakeFailure)),
+            Some(ErrorCode::UpstreamUnreachable)
+        );
+        assert_eq!(
+            classify(&Error::new_up(ErrorType::ConnectTimedout)),
+            Some(ErrorCode::UpstreamUnreachable)
+        );
+        assert_eq!(
+            classify(&Error::new_up(ErrorType::ReadTimedout)),
+            Some(ErrorCode::UpstreamTimeout)
+        );
+        assert_eq!(
+            classify(&Error::new_up(ErrorType::ConnectionClosed)),
+            Some(ErrorCode::UpstreamFailed)
+        );
+        assert_eq!(
+            classify(&Error::new_down(ErrorType::ConnectionClosed)),
+            None
+        );
+        assert_eq!(
+            classify(&Error::new_down(ErrorType::InvalidHTTPHeader)),
+            Some(ErrorCode::BadRequest)
+        );
     }
 }

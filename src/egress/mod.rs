@@ -71,20 +71,33 @@ pub struct EgressCtx {
 }
 
 impl EgressProxy {
-    pub fn new(config: &Config, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Result<Self, String> {
         let mut services = Vec::with_capacity(config.services.len());
         for service in &config.services {
             let context = |e: String| format!("services.{}: {e}", service.name);
-            let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref()).map_err(context)?;
+            let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref())
+                .map_err(context)?;
             let auth = PreparedAuth::new(service.auth.as_ref()).map_err(context)?;
             let tokens = match &service.auth {
                 Some(Auth::OAuth2(oauth)) => {
                     let endpoint = HttpTokenEndpoint::new(oauth).map_err(context)?;
                     let counters = RefreshCounters {
-                        success: metrics.oauth2_token_refreshes_total.with_label_values(&[service.name.as_str(), "success"]),
-                        failure: metrics.oauth2_token_refreshes_total.with_label_values(&[service.name.as_str(), "failure"]),
+                        success: metrics
+                            .oauth2_token_refreshes_total
+                            .with_label_values(&[service.name.as_str(), "success"]),
+                        failure: metrics
+                            .oauth2_token_refreshes_total
+                            .with_label_values(&[service.name.as_str(), "failure"]),
                     };
-                    Some(TokenSource::new(Box::new(endpoint), oauth.refresh_before, counters))
+                    Some(TokenSource::new(
+                        Box::new(endpoint),
+                        oauth.refresh_before,
+                        counters,
+                    ))
                 }
                 _ => None,
             };
@@ -98,16 +111,29 @@ impl EgressProxy {
             });
         }
         let routes = RouteTable::new(config.services.iter().map(|s| s.route.as_str()));
-        Ok(Self { services, routes, metrics, lifecycle })
+        Ok(Self {
+            services,
+            routes,
+            metrics,
+            lifecycle,
+        })
     }
 
     fn service(&self, ctx: &EgressCtx) -> Option<&EgressService> {
         ctx.service.map(|i| &self.services[i])
     }
 
-    async fn answer(&self, session: &mut Session, ctx: &mut EgressCtx, problem: Problem) -> pingora::Result<bool> {
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut EgressCtx,
+        problem: Problem,
+    ) -> pingora::Result<bool> {
         ctx.sidecar_error = Some(problem.code);
-        problem.with_header(REQUEST_ID_HEADER, ctx.request_id.clone()).write_to(session).await?;
+        problem
+            .with_header(REQUEST_ID_HEADER, ctx.request_id.clone())
+            .write_to(session)
+            .await?;
         Ok(true)
     }
 }
@@ -126,56 +152,97 @@ impl ProxyHttp for EgressProxy {
     type CTX = EgressCtx;
 
     fn new_ctx(&self) -> EgressCtx {
-        EgressCtx { started: Some(Instant::now()), _in_flight: Some(self.lifecycle.enter()), ..Default::default() }
+        EgressCtx {
+            started: Some(Instant::now()),
+            _in_flight: Some(self.lifecycle.enter()),
+            ..Default::default()
+        }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut EgressCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<bool> {
         ctx.request_id = request_id(session.req_header().headers.get(REQUEST_ID_HEADER));
         let request = session.req_header();
         let Some((index, rest)) = self.routes.find(request.uri.path()) else {
             let detail = format!("no service route matches {}", request.uri.path());
-            return self.answer(session, ctx, Problem::new(ErrorCode::NoRoute, detail)).await;
+            return self
+                .answer(session, ctx, Problem::new(ErrorCode::NoRoute, detail))
+                .await;
         };
         let service = &self.services[index];
         ctx.service = Some(index);
-        ctx.upstream_path = routing::upstream_path(&service.target.url.base_path, rest, request.uri.query());
+        ctx.upstream_path =
+            routing::upstream_path(&service.target.url.base_path, rest, request.uri.query());
         if let Some(tokens) = &service.tokens {
             match tokens.token().await {
                 Ok(token) => ctx.token = Some(token),
                 Err(error) => {
                     let detail = format!("no access token for {}: {error}", service.name);
-                    return self.answer(session, ctx, Problem::new(ErrorCode::CredentialsUnavailable, detail)).await;
+                    return self
+                        .answer(
+                            session,
+                            ctx,
+                            Problem::new(ErrorCode::CredentialsUnavailable, detail),
+                        )
+                        .await;
                 }
             }
         }
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut EgressCtx) -> pingora::Result<Box<HttpPeer>> {
-        let service = self.service(ctx).ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let service = self
+            .service(ctx)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
         let addr = service.target.resolve().await.map_err(|e| {
             let mut error = Error::explain(ErrorType::ConnectNoRoute, e);
             error.esource = ErrorSource::Upstream;
             error
         })?;
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        let remaining = service.timeout.saturating_sub(elapsed).max(Duration::from_millis(1));
-        Ok(Box::new(service.target.peer(addr, service.connect_timeout, remaining)))
+        let remaining = service
+            .timeout
+            .saturating_sub(elapsed)
+            .max(Duration::from_millis(1));
+        Ok(Box::new(service.target.peer(
+            addr,
+            service.connect_timeout,
+            remaining,
+        )))
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut EgressCtx) -> pingora::Result<()> {
-        let Some(service) = self.service(ctx) else { return Ok(()) };
-        let uri = ctx
-            .upstream_path
-            .parse::<http::Uri>()
-            .map_err(|e| Error::because(ErrorType::InternalError, "building the upstream path", e))?;
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<()> {
+        let Some(service) = self.service(ctx) else {
+            return Ok(());
+        };
+        let uri = ctx.upstream_path.parse::<http::Uri>().map_err(|e| {
+            Error::because(ErrorType::InternalError, "building the upstream path", e)
+        })?;
         request.set_uri(uri);
         request.insert_header(http::header::HOST, service.target.url.authority())?;
         request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         service.auth.apply(request, ctx.token.as_deref())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut EgressCtx) -> pingora::Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<()> {
         if response.status.as_u16() == 401 {
             if let (Some(service), Some(token)) = (self.service(ctx), ctx.token.as_deref()) {
                 if let Some(tokens) = &service.tokens {
@@ -187,7 +254,13 @@ impl ProxyHttp for EgressProxy {
         response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())
     }
 
-    fn upstream_response_body_filter(&self, _session: &mut Session, _body: &mut Option<Bytes>, end: bool, ctx: &mut EgressCtx) -> pingora::Result<Option<Duration>> {
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<Option<Duration>> {
         // `timeout` bounds the whole response, not only each read.
         if let (Some(service), Some(started)) = (self.service(ctx), ctx.started) {
             if !end && started.elapsed() > service.timeout {
@@ -197,38 +270,72 @@ impl ProxyHttp for EgressProxy {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, ctx: &mut EgressCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        ctx: &mut EgressCtx,
+    ) -> FailToProxy {
         let Some(code) = failure::classify(error) else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
-        let name = self.service(ctx).map(|s| s.name.as_str()).unwrap_or("the provider");
+        let name = self
+            .service(ctx)
+            .map(|s| s.name.as_str())
+            .unwrap_or("the provider");
         let detail = match code {
-            ErrorCode::UpstreamUnreachable => format!("cannot reach {name}: {}", error.etype().as_str()),
+            ErrorCode::UpstreamUnreachable => {
+                format!("cannot reach {name}: {}", error.etype().as_str())
+            }
             ErrorCode::UpstreamTimeout => {
-                let limit = self.service(ctx).map(|s| format_duration(s.timeout)).unwrap_or_default();
+                let limit = self
+                    .service(ctx)
+                    .map(|s| format_duration(s.timeout))
+                    .unwrap_or_default();
                 format!("{name} did not answer within {limit}")
             }
-            ErrorCode::UpstreamFailed => format!("the connection to {name} failed: {}", error.etype().as_str()),
-            ErrorCode::BadRequest => format!("the request could not be read: {}", error.etype().as_str()),
+            ErrorCode::UpstreamFailed => format!(
+                "the connection to {name} failed: {}",
+                error.etype().as_str()
+            ),
+            ErrorCode::BadRequest => {
+                format!("the request could not be read: {}", error.etype().as_str())
+            }
             _ => "the sidecar failed to proxy this request".to_string(),
         };
         ctx.sidecar_error = Some(code);
         // Once the provider's answer has started, only closing the connection is left.
         if session.response_written().is_none() {
-            let problem = Problem::new(code, detail).with_header(REQUEST_ID_HEADER, ctx.request_id.clone());
+            let problem =
+                Problem::new(code, detail).with_header(REQUEST_ID_HEADER, ctx.request_id.clone());
             if let Err(e) = problem.write_to(session).await {
                 tracing::debug!(error = %e, "could not send the error answer");
             }
         }
-        FailToProxy { error_code: code.status(), can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code.status(),
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut EgressCtx) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let service = self.service(ctx).map(|s| s.name.as_str()).unwrap_or("-");
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        self.metrics.egress_requests_total.with_label_values(&[service, status.to_string().as_str()]).inc();
-        self.metrics.egress_request_duration_seconds.with_label_values(&[service]).observe(elapsed.as_secs_f64());
+        self.metrics
+            .egress_requests_total
+            .with_label_values(&[service, status.to_string().as_str()])
+            .inc();
+        self.metrics
+            .egress_request_duration_seconds
+            .with_label_values(&[service])
+            .observe(elapsed.as_secs_f64());
         let request = session.req_header();
         tracing::info!(
             target: "access",

@@ -58,7 +58,11 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(endpoint: Box<dyn TokenEndpoint>, refresh_before: Duration, counters: RefreshCounters) -> Arc<Self> {
+    pub fn new(
+        endpoint: Box<dyn TokenEndpoint>,
+        refresh_before: Duration,
+        counters: RefreshCounters,
+    ) -> Arc<Self> {
         Arc::new(Self {
             endpoint,
             refresh_before,
@@ -103,7 +107,9 @@ impl TokenSource {
     }
 
     fn refresh_in_background(self: &Arc<Self>) {
-        let Ok(turn) = Arc::clone(&self.in_flight).try_lock_owned() else { return };
+        let Ok(turn) = Arc::clone(&self.in_flight).try_lock_owned() else {
+            return;
+        };
         let source = Arc::clone(self);
         tokio::spawn(async move {
             let _turn = turn;
@@ -122,9 +128,15 @@ impl TokenSource {
                 let token: Arc<str> = Arc::from(issued.access_token);
                 let expires_at = started + lifetime;
                 // A lifetime shorter than refresh_before refreshes at half-life instead of at once.
-                let refresh_at = expires_at.checked_sub(self.refresh_before).filter(|at| *at > started).unwrap_or(started + lifetime / 2);
-                *self.cached.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some(CachedToken { token: Arc::clone(&token), refresh_at, expires_at });
+                let refresh_at = expires_at
+                    .checked_sub(self.refresh_before)
+                    .filter(|at| *at > started)
+                    .unwrap_or(started + lifetime / 2);
+                *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(CachedToken {
+                    token: Arc::clone(&token),
+                    refresh_at,
+                    expires_at,
+                });
                 self.counters.success.inc();
                 Ok(token)
             }
@@ -140,11 +152,17 @@ impl TokenSource {
     }
 
     fn cached(&self) -> Option<CachedToken> {
-        self.cached.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.cached
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn last_error(&self) -> String {
-        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -174,9 +192,17 @@ impl HttpTokenEndpoint {
         let basic = match config.client_auth {
             ClientAuth::Basic => {
                 // RFC 6749 §2.3.1: both parts are form-encoded before joining.
-                let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!("{}:{}", encode(&config.client_id), encode(config.client_secret.expose()));
-                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+                let encode =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let pair = format!(
+                    "{}:{}",
+                    encode(&config.client_id),
+                    encode(config.client_secret.expose())
+                );
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
             }
             ClientAuth::Body => {
                 form.append_pair("client_id", &config.client_id);
@@ -184,28 +210,52 @@ impl HttpTokenEndpoint {
                 None
             }
         };
-        let path = if config.token_url.base_path.is_empty() { "/".to_string() } else { config.token_url.base_path.clone() };
-        Ok(Self { target, path, form: form.finish(), basic, client: SmallClient::default() })
+        let path = if config.token_url.base_path.is_empty() {
+            "/".to_string()
+        } else {
+            config.token_url.base_path.clone()
+        };
+        Ok(Self {
+            target,
+            path,
+            form: form.finish(),
+            basic,
+            client: SmallClient::default(),
+        })
     }
 }
 
 #[async_trait]
 impl TokenEndpoint for HttpTokenEndpoint {
     async fn fetch(&self) -> Result<IssuedToken, String> {
-        let mut request = RequestHeader::build("POST", self.path.as_bytes(), None).map_err(|e| e.to_string())?;
-        let headers = [("content-type", "application/x-www-form-urlencoded"), ("accept", "application/json")];
+        let mut request =
+            RequestHeader::build("POST", self.path.as_bytes(), None).map_err(|e| e.to_string())?;
+        let headers = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("accept", "application/json"),
+        ];
         for (name, value) in headers {
-            request.insert_header(name, value).map_err(|e| e.to_string())?;
+            request
+                .insert_header(name, value)
+                .map_err(|e| e.to_string())?;
         }
         if let Some(basic) = &self.basic {
-            request.insert_header("authorization", basic.as_str()).map_err(|e| e.to_string())?;
+            request
+                .insert_header("authorization", basic.as_str())
+                .map_err(|e| e.to_string())?;
         }
         let response = self
             .client
-            .send(&self.target, request, Bytes::from(self.form.clone()), TOKEN_REQUEST_TIMEOUT)
+            .send(
+                &self.target,
+                request,
+                Bytes::from(self.form.clone()),
+                TOKEN_REQUEST_TIMEOUT,
+            )
             .await
             .map_err(|e| format!("token endpoint {}: {e}", self.target.url))?;
-        parse_token_response(response.status, &response.body).map_err(|e| format!("token endpoint {}: {e}", self.target.url))
+        parse_token_response(response.status, &response.body)
+            .map_err(|e| format!("token endpoint {}: {e}", self.target.url))
     }
 }
 
@@ -213,7 +263,10 @@ impl TokenEndpoint for HttpTokenEndpoint {
 pub fn parse_token_response(status: u16, body: &[u8]) -> Result<IssuedToken, String> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     if !(200..300).contains(&status) {
-        let code = json.get("error").and_then(|e| e.as_str()).unwrap_or("no error code");
+        let code = json
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("no error code");
         return Err(format!("answered {status} ({code})"));
     }
     let access_token = json
@@ -226,7 +279,10 @@ pub fn parse_token_response(status: u16, body: &[u8]) -> Result<IssuedToken, Str
         Some(serde_json::Value::String(s)) => s.parse().ok(),
         _ => None,
     };
-    Ok(IssuedToken { access_token: access_token.to_string(), expires_in: expires_in.map(Duration::from_secs) })
+    Ok(IssuedToken {
+        access_token: access_token.to_string(),
+        expires_in: expires_in.map(Duration::from_secs),
+    })
 }
 
 #[cfg(test)]
@@ -249,7 +305,10 @@ mod tests {
             if self.fail.load(Ordering::SeqCst) {
                 return Err("answered 503 (temporarily_unavailable)".into());
             }
-            Ok(IssuedToken { access_token: format!("token-{n}"), expires_in: Some(self.lifetime) })
+            Ok(IssuedToken {
+                access_token: format!("token-{n}"),
+                expires_in: Some(self.lifetime),
+            })
         }
     }
 
@@ -262,21 +321,32 @@ mod tests {
     fn fixture(lifetime: Duration, refresh_before: Duration) -> Fixture {
         let calls = Arc::new(AtomicUsize::new(0));
         let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let endpoint = FakeEndpoint { calls: Arc::clone(&calls), fail: Arc::clone(&fail), delay: Duration::from_millis(50), lifetime };
+        let endpoint = FakeEndpoint {
+            calls: Arc::clone(&calls),
+            fail: Arc::clone(&fail),
+            delay: Duration::from_millis(50),
+            lifetime,
+        };
         let counters = RefreshCounters {
             success: IntCounter::new("s", "s").unwrap(),
             failure: IntCounter::new("f", "f").unwrap(),
         };
-        Fixture { source: TokenSource::new(Box::new(endpoint), refresh_before, counters), calls, fail }
+        Fixture {
+            source: TokenSource::new(Box::new(endpoint), refresh_before, counters),
+            calls,
+            fail,
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn fifty_concurrent_requests_cause_one_token_request() {
         let f = fixture(Duration::from_secs(3600), Duration::from_secs(60));
-        let waiters: Vec<_> = (0..50).map(|_| {
-            let source = Arc::clone(&f.source);
-            tokio::spawn(async move { source.token().await })
-        }).collect();
+        let waiters: Vec<_> = (0..50)
+            .map(|_| {
+                let source = Arc::clone(&f.source);
+                tokio::spawn(async move { source.token().await })
+            })
+            .collect();
         for waiter in waiters {
             assert_eq!(&*waiter.await.unwrap().unwrap(), "token-1");
         }
@@ -302,12 +372,17 @@ mod tests {
     async fn waiters_share_a_failed_attempt_and_a_later_request_recovers() {
         let f = fixture(Duration::from_secs(3600), Duration::from_secs(60));
         f.fail.store(true, Ordering::SeqCst);
-        let waiters: Vec<_> = (0..20).map(|_| {
-            let source = Arc::clone(&f.source);
-            tokio::spawn(async move { source.token().await })
-        }).collect();
+        let waiters: Vec<_> = (0..20)
+            .map(|_| {
+                let source = Arc::clone(&f.source);
+                tokio::spawn(async move { source.token().await })
+            })
+            .collect();
         for waiter in waiters {
-            assert_eq!(waiter.await.unwrap().unwrap_err(), "answered 503 (temporarily_unavailable)");
+            assert_eq!(
+                waiter.await.unwrap().unwrap_err(),
+                "answered 503 (temporarily_unavailable)"
+            );
         }
         assert_eq!(f.calls.load(Ordering::SeqCst), 1);
         f.fail.store(false, Ordering::SeqCst);
@@ -326,10 +401,25 @@ mod tests {
 
     #[test]
     fn parses_token_answers_and_error_codes_without_echoing_bodies() {
-        let ok = parse_token_response(200, br#"{"access_token":"at","token_type":"Bearer","expires_in":"120"}"#).unwrap();
-        assert_eq!((ok.access_token.as_str(), ok.expires_in), ("at", Some(Duration::from_secs(120))));
-        let err = parse_token_response(401, br#"{"error":"invalid_client","error_description":"secret xyz wrong"}"#).err().unwrap();
+        let ok = parse_token_response(
+            200,
+            br#"{"access_token":"at","token_type":"Bearer","expires_in":"120"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.access_token.as_str(), ok.expires_in),
+            ("at", Some(Duration::from_secs(120)))
+        );
+        let err = parse_token_response(
+            401,
+            br#"{"error":"invalid_client","error_description":"secret xyz wrong"}"#,
+        )
+        .err()
+        .unwrap();
         assert_eq!(err, "answered 401 (invalid_client)");
-        assert_eq!(parse_token_response(200, b"{}").err().unwrap(), "answer has no access_token");
+        assert_eq!(
+            parse_token_response(200, b"{}").err().unwrap(),
+            "answer has no access_token"
+        );
     }
 }

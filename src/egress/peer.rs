@@ -36,8 +36,19 @@ impl UpstreamTarget {
             Some(path) => (Some(load_ca(path)?), hash_path(path)),
             None => (None, 0),
         };
-        let fixed = url.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, url.port));
-        Ok(Self { url, ca, group_key, fixed, cache: RwLock::new(None), next: AtomicUsize::new(0) })
+        let fixed = url
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, url.port));
+        Ok(Self {
+            url,
+            ca,
+            group_key,
+            fixed,
+            cache: RwLock::new(None),
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// One address of the provider, rotating over what DNS returned.
@@ -58,7 +69,8 @@ impl UpstreamTarget {
                             return Err(format!("DNS returned no address for {}", self.url.host));
                         }
                         let found = Arc::new(found);
-                        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = Some((Arc::clone(&found), now));
+                        *self.cache.write().unwrap_or_else(|e| e.into_inner()) =
+                            Some((Arc::clone(&found), now));
                         found
                     }
                     // A provider whose DNS blips keeps its last known addresses.
@@ -71,7 +83,12 @@ impl UpstreamTarget {
         Ok(addrs[index])
     }
 
-    pub fn peer(&self, addr: SocketAddr, connect_timeout: Duration, read_timeout: Duration) -> HttpPeer {
+    pub fn peer(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
         peer.group_key = self.group_key;
         peer.options.connection_timeout = Some(connect_timeout);
@@ -94,17 +111,28 @@ fn hash_path(path: &Path) -> u64 {
 /// Every certificate of a PEM bundle, validated before Pingora sees it
 /// (Pingora panics on a certificate it cannot parse).
 pub fn load_ca(path: &Path) -> Result<Arc<CaType>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
     let mut reader = pem.as_slice();
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut reader) {
         let der = item.map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
-        x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| format!("CA file {} holds a certificate that cannot be parsed: {e}", path.display()))?;
-        certs.push(WrappedX509::new(der.to_vec(), pingora::utils::tls::parse_x509));
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
+            format!(
+                "CA file {} holds a certificate that cannot be parsed: {e}",
+                path.display()
+            )
+        })?;
+        certs.push(WrappedX509::new(
+            der.to_vec(),
+            pingora::utils::tls::parse_x509,
+        ));
     }
     if certs.is_empty() {
-        return Err(format!("CA file {} holds no PEM certificate", path.display()));
+        return Err(format!(
+            "CA file {} holds no PEM certificate",
+            path.display()
+        ));
     }
     Ok(Arc::from(certs.into_boxed_slice()))
 }

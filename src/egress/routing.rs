@@ -9,8 +9,12 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new<'a>(prefixes: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut routes: Vec<(String, usize)> = prefixes.into_iter().enumerate().map(|(i, p)| (p.to_string(), i)).collect();
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        let mut routes: Vec<(String, usize)> = prefixes
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (p.to_string(), i))
+            .collect();
+        routes.sort_by_key(|route| std::cmp::Reverse(route.0.len()));
         Self { routes }
     }
 
@@ -28,7 +32,8 @@ impl RouteTable {
 
 /// `base_path` + `rest` (or `/`) + `?query`.
 pub fn upstream_path(base_path: &str, rest: &str, query: Option<&str>) -> String {
-    let mut path = String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    let mut path =
+        String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
     path.push_str(base_path);
     if rest.is_empty() {
         path.push('/');
@@ -65,7 +70,10 @@ mod tests {
 
     #[test]
     fn builds_the_provider_path_with_base_and_query() {
-        assert_eq!(upstream_path("", "/v1/charges", Some("limit=3")), "/v1/charges?limit=3");
+        assert_eq!(
+            upstream_path("", "/v1/charges", Some("limit=3")),
+            "/v1/charges?limit=3"
+        );
         assert_eq!(upstream_path("/base", "", None), "/base/");
         assert_eq!(upstream_path("", "", None), "/");
         assert_eq!(upstream_path("/v2", "/items", Some("")), "/v2/items?");

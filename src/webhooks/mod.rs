@@ -16,10 +16,17 @@ impl ServeHttp for IngressApp {
         let request = session.req_header();
         let path = request.uri.path().to_string();
         if request.method != http::Method::POST {
-            return Problem::new(ErrorCode::MethodNotAllowed, "webhooks are delivered with POST")
-                .with_header("allow", "POST")
-                .into_http_response();
+            return Problem::new(
+                ErrorCode::MethodNotAllowed,
+                "webhooks are delivered with POST",
+            )
+            .with_header("allow", "POST")
+            .into_http_response();
         }
-        Problem::new(ErrorCode::NotFound, format!("no webhook is configured at {path}")).into_http_response()
+        Problem::new(
+            ErrorCode::NotFound,
+            format!("no webhook is configured at {path}"),
+        )
+        .into_http_response()
     }
 }

@@ -19,7 +19,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running sidecar process; killed when dropped.
@@ -39,7 +43,11 @@ impl Sidecar {
     }
 
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Self {
-        let dir = std::env::temp_dir().join(format!("sidecar-test-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "sidecar-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let (egress, ingress, admin) = (free_port(), free_port(), free_port());
         let yaml = format!(
@@ -76,7 +84,8 @@ impl Sidecar {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(mut stream) = std::net::TcpStream::connect(self.admin) {
-                let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let _ = stream
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut answer = String::new();
                 let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
                 if answer.starts_with("HTTP/1.1 200") {
@@ -97,14 +106,22 @@ impl Sidecar {
     }
 
     pub fn signal(&self, signal: &str) {
-        Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
     }
 
     /// Resident memory in KiB: (current, peak).
     pub fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let field = |name: &str| {
-            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
@@ -147,10 +164,18 @@ pub struct MockAnswer {
 
 impl MockAnswer {
     pub fn ok(body: &str) -> Self {
-        Self { status: 200, body: Bytes::from(body.to_string()), delay: Duration::ZERO, headers: Vec::new() }
+        Self {
+            status: 200,
+            body: Bytes::from(body.to_string()),
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
     }
     pub fn status(status: u16, body: &str) -> Self {
-        Self { status, ..Self::ok(body) }
+        Self {
+            status,
+            ..Self::ok(body)
+        }
     }
     pub fn with_body(mut self, body: Bytes) -> Self {
         self.body = body;
@@ -198,18 +223,27 @@ impl MockServer {
         let seen_clone = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (handler, seen, tls) = (Arc::clone(&handler), Arc::clone(&seen_clone), tls.clone());
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (handler, seen, tls) =
+                    (Arc::clone(&handler), Arc::clone(&seen_clone), tls.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| serve(req, Arc::clone(&handler), Arc::clone(&seen)));
+                    let service = hyper::service::service_fn(move |req| {
+                        serve(req, Arc::clone(&handler), Arc::clone(&seen))
+                    });
                     match tls {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
                             }
                         }
                         None => {
-                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
                     }
                 });
@@ -233,7 +267,11 @@ impl Drop for MockServer {
     }
 }
 
-async fn serve(req: Request<Incoming>, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve(
+    req: Request<Incoming>,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let headers = req
@@ -253,7 +291,13 @@ async fn serve(req: Request<Incoming>, handler: Handler, seen: Arc<Mutex<Vec<See
             }
         }
     }
-    let record = Seen { method, uri, headers, body_len, body: Bytes::from(kept) };
+    let record = Seen {
+        method,
+        uri,
+        headers,
+        body_len,
+        body: Bytes::from(kept),
+    };
     let answer = handler(&record);
     seen.lock().unwrap().push(record);
     if !answer.delay.is_zero() {
@@ -275,7 +319,8 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -300,21 +345,38 @@ where
     let uri: hyper::Uri = url.parse().unwrap();
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(connection);
-    let mut request = Request::builder().method(method).uri(uri.path_and_query().unwrap().as_str()).header("host", uri.authority().unwrap().as_str());
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().unwrap().as_str())
+        .header("host", uri.authority().unwrap().as_str());
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = sender.send_request(request.body(body).unwrap()).await.expect("response");
+    let response = sender
+        .send_request(request.body(body).unwrap())
+        .await
+        .expect("response");
     let status = response.status().as_u16();
     let headers = response
         .headers()
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    Answer { status, headers, body }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A private CA and a server certificate for `host` signed by it.
@@ -330,7 +392,10 @@ pub fn test_pki(host: &str) -> TestPki {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![host.to_string()]).unwrap().signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let leaf = CertificateParams::new(vec![host.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let config = tokio_rustls::rustls::ServerConfig::builder()
         .with_no_client_auth()
@@ -339,7 +404,10 @@ pub fn test_pki(host: &str) -> TestPki {
             tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )
         .unwrap();
-    TestPki { ca_pem: ca.pem(), acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) }
+    TestPki {
+        ca_pem: ca.pem(),
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    }
 }
 
 /// A request body of `remaining` bytes sent in 64 KiB chunks, never held whole.
@@ -361,6 +429,8 @@ impl hyper::body::Body for ChunkedBody {
         }
         let n = self.remaining.min(CHUNK.len());
         self.remaining -= n;
-        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(&CHUNK[..n])))))
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &CHUNK[..n],
+        )))))
     }
 }
