@@ -59,8 +59,8 @@ async fn routes_by_prefix_strips_it_keeps_the_query_and_injects_a_bearer_token()
     let generated = &other.requests()[0].headers["x-request-id"];
     assert_eq!(
         generated.len(),
-        36,
-        "a UUID request id is generated: {generated}"
+        32,
+        "a 128-bit hex request id is generated: {generated}"
     );
 
     let logs = sidecar.logs();

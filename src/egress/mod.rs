@@ -110,7 +110,9 @@ impl EgressProxy {
                 tokens,
                 connect_timeout: service.connect_timeout,
                 timeout: service.timeout,
-                duration: metrics.egress_request_duration_seconds.with_label_values(&[service.name.as_str()]),
+                duration: metrics
+                    .egress_request_duration_seconds
+                    .with_label_values(&[service.name.as_str()]),
             });
         }
         let routes = RouteTable::new(config.services.iter().map(|s| s.route.as_str()));
@@ -152,17 +154,25 @@ pub struct RequestIds {
 impl Default for RequestIds {
     fn default() -> Self {
         let prefix = uuid::Uuid::new_v4().as_u64_pair().0;
-        Self { prefix, counter: std::sync::atomic::AtomicU64::new(0) }
+        Self {
+            prefix,
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
 impl RequestIds {
     /// Keeps the app's request id when it is usable, otherwise makes one.
     pub fn for_request(&self, header: Option<&http::HeaderValue>) -> String {
-        match header.and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 200) {
+        match header
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 200)
+        {
             Some(id) => id.to_string(),
             None => {
-                let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let n = self
+                    .counter
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 format!("{:016x}{n:016x}", self.prefix)
             }
         }
@@ -186,7 +196,9 @@ impl ProxyHttp for EgressProxy {
         session: &mut Session,
         ctx: &mut EgressCtx,
     ) -> pingora::Result<bool> {
-        ctx.request_id = self.request_ids.for_request(session.req_header().headers.get(REQUEST_ID_HEADER));
+        ctx.request_id = self
+            .request_ids
+            .for_request(session.req_header().headers.get(REQUEST_ID_HEADER));
         let request = session.req_header();
         let Some((index, rest)) = self.routes.find(request.uri.path()) else {
             let detail = format!("no service route matches {}", request.uri.path());
@@ -390,7 +402,10 @@ mod tests {
     #[test]
     fn request_ids_keep_the_apps_and_are_unique_otherwise() {
         let ids = RequestIds::default();
-        assert_eq!(ids.for_request(Some(&http::HeaderValue::from_static("abc"))), "abc");
+        assert_eq!(
+            ids.for_request(Some(&http::HeaderValue::from_static("abc"))),
+            "abc"
+        );
         let (a, b) = (ids.for_request(None), ids.for_request(None));
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
