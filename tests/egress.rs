@@ -142,8 +142,20 @@ async fn get_with(sidecar: &Sidecar, path: &str, headers: &[(&str, &str)]) -> An
     answer
 }
 
-fn oauth_body(upstream: &MockServer, tokens: &MockServer, lifetime: u64) -> String {
-    let _ = lifetime;
+/// A token endpoint issuing `at-1`, `at-2`, ... each valid for `expires_in` seconds.
+async fn token_server(expires_in: u64, delay: Duration) -> MockServer {
+    let issued = AtomicUsize::new(0);
+    MockServer::start(move |_| {
+        let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+        MockAnswer::ok(&format!(
+            r#"{{"access_token":"at-{n}","token_type":"Bearer","expires_in":{expires_in}}}"#
+        ))
+        .delayed(delay)
+    })
+    .await
+}
+
+fn oauth_body(upstream: &MockServer, tokens: &MockServer) -> String {
     service(
         "suppliers",
         "/suppliers",
@@ -157,21 +169,9 @@ fn oauth_body(upstream: &MockServer, tokens: &MockServer, lifetime: u64) -> Stri
 
 #[tokio::test]
 async fn oauth2_fetches_one_token_for_fifty_concurrent_requests_and_caches_it() {
-    let issued = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&issued);
-    let tokens = MockServer::start(move |_| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        MockAnswer::ok(&format!(
-            r#"{{"access_token":"at-{n}","token_type":"Bearer","expires_in":3600}}"#
-        ))
-        .delayed(Duration::from_millis(200))
-    })
-    .await;
+    let tokens = token_server(3600, Duration::from_millis(200)).await;
     let upstream = MockServer::start(|_| MockAnswer::ok("suppliers")).await;
-    let sidecar = Sidecar::start(&format!(
-        "services:\n{}",
-        oauth_body(&upstream, &tokens, 3600)
-    ));
+    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
 
     let requests: Vec<_> = (0..50)
         .map(|_| tokio::spawn(get(&sidecar.egress_url("/suppliers/v1/vendors"))))
@@ -214,15 +214,9 @@ async fn oauth2_fetches_one_token_for_fifty_concurrent_requests_and_caches_it() 
 
 #[tokio::test]
 async fn oauth2_refreshes_before_expiry() {
-    let issued = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&issued);
-    let tokens = MockServer::start(move |_| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        MockAnswer::ok(&format!(r#"{{"access_token":"at-{n}","expires_in":2}}"#))
-    })
-    .await;
+    let tokens = token_server(2, Duration::ZERO).await;
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens, 2)));
+    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
     get(&sidecar.egress_url("/suppliers/a")).await;
     // Lifetime 2s, refresh_before 1s: after 1.2s the token is in its refresh window.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -254,10 +248,7 @@ async fn oauth2_endpoint_down_answers_502_without_forwarding_and_recovers() {
     })
     .await;
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
-    let sidecar = Sidecar::start(&format!(
-        "services:\n{}",
-        oauth_body(&upstream, &tokens, 3600)
-    ));
+    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
     let answer = get(&sidecar.egress_url("/suppliers/x")).await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.headers["x-sidecar-error"], "credentials_unavailable");
@@ -285,13 +276,7 @@ async fn oauth2_endpoint_down_answers_502_without_forwarding_and_recovers() {
 
 #[tokio::test]
 async fn an_upstream_401_invalidates_the_cached_token() {
-    let issued = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&issued);
-    let tokens = MockServer::start(move |_| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        MockAnswer::ok(&format!(r#"{{"access_token":"at-{n}","expires_in":3600}}"#))
-    })
-    .await;
+    let tokens = token_server(3600, Duration::ZERO).await;
     let upstream = MockServer::start(|seen| {
         if seen.headers["authorization"] == "Bearer at-1" {
             MockAnswer::status(401, "revoked")
@@ -300,10 +285,7 @@ async fn an_upstream_401_invalidates_the_cached_token() {
         }
     })
     .await;
-    let sidecar = Sidecar::start(&format!(
-        "services:\n{}",
-        oauth_body(&upstream, &tokens, 3600)
-    ));
+    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
     assert_eq!(
         get(&sidecar.egress_url("/suppliers/x")).await.status,
         401,

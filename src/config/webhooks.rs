@@ -224,23 +224,20 @@ pub fn decode_webhook(
     })
 }
 
+const VERIFY_KEYS: &[&str] = &["kind", "secrets", "tolerance", "allow_sha1", "public_url"];
+/// Keys of the generic `hmac` kind only.
+const HMAC_KEYS: &[&str] = &[
+    "header",
+    "algorithm",
+    "encoding",
+    "prefix",
+    "timestamp_header",
+    "payload",
+];
+
 fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
-    let f = d.fields(
-        node,
-        &[
-            "kind",
-            "secrets",
-            "tolerance",
-            "allow_sha1",
-            "public_url",
-            "header",
-            "algorithm",
-            "encoding",
-            "prefix",
-            "timestamp_header",
-            "payload",
-        ],
-    )?;
+    let allowed: Vec<&str> = VERIFY_KEYS.iter().chain(HMAC_KEYS).copied().collect();
+    let f = d.fields(node, &allowed)?;
     let kind = d.required(&f, "kind").and_then(|n| {
         d.choice(
             &n,
@@ -256,26 +253,7 @@ fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
         )
     })?;
     let secrets = d.required(&f, "secrets").and_then(|n| {
-        let secrets = d.list(&n, |d, item| {
-            let secret = d.secret(item)?;
-            match secret_key_bytes(kind, secret.expose()) {
-                Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Some(secret),
-                Ok(bytes) => {
-                    d.error(
-                        &item.path,
-                        format!(
-                            "secret is {} bytes long; at least {MIN_SECRET_BYTES} are required",
-                            bytes.len()
-                        ),
-                    );
-                    None
-                }
-                Err(message) => {
-                    d.error(&item.path, message);
-                    None
-                }
-            }
-        })?;
+        let secrets = d.list(&n, |d, item| signing_secret(d, item, kind))?;
         if secrets.is_empty() {
             d.error(&n.path, "must list at least one secret");
             return None;
@@ -309,18 +287,10 @@ fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
         }
         (_, None) => Some(None),
     };
-    let hmac_keys = [
-        "header",
-        "algorithm",
-        "encoding",
-        "prefix",
-        "timestamp_header",
-        "payload",
-    ];
     let hmac = if kind == VerifyKind::Hmac {
         decode_hmac(d, &f).map(Some)
     } else {
-        for key in hmac_keys.iter().filter(|k| f.has(k)) {
+        for key in HMAC_KEYS.iter().filter(|k| f.has(k)) {
             d.error(&f.path.key(key), "only applies to kind: hmac");
         }
         Some(None)
@@ -394,6 +364,26 @@ fn decode_hmac(d: &mut Decoder, f: &super::decode::Fields) -> Option<HmacScheme>
         timestamp_header,
         payload,
     })
+}
+
+/// A secret whose key bytes, decoded as `kind` reads them, are long enough.
+fn signing_secret(d: &mut Decoder, node: &Node, kind: VerifyKind) -> Option<Secret> {
+    let secret = d.secret(node)?;
+    match secret_key_bytes(kind, secret.expose()) {
+        Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Some(secret),
+        Ok(bytes) => {
+            let message = format!(
+                "secret is {} bytes long; at least {MIN_SECRET_BYTES} are required",
+                bytes.len()
+            );
+            d.error(&node.path, message);
+            None
+        }
+        Err(message) => {
+            d.error(&node.path, message);
+            None
+        }
+    }
 }
 
 /// The key bytes a secret stands for: Standard Webhooks secrets are base64
@@ -542,27 +532,8 @@ fn decode_ack(d: &mut Decoder, node: &Node) -> Option<Ack> {
 pub fn decode_delivery_section(d: &mut Decoder, node: &Node) -> Option<Delivery> {
     let f = d.fields(node, &["signing_secret", "workers"])?;
     let signing_secret = match f.get("signing_secret") {
-        Some(n) => {
-            let secret = d.secret(&n)?;
-            let bytes = secret_key_bytes(VerifyKind::Standard, secret.expose());
-            match bytes {
-                Ok(b) if b.len() >= MIN_SECRET_BYTES => Some(secret),
-                Ok(b) => {
-                    d.error(
-                        &n.path,
-                        format!(
-                            "secret is {} bytes long; at least {MIN_SECRET_BYTES} are required",
-                            b.len()
-                        ),
-                    );
-                    return None;
-                }
-                Err(message) => {
-                    d.error(&n.path, message);
-                    return None;
-                }
-            }
-        }
+        // Deliveries are re-signed with Standard Webhooks, so the same key rules apply.
+        Some(n) => Some(signing_secret(d, &n, VerifyKind::Standard)?),
         None => None,
     };
     let workers = match f.get("workers") {
