@@ -26,17 +26,14 @@ async fn metrics_count_known_traffic_by_service_and_code() {
     }
     get(&sidecar.egress_url("/stripe/fail")).await;
     get(&sidecar.egress_url("/unknown")).await;
-    let metrics = get(&sidecar.admin_url("/metrics")).await;
-    assert_eq!(metrics.status, 200);
-    let text = metrics.text();
-    for line in [
-        "sidecar_egress_requests_total{code=\"200\",service=\"stripe\"} 3",
-        "sidecar_egress_requests_total{code=\"503\",service=\"stripe\"} 1",
-        "sidecar_egress_requests_total{code=\"404\",service=\"-\"} 1",
-        "sidecar_egress_request_duration_seconds_count{service=\"stripe\"} 4",
-    ] {
-        assert!(text.contains(line), "missing {line} in\n{text}");
-    }
+    sidecar
+        .metrics_containing(&[
+            "sidecar_egress_requests_total{code=\"200\",service=\"stripe\"} 3",
+            "sidecar_egress_requests_total{code=\"503\",service=\"stripe\"} 1",
+            "sidecar_egress_requests_total{code=\"404\",service=\"-\"} 1",
+            "sidecar_egress_request_duration_seconds_count{service=\"stripe\"} 4",
+        ])
+        .await;
 }
 
 #[tokio::test]

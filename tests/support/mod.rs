@@ -18,12 +18,21 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+/// How long a test waits for what the sidecar records after answering.
+const SETTLE: Duration = Duration::from_secs(5);
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+enum Startup {
+    Ready,
+    Exited,
+    TimedOut,
 }
 
 /// A running sidecar process; killed when dropped.
@@ -42,7 +51,23 @@ impl Sidecar {
         Self::start_with_env(body, &[])
     }
 
+    /// Ports come from the kernel and are released before the sidecar binds
+    /// them, so another process may take one in between: a start that fails
+    /// on "address in use" is retried on fresh ports.
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Self {
+        for _ in 0..5 {
+            let mut sidecar = Self::spawn(body, env);
+            match sidecar.wait_ready() {
+                Startup::Ready => return sidecar,
+                Startup::Exited if sidecar.logs().contains("Address already in use") => continue,
+                Startup::Exited => panic!("sidecar exited at start; log:\n{}", sidecar.logs()),
+                Startup::TimedOut => panic!("sidecar not ready; log:\n{}", sidecar.logs()),
+            }
+        }
+        panic!("no free ports for the sidecar after 5 tries");
+    }
+
+    fn spawn(body: &str, env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "sidecar-test-{}-{}",
             std::process::id(),
@@ -68,37 +93,76 @@ impl Sidecar {
             command.env(k, v);
         }
         let child = command.spawn().expect("start sidecar");
-        let sidecar = Sidecar {
+        Sidecar {
             child,
             egress: SocketAddr::from(([127, 0, 0, 1], egress)),
             ingress: SocketAddr::from(([127, 0, 0, 1], ingress)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             dir,
             log,
-        };
-        sidecar.wait_ready();
-        sidecar
+        }
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) -> Startup {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if self.has_exited() {
+                return Startup::Exited;
+            }
             if let Ok(mut stream) = std::net::TcpStream::connect(self.admin) {
                 let _ = stream
                     .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut answer = String::new();
                 let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
-                if answer.starts_with("HTTP/1.1 200") {
-                    return;
+                // The answer must come from our process, not from whoever
+                // else may hold the port.
+                if answer.starts_with("HTTP/1.1 200") && !self.has_exited() {
+                    return Startup::Ready;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("sidecar not ready; log:\n{}", self.logs());
+        Startup::TimedOut
+    }
+
+    fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log once it contains `needle`. The access log line and the
+    /// metrics of a request are written after its response has gone out, so
+    /// a test that has its answer must still wait for them.
+    pub async fn log_containing(&self, needle: &str) -> String {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            if Instant::now() > deadline {
+                panic!("no {needle:?} in the log:\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `/metrics` text once it contains every one of `lines`.
+    pub async fn metrics_containing(&self, lines: &[&str]) -> String {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let text = get(&self.admin_url("/metrics")).await.text();
+            match lines.iter().find(|line| !text.contains(*line)) {
+                None => return text,
+                Some(missing) if Instant::now() > deadline => {
+                    panic!("missing {missing} in /metrics:\n{text}")
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {
