@@ -2,6 +2,7 @@
 //! built on Pingora. `main.rs` is only the CLI; `server::run` starts it all.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod client;
 pub mod config;

@@ -131,6 +131,7 @@ pub fn exit_when_idle(
         } else {
             tracing::info!("no request in flight: exiting");
         }
+        crate::access_log::flush();
         std::process::exit(0);
     });
 }

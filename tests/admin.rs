@@ -126,6 +126,58 @@ async fn sigterm_fails_readiness_at_once_and_lets_a_slow_request_finish() {
     );
     // After the drain delay the listener no longer accepts.
     assert!(std::net::TcpStream::connect(sidecar.egress).is_err());
+    let logs = sidecar.logs();
+    assert!(
+        logs.contains("path=/slow/x status=200"),
+        "the last request's access line is written before the exit:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_the_access_log_can_be_turned_off() {
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let body = format!(
+        "drain_delay: 0s\nservices:\n  stripe:\n    route: /stripe\n    upstream: {}\n",
+        upstream.url()
+    );
+    let mut sidecar = Sidecar::start_with_args(&body, &[], &["--log-format", "json"]);
+    get(&sidecar.egress_url("/stripe/v1/charges?amount=1")).await;
+    get(&sidecar.egress_url("/nowhere")).await;
+    sidecar.signal("TERM");
+    wait_exit(&mut sidecar.child, Duration::from_secs(5));
+    let lines: Vec<serde_json::Value> = sidecar
+        .logs()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "starting wedsync-sidecar"));
+    let access: Vec<_> = lines.iter().filter(|l| l["target"] == "access").collect();
+    assert_eq!(access.len(), 2, "{lines:?}");
+    assert_eq!(
+        (
+            &access[0]["service"],
+            &access[0]["path"],
+            &access[0]["status"]
+        ),
+        (&"stripe".into(), &"/stripe/v1/charges".into(), &200.into())
+    );
+    assert_eq!(access[0]["request_id"].as_str().map(str::len), Some(32));
+    assert_eq!(
+        (
+            &access[1]["service"],
+            &access[1]["status"],
+            &access[1]["sidecar_error"]
+        ),
+        (&"-".into(), &404.into(), &"no_route".into())
+    );
+
+    let quiet = Sidecar::start_with_env(&body, &[("RUST_LOG", "info,access=off")]);
+    get(&quiet.egress_url("/stripe/v1/charges")).await;
+    quiet.log_containing("ready").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!quiet.logs().contains("access: egress"), "{}", quiet.logs());
 }
 
 #[tokio::test]

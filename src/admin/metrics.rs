@@ -2,7 +2,9 @@
 //! are part of the contract. Labels stay low-cardinality: a service name and a
 //! status code, never an id.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use std::sync::OnceLock;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 /// Latency buckets from 1 ms to 60 s: provider calls are slow next to the proxy.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -66,8 +68,58 @@ impl Metrics {
     }
 }
 
+/// One service's counters of a `{service, code}` family, looked up by status
+/// code without formatting the code or hashing labels on every request.
+pub struct StatusCounters {
+    family: IntCounterVec,
+    service: String,
+    /// Index = HTTP status code (0 when no answer was written); each counter
+    /// is created on first use, so only codes that occurred are exported.
+    by_code: Box<[OnceLock<IntCounter>]>,
+}
+
+impl StatusCounters {
+    pub fn new(family: &IntCounterVec, service: &str) -> Self {
+        Self {
+            family: family.clone(),
+            service: service.to_string(),
+            by_code: (0..1000).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub fn inc(&self, code: u16) {
+        match self.by_code.get(usize::from(code)) {
+            Some(cell) => cell.get_or_init(|| self.counter(code)).inc(),
+            None => self.counter(code).inc(),
+        }
+    }
+
+    fn counter(&self, code: u16) -> IntCounter {
+        self.family
+            .with_label_values(&[self.service.as_str(), code.to_string().as_str()])
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_counters_export_only_the_codes_seen() {
+        let metrics = Metrics::new();
+        let counters = StatusCounters::new(&metrics.egress_requests_total, "stripe");
+        counters.inc(200);
+        counters.inc(200);
+        counters.inc(0);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(text.contains("sidecar_egress_requests_total{code=\"200\",service=\"stripe\"} 2"));
+        assert!(text.contains("sidecar_egress_requests_total{code=\"0\",service=\"stripe\"} 1"));
+        assert!(!text.contains("code=\"404\""));
     }
 }

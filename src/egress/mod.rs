@@ -29,7 +29,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tokio::time::Instant;
 
-use crate::admin::metrics::Metrics;
+use crate::access_log;
+use crate::admin::metrics::{Metrics, StatusCounters};
 use crate::config::units::format_duration;
 use crate::config::{Auth, Config};
 use crate::lifecycle::{InFlightGuard, Lifecycle};
@@ -47,29 +48,40 @@ pub struct EgressService {
     target: UpstreamTarget,
     auth: PreparedAuth,
     tokens: Option<Arc<TokenSource>>,
+    /// The upstream's authority, built once: the Host of every request.
+    host: http::HeaderValue,
     connect_timeout: Duration,
     timeout: Duration,
+    requests: StatusCounters,
     duration: prometheus::Histogram,
 }
 
 pub struct EgressProxy {
     services: Vec<EgressService>,
     routes: RouteTable,
-    metrics: Arc<Metrics>,
+    /// Metrics of requests that matched no service, labelled `service="-"`.
+    unrouted_requests: StatusCounters,
+    unrouted_duration: prometheus::Histogram,
     lifecycle: Arc<Lifecycle>,
     request_ids: RequestIds,
 }
 
-#[derive(Default)]
 pub struct EgressCtx {
-    started: Option<Instant>,
+    started: Instant,
     service: Option<usize>,
     upstream_path: String,
-    request_id: String,
+    request_id: http::HeaderValue,
     token: Option<Arc<str>>,
     /// Set when the sidecar answered for itself, for the access log.
     sidecar_error: Option<ErrorCode>,
     _in_flight: Option<InFlightGuard>,
+}
+
+impl EgressCtx {
+    /// Request ids are checked to be printable when taken, so this is exact.
+    fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
 }
 
 impl EgressProxy {
@@ -103,13 +115,17 @@ impl EgressProxy {
                 }
                 _ => None,
             };
+            let host = http::HeaderValue::try_from(target.url.authority())
+                .map_err(|_| context("the upstream host is not a valid Host header".into()))?;
             services.push(EgressService {
                 name: service.name.clone(),
                 target,
                 auth,
                 tokens,
+                host,
                 connect_timeout: service.connect_timeout,
                 timeout: service.timeout,
+                requests: StatusCounters::new(&metrics.egress_requests_total, &service.name),
                 duration: metrics
                     .egress_request_duration_seconds
                     .with_label_values(&[service.name.as_str()]),
@@ -119,7 +135,10 @@ impl EgressProxy {
         Ok(Self {
             services,
             routes,
-            metrics,
+            unrouted_requests: StatusCounters::new(&metrics.egress_requests_total, "-"),
+            unrouted_duration: metrics
+                .egress_request_duration_seconds
+                .with_label_values(&["-"]),
             lifecycle,
             request_ids: RequestIds::default(),
         })
@@ -137,7 +156,7 @@ impl EgressProxy {
     ) -> pingora::Result<bool> {
         ctx.sidecar_error = Some(problem.code);
         problem
-            .with_header(REQUEST_ID_HEADER, ctx.request_id.clone())
+            .with_header(REQUEST_ID_HEADER, ctx.request_id_str())
             .write_to(session)
             .await?;
         Ok(true)
@@ -145,7 +164,9 @@ impl EgressProxy {
 }
 
 /// Request ids: a random per-process prefix and a counter, 32 hex digits.
-/// Unique like a UUID v4 without a random-number syscall per request.
+/// Unique like a UUID v4 without a random-number syscall per request, and
+/// made as a header value once, then shared by the upstream request, the
+/// answer and the log.
 pub struct RequestIds {
     prefix: u64,
     counter: std::sync::atomic::AtomicU64,
@@ -162,21 +183,30 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    /// Keeps the app's request id when it is usable, otherwise makes one.
-    pub fn for_request(&self, header: Option<&http::HeaderValue>) -> String {
-        match header
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 200)
-        {
-            Some(id) => id.to_string(),
+    /// Keeps the app's request id when it is usable (printable, 1 to 200
+    /// bytes), otherwise makes one.
+    pub fn for_request(&self, header: Option<&http::HeaderValue>) -> http::HeaderValue {
+        match header.filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok()) {
+            Some(id) => id.clone(),
             None => {
                 let n = self
                     .counter
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                format!("{:016x}{n:016x}", self.prefix)
+                hex_id(self.prefix, n)
             }
         }
     }
+}
+
+fn hex_id(high: u64, low: u64) -> http::HeaderValue {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let bytes = high.to_be_bytes().into_iter().chain(low.to_be_bytes());
+    for (pair, byte) in id.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    http::HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 #[async_trait]
@@ -185,9 +215,13 @@ impl ProxyHttp for EgressProxy {
 
     fn new_ctx(&self) -> EgressCtx {
         EgressCtx {
-            started: Some(Instant::now()),
+            started: Instant::now(),
+            service: None,
+            upstream_path: String::new(),
+            request_id: http::HeaderValue::from_static(""),
+            token: None,
+            sidecar_error: None,
             _in_flight: Some(self.lifecycle.enter()),
-            ..Default::default()
         }
     }
 
@@ -241,7 +275,7 @@ impl ProxyHttp for EgressProxy {
             error.esource = ErrorSource::Upstream;
             error
         })?;
-        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        let elapsed = ctx.started.elapsed();
         let remaining = service
             .timeout
             .saturating_sub(elapsed)
@@ -262,12 +296,13 @@ impl ProxyHttp for EgressProxy {
         let Some(service) = self.service(ctx) else {
             return Ok(());
         };
-        let uri = ctx.upstream_path.parse::<http::Uri>().map_err(|e| {
+        let path = Bytes::from(std::mem::take(&mut ctx.upstream_path));
+        let uri = http::Uri::from_maybe_shared(path).map_err(|e| {
             Error::because(ErrorType::InternalError, "building the upstream path", e)
         })?;
         request.set_uri(uri);
-        request.insert_header(http::header::HOST, service.target.url.authority())?;
-        request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        request.insert_header(http::header::HOST, service.host.clone())?;
+        request.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
         service.auth.apply(request, ctx.token.as_deref())
     }
 
@@ -285,7 +320,7 @@ impl ProxyHttp for EgressProxy {
                 }
             }
         }
-        response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())
+        response.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())
     }
 
     fn upstream_response_body_filter(
@@ -296,8 +331,8 @@ impl ProxyHttp for EgressProxy {
         ctx: &mut EgressCtx,
     ) -> pingora::Result<Option<Duration>> {
         // `timeout` bounds the whole response, not only each read.
-        if let (Some(service), Some(started)) = (self.service(ctx), ctx.started) {
-            if !end && started.elapsed() > service.timeout {
+        if let Some(service) = self.service(ctx) {
+            if !end && ctx.started.elapsed() > service.timeout {
                 return Error::e_explain(ErrorType::ReadTimedout, "whole-response timeout");
             }
         }
@@ -344,7 +379,7 @@ impl ProxyHttp for EgressProxy {
         // Once the provider's answer has started, only closing the connection is left.
         if session.response_written().is_none() {
             let problem =
-                Problem::new(code, detail).with_header(REQUEST_ID_HEADER, ctx.request_id.clone());
+                Problem::new(code, detail).with_header(REQUEST_ID_HEADER, ctx.request_id_str());
             if let Err(e) = problem.write_to(session).await {
                 tracing::debug!(error = %e, "could not send the error answer");
             }
@@ -360,33 +395,24 @@ impl ProxyHttp for EgressProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let service = self.service(ctx).map(|s| s.name.as_str()).unwrap_or("-");
-        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        self.metrics
-            .egress_requests_total
-            .with_label_values(&[service, status.to_string().as_str()])
-            .inc();
-        match self.service(ctx) {
-            Some(s) => s.duration.observe(elapsed.as_secs_f64()),
-            None => self
-                .metrics
-                .egress_request_duration_seconds
-                .with_label_values(&[service])
-                .observe(elapsed.as_secs_f64()),
-        }
+        let elapsed = ctx.started.elapsed();
+        let (requests, duration) = match self.service(ctx) {
+            Some(s) => (&s.requests, &s.duration),
+            None => (&self.unrouted_requests, &self.unrouted_duration),
+        };
+        requests.inc(status);
+        duration.observe(elapsed.as_secs_f64());
         let request = session.req_header();
-        tracing::info!(
-            target: "access",
-            request_id = %ctx.request_id,
-            service,
-            method = %request.method,
-            path = request.uri.path(),
+        access_log::record(&access_log::Entry {
+            request_id: ctx.request_id_str(),
+            service: self.service(ctx).map_or("-", |s| s.name.as_str()),
+            method: request.method.as_str(),
+            path: request.uri.path(),
             status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            sidecar_error = ctx.sidecar_error.map(ErrorCode::as_str),
-            error = error.map(|e| e.etype().as_str()),
-            "egress"
-        );
+            duration: elapsed,
+            sidecar_error: ctx.sidecar_error.map(ErrorCode::as_str),
+            error: error.map(|e| e.etype().as_str()),
+        });
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &EgressCtx, _error: &Error) -> bool {
@@ -409,6 +435,24 @@ mod tests {
         let (a, b) = (ids.for_request(None), ids.for_request(None));
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(a.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn unusable_app_request_ids_are_replaced() {
+        let ids = RequestIds::default();
+        let too_long = http::HeaderValue::from_str(&"x".repeat(201)).unwrap();
+        let not_text = http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
+        for unusable in [http::HeaderValue::from_static(""), too_long, not_text] {
+            assert_eq!(ids.for_request(Some(&unusable)).len(), 32);
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_the_prefix_then_the_counter_in_hex() {
+        assert_eq!(
+            hex_id(0x0123_4567_89ab_cdef, 255),
+            "0123456789abcdef00000000000000ff"
+        );
     }
 }

@@ -55,8 +55,13 @@ impl Sidecar {
     /// them, so another process may take one in between: a start that fails
     /// on "address in use" is retried on fresh ports.
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(body, env, &[])
+    }
+
+    /// `args` go after `run -c FILE`, e.g. `--log-format json`.
+    pub fn start_with_args(body: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
         for _ in 0..5 {
-            let mut sidecar = Self::spawn(body, env);
+            let mut sidecar = Self::spawn(body, env, args);
             match sidecar.wait_ready() {
                 Startup::Ready => return sidecar,
                 Startup::Exited if sidecar.logs().contains("Address already in use") => continue,
@@ -67,7 +72,7 @@ impl Sidecar {
         panic!("no free ports for the sidecar after 5 tries");
     }
 
-    fn spawn(body: &str, env: &[(&str, &str)]) -> Self {
+    fn spawn(body: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "sidecar-test-{}-{}",
             std::process::id(),
@@ -86,6 +91,7 @@ impl Sidecar {
         command
             .args(["run", "-c"])
             .arg(&config)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
