@@ -26,7 +26,7 @@ impl ProxyHttp for Passthrough {
     }
 }
 
-fn main() {
+pub fn main() {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:18081".into());
     let upstream: SocketAddr = args

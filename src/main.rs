@@ -5,6 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// jemalloc instead of the system allocator: a proxied request makes dozens
+/// of small short-lived allocations on several threads, where glibc's malloc
+/// spends a tenth of the sidecar's CPU (BENCHMARKS.md). mimalloc was as fast
+/// but doubled the idle RSS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use wedsync_sidecar::config::{self, Config};
 use wedsync_sidecar::logging::{self, LogFormat};
 
