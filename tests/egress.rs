@@ -320,6 +320,54 @@ async fn slow_providers_time_out_with_504_and_closed_ports_answer_502() {
 }
 
 #[tokio::test]
+async fn unresolvable_names_and_providers_that_hang_up_answer_502_with_the_reason() {
+    // A provider that reads the request and closes without answering.
+    let hangup = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hangup_addr = hangup.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = hangup.accept().await.unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+            drop(stream);
+        }
+    });
+    let body = format!(
+        "services:\n{}{}",
+        service("nowhere", "/nowhere", "http://no-such-host.invalid", ""),
+        service("hangup", "/hangup", &format!("http://{hangup_addr}"), ""),
+    );
+    let sidecar = Sidecar::start(&body);
+
+    let answer = get(&sidecar.egress_url("/nowhere/x")).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.headers["x-sidecar-error"], "upstream_unreachable");
+    let detail = answer.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.starts_with("cannot reach nowhere: cannot resolve no-such-host.invalid"),
+        "the resolver's reason is kept: {detail}"
+    );
+
+    let answer = get(&sidecar.egress_url("/hangup/x")).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.headers["x-sidecar-error"], "upstream_failed");
+    assert_eq!(
+        answer.json()["type"],
+        "urn:wedsync-sidecar:error:upstream_failed"
+    );
+    assert!(answer.json()["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("the connection to hangup failed"));
+    sidecar
+        .metrics_containing(&[
+            "sidecar_egress_requests_total{code=\"502\",service=\"hangup\"} 1",
+            "sidecar_egress_requests_total{code=\"502\",service=\"nowhere\"} 1",
+        ])
+        .await;
+}
+
+#[tokio::test]
 async fn tls_upstreams_are_verified_against_a_private_ca_with_sni() {
     let pki = test_pki("localhost");
     let upstream =

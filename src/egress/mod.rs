@@ -356,9 +356,14 @@ impl ProxyHttp for EgressProxy {
             .map(|s| s.name.as_str())
             .unwrap_or("the provider");
         let detail = match code {
-            ErrorCode::UpstreamUnreachable => {
-                format!("cannot reach {name}: {}", error.etype().as_str())
-            }
+            // Our own failures (DNS, say) carry the reason as context;
+            // Pingora's connect errors are told by their type.
+            ErrorCode::UpstreamUnreachable => match &error.context {
+                Some(reason) if error.etype() == &ErrorType::ConnectNoRoute => {
+                    format!("cannot reach {name}: {}", reason.as_str())
+                }
+                _ => format!("cannot reach {name}: {}", error.etype().as_str()),
+            },
             ErrorCode::UpstreamTimeout => {
                 let limit = self
                     .service(ctx)
