@@ -10,5 +10,6 @@ pub mod egress;
 pub mod lifecycle;
 pub mod logging;
 pub mod problem;
+pub mod resilience;
 pub mod server;
 pub mod webhooks;

@@ -1,0 +1,8 @@
+//! Protecting providers and the app from each other: circuit breakers,
+//! rate limits and provider back-pressure, each a plain type with an
+//! injected clock that the egress proxy calls.
+
+pub mod breaker;
+pub mod clock;
+pub mod cooldown;
+pub mod ratelimit;
