@@ -52,6 +52,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let lifecycle = Lifecycle::new();
     let egress = EgressProxy::new(&config, Arc::clone(&metrics), Arc::clone(&lifecycle))
         .map_err(StartError::Setup)?;
+    let guards = egress.guards();
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let server_conf = Arc::clone(&server.configuration);
@@ -69,6 +70,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             Arc::clone(&config),
             Arc::clone(&metrics),
             Arc::clone(&lifecycle),
+            guards,
         ),
     );
     admin_service.add_tcp(&config.listen.admin.to_string());

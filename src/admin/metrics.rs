@@ -4,7 +4,9 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// Latency buckets from 1 ms to 60 s: provider calls are slow next to the proxy.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -16,6 +18,9 @@ pub struct Metrics {
     pub egress_requests_total: IntCounterVec,
     pub egress_request_duration_seconds: HistogramVec,
     pub oauth2_token_refreshes_total: IntCounterVec,
+    pub egress_rejected_total: IntCounterVec,
+    pub circuit_state: IntGaugeVec,
+    pub circuit_transitions_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -41,10 +46,34 @@ impl Metrics {
             &["service", "outcome"],
         )
         .expect("static metric definition");
+        let egress_rejected_total = IntCounterVec::new(
+            Opts::new("sidecar_egress_rejected_total", "Egress requests the sidecar answered without calling the provider, by service and reason (rate_limited, provider_throttled, circuit_open)."),
+            &["service", "reason"],
+        )
+        .expect("static metric definition");
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "sidecar_circuit_state",
+                "Circuit breaker state per service: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["service"],
+        )
+        .expect("static metric definition");
+        let circuit_transitions_total = IntCounterVec::new(
+            Opts::new(
+                "sidecar_circuit_transitions_total",
+                "Circuit breaker state changes per service, by the state entered.",
+            ),
+            &["service", "to"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(egress_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(egress_request_duration_seconds.clone()),
             Box::new(oauth2_token_refreshes_total.clone()),
+            Box::new(egress_rejected_total.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(circuit_transitions_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -55,6 +84,9 @@ impl Metrics {
             egress_requests_total,
             egress_request_duration_seconds,
             oauth2_token_refreshes_total,
+            egress_rejected_total,
+            circuit_state,
+            circuit_transitions_total,
         }
     }
 

@@ -12,6 +12,7 @@ use pingora::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
 
 use crate::config::{Auth, Config, Secret};
+use crate::egress::guard::Guard;
 use crate::lifecycle::Lifecycle;
 use crate::problem::{ErrorCode, Problem};
 use metrics::Metrics;
@@ -20,14 +21,22 @@ pub struct AdminApp {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
+    /// Per service, in config order: breaker and limiter state.
+    guards: Vec<Arc<Guard>>,
 }
 
 impl AdminApp {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+        guards: Vec<Arc<Guard>>,
+    ) -> Self {
         Self {
             config,
             metrics,
             lifecycle,
+            guards,
         }
     }
 
@@ -61,7 +70,7 @@ impl AdminApp {
                 }
                 match path {
                     "/admin/config" => json(200, &*self.config),
-                    "/admin/services" => json(200, &services_summary(&self.config)),
+                    "/admin/services" => json(200, &services_summary(&self.config, &self.guards)),
                     _ => Problem::new(ErrorCode::NotFound, format!("no admin endpoint at {path}"))
                         .into_http_response(),
                 }
@@ -105,11 +114,12 @@ fn check_token(expected: Option<&Secret>, authorization: Option<&[u8]>) -> Resul
         .with_header("www-authenticate", "Bearer realm=\"wedsync-sidecar admin\""))
 }
 
-fn services_summary(config: &Config) -> serde_json::Value {
+fn services_summary(config: &Config, guards: &[Arc<Guard>]) -> serde_json::Value {
     let services: Vec<serde_json::Value> = config
         .services
         .iter()
-        .map(|s| {
+        .zip(guards)
+        .map(|(s, guard)| {
             let auth = match &s.auth {
                 None => "none",
                 Some(Auth::Bearer { .. }) => "bearer",
@@ -124,6 +134,14 @@ fn services_summary(config: &Config) -> serde_json::Value {
                 "auth": auth,
                 "connect_timeout": crate::config::units::format_duration(s.connect_timeout),
                 "timeout": crate::config::units::format_duration(s.timeout),
+                "circuit_breaker": guard.breaker_state().map(|state| serde_json::json!({ "state": state.as_str() })),
+                "rate_limit": s.rate_limit.as_ref().map(|limit| serde_json::json!({
+                    "requests": limit.requests,
+                    "per": crate::config::units::format_duration(limit.per),
+                    "burst": limit.burst,
+                    "scope": "local",
+                })),
+                "provider_pause_ms": guard.provider_pause_ms(),
             })
         })
         .collect();

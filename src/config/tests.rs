@@ -186,6 +186,8 @@ services:
     route: /stripe
     upstream: https://api.stripe.com
     rate_limit: { requests: 100, per: 1m }
+    circuit_breaker: { failure_threshold: 5 }
+    retry: { attempts: 2 }
     idempotency_key: auto
 upstreams:
   notify: { backends: [127.0.0.1:7001] }
@@ -199,10 +201,10 @@ webhooks:
     assert_eq!(
         errors(yaml),
         [
-            format!("services.stripe.rate_limit: {not_yet} (line 6, column 17)"),
-            format!("services.stripe.idempotency_key: {not_yet} (line 7, column 22)"),
-            format!("upstreams: {not_yet} (line 9, column 3)"),
-            format!("webhooks: {not_yet} (line 11, column 3)"),
+            format!("services.stripe.retry: {not_yet} (line 8, column 12)"),
+            format!("services.stripe.idempotency_key: {not_yet} (line 9, column 22)"),
+            format!("upstreams: {not_yet} (line 11, column 3)"),
+            format!("webhooks: {not_yet} (line 13, column 3)"),
         ]
     );
 }
@@ -212,6 +214,14 @@ fn global_rate_limits_need_the_redis_store() {
     let yaml = "services:\n  s:\n    route: /s\n    upstream: https://x.example\n    rate_limit: { requests: 10, per: 1s, scope: global }\n";
     let errs = errors(yaml);
     assert!(errs.contains(&"services.s.rate_limit.scope: scope: global needs store.kind: redis so that replicas share one budget; with the local store use scope: local (line 5, column 49)".to_string()), "{errs:?}");
+    let with_redis = format!("store: {{ kind: redis, url: redis://127.0.0.1:6390 }}\n{yaml}");
+    let errs = errors(&with_redis);
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .starts_with("services.s.rate_limit.scope: scope: global is not supported yet")),
+        "{errs:?}"
+    );
 }
 
 #[test]

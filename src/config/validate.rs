@@ -110,11 +110,18 @@ const NOT_YET: &str = "not supported yet by this version of wedsync-sidecar; rem
 fn check_not_supported_yet(d: &mut Decoder, config: &Config) {
     for service in &config.services {
         let base = YamlPath::root().key("services").key(&service.name);
-        if service.rate_limit.is_some() {
-            d.error(&base.key("rate_limit"), NOT_YET);
-        }
-        if service.circuit_breaker.is_some() {
-            d.error(&base.key("circuit_breaker"), NOT_YET);
+        // Per-pod limits and breakers are built; limits shared through Redis
+        // come with the Redis store.
+        if service
+            .rate_limit
+            .as_ref()
+            .is_some_and(|l| l.scope == LimitScope::Global)
+            && matches!(config.store.kind, StoreKind::Redis { .. })
+        {
+            d.error(
+                &base.key("rate_limit").key("scope"),
+                format!("scope: global is {NOT_YET}; use scope: local"),
+            );
         }
         if service.retry.is_some() {
             d.error(&base.key("retry"), NOT_YET);

@@ -3,17 +3,23 @@
 //! under the service's timeouts. Request phases, in order:
 //!
 //! ```text
-//! request_filter    route, request id, OAuth2 token      -> 404 no_route / 502 credentials_unavailable
+//! request_filter    route, request id                    -> 404 no_route
+//!                   cool-down, breaker, rate limit       -> 429 provider_throttled / 503 circuit_open
+//!                                                           / 429 rate_limited (or wait for the slot)
+//!                   OAuth2 token                         -> 502 credentials_unavailable
 //! upstream_peer     resolve, TLS/SNI/CA, timeouts         -> 502 upstream_unreachable
 //! upstream_request  rewrite path and Host, inject credentials
-//! upstream_response 401 invalidates the OAuth2 token
+//! upstream_response 401 invalidates the OAuth2 token; 429/503 + Retry-After
+//!                   starts a cool-down; RateLimit headers added
 //! body filters      whole-response deadline               -> 504 upstream_timeout
-//! logging           metrics and one access-log line (never a query value or a header)
+//! logging           breaker outcome, metrics, one access-log line (never a
+//!                   query value or a header)
 //! ```
 //! Bodies stream both ways; nothing is buffered whole.
 
 pub mod auth;
 pub mod failure;
+pub mod guard;
 pub mod oauth2;
 pub mod peer;
 pub mod routing;
@@ -35,7 +41,9 @@ use crate::config::units::format_duration;
 use crate::config::{Auth, Config};
 use crate::lifecycle::{InFlightGuard, Lifecycle};
 use crate::problem::{ErrorCode, Problem};
+use crate::resilience::clock::MonotonicClock;
 use auth::PreparedAuth;
+use guard::{Guard, Pass, Verdict};
 use oauth2::{HttpTokenEndpoint, RefreshCounters, TokenSource};
 use peer::UpstreamTarget;
 use routing::RouteTable;
@@ -54,6 +62,7 @@ pub struct EgressService {
     timeout: Duration,
     requests: StatusCounters,
     duration: prometheus::Histogram,
+    pub guard: Arc<Guard>,
 }
 
 pub struct EgressProxy {
@@ -72,6 +81,8 @@ pub struct EgressCtx {
     upstream_path: String,
     request_id: http::HeaderValue,
     token: Option<Arc<str>>,
+    /// The breaker admission and rate-limit state of a request that went.
+    pass: Pass,
     /// Set when the sidecar answered for itself, for the access log.
     sidecar_error: Option<ErrorCode>,
     _in_flight: Option<InFlightGuard>,
@@ -91,6 +102,7 @@ impl EgressProxy {
         lifecycle: Arc<Lifecycle>,
     ) -> Result<Self, String> {
         let mut services = Vec::with_capacity(config.services.len());
+        let clock = MonotonicClock::shared();
         for service in &config.services {
             let context = |e: String| format!("services.{}: {e}", service.name);
             let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref())
@@ -129,6 +141,7 @@ impl EgressProxy {
                 duration: metrics
                     .egress_request_duration_seconds
                     .with_label_values(&[service.name.as_str()]),
+                guard: Arc::new(Guard::new(service, &metrics, Arc::clone(&clock))),
             });
         }
         let routes = RouteTable::new(config.services.iter().map(|s| s.route.as_str()));
@@ -142,6 +155,11 @@ impl EgressProxy {
             lifecycle,
             request_ids: RequestIds::default(),
         })
+    }
+
+    /// Each service's live resilience state, in config order, for the admin API.
+    pub fn guards(&self) -> Vec<Arc<Guard>> {
+        self.services.iter().map(|s| Arc::clone(&s.guard)).collect()
     }
 
     fn service(&self, ctx: &EgressCtx) -> Option<&EgressService> {
@@ -220,6 +238,7 @@ impl ProxyHttp for EgressProxy {
             upstream_path: String::new(),
             request_id: http::HeaderValue::from_static(""),
             token: None,
+            pass: Pass::default(),
             sidecar_error: None,
             _in_flight: Some(self.lifecycle.enter()),
         }
@@ -244,6 +263,15 @@ impl ProxyHttp for EgressProxy {
         ctx.service = Some(index);
         ctx.upstream_path =
             routing::upstream_path(&service.target.url.base_path, rest, request.uri.query());
+        let time_left = service.timeout.saturating_sub(ctx.started.elapsed());
+        match service.guard.check(&request.headers, time_left) {
+            Verdict::Go(pass) => ctx.pass = pass,
+            Verdict::WaitThenGo(delay, pass) => {
+                ctx.pass = pass;
+                tokio::time::sleep(delay).await;
+            }
+            Verdict::Refuse(problem) => return self.answer(session, ctx, problem).await,
+        }
         if let Some(tokens) = &service.tokens {
             match tokens.token().await {
                 Ok(token) => ctx.token = Some(token),
@@ -318,6 +346,16 @@ impl ProxyHttp for EgressProxy {
                     tokens.invalidate(token);
                     tracing::info!(service = %service.name, "provider answered 401: the cached OAuth2 token is dropped");
                 }
+            }
+        }
+        if let Some(service) = self.service(ctx) {
+            service.guard.provider_answered(
+                response.status.as_u16(),
+                response.headers.get(http::header::RETRY_AFTER),
+            );
+            if let Some((policy, current)) = service.guard.rate_headers(&ctx.pass) {
+                response.insert_header(guard::RATELIMIT_POLICY, policy)?;
+                response.insert_header(guard::RATELIMIT, current)?;
             }
         }
         response.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())
@@ -401,6 +439,10 @@ impl ProxyHttp for EgressProxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
+        if let Some(service) = self.service(ctx) {
+            let outcome = service.guard.outcome(status, ctx.sidecar_error);
+            service.guard.finish(ctx.pass.admission.take(), outcome);
+        }
         let (requests, duration) = match self.service(ctx) {
             Some(s) => (&s.requests, &s.duration),
             None => (&self.unrouted_requests, &self.unrouted_duration),

@@ -1,0 +1,390 @@
+//! One service's resilience as the proxy uses it: before a request, the
+//! provider's cool-down, the circuit breaker and the rate limit decide
+//! whether it goes, waits or is answered by the sidecar; after it, the
+//! outcome feeds the breaker and a provider's 429/503 starts a cool-down.
+//! Plain functions over the resilience types, tested without a network.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+use prometheus::IntCounter;
+
+use crate::admin::metrics::Metrics;
+use crate::config::services::Service;
+use crate::problem::{ErrorCode, Problem};
+use crate::resilience::breaker::{Admission, Breaker, Outcome, State};
+use crate::resilience::clock::{retry_after_seconds, Clock};
+use crate::resilience::cooldown::{parse_retry_after, Cooldown};
+use crate::resilience::ratelimit::{Decision, LocalLimiter};
+
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+pub const RATELIMIT: &str = "ratelimit";
+
+/// What the guard says about a request before it goes.
+#[derive(Debug)]
+pub enum Verdict {
+    Go(Pass),
+    /// Go after this delay (`on_limit: wait`); the slot is reserved.
+    WaitThenGo(Duration, Pass),
+    /// Answer this instead of calling the provider.
+    Refuse(Problem),
+}
+
+/// What a request that goes carries to its end.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pass {
+    pub admission: Option<Admission>,
+    /// (remaining, seconds until the bucket is full) for the RateLimit header.
+    pub rate: Option<(u64, u64)>,
+}
+
+struct Limit {
+    limiter: LocalLimiter,
+    policy: HeaderValue,
+}
+
+pub struct Guard {
+    name: String,
+    cooldown: Cooldown,
+    breaker: Option<Breaker>,
+    failure_statuses: Vec<u16>,
+    limit: Option<Limit>,
+    rate_limited: IntCounter,
+    provider_throttled: IntCounter,
+    circuit_open: IntCounter,
+}
+
+impl Guard {
+    pub fn new(service: &Service, metrics: &Metrics, clock: Arc<dyn Clock>) -> Self {
+        let name = service.name.clone();
+        let rejected = |reason: &str| {
+            metrics
+                .egress_rejected_total
+                .with_label_values(&[name.as_str(), reason])
+        };
+        let breaker = service.circuit_breaker.as_ref().map(|settings| {
+            let gauge = metrics.circuit_state.with_label_values(&[name.as_str()]);
+            gauge.set(State::Closed.gauge());
+            let transitions = metrics.circuit_transitions_total.clone();
+            let service = name.clone();
+            Breaker::new(
+                settings,
+                Arc::clone(&clock),
+                Box::new(move |to: State| {
+                    gauge.set(to.gauge());
+                    transitions
+                        .with_label_values(&[service.as_str(), to.as_str()])
+                        .inc();
+                    tracing::warn!(service = %service, state = to.as_str(), "circuit breaker changed state");
+                }),
+            )
+        });
+        let limit = service.rate_limit.as_ref().map(|settings| Limit {
+            limiter: LocalLimiter::new(settings, Arc::clone(&clock)),
+            policy: HeaderValue::try_from(format!(
+                "\"{name}\";q={};w={}",
+                settings.requests,
+                settings.per.as_secs().max(1)
+            ))
+            .expect("service names are header-safe"),
+        });
+        Self {
+            cooldown: Cooldown::new(clock),
+            failure_statuses: service
+                .circuit_breaker
+                .as_ref()
+                .map(|b| b.failure_statuses.clone())
+                .unwrap_or_default(),
+            breaker,
+            limit,
+            rate_limited: rejected("rate_limited"),
+            provider_throttled: rejected("provider_throttled"),
+            circuit_open: rejected("circuit_open"),
+            name,
+        }
+    }
+
+    pub fn breaker_state(&self) -> Option<State> {
+        self.breaker.as_ref().map(Breaker::state)
+    }
+
+    /// Milliseconds left of a provider's requested pause, if one runs.
+    pub fn provider_pause_ms(&self) -> Option<u64> {
+        self.cooldown.remaining_ms()
+    }
+
+    /// Decides before the request goes. `time_left` is what remains of the
+    /// service timeout: a request never waits for its slot longer than that.
+    pub fn check(&self, headers: &HeaderMap, time_left: Duration) -> Verdict {
+        if let Some(left) = self.cooldown.remaining_ms() {
+            self.provider_throttled.inc();
+            let detail = format!(
+                "{} asked for a pause; {} s left",
+                self.name,
+                retry_after_seconds(left)
+            );
+            return Verdict::Refuse(
+                Problem::new(ErrorCode::ProviderThrottled, detail)
+                    .with_header("retry-after", retry_after_seconds(left).to_string()),
+            );
+        }
+        let admission = match &self.breaker {
+            None => None,
+            Some(breaker) => match breaker.admit() {
+                Ok(admission) => Some(admission),
+                Err(rejected) => {
+                    self.circuit_open.inc();
+                    let seconds = retry_after_seconds(rejected.retry_after_ms);
+                    let detail = format!(
+                        "the circuit breaker for {} is open after repeated failures; retry in {seconds} s",
+                        self.name
+                    );
+                    return Verdict::Refuse(
+                        Problem::new(ErrorCode::CircuitOpen, detail)
+                            .with_header("retry-after", seconds.to_string()),
+                    );
+                }
+            },
+        };
+        let Some(limit) = &self.limit else {
+            return Verdict::Go(Pass {
+                admission,
+                rate: None,
+            });
+        };
+        match limit.limiter.decide(headers, time_left) {
+            Decision::Allow {
+                remaining,
+                reset_ms,
+            } => Verdict::Go(Pass {
+                admission,
+                rate: Some((remaining, retry_after_seconds(reset_ms))),
+            }),
+            Decision::Wait { delay_ms, reset_ms } => Verdict::WaitThenGo(
+                Duration::from_millis(delay_ms),
+                Pass {
+                    admission,
+                    rate: Some((0, retry_after_seconds(reset_ms))),
+                },
+            ),
+            Decision::Reject { retry_after_ms } => {
+                // The breaker's slot (a half-open probe) goes back unused.
+                self.finish(admission, Outcome::Unknown);
+                self.rate_limited.inc();
+                let seconds = retry_after_seconds(retry_after_ms);
+                let detail = format!(
+                    "the rate limit of {} is reached; retry in {seconds} s",
+                    self.name
+                );
+                Verdict::Refuse(
+                    Problem::new(ErrorCode::RateLimited, detail)
+                        .with_header("retry-after", seconds.to_string())
+                        .with_header(RATELIMIT_POLICY, policy_text(&limit.policy))
+                        .with_header(RATELIMIT, format!("\"{}\";r=0;t={seconds}", self.name)),
+                )
+            }
+        }
+    }
+
+    /// The RateLimit-Policy and RateLimit values for an answer, when limited.
+    pub fn rate_headers(&self, pass: &Pass) -> Option<(HeaderValue, HeaderValue)> {
+        let limit = self.limit.as_ref()?;
+        let (remaining, reset) = pass.rate?;
+        let current = HeaderValue::try_from(format!("\"{}\";r={remaining};t={reset}", self.name))
+            .expect("service names are header-safe");
+        Some((limit.policy.clone(), current))
+    }
+
+    /// A provider's 429 or 503 with Retry-After starts a cool-down.
+    pub fn provider_answered(&self, status: u16, retry_after: Option<&HeaderValue>) {
+        if status != 429 && status != 503 {
+            return;
+        }
+        let pause = retry_after
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        if let Some(pause) = pause.filter(|p| !p.is_zero()) {
+            tracing::warn!(service = %self.name, status, pause_s = pause.as_secs(), "provider asked for a pause");
+            self.cooldown.start(pause);
+        }
+    }
+
+    /// Tells the breaker how an admitted request went.
+    pub fn finish(&self, admission: Option<Admission>, outcome: Outcome) {
+        if let (Some(breaker), Some(admission)) = (&self.breaker, admission) {
+            breaker.record(admission, outcome);
+        }
+    }
+
+    /// The breaker's view of a finished request: the status the app got
+    /// (0 if none) and the sidecar's own error code if it answered itself.
+    pub fn outcome(&self, status: u16, sidecar_error: Option<ErrorCode>) -> Outcome {
+        match sidecar_error {
+            Some(
+                ErrorCode::UpstreamUnreachable
+                | ErrorCode::UpstreamTimeout
+                | ErrorCode::UpstreamFailed,
+            ) => Outcome::Failure,
+            Some(_) => Outcome::Unknown,
+            None if status == 0 => Outcome::Unknown,
+            None if self.failure_statuses.contains(&status) => Outcome::Failure,
+            None => Outcome::Success,
+        }
+    }
+}
+
+fn policy_text(policy: &HeaderValue) -> String {
+    policy.to_str().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::resilience::clock::ManualClock;
+
+    fn guard(service_yaml: &str) -> (Guard, Arc<ManualClock>, Arc<Metrics>) {
+        let yaml = format!(
+            "services:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n{service_yaml}"
+        );
+        let config = Config::from_yaml(
+            &yaml,
+            "test.yaml",
+            &crate::config::interpolate::MapLookup::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let clock = Arc::new(ManualClock::default());
+        clock.advance(Duration::from_secs(1000));
+        let metrics = Arc::new(Metrics::new());
+        let guard = Guard::new(&config.services[0], &metrics, clock.clone());
+        (guard, clock, metrics)
+    }
+
+    fn refused(verdict: Verdict) -> Problem {
+        match verdict {
+            Verdict::Refuse(problem) => problem,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn header<'a>(problem: &'a Problem, name: &str) -> &'a str {
+        problem
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} in {problem:?}"))
+    }
+
+    #[test]
+    fn a_rate_limited_request_is_refused_with_retry_after_and_ratelimit_fields() {
+        let (guard, _, metrics) = guard("    rate_limit: { requests: 2, per: 10s }\n");
+        let none = HeaderMap::new();
+        let Verdict::Go(pass) = guard.check(&none, Duration::MAX) else {
+            panic!()
+        };
+        let (policy, current) = guard.rate_headers(&pass).unwrap();
+        assert_eq!(policy, "\"stripe\";q=2;w=10");
+        assert_eq!(current, "\"stripe\";r=1;t=5");
+        assert!(matches!(guard.check(&none, Duration::MAX), Verdict::Go(_)));
+        let problem = refused(guard.check(&none, Duration::MAX));
+        assert_eq!(problem.code, ErrorCode::RateLimited);
+        assert_eq!(header(&problem, "retry-after"), "5");
+        assert_eq!(header(&problem, RATELIMIT), "\"stripe\";r=0;t=5");
+        assert_eq!(header(&problem, RATELIMIT_POLICY), "\"stripe\";q=2;w=10");
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(text.contains(
+            "sidecar_egress_rejected_total{reason=\"rate_limited\",service=\"stripe\"} 1"
+        ));
+    }
+
+    #[test]
+    fn a_provider_429_with_retry_after_pauses_the_service() {
+        let (guard, clock, _) = guard("");
+        let none = HeaderMap::new();
+        guard.provider_answered(429, Some(&HeaderValue::from_static("7")));
+        let problem = refused(guard.check(&none, Duration::MAX));
+        assert_eq!(problem.code, ErrorCode::ProviderThrottled);
+        assert_eq!(header(&problem, "retry-after"), "7");
+        clock.advance(Duration::from_millis(6_500));
+        assert_eq!(
+            header(&refused(guard.check(&none, Duration::MAX)), "retry-after"),
+            "1"
+        );
+        clock.advance(Duration::from_millis(500));
+        assert!(matches!(guard.check(&none, Duration::MAX), Verdict::Go(_)));
+        // Without Retry-After, or on another status, nothing pauses.
+        guard.provider_answered(503, None);
+        guard.provider_answered(500, Some(&HeaderValue::from_static("60")));
+        assert!(matches!(guard.check(&none, Duration::MAX), Verdict::Go(_)));
+    }
+
+    #[test]
+    fn an_open_breaker_refuses_with_the_seconds_until_half_open() {
+        let (guard, clock, metrics) =
+            guard("    circuit_breaker: { failure_threshold: 2, open_for: 30s }\n");
+        let none = HeaderMap::new();
+        for _ in 0..2 {
+            let Verdict::Go(pass) = guard.check(&none, Duration::MAX) else {
+                panic!()
+            };
+            guard.finish(pass.admission, guard.outcome(503, None));
+        }
+        clock.advance(Duration::from_millis(10_200));
+        let problem = refused(guard.check(&none, Duration::MAX));
+        assert_eq!(problem.code, ErrorCode::CircuitOpen);
+        assert_eq!(problem.status(), 503);
+        assert_eq!(header(&problem, "retry-after"), "20");
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(text.contains("sidecar_circuit_state{service=\"stripe\"} 2"));
+        assert!(
+            text.contains("sidecar_circuit_transitions_total{service=\"stripe\",to=\"open\"} 1")
+        );
+    }
+
+    #[test]
+    fn outcomes_count_provider_failures_only() {
+        let (guard, _, _) = guard("    circuit_breaker: { failure_statuses: [500, 503] }\n");
+        assert_eq!(guard.outcome(200, None), Outcome::Success);
+        assert_eq!(
+            guard.outcome(404, None),
+            Outcome::Success,
+            "a 4xx is the app's problem"
+        );
+        assert_eq!(guard.outcome(503, None), Outcome::Failure);
+        assert_eq!(guard.outcome(502, None), Outcome::Success, "not listed");
+        assert_eq!(
+            guard.outcome(504, Some(ErrorCode::UpstreamTimeout)),
+            Outcome::Failure
+        );
+        assert_eq!(
+            guard.outcome(502, Some(ErrorCode::CredentialsUnavailable)),
+            Outcome::Unknown
+        );
+        assert_eq!(guard.outcome(0, None), Outcome::Unknown);
+    }
+
+    #[test]
+    fn a_rate_limited_probe_gives_its_slot_back() {
+        let (guard, clock, _) = guard(
+            "    circuit_breaker: { failure_threshold: 1, open_for: 1s, half_open_probes: 1 }\n    rate_limit: { requests: 1, per: 1h }\n",
+        );
+        let none = HeaderMap::new();
+        let Verdict::Go(pass) = guard.check(&none, Duration::MAX) else {
+            panic!()
+        };
+        guard.finish(pass.admission, Outcome::Failure);
+        clock.advance(Duration::from_secs(1));
+        // The probe is admitted by the breaker, then refused by the limiter.
+        assert_eq!(
+            refused(guard.check(&none, Duration::MAX)).code,
+            ErrorCode::RateLimited
+        );
+        assert_eq!(
+            refused(guard.check(&none, Duration::MAX)).code,
+            ErrorCode::RateLimited,
+            "the probe slot is free again: the breaker lets it through"
+        );
+    }
+}

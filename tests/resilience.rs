@@ -1,0 +1,188 @@
+//! Black-box tests of the egress resilience: circuit breaker, per-pod rate
+//! limits (reject and wait) and provider back-pressure, with the real binary
+//! and a scriptable mock provider.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn service(upstream: &str, extra: &str) -> String {
+    format!("services:\n  stripe:\n    route: /stripe\n    upstream: {upstream}\n{extra}")
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_failures_fails_fast_then_a_probe_closes_it() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let state = Arc::clone(&failing);
+    let upstream = MockServer::start(move |_| {
+        if state.load(Ordering::SeqCst) {
+            MockAnswer::status(503, "down")
+        } else {
+            MockAnswer::ok("up")
+        }
+    })
+    .await;
+    let sidecar = Sidecar::start(&service(
+        &upstream.url(),
+        "    circuit_breaker: { failure_threshold: 3, open_for: 1s, half_open_probes: 1 }\n",
+    ));
+    for _ in 0..3 {
+        let answer = get(&sidecar.egress_url("/stripe/x")).await;
+        assert_eq!(answer.status, 503);
+        assert!(
+            !answer.headers.contains_key("x-sidecar-error"),
+            "the provider's own 503 passes through"
+        );
+    }
+    // The breaker hears of the third failure once the request is logged.
+    sidecar
+        .metrics_containing(&["sidecar_circuit_state{service=\"stripe\"} 2"])
+        .await;
+    let started = Instant::now();
+    let answer = get(&sidecar.egress_url("/stripe/x")).await;
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.headers["x-sidecar-error"], "circuit_open");
+    assert_eq!(answer.headers["retry-after"], "1");
+    assert_eq!(
+        answer.json()["type"],
+        "urn:wedsync-sidecar:error:circuit_open"
+    );
+    assert_eq!(upstream.requests().len(), 3, "an open breaker calls nobody");
+
+    failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let probe = get(&sidecar.egress_url("/stripe/x")).await;
+    assert_eq!((probe.status, probe.text().as_str()), (200, "up"));
+    sidecar
+        .metrics_containing(&[
+            "sidecar_circuit_state{service=\"stripe\"} 0",
+            "sidecar_circuit_transitions_total{service=\"stripe\",to=\"open\"} 1",
+            "sidecar_circuit_transitions_total{service=\"stripe\",to=\"half_open\"} 1",
+            "sidecar_circuit_transitions_total{service=\"stripe\",to=\"closed\"} 1",
+            "sidecar_egress_rejected_total{reason=\"circuit_open\",service=\"stripe\"} 1",
+        ])
+        .await;
+    for _ in 0..3 {
+        assert_eq!(get(&sidecar.egress_url("/stripe/x")).await.status, 200);
+    }
+    let services = get(&sidecar.admin_url("/admin/services")).await.json();
+    assert_eq!(
+        services["services"][0]["circuit_breaker"]["state"],
+        "closed"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_probe_reopens_the_breaker() {
+    let upstream = MockServer::start(|_| MockAnswer::status(500, "down")).await;
+    let sidecar = Sidecar::start(&service(
+        &upstream.url(),
+        "    circuit_breaker: { failure_threshold: 1, open_for: 500ms }\n",
+    ));
+    assert_eq!(get(&sidecar.egress_url("/stripe/x")).await.status, 500);
+    sidecar
+        .metrics_containing(&["sidecar_circuit_state{service=\"stripe\"} 2"])
+        .await;
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    assert_eq!(get(&sidecar.egress_url("/stripe/x")).await.status, 500);
+    sidecar
+        .metrics_containing(&[
+            "sidecar_circuit_state{service=\"stripe\"} 2",
+            "sidecar_circuit_transitions_total{service=\"stripe\",to=\"open\"} 2",
+        ])
+        .await;
+    let answer = get(&sidecar.egress_url("/stripe/x")).await;
+    assert_eq!(answer.headers["x-sidecar-error"], "circuit_open");
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn the_rate_limit_refuses_at_the_exact_count_with_ratelimit_fields() {
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let sidecar = Sidecar::start(&service(
+        &upstream.url(),
+        "    rate_limit: { requests: 3, per: 1m }\n",
+    ));
+    for remaining in [2, 1, 0] {
+        let answer = get(&sidecar.egress_url("/stripe/x")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.headers["ratelimit-policy"], "\"stripe\";q=3;w=60");
+        let current = answer.headers["ratelimit"].clone();
+        assert!(
+            current.starts_with(&format!("\"stripe\";r={remaining};t=")),
+            "{current}"
+        );
+    }
+    let answer = get(&sidecar.egress_url("/stripe/x")).await;
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.headers["x-sidecar-error"], "rate_limited");
+    assert_eq!(answer.headers["retry-after"], "20");
+    assert_eq!(answer.headers["ratelimit"], "\"stripe\";r=0;t=20");
+    assert_eq!(answer.headers["ratelimit-policy"], "\"stripe\";q=3;w=60");
+    assert_eq!(upstream.requests().len(), 3);
+    sidecar
+        .metrics_containing(&[
+            "sidecar_egress_rejected_total{reason=\"rate_limited\",service=\"stripe\"} 1",
+            "sidecar_egress_requests_total{code=\"429\",service=\"stripe\"} 1",
+        ])
+        .await;
+}
+
+#[tokio::test]
+async fn wait_mode_spreads_a_burst_within_max_wait_and_refuses_the_rest() {
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let sidecar = Sidecar::start(&service(
+        &upstream.url(),
+        "    rate_limit: { requests: 10, per: 1s, burst: 1, on_limit: wait, max_wait: 500ms }\n",
+    ));
+    let started = Instant::now();
+    let burst: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(get(&sidecar.egress_url("/stripe/x"))))
+        .collect();
+    let mut statuses = Vec::new();
+    for request in burst {
+        statuses.push(request.await.unwrap().status);
+    }
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    // One at once, then one every 100 ms for up to 500 ms: six.
+    assert_eq!((passed, limited), (6, 4), "{statuses:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(480) && took < Duration::from_millis(1500),
+        "the last one waited its 500 ms slot: {took:?}"
+    );
+    assert_eq!(upstream.requests().len(), 6);
+}
+
+#[tokio::test]
+async fn a_provider_429_with_retry_after_pauses_calls_to_it() {
+    let upstream =
+        MockServer::start(|_| MockAnswer::status(429, "slow down").header("retry-after", "2"))
+            .await;
+    let sidecar = Sidecar::start(&service(&upstream.url(), ""));
+    let answer = get(&sidecar.egress_url("/stripe/x")).await;
+    assert_eq!(answer.status, 429);
+    assert!(!answer.headers.contains_key("x-sidecar-error"));
+    let answer = get(&sidecar.egress_url("/stripe/x")).await;
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.headers["x-sidecar-error"], "provider_throttled");
+    assert_eq!(answer.headers["retry-after"], "2");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the paused provider is not called"
+    );
+    tokio::time::sleep(Duration::from_millis(2050)).await;
+    get(&sidecar.egress_url("/stripe/x")).await;
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "called again once the pause is over"
+    );
+}
