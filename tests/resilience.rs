@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,4 +185,111 @@ async fn a_provider_429_with_retry_after_pauses_calls_to_it() {
         2,
         "called again once the pause is over"
     );
+}
+
+/// A provider that answers 503 to its first `failures` requests, then 200.
+async fn failing_first(failures: u32) -> MockServer {
+    let seen = Arc::new(AtomicU32::new(0));
+    MockServer::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) < failures {
+            MockAnswer::status(503, "busy")
+        } else {
+            MockAnswer::ok("done")
+        }
+    })
+    .await
+}
+
+const RETRY: &str =
+    "    retry: { attempts: 3, retry_on: [connect_error, 503], backoff: { initial: 10ms, max: 50ms } }\n";
+
+#[tokio::test]
+async fn safe_requests_are_retried_and_posts_only_with_an_idempotency_key() {
+    let upstream = failing_first(2).await;
+    let sidecar = Sidecar::start(&service(&upstream.url(), RETRY));
+    let answer = get(&sidecar.egress_url("/stripe/v1/customers")).await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "done"));
+    assert_eq!(upstream.requests().len(), 3, "two retries of a GET");
+
+    let upstream = failing_first(2).await;
+    let sidecar = Sidecar::start(&service(&upstream.url(), RETRY));
+    let answer = send(
+        "POST",
+        &sidecar.egress_url("/stripe/v1/charges"),
+        &[],
+        bytes::Bytes::from("amount=100"),
+    )
+    .await;
+    assert_eq!(answer.status, 503, "a POST without a key is never repeated");
+    assert_eq!(upstream.requests().len(), 1);
+    let answer = send(
+        "POST",
+        &sidecar.egress_url("/stripe/v1/charges"),
+        &[("idempotency-key", "app-key-1")],
+        bytes::Bytes::from("amount=100"),
+    )
+    .await;
+    assert_eq!(
+        answer.status, 200,
+        "the keyed POST is retried past the second 503"
+    );
+    assert_eq!(upstream.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn auto_idempotency_keys_are_the_same_on_every_attempt_with_the_same_body() {
+    let upstream = failing_first(2).await;
+    let sidecar = Sidecar::start(&service(
+        &upstream.url(),
+        &format!("{RETRY}    idempotency_key: auto\n"),
+    ));
+    let body = bytes::Bytes::from("amount=100&currency=eur");
+    let answer = send(
+        "POST",
+        &sidecar.egress_url("/stripe/v1/charges"),
+        &[],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 3);
+    let key = &seen[0].headers["idempotency-key"];
+    assert_eq!(key.len(), 36, "a UUID: {key}");
+    for attempt in &seen {
+        assert_eq!(&attempt.headers["idempotency-key"], key);
+        assert_eq!(attempt.body, body, "the body is sent again whole");
+    }
+    // A second POST gets its own key; an app's own key is kept.
+    send(
+        "POST",
+        &sidecar.egress_url("/stripe/v1/charges"),
+        &[],
+        body.clone(),
+    )
+    .await;
+    send(
+        "POST",
+        &sidecar.egress_url("/stripe/v1/charges"),
+        &[("idempotency-key", "app-key-7")],
+        body,
+    )
+    .await;
+    let seen = upstream.requests();
+    assert_ne!(&seen[3].headers["idempotency-key"], key);
+    assert_eq!(seen[4].headers["idempotency-key"], "app-key-7");
+}
+
+#[tokio::test]
+async fn the_retry_budget_holds_when_every_request_fails() {
+    let upstream = MockServer::start(|_| MockAnswer::status(503, "down")).await;
+    let sidecar = Sidecar::start(&service(
+        &upstream.url(),
+        "    retry: { attempts: 3, retry_on: [503], budget: 0%, backoff: { initial: 1ms, max: 2ms } }\n",
+    ));
+    for _ in 0..50 {
+        assert_eq!(get(&sidecar.egress_url("/stripe/x")).await.status, 503);
+    }
+    // With a 0% budget only the floor is left: 3 retries a second over 10 s.
+    assert_eq!(upstream.requests().len(), 50 + 30);
 }

@@ -201,8 +201,6 @@ webhooks:
     assert_eq!(
         errors(yaml),
         [
-            format!("services.stripe.retry: {not_yet} (line 8, column 12)"),
-            format!("services.stripe.idempotency_key: {not_yet} (line 9, column 22)"),
             format!("upstreams: {not_yet} (line 11, column 3)"),
             format!("webhooks: {not_yet} (line 13, column 3)"),
         ]

@@ -5,7 +5,7 @@
 
 use super::decode::Decoder;
 use super::path::YamlPath;
-use super::services::{IdempotencyKey, LimitScope};
+use super::services::LimitScope;
 use super::{Config, StoreKind};
 
 pub fn check(d: &mut Decoder, config: &Config) {
@@ -122,12 +122,6 @@ fn check_not_supported_yet(d: &mut Decoder, config: &Config) {
                 &base.key("rate_limit").key("scope"),
                 format!("scope: global is {NOT_YET}; use scope: local"),
             );
-        }
-        if service.retry.is_some() {
-            d.error(&base.key("retry"), NOT_YET);
-        }
-        if service.idempotency_key == IdempotencyKey::Auto {
-            d.error(&base.key("idempotency_key"), NOT_YET);
         }
     }
     if let StoreKind::Redis { .. } = config.store.kind {

@@ -22,6 +22,7 @@ pub mod failure;
 pub mod guard;
 pub mod oauth2;
 pub mod peer;
+pub mod retrying;
 pub mod routing;
 
 use std::sync::Arc;
@@ -37,15 +38,18 @@ use tokio::time::Instant;
 
 use crate::access_log;
 use crate::admin::metrics::{Metrics, StatusCounters};
+use crate::config::services::{IdempotencyKey, RetryOn};
 use crate::config::units::format_duration;
 use crate::config::{Auth, Config};
 use crate::lifecycle::{InFlightGuard, Lifecycle};
 use crate::problem::{ErrorCode, Problem};
 use crate::resilience::clock::MonotonicClock;
+use crate::resilience::retry::{is_safe_to_repeat, IDEMPOTENCY_KEY};
 use auth::PreparedAuth;
 use guard::{Guard, Pass, Verdict};
 use oauth2::{HttpTokenEndpoint, RefreshCounters, TokenSource};
 use peer::UpstreamTarget;
+use retrying::{Attempt, ServiceRetry};
 use routing::RouteTable;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -63,6 +67,9 @@ pub struct EgressService {
     requests: StatusCounters,
     duration: prometheus::Histogram,
     pub guard: Arc<Guard>,
+    retry: Option<ServiceRetry>,
+    /// `idempotency_key: auto`: POSTs without a key get one.
+    auto_idempotency_key: bool,
 }
 
 pub struct EgressProxy {
@@ -78,14 +85,55 @@ pub struct EgressProxy {
 pub struct EgressCtx {
     started: Instant,
     service: Option<usize>,
-    upstream_path: String,
+    upstream_path: Bytes,
     request_id: http::HeaderValue,
     token: Option<Arc<str>>,
     /// The breaker admission and rate-limit state of a request that went.
     pass: Pass,
+    /// 1 for the first try.
+    attempt: u32,
+    /// Set when a retry was granted: the wait before the next attempt.
+    retry_delay: Option<Duration>,
+    /// A provider status turned into an error only to be retried.
+    retrying_status: bool,
+    /// Idempotent method or Idempotency-Key (the app's or ours).
+    safe_to_repeat: bool,
+    /// The key generated for `idempotency_key: auto`, the same on every attempt.
+    idempotency_key: Option<http::HeaderValue>,
     /// Set when the sidecar answered for itself, for the access log.
     sidecar_error: Option<ErrorCode>,
     _in_flight: Option<InFlightGuard>,
+}
+
+impl EgressProxy {
+    /// Whether the attempt that just failed for `reason` is tried again;
+    /// when it is, the next attempt's wait and admission go into `ctx`.
+    fn grant_retry(&self, session: &Session, ctx: &mut EgressCtx, reason: RetryOn) -> bool {
+        let Some(service) = self.service(ctx) else {
+            return false;
+        };
+        let Some(retry) = &service.retry else {
+            return false;
+        };
+        if session.response_written().is_some() {
+            return false;
+        }
+        let attempt = Attempt {
+            number: ctx.attempt,
+            reason,
+            safe_to_repeat: ctx.safe_to_repeat && !session.as_ref().retry_buffer_truncated(),
+            time_left: service.timeout.saturating_sub(ctx.started.elapsed()),
+            headers: &session.req_header().headers,
+        };
+        let Some(granted) = retry.decide(&service.guard, &mut ctx.pass, &attempt) else {
+            return false;
+        };
+        tracing::debug!(service = %service.name, attempt = ctx.attempt, ?reason, "retrying");
+        ctx.attempt += 1;
+        ctx.pass = granted.pass;
+        ctx.retry_delay = Some(granted.delay);
+        true
+    }
 }
 
 impl EgressCtx {
@@ -142,6 +190,11 @@ impl EgressProxy {
                     .egress_request_duration_seconds
                     .with_label_values(&[service.name.as_str()]),
                 guard: Arc::new(Guard::new(service, &metrics, Arc::clone(&clock))),
+                retry: service
+                    .retry
+                    .as_ref()
+                    .map(|policy| ServiceRetry::new(policy, Arc::clone(&clock))),
+                auto_idempotency_key: service.idempotency_key == IdempotencyKey::Auto,
             });
         }
         let routes = RouteTable::new(config.services.iter().map(|s| s.route.as_str()));
@@ -235,10 +288,15 @@ impl ProxyHttp for EgressProxy {
         EgressCtx {
             started: Instant::now(),
             service: None,
-            upstream_path: String::new(),
+            upstream_path: Bytes::new(),
             request_id: http::HeaderValue::from_static(""),
             token: None,
             pass: Pass::default(),
+            attempt: 1,
+            retry_delay: None,
+            retrying_status: false,
+            safe_to_repeat: false,
+            idempotency_key: None,
             sidecar_error: None,
             _in_flight: Some(self.lifecycle.enter()),
         }
@@ -262,7 +320,7 @@ impl ProxyHttp for EgressProxy {
         let service = &self.services[index];
         ctx.service = Some(index);
         ctx.upstream_path =
-            routing::upstream_path(&service.target.url.base_path, rest, request.uri.query());
+            routing::upstream_path(&service.target.url.base_path, rest, request.uri.query()).into();
         let time_left = service.timeout.saturating_sub(ctx.started.elapsed());
         match service.guard.check(&request.headers, time_left) {
             Verdict::Go(pass) => ctx.pass = pass,
@@ -271,6 +329,23 @@ impl ProxyHttp for EgressProxy {
                 tokio::time::sleep(delay).await;
             }
             Verdict::Refuse(problem) => return self.answer(session, ctx, problem).await,
+        }
+        let request = session.req_header();
+        if service.auto_idempotency_key
+            && request.method == http::Method::POST
+            && !request.headers.contains_key(IDEMPOTENCY_KEY)
+        {
+            let key = uuid::Uuid::new_v4().hyphenated().to_string();
+            ctx.idempotency_key =
+                Some(http::HeaderValue::try_from(key).expect("a UUID is a header value"));
+        }
+        ctx.safe_to_repeat =
+            ctx.idempotency_key.is_some() || is_safe_to_repeat(&request.method, &request.headers);
+        if let Some(retry) = &service.retry {
+            retry.record_request();
+            // Pingora keeps up to 64 KiB of the body to send again; a longer
+            // body is marked truncated and never retried.
+            session.enable_retry_buffering();
         }
         if let Some(tokens) = &service.tokens {
             match tokens.token().await {
@@ -295,6 +370,9 @@ impl ProxyHttp for EgressProxy {
         _session: &mut Session,
         ctx: &mut EgressCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
+        if let Some(delay) = ctx.retry_delay.take() {
+            tokio::time::sleep(delay).await;
+        }
         let service = self
             .service(ctx)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
@@ -324,19 +402,22 @@ impl ProxyHttp for EgressProxy {
         let Some(service) = self.service(ctx) else {
             return Ok(());
         };
-        let path = Bytes::from(std::mem::take(&mut ctx.upstream_path));
-        let uri = http::Uri::from_maybe_shared(path).map_err(|e| {
+        // Cloned, not taken: a retried attempt builds its request again.
+        let uri = http::Uri::from_maybe_shared(ctx.upstream_path.clone()).map_err(|e| {
             Error::because(ErrorType::InternalError, "building the upstream path", e)
         })?;
         request.set_uri(uri);
         request.insert_header(http::header::HOST, service.host.clone())?;
         request.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
+        if let Some(key) = &ctx.idempotency_key {
+            request.insert_header(IDEMPOTENCY_KEY, key.clone())?;
+        }
         service.auth.apply(request, ctx.token.as_deref())
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut EgressCtx,
     ) -> pingora::Result<()> {
@@ -349,10 +430,18 @@ impl ProxyHttp for EgressProxy {
             }
         }
         if let Some(service) = self.service(ctx) {
-            service.guard.provider_answered(
-                response.status.as_u16(),
-                response.headers.get(http::header::RETRY_AFTER),
-            );
+            let status = response.status.as_u16();
+            service
+                .guard
+                .provider_answered(status, response.headers.get(http::header::RETRY_AFTER));
+            if self.grant_retry(session, ctx, RetryOn::Status(status)) {
+                // Dropping this answer unread makes Pingora try again.
+                ctx.retrying_status = true;
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(status),
+                    "provider status to be retried",
+                );
+            }
             if let Some((policy, current)) = service.guard.rate_headers(&ctx.pass) {
                 response.insert_header(guard::RATELIMIT_POLICY, policy)?;
                 response.insert_header(guard::RATELIMIT, current)?;
@@ -460,6 +549,46 @@ impl ProxyHttp for EgressProxy {
             sidecar_error: ctx.sidecar_error.map(ErrorCode::as_str),
             error: error.map(|e| e.etype().as_str()),
         });
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut EgressCtx,
+        mut error: Box<Error>,
+    ) -> Box<Error> {
+        let retry = self.grant_retry(session, ctx, RetryOn::ConnectError);
+        error.set_retry(retry);
+        error
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        error: Box<Error>,
+        ctx: &mut EgressCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut error = error.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.retrying_status) {
+            error.set_retry(true);
+        } else if matches!(
+            error.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) && error.esource() == &ErrorSource::Upstream
+        {
+            let retry = self.grant_retry(session, ctx, RetryOn::Timeout);
+            error.set_retry(retry);
+        } else if ctx.safe_to_repeat && !session.as_ref().retry_buffer_truncated() {
+            // Pingora's own rule: a safe request whose pooled connection
+            // turned out to be closed is sent again on a new one.
+            error.retry.decide_reuse(client_reused);
+        } else {
+            error.set_retry(false);
+        }
+        error
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &EgressCtx, _error: &Error) -> bool {

@@ -6,3 +6,4 @@ pub mod breaker;
 pub mod clock;
 pub mod cooldown;
 pub mod ratelimit;
+pub mod retry;

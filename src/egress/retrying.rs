@@ -1,0 +1,230 @@
+//! Whether a failed attempt is tried again, decided in one place for the
+//! three points where Pingora reports a failure (connect, a provider status,
+//! a broken exchange). A retry must be configured for that failure, safe to
+//! repeat, within `attempts`, within the service timeout, within the retry
+//! budget, and admitted like a new request by the breaker and the rate limit
+//! (retries count toward both).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::services::{Retry, RetryOn};
+use crate::resilience::breaker::Outcome;
+use crate::resilience::clock::Clock;
+use crate::resilience::retry::{backoff_delay, unit_random, RetryBudget};
+
+use super::guard::{Guard, Pass, Verdict};
+
+pub struct ServiceRetry {
+    policy: Retry,
+    budget: RetryBudget,
+}
+
+/// What the proxy knows about the attempt that just failed.
+pub struct Attempt<'a> {
+    /// 1 for the first try.
+    pub number: u32,
+    pub reason: RetryOn,
+    /// Idempotent method or Idempotency-Key, and a body that can be replayed.
+    pub safe_to_repeat: bool,
+    pub time_left: Duration,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// A retry that was granted: wait `delay`, then go with `pass`.
+#[derive(Debug)]
+pub struct Granted {
+    pub delay: Duration,
+    pub pass: Pass,
+}
+
+impl ServiceRetry {
+    pub fn new(policy: &Retry, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            budget: RetryBudget::new(policy.budget, clock),
+            policy: policy.clone(),
+        }
+    }
+
+    /// Counts a first attempt toward the budget.
+    pub fn record_request(&self) {
+        self.budget.record_request();
+    }
+
+    /// Decides on a retry; records the failed attempt with the breaker
+    /// either way (`admission` is the failed attempt's).
+    pub fn decide(
+        &self,
+        guard: &Guard,
+        failed: &mut Pass,
+        attempt: &Attempt<'_>,
+    ) -> Option<Granted> {
+        if !self.wants(attempt) {
+            return None;
+        }
+        // This attempt failed; the breaker hears of it now, before the next.
+        guard.finish(failed.admission.take(), Outcome::Failure);
+        let backoff = backoff_delay(&self.policy.backoff, attempt.number, unit_random());
+        if backoff >= attempt.time_left || !self.budget.try_retry() {
+            return None;
+        }
+        match guard.check(attempt.headers, attempt.time_left - backoff) {
+            Verdict::Go(pass) => Some(Granted {
+                delay: backoff,
+                pass,
+            }),
+            Verdict::WaitThenGo(wait, pass) if wait.max(backoff) < attempt.time_left => {
+                Some(Granted {
+                    delay: wait.max(backoff),
+                    pass,
+                })
+            }
+            Verdict::WaitThenGo(..) | Verdict::Refuse(_) => None,
+        }
+    }
+
+    fn wants(&self, attempt: &Attempt<'_>) -> bool {
+        let configured = self
+            .policy
+            .retry_on
+            .iter()
+            .any(|on| match (on, attempt.reason) {
+                (RetryOn::Status(a), RetryOn::Status(b)) => *a == b,
+                (a, b) => *a == b,
+            });
+        // Nothing reached the provider when the connection failed: that is
+        // safe to repeat whatever the request.
+        let safe = attempt.safe_to_repeat || attempt.reason == RetryOn::ConnectError;
+        configured && safe && attempt.number < self.policy.attempts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::metrics::Metrics;
+    use crate::config::Config;
+    use crate::resilience::clock::ManualClock;
+
+    fn setup(extra: &str) -> (ServiceRetry, Guard) {
+        let yaml = format!(
+            "services:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n    retry: {{ attempts: 3, retry_on: [connect_error, 503], backoff: {{ initial: 10ms, max: 40ms }} }}\n{extra}"
+        );
+        let config = Config::from_yaml(
+            &yaml,
+            "test.yaml",
+            &crate::config::interpolate::MapLookup::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let clock = Arc::new(ManualClock::default());
+        let service = &config.services[0];
+        let retry = ServiceRetry::new(service.retry.as_ref().unwrap(), clock.clone());
+        let guard = Guard::new(service, &Metrics::new(), clock);
+        (retry, guard)
+    }
+
+    fn attempt(headers: &http::HeaderMap, number: u32, reason: RetryOn, safe: bool) -> Attempt<'_> {
+        Attempt {
+            number,
+            reason,
+            safe_to_repeat: safe,
+            time_left: Duration::from_secs(10),
+            headers,
+        }
+    }
+
+    #[test]
+    fn retries_only_configured_failures_of_safe_requests_within_attempts() {
+        let (retry, guard) = setup("");
+        let none = http::HeaderMap::new();
+        let mut pass = Pass::default();
+        let granted = retry
+            .decide(
+                &guard,
+                &mut pass,
+                &attempt(&none, 1, RetryOn::Status(503), true),
+            )
+            .unwrap();
+        assert!(
+            granted.delay >= Duration::from_millis(5) && granted.delay <= Duration::from_millis(10)
+        );
+        assert!(retry
+            .decide(
+                &guard,
+                &mut pass,
+                &attempt(&none, 2, RetryOn::Status(503), true)
+            )
+            .is_some());
+        assert!(
+            retry
+                .decide(
+                    &guard,
+                    &mut pass,
+                    &attempt(&none, 3, RetryOn::Status(503), true)
+                )
+                .is_none(),
+            "attempts counts the first try"
+        );
+        assert!(retry
+            .decide(
+                &guard,
+                &mut pass,
+                &attempt(&none, 1, RetryOn::Status(502), true)
+            )
+            .is_none());
+        assert!(retry
+            .decide(
+                &guard,
+                &mut pass,
+                &attempt(&none, 1, RetryOn::Timeout, true)
+            )
+            .is_none());
+        assert!(
+            retry
+                .decide(
+                    &guard,
+                    &mut pass,
+                    &attempt(&none, 1, RetryOn::Status(503), false)
+                )
+                .is_none(),
+            "a POST without Idempotency-Key is not repeated"
+        );
+        assert!(
+            retry
+                .decide(
+                    &guard,
+                    &mut pass,
+                    &attempt(&none, 1, RetryOn::ConnectError, false)
+                )
+                .is_some(),
+            "a connect failure sent nothing"
+        );
+    }
+
+    #[test]
+    fn no_retry_past_the_service_timeout_or_the_rate_limit() {
+        let (retry, guard) = setup("    rate_limit: { requests: 1, per: 1h }\n");
+        let none = http::HeaderMap::new();
+        let mut pass = Pass::default();
+        let mut late = attempt(&none, 1, RetryOn::Status(503), true);
+        late.time_left = Duration::from_millis(4);
+        assert!(retry.decide(&guard, &mut pass, &late).is_none());
+        assert!(retry
+            .decide(
+                &guard,
+                &mut pass,
+                &attempt(&none, 1, RetryOn::Status(503), true)
+            )
+            .is_some());
+        assert!(
+            retry
+                .decide(
+                    &guard,
+                    &mut pass,
+                    &attempt(&none, 1, RetryOn::Status(503), true)
+                )
+                .is_none(),
+            "the second retry finds the one-per-hour limit used"
+        );
+    }
+}
