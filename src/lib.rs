@@ -12,4 +12,5 @@ pub mod logging;
 pub mod problem;
 pub mod resilience;
 pub mod server;
+pub mod store;
 pub mod webhooks;

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     /// The provider asked for a pause (429/503 with Retry-After).
     ProviderThrottled,
     CircuitOpen,
+    /// The Redis store could not be reached and the config says to refuse.
+    StoreUnavailable,
     NotFound,
     MethodNotAllowed,
     Unauthorized,
@@ -39,6 +41,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::ProviderThrottled => "provider_throttled",
             Self::CircuitOpen => "circuit_open",
+            Self::StoreUnavailable => "store_unavailable",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unauthorized => "unauthorized",
@@ -53,7 +56,7 @@ impl ErrorCode {
             Self::UpstreamUnreachable | Self::UpstreamFailed | Self::CredentialsUnavailable => 502,
             Self::UpstreamTimeout => 504,
             Self::RateLimited | Self::ProviderThrottled => 429,
-            Self::CircuitOpen => 503,
+            Self::CircuitOpen | Self::StoreUnavailable => 503,
             Self::MethodNotAllowed => 405,
             Self::Unauthorized => 401,
             Self::BadRequest => 400,
@@ -71,6 +74,7 @@ impl ErrorCode {
             Self::RateLimited => "Rate limit reached for this provider",
             Self::ProviderThrottled => "The provider asked for a pause",
             Self::CircuitOpen => "The provider is failing; requests are paused",
+            Self::StoreUnavailable => "The shared store is unavailable",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unauthorized => "Unauthorized",

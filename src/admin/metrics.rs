@@ -21,6 +21,7 @@ pub struct Metrics {
     pub egress_rejected_total: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub circuit_transitions_total: IntCounterVec,
+    pub store_errors_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +68,14 @@ impl Metrics {
             &["service", "to"],
         )
         .expect("static metric definition");
+        let store_errors_total = IntCounterVec::new(
+            Opts::new(
+                "sidecar_store_errors_total",
+                "Failed calls to the Redis store, by operation (rate_limit, provider_pause).",
+            ),
+            &["op"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(egress_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(egress_request_duration_seconds.clone()),
@@ -74,6 +83,7 @@ impl Metrics {
             Box::new(egress_rejected_total.clone()),
             Box::new(circuit_state.clone()),
             Box::new(circuit_transitions_total.clone()),
+            Box::new(store_errors_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -87,6 +97,7 @@ impl Metrics {
             egress_rejected_total,
             circuit_state,
             circuit_transitions_total,
+            store_errors_total,
         }
     }
 

@@ -213,12 +213,14 @@ fn global_rate_limits_need_the_redis_store() {
     let errs = errors(yaml);
     assert!(errs.contains(&"services.s.rate_limit.scope: scope: global needs store.kind: redis so that replicas share one budget; with the local store use scope: local (line 5, column 49)".to_string()), "{errs:?}");
     let with_redis = format!("store: {{ kind: redis, url: redis://127.0.0.1:6390 }}\n{yaml}");
-    let errs = errors(&with_redis);
+    assert!(load(&with_redis).is_ok());
+    let cluster =
+        format!("store: {{ kind: redis, url: [redis://a:6379, redis://b:6379] }}\n{yaml}");
+    assert!(errors(&cluster)[0]
+        .starts_with("store.url: several URLs (Redis Cluster) are not supported yet"));
+    let tls = format!("store: {{ kind: redis, url: rediss://a:6379 }}\n{yaml}");
     assert!(
-        errs.iter()
-            .any(|e| e
-                .starts_with("services.s.rate_limit.scope: scope: global is not supported yet")),
-        "{errs:?}"
+        errors(&tls)[0].starts_with("store.url: rediss:// (Redis over TLS) is not supported yet")
     );
 }
 

@@ -108,27 +108,20 @@ fn check_global_limits(d: &mut Decoder, config: &Config) {
 const NOT_YET: &str = "not supported yet by this version of wedsync-sidecar; remove it (it would otherwise be silently ignored)";
 
 fn check_not_supported_yet(d: &mut Decoder, config: &Config) {
-    for service in &config.services {
-        let base = YamlPath::root().key("services").key(&service.name);
-        // Per-pod limits and breakers are built; limits shared through Redis
-        // come with the Redis store.
-        if service
-            .rate_limit
-            .as_ref()
-            .is_some_and(|l| l.scope == LimitScope::Global)
-            && matches!(config.store.kind, StoreKind::Redis { .. })
-        {
+    if let StoreKind::Redis { urls } = &config.store.kind {
+        // One Redis node for now; a cluster client and TLS come later.
+        let url = YamlPath::root().key("store").key("url");
+        if urls.len() > 1 {
             d.error(
-                &base.key("rate_limit").key("scope"),
-                format!("scope: global is {NOT_YET}; use scope: local"),
+                &url,
+                format!("several URLs (Redis Cluster) are {NOT_YET}; give one redis:// URL"),
+            );
+        } else if urls.iter().any(|u| u.expose().starts_with("rediss://")) {
+            d.error(
+                &url,
+                format!("rediss:// (Redis over TLS) is {NOT_YET}; use redis://"),
             );
         }
-    }
-    if let StoreKind::Redis { .. } = config.store.kind {
-        d.error(
-            &YamlPath::root().key("store").key("kind"),
-            format!("kind: redis is {NOT_YET}"),
-        );
     }
     for (key, present) in [
         ("upstreams", !config.upstreams.is_empty()),

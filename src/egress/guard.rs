@@ -1,8 +1,9 @@
 //! One service's resilience as the proxy uses it: before a request, the
-//! provider's cool-down, the circuit breaker and the rate limit decide
-//! whether it goes, waits or is answered by the sidecar; after it, the
-//! outcome feeds the breaker and a provider's 429/503 starts a cool-down.
-//! Plain functions over the resilience types, tested without a network.
+//! provider's pause, the circuit breaker and the rate limit decide whether it
+//! goes, waits or is answered by the sidecar; after it, the outcome feeds the
+//! breaker and a provider's 429/503 starts a pause (shared through Redis
+//! when there is a Redis store). Plain functions over the resilience types,
+//! tested without a network; only the shared limit needs Redis.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,12 +12,14 @@ use http::{HeaderMap, HeaderValue};
 use prometheus::IntCounter;
 
 use crate::admin::metrics::Metrics;
-use crate::config::services::Service;
+use crate::config::services::{LimitScope, OnStoreError, Service};
 use crate::problem::{ErrorCode, Problem};
 use crate::resilience::breaker::{Admission, Breaker, Outcome, State};
 use crate::resilience::clock::{retry_after_seconds, Clock};
 use crate::resilience::cooldown::{parse_retry_after, Cooldown};
+use crate::resilience::global::{share_pause, GlobalLimiter, SharedDecision};
 use crate::resilience::ratelimit::{Decision, LocalLimiter};
+use crate::store::redis::RedisStore;
 
 pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
 pub const RATELIMIT: &str = "ratelimit";
@@ -37,10 +40,16 @@ pub struct Pass {
     pub admission: Option<Admission>,
     /// (remaining, seconds until the bucket is full) for the RateLimit header.
     pub rate: Option<(u64, u64)>,
+    /// The shared (Redis) limit has yet to be asked: see [`Guard::check_shared`].
+    pub shared_limit_pending: bool,
 }
 
 struct Limit {
-    limiter: LocalLimiter,
+    /// The per-pod limiter; with `scope: global`, the fallback when Redis
+    /// is unreachable and `on_store_error: local`.
+    local: LocalLimiter,
+    shared: Option<GlobalLimiter>,
+    on_store_error: OnStoreError,
     policy: HeaderValue,
 }
 
@@ -50,13 +59,19 @@ pub struct Guard {
     breaker: Option<Breaker>,
     failure_statuses: Vec<u16>,
     limit: Option<Limit>,
+    store: Option<Arc<RedisStore>>,
     rate_limited: IntCounter,
     provider_throttled: IntCounter,
     circuit_open: IntCounter,
 }
 
 impl Guard {
-    pub fn new(service: &Service, metrics: &Metrics, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        service: &Service,
+        metrics: &Metrics,
+        clock: Arc<dyn Clock>,
+        store: Option<Arc<RedisStore>>,
+    ) -> Self {
         let name = service.name.clone();
         let rejected = |reason: &str| {
             metrics
@@ -81,7 +96,14 @@ impl Guard {
             )
         });
         let limit = service.rate_limit.as_ref().map(|settings| Limit {
-            limiter: LocalLimiter::new(settings, Arc::clone(&clock)),
+            local: LocalLimiter::new(settings, Arc::clone(&clock)),
+            shared: match (&store, settings.scope) {
+                (Some(store), LimitScope::Global) => {
+                    Some(GlobalLimiter::new(&name, settings, Arc::clone(store)))
+                }
+                _ => None,
+            },
+            on_store_error: settings.on_store_error,
             policy: HeaderValue::try_from(format!(
                 "\"{name}\";q={};w={}",
                 settings.requests,
@@ -98,6 +120,7 @@ impl Guard {
                 .unwrap_or_default(),
             breaker,
             limit,
+            store,
             rate_limited: rejected("rate_limited"),
             provider_throttled: rejected("provider_throttled"),
             circuit_open: rejected("circuit_open"),
@@ -114,20 +137,23 @@ impl Guard {
         self.cooldown.remaining_ms()
     }
 
-    /// Decides before the request goes. `time_left` is what remains of the
-    /// service timeout: a request never waits for its slot longer than that.
-    pub fn check(&self, headers: &HeaderMap, time_left: Duration) -> Verdict {
+    /// Decides before the request goes, the shared limit included.
+    /// `time_left` is what remains of the service timeout: a request never
+    /// waits for its slot longer than that.
+    pub async fn check(&self, headers: &HeaderMap, time_left: Duration) -> Verdict {
+        match self.check_in_pod(headers, time_left) {
+            Verdict::Go(pass) if pass.shared_limit_pending => {
+                self.check_shared(pass, headers, time_left).await
+            }
+            verdict => verdict,
+        }
+    }
+
+    /// Everything that needs no network: the pause, the breaker and a
+    /// per-pod limit. A shared limit is left pending in the pass.
+    pub fn check_in_pod(&self, headers: &HeaderMap, time_left: Duration) -> Verdict {
         if let Some(left) = self.cooldown.remaining_ms() {
-            self.provider_throttled.inc();
-            let detail = format!(
-                "{} asked for a pause; {} s left",
-                self.name,
-                retry_after_seconds(left)
-            );
-            return Verdict::Refuse(
-                Problem::new(ErrorCode::ProviderThrottled, detail)
-                    .with_header("retry-after", retry_after_seconds(left).to_string()),
-            );
+            return Verdict::Refuse(self.provider_paused(left));
         }
         let admission = match &self.breaker {
             None => None,
@@ -147,30 +173,97 @@ impl Guard {
                 }
             },
         };
-        let Some(limit) = &self.limit else {
-            return Verdict::Go(Pass {
-                admission,
-                rate: None,
-            });
+        let pass = Pass {
+            admission,
+            ..Pass::default()
         };
-        match limit.limiter.decide(headers, time_left) {
+        match &self.limit {
+            None => Verdict::Go(pass),
+            Some(limit) if limit.shared.is_some() => Verdict::Go(Pass {
+                shared_limit_pending: true,
+                ..pass
+            }),
+            Some(limit) => self.limit_verdict(limit, limit.local.decide(headers, time_left), pass),
+        }
+    }
+
+    /// Asks the shared limit in Redis; on a store failure, does what
+    /// `on_store_error` says.
+    pub async fn check_shared(
+        &self,
+        pass: Pass,
+        headers: &HeaderMap,
+        time_left: Duration,
+    ) -> Verdict {
+        let pass = Pass {
+            shared_limit_pending: false,
+            ..pass
+        };
+        let Some(limit) = &self.limit else {
+            return Verdict::Go(pass);
+        };
+        let Some(shared) = &limit.shared else {
+            return Verdict::Go(pass);
+        };
+        match shared.decide(headers, time_left).await {
+            Ok(SharedDecision::Limit(decision)) => self.limit_verdict(limit, decision, pass),
+            Ok(SharedDecision::ProviderPaused { remaining_ms }) => {
+                self.finish(pass.admission, Outcome::Unknown);
+                // Seen once, kept here too: the next requests need no Redis to know.
+                self.cooldown.start(Duration::from_millis(remaining_ms));
+                Verdict::Refuse(self.provider_paused(remaining_ms))
+            }
+            Err(error) => match limit.on_store_error {
+                OnStoreError::Local => {
+                    self.limit_verdict(limit, limit.local.decide(headers, time_left), pass)
+                }
+                OnStoreError::Allow => Verdict::Go(pass),
+                OnStoreError::Deny => {
+                    self.finish(pass.admission, Outcome::Unknown);
+                    Verdict::Refuse(
+                        Problem::new(
+                            ErrorCode::StoreUnavailable,
+                            format!(
+                                "the shared rate limit of {} cannot be checked: {error}",
+                                self.name
+                            ),
+                        )
+                        .with_header("retry-after", "1"),
+                    )
+                }
+            },
+        }
+    }
+
+    fn provider_paused(&self, left_ms: u64) -> Problem {
+        self.provider_throttled.inc();
+        let seconds = retry_after_seconds(left_ms);
+        Problem::new(
+            ErrorCode::ProviderThrottled,
+            format!("{} asked for a pause; {seconds} s left", self.name),
+        )
+        .with_header("retry-after", seconds.to_string())
+    }
+
+    fn limit_verdict(&self, limit: &Limit, decision: Decision, pass: Pass) -> Verdict {
+        match decision {
             Decision::Allow {
                 remaining,
                 reset_ms,
             } => Verdict::Go(Pass {
-                admission,
                 rate: Some((remaining, retry_after_seconds(reset_ms))),
+                ..pass
             }),
             Decision::Wait { delay_ms, reset_ms } => Verdict::WaitThenGo(
                 Duration::from_millis(delay_ms),
                 Pass {
-                    admission,
                     rate: Some((0, retry_after_seconds(reset_ms))),
+                    ..pass
                 },
             ),
             Decision::Reject { retry_after_ms } => {
                 // The breaker's slot (a half-open probe) goes back unused.
-                self.finish(admission, Outcome::Unknown);
+                self.finish(pass.admission, Outcome::Unknown);
                 self.rate_limited.inc();
                 let seconds = retry_after_seconds(retry_after_ms);
                 let detail = format!(
@@ -196,17 +289,31 @@ impl Guard {
         Some((limit.policy.clone(), current))
     }
 
-    /// A provider's 429 or 503 with Retry-After starts a cool-down.
-    pub fn provider_answered(&self, status: u16, retry_after: Option<&HeaderValue>) {
+    /// A provider's 429 or 503 with Retry-After starts a pause; with a Redis
+    /// store every replica learns of it. Returns the pause started, if any.
+    pub fn provider_answered(
+        &self,
+        status: u16,
+        retry_after: Option<&HeaderValue>,
+    ) -> Option<Duration> {
         if status != 429 && status != 503 {
-            return;
+            return None;
         }
         let pause = retry_after
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        if let Some(pause) = pause.filter(|p| !p.is_zero()) {
-            tracing::warn!(service = %self.name, status, pause_s = pause.as_secs(), "provider asked for a pause");
-            self.cooldown.start(pause);
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+            .filter(|p| !p.is_zero())?;
+        tracing::warn!(service = %self.name, status, pause_s = pause.as_secs(), "provider asked for a pause");
+        self.cooldown.start(pause);
+        Some(pause)
+    }
+
+    /// Tells the other replicas of a pause (a no-op without a Redis store).
+    pub async fn share_pause(&self, pause: Duration) {
+        if let Some(store) = &self.store {
+            if let Err(error) = share_pause(store, &self.name, pause).await {
+                tracing::debug!(service = %self.name, %error, "could not share the provider's pause");
+            }
         }
     }
 
@@ -257,7 +364,7 @@ mod tests {
         let clock = Arc::new(ManualClock::default());
         clock.advance(Duration::from_secs(1000));
         let metrics = Arc::new(Metrics::new());
-        let guard = Guard::new(&config.services[0], &metrics, clock.clone());
+        let guard = Guard::new(&config.services[0], &metrics, clock.clone(), None);
         (guard, clock, metrics)
     }
 
@@ -281,14 +388,17 @@ mod tests {
     fn a_rate_limited_request_is_refused_with_retry_after_and_ratelimit_fields() {
         let (guard, _, metrics) = guard("    rate_limit: { requests: 2, per: 10s }\n");
         let none = HeaderMap::new();
-        let Verdict::Go(pass) = guard.check(&none, Duration::MAX) else {
+        let Verdict::Go(pass) = guard.check_in_pod(&none, Duration::MAX) else {
             panic!()
         };
         let (policy, current) = guard.rate_headers(&pass).unwrap();
         assert_eq!(policy, "\"stripe\";q=2;w=10");
         assert_eq!(current, "\"stripe\";r=1;t=5");
-        assert!(matches!(guard.check(&none, Duration::MAX), Verdict::Go(_)));
-        let problem = refused(guard.check(&none, Duration::MAX));
+        assert!(matches!(
+            guard.check_in_pod(&none, Duration::MAX),
+            Verdict::Go(_)
+        ));
+        let problem = refused(guard.check_in_pod(&none, Duration::MAX));
         assert_eq!(problem.code, ErrorCode::RateLimited);
         assert_eq!(header(&problem, "retry-after"), "5");
         assert_eq!(header(&problem, RATELIMIT), "\"stripe\";r=0;t=5");
@@ -304,20 +414,29 @@ mod tests {
         let (guard, clock, _) = guard("");
         let none = HeaderMap::new();
         guard.provider_answered(429, Some(&HeaderValue::from_static("7")));
-        let problem = refused(guard.check(&none, Duration::MAX));
+        let problem = refused(guard.check_in_pod(&none, Duration::MAX));
         assert_eq!(problem.code, ErrorCode::ProviderThrottled);
         assert_eq!(header(&problem, "retry-after"), "7");
         clock.advance(Duration::from_millis(6_500));
         assert_eq!(
-            header(&refused(guard.check(&none, Duration::MAX)), "retry-after"),
+            header(
+                &refused(guard.check_in_pod(&none, Duration::MAX)),
+                "retry-after"
+            ),
             "1"
         );
         clock.advance(Duration::from_millis(500));
-        assert!(matches!(guard.check(&none, Duration::MAX), Verdict::Go(_)));
+        assert!(matches!(
+            guard.check_in_pod(&none, Duration::MAX),
+            Verdict::Go(_)
+        ));
         // Without Retry-After, or on another status, nothing pauses.
         guard.provider_answered(503, None);
         guard.provider_answered(500, Some(&HeaderValue::from_static("60")));
-        assert!(matches!(guard.check(&none, Duration::MAX), Verdict::Go(_)));
+        assert!(matches!(
+            guard.check_in_pod(&none, Duration::MAX),
+            Verdict::Go(_)
+        ));
     }
 
     #[test]
@@ -326,13 +445,13 @@ mod tests {
             guard("    circuit_breaker: { failure_threshold: 2, open_for: 30s }\n");
         let none = HeaderMap::new();
         for _ in 0..2 {
-            let Verdict::Go(pass) = guard.check(&none, Duration::MAX) else {
+            let Verdict::Go(pass) = guard.check_in_pod(&none, Duration::MAX) else {
                 panic!()
             };
             guard.finish(pass.admission, guard.outcome(503, None));
         }
         clock.advance(Duration::from_millis(10_200));
-        let problem = refused(guard.check(&none, Duration::MAX));
+        let problem = refused(guard.check_in_pod(&none, Duration::MAX));
         assert_eq!(problem.code, ErrorCode::CircuitOpen);
         assert_eq!(problem.status(), 503);
         assert_eq!(header(&problem, "retry-after"), "20");
@@ -371,18 +490,18 @@ mod tests {
             "    circuit_breaker: { failure_threshold: 1, open_for: 1s, half_open_probes: 1 }\n    rate_limit: { requests: 1, per: 1h }\n",
         );
         let none = HeaderMap::new();
-        let Verdict::Go(pass) = guard.check(&none, Duration::MAX) else {
+        let Verdict::Go(pass) = guard.check_in_pod(&none, Duration::MAX) else {
             panic!()
         };
         guard.finish(pass.admission, Outcome::Failure);
         clock.advance(Duration::from_secs(1));
         // The probe is admitted by the breaker, then refused by the limiter.
         assert_eq!(
-            refused(guard.check(&none, Duration::MAX)).code,
+            refused(guard.check_in_pod(&none, Duration::MAX)).code,
             ErrorCode::RateLimited
         );
         assert_eq!(
-            refused(guard.check(&none, Duration::MAX)).code,
+            refused(guard.check_in_pod(&none, Duration::MAX)).code,
             ErrorCode::RateLimited,
             "the probe slot is free again: the breaker lets it through"
         );

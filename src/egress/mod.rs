@@ -40,11 +40,12 @@ use crate::access_log;
 use crate::admin::metrics::{Metrics, StatusCounters};
 use crate::config::services::{IdempotencyKey, RetryOn};
 use crate::config::units::format_duration;
-use crate::config::{Auth, Config};
+use crate::config::{Auth, Config, StoreKind};
 use crate::lifecycle::{InFlightGuard, Lifecycle};
 use crate::problem::{ErrorCode, Problem};
 use crate::resilience::clock::MonotonicClock;
 use crate::resilience::retry::{is_safe_to_repeat, IDEMPOTENCY_KEY};
+use crate::store::redis::RedisStore;
 use auth::PreparedAuth;
 use guard::{Guard, Pass, Verdict};
 use oauth2::{HttpTokenEndpoint, RefreshCounters, TokenSource};
@@ -106,6 +107,39 @@ pub struct EgressCtx {
 }
 
 impl EgressProxy {
+    async fn charge_shared_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<()> {
+        let Some(service) = self.service(ctx) else {
+            return Ok(());
+        };
+        let time_left = service.timeout.saturating_sub(ctx.started.elapsed());
+        let verdict = service
+            .guard
+            .check_shared(ctx.pass, &session.req_header().headers, time_left)
+            .await;
+        match verdict {
+            Verdict::Go(pass) => ctx.pass = pass,
+            Verdict::WaitThenGo(delay, pass) => {
+                ctx.pass = pass;
+                tokio::time::sleep(delay).await;
+            }
+            Verdict::Refuse(problem) => {
+                ctx.pass = Pass::default();
+                self.answer(session, ctx, problem).await?;
+                let mut error = Error::explain(
+                    ErrorType::HTTPStatus(429),
+                    "a retry was refused by the shared rate limit",
+                );
+                error.set_retry(false);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the attempt that just failed for `reason` is tried again;
     /// when it is, the next attempt's wait and admission go into `ctx`.
     fn grant_retry(&self, session: &Session, ctx: &mut EgressCtx, reason: RetryOn) -> bool {
@@ -151,6 +185,15 @@ impl EgressProxy {
     ) -> Result<Self, String> {
         let mut services = Vec::with_capacity(config.services.len());
         let clock = MonotonicClock::shared();
+        let store = match &config.store.kind {
+            StoreKind::Redis { urls } => Some(Arc::new(RedisStore::new(
+                urls[0].expose(),
+                &config.store.prefix,
+                Arc::clone(&clock),
+                metrics.store_errors_total.clone(),
+            )?)),
+            StoreKind::Local { .. } => None,
+        };
         for service in &config.services {
             let context = |e: String| format!("services.{}: {e}", service.name);
             let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref())
@@ -189,7 +232,12 @@ impl EgressProxy {
                 duration: metrics
                     .egress_request_duration_seconds
                     .with_label_values(&[service.name.as_str()]),
-                guard: Arc::new(Guard::new(service, &metrics, Arc::clone(&clock))),
+                guard: Arc::new(Guard::new(
+                    service,
+                    &metrics,
+                    Arc::clone(&clock),
+                    store.clone(),
+                )),
                 retry: service
                     .retry
                     .as_ref()
@@ -322,7 +370,7 @@ impl ProxyHttp for EgressProxy {
         ctx.upstream_path =
             routing::upstream_path(&service.target.url.base_path, rest, request.uri.query()).into();
         let time_left = service.timeout.saturating_sub(ctx.started.elapsed());
-        match service.guard.check(&request.headers, time_left) {
+        match service.guard.check(&request.headers, time_left).await {
             Verdict::Go(pass) => ctx.pass = pass,
             Verdict::WaitThenGo(delay, pass) => {
                 ctx.pass = pass;
@@ -367,11 +415,16 @@ impl ProxyHttp for EgressProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut EgressCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
         if let Some(delay) = ctx.retry_delay.take() {
             tokio::time::sleep(delay).await;
+        }
+        if ctx.pass.shared_limit_pending {
+            // A retry's turn in the shared limit, which needs Redis and so
+            // could not be asked where the retry was decided.
+            self.charge_shared_limit(session, ctx).await?;
         }
         let service = self
             .service(ctx)
@@ -431,9 +484,12 @@ impl ProxyHttp for EgressProxy {
         }
         if let Some(service) = self.service(ctx) {
             let status = response.status.as_u16();
-            service
+            let pause = service
                 .guard
                 .provider_answered(status, response.headers.get(http::header::RETRY_AFTER));
+            if let Some(pause) = pause {
+                service.guard.share_pause(pause).await;
+            }
             if self.grant_retry(session, ctx, RetryOn::Status(status)) {
                 // Dropping this answer unread makes Pingora try again.
                 ctx.retrying_status = true;
@@ -472,6 +528,14 @@ impl ProxyHttp for EgressProxy {
         error: &Error,
         ctx: &mut EgressCtx,
     ) -> FailToProxy {
+        if let (Some(code), Some(_)) = (ctx.sidecar_error, session.response_written()) {
+            // The sidecar already answered for itself (a retry refused by
+            // the shared rate limit).
+            return FailToProxy {
+                error_code: code.status(),
+                can_reuse_downstream: false,
+            };
+        }
         let Some(code) = failure::classify(error) else {
             return FailToProxy {
                 error_code: 0,

@@ -68,7 +68,7 @@ impl ServiceRetry {
         if backoff >= attempt.time_left || !self.budget.try_retry() {
             return None;
         }
-        match guard.check(attempt.headers, attempt.time_left - backoff) {
+        match guard.check_in_pod(attempt.headers, attempt.time_left - backoff) {
             Verdict::Go(pass) => Some(Granted {
                 delay: backoff,
                 pass,
@@ -119,7 +119,7 @@ mod tests {
         let clock = Arc::new(ManualClock::default());
         let service = &config.services[0];
         let retry = ServiceRetry::new(service.retry.as_ref().unwrap(), clock.clone());
-        let guard = Guard::new(service, &Metrics::new(), clock);
+        let guard = Guard::new(service, &Metrics::new(), clock, None);
         (retry, guard)
     }
 

@@ -5,5 +5,6 @@
 pub mod breaker;
 pub mod clock;
 pub mod cooldown;
+pub mod global;
 pub mod ratelimit;
 pub mod retry;

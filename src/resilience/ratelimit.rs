@@ -38,11 +38,11 @@ pub enum Decision {
 #[derive(Debug, Clone, Copy)]
 pub struct Gcra {
     /// Time between two requests at the sustained rate.
-    interval: u64,
+    pub interval: u64,
     /// How far ahead of now the arrival time may run: `burst` intervals.
-    tolerance: u64,
+    pub tolerance: u64,
     /// How much further it may run when requests wait for their slot.
-    max_wait: u64,
+    pub max_wait: u64,
 }
 
 impl Gcra {
@@ -111,23 +111,12 @@ impl LocalLimiter {
     /// `wait_cap`: the longest this request may wait for its slot.
     pub fn decide(&self, headers: &HeaderMap, wait_cap: Duration) -> Decision {
         let now = self.clock.now_micros();
-        let cap = wait_cap.as_micros().min(u128::from(u64::MAX)) as u64;
-        let headers_keyed: Vec<&str>;
-        let key: &str = match self.keys.as_slice() {
-            [LimitKey::Service] => return self.decide_service(now, cap),
-            [LimitKey::Header(name)] => header_key(headers, name),
-            keys => {
-                headers_keyed = keys
-                    .iter()
-                    .map(|key| match key {
-                        LimitKey::Service => "",
-                        LimitKey::Header(name) => header_key(headers, name),
-                    })
-                    .collect();
-                return self.decide_keyed(&headers_keyed.join("\u{1f}"), now, cap);
-            }
-        };
-        self.decide_keyed(key, now, cap)
+        let cap = micros(wait_cap);
+        match self.keys.as_slice() {
+            [LimitKey::Service] => self.decide_service(now, cap),
+            [LimitKey::Header(name)] => self.decide_keyed(header_key(headers, name), now, cap),
+            keys => self.decide_keyed(&composite_key(keys, headers), now, cap),
+        }
     }
 
     fn decide_service(&self, now: u64, cap: u64) -> Decision {
@@ -177,6 +166,22 @@ impl LocalLimiter {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
     }
+}
+
+pub fn micros(duration: Duration) -> u64 {
+    duration.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+/// The bucket key of a request under a list of keys ("" for `service`).
+pub fn composite_key(keys: &[LimitKey], headers: &HeaderMap) -> String {
+    let parts: Vec<&str> = keys
+        .iter()
+        .map(|key| match key {
+            LimitKey::Service => "",
+            LimitKey::Header(name) => header_key(headers, name),
+        })
+        .collect();
+    parts.join("\u{1f}")
 }
 
 fn header_key<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {

@@ -80,9 +80,14 @@ impl Sidecar {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let (egress, ingress, admin) = (free_port(), free_port(), free_port());
+        // A body with its own store (Redis) replaces the embedded one.
+        let store = if body.lines().any(|l| l.starts_with("store:")) {
+            String::new()
+        } else {
+            format!("store:\n  path: {}\n", dir.join("data").display())
+        };
         let yaml = format!(
-            "listen:\n  egress: 127.0.0.1:{egress}\n  ingress: 127.0.0.1:{ingress}\n  admin: 127.0.0.1:{admin}\nstore:\n  path: {}\n{body}",
-            dir.join("data").display()
+            "listen:\n  egress: 127.0.0.1:{egress}\n  ingress: 127.0.0.1:{ingress}\n  admin: 127.0.0.1:{admin}\n{store}{body}"
         );
         let config = dir.join("sidecar.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -502,5 +507,76 @@ impl hyper::body::Body for ChunkedBody {
         std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
             &CHUNK[..n],
         )))))
+    }
+}
+
+/// A private `redis-server` on a free port (never the machine's own on
+/// 6379), without persistence; killed when dropped. It can be killed and
+/// started again on the same port to test outages.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port, empty, and waits for PING.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = stream.write_all(b"PING\r\n");
+                let mut answer = [0u8; 7];
+                if std::io::Read::read(&mut stream, &mut answer).is_ok()
+                    && answer.starts_with(b"+PONG")
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

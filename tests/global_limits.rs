@@ -1,0 +1,119 @@
+//! Rate limits shared by replicas through a real Redis (a private
+//! `redis-server` on a free port): two sidecar processes let through the
+//! limit in total, fall back per `on_store_error` while Redis is down, go
+//! back to the shared budget when it returns, and share a provider's pause.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn config(redis: &RedisServer, upstream: &MockServer, limit: &str) -> String {
+    format!(
+        "store: {{ kind: redis, url: {}, prefix: test }}\nservices:\n  stripe:\n    route: /stripe\n    upstream: {}\n    rate_limit: {{ requests: {limit}, per: 1m, scope: global }}\n",
+        redis.url(),
+        upstream.url()
+    )
+}
+
+async fn statuses(sidecar: &Sidecar, count: usize) -> Vec<u16> {
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        seen.push(get(&sidecar.egress_url("/stripe/x")).await.status);
+    }
+    seen
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_budget() {
+    let redis = RedisServer::start();
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let body = config(&redis, &upstream, "10");
+    let (a, b) = (Sidecar::start(&body), Sidecar::start(&body));
+    let mut all = Vec::new();
+    for _ in 0..8 {
+        all.extend(statuses(&a, 1).await);
+        all.extend(statuses(&b, 1).await);
+    }
+    assert_eq!((count(&all, 200), count(&all, 429)), (10, 6), "{all:?}");
+    assert_eq!(
+        upstream.requests().len(),
+        10,
+        "the limit holds in total, not per replica"
+    );
+    let refused = get(&b.egress_url("/stripe/x")).await;
+    assert_eq!(refused.headers["x-sidecar-error"], "rate_limited");
+    assert_eq!(refused.headers["retry-after"], "6");
+}
+
+#[tokio::test]
+async fn a_redis_outage_falls_back_per_pod_and_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let body = config(&redis, &upstream, "3");
+    let (a, b) = (Sidecar::start(&body), Sidecar::start(&body));
+    assert_eq!(statuses(&a, 2).await, [200, 200]);
+
+    redis.kill();
+    // on_store_error: local (the default): each replica limits on its own.
+    assert_eq!(statuses(&a, 4).await, [200, 200, 200, 429]);
+    assert_eq!(statuses(&b, 4).await, [200, 200, 200, 429]);
+    a.metrics_containing(&["sidecar_store_errors_total{op=\"rate_limit\"}"])
+        .await;
+
+    redis.restart();
+    // Failed calls make a replica leave Redis alone for a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut all = statuses(&a, 2).await;
+    all.extend(statuses(&b, 3).await);
+    assert_eq!(all, [200, 200, 200, 429, 429], "one shared budget again");
+}
+
+#[tokio::test]
+async fn on_store_error_deny_and_allow() {
+    let mut redis = RedisServer::start();
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let deny = Sidecar::start(
+        &config(&redis, &upstream, "1")
+            .replace("scope: global", "scope: global, on_store_error: deny"),
+    );
+    let allow = Sidecar::start(
+        &config(&redis, &upstream, "1")
+            .replace("scope: global", "scope: global, on_store_error: allow"),
+    );
+    redis.kill();
+    let answer = get(&deny.egress_url("/stripe/x")).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
+    assert_eq!(answer.headers["retry-after"], "1");
+    assert_eq!(
+        statuses(&allow, 3).await,
+        [200, 200, 200],
+        "allow: no limit while Redis is down"
+    );
+}
+
+#[tokio::test]
+async fn a_providers_pause_reaches_every_replica() {
+    let redis = RedisServer::start();
+    let upstream =
+        MockServer::start(|_| MockAnswer::status(429, "slow down").header("retry-after", "30"))
+            .await;
+    let body = config(&redis, &upstream, "100");
+    let (a, b) = (Sidecar::start(&body), Sidecar::start(&body));
+    assert_eq!(get(&a.egress_url("/stripe/x")).await.status, 429);
+    let answer = get(&b.egress_url("/stripe/x")).await;
+    assert_eq!(answer.headers["x-sidecar-error"], "provider_throttled");
+    let seconds: u64 = answer.headers["retry-after"].parse().unwrap();
+    assert!((29..=30).contains(&seconds), "{seconds}");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the other replica did not call the provider"
+    );
+}
