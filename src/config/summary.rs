@@ -33,6 +33,34 @@ pub fn summary(config: &Config) -> String {
             super::units::format_duration(service.connect_timeout),
             super::units::format_duration(service.timeout),
         ));
+        let mut guards = Vec::new();
+        if let Some(limit) = &service.rate_limit {
+            let scope = match limit.scope {
+                super::services::LimitScope::Local => "per pod",
+                super::services::LimitScope::Global => "shared",
+            };
+            guards.push(format!(
+                "limit {}/{} {scope}",
+                limit.requests,
+                super::units::format_duration(limit.per)
+            ));
+        }
+        if let Some(breaker) = &service.circuit_breaker {
+            guards.push(format!(
+                "breaker after {} failures, open {}",
+                breaker.failure_threshold,
+                super::units::format_duration(breaker.open_for)
+            ));
+        }
+        if let Some(retry) = &service.retry {
+            guards.push(format!("{} attempts", retry.attempts));
+        }
+        if service.idempotency_key == super::services::IdempotencyKey::Auto {
+            guards.push("idempotency keys".to_string());
+        }
+        if !guards.is_empty() {
+            out.push(format!("  {:<22} {}", "", guards.join(", ")));
+        }
     }
     out.push(format!(
         "ingress  {} with {} webhook(s)",
