@@ -49,6 +49,8 @@ async fn two_replicas_share_one_budget() {
     let refused = get(&b.egress_url("/stripe/x")).await;
     assert_eq!(refused.headers["x-sidecar-error"], "rate_limited");
     assert_eq!(refused.headers["retry-after"], "6");
+    let services = get(&a.admin_url("/admin/services")).await.json();
+    assert_eq!(services["services"][0]["rate_limit"]["scope"], "global");
 }
 
 #[tokio::test]

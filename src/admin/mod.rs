@@ -139,7 +139,7 @@ fn services_summary(config: &Config, guards: &[Arc<Guard>]) -> serde_json::Value
                     "requests": limit.requests,
                     "per": crate::config::units::format_duration(limit.per),
                     "burst": limit.burst,
-                    "scope": "local",
+                    "scope": limit.scope,
                 })),
                 "provider_pause_ms": guard.provider_pause_ms(),
             })
