@@ -227,4 +227,35 @@ mod tests {
             "the second retry finds the one-per-hour limit used"
         );
     }
+
+    #[test]
+    fn failed_attempts_count_toward_the_breaker_which_can_stop_the_retries() {
+        let (retry, guard) = setup("    circuit_breaker: { failure_threshold: 2 }\n");
+        let none = http::HeaderMap::new();
+        let Verdict::Go(mut pass) = guard.check_in_pod(&none, Duration::from_secs(10)) else {
+            panic!("the first attempt goes")
+        };
+        let granted = retry
+            .decide(
+                &guard,
+                &mut pass,
+                &attempt(&none, 1, RetryOn::Status(503), true),
+            )
+            .expect("one failure: retried");
+        let mut pass = granted.pass;
+        assert!(
+            retry
+                .decide(
+                    &guard,
+                    &mut pass,
+                    &attempt(&none, 2, RetryOn::Status(503), true)
+                )
+                .is_none(),
+            "the second failure opens the breaker, which refuses the retry"
+        );
+        assert_eq!(
+            guard.breaker_state(),
+            Some(crate::resilience::breaker::State::Open)
+        );
+    }
 }
