@@ -345,26 +345,32 @@ fn policy_text(policy: &HeaderValue) -> String {
     policy.to_str().unwrap_or_default().to_string()
 }
 
+/// A `stripe` service for unit tests, with `extra` YAML lines under it.
+#[cfg(test)]
+pub(crate) fn stripe_service(extra: &str) -> Service {
+    let yaml = format!(
+        "services:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n{extra}"
+    );
+    crate::config::Config::from_yaml(
+        &yaml,
+        "test.yaml",
+        &crate::config::interpolate::MapLookup::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .services
+    .remove(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::resilience::clock::ManualClock;
 
     fn guard(service_yaml: &str) -> (Guard, Arc<ManualClock>, Arc<Metrics>) {
-        let yaml = format!(
-            "services:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n{service_yaml}"
-        );
-        let config = Config::from_yaml(
-            &yaml,
-            "test.yaml",
-            &crate::config::interpolate::MapLookup::default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
         let clock = Arc::new(ManualClock::default());
         clock.advance(Duration::from_secs(1000));
         let metrics = Arc::new(Metrics::new());
-        let guard = Guard::new(&config.services[0], &metrics, clock.clone(), None);
+        let guard = Guard::new(&stripe_service(service_yaml), &metrics, clock.clone(), None);
         (guard, clock, metrics)
     }
 

@@ -103,23 +103,15 @@ impl ServiceRetry {
 mod tests {
     use super::*;
     use crate::admin::metrics::Metrics;
-    use crate::config::Config;
     use crate::resilience::clock::ManualClock;
 
     fn setup(extra: &str) -> (ServiceRetry, Guard) {
-        let yaml = format!(
-            "services:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n    retry: {{ attempts: 3, retry_on: [connect_error, 503], backoff: {{ initial: 10ms, max: 40ms }} }}\n{extra}"
-        );
-        let config = Config::from_yaml(
-            &yaml,
-            "test.yaml",
-            &crate::config::interpolate::MapLookup::default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let service = super::super::guard::stripe_service(&format!(
+            "    retry: {{ attempts: 3, retry_on: [connect_error, 503], backoff: {{ initial: 10ms, max: 40ms }} }}\n{extra}"
+        ));
         let clock = Arc::new(ManualClock::default());
-        let service = &config.services[0];
         let retry = ServiceRetry::new(service.retry.as_ref().unwrap(), clock.clone());
-        let guard = Guard::new(service, &Metrics::new(), clock, None);
+        let guard = Guard::new(&service, &Metrics::new(), clock, None);
         (retry, guard)
     }
 
@@ -138,67 +130,53 @@ mod tests {
         let (retry, guard) = setup("");
         let none = http::HeaderMap::new();
         let mut pass = Pass::default();
-        let granted = retry
-            .decide(
-                &guard,
-                &mut pass,
-                &attempt(&none, 1, RetryOn::Status(503), true),
-            )
-            .unwrap();
-        assert!(
-            granted.delay >= Duration::from_millis(5) && granted.delay <= Duration::from_millis(10)
-        );
-        assert!(retry
-            .decide(
-                &guard,
-                &mut pass,
-                &attempt(&none, 2, RetryOn::Status(503), true)
-            )
-            .is_some());
-        assert!(
+        let mut retried = |number, reason, safe| {
             retry
-                .decide(
-                    &guard,
-                    &mut pass,
-                    &attempt(&none, 3, RetryOn::Status(503), true)
-                )
-                .is_none(),
-            "attempts counts the first try"
-        );
-        assert!(retry
-            .decide(
-                &guard,
-                &mut pass,
-                &attempt(&none, 1, RetryOn::Status(502), true)
-            )
-            .is_none());
-        assert!(retry
-            .decide(
-                &guard,
-                &mut pass,
-                &attempt(&none, 1, RetryOn::Timeout, true)
-            )
-            .is_none());
-        assert!(
-            retry
-                .decide(
-                    &guard,
-                    &mut pass,
-                    &attempt(&none, 1, RetryOn::Status(503), false)
-                )
-                .is_none(),
-            "a POST without Idempotency-Key is not repeated"
-        );
-        assert!(
-            retry
-                .decide(
-                    &guard,
-                    &mut pass,
-                    &attempt(&none, 1, RetryOn::ConnectError, false)
-                )
-                .is_some(),
-            "a connect failure sent nothing"
-        );
+                .decide(&guard, &mut pass, &attempt(&none, number, reason, safe))
+                .map(|granted| granted.delay)
+        };
+        let delay = retried(1, RetryOn::Status(503), true).unwrap();
+        assert!(delay >= Duration::from_millis(5) && delay <= Duration::from_millis(10));
+        for (number, reason, safe, expected, why) in [
+            (2, RetryOn::Status(503), true, true, "a second retry"),
+            (
+                3,
+                RetryOn::Status(503),
+                true,
+                false,
+                "attempts counts the first try",
+            ),
+            (
+                1,
+                RetryOn::Status(502),
+                true,
+                false,
+                "502 is not in retry_on",
+            ),
+            (
+                1,
+                RetryOn::Timeout,
+                true,
+                false,
+                "timeout is not in retry_on",
+            ),
+            (
+                1,
+                RetryOn::Status(503),
+                false,
+                false,
+                "a POST without a key is not repeated",
+            ),
+            (
+                1,
+                RetryOn::ConnectError,
+                false,
+                true,
+                "a connect failure sent nothing",
+            ),
+        ] {
+            assert_eq!(retried(number, reason, safe).is_some(), expected, "{why}");
+        }
     }
 
     #[test]
