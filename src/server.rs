@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::metrics::Metrics;
@@ -14,6 +15,7 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::egress::EgressProxy;
 use crate::lifecycle::{exit_when_idle, DrainingShutdown, Lifecycle};
+use crate::resilience::pause_sync::PauseListener;
 use crate::webhooks::IngressApp;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let egress = EgressProxy::new(&config, Arc::clone(&metrics), Arc::clone(&lifecycle))
         .map_err(StartError::Setup)?;
     let guards = egress.guards();
+    let pause_listener = egress
+        .store()
+        .map(|store| PauseListener::new(store, guards.clone()));
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let server_conf = Arc::clone(&server.configuration);
@@ -77,6 +82,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ingress_service.threads = Some(1);
     admin_service.threads = Some(1);
 
+    if let Some(listener) = pause_listener {
+        server.add_service(background_service("provider pauses", listener));
+    }
     server.add_service(egress_service);
     server.add_service(ingress_service);
     server.add_service(admin_service);

@@ -119,3 +119,39 @@ async fn a_providers_pause_reaches_every_replica() {
         "the other replica did not call the provider"
     );
 }
+
+#[tokio::test]
+async fn pauses_are_announced_to_replicas_without_a_shared_limit_and_to_late_starters() {
+    let redis = RedisServer::start();
+    let upstream =
+        MockServer::start(|_| MockAnswer::status(503, "maintenance").header("retry-after", "30"))
+            .await;
+    let body = format!(
+        "store: {{ kind: redis, url: {}, prefix: test }}\nservices:\n  stripe:\n    route: /stripe\n    upstream: {}\n",
+        redis.url(),
+        upstream.url()
+    );
+    let (a, b) = (Sidecar::start(&body), Sidecar::start(&body));
+    b.log_containing("listening for provider pauses").await;
+    assert_eq!(get(&a.egress_url("/stripe/x")).await.status, 503);
+    // The announcement travels through Redis pub/sub; give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        let answer = get(&b.egress_url("/stripe/x")).await;
+        if answer.headers.get("x-sidecar-error").is_some() || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.headers["x-sidecar-error"], "provider_throttled");
+
+    let late = Sidecar::start(&body);
+    late.log_containing("listening for provider pauses").await;
+    let answer = get(&late.egress_url("/stripe/x")).await;
+    assert_eq!(answer.headers["x-sidecar-error"], "provider_throttled");
+    assert_eq!(
+        answer.headers["retry-after"].parse::<u64>().map(|s| s > 25),
+        Ok(true)
+    );
+}

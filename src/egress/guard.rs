@@ -128,6 +128,15 @@ impl Guard {
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts (or extends) a provider pause another replica announced.
+    pub fn pause(&self, length: Duration) {
+        self.cooldown.start(length);
+    }
+
     pub fn breaker_state(&self) -> Option<State> {
         self.breaker.as_ref().map(Breaker::state)
     }

@@ -75,6 +75,7 @@ pub struct EgressService {
 
 pub struct EgressProxy {
     services: Vec<EgressService>,
+    store: Option<Arc<RedisStore>>,
     routes: RouteTable,
     /// Metrics of requests that matched no service, labelled `service="-"`.
     unrouted_requests: StatusCounters,
@@ -248,6 +249,7 @@ impl EgressProxy {
         let routes = RouteTable::new(config.services.iter().map(|s| s.route.as_str()));
         Ok(Self {
             services,
+            store,
             routes,
             unrouted_requests: StatusCounters::new(&metrics.egress_requests_total, "-"),
             unrouted_duration: metrics
@@ -256,6 +258,11 @@ impl EgressProxy {
             lifecycle,
             request_ids: RequestIds::default(),
         })
+    }
+
+    /// The Redis store, when the config has one.
+    pub fn store(&self) -> Option<Arc<RedisStore>> {
+        self.store.clone()
     }
 
     /// Each service's live resilience state, in config order, for the admin API.

@@ -45,9 +45,36 @@ local until_ = now + tonumber(ARGV[1]) * 1000
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if until_ > current then
   redis.call('SET', KEYS[1], string.format('%d', until_), 'PX', tonumber(ARGV[1]))
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
 return 1
 "#;
+
+/// The channel on which replicas announce provider pauses; a message is
+/// `<service>\t<milliseconds>`.
+pub fn pause_channel(store: &RedisStore) -> String {
+    store.key("pauses", "announce", "")
+}
+
+/// Reads an announcement: (service, pause).
+pub fn parse_pause_message(payload: &str) -> Option<(&str, Duration)> {
+    let (service, millis) = payload.split_once('\t')?;
+    Some((service, Duration::from_millis(millis.parse().ok()?)))
+}
+
+/// What is left of a service's shared pause, read on `connection`, for a
+/// replica that was not listening when it was announced.
+pub async fn remaining_pause(
+    store: &RedisStore,
+    connection: &mut redis::aio::MultiplexedConnection,
+    service: &str,
+) -> Result<Option<Duration>, StoreError> {
+    let millis: i64 = redis::cmd("PTTL")
+        .arg(pause_key(store, service))
+        .query_async(connection)
+        .await?;
+    Ok((millis > 0).then(|| Duration::from_millis(millis as u64)))
+}
 
 /// What the shared limiter says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +149,8 @@ fn pause_key(store: &RedisStore, service: &str) -> String {
     store.key("pause", service, "")
 }
 
-/// Shares a provider's requested pause with every replica.
+/// Shares a provider's requested pause with every replica: kept in Redis for
+/// its length and announced to the replicas listening now.
 pub async fn share_pause(
     store: &RedisStore,
     service: &str,
@@ -130,14 +158,34 @@ pub async fn share_pause(
 ) -> Result<(), StoreError> {
     let key = pause_key(store, service);
     let millis = pause.as_millis().max(1) as u64;
+    let channel = pause_channel(store);
+    let message = format!("{service}\t{millis}");
     store
         .run("provider_pause", |mut connection| async move {
             redis::Script::new(PAUSE)
                 .key(key)
                 .arg(millis)
+                .arg(channel)
+                .arg(message)
                 .invoke_async::<i64>(&mut connection)
                 .await
         })
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_announcements_round_trip() {
+        assert_eq!(
+            parse_pause_message("stripe\t30000"),
+            Some(("stripe", Duration::from_secs(30)))
+        );
+        for garbage in ["stripe", "stripe\t", "stripe\tsoon", ""] {
+            assert_eq!(parse_pause_message(garbage), None, "{garbage:?}");
+        }
+    }
 }

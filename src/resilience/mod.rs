@@ -6,5 +6,6 @@ pub mod breaker;
 pub mod clock;
 pub mod cooldown;
 pub mod global;
+pub mod pause_sync;
 pub mod ratelimit;
 pub mod retry;

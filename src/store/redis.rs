@@ -1,8 +1,9 @@
 //! The Redis connection: made lazily (the sidecar starts and serves while
-//! Redis is down), kept by a connection manager that reconnects by itself,
-//! and guarded so that a dead Redis costs a request nothing: after a failure
-//! no call is tried for [`QUIET_AFTER_FAILURE`], and every call is bounded by
-//! [`CALL_TIMEOUT`]. Callers decide what a failure means (`on_store_error`).
+//! Redis is down), dropped after a failed call and made again on the next
+//! one, and guarded so that a dead Redis costs a request nothing: after a
+//! failure no call is tried for [`QUIET_AFTER_FAILURE`], and every call is
+//! bounded by [`CALL_TIMEOUT`]. Callers decide what a failure means
+//! (`on_store_error`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use prometheus::IntCounterVec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use tokio::sync::RwLock;
 
 use crate::resilience::clock::Clock;
 
@@ -29,7 +30,8 @@ pub enum StoreError {
 
 pub struct RedisStore {
     client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    /// None until the first call, and again after a failed one.
+    connection: RwLock<Option<ConnectionManager>>,
     prefix: String,
     clock: Arc<dyn Clock>,
     /// Clock milliseconds before which no call is tried.
@@ -48,12 +50,17 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(|e| format!("store.url: {e}"))?;
         Ok(Self {
             client,
-            connection: OnceCell::new(),
+            connection: RwLock::new(None),
             prefix: prefix.to_string(),
             clock,
             quiet_until: AtomicU64::new(0),
             errors,
         })
+    }
+
+    /// A new client for a dedicated connection (subscriptions).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     /// `<prefix>:<kind>:{<tag>}<rest>`: the braces make Redis Cluster place
@@ -72,6 +79,8 @@ impl RedisStore {
     {
         let result = self.try_run(call).await;
         if result.is_err() {
+            // A manager that lost its server may keep failing; start afresh.
+            *self.connection.write().await = None;
             self.errors.with_label_values(&[op]).inc();
             let quiet = self.clock.now_millis() + QUIET_AFTER_FAILURE.as_millis() as u64;
             self.quiet_until.fetch_max(quiet, Ordering::AcqRel);
@@ -97,17 +106,20 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let manager = self
-            .connection
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(CALL_TIMEOUT)
-                    .set_response_timeout(CALL_TIMEOUT)
-                    .set_number_of_retries(1)
-                    .set_max_delay(1000);
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await?;
-        Ok(manager.clone())
+        if let Some(manager) = self.connection.read().await.as_ref() {
+            return Ok(manager.clone());
+        }
+        let mut slot = self.connection.write().await;
+        if let Some(manager) = slot.as_ref() {
+            return Ok(manager.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(CALL_TIMEOUT)
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        let manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        *slot = Some(manager.clone());
+        Ok(manager)
     }
 }

@@ -1,0 +1,90 @@
+//! Provider pauses reach every replica: each sidecar with a Redis store
+//! subscribes to the pause channel and starts the announced pause locally,
+//! so no request pays a round trip to learn of it. After (re)connecting it
+//! reads the pauses still running, which covers announcements it missed.
+//! While Redis is down each replica pauses on what it sees itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::global::{parse_pause_message, pause_channel, remaining_pause};
+use crate::egress::guard::Guard;
+use crate::store::redis::{RedisStore, StoreError};
+
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+pub struct PauseListener {
+    store: Arc<RedisStore>,
+    guards: Vec<Arc<Guard>>,
+}
+
+impl PauseListener {
+    pub fn new(store: Arc<RedisStore>, guards: Vec<Arc<Guard>>) -> Self {
+        Self { store, guards }
+    }
+
+    fn guard(&self, service: &str) -> Option<&Guard> {
+        self.guards
+            .iter()
+            .find(|g| g.name() == service)
+            .map(Arc::as_ref)
+    }
+
+    /// Listens until the connection drops.
+    async fn listen(&self) -> Result<(), StoreError> {
+        // Its own connections: the request path's store connection and its
+        // failure handling stay out of this.
+        let client = self.store.client();
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(pause_channel(&self.store)).await?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        for guard in &self.guards {
+            if let Some(left) = remaining_pause(&self.store, &mut connection, guard.name()).await? {
+                guard.pause(left);
+            }
+        }
+        drop(connection);
+        tracing::info!("listening for provider pauses announced by other replicas");
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(payload) = message.get_payload::<String>() else {
+                continue;
+            };
+            if let Some((service, pause)) = parse_pause_message(&payload) {
+                if let Some(guard) = self.guard(service) {
+                    guard.pause(pause);
+                }
+            }
+        }
+        Err(StoreError::Unavailable)
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PauseListener {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut reported = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                result = self.listen() => {
+                    if let Err(error) = result {
+                        if !reported {
+                            tracing::warn!(%error, "not hearing other replicas' provider pauses; reconnecting");
+                            reported = true;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+            }
+        }
+    }
+}
