@@ -138,7 +138,7 @@ async fn pauses_are_announced_to_replicas_without_a_shared_limit_and_to_late_sta
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let answer = loop {
         let answer = get(&b.egress_url("/stripe/x")).await;
-        if answer.headers.get("x-sidecar-error").is_some() || std::time::Instant::now() > deadline {
+        if answer.headers.contains_key("x-sidecar-error") || std::time::Instant::now() > deadline {
             break answer;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
