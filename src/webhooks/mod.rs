@@ -2,6 +2,8 @@
 //! version verifies, stores and acknowledges them here) every path answers
 //! 404 problem+json, and non-POST requests 405.
 
+pub mod verify;
+
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;

@@ -1,0 +1,270 @@
+//! The generic HMAC scheme for providers without a preset: a signature
+//! header (with an optional prefix such as `sha256=`), SHA-1/256/512, hex or
+//! base64, and a payload template over `{body}` and, with a
+//! `timestamp_header`, `{timestamp}` (then checked against `tolerance`).
+
+use std::time::Duration;
+
+use super::mac::{decode_base64, decode_hex, encode_base64, encode_hex, hmac, same, Algorithm};
+use super::{check_timestamp, header, Inbound, Rejection, Scheme, Signed};
+use crate::config::webhooks::{HmacAlgorithm, HmacScheme, SignatureEncoding};
+
+pub struct Generic {
+    pub keys: Vec<Vec<u8>>,
+    pub tolerance: Duration,
+    pub scheme: HmacScheme,
+}
+
+impl Generic {
+    fn algorithm(&self) -> Algorithm {
+        match self.scheme.algorithm {
+            HmacAlgorithm::Sha1 => Algorithm::Sha1,
+            HmacAlgorithm::Sha256 => Algorithm::Sha256,
+            HmacAlgorithm::Sha512 => Algorithm::Sha512,
+        }
+    }
+
+    /// The template with `{timestamp}` and `{body}` filled in.
+    fn content<'a>(&'a self, timestamp: &'a str, body: &'a [u8]) -> Vec<&'a [u8]> {
+        let mut parts = Vec::new();
+        let mut rest = self.scheme.payload.as_str();
+        while let Some(start) = rest.find('{') {
+            let (literal, tail) = rest.split_at(start);
+            parts.push(literal.as_bytes());
+            if let Some(after) = tail.strip_prefix("{body}") {
+                parts.push(body);
+                rest = after;
+            } else if let Some(after) = tail.strip_prefix("{timestamp}") {
+                parts.push(timestamp.as_bytes());
+                rest = after;
+            } else {
+                parts.push(b"{");
+                rest = &tail[1..];
+            }
+        }
+        parts.push(rest.as_bytes());
+        parts
+    }
+}
+
+impl Scheme for Generic {
+    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+        let value = header(
+            request.headers,
+            &self.scheme.header,
+            Rejection::MissingSignature,
+        )?;
+        let encoded = value
+            .strip_prefix(self.scheme.prefix.as_str())
+            .ok_or(Rejection::MalformedSignature)?;
+        let received = match self.scheme.encoding {
+            SignatureEncoding::Hex => decode_hex(encoded),
+            SignatureEncoding::Base64 => decode_base64(encoded),
+        }
+        .ok_or(Rejection::MalformedSignature)?;
+        let timestamp = match &self.scheme.timestamp_header {
+            Some(name) => {
+                let text = header(request.headers, name, Rejection::MalformedSignature)?;
+                if text.parse::<i64>().is_err() {
+                    return Err(Rejection::MalformedSignature);
+                }
+                Some(text)
+            }
+            None => None,
+        };
+        let content = self.content(timestamp.unwrap_or(""), request.body);
+        let matched = self
+            .keys
+            .iter()
+            .any(|key| same(&hmac(self.algorithm(), key, &content), &received));
+        if !matched {
+            return Err(Rejection::SignatureMismatch);
+        }
+        match timestamp {
+            Some(text) => check_timestamp(text, request.now, self.tolerance),
+            None => Ok(()),
+        }
+    }
+
+    fn sign(&self, body: &[u8], now: u64) -> Signed {
+        let timestamp = now.to_string();
+        let mac = hmac(
+            self.algorithm(),
+            &self.keys[0],
+            &self.content(&timestamp, body),
+        );
+        let encoded = match self.scheme.encoding {
+            SignatureEncoding::Hex => encode_hex(&mac),
+            SignatureEncoding::Base64 => encode_base64(&mac),
+        };
+        let mut headers = vec![(
+            self.scheme.header.clone(),
+            format!("{}{encoded}", self.scheme.prefix),
+        )];
+        if let Some(name) = &self.scheme.timestamp_header {
+            headers.push((name.clone(), timestamp));
+        }
+        Signed { headers, url: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhooks::verify::testing::{headers, signed_headers};
+
+    const SECRET: &str = "convoy-webhook-secret";
+    const BODY: &[u8] = br#"{"event":"charge.success","amount":1000,"currency":"NGN"}"#;
+
+    fn generic(
+        encoding: SignatureEncoding,
+        prefix: &str,
+        timestamp: Option<&str>,
+        payload: &str,
+    ) -> Generic {
+        Generic {
+            keys: vec![SECRET.as_bytes().to_vec()],
+            tolerance: Duration::from_secs(300),
+            scheme: HmacScheme {
+                header: "x-convoy-signature".into(),
+                algorithm: HmacAlgorithm::Sha256,
+                encoding,
+                prefix: prefix.into(),
+                timestamp_header: timestamp.map(Into::into),
+                payload: payload.into(),
+            },
+        }
+    }
+
+    fn check(
+        scheme: &Generic,
+        pairs: &[(&str, &str)],
+        body: &[u8],
+        now: u64,
+    ) -> Result<(), Rejection> {
+        scheme.verify(&Inbound {
+            headers: &headers(pairs),
+            body,
+            query: None,
+            now,
+        })
+    }
+
+    #[test]
+    fn the_convoy_vectors_verify() {
+        let hex = "244449b7f48cbc2709060c9dcdc2b3aa47a78f540430579015c579fb12defbb4";
+        let simple = generic(SignatureEncoding::Hex, "", None, "{body}");
+        assert_eq!(
+            check(&simple, &[("x-convoy-signature", hex)], BODY, 0),
+            Ok(())
+        );
+        let base64 = generic(SignatureEncoding::Base64, "", None, "{body}");
+        assert_eq!(
+            check(
+                &base64,
+                &[(
+                    "x-convoy-signature",
+                    "JERJt/SMvCcJBgydzcKzqkenj1QEMFeQFcV5+xLe+7Q="
+                )],
+                BODY,
+                0
+            ),
+            Ok(())
+        );
+        // Convoy's "advanced" form signs `timestamp,body`.
+        let advanced = generic(
+            SignatureEncoding::Hex,
+            "v1=",
+            Some("x-convoy-timestamp"),
+            "{timestamp},{body}",
+        );
+        let signature = "v1=77b8b9269f25a199846a55a2bd25b3fba151c70fdae60bb1dcd87fbbc943c55c";
+        let pairs = [
+            ("x-convoy-signature", signature),
+            ("x-convoy-timestamp", "1700000000"),
+        ];
+        assert_eq!(check(&advanced, &pairs, BODY, 1_700_000_000), Ok(()));
+        assert_eq!(
+            check(&advanced, &pairs, BODY, 1_700_000_301),
+            Err(Rejection::TimestampOutOfTolerance)
+        );
+        assert_eq!(
+            check(&advanced, &pairs, BODY, 1_699_999_699),
+            Err(Rejection::TimestampOutOfTolerance)
+        );
+        assert_eq!(
+            check(
+                &advanced,
+                &[("x-convoy-signature", signature)],
+                BODY,
+                1_700_000_000
+            ),
+            Err(Rejection::MalformedSignature),
+            "the timestamp header is required"
+        );
+    }
+
+    #[test]
+    fn tampering_prefixes_and_garbage() {
+        let hex = "244449b7f48cbc2709060c9dcdc2b3aa47a78f540430579015c579fb12defbb4";
+        let prefixed = generic(SignatureEncoding::Hex, "sha256=", None, "{body}");
+        assert_eq!(
+            check(
+                &prefixed,
+                &[("x-convoy-signature", &format!("sha256={hex}"))],
+                BODY,
+                0
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(&prefixed, &[("x-convoy-signature", hex)], BODY, 0),
+            Err(Rejection::MalformedSignature)
+        );
+        assert_eq!(
+            check(
+                &prefixed,
+                &[("x-convoy-signature", &format!("sha256={hex}"))],
+                b"{}",
+                0
+            ),
+            Err(Rejection::SignatureMismatch)
+        );
+        assert_eq!(
+            check(&prefixed, &[], BODY, 0),
+            Err(Rejection::MissingSignature)
+        );
+        assert_eq!(
+            check(
+                &prefixed,
+                &[("x-convoy-signature", &format!("sha256={}", &hex[..32]))],
+                BODY,
+                0
+            ),
+            Err(Rejection::SignatureMismatch),
+            "truncated"
+        );
+    }
+
+    #[test]
+    fn templates_keep_literal_braces_and_what_it_signs_it_verifies() {
+        let scheme = generic(
+            SignatureEncoding::Base64,
+            "",
+            Some("x-ts"),
+            "{v}{timestamp}:{body}",
+        );
+        assert_eq!(
+            scheme.content("17", b"B"),
+            [b"".as_slice(), b"{", b"v}", b"17", b":", b"B", b""]
+        );
+        let signed = scheme.sign(BODY, 1_700_000_000);
+        let request = Inbound {
+            headers: &signed_headers(&signed),
+            body: BODY,
+            query: None,
+            now: 1_700_000_000,
+        };
+        assert_eq!(scheme.verify(&request), Ok(()));
+    }
+}

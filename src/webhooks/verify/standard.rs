@@ -1,0 +1,223 @@
+//! Standard Webhooks (Svix, Resend and others): `webhook-id`,
+//! `webhook-timestamp`, `webhook-signature: v1,<base64> [v1,<base64> ...]`
+//! (or the same under `svix-*`), HMAC-SHA256 of `id.timestamp.body` keyed by
+//! the base64 after `whsec_`. Unknown versions (`v1a`) are skipped.
+
+use std::time::Duration;
+
+use super::mac::{decode_base64, encode_base64, hmac, same, Algorithm};
+use super::{check_timestamp, Inbound, Rejection, Scheme, Signed};
+
+pub struct Standard {
+    pub keys: Vec<Vec<u8>>,
+    pub tolerance: Duration,
+}
+
+/// The three headers under one naming: `webhook-*` first, then `svix-*`.
+fn headers<'a>(request: &Inbound<'a>) -> Result<(&'a str, &'a str, &'a str), Rejection> {
+    for prefix in ["webhook", "svix"] {
+        let get = |field: &str| {
+            request
+                .headers
+                .get(format!("{prefix}-{field}"))
+                .map(|v| v.to_str().map_err(|_| Rejection::MalformedSignature))
+        };
+        if let Some(signature) = get("signature") {
+            let id = get("id").ok_or(Rejection::MalformedSignature)??;
+            let timestamp = get("timestamp").ok_or(Rejection::MalformedSignature)??;
+            return Ok((id, timestamp, signature?));
+        }
+    }
+    Err(Rejection::MissingSignature)
+}
+
+impl Scheme for Standard {
+    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+        let (id, timestamp, value) = headers(request)?;
+        // The spec forbids dots in both: they would make the fields ambiguous.
+        if id.is_empty() || id.contains('.') || timestamp.parse::<i64>().is_err() {
+            return Err(Rejection::MalformedSignature);
+        }
+        let mut signatures = Vec::new();
+        for entry in value.split_whitespace() {
+            let (version, encoded) = entry.split_once(',').ok_or(Rejection::MalformedSignature)?;
+            if version == "v1" {
+                signatures.push(decode_base64(encoded).ok_or(Rejection::MalformedSignature)?);
+            }
+        }
+        if signatures.is_empty() {
+            return Err(Rejection::MalformedSignature);
+        }
+        let content = [
+            id.as_bytes(),
+            b".",
+            timestamp.as_bytes(),
+            b".",
+            request.body,
+        ];
+        let matched = self.keys.iter().any(|key| {
+            let expected = hmac(Algorithm::Sha256, key, &content);
+            signatures.iter().any(|received| same(&expected, received))
+        });
+        if !matched {
+            return Err(Rejection::SignatureMismatch);
+        }
+        check_timestamp(timestamp, request.now, self.tolerance)
+    }
+
+    fn sign(&self, body: &[u8], now: u64) -> Signed {
+        let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        let timestamp = now.to_string();
+        let mac = hmac(
+            Algorithm::Sha256,
+            &self.keys[0],
+            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+        );
+        Signed {
+            headers: vec![
+                ("webhook-id".into(), id),
+                ("webhook-timestamp".into(), timestamp),
+                (
+                    "webhook-signature".into(),
+                    format!("v1,{}", encode_base64(&mac)),
+                ),
+            ],
+            url: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::webhooks::{secret_key_bytes, VerifyKind};
+    use crate::webhooks::verify::testing::{headers, signed_headers};
+
+    const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const ID: &str = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
+    const TS: &str = "1649367553";
+    const BODY: &[u8] = br#"{"email":"test@example.com","username":"test_user"}"#;
+    const GOLDEN: &str = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+    const NOW: u64 = 1_649_367_553;
+
+    fn standard(secrets: &[&str]) -> Standard {
+        Standard {
+            keys: secrets
+                .iter()
+                .map(|s| secret_key_bytes(VerifyKind::Standard, s).unwrap())
+                .collect(),
+            tolerance: Duration::from_secs(300),
+        }
+    }
+
+    fn check(prefix: &str, signature: &str, body: &[u8], now: u64) -> Result<(), Rejection> {
+        standard(&[SECRET]).verify(&Inbound {
+            headers: &headers(&[
+                (&format!("{prefix}-id"), ID),
+                (&format!("{prefix}-timestamp"), TS),
+                (&format!("{prefix}-signature"), signature),
+            ]),
+            body,
+            query: None,
+            now,
+        })
+    }
+
+    #[test]
+    fn the_published_vector_verifies_under_both_header_names() {
+        assert_eq!(check("webhook", GOLDEN, BODY, NOW), Ok(()));
+        assert_eq!(check("svix", GOLDEN, BODY, NOW), Ok(()));
+    }
+
+    #[test]
+    fn several_signatures_and_unknown_versions() {
+        let value = format!("v1a,AAAA v1,{} {GOLDEN}", "A".repeat(43) + "=");
+        assert_eq!(check("webhook", &value, BODY, NOW), Ok(()));
+        assert_eq!(
+            check("webhook", "v1a,AAAA", BODY, NOW),
+            Err(Rejection::MalformedSignature),
+            "no version we verify"
+        );
+    }
+
+    #[test]
+    fn tampering_staleness_and_garbage() {
+        assert_eq!(
+            check("webhook", GOLDEN, b"{}", NOW),
+            Err(Rejection::SignatureMismatch)
+        );
+        assert_eq!(
+            check("webhook", GOLDEN, BODY, NOW + 301),
+            Err(Rejection::TimestampOutOfTolerance)
+        );
+        assert_eq!(
+            check("webhook", GOLDEN, BODY, NOW - 301),
+            Err(Rejection::TimestampOutOfTolerance)
+        );
+        for garbled in [
+            "",
+            "v1",
+            "v1,not base64!",
+            "tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+        ] {
+            assert_eq!(
+                check("webhook", garbled, BODY, NOW),
+                Err(Rejection::MalformedSignature),
+                "{garbled:?}"
+            );
+        }
+        assert_eq!(
+            check(
+                "webhook",
+                "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3",
+                BODY,
+                NOW
+            ),
+            Err(Rejection::SignatureMismatch),
+            "truncated"
+        );
+        let missing = standard(&[SECRET]).verify(&Inbound {
+            headers: &headers(&[("webhook-id", ID)]),
+            body: BODY,
+            query: None,
+            now: NOW,
+        });
+        assert_eq!(missing, Err(Rejection::MissingSignature));
+    }
+
+    #[test]
+    fn rotation_and_wrong_secrets() {
+        let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let rotated = standard(&[other, SECRET]);
+        let request = |scheme: &Standard| {
+            scheme.verify(&Inbound {
+                headers: &headers(&[
+                    ("webhook-id", ID),
+                    ("webhook-timestamp", TS),
+                    ("webhook-signature", GOLDEN),
+                ]),
+                body: BODY,
+                query: None,
+                now: NOW,
+            })
+        };
+        assert_eq!(request(&rotated), Ok(()));
+        assert_eq!(
+            request(&standard(&[other])),
+            Err(Rejection::SignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn what_it_signs_it_verifies() {
+        let scheme = standard(&[SECRET]);
+        let signed = scheme.sign(BODY, NOW);
+        let request = Inbound {
+            headers: &signed_headers(&signed),
+            body: BODY,
+            query: None,
+            now: NOW,
+        };
+        assert_eq!(scheme.verify(&request), Ok(()));
+    }
+}
