@@ -2,6 +2,7 @@
 //! version verifies, stores and acknowledges them here) every path answers
 //! 404 problem+json, and non-POST requests 405.
 
+pub mod event;
 pub mod verify;
 
 use async_trait::async_trait;

@@ -1,0 +1,406 @@
+//! What the ack path reads from a verified webhook: the event id (the dedup
+//! key), its type, the context values forwarded to targets, its priority
+//! and its targets. Per-kind defaults follow where each provider puts them
+//! (webhook-schemes.md §1.8); `event_id`, `event_type` and `context` take a
+//! JSON pointer or `header:Name`. Without an id the body's SHA-256 is the
+//! id, so a replayed body still deduplicates.
+
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::config::webhooks::{Field, VerifyKind, Webhook};
+use crate::webhooks::verify::mac::{encode_hex, sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    High,
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    pub id: String,
+    /// Empty when the provider says nothing of it.
+    pub event_type: String,
+    /// (key, value) per configured context field found in the request.
+    pub context: Vec<(String, String)>,
+    pub priority: Priority,
+    /// Upstream groups, in route order, each once; empty: unrouted.
+    pub targets: Vec<String>,
+}
+
+/// The parts of a request the defaults look in.
+struct Sources<'a> {
+    headers: &'a HeaderMap,
+    json: Option<Value>,
+    form: Vec<(String, String)>,
+}
+
+impl Sources<'_> {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    }
+
+    fn pointer(&self, pointer: &str) -> Option<String> {
+        match self.json.as_ref()?.pointer(pointer)? {
+            Value::String(text) if !text.is_empty() => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            Value::Bool(flag) => Some(flag.to_string()),
+            _ => None,
+        }
+    }
+
+    fn form(&self, name: &str) -> Option<String> {
+        self.form
+            .iter()
+            .find(|(key, value)| key == name && !value.is_empty())
+            .map(|(_, value)| value.clone())
+    }
+
+    fn field(&self, field: &Field) -> Option<String> {
+        match field {
+            Field::Pointer(pointer) => self.pointer(pointer),
+            Field::Header(name) => self.header(name),
+        }
+    }
+}
+
+pub fn extract(webhook: &Webhook, headers: &HeaderMap, body: &[u8]) -> EventMeta {
+    let is_form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let sources = Sources {
+        headers,
+        json: if is_form {
+            None
+        } else {
+            serde_json::from_slice(body).ok()
+        },
+        form: if is_form {
+            form_urlencoded::parse(body).into_owned().collect()
+        } else {
+            Vec::new()
+        },
+    };
+    let kind = webhook.verify.kind;
+    let id = match &webhook.event_id {
+        Some(field) => sources.field(field),
+        None => default_id(kind, &sources),
+    }
+    .unwrap_or_else(|| format!("sha256:{}", encode_hex(&sha256(body))));
+    let event_type = match &webhook.event_type {
+        Some(field) => sources.field(field),
+        None => default_type(kind, &sources),
+    }
+    .unwrap_or_default();
+    let context = webhook
+        .context
+        .iter()
+        .filter_map(|(key, field)| Some((key.clone(), sources.field(field)?)))
+        .collect();
+    let priority = if webhook.priority.high.iter().any(|g| glob(g, &event_type)) {
+        Priority::High
+    } else if webhook.priority.low.iter().any(|g| glob(g, &event_type)) {
+        Priority::Low
+    } else {
+        Priority::Normal
+    };
+    let mut targets: Vec<String> = Vec::new();
+    for route in &webhook.routes {
+        if route.events.iter().any(|g| glob(g, &event_type)) {
+            for target in &route.targets {
+                if !targets.contains(target) {
+                    targets.push(target.clone());
+                }
+            }
+        }
+    }
+    EventMeta {
+        id,
+        event_type,
+        context,
+        priority,
+        targets,
+    }
+}
+
+fn default_id(kind: VerifyKind, sources: &Sources<'_>) -> Option<String> {
+    match kind {
+        VerifyKind::Stripe => sources.pointer("/id"),
+        VerifyKind::Standard => sources
+            .header("webhook-id")
+            .or_else(|| sources.header("svix-id")),
+        VerifyKind::Github => sources.header("x-github-delivery"),
+        VerifyKind::Shopify => sources
+            .header("x-shopify-webhook-id")
+            .or_else(|| sources.header("shopify-webhook-id")),
+        VerifyKind::Slack => sources.pointer("/event_id"),
+        VerifyKind::Twilio => sources.header("i-twilio-idempotency-token").or_else(|| {
+            // A status callback: one event per (message, status).
+            let sid = sources
+                .form("MessageSid")
+                .or_else(|| sources.form("CallSid"))?;
+            let status = sources
+                .form("MessageStatus")
+                .or_else(|| sources.form("CallStatus"))
+                .unwrap_or_default();
+            Some(format!("{sid}:{status}"))
+        }),
+        VerifyKind::Hmac => None,
+    }
+}
+
+fn default_type(kind: VerifyKind, sources: &Sources<'_>) -> Option<String> {
+    match kind {
+        VerifyKind::Stripe | VerifyKind::Standard => sources.pointer("/type"),
+        VerifyKind::Github => {
+            let event = sources.header("x-github-event")?;
+            Some(match sources.pointer("/action") {
+                Some(action) => format!("{event}.{action}"),
+                None => event,
+            })
+        }
+        VerifyKind::Shopify => sources
+            .header("x-shopify-topic")
+            .or_else(|| sources.header("shopify-topic")),
+        VerifyKind::Slack => sources
+            .pointer("/event/type")
+            .or_else(|| sources.pointer("/type")),
+        VerifyKind::Twilio => sources
+            .form("MessageStatus")
+            .or_else(|| sources.form("CallStatus"))
+            .or_else(|| sources.form("SmsStatus")),
+        VerifyKind::Hmac => None,
+    }
+}
+
+/// `*` matches any run of characters (dots included); everything else is
+/// literal. `payment_intent.*`, `*.updated`, `*`.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use crate::config::services::Backoff;
+    use crate::config::webhooks::{PriorityRules, Route, Verify, WebhookDelivery};
+    use crate::config::Secret;
+    use crate::webhooks::verify::testing::headers;
+
+    fn webhook(kind: VerifyKind) -> Webhook {
+        Webhook {
+            name: "test".into(),
+            path: "/webhooks/test".into(),
+            verify: Verify {
+                kind,
+                secrets: vec![Secret::new("0123456789abcdef")],
+                tolerance: Duration::from_secs(300),
+                allow_sha1: false,
+                public_url: None,
+                hmac: None,
+            },
+            max_body: 1 << 20,
+            event_id: None,
+            event_type: None,
+            context: Vec::new(),
+            priority: PriorityRules::default(),
+            routes: Vec::new(),
+            delivery: WebhookDelivery {
+                path: "/".into(),
+                timeout: Duration::from_secs(10),
+                max_attempts: 10,
+                backoff: Backoff {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(60),
+                },
+                max_age: Duration::from_secs(86_400),
+            },
+            dedup_window: Duration::from_secs(72 * 3600),
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "anything.at.all"));
+        assert!(glob("payment_intent.*", "payment_intent.succeeded"));
+        assert!(!glob("payment_intent.*", "charge.succeeded"));
+        assert!(glob("*.updated", "customer.subscription.updated"));
+        assert!(glob("a*c*e", "abcde"));
+        assert!(!glob("a*c*e", "abde"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+        assert!(!glob("ab*ba", "aba"), "the ends may not overlap");
+    }
+
+    #[test]
+    fn stripe_defaults_context_priority_and_fan_out() {
+        let mut stripe = webhook(VerifyKind::Stripe);
+        stripe.context = vec![(
+            "wedding_id".into(),
+            Field::Pointer("/data/object/metadata/wedding_id".into()),
+        )];
+        stripe.priority = PriorityRules {
+            high: vec!["payment_intent.succeeded".into()],
+            low: vec!["*.updated".into()],
+        };
+        stripe.routes = vec![
+            Route {
+                events: vec!["payment_intent.*".into()],
+                targets: vec!["notify".into(), "analytics".into()],
+            },
+            Route {
+                events: vec!["*".into()],
+                targets: vec!["analytics".into(), "audit".into()],
+            },
+        ];
+        let body = br#"{"id":"evt_1","type":"payment_intent.succeeded","data":{"object":{"metadata":{"wedding_id":"w-42"}}}}"#;
+        let meta = extract(
+            &stripe,
+            &headers(&[("content-type", "application/json")]),
+            body,
+        );
+        assert_eq!(meta.id, "evt_1");
+        assert_eq!(meta.event_type, "payment_intent.succeeded");
+        assert_eq!(
+            meta.context,
+            [("wedding_id".to_string(), "w-42".to_string())]
+        );
+        assert_eq!(meta.priority, Priority::High);
+        assert_eq!(meta.targets, ["notify", "analytics", "audit"]);
+
+        let updated = br#"{"id":"evt_2","type":"customer.updated"}"#;
+        let meta = extract(&stripe, &headers(&[]), updated);
+        assert_eq!((meta.priority, meta.targets.len()), (Priority::Low, 2));
+        assert!(
+            meta.context.is_empty(),
+            "absent context values are left out"
+        );
+    }
+
+    #[test]
+    fn per_kind_default_ids_and_types() {
+        let cases: [(VerifyKind, Vec<(&str, &str)>, &[u8], &str, &str); 6] = [
+            (
+                VerifyKind::Standard,
+                vec![("svix-id", "msg_1")],
+                br#"{"type":"email.delivered"}"#,
+                "msg_1",
+                "email.delivered",
+            ),
+            (
+                VerifyKind::Github,
+                vec![
+                    ("x-github-delivery", "guid-1"),
+                    ("x-github-event", "issues"),
+                ],
+                br#"{"action":"opened"}"#,
+                "guid-1",
+                "issues.opened",
+            ),
+            (
+                VerifyKind::Github,
+                vec![("x-github-delivery", "guid-2"), ("x-github-event", "push")],
+                b"{}",
+                "guid-2",
+                "push",
+            ),
+            (
+                VerifyKind::Shopify,
+                vec![
+                    ("x-shopify-webhook-id", "w-1"),
+                    ("x-shopify-topic", "orders/create"),
+                ],
+                b"{}",
+                "w-1",
+                "orders/create",
+            ),
+            (
+                VerifyKind::Slack,
+                vec![],
+                br#"{"event_id":"Ev1","type":"event_callback","event":{"type":"app_mention"}}"#,
+                "Ev1",
+                "app_mention",
+            ),
+            (
+                VerifyKind::Twilio,
+                vec![("content-type", "application/x-www-form-urlencoded")],
+                b"MessageSid=SM1&MessageStatus=delivered",
+                "SM1:delivered",
+                "delivered",
+            ),
+        ];
+        for (kind, pairs, body, id, event_type) in cases {
+            let meta = extract(&webhook(kind), &headers(&pairs), body);
+            assert_eq!(
+                (meta.id.as_str(), meta.event_type.as_str()),
+                (id, event_type),
+                "{kind:?}"
+            );
+        }
+        let token = extract(
+            &webhook(VerifyKind::Twilio),
+            &headers(&[("i-twilio-idempotency-token", "tok-1")]),
+            b"",
+        );
+        assert_eq!(token.id, "tok-1");
+    }
+
+    #[test]
+    fn overrides_and_the_body_hash_fallback() {
+        let mut generic = webhook(VerifyKind::Hmac);
+        let meta = extract(&generic, &headers(&[]), b"payload");
+        assert_eq!(
+            meta.id,
+            format!("sha256:{}", encode_hex(&sha256(b"payload")))
+        );
+        assert_eq!(meta.event_type, "");
+        generic.event_id = Some(Field::Header("x-event-id".into()));
+        generic.event_type = Some(Field::Pointer("/kind".into()));
+        let meta = extract(
+            &generic,
+            &headers(&[("x-event-id", "e-9")]),
+            br#"{"kind":"booking.confirmed"}"#,
+        );
+        assert_eq!(
+            (meta.id.as_str(), meta.event_type.as_str()),
+            ("e-9", "booking.confirmed")
+        );
+        assert!(meta.targets.is_empty(), "no route matched: unrouted");
+    }
+}
