@@ -315,7 +315,15 @@ mod tests {
 
     #[test]
     fn per_kind_default_ids_and_types() {
-        let cases: [(VerifyKind, Vec<(&str, &str)>, &[u8], &str, &str); 6] = [
+        // (kind, headers, body, expected id, expected type)
+        type Case<'a> = (
+            VerifyKind,
+            Vec<(&'a str, &'a str)>,
+            &'a [u8],
+            &'a str,
+            &'a str,
+        );
+        let cases: [Case; 6] = [
             (
                 VerifyKind::Standard,
                 vec![("svix-id", "msg_1")],
