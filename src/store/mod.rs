@@ -1,5 +1,7 @@
-//! Shared state. The Redis store holds what replicas share (global rate
-//! limits, provider pauses); the queue operations come with the webhook
-//! ingress.
+//! Durable and shared state. `local` is the embedded event store (redb):
+//! accepted webhook events, their dedup keys, delivery jobs and dead
+//! letters. `redis` is the connection replicas share for global rate limits
+//! and provider pauses; its queue operations come with the webhook ingress.
 
+pub mod local;
 pub mod redis;
