@@ -22,8 +22,10 @@ pub mod failure;
 pub mod guard;
 pub mod oauth2;
 pub mod peer;
+pub mod request_id;
 pub mod retrying;
 pub mod routing;
+pub mod service;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,40 +40,21 @@ use tokio::time::Instant;
 
 use crate::access_log;
 use crate::admin::metrics::{Metrics, StatusCounters};
-use crate::config::services::{IdempotencyKey, RetryOn};
+use crate::config::services::RetryOn;
 use crate::config::units::format_duration;
-use crate::config::{Auth, Config, StoreKind};
+use crate::config::{Config, StoreKind};
 use crate::lifecycle::{InFlightGuard, Lifecycle};
 use crate::problem::{ErrorCode, Problem};
 use crate::resilience::clock::MonotonicClock;
 use crate::resilience::retry::{is_safe_to_repeat, IDEMPOTENCY_KEY};
 use crate::store::redis::RedisStore;
-use auth::PreparedAuth;
 use guard::{Guard, Pass, Verdict};
-use oauth2::{HttpTokenEndpoint, RefreshCounters, TokenSource};
-use peer::UpstreamTarget;
-use retrying::{Attempt, ServiceRetry};
+use request_id::RequestIds;
+use retrying::Attempt;
 use routing::RouteTable;
+use service::EgressService;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// One provider as the proxy uses it, built once from the config.
-pub struct EgressService {
-    pub name: String,
-    target: UpstreamTarget,
-    auth: PreparedAuth,
-    tokens: Option<Arc<TokenSource>>,
-    /// The upstream's authority, built once: the Host of every request.
-    host: http::HeaderValue,
-    connect_timeout: Duration,
-    timeout: Duration,
-    requests: StatusCounters,
-    duration: prometheus::Histogram,
-    pub guard: Arc<Guard>,
-    retry: Option<ServiceRetry>,
-    /// `idempotency_key: auto`: POSTs without a key get one.
-    auto_idempotency_key: bool,
-}
 
 pub struct EgressProxy {
     services: Vec<EgressService>,
@@ -196,55 +179,12 @@ impl EgressProxy {
             StoreKind::Local { .. } => None,
         };
         for service in &config.services {
-            let context = |e: String| format!("services.{}: {e}", service.name);
-            let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref())
-                .map_err(context)?;
-            let auth = PreparedAuth::new(service.auth.as_ref()).map_err(context)?;
-            let tokens = match &service.auth {
-                Some(Auth::OAuth2(oauth)) => {
-                    let endpoint = HttpTokenEndpoint::new(oauth).map_err(context)?;
-                    let counters = RefreshCounters {
-                        success: metrics
-                            .oauth2_token_refreshes_total
-                            .with_label_values(&[service.name.as_str(), "success"]),
-                        failure: metrics
-                            .oauth2_token_refreshes_total
-                            .with_label_values(&[service.name.as_str(), "failure"]),
-                    };
-                    Some(TokenSource::new(
-                        Box::new(endpoint),
-                        oauth.refresh_before,
-                        counters,
-                    ))
-                }
-                _ => None,
-            };
-            let host = http::HeaderValue::try_from(target.url.authority())
-                .map_err(|_| context("the upstream host is not a valid Host header".into()))?;
-            services.push(EgressService {
-                name: service.name.clone(),
-                target,
-                auth,
-                tokens,
-                host,
-                connect_timeout: service.connect_timeout,
-                timeout: service.timeout,
-                requests: StatusCounters::new(&metrics.egress_requests_total, &service.name),
-                duration: metrics
-                    .egress_request_duration_seconds
-                    .with_label_values(&[service.name.as_str()]),
-                guard: Arc::new(Guard::new(
-                    service,
-                    &metrics,
-                    Arc::clone(&clock),
-                    store.clone(),
-                )),
-                retry: service
-                    .retry
-                    .as_ref()
-                    .map(|policy| ServiceRetry::new(policy, Arc::clone(&clock))),
-                auto_idempotency_key: service.idempotency_key == IdempotencyKey::Auto,
-            });
+            services.push(EgressService::new(
+                service,
+                &metrics,
+                &clock,
+                store.as_ref(),
+            )?);
         }
         let routes = RouteTable::new(config.services.iter().map(|s| s.route.as_str()));
         Ok(Self {
@@ -287,52 +227,6 @@ impl EgressProxy {
             .await?;
         Ok(true)
     }
-}
-
-/// Request ids: a random per-process prefix and a counter, 32 hex digits.
-/// Unique like a UUID v4 without a random-number syscall per request, and
-/// made as a header value once, then shared by the upstream request, the
-/// answer and the log.
-pub struct RequestIds {
-    prefix: u64,
-    counter: std::sync::atomic::AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        let prefix = uuid::Uuid::new_v4().as_u64_pair().0;
-        Self {
-            prefix,
-            counter: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-}
-
-impl RequestIds {
-    /// Keeps the app's request id when it is usable (printable, 1 to 200
-    /// bytes), otherwise makes one.
-    pub fn for_request(&self, header: Option<&http::HeaderValue>) -> http::HeaderValue {
-        match header.filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok()) {
-            Some(id) => id.clone(),
-            None => {
-                let n = self
-                    .counter
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                hex_id(self.prefix, n)
-            }
-        }
-    }
-}
-
-fn hex_id(high: u64, low: u64) -> http::HeaderValue {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut id = [0u8; 32];
-    let bytes = high.to_be_bytes().into_iter().chain(low.to_be_bytes());
-    for (pair, byte) in id.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0xf)];
-    }
-    http::HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 #[async_trait]
@@ -665,41 +559,5 @@ impl ProxyHttp for EgressProxy {
     fn suppress_error_log(&self, _session: &Session, _ctx: &EgressCtx, _error: &Error) -> bool {
         // The access-log line above already records every failure once.
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_keep_the_apps_and_are_unique_otherwise() {
-        let ids = RequestIds::default();
-        assert_eq!(
-            ids.for_request(Some(&http::HeaderValue::from_static("abc"))),
-            "abc"
-        );
-        let (a, b) = (ids.for_request(None), ids.for_request(None));
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 32);
-        assert!(a.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn unusable_app_request_ids_are_replaced() {
-        let ids = RequestIds::default();
-        let too_long = http::HeaderValue::from_str(&"x".repeat(201)).unwrap();
-        let not_text = http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
-        for unusable in [http::HeaderValue::from_static(""), too_long, not_text] {
-            assert_eq!(ids.for_request(Some(&unusable)).len(), 32);
-        }
-    }
-
-    #[test]
-    fn generated_ids_are_the_prefix_then_the_counter_in_hex() {
-        assert_eq!(
-            hex_id(0x0123_4567_89ab_cdef, 255),
-            "0123456789abcdef00000000000000ff"
-        );
     }
 }

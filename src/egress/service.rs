@@ -1,0 +1,94 @@
+//! One provider as the egress proxy uses it: everything the config says
+//! about a service, prepared once (peer target, credentials, token source,
+//! Host value, metrics handles, resilience guard, retry policy).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::auth::PreparedAuth;
+use super::guard::Guard;
+use super::oauth2::{HttpTokenEndpoint, RefreshCounters, TokenSource};
+use super::peer::UpstreamTarget;
+use super::retrying::ServiceRetry;
+use crate::admin::metrics::{Metrics, StatusCounters};
+use crate::config::services::{IdempotencyKey, Service};
+use crate::config::Auth;
+use crate::resilience::clock::Clock;
+use crate::store::redis::RedisStore;
+
+/// One provider as the proxy uses it, built once from the config.
+pub struct EgressService {
+    pub name: String,
+    pub(super) target: UpstreamTarget,
+    pub(super) auth: PreparedAuth,
+    pub(super) tokens: Option<Arc<TokenSource>>,
+    /// The upstream's authority, built once: the Host of every request.
+    pub(super) host: http::HeaderValue,
+    pub(super) connect_timeout: Duration,
+    pub(super) timeout: Duration,
+    pub(super) requests: StatusCounters,
+    pub(super) duration: prometheus::Histogram,
+    pub guard: Arc<Guard>,
+    pub(super) retry: Option<ServiceRetry>,
+    /// `idempotency_key: auto`: POSTs without a key get one.
+    pub(super) auto_idempotency_key: bool,
+}
+
+impl EgressService {
+    pub fn new(
+        service: &Service,
+        metrics: &Metrics,
+        clock: &Arc<dyn Clock>,
+        store: Option<&Arc<RedisStore>>,
+    ) -> Result<Self, String> {
+        let context = |e: String| format!("services.{}: {e}", service.name);
+        let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref())
+            .map_err(context)?;
+        let auth = PreparedAuth::new(service.auth.as_ref()).map_err(context)?;
+        let tokens = match &service.auth {
+            Some(Auth::OAuth2(oauth)) => {
+                let endpoint = HttpTokenEndpoint::new(oauth).map_err(context)?;
+                let counters = RefreshCounters {
+                    success: metrics
+                        .oauth2_token_refreshes_total
+                        .with_label_values(&[service.name.as_str(), "success"]),
+                    failure: metrics
+                        .oauth2_token_refreshes_total
+                        .with_label_values(&[service.name.as_str(), "failure"]),
+                };
+                Some(TokenSource::new(
+                    Box::new(endpoint),
+                    oauth.refresh_before,
+                    counters,
+                ))
+            }
+            _ => None,
+        };
+        let host = http::HeaderValue::try_from(target.url.authority())
+            .map_err(|_| context("the upstream host is not a valid Host header".into()))?;
+        Ok(Self {
+            name: service.name.clone(),
+            target,
+            auth,
+            tokens,
+            host,
+            connect_timeout: service.connect_timeout,
+            timeout: service.timeout,
+            requests: StatusCounters::new(&metrics.egress_requests_total, &service.name),
+            duration: metrics
+                .egress_request_duration_seconds
+                .with_label_values(&[service.name.as_str()]),
+            guard: Arc::new(Guard::new(
+                service,
+                metrics,
+                Arc::clone(clock),
+                store.cloned(),
+            )),
+            retry: service
+                .retry
+                .as_ref()
+                .map(|policy| ServiceRetry::new(policy, Arc::clone(clock))),
+            auto_idempotency_key: service.idempotency_key == IdempotencyKey::Auto,
+        })
+    }
+}
