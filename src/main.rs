@@ -38,6 +38,13 @@ enum Command {
     Run,
     /// Validate the configuration: list every error and exit 1, or summarize it and exit 0.
     Check,
+    /// Print the headers (and for Twilio the URL) that make the body on stdin a
+    /// valid request for a webhook, signed now with its first secret.
+    Sign {
+        /// The webhook's name under `webhooks`.
+        #[arg(long)]
+        webhook: String,
+    },
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Sign { webhook } => sign(&path, &webhook),
         Command::Run => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
@@ -80,4 +88,51 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn sign(path: &std::path::Path, name: &str) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(webhook) = config.webhooks.iter().find(|w| w.name == name) else {
+        let known: Vec<&str> = config.webhooks.iter().map(|w| w.name.as_str()).collect();
+        eprintln!(
+            "wedsync-sidecar: no webhook named {name} in {} (configured: {})",
+            path.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        return ExitCode::from(1);
+    };
+    let mut body = Vec::new();
+    if let Err(error) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut body) {
+        eprintln!("wedsync-sidecar: cannot read the body from stdin: {error}");
+        return ExitCode::from(1);
+    }
+    let scheme = match wedsync_sidecar::webhooks::verify::build(&webhook.verify) {
+        Ok(scheme) => scheme,
+        Err(error) => {
+            eprintln!("wedsync-sidecar: webhooks.{name}: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let signed = scheme.sign(&body, now);
+    if let Some(url) = &signed.url {
+        println!("URL: {url}");
+    }
+    for (header, value) in &signed.headers {
+        println!("{header}: {value}");
+    }
+    ExitCode::SUCCESS
 }

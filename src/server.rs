@@ -13,9 +13,14 @@ use pingora::services::listening::Service;
 use crate::admin::metrics::Metrics;
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::config::StoreKind;
 use crate::egress::EgressProxy;
 use crate::lifecycle::{exit_when_idle, DrainingShutdown, Lifecycle};
 use crate::resilience::pause_sync::PauseListener;
+use crate::store::local::LocalStore;
+use crate::store::redis::RedisStore;
+use crate::store::redis_events::RedisEventStore;
+use crate::webhooks::ack::EventStore;
 use crate::webhooks::IngressApp;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let pause_listener = egress
         .store()
         .map(|store| PauseListener::new(store, guards.clone()));
+    let ingress = IngressApp::new(
+        &config.webhooks,
+        event_store(&config, egress.store())?,
+        &metrics,
+    )
+    .map_err(StartError::Setup)?;
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let server_conf = Arc::clone(&server.configuration);
@@ -67,7 +78,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     egress_service.add_tcp(&config.listen.egress.to_string());
     egress_service.threads = Some(egress_threads());
 
-    let mut ingress_service = Service::new("ingress".to_string(), IngressApp);
+    let mut ingress_service = Service::new("ingress".to_string(), ingress);
     ingress_service.add_tcp(&config.listen.ingress.to_string());
     let mut admin_service = Service::new(
         "admin".to_string(),
@@ -104,6 +115,29 @@ pub fn run(config: Config) -> Result<(), StartError> {
         shutdown_signal: Box::new(shutdown),
     });
     Ok(())
+}
+
+/// The store webhooks are accepted into; none without webhooks, so an
+/// egress-only sidecar creates no files.
+fn event_store(
+    config: &Config,
+    redis: Option<Arc<RedisStore>>,
+) -> Result<Option<EventStore>, StartError> {
+    if config.webhooks.is_empty() {
+        return Ok(None);
+    }
+    tracing::warn!(
+        "delivery to upstreams is not built yet: accepted webhook events are stored durably and wait for it"
+    );
+    Ok(Some(match (&config.store.kind, redis) {
+        (_, Some(redis)) => EventStore::Redis(RedisEventStore::new(redis)),
+        (StoreKind::Local { path }, None) => EventStore::Local(Arc::new(
+            LocalStore::open(path).map_err(|e| StartError::Setup(e.to_string()))?,
+        )),
+        (StoreKind::Redis { .. }, None) => {
+            return Err(StartError::Setup("the Redis store is missing".into()))
+        }
+    }))
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub circuit_transitions_total: IntCounterVec,
     pub store_errors_total: IntCounterVec,
+    pub webhooks_received_total: IntCounterVec,
+    pub webhook_rejections_total: IntCounterVec,
+    pub webhook_ack_duration_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -76,6 +79,28 @@ impl Metrics {
             &["op"],
         )
         .expect("static metric definition");
+        let webhooks_received_total = IntCounterVec::new(
+            Opts::new(
+                "sidecar_webhooks_received_total",
+                "Webhook requests by outcome (accepted, duplicate, rejected).",
+            ),
+            &["webhook", "outcome"],
+        )
+        .expect("static metric definition");
+        let webhook_rejections_total = IntCounterVec::new(
+            Opts::new("sidecar_webhook_rejections_total", "Rejected webhook requests by reason (missing_signature, malformed_signature, timestamp_out_of_tolerance, signature_mismatch, payload_too_large)."),
+            &["webhook", "reason"],
+        )
+        .expect("static metric definition");
+        let webhook_ack_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sidecar_webhook_ack_duration_seconds",
+                "Time from receiving a webhook to its answer, the durable write included.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["webhook"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(egress_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(egress_request_duration_seconds.clone()),
@@ -84,6 +109,9 @@ impl Metrics {
             Box::new(circuit_state.clone()),
             Box::new(circuit_transitions_total.clone()),
             Box::new(store_errors_total.clone()),
+            Box::new(webhooks_received_total.clone()),
+            Box::new(webhook_rejections_total.clone()),
+            Box::new(webhook_ack_duration_seconds.clone()),
         ] {
             registry
                 .register(collector)
@@ -98,6 +126,9 @@ impl Metrics {
             circuit_state,
             circuit_transitions_total,
             store_errors_total,
+            webhooks_received_total,
+            webhook_rejections_total,
+            webhook_ack_duration_seconds,
         }
     }
 

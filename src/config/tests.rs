@@ -180,30 +180,11 @@ webhooks:
 
 #[test]
 fn features_not_built_yet_are_refused_not_ignored() {
-    let yaml = r#"
-services:
-  stripe:
-    route: /stripe
-    upstream: https://api.stripe.com
-    rate_limit: { requests: 100, per: 1m }
-    circuit_breaker: { failure_threshold: 5 }
-    retry: { attempts: 2 }
-    idempotency_key: auto
-upstreams:
-  notify: { backends: [127.0.0.1:7001] }
-webhooks:
-  stripe:
-    path: /webhooks/stripe
-    verify: { kind: stripe, secrets: [whsec_0123456789abcdef] }
-    routes: [{ events: ["*"], targets: [notify] }]
-"#;
+    let yaml = "delivery:\n  workers: 8\n";
     let not_yet = "not supported yet by this version of wedsync-sidecar; remove it (it would otherwise be silently ignored)";
     assert_eq!(
         errors(yaml),
-        [
-            format!("upstreams: {not_yet} (line 11, column 3)"),
-            format!("webhooks: {not_yet} (line 13, column 3)"),
-        ]
+        [format!("delivery: {not_yet} (line 2, column 3)")]
     );
 }
 

@@ -123,14 +123,10 @@ fn check_not_supported_yet(d: &mut Decoder, config: &Config) {
             );
         }
     }
-    for (key, present) in [
-        ("upstreams", !config.upstreams.is_empty()),
-        ("webhooks", !config.webhooks.is_empty()),
-        ("delivery", config.delivery.is_some()),
-    ] {
-        if present {
-            d.error(&YamlPath::root().key(key), NOT_YET);
-        }
+    // Webhooks are accepted and stored; the upstream groups they name get
+    // their events once delivery exists (the sidecar says so at start).
+    if config.delivery.is_some() {
+        d.error(&YamlPath::root().key("delivery"), NOT_YET);
     }
 }
 

@@ -1,23 +1,95 @@
-//! The webhook ingress listener. Until webhooks are configured (a later
-//! version verifies, stores and acknowledges them here) every path answers
-//! 404 problem+json, and non-POST requests 405.
+//! The webhook ingress listener: POST to a configured path; the body is read
+//! up to `max_body`, the signature verified, the event stored durably, and
+//! only then answered 202 (200 for a duplicate). Nothing here calls an
+//! internal service: delivery works from the store.
 
+pub mod ack;
 pub mod event;
 pub mod verify;
 
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::admin::metrics::Metrics;
+use crate::config::webhooks::Webhook;
 use crate::problem::{ErrorCode, Problem};
+use ack::{EventStore, IngressWebhook};
 
-pub struct IngressApp;
+pub struct IngressApp {
+    webhooks: Vec<IngressWebhook>,
+    store: Option<EventStore>,
+}
+
+impl IngressApp {
+    pub fn new(
+        webhooks: &[Webhook],
+        store: Option<EventStore>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let webhooks = webhooks
+            .iter()
+            .map(|w| IngressWebhook::new(w, metrics))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { webhooks, store })
+    }
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Reads the body, refusing more than `limit` bytes without buffering them.
+async fn read_capped(session: &mut ServerSession, limit: u64) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            ErrorCode::PayloadTooLarge,
+            format!("this webhook accepts bodies of at most {limit} bytes"),
+        )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(error) => {
+                return Err(Problem::new(
+                    ErrorCode::BadRequest,
+                    format!("the body could not be read: {}", error.etype().as_str()),
+                ))
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl ServeHttp for IngressApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let started = Instant::now();
         let request = session.req_header();
         let path = request.uri.path().to_string();
+        let query = request.uri.query().map(str::to_string);
         if request.method != http::Method::POST {
             return Problem::new(
                 ErrorCode::MethodNotAllowed,
@@ -26,10 +98,37 @@ impl ServeHttp for IngressApp {
             .with_header("allow", "POST")
             .into_http_response();
         }
-        Problem::new(
-            ErrorCode::NotFound,
-            format!("no webhook is configured at {path}"),
-        )
-        .into_http_response()
+        let Some(webhook) = self.webhooks.iter().find(|w| w.config.path == path) else {
+            return Problem::new(
+                ErrorCode::NotFound,
+                format!("no webhook is configured at {path}"),
+            )
+            .into_http_response();
+        };
+        let body = match read_capped(session, webhook.config.max_body).await {
+            Ok(body) => body,
+            Err(problem) => {
+                // The rest of the body is never read: the connection closes.
+                session.set_keepalive(None);
+                if problem.code == ErrorCode::PayloadTooLarge {
+                    webhook.rejected("payload_too_large");
+                }
+                return problem.into_http_response();
+            }
+        };
+        let headers = session.req_header().headers.clone();
+        let answer = webhook
+            .acknowledge(
+                self.store.as_ref(),
+                &headers,
+                body,
+                query.as_deref(),
+                now_seconds(),
+            )
+            .await;
+        webhook
+            .ack_duration
+            .observe(started.elapsed().as_secs_f64());
+        answer
     }
 }

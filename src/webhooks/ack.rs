@@ -1,0 +1,206 @@
+//! The ack path of one webhook, after its body is read: verify, answer
+//! Slack's URL check, extract the event, store it durably, answer. The
+//! provider gets its 2xx only once the store has committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
+
+use super::event::{extract, EventMeta};
+use super::verify::{self, Inbound, Scheme};
+use crate::admin::metrics::Metrics;
+use crate::config::webhooks::{VerifyKind, Webhook};
+use crate::problem::{ErrorCode, Problem};
+use crate::store::local::{Acceptance, LocalStore, NewEvent};
+use crate::store::redis_events::RedisEventStore;
+
+/// Where accepted events go: the embedded store or Redis.
+pub enum EventStore {
+    Local(Arc<LocalStore>),
+    Redis(RedisEventStore),
+}
+
+impl EventStore {
+    async fn accept(
+        &self,
+        webhook: &str,
+        meta: EventMeta,
+        content_type: Option<String>,
+        body: Bytes,
+        window: Duration,
+    ) -> Result<Acceptance, String> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        match self {
+            Self::Local(store) => {
+                // The commit waits for fsync: off the async workers.
+                let store = Arc::clone(store);
+                let webhook = webhook.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let event = NewEvent {
+                        webhook: &webhook,
+                        meta: &meta,
+                        content_type: content_type.as_deref(),
+                        body: &body,
+                    };
+                    store.accept(&event, now_ms, window)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+            }
+            Self::Redis(store) => {
+                let event = NewEvent {
+                    webhook,
+                    meta: &meta,
+                    content_type: content_type.as_deref(),
+                    body: &body,
+                };
+                store
+                    .accept(&event, now_ms, window)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+pub struct IngressWebhook {
+    pub config: Webhook,
+    scheme: Box<dyn Scheme>,
+    accepted: IntCounter,
+    duplicate: IntCounter,
+    rejected: IntCounter,
+    rejections: IntCounterVec,
+    pub ack_duration: Histogram,
+}
+
+impl IngressWebhook {
+    pub fn new(config: &Webhook, metrics: &Metrics) -> Result<Self, String> {
+        let name = config.name.as_str();
+        let outcome = |o: &str| {
+            metrics
+                .webhooks_received_total
+                .with_label_values(&[name, o])
+        };
+        Ok(Self {
+            scheme: verify::build(&config.verify).map_err(|e| format!("webhooks.{name}: {e}"))?,
+            accepted: outcome("accepted"),
+            duplicate: outcome("duplicate"),
+            rejected: outcome("rejected"),
+            rejections: metrics.webhook_rejections_total.clone(),
+            ack_duration: metrics
+                .webhook_ack_duration_seconds
+                .with_label_values(&[name]),
+            config: config.clone(),
+        })
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.inc();
+        self.rejections
+            .with_label_values(&[self.config.name.as_str(), reason])
+            .inc();
+    }
+
+    pub async fn acknowledge(
+        &self,
+        store: Option<&EventStore>,
+        headers: &HeaderMap,
+        body: Bytes,
+        query: Option<&str>,
+        now: u64,
+    ) -> http::Response<Vec<u8>> {
+        let request = Inbound {
+            headers,
+            body: &body,
+            query,
+            now,
+        };
+        if let Err(rejection) = self.scheme.verify(&request) {
+            self.rejected(rejection.as_str());
+            return Problem::new(ErrorCode::SignatureInvalid, rejection.as_str())
+                .into_http_response();
+        }
+        if let Some(challenge) = self.slack_url_check(&body) {
+            return json(200, &serde_json::json!({ "challenge": challenge }));
+        }
+        let meta = extract(&self.config, headers, &body);
+        let Some(store) = store else {
+            return Problem::new(ErrorCode::StoreUnavailable, "no event store is configured")
+                .with_header("retry-after", "1")
+                .into_http_response();
+        };
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let id = meta.id.clone();
+        let outcome = store
+            .accept(
+                &self.config.name,
+                meta,
+                content_type,
+                body,
+                self.config.dedup_window,
+            )
+            .await;
+        match outcome {
+            Ok(Acceptance::Accepted(_)) => {
+                self.accepted.inc();
+                self.answer(202, "accepted", &id)
+            }
+            Ok(Acceptance::Duplicate) => {
+                self.duplicate.inc();
+                self.answer(200, "duplicate", &id)
+            }
+            Err(error) => {
+                tracing::warn!(webhook = %self.config.name, %error, "could not store a webhook event");
+                // Nothing was acknowledged: the provider retries.
+                Problem::new(
+                    ErrorCode::StoreUnavailable,
+                    "the event could not be stored; retry later",
+                )
+                .with_header("retry-after", "1")
+                .into_http_response()
+            }
+        }
+    }
+
+    /// The configured ack body, or the contract's JSON.
+    fn answer(&self, status: u16, outcome: &str, id: &str) -> http::Response<Vec<u8>> {
+        match &self.config.ack {
+            Some(ack) => http::Response::builder()
+                .status(ack.status)
+                .header(http::header::CONTENT_TYPE, ack.content_type.as_str())
+                .body(ack.body.clone().into_bytes())
+                .expect("a configured ack is a valid response"),
+            None => json(status, &serde_json::json!({ "status": outcome, "id": id })),
+        }
+    }
+
+    /// Slack checks an endpoint by sending `url_verification` and expects
+    /// its challenge back; it is answered, not stored.
+    fn slack_url_check(&self, body: &[u8]) -> Option<String> {
+        if self.config.verify.kind != VerifyKind::Slack {
+            return None;
+        }
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        (value["type"] == "url_verification")
+            .then(|| value["challenge"].as_str().map(str::to_string))
+            .flatten()
+    }
+}
+
+fn json(status: u16, value: &serde_json::Value) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(value).expect("JSON values serialize"))
+        .expect("a JSON response is valid")
+}

@@ -1,0 +1,220 @@
+//! Black-box tests of the webhook ingress with the real binary: verified
+//! events are stored durably before the 2xx, duplicates are recognised,
+//! forgeries and oversized bodies are refused, and an accepted event
+//! survives the sidecar being killed right after its answer.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use support::*;
+use wedsync_sidecar::store::local::LocalStore;
+use wedsync_sidecar::webhooks::verify::stripe::Stripe;
+use wedsync_sidecar::webhooks::verify::Scheme;
+
+const SECRET: &str = "whsec_test_secret_0123456789";
+
+fn config(extra: &str) -> String {
+    format!(
+        "upstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    max_body: 1KiB\n    priority: {{ high: [payment_intent.succeeded] }}\n    routes: [{{ events: [\"payment_intent.*\"], targets: [notify] }}]\n{extra}"
+    )
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn stripe_signature(body: &[u8]) -> String {
+    let scheme = Stripe {
+        keys: vec![SECRET.as_bytes().to_vec()],
+        tolerance: Duration::from_secs(300),
+    };
+    scheme.sign(body, now()).headers[0].1.clone()
+}
+
+async fn post(sidecar: &Sidecar, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    send(
+        "POST",
+        &format!("http://{}/webhooks/stripe", sidecar.ingress),
+        headers,
+        Bytes::copy_from_slice(body),
+    )
+    .await
+}
+
+const EVENT: &[u8] = br#"{"id":"evt_1","type":"payment_intent.succeeded"}"#;
+
+#[tokio::test]
+async fn a_verified_event_is_accepted_once_and_stored_with_its_jobs() {
+    let sidecar = Sidecar::start(&config(""));
+    let signature = stripe_signature(EVENT);
+    let headers = [
+        ("stripe-signature", signature.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let answer = post(&sidecar, &headers, EVENT).await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"status": "accepted", "id": "evt_1"})
+    );
+    let again = post(&sidecar, &headers, EVENT).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["status"], "duplicate");
+    sidecar
+        .metrics_containing(&[
+            "sidecar_webhooks_received_total{outcome=\"accepted\",webhook=\"stripe\"} 1",
+            "sidecar_webhooks_received_total{outcome=\"duplicate\",webhook=\"stripe\"} 1",
+            "sidecar_webhook_ack_duration_seconds_count{webhook=\"stripe\"} 2",
+        ])
+        .await;
+    assert!(sidecar
+        .logs()
+        .contains("delivery to upstreams is not built yet"));
+}
+
+#[tokio::test]
+async fn forgeries_are_refused_with_the_failed_check_and_never_the_signature() {
+    let sidecar = Sidecar::start(&config(""));
+    let signature = stripe_signature(EVENT);
+    let tampered = br#"{"id":"evt_1","type":"payment_intent.succeeded","amount":1}"#;
+    // (headers, body, the check that fails)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [u8], &'a str);
+    let cases: [Case; 3] = [
+        (
+            &[("stripe-signature", signature.as_str())],
+            tampered,
+            "signature_mismatch",
+        ),
+        (&[], EVENT, "missing_signature"),
+        (
+            &[("stripe-signature", "t=1,v1=zz")],
+            EVENT,
+            "malformed_signature",
+        ),
+    ];
+    for (headers, body, reason) in cases {
+        let answer = post(&sidecar, headers, body).await;
+        assert_eq!(answer.status, 401, "{reason}");
+        assert_eq!(answer.headers["x-sidecar-error"], "signature_invalid");
+        assert_eq!(answer.json()["detail"], reason);
+        assert!(!answer.text().contains(SECRET));
+    }
+    let scheme = Stripe {
+        keys: vec![SECRET.as_bytes().to_vec()],
+        tolerance: Duration::from_secs(300),
+    };
+    let stale = scheme.sign(EVENT, now() - 3600).headers[0].1.clone();
+    let answer = post(&sidecar, &[("stripe-signature", stale.as_str())], EVENT).await;
+    assert_eq!(
+        answer.json()["detail"],
+        "timestamp_out_of_tolerance",
+        "a replay an hour later"
+    );
+    sidecar
+        .metrics_containing(&[
+            "sidecar_webhook_rejections_total{reason=\"signature_mismatch\",webhook=\"stripe\"} 1",
+            "sidecar_webhooks_received_total{outcome=\"rejected\",webhook=\"stripe\"} 4",
+        ])
+        .await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_declared_or_chunked() {
+    let sidecar = Sidecar::start(&config(""));
+    let big = vec![b'x'; 2048];
+    let answer = post(&sidecar, &[("stripe-signature", "t=1,v1=00")], &big).await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.headers["x-sidecar-error"], "payload_too_large");
+    let answer = send_body(
+        "POST",
+        &format!("http://{}/webhooks/stripe", sidecar.ingress),
+        &[("stripe-signature", "t=1,v1=00")],
+        ChunkedBody { remaining: 4096 },
+    )
+    .await;
+    assert_eq!(answer.status, 413);
+}
+
+#[tokio::test]
+async fn slack_url_verification_is_answered_with_its_challenge() {
+    let secret = "slack-signing-secret-0123";
+    let body = format!(
+        "upstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  slack:\n    path: /webhooks/slack\n    verify: {{ kind: slack, secrets: [{secret}] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n"
+    );
+    let sidecar = Sidecar::start(&body);
+    let payload = br#"{"type":"url_verification","challenge":"c-123"}"#;
+    let scheme = wedsync_sidecar::webhooks::verify::slack::Slack {
+        keys: vec![secret.as_bytes().to_vec()],
+        tolerance: Duration::from_secs(300),
+    };
+    let signed = scheme.sign(payload, now());
+    let headers: Vec<(&str, &str)> = signed
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let answer = send(
+        "POST",
+        &format!("http://{}/webhooks/slack", sidecar.ingress),
+        &headers,
+        Bytes::from_static(payload),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json(), serde_json::json!({"challenge": "c-123"}));
+}
+
+#[tokio::test]
+async fn an_accepted_event_survives_the_sidecar_being_killed() {
+    let mut sidecar = Sidecar::start(&config(""));
+    let signature = stripe_signature(EVENT);
+    let answer = post(&sidecar, &[("stripe-signature", signature.as_str())], EVENT).await;
+    assert_eq!(answer.status, 202);
+    // SIGKILL right after the answer: no shutdown, no flush of anything.
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    let store = LocalStore::open(&sidecar.dir.join("data")).unwrap();
+    let pending = store.pending().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].target, "notify");
+    let (event, body) = store.event(pending[0].event).unwrap().unwrap();
+    assert_eq!(
+        (event.id.as_str(), event.webhook.as_str()),
+        ("evt_1", "stripe")
+    );
+    assert_eq!(body, EVENT);
+}
+
+#[tokio::test]
+async fn the_sign_command_makes_a_request_the_sidecar_accepts() {
+    let sidecar = Sidecar::start(&config(""));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+        .args(["sign", "--webhook", "stripe", "-c"])
+        .arg(sidecar.dir.join("sidecar.yaml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(command.stdin.as_mut().unwrap(), EVENT).unwrap();
+    let output = command.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let (name, value) = printed.trim().split_once(": ").unwrap();
+    assert_eq!(name, "Stripe-Signature");
+    let answer = post(&sidecar, &[("stripe-signature", value)], EVENT).await;
+    assert_eq!(answer.status, 202, "{printed}");
+
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+        .args(["sign", "--webhook", "nope", "-c"])
+        .arg(sidecar.dir.join("sidecar.yaml"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no webhook named nope"));
+}
