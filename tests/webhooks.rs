@@ -218,3 +218,80 @@ async fn the_sign_command_makes_a_request_the_sidecar_accepts() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no webhook named nope"));
 }
+
+fn stripe_event(n: usize) -> Vec<u8> {
+    format!(r#"{{"id":"evt_{n}","type":"payment_intent.succeeded"}}"#).into_bytes()
+}
+
+#[tokio::test]
+async fn with_redis_down_nothing_is_acknowledged_and_it_recovers() {
+    let mut redis = RedisServer::start();
+    let sidecar = Sidecar::start(&format!(
+        "store: {{ kind: redis, url: {}, prefix: test }}\n{}",
+        redis.url(),
+        config("")
+    ));
+    let body = stripe_event(1);
+    let signature = stripe_signature(&body);
+    let headers = [("stripe-signature", signature.as_str())];
+    assert_eq!(post(&sidecar, &headers, &body).await.status, 202);
+    redis.kill();
+    let body = stripe_event(2);
+    let signature = stripe_signature(&body);
+    let headers = [("stripe-signature", signature.as_str())];
+    let answer = post(&sidecar, &headers, &body).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
+    assert_eq!(answer.headers["retry-after"], "1");
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        post(&sidecar, &headers, &body).await.status,
+        202,
+        "the provider's retry is accepted"
+    );
+}
+
+#[tokio::test]
+async fn every_acknowledged_event_survives_a_sigkill_mid_stream_exactly_once() {
+    let mut sidecar = Sidecar::start(&config(""));
+    let url = format!("http://{}/webhooks/stripe", sidecar.ingress);
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for sender in 0..8 {
+        let (url, sent) = (url.clone(), std::sync::Arc::clone(&sent));
+        senders.push(tokio::spawn(async move {
+            for i in 0..125 {
+                let n = sender * 1000 + i;
+                let body = stripe_event(n);
+                let signature = stripe_signature(&body);
+                let answer =
+                    try_send(&url, &[("stripe-signature", signature.as_str())], body).await;
+                if answer == Some(202) {
+                    sent.lock().unwrap().push(format!("evt_{n}"));
+                }
+            }
+        }));
+    }
+    // Kill while the senders are busy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acknowledged = sent.lock().unwrap().clone();
+    assert!(
+        !acknowledged.is_empty() && acknowledged.len() < 1000,
+        "killed mid-stream: {}",
+        acknowledged.len()
+    );
+    let store = LocalStore::open(&sidecar.dir.join("data")).unwrap();
+    let mut stored = Vec::new();
+    for job in store.pending().unwrap() {
+        stored.push(store.event(job.event).unwrap().unwrap().0.id);
+    }
+    for id in &acknowledged {
+        assert_eq!(stored.iter().filter(|s| *s == id).count(), 1, "{id}");
+    }
+}

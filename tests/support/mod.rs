@@ -407,6 +407,27 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes
     send_body(method, url, headers, Full::new(body)).await
 }
 
+/// Like `send`, but a refused or broken connection is `None`, not a panic.
+pub async fn try_send(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Option<u16> {
+    let uri: hyper::Uri = url.parse().ok()?;
+    let stream = tokio::net::TcpStream::connect(format!("{}:{}", uri.host()?, uri.port_u16()?))
+        .await
+        .ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let mut request = Request::builder().method("POST").uri(uri.path());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(body))).ok()?)
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
 pub fn get(url: &str) -> impl std::future::Future<Output = Answer> + Send + 'static {
     let url = url.to_string();
     async move { send("GET", &url, &[], Bytes::new()).await }
