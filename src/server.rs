@@ -17,6 +17,7 @@ use crate::config::StoreKind;
 use crate::egress::EgressProxy;
 use crate::lifecycle::{exit_when_idle, DrainingShutdown, Lifecycle};
 use crate::resilience::pause_sync::PauseListener;
+use crate::store::group_commit::GroupCommitter;
 use crate::store::local::LocalStore;
 use crate::store::redis::RedisStore;
 use crate::store::redis_events::RedisEventStore;
@@ -131,9 +132,9 @@ fn event_store(
     );
     Ok(Some(match (&config.store.kind, redis) {
         (_, Some(redis)) => EventStore::Redis(RedisEventStore::new(redis)),
-        (StoreKind::Local { path }, None) => EventStore::Local(Arc::new(
+        (StoreKind::Local { path }, None) => EventStore::Local(GroupCommitter::start(Arc::new(
             LocalStore::open(path).map_err(|e| StartError::Setup(e.to_string()))?,
-        )),
+        ))),
         (StoreKind::Redis { .. }, None) => {
             return Err(StartError::Setup("the Redis store is missing".into()))
         }

@@ -137,77 +137,34 @@ impl LocalStore {
         now_ms: u64,
         dedup_window: Duration,
     ) -> Result<Acceptance, LocalStoreError> {
-        let key = dedup_key(event.webhook, &event.meta.id);
+        Ok(self
+            .accept_all(&[(event, now_ms, dedup_window)])?
+            .pop()
+            .expect("one answer per event"))
+    }
+
+    /// Stores several events in one transaction and one fsync (group
+    /// commit): either all are stored or none is. Each gets its own answer;
+    /// a second copy inside the batch is a duplicate.
+    pub fn accept_all(
+        &self,
+        events: &[(&NewEvent<'_>, u64, Duration)],
+    ) -> Result<Vec<Acceptance>, LocalStoreError> {
         let txn = self.db.begin_write().map_err(write_error)?;
-        let sequence = {
-            let mut dedup = txn.open_table(DEDUP).map_err(write_error)?;
-            if let Some(seen_at) = dedup.get(key.as_str()).map_err(write_error)? {
-                if now_ms.saturating_sub(seen_at.value()) < dedup_window.as_millis() as u64 {
-                    return Ok(Acceptance::Duplicate);
-                }
+        let answers = events
+            .iter()
+            .map(|(event, now_ms, window)| insert(&txn, event, *now_ms, *window))
+            .collect::<Result<Vec<_>, _>>();
+        match answers {
+            Ok(answers) => {
+                txn.commit().map_err(write_error)?;
+                Ok(answers)
             }
-            dedup.insert(key.as_str(), now_ms).map_err(write_error)?;
-
-            let mut counters = txn.open_table(COUNTERS).map_err(write_error)?;
-            let next = counters
-                .get("sequence")
-                .map_err(write_error)?
-                .map_or(1, |v| v.value());
-            // One number per event and per job: a job's key never repeats.
-            let jobs = event.meta.targets.len().max(1) as u64;
-            counters
-                .insert("sequence", next + 1 + jobs)
-                .map_err(write_error)?;
-
-            let stored = StoredEvent {
-                webhook: event.webhook.to_string(),
-                id: event.meta.id.clone(),
-                event_type: event.meta.event_type.clone(),
-                content_type: event.content_type.map(str::to_string),
-                context: event.meta.context.clone(),
-                received_at_ms: now_ms,
-            };
-            let metadata = serde_json::to_vec(&stored).map_err(write_error)?;
-            txn.open_table(EVENTS)
-                .map_err(write_error)?
-                .insert(next, metadata.as_slice())
-                .map_err(write_error)?;
-            txn.open_table(BODIES)
-                .map_err(write_error)?
-                .insert(next, event.body)
-                .map_err(write_error)?;
-
-            if event.meta.targets.is_empty() {
-                let dead = DeadLetter {
-                    event: next,
-                    target: String::new(),
-                    reason: "unrouted".into(),
-                    dead_at_ms: now_ms,
-                };
-                let value = serde_json::to_vec(&dead).map_err(write_error)?;
-                txn.open_table(DEAD)
-                    .map_err(write_error)?
-                    .insert(next + 1, value.as_slice())
-                    .map_err(write_error)?;
-            } else {
-                let mut table = txn.open_table(JOBS).map_err(write_error)?;
-                let rank = priority_rank(event.meta.priority);
-                for (offset, target) in event.meta.targets.iter().enumerate() {
-                    let job = Job {
-                        event: next,
-                        target: target.clone(),
-                        attempts: 0,
-                    };
-                    let value = serde_json::to_vec(&job).map_err(write_error)?;
-                    table
-                        .insert((rank, next + 1 + offset as u64), value.as_slice())
-                        .map_err(write_error)?;
-                }
+            Err(error) => {
+                let _ = txn.abort();
+                Err(error)
             }
-            next
-        };
-        txn.commit().map_err(write_error)?;
-        Ok(Acceptance::Accepted(sequence))
+        }
     }
 
     /// Jobs waiting, high priority first, oldest first within a priority.
@@ -269,6 +226,84 @@ impl LocalStore {
         txn.commit().map_err(write_error)?;
         Ok(removed)
     }
+}
+
+/// One event's records inside an open write transaction.
+fn insert(
+    txn: &redb::WriteTransaction,
+    event: &NewEvent<'_>,
+    now_ms: u64,
+    dedup_window: Duration,
+) -> Result<Acceptance, LocalStoreError> {
+    let key = dedup_key(event.webhook, &event.meta.id);
+    let sequence = {
+        let mut dedup = txn.open_table(DEDUP).map_err(write_error)?;
+        if let Some(seen_at) = dedup.get(key.as_str()).map_err(write_error)? {
+            if now_ms.saturating_sub(seen_at.value()) < dedup_window.as_millis() as u64 {
+                return Ok(Acceptance::Duplicate);
+            }
+        }
+        dedup.insert(key.as_str(), now_ms).map_err(write_error)?;
+
+        let mut counters = txn.open_table(COUNTERS).map_err(write_error)?;
+        let next = counters
+            .get("sequence")
+            .map_err(write_error)?
+            .map_or(1, |v| v.value());
+        // One number per event and per job: a job's key never repeats.
+        let jobs = event.meta.targets.len().max(1) as u64;
+        counters
+            .insert("sequence", next + 1 + jobs)
+            .map_err(write_error)?;
+
+        let stored = StoredEvent {
+            webhook: event.webhook.to_string(),
+            id: event.meta.id.clone(),
+            event_type: event.meta.event_type.clone(),
+            content_type: event.content_type.map(str::to_string),
+            context: event.meta.context.clone(),
+            received_at_ms: now_ms,
+        };
+        let metadata = serde_json::to_vec(&stored).map_err(write_error)?;
+        txn.open_table(EVENTS)
+            .map_err(write_error)?
+            .insert(next, metadata.as_slice())
+            .map_err(write_error)?;
+        txn.open_table(BODIES)
+            .map_err(write_error)?
+            .insert(next, event.body)
+            .map_err(write_error)?;
+
+        if event.meta.targets.is_empty() {
+            let dead = DeadLetter {
+                event: next,
+                target: String::new(),
+                reason: "unrouted".into(),
+                dead_at_ms: now_ms,
+            };
+            let value = serde_json::to_vec(&dead).map_err(write_error)?;
+            txn.open_table(DEAD)
+                .map_err(write_error)?
+                .insert(next + 1, value.as_slice())
+                .map_err(write_error)?;
+        } else {
+            let mut table = txn.open_table(JOBS).map_err(write_error)?;
+            let rank = priority_rank(event.meta.priority);
+            for (offset, target) in event.meta.targets.iter().enumerate() {
+                let job = Job {
+                    event: next,
+                    target: target.clone(),
+                    attempts: 0,
+                };
+                let value = serde_json::to_vec(&job).map_err(write_error)?;
+                table
+                    .insert((rank, next + 1 + offset as u64), value.as_slice())
+                    .map_err(write_error)?;
+            }
+        }
+        next
+    };
+    Ok(Acceptance::Accepted(sequence))
 }
 
 #[cfg(test)]

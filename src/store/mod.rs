@@ -3,6 +3,7 @@
 //! letters. `redis` is the connection replicas share for global rate limits
 //! and provider pauses; its queue operations come with the webhook ingress.
 
+pub mod group_commit;
 pub mod local;
 pub mod redis;
 pub mod redis_events;

@@ -2,7 +2,6 @@
 //! Slack's URL check, extract the event, store it durably, answer. The
 //! provider gets its 2xx only once the store has committed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,12 +13,14 @@ use super::verify::{self, Inbound, Scheme};
 use crate::admin::metrics::Metrics;
 use crate::config::webhooks::{VerifyKind, Webhook};
 use crate::problem::{ErrorCode, Problem};
-use crate::store::local::{Acceptance, LocalStore, NewEvent};
+use crate::store::group_commit::{GroupCommitter, OwnedEvent};
+use crate::store::local::{Acceptance, NewEvent};
 use crate::store::redis_events::RedisEventStore;
 
-/// Where accepted events go: the embedded store or Redis.
+/// Where accepted events go: the embedded store (through group commit) or
+/// Redis.
 pub enum EventStore {
-    Local(Arc<LocalStore>),
+    Local(GroupCommitter),
     Redis(RedisEventStore),
 }
 
@@ -37,22 +38,17 @@ impl EventStore {
             .unwrap_or_default()
             .as_millis() as u64;
         match self {
-            Self::Local(store) => {
-                // The commit waits for fsync: off the async workers.
-                let store = Arc::clone(store);
-                let webhook = webhook.to_string();
-                tokio::task::spawn_blocking(move || {
-                    let event = NewEvent {
-                        webhook: &webhook,
-                        meta: &meta,
-                        content_type: content_type.as_deref(),
-                        body: &body,
-                    };
-                    store.accept(&event, now_ms, window)
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
+            Self::Local(committer) => {
+                committer
+                    .accept(OwnedEvent {
+                        webhook: webhook.to_string(),
+                        meta,
+                        content_type,
+                        body,
+                        now_ms,
+                        dedup_window: window,
+                    })
+                    .await
             }
             Self::Redis(store) => {
                 let event = NewEvent {

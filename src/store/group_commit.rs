@@ -1,0 +1,151 @@
+//! Group commit for the embedded store: one writer thread takes every event
+//! waiting at that moment and stores them in one transaction, so concurrent
+//! webhooks share one fsync instead of queueing for one each. Each sender
+//! gets its own answer once the batch is durable.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::local::{Acceptance, LocalStore, NewEvent};
+use crate::webhooks::event::EventMeta;
+
+/// The most events written in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// An event handed to the writer thread.
+pub struct OwnedEvent {
+    pub webhook: String,
+    pub meta: EventMeta,
+    pub content_type: Option<String>,
+    pub body: bytes::Bytes,
+    pub now_ms: u64,
+    pub dedup_window: Duration,
+}
+
+struct Request {
+    event: OwnedEvent,
+    answer: oneshot::Sender<Result<Acceptance, String>>,
+}
+
+pub struct GroupCommitter {
+    requests: mpsc::Sender<Request>,
+}
+
+impl GroupCommitter {
+    pub fn start(store: Arc<LocalStore>) -> Self {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("event-store".into())
+            .spawn(move || write_batches(&store, &incoming))
+            .expect("spawning the event store writer");
+        Self { requests }
+    }
+
+    /// Stores the event; answers once it is durable.
+    pub async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, String> {
+        let (answer, answered) = oneshot::channel();
+        self.requests
+            .send(Request { event, answer })
+            .map_err(|_| "the event store writer has stopped".to_string())?;
+        answered
+            .await
+            .map_err(|_| "the event store writer has stopped".to_string())?
+    }
+}
+
+fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
+    while let Ok(first) = incoming.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match incoming.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<NewEvent<'_>> = batch
+            .iter()
+            .map(|r| NewEvent {
+                webhook: &r.event.webhook,
+                meta: &r.event.meta,
+                content_type: r.event.content_type.as_deref(),
+                body: &r.event.body,
+            })
+            .collect();
+        let items: Vec<_> = events
+            .iter()
+            .zip(&batch)
+            .map(|(event, r)| (event, r.event.now_ms, r.event.dedup_window))
+            .collect();
+        match store.accept_all(&items) {
+            Ok(answers) => {
+                drop(items);
+                drop(events);
+                for (request, answer) in batch.into_iter().zip(answers) {
+                    let _ = request.answer.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                drop(items);
+                drop(events);
+                for request in batch {
+                    let _ = request.answer.send(Err(error.to_string()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhooks::event::Priority;
+
+    fn event(id: &str) -> OwnedEvent {
+        OwnedEvent {
+            webhook: "stripe".into(),
+            meta: EventMeta {
+                id: id.into(),
+                event_type: "t".into(),
+                context: Vec::new(),
+                priority: Priority::Normal,
+                targets: vec!["notify".into()],
+            },
+            content_type: None,
+            body: bytes::Bytes::from_static(b"{}"),
+            now_ms: 1,
+            dedup_window: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_events_are_stored_once_each_with_answers_for_all() {
+        let dir = std::env::temp_dir().join(format!(
+            "sidecar-group-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = Arc::new(LocalStore::open(&dir).unwrap());
+        let committer = Arc::new(GroupCommitter::start(Arc::clone(&store)));
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let committer = Arc::clone(&committer);
+            // Every event twice: one copy is a duplicate, whichever batch it lands in.
+            tasks.push(tokio::spawn(async move {
+                committer.accept(event(&format!("evt_{}", i % 100))).await
+            }));
+        }
+        let mut accepted = 0;
+        let mut duplicates = 0;
+        for task in tasks {
+            match task.await.unwrap().unwrap() {
+                Acceptance::Accepted(_) => accepted += 1,
+                Acceptance::Duplicate => duplicates += 1,
+            }
+        }
+        assert_eq!((accepted, duplicates), (100, 100));
+        assert_eq!(store.pending().unwrap().len(), 100);
+    }
+}
