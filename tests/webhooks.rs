@@ -295,3 +295,20 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_stream_exactly_once() {
         assert_eq!(stored.iter().filter(|s| *s == id).count(), 1, "{id}");
     }
 }
+
+#[tokio::test]
+async fn an_ack_override_answers_what_the_provider_reads() {
+    let sidecar = Sidecar::start(&config(
+        "    ack: { status: 200, content_type: text/xml, body: \"<Response/>\" }\n",
+    ));
+    let signature = stripe_signature(EVENT);
+    let answer = post(&sidecar, &[("stripe-signature", signature.as_str())], EVENT).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.headers["content-type"], "text/xml");
+    assert_eq!(answer.text(), "<Response/>");
+    sidecar
+        .metrics_containing(&[
+            "sidecar_webhooks_received_total{outcome=\"accepted\",webhook=\"stripe\"} 1",
+        ])
+        .await;
+}

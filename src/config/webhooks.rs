@@ -518,7 +518,10 @@ fn decode_ack(d: &mut Decoder, node: &Node) -> Option<Ack> {
         None => Some(200),
     };
     let content_type = match f.get("content_type") {
-        Some(n) => d.non_empty_string(&n),
+        Some(n) => d.parsed(&n, |text| match http::HeaderValue::from_str(text) {
+            Ok(_) if !text.is_empty() => Ok(text.to_string()),
+            _ => Err(format!("invalid content type \"{text}\"")),
+        }),
         None => Some("text/plain".to_string()),
     };
     let body = f.get("body").and_then(|n| d.string(&n)).unwrap_or_default();

@@ -171,11 +171,7 @@ impl IngressWebhook {
     /// The configured ack body, or the contract's JSON.
     fn answer(&self, status: u16, outcome: &str, id: &str) -> http::Response<Vec<u8>> {
         match &self.config.ack {
-            Some(ack) => http::Response::builder()
-                .status(ack.status)
-                .header(http::header::CONTENT_TYPE, ack.content_type.as_str())
-                .body(ack.body.clone().into_bytes())
-                .expect("a configured ack is a valid response"),
+            Some(ack) => respond(ack.status, &ack.content_type, ack.body.clone().into_bytes()),
             None => json(status, &serde_json::json!({ "status": outcome, "id": id })),
         }
     }
@@ -194,9 +190,20 @@ impl IngressWebhook {
 }
 
 fn json(status: u16, value: &serde_json::Value) -> http::Response<Vec<u8>> {
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec(value).expect("JSON values serialize"),
+    )
+}
+
+/// With a Content-Length, so that the provider's connection stays open for
+/// its next webhook.
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
     http::Response::builder()
         .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(serde_json::to_vec(value).expect("JSON values serialize"))
-        .expect("a JSON response is valid")
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("status and content type were checked at config load")
 }
