@@ -88,11 +88,9 @@ pub fn extract(webhook: &Webhook, headers: &HeaderMap, body: &[u8]) -> EventMeta
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let sources = Sources {
         headers,
-        json: if is_form {
-            None
-        } else {
-            serde_json::from_slice(body).ok()
-        },
+        // Whatever the content type claims (curl sends JSON as a form by
+        // default), a body that parses as JSON is read as JSON.
+        json: serde_json::from_slice(body).ok(),
         form: if is_form {
             form_urlencoded::parse(body).into_owned().collect()
         } else {
@@ -305,7 +303,12 @@ mod tests {
         assert_eq!(meta.targets, ["notify", "analytics", "audit"]);
 
         let updated = br#"{"id":"evt_2","type":"customer.updated"}"#;
-        let meta = extract(&stripe, &headers(&[]), updated);
+        let as_form = [("content-type", "application/x-www-form-urlencoded")];
+        let meta = extract(&stripe, &headers(&as_form), updated);
+        assert_eq!(
+            meta.id, "evt_2",
+            "JSON is JSON whatever the content type says"
+        );
         assert_eq!((meta.priority, meta.targets.len()), (Priority::Low, 2));
         assert!(
             meta.context.is_empty(),
