@@ -312,3 +312,102 @@ async fn an_ack_override_answers_what_the_provider_reads() {
         ])
         .await;
 }
+
+/// One webhook per kind; `sign` output for each is accepted, twice is a duplicate.
+#[tokio::test]
+async fn sign_output_is_accepted_for_every_kind() {
+    let mut sidecar_config =
+        String::from("upstreams:\n  notify: { backends: [127.0.0.1:9] }\nwebhooks:\n");
+    let kinds = [
+        ("stripe", "{ kind: stripe, secrets: [whsec_test_secret_0123456789] }", "application/json"),
+        ("standard", "{ kind: standard, secrets: [whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD] }", "application/json"),
+        ("github", "{ kind: github, secrets: [github-secret-0123456789] }", "application/json"),
+        ("shopify", "{ kind: shopify, secrets: [shpss_secret_0123456789] }", "application/json"),
+        ("slack", "{ kind: slack, secrets: [slack-secret-0123456789] }", "application/json"),
+        ("twilio", "{ kind: twilio, secrets: [twilio-token-0123456789], public_url: \"http://hooks.example.net/webhooks/twilio\" }", "application/x-www-form-urlencoded"),
+        ("hmac", "{ kind: hmac, secrets: [generic-secret-0123456789], header: X-Signature, algorithm: sha512, encoding: base64, timestamp_header: X-Timestamp, payload: \"{timestamp}:{body}\" }", "application/json"),
+    ];
+    for (name, verify, _) in &kinds {
+        sidecar_config.push_str(&format!(
+            "  {name}:\n    path: /webhooks/{name}\n    verify: {verify}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n"
+        ));
+    }
+    let sidecar = Sidecar::start(&sidecar_config);
+    for (name, _, content_type) in kinds {
+        let body: &[u8] = if name == "twilio" {
+            b"MessageSid=SM1&MessageStatus=delivered&Body=Hello+there"
+        } else {
+            br#"{"id":"evt_1","event_id":"Ev1","type":"booking.confirmed"}"#
+        };
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+            .args(["sign", "--webhook", name, "-c"])
+            .arg(sidecar.dir.join("sidecar.yaml"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(command.stdin.as_mut().unwrap(), body).unwrap();
+        let printed = String::from_utf8(command.wait_with_output().unwrap().stdout).unwrap();
+        let mut query = None;
+        let mut headers = vec![("content-type".to_string(), content_type.to_string())];
+        for line in printed.lines() {
+            let (header, value) = line.split_once(": ").unwrap();
+            match header {
+                "URL" => query = value.split_once('?').map(|(_, q)| q.to_string()),
+                "Content-Type" => {}
+                _ => headers.push((header.to_string(), value.to_string())),
+            }
+        }
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let url = match &query {
+            Some(q) => format!("http://{}/webhooks/{name}?{q}", sidecar.ingress),
+            None => format!("http://{}/webhooks/{name}", sidecar.ingress),
+        };
+        let answer = send("POST", &url, &headers, Bytes::copy_from_slice(body)).await;
+        assert_eq!(
+            answer.status,
+            202,
+            "{name}: {} (signed: {printed})",
+            answer.text()
+        );
+        let again = send("POST", &url, &headers, Bytes::copy_from_slice(body)).await;
+        assert_eq!(again.status, 200, "{name}: a second copy is a duplicate");
+    }
+}
+
+#[tokio::test]
+async fn twenty_concurrent_copies_are_accepted_once() {
+    let sidecar = Sidecar::start(&config(""));
+    let signature = stripe_signature(EVENT);
+    let url = format!("http://{}/webhooks/stripe", sidecar.ingress);
+    let copies: Vec<_> = (0..20)
+        .map(|_| {
+            let (url, signature) = (url.clone(), signature.clone());
+            tokio::spawn(async move {
+                try_send(
+                    &url,
+                    &[("stripe-signature", signature.as_str())],
+                    EVENT.to_vec(),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for copy in copies {
+        statuses.push(copy.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        19,
+        "{statuses:?}"
+    );
+}

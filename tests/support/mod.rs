@@ -35,6 +35,19 @@ enum Startup {
     TimedOut,
 }
 
+/// Three different free ports: all are held until all are chosen, so the
+/// kernel cannot hand the same one out twice.
+fn distinct_free_ports() -> [u16; 3] {
+    let listeners: Vec<StdListener> = (0..3)
+        .map(|_| StdListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    [ports[0], ports[1], ports[2]]
+}
+
 /// A running sidecar process; killed when dropped.
 pub struct Sidecar {
     pub child: Child,
@@ -79,7 +92,7 @@ impl Sidecar {
             free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let (egress, ingress, admin) = (free_port(), free_port(), free_port());
+        let [egress, ingress, admin] = distinct_free_ports();
         // A body with its own store (Redis) replaces the embedded one.
         let store = if body.lines().any(|l| l.starts_with("store:")) {
             String::new()
