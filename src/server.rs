@@ -132,9 +132,16 @@ fn event_store(
     );
     Ok(Some(match (&config.store.kind, redis) {
         (_, Some(redis)) => EventStore::Redis(RedisEventStore::new(redis)),
-        (StoreKind::Local { path }, None) => EventStore::Local(GroupCommitter::start(Arc::new(
-            LocalStore::open(path).map_err(|e| StartError::Setup(e.to_string()))?,
-        ))),
+        (StoreKind::Local { path }, None) => {
+            let horizon = config
+                .webhooks
+                .iter()
+                .map(|w| w.dedup_window)
+                .max()
+                .unwrap_or_default();
+            let store = LocalStore::open(path).map_err(|e| StartError::Setup(e.to_string()))?;
+            EventStore::Local(GroupCommitter::start(Arc::new(store), horizon))
+        }
         (StoreKind::Redis { .. }, None) => {
             return Err(StartError::Setup("the Redis store is missing".into()))
         }

@@ -14,6 +14,8 @@ use crate::webhooks::event::EventMeta;
 
 /// The most events written in one transaction.
 const MAX_BATCH: usize = 256;
+/// How often expired dedup keys are removed.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// An event handed to the writer thread.
 pub struct OwnedEvent {
@@ -35,12 +37,30 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    pub fn start(store: Arc<LocalStore>) -> Self {
+    /// Starts the writer, and a cleaner that forgets dedup keys older than
+    /// `dedup_horizon` (the longest `dedup_window`) every [`PRUNE_EVERY`].
+    pub fn start(store: Arc<LocalStore>, dedup_horizon: Duration) -> Self {
         let (requests, incoming) = mpsc::channel::<Request>();
+        let writer = Arc::clone(&store);
         std::thread::Builder::new()
             .name("event-store".into())
-            .spawn(move || write_batches(&store, &incoming))
+            .spawn(move || write_batches(&writer, &incoming))
             .expect("spawning the event store writer");
+        std::thread::Builder::new()
+            .name("event-store-cleanup".into())
+            .spawn(move || loop {
+                std::thread::sleep(PRUNE_EVERY);
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                match store.prune_dedup(now_ms, dedup_horizon) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "forgot expired dedup keys"),
+                    Err(error) => tracing::warn!(%error, "could not prune expired dedup keys"),
+                }
+            })
+            .expect("spawning the event store cleaner");
         Self { requests }
     }
 
@@ -128,7 +148,10 @@ mod tests {
             uuid::Uuid::new_v4().simple()
         ));
         let store = Arc::new(LocalStore::open(&dir).unwrap());
-        let committer = Arc::new(GroupCommitter::start(Arc::clone(&store)));
+        let committer = Arc::new(GroupCommitter::start(
+            Arc::clone(&store),
+            Duration::from_secs(3600),
+        ));
         let mut tasks = Vec::new();
         for i in 0..200 {
             let committer = Arc::clone(&committer);
