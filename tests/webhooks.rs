@@ -252,9 +252,9 @@ async fn with_redis_down_nothing_is_acknowledged_and_it_recovers() {
     );
 }
 
-#[tokio::test]
-async fn every_acknowledged_event_survives_a_sigkill_mid_stream_exactly_once() {
-    let mut sidecar = Sidecar::start(&config(""));
+/// Sends 1,000 signed events from 8 concurrent senders and SIGKILLs the
+/// sidecar while they run; returns the ids that got a 202.
+async fn send_and_kill(sidecar: &mut Sidecar) -> Vec<String> {
     let url = format!("http://{}/webhooks/stripe", sidecar.ingress);
     let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut senders = Vec::new();
@@ -273,8 +273,16 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_stream_exactly_once() {
             }
         }));
     }
-    // Kill while the senders are busy.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill as soon as a hundred are acknowledged: mid-stream whatever the speed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sent.lock().unwrap().len() < 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress:\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     sidecar.child.kill().unwrap();
     sidecar.child.wait().unwrap();
     for sender in senders {
@@ -283,17 +291,55 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_stream_exactly_once() {
     let acknowledged = sent.lock().unwrap().clone();
     assert!(
         !acknowledged.is_empty() && acknowledged.len() < 1000,
-        "killed mid-stream: {}",
+        "killed mid-stream: {} acknowledged",
         acknowledged.len()
     );
+    acknowledged
+}
+
+fn assert_each_once(acknowledged: &[String], stored: &[String]) {
+    for id in acknowledged {
+        assert_eq!(stored.iter().filter(|s| *s == id).count(), 1, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn every_acknowledged_event_survives_a_sigkill_mid_stream_exactly_once() {
+    let mut sidecar = Sidecar::start(&config(""));
+    let acknowledged = send_and_kill(&mut sidecar).await;
     let store = LocalStore::open(&sidecar.dir.join("data")).unwrap();
     let mut stored = Vec::new();
     for job in store.pending().unwrap() {
         stored.push(store.event(job.event).unwrap().unwrap().0.id);
     }
-    for id in &acknowledged {
-        assert_eq!(stored.iter().filter(|s| *s == id).count(), 1, "{id}");
+    assert_each_once(&acknowledged, &stored);
+}
+
+#[tokio::test]
+async fn with_redis_every_acknowledged_event_survives_a_sigkill_exactly_once() {
+    let redis = RedisServer::start();
+    let mut sidecar = Sidecar::start(&format!(
+        "store: {{ kind: redis, url: {}, prefix: test }}\n{}",
+        redis.url(),
+        config("")
+    ));
+    let acknowledged = send_and_kill(&mut sidecar).await;
+    let store = wedsync_sidecar::store::redis_events::RedisEventStore::new(std::sync::Arc::new(
+        wedsync_sidecar::store::redis::RedisStore::new(
+            &redis.url(),
+            "test",
+            wedsync_sidecar::resilience::clock::MonotonicClock::shared(),
+            wedsync_sidecar::admin::metrics::Metrics::new()
+                .store_errors_total
+                .clone(),
+        )
+        .unwrap(),
+    ));
+    let mut stored = Vec::new();
+    for job in store.pending().await.unwrap() {
+        stored.push(store.event(job.event).await.unwrap().unwrap().0.id);
     }
+    assert_each_once(&acknowledged, &stored);
 }
 
 #[tokio::test]
