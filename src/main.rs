@@ -60,7 +60,11 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match Config::load(&path) {
             Ok(config) => {
-                println!("{}: OK\n{}", path.display(), config::summary(&config));
+                print_out(&format!(
+                    "{}: OK\n{}",
+                    path.display(),
+                    config::summary(&config)
+                ));
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -128,11 +132,14 @@ fn sign(path: &std::path::Path, name: &str) -> ExitCode {
         .map(|d| d.as_secs())
         .unwrap_or_default();
     let signed = scheme.sign(&body, now);
-    if let Some(url) = &signed.url {
-        println!("URL: {url}");
-    }
-    for (header, value) in &signed.headers {
-        println!("{header}: {value}");
-    }
+    let mut lines: Vec<String> = signed.url.iter().map(|url| format!("URL: {url}")).collect();
+    lines.extend(signed.headers.iter().map(|(h, v)| format!("{h}: {v}")));
+    print_out(&lines.join("\n"));
     ExitCode::SUCCESS
+}
+
+/// Writes a line to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
