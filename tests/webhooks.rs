@@ -457,3 +457,136 @@ async fn twenty_concurrent_copies_are_accepted_once() {
         "{statuses:?}"
     );
 }
+
+/// Every reject reason, for every kind, through the running sidecar.
+#[tokio::test]
+async fn each_kind_names_each_failed_check() {
+    use wedsync_sidecar::config::webhooks::{
+        HmacAlgorithm, HmacScheme, SignatureEncoding, Verify, VerifyKind,
+    };
+    use wedsync_sidecar::config::Secret;
+    use wedsync_sidecar::webhooks::verify::build;
+
+    let hmac = HmacScheme {
+        header: "x-signature".into(),
+        algorithm: HmacAlgorithm::Sha256,
+        encoding: SignatureEncoding::Hex,
+        prefix: String::new(),
+        timestamp_header: Some("x-timestamp".into()),
+        payload: "{timestamp}.{body}".into(),
+    };
+    // (name, kind, secret, signature header, timestamped, config line)
+    let kinds = [
+        ("stripe", VerifyKind::Stripe, "whsec_test_secret_0123456789", "stripe-signature", true,
+         "{ kind: stripe, secrets: [whsec_test_secret_0123456789] }"),
+        ("standard", VerifyKind::Standard, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "webhook-signature", true,
+         "{ kind: standard, secrets: [whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD] }"),
+        ("github", VerifyKind::Github, "github-secret-0123456789", "x-hub-signature-256", false,
+         "{ kind: github, secrets: [github-secret-0123456789] }"),
+        ("shopify", VerifyKind::Shopify, "shpss_secret_0123456789", "x-shopify-hmac-sha256", false,
+         "{ kind: shopify, secrets: [shpss_secret_0123456789] }"),
+        ("slack", VerifyKind::Slack, "slack-secret-0123456789", "x-slack-signature", true,
+         "{ kind: slack, secrets: [slack-secret-0123456789] }"),
+        ("hmac", VerifyKind::Hmac, "generic-secret-0123456789", "x-signature", true,
+         "{ kind: hmac, secrets: [generic-secret-0123456789], header: x-signature, timestamp_header: x-timestamp, payload: \"{timestamp}.{body}\" }"),
+    ];
+    let mut yaml = String::from("upstreams:\n  notify: { backends: [127.0.0.1:9] }\nwebhooks:\n");
+    for (name, _, _, _, _, verify) in &kinds {
+        yaml.push_str(&format!(
+            "  {name}:\n    path: /webhooks/{name}\n    verify: {verify}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n"
+        ));
+    }
+    let sidecar = Sidecar::start(&yaml);
+    let body = br#"{"id":"evt_1","type":"booking.confirmed"}"#;
+    for (name, kind, secret, signature_header, timestamped, _) in kinds {
+        let scheme = build(&Verify {
+            kind,
+            secrets: vec![Secret::new(secret)],
+            tolerance: Duration::from_secs(300),
+            allow_sha1: false,
+            public_url: None,
+            hmac: (kind == VerifyKind::Hmac).then(|| hmac.clone()),
+        })
+        .unwrap();
+        let url = format!("http://{}/webhooks/{name}", sidecar.ingress);
+        let post_signed = |signed: &wedsync_sidecar::webhooks::verify::Signed,
+                           body: &[u8],
+                           drop: Option<&str>,
+                           garble: Option<&str>| {
+            let headers: Vec<(String, String)> = signed
+                .headers
+                .iter()
+                .filter(|(h, _)| Some(h.to_ascii_lowercase().as_str()) != drop)
+                .map(|(h, v)| {
+                    let garbled = garble
+                        .filter(|g| h.eq_ignore_ascii_case(g))
+                        .map(|_| "###".to_string());
+                    (h.clone(), garbled.unwrap_or_else(|| v.clone()))
+                })
+                .collect();
+            let (url, body) = (url.clone(), Bytes::copy_from_slice(body));
+            async move {
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(h, v)| (h.as_str(), v.as_str()))
+                    .collect();
+                send("POST", &url, &headers, body).await
+            }
+        };
+        let signed = scheme.sign(body, now());
+        let mut cases = vec![
+            (
+                post_signed(&signed, b"{\"id\":\"evt_2\"}", None, None).await,
+                "signature_mismatch",
+            ),
+            (
+                post_signed(&signed, body, Some(signature_header), None).await,
+                "missing_signature",
+            ),
+            (
+                post_signed(&signed, body, None, Some(signature_header)).await,
+                "malformed_signature",
+            ),
+        ];
+        if timestamped {
+            let stale = scheme.sign(body, now() - 3600);
+            cases.push((
+                post_signed(&stale, body, None, None).await,
+                "timestamp_out_of_tolerance",
+            ));
+            let future = scheme.sign(body, now() + 3600);
+            cases.push((
+                post_signed(&future, body, None, None).await,
+                "timestamp_out_of_tolerance",
+            ));
+        }
+        for (answer, reason) in cases {
+            assert_eq!(answer.status, 401, "{name} {reason}: {}", answer.text());
+            assert_eq!(answer.json()["detail"], reason, "{name}");
+        }
+        let other_secret = build(&Verify {
+            kind,
+            secrets: vec![Secret::new(if kind == VerifyKind::Standard {
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            } else {
+                "a-different-secret-0123"
+            })],
+            tolerance: Duration::from_secs(300),
+            allow_sha1: false,
+            public_url: None,
+            hmac: (kind == VerifyKind::Hmac).then(|| hmac.clone()),
+        })
+        .unwrap();
+        let wrong = other_secret.sign(body, now());
+        assert_eq!(
+            post_signed(&wrong, body, None, None).await.json()["detail"],
+            "signature_mismatch",
+            "{name}"
+        );
+        assert_eq!(
+            post_signed(&signed, body, None, None).await.status,
+            202,
+            "{name}"
+        );
+    }
+}
