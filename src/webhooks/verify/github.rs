@@ -2,8 +2,8 @@
 //! The legacy SHA-1 header counts only when `allow_sha1` is set and the
 //! SHA-256 one is absent: never a downgrade by default.
 
-use super::mac::{decode_hex, encode_hex, hmac, same, Algorithm};
-use super::{Inbound, Rejection, Scheme, Signed};
+use super::mac::{decode_hex, encode_hex, hmac, Algorithm};
+use super::{check_signature, Inbound, Rejection, Scheme, Signed};
 
 pub struct Github {
     pub keys: Vec<Vec<u8>>,
@@ -25,11 +25,7 @@ impl Scheme for Github {
             .and_then(|v| v.trim().strip_prefix(prefix))
             .and_then(decode_hex)
             .ok_or(Rejection::MalformedSignature)?;
-        let matched = self
-            .keys
-            .iter()
-            .any(|key| same(&hmac(algorithm, key, &[request.body]), &received));
-        matched.then_some(()).ok_or(Rejection::SignatureMismatch)
+        check_signature(algorithm, &self.keys, &[request.body], &[received])
     }
 
     fn sign(&self, body: &[u8], _now: u64) -> Signed {

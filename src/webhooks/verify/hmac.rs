@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use super::mac::{decode_base64, decode_hex, encode_base64, encode_hex, hmac, same, Algorithm};
-use super::{check_timestamp, header, Inbound, Rejection, Scheme, Signed};
+use super::mac::{decode_base64, decode_hex, encode_base64, encode_hex, hmac, Algorithm};
+use super::{check_signature, check_timestamp, header, Inbound, Rejection, Scheme, Signed};
 use crate::config::webhooks::{HmacAlgorithm, HmacScheme, SignatureEncoding};
 
 pub struct Generic {
@@ -73,13 +73,7 @@ impl Scheme for Generic {
             None => None,
         };
         let content = self.content(timestamp.unwrap_or(""), request.body);
-        let matched = self
-            .keys
-            .iter()
-            .any(|key| same(&hmac(self.algorithm(), key, &content), &received));
-        if !matched {
-            return Err(Rejection::SignatureMismatch);
-        }
+        check_signature(self.algorithm(), &self.keys, &content, &[received])?;
         match timestamp {
             Some(text) => check_timestamp(text, request.now, self.tolerance),
             None => Ok(()),

@@ -61,6 +61,21 @@ pub fn encode_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Whether any key's MAC of `content` equals any of the received
+/// signatures: rotation (several secrets) and schemes that send several
+/// signatures at once.
+pub fn any_key_signed(
+    algorithm: Algorithm,
+    keys: &[Vec<u8>],
+    content: &[&[u8]],
+    signatures: &[Vec<u8>],
+) -> bool {
+    keys.iter().any(|key| {
+        let expected = hmac(algorithm, key, content);
+        signatures.iter().any(|received| same(&expected, received))
+    })
+}
+
 /// Equal length first, then every byte, in constant time.
 pub fn same(expected: &[u8], received: &[u8]) -> bool {
     expected.len() == received.len() && bool::from(expected.ct_eq(received))

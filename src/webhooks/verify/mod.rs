@@ -101,6 +101,20 @@ pub fn build(verify: &Verify) -> Result<Box<dyn Scheme>, String> {
     })
 }
 
+/// `signature_mismatch` unless some key signed `content` as one of `signatures`.
+pub(crate) fn check_signature(
+    algorithm: mac::Algorithm,
+    keys: &[Vec<u8>],
+    content: &[&[u8]],
+    signatures: &[Vec<u8>],
+) -> Result<(), Rejection> {
+    if mac::any_key_signed(algorithm, keys, content, signatures) {
+        Ok(())
+    } else {
+        Err(Rejection::SignatureMismatch)
+    }
+}
+
 /// A signed timestamp no further than `tolerance` from now, either way.
 pub(crate) fn check_timestamp(text: &str, now: u64, tolerance: Duration) -> Result<(), Rejection> {
     let timestamp: i64 = text

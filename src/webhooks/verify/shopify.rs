@@ -2,8 +2,8 @@
 //! `shopify-hmac-sha256`, read first), base64 HMAC-SHA256 of the body keyed
 //! by the app's client secret. No timestamp: dedup stops replays.
 
-use super::mac::{decode_base64, encode_base64, hmac, same, Algorithm};
-use super::{Inbound, Rejection, Scheme, Signed};
+use super::mac::{decode_base64, encode_base64, hmac, Algorithm};
+use super::{check_signature, Inbound, Rejection, Scheme, Signed};
 
 pub struct Shopify {
     pub keys: Vec<Vec<u8>>,
@@ -21,11 +21,7 @@ impl Scheme for Shopify {
             .ok()
             .and_then(|v| decode_base64(v.trim()))
             .ok_or(Rejection::MalformedSignature)?;
-        let matched = self
-            .keys
-            .iter()
-            .any(|key| same(&hmac(Algorithm::Sha256, key, &[request.body]), &received));
-        matched.then_some(()).ok_or(Rejection::SignatureMismatch)
+        check_signature(Algorithm::Sha256, &self.keys, &[request.body], &[received])
     }
 
     fn sign(&self, body: &[u8], _now: u64) -> Signed {

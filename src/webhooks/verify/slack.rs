@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::mac::{decode_hex, encode_hex, hmac, same, Algorithm};
-use super::{check_timestamp, header, Inbound, Rejection, Scheme, Signed};
+use super::mac::{decode_hex, encode_hex, hmac, Algorithm};
+use super::{check_signature, check_timestamp, header, Inbound, Rejection, Scheme, Signed};
 
 pub struct Slack {
     pub keys: Vec<Vec<u8>>,
@@ -31,13 +31,7 @@ impl Scheme for Slack {
             return Err(Rejection::MalformedSignature);
         }
         let content = [b"v0:".as_slice(), timestamp.as_bytes(), b":", request.body];
-        let matched = self
-            .keys
-            .iter()
-            .any(|key| same(&hmac(Algorithm::Sha256, key, &content), &received));
-        if !matched {
-            return Err(Rejection::SignatureMismatch);
-        }
+        check_signature(Algorithm::Sha256, &self.keys, &content, &[received])?;
         check_timestamp(timestamp, request.now, self.tolerance)
     }
 

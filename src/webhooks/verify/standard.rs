@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use super::mac::{decode_base64, encode_base64, hmac, same, Algorithm};
-use super::{check_timestamp, Inbound, Rejection, Scheme, Signed};
+use super::mac::{decode_base64, encode_base64, hmac, Algorithm};
+use super::{check_signature, check_timestamp, Inbound, Rejection, Scheme, Signed};
 
 pub struct Standard {
     pub keys: Vec<Vec<u8>>,
@@ -55,13 +55,7 @@ impl Scheme for Standard {
             b".",
             request.body,
         ];
-        let matched = self.keys.iter().any(|key| {
-            let expected = hmac(Algorithm::Sha256, key, &content);
-            signatures.iter().any(|received| same(&expected, received))
-        });
-        if !matched {
-            return Err(Rejection::SignatureMismatch);
-        }
+        check_signature(Algorithm::Sha256, &self.keys, &content, &signatures)?;
         check_timestamp(timestamp, request.now, self.tolerance)
     }
 

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::mac::{decode_hex, encode_hex, hmac, same, Algorithm};
-use super::{check_timestamp, header, Inbound, Rejection, Scheme, Signed};
+use super::mac::{decode_hex, encode_hex, hmac, Algorithm};
+use super::{check_signature, check_timestamp, header, Inbound, Rejection, Scheme, Signed};
 
 pub const HEADER: &str = "stripe-signature";
 
@@ -36,17 +36,8 @@ impl Scheme for Stripe {
         if signatures.is_empty() || timestamp.parse::<i64>().is_err() {
             return Err(Rejection::MalformedSignature);
         }
-        let matched = self.keys.iter().any(|key| {
-            let expected = hmac(
-                Algorithm::Sha256,
-                key,
-                &[timestamp.as_bytes(), b".", request.body],
-            );
-            signatures.iter().any(|received| same(&expected, received))
-        });
-        if !matched {
-            return Err(Rejection::SignatureMismatch);
-        }
+        let content = [timestamp.as_bytes(), b".", request.body];
+        check_signature(Algorithm::Sha256, &self.keys, &content, &signatures)?;
         check_timestamp(timestamp, request.now, self.tolerance)
     }
 

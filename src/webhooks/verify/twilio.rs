@@ -6,8 +6,10 @@
 //! body's SHA-256. Like the official SDKs, the URL also verifies with its
 //! port removed and with the scheme's default port added.
 
-use super::mac::{decode_base64, encode_base64, encode_hex, hmac, same, sha256, Algorithm};
-use super::{Inbound, Rejection, Scheme, Signed};
+use super::mac::{
+    any_key_signed, decode_base64, encode_base64, encode_hex, hmac, same, sha256, Algorithm,
+};
+use super::{header, Inbound, Rejection, Scheme, Signed};
 
 pub struct Twilio {
     pub keys: Vec<Vec<u8>>,
@@ -32,6 +34,16 @@ fn form_parameters(body: &[u8]) -> Vec<(String, String)> {
     pairs.sort();
     pairs.dedup();
     pairs
+}
+
+/// What Twilio signs: the URL, then each parameter's name and value.
+fn signed_content<'a>(url: &'a str, parameters: &'a [(String, String)]) -> Vec<&'a [u8]> {
+    let mut content: Vec<&[u8]> = vec![url.as_bytes()];
+    for (name, value) in parameters {
+        content.push(name.as_bytes());
+        content.push(value.as_bytes());
+    }
+    content
 }
 
 /// The URL as configured, without its port, and with the default port.
@@ -81,15 +93,12 @@ fn query_value<'a>(url: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>
 
 impl Scheme for Twilio {
     fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
-        let value = request
-            .headers
-            .get("x-twilio-signature")
-            .ok_or(Rejection::MissingSignature)?;
-        let received = value
-            .to_str()
-            .ok()
-            .and_then(|v| decode_base64(v.trim()))
-            .ok_or(Rejection::MalformedSignature)?;
+        let value = header(
+            request.headers,
+            "x-twilio-signature",
+            Rejection::MissingSignature,
+        )?;
+        let received = [decode_base64(value).ok_or(Rejection::MalformedSignature)?];
         let url = self.url(request.query);
         let is_form = request
             .headers
@@ -110,14 +119,8 @@ impl Scheme for Twilio {
             Vec::new()
         };
         let matched = url_variants(&url).iter().any(|candidate| {
-            let mut content: Vec<&[u8]> = vec![candidate.as_bytes()];
-            for (name, value) in &parameters {
-                content.push(name.as_bytes());
-                content.push(value.as_bytes());
-            }
-            self.keys
-                .iter()
-                .any(|key| same(&hmac(Algorithm::Sha1, key, &content), &received))
+            let content = signed_content(candidate, &parameters);
+            any_key_signed(Algorithm::Sha1, &self.keys, &content, &received)
         });
         matched.then_some(()).ok_or(Rejection::SignatureMismatch)
     }
@@ -135,12 +138,11 @@ impl Scheme for Twilio {
             let hash = encode_hex(&sha256(body));
             (self.url(Some(&format!("bodySHA256={hash}"))), Vec::new())
         };
-        let mut content: Vec<&[u8]> = vec![url.as_bytes()];
-        for (name, value) in &parameters {
-            content.push(name.as_bytes());
-            content.push(value.as_bytes());
-        }
-        let mac = hmac(Algorithm::Sha1, &self.keys[0], &content);
+        let mac = hmac(
+            Algorithm::Sha1,
+            &self.keys[0],
+            &signed_content(&url, &parameters),
+        );
         let content_type = if is_form { FORM } else { "application/json" };
         Signed {
             headers: vec![
