@@ -76,6 +76,22 @@ impl GroupCommitter {
     }
 }
 
+/// The batch as the store takes it: borrowed events with their clocks.
+fn borrowed(batch: &[Request]) -> Vec<(NewEvent<'_>, u64, Duration)> {
+    batch
+        .iter()
+        .map(|r| {
+            let event = NewEvent {
+                webhook: &r.event.webhook,
+                meta: &r.event.meta,
+                content_type: r.event.content_type.as_deref(),
+                body: &r.event.body,
+            };
+            (event, r.event.now_ms, r.event.dedup_window)
+        })
+        .collect()
+}
+
 fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
     while let Ok(first) = incoming.recv() {
         let mut batch = vec![first];
@@ -85,35 +101,13 @@ fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        let events: Vec<NewEvent<'_>> = batch
-            .iter()
-            .map(|r| NewEvent {
-                webhook: &r.event.webhook,
-                meta: &r.event.meta,
-                content_type: r.event.content_type.as_deref(),
-                body: &r.event.body,
-            })
-            .collect();
-        let items: Vec<_> = events
-            .iter()
-            .zip(&batch)
-            .map(|(event, r)| (event, r.event.now_ms, r.event.dedup_window))
-            .collect();
-        match store.accept_all(&items) {
-            Ok(answers) => {
-                drop(items);
-                drop(events);
-                for (request, answer) in batch.into_iter().zip(answers) {
-                    let _ = request.answer.send(Ok(answer));
-                }
-            }
-            Err(error) => {
-                drop(items);
-                drop(events);
-                for request in batch {
-                    let _ = request.answer.send(Err(error.to_string()));
-                }
-            }
+        let outcome = store.accept_all(&borrowed(&batch));
+        for (i, request) in batch.into_iter().enumerate() {
+            let answer = match &outcome {
+                Ok(answers) => Ok(answers[i]),
+                Err(error) => Err(error.to_string()),
+            };
+            let _ = request.answer.send(answer);
         }
     }
 }

@@ -40,11 +40,26 @@ fn read_error(error: impl std::fmt::Display) -> LocalStoreError {
 }
 
 /// A verified request, as the ack path hands it over.
+#[derive(Clone, Copy)]
 pub struct NewEvent<'a> {
     pub webhook: &'a str,
     pub meta: &'a EventMeta,
     pub content_type: Option<&'a str>,
     pub body: &'a [u8],
+}
+
+impl NewEvent<'_> {
+    /// The metadata either store keeps for this event.
+    pub fn stored(&self, received_at_ms: u64) -> StoredEvent {
+        StoredEvent {
+            webhook: self.webhook.to_string(),
+            id: self.meta.id.clone(),
+            event_type: self.meta.event_type.clone(),
+            content_type: self.content_type.map(str::to_string),
+            context: self.meta.context.clone(),
+            received_at_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +153,7 @@ impl LocalStore {
         dedup_window: Duration,
     ) -> Result<Acceptance, LocalStoreError> {
         Ok(self
-            .accept_all(&[(event, now_ms, dedup_window)])?
+            .accept_all(&[(*event, now_ms, dedup_window)])?
             .pop()
             .expect("one answer per event"))
     }
@@ -148,7 +163,7 @@ impl LocalStore {
     /// a second copy inside the batch is a duplicate.
     pub fn accept_all(
         &self,
-        events: &[(&NewEvent<'_>, u64, Duration)],
+        events: &[(NewEvent<'_>, u64, Duration)],
     ) -> Result<Vec<Acceptance>, LocalStoreError> {
         let txn = self.db.begin_write().map_err(write_error)?;
         let answers = events
@@ -169,21 +184,20 @@ impl LocalStore {
 
     /// Jobs waiting, high priority first, oldest first within a priority.
     pub fn pending(&self) -> Result<Vec<Job>, LocalStoreError> {
-        let txn = self.db.begin_read().map_err(read_error)?;
-        let table = txn.open_table(JOBS).map_err(read_error)?;
-        table
-            .iter()
-            .map_err(read_error)?
-            .map(|entry| {
-                let (_, value) = entry.map_err(read_error)?;
-                serde_json::from_slice(value.value()).map_err(read_error)
-            })
-            .collect()
+        self.read_all(JOBS)
     }
 
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, LocalStoreError> {
+        self.read_all(DEAD)
+    }
+
+    /// Every record of a table of JSON values, in key order.
+    fn read_all<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        definition: TableDefinition<K, &'static [u8]>,
+    ) -> Result<Vec<T>, LocalStoreError> {
         let txn = self.db.begin_read().map_err(read_error)?;
-        let table = txn.open_table(DEAD).map_err(read_error)?;
+        let table = txn.open_table(definition).map_err(read_error)?;
         table
             .iter()
             .map_err(read_error)?
@@ -256,15 +270,7 @@ fn insert(
             .insert("sequence", next + 1 + jobs)
             .map_err(write_error)?;
 
-        let stored = StoredEvent {
-            webhook: event.webhook.to_string(),
-            id: event.meta.id.clone(),
-            event_type: event.meta.event_type.clone(),
-            content_type: event.content_type.map(str::to_string),
-            context: event.meta.context.clone(),
-            received_at_ms: now_ms,
-        };
-        let metadata = serde_json::to_vec(&stored).map_err(write_error)?;
+        let metadata = serde_json::to_vec(&event.stored(now_ms)).map_err(write_error)?;
         txn.open_table(EVENTS)
             .map_err(write_error)?
             .insert(next, metadata.as_slice())

@@ -54,15 +54,7 @@ impl RedisEventStore {
         now_ms: u64,
         dedup_window: Duration,
     ) -> Result<Acceptance, StoreError> {
-        let stored = StoredEvent {
-            webhook: event.webhook.to_string(),
-            id: event.meta.id.clone(),
-            event_type: event.meta.event_type.clone(),
-            content_type: event.content_type.map(str::to_string),
-            context: event.meta.context.clone(),
-            received_at_ms: now_ms,
-        };
-        let metadata = serde_json::to_string(&stored).expect("plain data serializes");
+        let metadata = serde_json::to_string(&event.stored(now_ms)).expect("plain data serializes");
         let mut invocation = self.accept.prepare_invoke();
         invocation
             .key(self.key(
