@@ -127,10 +127,7 @@ fn sign(path: &std::path::Path, name: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
     let signed = scheme.sign(&body, now);
     let mut lines: Vec<String> = signed.url.iter().map(|url| format!("URL: {url}")).collect();
     lines.extend(signed.headers.iter().map(|(h, v)| format!("{h}: {v}")));

@@ -51,6 +51,14 @@ impl Clock for ManualClock {
     }
 }
 
+/// Wall-clock time since the Unix epoch, for timestamps shared with other
+/// hosts (signatures, stored events); never for measuring intervals.
+pub fn unix_time() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// Whole seconds, rounded up, as `Retry-After` wants them (at least 1).
 pub fn retry_after_seconds(millis: u64) -> u64 {
     millis.div_ceil(1000).max(1)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::local::{Acceptance, LocalStore, NewEvent};
+use crate::resilience::clock::unix_time;
 use crate::webhooks::event::EventMeta;
 
 /// The most events written in one transaction.
@@ -50,10 +51,7 @@ impl GroupCommitter {
             .name("event-store-cleanup".into())
             .spawn(move || loop {
                 std::thread::sleep(PRUNE_EVERY);
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as u64;
+                let now_ms = unix_time().as_millis() as u64;
                 match store.prune_dedup(now_ms, dedup_horizon) {
                     Ok(0) => {}
                     Ok(removed) => tracing::debug!(removed, "forgot expired dedup keys"),

@@ -31,12 +31,9 @@ impl EventStore {
         meta: EventMeta,
         content_type: Option<String>,
         body: Bytes,
+        now_ms: u64,
         window: Duration,
     ) -> Result<Acceptance, String> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
         match self {
             Self::Local(committer) => {
                 committer
@@ -110,13 +107,13 @@ impl IngressWebhook {
         headers: &HeaderMap,
         body: Bytes,
         query: Option<&str>,
-        now: u64,
+        now: Duration,
     ) -> http::Response<Vec<u8>> {
         let request = Inbound {
             headers,
             body: &body,
             query,
-            now,
+            now: now.as_secs(),
         };
         if let Err(rejection) = self.scheme.verify(&request) {
             self.rejected(rejection.as_str());
@@ -143,6 +140,7 @@ impl IngressWebhook {
                 meta,
                 content_type,
                 body,
+                now.as_millis() as u64,
                 self.config.dedup_window,
             )
             .await;

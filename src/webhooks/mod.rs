@@ -8,7 +8,7 @@ pub mod event;
 pub mod verify;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -18,6 +18,7 @@ use pingora::protocols::http::ServerSession;
 use crate::admin::metrics::Metrics;
 use crate::config::webhooks::Webhook;
 use crate::problem::{ErrorCode, Problem};
+use crate::resilience::clock::unix_time;
 use ack::{EventStore, IngressWebhook};
 
 pub struct IngressApp {
@@ -37,13 +38,6 @@ impl IngressApp {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { webhooks, store })
     }
-}
-
-fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them.
@@ -116,14 +110,13 @@ impl ServeHttp for IngressApp {
                 return problem.into_http_response();
             }
         };
-        let headers = session.req_header().headers.clone();
         let answer = webhook
             .acknowledge(
                 self.store.as_ref(),
-                &headers,
+                &session.req_header().headers,
                 body,
                 query.as_deref(),
-                now_seconds(),
+                unix_time(),
             )
             .await;
         webhook
