@@ -4,26 +4,15 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::RedisServer;
-use wedsync_sidecar::admin::metrics::Metrics;
-use wedsync_sidecar::resilience::clock::MonotonicClock;
 use wedsync_sidecar::store::local::{Acceptance, NewEvent};
-use wedsync_sidecar::store::redis::RedisStore;
 use wedsync_sidecar::store::redis_events::RedisEventStore;
 use wedsync_sidecar::webhooks::event::{EventMeta, Priority};
 
 fn store(redis: &RedisServer) -> RedisEventStore {
-    let store = RedisStore::new(
-        &redis.url(),
-        "test",
-        MonotonicClock::shared(),
-        Metrics::new().store_errors_total.clone(),
-    )
-    .unwrap();
-    RedisEventStore::new(Arc::new(store))
+    redis.event_store()
 }
 
 fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {

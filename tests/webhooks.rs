@@ -324,17 +324,7 @@ async fn with_redis_every_acknowledged_event_survives_a_sigkill_exactly_once() {
         config("")
     ));
     let acknowledged = send_and_kill(&mut sidecar).await;
-    let store = wedsync_sidecar::store::redis_events::RedisEventStore::new(std::sync::Arc::new(
-        wedsync_sidecar::store::redis::RedisStore::new(
-            &redis.url(),
-            "test",
-            wedsync_sidecar::resilience::clock::MonotonicClock::shared(),
-            wedsync_sidecar::admin::metrics::Metrics::new()
-                .store_errors_total
-                .clone(),
-        )
-        .unwrap(),
-    ));
+    let store = redis.event_store();
     let mut stored = Vec::new();
     for job in store.pending().await.unwrap() {
         stored.push(store.event(job.event).await.unwrap().unwrap().0.id);

@@ -566,6 +566,20 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The event store a sidecar with `prefix: test` writes to, read directly.
+    pub fn event_store(&self) -> wedsync_sidecar::store::redis_events::RedisEventStore {
+        let store = wedsync_sidecar::store::redis::RedisStore::new(
+            &self.url(),
+            "test",
+            wedsync_sidecar::resilience::clock::MonotonicClock::shared(),
+            wedsync_sidecar::admin::metrics::Metrics::new()
+                .store_errors_total
+                .clone(),
+        )
+        .unwrap();
+        wedsync_sidecar::store::redis_events::RedisEventStore::new(std::sync::Arc::new(store))
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
