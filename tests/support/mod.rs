@@ -422,23 +422,10 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes
 
 /// Like `send`, but a refused or broken connection is `None`, not a panic.
 pub async fn try_send(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Option<u16> {
-    let uri: hyper::Uri = url.parse().ok()?;
-    let stream = tokio::net::TcpStream::connect(format!("{}:{}", uri.host()?, uri.port_u16()?))
+    try_send_body("POST", url, headers, Full::new(Bytes::from(body)))
         .await
-        .ok()?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    let mut request = Request::builder().method("POST").uri(uri.path());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::from(body))).ok()?)
-        .await
-        .ok()?;
-    Some(response.status().as_u16())
+        .ok()
+        .map(|answer| answer.status)
 }
 
 pub fn get(url: &str) -> impl std::future::Future<Output = Answer> + Send + 'static {
@@ -451,24 +438,42 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let uri: hyper::Uri = url.parse().unwrap();
-    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    try_send_body(method, url, headers, body)
+        .await
+        .unwrap_or_else(|error| panic!("{method} {url}: {error}"))
+}
+
+/// One request on a fresh connection, the whole answer read.
+async fn try_send_body<B>(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> Result<Answer, String>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let authority = uri.authority().ok_or("no authority")?.clone();
+    let stream = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .unwrap();
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(connection);
     let mut request = Request::builder()
         .method(method)
-        .uri(uri.path_and_query().unwrap().as_str())
-        .header("host", uri.authority().unwrap().as_str());
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header("host", authority.as_str());
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
     let response = sender
-        .send_request(request.body(body).unwrap())
+        .send_request(request.body(body).map_err(|e| format!("request: {e}"))?)
         .await
-        .expect("response");
+        .map_err(|e| format!("response: {e}"))?;
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -481,11 +486,11 @@ where
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    Answer {
+    Ok(Answer {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// A private CA and a server certificate for `host` signed by it.
