@@ -17,11 +17,10 @@ use crate::config::StoreKind;
 use crate::egress::EgressProxy;
 use crate::lifecycle::{exit_when_idle, DrainingShutdown, Lifecycle};
 use crate::resilience::pause_sync::PauseListener;
-use crate::store::group_commit::GroupCommitter;
-use crate::store::local::LocalStore;
+use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::redis_events::RedisEventStore;
-use crate::webhooks::ack::EventStore;
+use crate::store::Store;
 use crate::webhooks::IngressApp;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +122,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 fn event_store(
     config: &Config,
     redis: Option<Arc<RedisStore>>,
-) -> Result<Option<EventStore>, StartError> {
+) -> Result<Option<Arc<dyn Store>>, StartError> {
     if config.webhooks.is_empty() {
         return Ok(None);
     }
@@ -131,7 +130,7 @@ fn event_store(
         "delivery to upstreams is not built yet: accepted webhook events are stored durably and wait for it"
     );
     Ok(Some(match (&config.store.kind, redis) {
-        (_, Some(redis)) => EventStore::Redis(RedisEventStore::new(redis)),
+        (_, Some(redis)) => Arc::new(RedisEventStore::new(redis)),
         (StoreKind::Local { path }, None) => {
             let horizon = config
                 .webhooks
@@ -139,8 +138,9 @@ fn event_store(
                 .map(|w| w.dedup_window)
                 .max()
                 .unwrap_or_default();
-            let store = LocalStore::open(path).map_err(|e| StartError::Setup(e.to_string()))?;
-            EventStore::Local(GroupCommitter::start(Arc::new(store), horizon))
+            let store =
+                EmbeddedStore::open(path, horizon).map_err(|e| StartError::Setup(e.to_string()))?;
+            Arc::new(store)
         }
         (StoreKind::Redis { .. }, None) => {
             return Err(StartError::Setup("the Redis store is missing".into()))

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use support::*;
-use wedsync_sidecar::store::local::LocalStore;
 use wedsync_sidecar::webhooks::verify::stripe::Stripe;
 use wedsync_sidecar::webhooks::verify::Scheme;
 
@@ -178,11 +177,11 @@ async fn an_accepted_event_survives_the_sidecar_being_killed() {
     // SIGKILL right after the answer: no shutdown, no flush of anything.
     sidecar.child.kill().unwrap();
     sidecar.child.wait().unwrap();
-    let store = LocalStore::open(&sidecar.dir.join("data")).unwrap();
-    let pending = store.pending().unwrap();
-    assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].target, "notify");
-    let (event, body) = store.event(pending[0].event).unwrap().unwrap();
+    let store = support::embedded_store(&sidecar.dir.join("data"));
+    let waiting = support::waiting_jobs(&store).await;
+    assert_eq!(waiting.len(), 1);
+    let (target, event, body) = &waiting[0];
+    assert_eq!(target, "notify");
     assert_eq!(
         (event.id.as_str(), event.webhook.as_str()),
         ("evt_1", "stripe")
@@ -307,11 +306,12 @@ fn assert_each_once(acknowledged: &[String], stored: &[String]) {
 async fn every_acknowledged_event_survives_a_sigkill_mid_stream_exactly_once() {
     let mut sidecar = Sidecar::start(&config(""));
     let acknowledged = send_and_kill(&mut sidecar).await;
-    let store = LocalStore::open(&sidecar.dir.join("data")).unwrap();
-    let mut stored = Vec::new();
-    for job in store.pending().unwrap() {
-        stored.push(store.event(job.event).unwrap().unwrap().0.id);
-    }
+    let store = support::embedded_store(&sidecar.dir.join("data"));
+    let stored: Vec<String> = support::waiting_jobs(&store)
+        .await
+        .into_iter()
+        .map(|(_, event, _)| event.id)
+        .collect();
     assert_each_once(&acknowledged, &stored);
 }
 
@@ -324,11 +324,11 @@ async fn with_redis_every_acknowledged_event_survives_a_sigkill_exactly_once() {
         config("")
     ));
     let acknowledged = send_and_kill(&mut sidecar).await;
-    let store = redis.event_store();
-    let mut stored = Vec::new();
-    for job in store.pending().await.unwrap() {
-        stored.push(store.event(job.event).await.unwrap().unwrap().0.id);
-    }
+    let stored: Vec<String> = support::waiting_jobs(&redis.event_store())
+        .await
+        .into_iter()
+        .map(|(_, event, _)| event.id)
+        .collect();
     assert_each_once(&acknowledged, &stored);
 }
 

@@ -11,7 +11,7 @@ use http::HeaderMap;
 
 use super::ratelimit::{composite_key, micros, Decision, Gcra};
 use crate::config::services::{LimitKey, RateLimit};
-use crate::store::redis::{RedisStore, StoreError};
+use crate::store::redis::{RedisCallError, RedisStore};
 
 const DECIDE: &str = r#"
 local t = redis.call('TIME')
@@ -68,7 +68,7 @@ pub async fn remaining_pause(
     store: &RedisStore,
     connection: &mut redis::aio::MultiplexedConnection,
     service: &str,
-) -> Result<Option<Duration>, StoreError> {
+) -> Result<Option<Duration>, RedisCallError> {
     let millis: i64 = redis::cmd("PTTL")
         .arg(pause_key(store, service))
         .query_async(connection)
@@ -109,7 +109,7 @@ impl GlobalLimiter {
         &self,
         headers: &HeaderMap,
         wait_cap: Duration,
-    ) -> Result<SharedDecision, StoreError> {
+    ) -> Result<SharedDecision, RedisCallError> {
         let bucket = self.store.key(
             "ratelimit",
             &self.service,
@@ -155,7 +155,7 @@ pub async fn share_pause(
     store: &RedisStore,
     service: &str,
     pause: Duration,
-) -> Result<(), StoreError> {
+) -> Result<(), RedisCallError> {
     let key = pause_key(store, service);
     let millis = pause.as_millis().max(1) as u64;
     let channel = pause_channel(store);

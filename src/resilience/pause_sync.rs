@@ -14,7 +14,7 @@ use pingora::services::background::BackgroundService;
 
 use super::global::{parse_pause_message, pause_channel, remaining_pause};
 use crate::egress::guard::Guard;
-use crate::store::redis::{RedisStore, StoreError};
+use crate::store::redis::{RedisCallError, RedisStore};
 
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
@@ -36,7 +36,7 @@ impl PauseListener {
     }
 
     /// Listens until the connection drops.
-    async fn listen(&self) -> Result<(), StoreError> {
+    async fn listen(&self) -> Result<(), RedisCallError> {
         // Its own connections: the request path's store connection and its
         // failure handling stay out of this.
         let client = self.store.client();
@@ -61,7 +61,7 @@ impl PauseListener {
                 }
             }
         }
-        Err(StoreError::Unavailable)
+        Err(RedisCallError::Unavailable)
     }
 }
 

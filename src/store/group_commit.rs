@@ -9,32 +9,27 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::local::{Acceptance, LocalStore, NewEvent};
+use super::local::LocalStore;
+use super::records::{Acceptance, NewEvent, OwnedEvent};
+use super::StoreError;
 use crate::resilience::clock::unix_time;
-use crate::webhooks::event::EventMeta;
 
 /// The most events written in one transaction.
 const MAX_BATCH: usize = 256;
 /// How often expired dedup keys are removed.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// An event handed to the writer thread.
-pub struct OwnedEvent {
-    pub webhook: String,
-    pub meta: EventMeta,
-    pub content_type: Option<String>,
-    pub body: bytes::Bytes,
-    pub now_ms: u64,
-    pub dedup_window: Duration,
-}
-
 struct Request {
     event: OwnedEvent,
-    answer: oneshot::Sender<Result<Acceptance, String>>,
+    answer: oneshot::Sender<Result<Acceptance, StoreError>>,
 }
 
 pub struct GroupCommitter {
-    requests: mpsc::Sender<Request>,
+    /// None once dropped: the writer sees the channel close and ends.
+    requests: Option<mpsc::Sender<Request>>,
+    /// Closed on drop, which wakes the cleaner to end.
+    stop_cleaner: Option<mpsc::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl GroupCommitter {
@@ -42,35 +37,54 @@ impl GroupCommitter {
     /// `dedup_horizon` (the longest `dedup_window`) every [`PRUNE_EVERY`].
     pub fn start(store: Arc<LocalStore>, dedup_horizon: Duration) -> Self {
         let (requests, incoming) = mpsc::channel::<Request>();
+        let (stop_cleaner, stopped) = mpsc::channel::<()>();
         let writer = Arc::clone(&store);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("event-store".into())
             .spawn(move || write_batches(&writer, &incoming))
             .expect("spawning the event store writer");
-        std::thread::Builder::new()
+        let cleaner = std::thread::Builder::new()
             .name("event-store-cleanup".into())
-            .spawn(move || loop {
-                std::thread::sleep(PRUNE_EVERY);
-                let now_ms = unix_time().as_millis() as u64;
-                match store.prune_dedup(now_ms, dedup_horizon) {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::debug!(removed, "forgot expired dedup keys"),
-                    Err(error) => tracing::warn!(%error, "could not prune expired dedup keys"),
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(PRUNE_EVERY) {
+                    let now_ms = unix_time().as_millis() as u64;
+                    match store.prune_dedup(now_ms, dedup_horizon) {
+                        Ok(0) => {}
+                        Ok(removed) => tracing::debug!(removed, "forgot expired dedup keys"),
+                        Err(error) => tracing::warn!(%error, "could not prune expired dedup keys"),
+                    }
                 }
             })
             .expect("spawning the event store cleaner");
-        Self { requests }
+        Self {
+            requests: Some(requests),
+            stop_cleaner: Some(stop_cleaner),
+            threads: vec![writer, cleaner],
+        }
     }
 
     /// Stores the event; answers once it is durable.
-    pub async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, String> {
+    pub async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+        let stopped = || StoreError::Unavailable("the event store writer has stopped".into());
         let (answer, answered) = oneshot::channel();
         self.requests
+            .as_ref()
+            .ok_or_else(stopped)?
             .send(Request { event, answer })
-            .map_err(|_| "the event store writer has stopped".to_string())?;
-        answered
-            .await
-            .map_err(|_| "the event store writer has stopped".to_string())?
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for GroupCommitter {
+    /// Ends both threads after the writer has answered what it was given,
+    /// so the database is closed when the store is dropped.
+    fn drop(&mut self) {
+        self.requests.take();
+        self.stop_cleaner.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -78,15 +92,7 @@ impl GroupCommitter {
 fn borrowed(batch: &[Request]) -> Vec<(NewEvent<'_>, u64, Duration)> {
     batch
         .iter()
-        .map(|r| {
-            let event = NewEvent {
-                webhook: &r.event.webhook,
-                meta: &r.event.meta,
-                content_type: r.event.content_type.as_deref(),
-                body: &r.event.body,
-            };
-            (event, r.event.now_ms, r.event.dedup_window)
-        })
+        .map(|r| (r.event.borrowed(), r.event.now_ms, r.event.dedup_window))
         .collect()
 }
 
@@ -103,7 +109,7 @@ fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
         for (i, request) in batch.into_iter().enumerate() {
             let answer = match &outcome {
                 Ok(answers) => Ok(answers[i]),
-                Err(error) => Err(error.to_string()),
+                Err(error) => Err(error.clone()),
             };
             let _ = request.answer.send(answer);
         }
@@ -113,7 +119,7 @@ fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhooks::event::Priority;
+    use crate::webhooks::event::{EventMeta, Priority};
 
     fn event(id: &str) -> OwnedEvent {
         OwnedEvent {
@@ -161,6 +167,6 @@ mod tests {
             }
         }
         assert_eq!((accepted, duplicates), (100, 100));
-        assert_eq!(store.pending().unwrap().len(), 100);
+        assert_eq!(store.queue_depth().unwrap().normal, 100);
     }
 }

@@ -1,108 +1,67 @@
-//! The embedded store: one redb file under `store.path`. An event is
-//! accepted in a single write transaction that records its dedup key, its
-//! metadata and body, and one delivery job per target (or a dead letter
-//! `unrouted` when no route matched); the commit is fsynced (redb's default,
-//! immediate durability) before the provider may get its 2xx. Jobs are keyed
-//! by (priority, sequence), so reading them in key order is high before
-//! normal before low, oldest first.
+//! The embedded store's engine: one redb file under `store.path`, used
+//! from one process. An event is accepted in a single write transaction
+//! that records its dedup key, its metadata and body, and one job per
+//! target (or an `unrouted` dead letter); the commit is fsynced before the
+//! provider may get its 2xx.
+//!
+//! Jobs are indexed by (priority rank, due time, id), so the next due job
+//! of a priority is the first key of its range. Leases, acks and retries
+//! commit without fsync (losing one in a crash means a delivery is made
+//! again, which at-least-once allows), but never more than
+//! [`DURABLE_EVERY`] after the last fsync; dead-lettering, replays and
+//! deletions are fsynced because an operator relies on them.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::de::DeserializeOwned;
 
-use crate::webhooks::event::{EventMeta, Priority};
+use super::records::{
+    dedup_key, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, NewEvent,
+    QueueDepth, StoredEvent, UNROUTED,
+};
+use super::StoreError;
+use crate::resilience::clock::unix_time;
+use crate::webhooks::event::Priority;
 
 const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
-const JOBS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("jobs");
+/// Jobs and dead letters still referring to an event.
+const REFS: TableDefinition<u64, u64> = TableDefinition::new("event_refs");
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+/// (priority rank, due ms, job id): the order jobs are leased in.
+const QUEUE: TableDefinition<(u8, u64, u64), ()> = TableDefinition::new("queue");
+/// (received ms, job id) of every waiting job: the oldest is first.
+const AGE: TableDefinition<(u64, u64), ()> = TableDefinition::new("age");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// (dead at ms, job id): the dead-letter list's order.
+const DEAD_ORDER: TableDefinition<(u64, u64), ()> = TableDefinition::new("dead_order");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
-#[derive(Debug, thiserror::Error)]
-pub enum LocalStoreError {
-    #[error("cannot open the store at {path}: {message}")]
-    Open { path: String, message: String },
-    #[error("store write failed: {0}")]
-    Write(String),
-    #[error("store read failed: {0}")]
-    Read(String),
+/// The longest a non-fsynced commit waits for the next fsync.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// Due jobs looked at per lease when their targets are at their cap.
+const LEASE_SCAN: usize = 512;
+
+fn failed(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("embedded store: {error}"))
 }
 
-fn write_error(error: impl std::fmt::Display) -> LocalStoreError {
-    LocalStoreError::Write(error.to_string())
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn read_error(error: impl std::fmt::Display) -> LocalStoreError {
-    LocalStoreError::Read(error.to_string())
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialize")
 }
 
-/// A verified request, as the ack path hands it over.
-#[derive(Clone, Copy)]
-pub struct NewEvent<'a> {
-    pub webhook: &'a str,
-    pub meta: &'a EventMeta,
-    pub content_type: Option<&'a str>,
-    pub body: &'a [u8],
-}
-
-impl NewEvent<'_> {
-    /// The metadata either store keeps for this event.
-    pub fn stored(&self, received_at_ms: u64) -> StoredEvent {
-        StoredEvent {
-            webhook: self.webhook.to_string(),
-            id: self.meta.id.clone(),
-            event_type: self.meta.event_type.clone(),
-            content_type: self.content_type.map(str::to_string),
-            context: self.meta.context.clone(),
-            received_at_ms,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acceptance {
-    /// Stored under this sequence number.
-    Accepted(u64),
-    /// The same (webhook, event id) was accepted within the dedup window.
-    Duplicate,
-}
-
-/// An event's metadata as stored (its body is kept beside it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredEvent {
-    pub webhook: String,
-    pub id: String,
-    pub event_type: String,
-    pub content_type: Option<String>,
-    pub context: Vec<(String, String)>,
-    pub received_at_ms: u64,
-}
-
-/// One (event, target) pair waiting for delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Job {
-    pub event: u64,
-    pub target: String,
-    pub attempts: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub event: u64,
-    /// Empty for an event no route matched.
-    pub target: String,
-    pub reason: String,
-    pub dead_at_ms: u64,
-}
-
-pub struct LocalStore {
-    db: Database,
-}
-
-fn priority_rank(priority: Priority) -> u8 {
+fn rank(priority: Priority) -> u8 {
     match priority {
         Priority::High => 0,
         Priority::Normal => 1,
@@ -110,38 +69,103 @@ fn priority_rank(priority: Priority) -> u8 {
     }
 }
 
-fn dedup_key(webhook: &str, id: &str) -> String {
-    format!("{webhook}\u{1f}{id}")
+pub struct LocalStore {
+    db: Database,
+    /// Unix ms of the last fsynced commit.
+    last_durable_ms: AtomicU64,
 }
 
 impl LocalStore {
-    /// Opens (or creates) `dir/events.redb`.
-    pub fn open(dir: &Path) -> Result<Self, LocalStoreError> {
+    /// Opens (or creates) `dir/events.redb`. Jobs leased by a previous
+    /// process are due again at once: it is gone, so nobody holds them.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("events.redb");
-        let open_error = |message: String| LocalStoreError::Open {
-            path: path.display().to_string(),
-            message,
+        let open_error = |message: String| {
+            StoreError::Unavailable(format!(
+                "cannot open the store at {}: {message}",
+                path.display()
+            ))
         };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
-        // Create every table once, so that readers never meet a missing one.
-        let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
+        let store = Self {
+            db,
+            last_durable_ms: AtomicU64::new(0),
+        };
+        store
+            .create_tables_and_release_leases()
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(store)
+    }
+
+    fn create_tables_and_release_leases(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(failed)?;
         {
-            txn.open_table(DEDUP)
-                .map_err(|e| open_error(e.to_string()))?;
-            txn.open_table(EVENTS)
-                .map_err(|e| open_error(e.to_string()))?;
-            txn.open_table(BODIES)
-                .map_err(|e| open_error(e.to_string()))?;
-            txn.open_table(JOBS)
-                .map_err(|e| open_error(e.to_string()))?;
-            txn.open_table(DEAD)
-                .map_err(|e| open_error(e.to_string()))?;
-            txn.open_table(COUNTERS)
-                .map_err(|e| open_error(e.to_string()))?;
+            txn.open_table(DEDUP).map_err(failed)?;
+            txn.open_table(EVENTS).map_err(failed)?;
+            txn.open_table(BODIES).map_err(failed)?;
+            txn.open_table(REFS).map_err(failed)?;
+            txn.open_table(QUEUE).map_err(failed)?;
+            txn.open_table(AGE).map_err(failed)?;
+            txn.open_table(DEAD).map_err(failed)?;
+            txn.open_table(DEAD_ORDER).map_err(failed)?;
+            txn.open_table(COUNTERS).map_err(failed)?;
+            let leased: Vec<Job> = {
+                let jobs = txn.open_table(JOBS).map_err(failed)?;
+                let mut leased = Vec::new();
+                for entry in jobs.iter().map_err(failed)? {
+                    let (_, value) = entry.map_err(failed)?;
+                    let job: Job = decode(value.value())?;
+                    if job.leased {
+                        leased.push(job);
+                    }
+                }
+                leased
+            };
+            let now_ms = unix_time().as_millis() as u64;
+            for job in leased {
+                let mut released = job.clone();
+                released.leased = false;
+                released.due_ms = now_ms.min(job.due_ms);
+                replace_job(&txn, &job, &released)?;
+            }
         }
-        txn.commit().map_err(|e| open_error(e.to_string()))?;
-        Ok(Self { db })
+        self.commit(txn, true)
+    }
+
+    fn commit(&self, txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
+        let mut txn = txn;
+        let now_ms = unix_time().as_millis() as u64;
+        let overdue = now_ms.saturating_sub(self.last_durable_ms.load(Ordering::Relaxed))
+            >= DURABLE_EVERY.as_millis() as u64;
+        let durable = durable || overdue;
+        if !durable {
+            txn.set_durability(Durability::None).map_err(failed)?;
+        }
+        txn.commit().map_err(failed)?;
+        if durable {
+            self.last_durable_ms.store(now_ms, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Runs `change` in one write transaction, committed only if it succeeds.
+    fn write<T>(
+        &self,
+        durable: bool,
+        change: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        match change(&txn) {
+            Ok(value) => {
+                self.commit(txn, durable)?;
+                Ok(value)
+            }
+            Err(error) => {
+                let _ = txn.abort();
+                Err(error)
+            }
+        }
     }
 
     /// Stores a verified event and its jobs, durably, unless the same event
@@ -151,7 +175,7 @@ impl LocalStore {
         event: &NewEvent<'_>,
         now_ms: u64,
         dedup_window: Duration,
-    ) -> Result<Acceptance, LocalStoreError> {
+    ) -> Result<Acceptance, StoreError> {
         Ok(self
             .accept_all(&[(*event, now_ms, dedup_window)])?
             .pop()
@@ -164,277 +188,467 @@ impl LocalStore {
     pub fn accept_all(
         &self,
         events: &[(NewEvent<'_>, u64, Duration)],
-    ) -> Result<Vec<Acceptance>, LocalStoreError> {
-        let txn = self.db.begin_write().map_err(write_error)?;
-        let answers = events
-            .iter()
-            .map(|(event, now_ms, window)| insert(&txn, event, *now_ms, *window))
-            .collect::<Result<Vec<_>, _>>();
-        match answers {
-            Ok(answers) => {
-                txn.commit().map_err(write_error)?;
-                Ok(answers)
-            }
-            Err(error) => {
-                let _ = txn.abort();
-                Err(error)
-            }
-        }
+    ) -> Result<Vec<Acceptance>, StoreError> {
+        self.write(true, |txn| {
+            events
+                .iter()
+                .map(|(event, now_ms, window)| insert(txn, event, *now_ms, *window))
+                .collect()
+        })
     }
 
-    /// Jobs waiting, high priority first, oldest first within a priority.
-    pub fn pending(&self) -> Result<Vec<Job>, LocalStoreError> {
-        self.read_all(JOBS)
-    }
-
-    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, LocalStoreError> {
-        self.read_all(DEAD)
-    }
-
-    /// Every record of a table of JSON values, in key order.
-    fn read_all<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+    pub fn lease(
         &self,
-        definition: TableDefinition<K, &'static [u8]>,
-    ) -> Result<Vec<T>, LocalStoreError> {
-        let txn = self.db.begin_read().map_err(read_error)?;
-        let table = txn.open_table(definition).map_err(read_error)?;
-        table
-            .iter()
-            .map_err(read_error)?
-            .map(|entry| {
-                let (_, value) = entry.map_err(read_error)?;
-                serde_json::from_slice(value.value()).map_err(read_error)
-            })
-            .collect()
+        priority: Priority,
+        now_ms: u64,
+        visibility: Duration,
+        skip: &[String],
+    ) -> Result<Option<Job>, StoreError> {
+        self.write(false, |txn| {
+            let due: Vec<u64> = {
+                let queue = txn.open_table(QUEUE).map_err(failed)?;
+                let r = rank(priority);
+                let range = queue
+                    .range((r, 0, 0)..=(r, now_ms, u64::MAX))
+                    .map_err(failed)?;
+                let mut ids = Vec::new();
+                for entry in range.take(LEASE_SCAN) {
+                    ids.push(entry.map_err(failed)?.0.value().2);
+                }
+                ids
+            };
+            for id in due {
+                let job = job(txn, id)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("queued job {id} has no record")))?;
+                if skip.contains(&job.target) {
+                    continue;
+                }
+                let leased = job.clone().leased_at(now_ms, visibility);
+                replace_job(txn, &job, &leased)?;
+                return Ok(Some(leased));
+            }
+            Ok(None)
+        })
+    }
+
+    pub fn ack(&self, held: &Job) -> Result<(), StoreError> {
+        self.write(false, |txn| {
+            let current = held_job(txn, held)?;
+            remove_job(txn, &current)?;
+            release_event(txn, current.event)
+        })
+    }
+
+    pub fn retry_at(&self, held: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
+        self.write(false, |txn| {
+            let current = held_job(txn, held)?;
+            let retried = current.clone().retried(attempt, due_ms);
+            replace_job(txn, &current, &retried)
+        })
+    }
+
+    pub fn dead_letter(
+        &self,
+        held: &Job,
+        attempt: Option<Attempt>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(true, |txn| {
+            let current = held_job(txn, held)?;
+            remove_job(txn, &current)?;
+            let mut job = current;
+            if let Some(attempt) = attempt {
+                job.record(attempt);
+            }
+            job.leased = false;
+            insert_dead(
+                txn,
+                &DeadLetter {
+                    job,
+                    reason: reason.to_string(),
+                    dead_at_ms: now_ms,
+                },
+            )
+        })
+    }
+
+    pub fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, StoreError> {
+        let below = match cursor {
+            None => (u64::MAX, u64::MAX),
+            Some(cursor) => parse_cursor(cursor)?,
+        };
+        let txn = self.db.begin_read().map_err(failed)?;
+        let order = txn.open_table(DEAD_ORDER).map_err(failed)?;
+        let dead = txn.open_table(DEAD).map_err(failed)?;
+        let mut items: Vec<DeadLetter> = Vec::new();
+        let mut more = false;
+        for entry in order.range(..below).map_err(failed)?.rev() {
+            let id = entry.map_err(failed)?.0.value().1;
+            let Some(value) = dead.get(id).map_err(failed)? else {
+                continue;
+            };
+            let letter: DeadLetter = decode(value.value())?;
+            if !filter.matches(&letter) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(letter);
+        }
+        // A cursor is exclusive: the next page starts below this one's last.
+        let next = items.last().filter(|_| more).map(DeadLetter::order_key);
+        Ok(DeadLetterPage { items, next })
+    }
+
+    pub fn dead_letter_by_id(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let dead = txn.open_table(DEAD).map_err(failed)?;
+        let value = dead.get(id).map_err(failed)?;
+        value.map(|v| decode(v.value())).transpose()
+    }
+
+    pub fn replay(&self, id: u64, now_ms: u64) -> Result<bool, StoreError> {
+        self.write(true, |txn| {
+            let Some(letter) = remove_dead(txn, id)? else {
+                return Ok(false);
+            };
+            if letter.job.target == UNROUTED {
+                insert_dead(txn, &letter)?;
+                return Ok(false);
+            }
+            insert_job(txn, &letter.job.replayed(now_ms))?;
+            Ok(true)
+        })
+    }
+
+    pub fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        self.write(true, |txn| match remove_dead(txn, id)? {
+            None => Ok(false),
+            Some(letter) => {
+                release_event(txn, letter.job.event)?;
+                Ok(true)
+            }
+        })
+    }
+
+    pub fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let dead = txn.open_table(DEAD).map_err(failed)?;
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for entry in dead.iter().map_err(failed)? {
+            let letter: DeadLetter = decode(entry.map_err(failed)?.1.value())?;
+            *counts.entry(letter.job.webhook).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    pub fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let queue = txn.open_table(QUEUE).map_err(failed)?;
+        let count = |priority: Priority| -> Result<u64, StoreError> {
+            let r = rank(priority);
+            Ok(queue
+                .range((r, 0, 0)..=(r, u64::MAX, u64::MAX))
+                .map_err(failed)?
+                .count() as u64)
+        };
+        Ok(QueueDepth {
+            high: count(Priority::High)?,
+            normal: count(Priority::Normal)?,
+            low: count(Priority::Low)?,
+        })
+    }
+
+    pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let age = txn.open_table(AGE).map_err(failed)?;
+        let oldest = age.first().map_err(failed)?.map(|(key, _)| key.value().0);
+        Ok(oldest)
     }
 
     /// An event's metadata and body.
-    pub fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, LocalStoreError> {
-        let txn = self.db.begin_read().map_err(read_error)?;
-        let events = txn.open_table(EVENTS).map_err(read_error)?;
-        let Some(metadata) = events.get(sequence).map_err(read_error)? else {
+    pub fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let events = txn.open_table(EVENTS).map_err(failed)?;
+        let Some(metadata) = events.get(sequence).map_err(failed)? else {
             return Ok(None);
         };
-        let stored = serde_json::from_slice(metadata.value()).map_err(read_error)?;
-        let bodies = txn.open_table(BODIES).map_err(read_error)?;
+        let stored = decode(metadata.value())?;
+        let bodies = txn.open_table(BODIES).map_err(failed)?;
         let body = bodies
             .get(sequence)
-            .map_err(read_error)?
+            .map_err(failed)?
             .map(|b| b.value().to_vec())
             .unwrap_or_default();
         Ok(Some((stored, body)))
     }
 
     /// Forgets dedup keys older than `window`; returns how many.
-    pub fn prune_dedup(&self, now_ms: u64, window: Duration) -> Result<u64, LocalStoreError> {
+    pub fn prune_dedup(&self, now_ms: u64, window: Duration) -> Result<u64, StoreError> {
         let cutoff = now_ms.saturating_sub(window.as_millis() as u64);
-        let txn = self.db.begin_write().map_err(write_error)?;
-        let removed = {
-            let mut dedup = txn.open_table(DEDUP).map_err(write_error)?;
-            let before = dedup.len().map_err(write_error)?;
+        self.write(true, |txn| {
+            let mut dedup = txn.open_table(DEDUP).map_err(failed)?;
+            let before = dedup.len().map_err(failed)?;
             dedup
                 .retain(|_, seen_at| seen_at >= cutoff)
-                .map_err(write_error)?;
-            before - dedup.len().map_err(write_error)?
-        };
-        txn.commit().map_err(write_error)?;
-        Ok(removed)
+                .map_err(failed)?;
+            Ok(before - dedup.len().map_err(failed)?)
+        })
     }
+}
+
+fn parse_cursor(cursor: &str) -> Result<(u64, u64), StoreError> {
+    let invalid = || StoreError::InvalidCursor(cursor.to_string());
+    let (dead_at, id) = cursor.split_once('.').ok_or_else(invalid)?;
+    Ok((
+        dead_at.parse().map_err(|_| invalid())?,
+        id.parse().map_err(|_| invalid())?,
+    ))
+}
+
+fn job(txn: &WriteTransaction, id: u64) -> Result<Option<Job>, StoreError> {
+    let jobs = txn.open_table(JOBS).map_err(failed)?;
+    let value = jobs.get(id).map_err(failed)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// The job as stored, if `held` is still its current lease.
+fn held_job(txn: &WriteTransaction, held: &Job) -> Result<Job, StoreError> {
+    match job(txn, held.id)? {
+        Some(current) if current.lease == held.lease => Ok(current),
+        _ => Err(StoreError::LeaseLost(held.id)),
+    }
+}
+
+fn insert_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
+    txn.open_table(JOBS)
+        .map_err(failed)?
+        .insert(job.id, encode(job).as_slice())
+        .map_err(failed)?;
+    txn.open_table(QUEUE)
+        .map_err(failed)?
+        .insert((rank(job.priority), job.due_ms, job.id), ())
+        .map_err(failed)?;
+    txn.open_table(AGE)
+        .map_err(failed)?
+        .insert((job.received_at_ms, job.id), ())
+        .map_err(failed)?;
+    Ok(())
+}
+
+fn remove_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
+    txn.open_table(JOBS)
+        .map_err(failed)?
+        .remove(job.id)
+        .map_err(failed)?;
+    txn.open_table(QUEUE)
+        .map_err(failed)?
+        .remove((rank(job.priority), job.due_ms, job.id))
+        .map_err(failed)?;
+    txn.open_table(AGE)
+        .map_err(failed)?
+        .remove((job.received_at_ms, job.id))
+        .map_err(failed)?;
+    Ok(())
+}
+
+fn replace_job(txn: &WriteTransaction, old: &Job, new: &Job) -> Result<(), StoreError> {
+    remove_job(txn, old)?;
+    insert_job(txn, new)
+}
+
+fn insert_dead(txn: &WriteTransaction, letter: &DeadLetter) -> Result<(), StoreError> {
+    txn.open_table(DEAD)
+        .map_err(failed)?
+        .insert(letter.job.id, encode(letter).as_slice())
+        .map_err(failed)?;
+    txn.open_table(DEAD_ORDER)
+        .map_err(failed)?
+        .insert((letter.dead_at_ms, letter.job.id), ())
+        .map_err(failed)?;
+    Ok(())
+}
+
+fn remove_dead(txn: &WriteTransaction, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+    let letter: Option<DeadLetter> = {
+        let mut dead = txn.open_table(DEAD).map_err(failed)?;
+        let removed = dead.remove(id).map_err(failed)?;
+        removed.map(|v| decode(v.value())).transpose()?
+    };
+    if let Some(letter) = &letter {
+        txn.open_table(DEAD_ORDER)
+            .map_err(failed)?
+            .remove((letter.dead_at_ms, id))
+            .map_err(failed)?;
+    }
+    Ok(letter)
+}
+
+/// One job or dead letter no longer refers to the event; the last one
+/// takes the event and its body with it.
+fn release_event(txn: &WriteTransaction, event: u64) -> Result<(), StoreError> {
+    let mut refs = txn.open_table(REFS).map_err(failed)?;
+    let left = refs
+        .get(event)
+        .map_err(failed)?
+        .map_or(0, |v| v.value())
+        .saturating_sub(1);
+    if left > 0 {
+        refs.insert(event, left).map_err(failed)?;
+        return Ok(());
+    }
+    refs.remove(event).map_err(failed)?;
+    txn.open_table(EVENTS)
+        .map_err(failed)?
+        .remove(event)
+        .map_err(failed)?;
+    txn.open_table(BODIES)
+        .map_err(failed)?
+        .remove(event)
+        .map_err(failed)?;
+    Ok(())
 }
 
 /// One event's records inside an open write transaction.
 fn insert(
-    txn: &redb::WriteTransaction,
+    txn: &WriteTransaction,
     event: &NewEvent<'_>,
     now_ms: u64,
     dedup_window: Duration,
-) -> Result<Acceptance, LocalStoreError> {
+) -> Result<Acceptance, StoreError> {
     let key = dedup_key(event.webhook, &event.meta.id);
-    let sequence = {
-        let mut dedup = txn.open_table(DEDUP).map_err(write_error)?;
-        if let Some(seen_at) = dedup.get(key.as_str()).map_err(write_error)? {
+    {
+        let mut dedup = txn.open_table(DEDUP).map_err(failed)?;
+        if let Some(seen_at) = dedup.get(key.as_str()).map_err(failed)? {
             if now_ms.saturating_sub(seen_at.value()) < dedup_window.as_millis() as u64 {
                 return Ok(Acceptance::Duplicate);
             }
         }
-        dedup.insert(key.as_str(), now_ms).map_err(write_error)?;
-
-        let mut counters = txn.open_table(COUNTERS).map_err(write_error)?;
+        dedup.insert(key.as_str(), now_ms).map_err(failed)?;
+    }
+    let sequence = {
+        let mut counters = txn.open_table(COUNTERS).map_err(failed)?;
         let next = counters
             .get("sequence")
-            .map_err(write_error)?
+            .map_err(failed)?
             .map_or(1, |v| v.value());
-        // One number per event and per job: a job's key never repeats.
+        // One number per event and per job: a job's id never repeats.
         let jobs = event.meta.targets.len().max(1) as u64;
         counters
             .insert("sequence", next + 1 + jobs)
-            .map_err(write_error)?;
-
-        let metadata = serde_json::to_vec(&event.stored(now_ms)).map_err(write_error)?;
-        txn.open_table(EVENTS)
-            .map_err(write_error)?
-            .insert(next, metadata.as_slice())
-            .map_err(write_error)?;
-        txn.open_table(BODIES)
-            .map_err(write_error)?
-            .insert(next, event.body)
-            .map_err(write_error)?;
-
-        if event.meta.targets.is_empty() {
-            let dead = DeadLetter {
-                event: next,
-                target: String::new(),
-                reason: "unrouted".into(),
-                dead_at_ms: now_ms,
-            };
-            let value = serde_json::to_vec(&dead).map_err(write_error)?;
-            txn.open_table(DEAD)
-                .map_err(write_error)?
-                .insert(next + 1, value.as_slice())
-                .map_err(write_error)?;
-        } else {
-            let mut table = txn.open_table(JOBS).map_err(write_error)?;
-            let rank = priority_rank(event.meta.priority);
-            for (offset, target) in event.meta.targets.iter().enumerate() {
-                let job = Job {
-                    event: next,
-                    target: target.clone(),
-                    attempts: 0,
-                };
-                let value = serde_json::to_vec(&job).map_err(write_error)?;
-                table
-                    .insert((rank, next + 1 + offset as u64), value.as_slice())
-                    .map_err(write_error)?;
-            }
-        }
+            .map_err(failed)?;
         next
     };
+    txn.open_table(EVENTS)
+        .map_err(failed)?
+        .insert(sequence, encode(&event.stored(now_ms)).as_slice())
+        .map_err(failed)?;
+    txn.open_table(BODIES)
+        .map_err(failed)?
+        .insert(sequence, event.body)
+        .map_err(failed)?;
+    let refs = event.meta.targets.len().max(1) as u64;
+    txn.open_table(REFS)
+        .map_err(failed)?
+        .insert(sequence, refs)
+        .map_err(failed)?;
+    if event.meta.targets.is_empty() {
+        let job = event.job(sequence + 1, sequence, UNROUTED, now_ms);
+        insert_dead(
+            txn,
+            &DeadLetter {
+                job,
+                reason: "unrouted".into(),
+                dead_at_ms: now_ms,
+            },
+        )?;
+    } else {
+        for (offset, target) in event.meta.targets.iter().enumerate() {
+            let id = sequence + 1 + offset as u64;
+            insert_job(txn, &event.job(id, sequence, target, now_ms))?;
+        }
+    }
     Ok(Acceptance::Accepted(sequence))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhooks::event::EventMeta;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
+        std::env::temp_dir().join(format!(
             "sidecar-store-{}-{name}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+        ))
     }
 
-    fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
-        EventMeta {
+    fn accept(store: &LocalStore, id: &str, now_ms: u64) -> Acceptance {
+        let meta = EventMeta {
             id: id.into(),
-            event_type: "payment_intent.succeeded".into(),
-            context: vec![("wedding_id".into(), "w-1".into())],
-            priority,
-            targets: targets.iter().map(|t| t.to_string()).collect(),
-        }
-    }
-
-    fn accept(store: &LocalStore, meta: &EventMeta, now_ms: u64) -> Acceptance {
-        store
-            .accept(
-                &NewEvent {
-                    webhook: "stripe",
-                    meta,
-                    content_type: Some("application/json"),
-                    body: br#"{"id":"evt"}"#,
-                },
-                now_ms,
-                HOUR,
-            )
-            .unwrap()
-    }
-
-    #[test]
-    fn an_accepted_event_has_one_job_per_target_in_priority_order() {
-        let store = LocalStore::open(&dir("order")).unwrap();
-        accept(&store, &meta("evt_low", Priority::Low, &["analytics"]), 1);
-        accept(
-            &store,
-            &meta("evt_normal", Priority::Normal, &["notify"]),
-            2,
-        );
-        let Acceptance::Accepted(high) = accept(
-            &store,
-            &meta("evt_high", Priority::High, &["notify", "supplier"]),
-            3,
-        ) else {
-            panic!("accepted")
+            event_type: "t".into(),
+            context: Vec::new(),
+            priority: Priority::High,
+            targets: vec!["notify".into()],
         };
-        let targets: Vec<_> = store
-            .pending()
-            .unwrap()
-            .into_iter()
-            .map(|job| job.target)
-            .collect();
-        assert_eq!(targets, ["notify", "supplier", "notify", "analytics"]);
-        let (stored, body) = store.event(high).unwrap().unwrap();
-        assert_eq!((stored.id.as_str(), stored.received_at_ms), ("evt_high", 3));
-        assert_eq!(body, br#"{"id":"evt"}"#);
+        let event = NewEvent {
+            webhook: "stripe",
+            meta: &meta,
+            content_type: None,
+            body: b"{}",
+        };
+        store.accept(&event, now_ms, HOUR).unwrap()
     }
 
     #[test]
-    fn the_same_event_is_a_duplicate_within_the_window_only() {
-        let store = LocalStore::open(&dir("dedup")).unwrap();
-        let event = meta("evt_1", Priority::Normal, &["notify"]);
-        assert!(matches!(
-            accept(&store, &event, 1_000),
-            Acceptance::Accepted(_)
-        ));
-        assert_eq!(
-            accept(&store, &event, 1_000 + 3_599_999),
-            Acceptance::Duplicate
-        );
-        assert_eq!(store.pending().unwrap().len(), 1, "a duplicate adds no job");
-        assert!(matches!(
-            accept(&store, &event, 1_000 + 3_600_000),
-            Acceptance::Accepted(_)
-        ));
+    fn expired_dedup_keys_are_pruned() {
+        let store = LocalStore::open(&dir("prune")).unwrap();
+        accept(&store, "evt_1", 1_000);
+        assert_eq!(store.prune_dedup(1_000 + 3_599_999, HOUR).unwrap(), 0);
         assert_eq!(store.prune_dedup(10 * 3_600_000, HOUR).unwrap(), 1);
     }
 
     #[test]
-    fn unrouted_events_are_kept_as_dead_letters() {
-        let store = LocalStore::open(&dir("unrouted")).unwrap();
-        accept(&store, &meta("evt_x", Priority::Normal, &[]), 5);
-        assert!(store.pending().unwrap().is_empty());
-        let dead = store.dead_letters().unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(
-            (dead[0].reason.as_str(), dead[0].target.as_str()),
-            ("unrouted", "")
-        );
-        assert_eq!(store.event(dead[0].event).unwrap().unwrap().0.id, "evt_x");
-    }
-
-    #[test]
-    fn what_was_accepted_survives_closing_and_reopening() {
+    fn a_job_leased_by_a_process_that_died_is_due_again_on_reopening() {
         let path = dir("reopen");
         {
             let store = LocalStore::open(&path).unwrap();
-            accept(&store, &meta("evt_1", Priority::High, &["notify"]), 1);
+            accept(&store, "evt_1", 1_000);
+            let leased = store
+                .lease(Priority::High, 1_000, HOUR, &[])
+                .unwrap()
+                .expect("due");
+            assert!(leased.leased);
+            assert!(store
+                .lease(Priority::High, 1_000, HOUR, &[])
+                .unwrap()
+                .is_none());
         }
         let store = LocalStore::open(&path).unwrap();
-        assert_eq!(store.pending().unwrap().len(), 1);
-        assert_eq!(
-            accept(&store, &meta("evt_1", Priority::High, &["notify"]), 2),
-            Acceptance::Duplicate,
-            "dedup keys are durable too"
-        );
-        let Acceptance::Accepted(next) =
-            accept(&store, &meta("evt_2", Priority::Low, &["a", "b"]), 3)
-        else {
-            panic!("accepted")
-        };
-        assert!(next > 1, "sequence numbers continue after a restart");
-        assert_eq!(store.pending().unwrap().len(), 3);
+        let again = store
+            .lease(Priority::High, unix_time().as_millis() as u64, HOUR, &[])
+            .unwrap()
+            .expect("released on open");
+        assert_eq!(again.lease, 2);
+    }
+
+    #[test]
+    fn a_bad_cursor_is_refused() {
+        let store = LocalStore::open(&dir("cursor")).unwrap();
+        let error = store
+            .dead_letters(&DeadLetterFilter::default(), Some("nonsense"), 10)
+            .unwrap_err();
+        assert!(matches!(error, StoreError::InvalidCursor(_)));
     }
 }

@@ -1,9 +1,126 @@
-//! Durable and shared state. `local` is the embedded event store (redb):
-//! accepted webhook events, their dedup keys, delivery jobs and dead
-//! letters. `redis` is the connection replicas share for global rate limits
-//! and provider pauses; its queue operations come with the webhook ingress.
+//! Durable and shared state. [`Store`] is everything the ingress and the
+//! delivery workers ask of the event queue; `embedded` (redb, the default)
+//! and `redis_events` (shared by replicas) implement it and pass one
+//! conformance suite (`tests/store_conformance.rs`). `redis` is the guarded
+//! connection that global rate limits and provider pauses share with the
+//! queue (their primitives live in `resilience::global`).
 
+pub mod embedded;
 pub mod group_commit;
 pub mod local;
+pub mod records;
 pub mod redis;
 pub mod redis_events;
+
+use std::time::Duration;
+
+pub use records::{
+    Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, NewEvent, OwnedEvent,
+    QueueDepth, StoredEvent,
+};
+
+use crate::webhooks::event::Priority;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or could not commit; nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The job was leased again after this lease's visibility timeout: the
+    /// other holder owns it now.
+    #[error("the lease on job {0} has expired and the job was leased again")]
+    LeaseLost(u64),
+    #[error("not a dead-letter cursor: {0:?}")]
+    InvalidCursor(String),
+    #[error("unreadable record in the store: {0}")]
+    Corrupt(String),
+}
+
+/// The event queue. Times are Unix milliseconds passed in by the caller, so
+/// tests drive them; a lease is invisible to others until `due_ms`.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a verified event with one job per target (or an `unrouted`
+    /// dead letter), atomically with its dedup key, unless the same
+    /// (webhook, event id) was accepted within `dedup_window`. Durable when
+    /// it returns.
+    async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError>;
+
+    /// Leases the next due job of `priority` (oldest due first) whose target
+    /// is not in `skip` (targets at their in-flight cap). The job stays
+    /// invisible for `visibility`; if it is neither acked nor rescheduled by
+    /// then, it is leased again, by this process or another.
+    async fn lease(
+        &self,
+        priority: Priority,
+        now_ms: u64,
+        visibility: Duration,
+        skip: &[String],
+    ) -> Result<Option<Job>, StoreError>;
+
+    /// Delivered: the job is gone, and its event too once no job or dead
+    /// letter refers to it.
+    async fn ack(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// Failed, to be tried again at `due_ms`.
+    async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError>;
+
+    /// Gives up: the job becomes a dead letter with `reason`, its history and
+    /// the last attempt, if one was made.
+    async fn dead_letter(
+        &self,
+        job: &Job,
+        attempt: Option<Attempt>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Dead letters, newest first, `limit` at most, after `cursor` (a
+    /// previous page's `next`).
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, StoreError>;
+
+    async fn dead_letter_by_id(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// Puts a dead letter back on the queue, due now, with a fresh attempt
+    /// count and its history. False when there is no such dead letter.
+    /// Unrouted ones have no target and are never replayed.
+    async fn replay(&self, id: u64, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// Replays every routed dead letter the filter matches; how many.
+    async fn replay_all(&self, filter: &DeadLetterFilter, now_ms: u64) -> Result<u64, StoreError> {
+        let mut replayed = 0;
+        let mut cursor = None;
+        loop {
+            let page = self.dead_letters(filter, cursor.as_deref(), 200).await?;
+            for dead in &page.items {
+                if dead.job.target != records::UNROUTED && self.replay(dead.job.id, now_ms).await? {
+                    replayed += 1;
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(replayed),
+            }
+        }
+    }
+
+    /// Drops a dead letter (and its event once nothing refers to it).
+    async fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError>;
+
+    /// Dead letters per webhook.
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Jobs waiting or in flight, per priority.
+    async fn queue_depth(&self) -> Result<QueueDepth, StoreError>;
+
+    /// When the oldest event with a job still waiting was received.
+    async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError>;
+
+    /// An event's metadata and body.
+    async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError>;
+}

@@ -19,7 +19,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 pub const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum RedisCallError {
     #[error("the Redis store is unreachable (retrying in the background)")]
     Unavailable,
     #[error("the Redis store did not answer within {}ms", CALL_TIMEOUT.as_millis())]
@@ -72,7 +72,7 @@ impl RedisStore {
 
     /// Runs `call` on the shared connection, bounded in time; `op` names the
     /// operation in `sidecar_store_errors_total`.
-    pub async fn run<T, F, Fut>(&self, op: &str, call: F) -> Result<T, StoreError>
+    pub async fn run<T, F, Fut>(&self, op: &str, call: F) -> Result<T, RedisCallError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -88,24 +88,24 @@ impl RedisStore {
         result
     }
 
-    async fn try_run<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    async fn try_run<T, F, Fut>(&self, call: F) -> Result<T, RedisCallError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if self.clock.now_millis() < self.quiet_until.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable);
+            return Err(RedisCallError::Unavailable);
         }
         let connection = tokio::time::timeout(CALL_TIMEOUT, self.connection())
             .await
-            .map_err(|_| StoreError::Timeout)??;
+            .map_err(|_| RedisCallError::Timeout)??;
         tokio::time::timeout(CALL_TIMEOUT, call(connection))
             .await
-            .map_err(|_| StoreError::Timeout)?
-            .map_err(StoreError::from)
+            .map_err(|_| RedisCallError::Timeout)?
+            .map_err(RedisCallError::from)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<ConnectionManager, RedisCallError> {
         if let Some(manager) = self.connection.read().await.as_ref() {
             return Ok(manager.clone());
         }

@@ -1,145 +1,535 @@
-//! Accepted webhook events in Redis, for replicas that share one queue:
-//! the same records as the embedded store (`local.rs`), written by one Lua
-//! script per event, so the dedup key, the event, its body and its jobs
-//! appear together or not at all. Every key carries the hash tag `{q}`: a
-//! script's keys must share a Cluster slot, and the queue is one unit.
+//! The event queue in Redis, for replicas that share it: the same records
+//! as the embedded store, and every step that touches several keys is one
+//! Lua script, so an event, its dedup key and its jobs appear together or
+//! not at all, and a lease, ack or retry is checked against the job's
+//! current lease token in the same step that changes it.
+//!
+//! Every key carries the hash tag `{q}`: a script's keys must share a
+//! Cluster slot, and the queue is one unit. Keys (after `<prefix>:`):
+//! `dedup:{q}:<webhook>\x1f<id>` (expires with the window), `sequence`,
+//! `events`/`bodies`/`refs` (hashes by event number), `jobs` (job records),
+//! `targets` and `leases` (job id → target, lease token),
+//! `queue:{q}:<priority>` (sorted by due time), `age` (sorted by receipt),
+//! `dead` (records) and `dead_order` (lexically sorted list keys). Job ids
+//! are written zero-padded to 20 digits wherever they are a field or a
+//! member, so that jobs due at the same millisecond lease in id order.
+//!
+//! A lease moves the job's due time to the end of its visibility timeout,
+//! so the job of a replica that died becomes due again by itself and any
+//! replica leases it; replicas' clocks only need to agree to well within
+//! the visibility timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::local::{Acceptance, DeadLetter, Job, NewEvent, StoredEvent};
-use super::redis::{RedisStore, StoreError};
+use super::records::{
+    dedup_key, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, OwnedEvent,
+    QueueDepth, StoredEvent, UNROUTED,
+};
+use super::redis::{RedisCallError, RedisStore};
+use super::{Store, StoreError};
 use crate::webhooks::event::Priority;
 
+/// KEYS: dedup, sequence, events, bodies, refs, jobs, targets, queue, age,
+/// dead, dead_order. ARGV: window ms, metadata, now ms, body, then per
+/// target its name and its job record without the leading `{"id":0,"event":0,`.
 const ACCEPT: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[1]) then return -1 end
-local seq = redis.call('INCR', KEYS[2])
+local targets = math.floor((#ARGV - 4) / 2)
+local jobs = math.max(targets, 1)
+local seq = redis.call('INCRBY', KEYS[2], 1 + jobs) - jobs
 redis.call('HSET', KEYS[3], seq, ARGV[2])
 redis.call('HSET', KEYS[4], seq, ARGV[4])
-local targets = #ARGV - 4
+redis.call('HSET', KEYS[5], seq, jobs)
 if targets == 0 then
-  redis.call('HSET', KEYS[6], seq, cjson.encode({event = seq, target = '', reason = 'unrouted', dead_at_ms = tonumber(ARGV[3])}))
+  local id = seq + 1
+  local record = '{"job":{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[5] .. ',"reason":"unrouted","dead_at_ms":' .. ARGV[3] .. '}'
+  redis.call('HSET', KEYS[10], string.format('%020d', id), record)
+  redis.call('ZADD', KEYS[11], 0, string.format('%020d.%020d', tonumber(ARGV[3]), id))
 else
   for i = 1, targets do
-    redis.call('ZADD', KEYS[5], seq * 1000 + i, cjson.encode({event = seq, target = ARGV[4 + i], attempts = 0}))
+    local id = seq + i
+    local member = string.format('%020d', id)
+    redis.call('HSET', KEYS[6], member, '{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[4 + 2 * i])
+    redis.call('HSET', KEYS[7], member, ARGV[3 + 2 * i])
+    redis.call('ZADD', KEYS[8], ARGV[3], member)
+    redis.call('ZADD', KEYS[9], ARGV[3], member)
   end
 end
 return seq
 "#;
 
-const PRIORITIES: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+/// KEYS: queue, targets, leases, jobs. ARGV: now ms, lease end ms, scan
+/// limit, targets to skip… Returns {id, token, record} or nil.
+const LEASE: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local skip = {}
+for i = 4, #ARGV do skip[ARGV[i]] = true end
+for _, id in ipairs(due) do
+  if #ARGV < 4 or not skip[redis.call('HGET', KEYS[2], id)] then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    local token = redis.call('HINCRBY', KEYS[3], id, 1)
+    return {id, token, redis.call('HGET', KEYS[4], id)}
+  end
+end
+return false
+"#;
+
+/// The common head of the scripts that need the caller's lease to be the
+/// job's current one. KEYS[1] is `leases`; ARGV[1] the id, ARGV[2] the token.
+const HOLDS_LEASE: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+"#;
+
+/// KEYS: leases, jobs, queue. ARGV: id, token, record, due ms.
+const RETRY: &str = r#"
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+return 1
+"#;
+
+/// KEYS: leases, jobs, queue, targets, age, refs, events, bodies. ARGV: id,
+/// token, event number.
+const ACK: &str = r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+if redis.call('HINCRBY', KEYS[6], ARGV[3], -1) <= 0 then
+  redis.call('HDEL', KEYS[6], ARGV[3])
+  redis.call('HDEL', KEYS[7], ARGV[3])
+  redis.call('HDEL', KEYS[8], ARGV[3])
+end
+return 1
+"#;
+
+/// KEYS: leases, jobs, queue, targets, age, dead, dead_order. ARGV: id,
+/// token, dead-letter record, order key. The lease token stays: a replay
+/// continues counting from it.
+const DEAD_LETTER: &str = r#"
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[7], 0, ARGV[4])
+return 1
+"#;
+
+/// KEYS: dead, dead_order, jobs, targets, queue, age. ARGV: id, order key,
+/// job record, target, due ms, received ms.
+const REPLAY: &str = r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
+return 1
+"#;
+
+/// KEYS: dead, dead_order, leases, refs, events, bodies. ARGV: id, order
+/// key, event number.
+const DELETE: &str = r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  redis.call('HDEL', KEYS[5], ARGV[3])
+  redis.call('HDEL', KEYS[6], ARGV[3])
+end
+return 1
+"#;
+
+/// Due jobs a lease looks at when their targets are at their cap.
+const LEASE_SCAN: usize = 512;
+/// Dead letters read per round trip while filling a page.
+const LIST_BATCH: usize = 200;
+
+struct Scripts {
+    accept: redis::Script,
+    lease: redis::Script,
+    retry: redis::Script,
+    ack: redis::Script,
+    dead_letter: redis::Script,
+    replay: redis::Script,
+    delete: redis::Script,
+}
+
+fn guarded(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{HOLDS_LEASE}{body}"))
+}
 
 pub struct RedisEventStore {
     store: Arc<RedisStore>,
-    accept: redis::Script,
+    scripts: Scripts,
+}
+
+fn unavailable(error: RedisCallError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("store records serialize")
+}
+
+/// A job's record with the fields the accept script fills in taken off.
+fn record_tail(job: &Job) -> String {
+    let record = encode(job);
+    record
+        .strip_prefix(r#"{"id":0,"event":0,"#)
+        .expect("a job record starts with its id and event, both 0 here")
+        .to_string()
 }
 
 impl RedisEventStore {
     pub fn new(store: Arc<RedisStore>) -> Self {
         Self {
             store,
-            accept: redis::Script::new(ACCEPT),
+            scripts: Scripts {
+                accept: redis::Script::new(ACCEPT),
+                lease: redis::Script::new(LEASE),
+                retry: guarded(RETRY),
+                ack: guarded(ACK),
+                dead_letter: guarded(DEAD_LETTER),
+                replay: redis::Script::new(REPLAY),
+                delete: redis::Script::new(DELETE),
+            },
         }
     }
 
-    fn key(&self, kind: &str, rest: &str) -> String {
-        self.store.key(kind, "q", rest)
+    fn key(&self, kind: &str) -> String {
+        self.store.key(kind, "q", "")
     }
 
-    /// Stores a verified event and its jobs unless the same event was
-    /// accepted within `dedup_window` (the dedup key expires with it).
-    pub async fn accept(
+    fn queue_key(&self, priority: Priority) -> String {
+        self.store
+            .key("queue", "q", &format!(":{}", priority.as_str()))
+    }
+
+    async fn invoke<T: redis::FromRedisValue + Send + 'static>(
         &self,
-        event: &NewEvent<'_>,
-        now_ms: u64,
-        dedup_window: Duration,
-    ) -> Result<Acceptance, StoreError> {
-        let metadata = serde_json::to_string(&event.stored(now_ms)).expect("plain data serializes");
-        let mut invocation = self.accept.prepare_invoke();
-        invocation
-            .key(self.key(
-                "dedup",
-                &format!(":{}\u{1f}{}", event.webhook, event.meta.id),
-            ))
-            .key(self.key("sequence", ""))
-            .key(self.key("events", ""))
-            .key(self.key("bodies", ""))
-            .key(self.key("jobs", &format!(":{}", event.meta.priority.as_str())))
-            .key(self.key("dead", ""))
-            .arg(dedup_window.as_millis().max(1) as u64)
-            .arg(metadata)
-            .arg(now_ms)
-            .arg(event.body);
-        for target in &event.meta.targets {
-            invocation.arg(target);
-        }
-        let sequence: i64 = self
-            .store
-            .run("accept", |mut connection| async move {
+        op: &str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.store
+            .run(op, |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
-            .await?;
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn query<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        op: &str,
+        pipeline: redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        self.store
+            .run(op, |mut connection| async move {
+                pipeline.query_async(&mut connection).await
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs a lease-guarded script; a refusal means the lease was lost.
+    async fn guarded_call(
+        &self,
+        op: &str,
+        job: &Job,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<(), StoreError> {
+        let done: i64 = self.invoke(op, invocation).await?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(job.id))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisEventStore {
+    async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+        let new = event.borrowed();
+        let now_ms = event.now_ms;
+        let mut invocation = self.scripts.accept.prepare_invoke();
+        invocation
+            .key(self.store.key(
+                "dedup",
+                "q",
+                &format!(":{}", dedup_key(&event.webhook, &event.meta.id)),
+            ))
+            .key(self.key("sequence"))
+            .key(self.key("events"))
+            .key(self.key("bodies"))
+            .key(self.key("refs"))
+            .key(self.key("jobs"))
+            .key(self.key("targets"))
+            .key(self.queue_key(event.meta.priority))
+            .key(self.key("age"))
+            .key(self.key("dead"))
+            .key(self.key("dead_order"))
+            .arg(event.dedup_window.as_millis().max(1) as u64)
+            .arg(encode(&new.stored(now_ms)))
+            .arg(now_ms)
+            .arg(&event.body[..]);
+        if event.meta.targets.is_empty() {
+            invocation.arg(record_tail(&new.job(0, 0, UNROUTED, now_ms)));
+        }
+        for target in &event.meta.targets {
+            invocation
+                .arg(target)
+                .arg(record_tail(&new.job(0, 0, target, now_ms)));
+        }
+        let sequence: i64 = self.invoke("accept", invocation).await?;
         Ok(match u64::try_from(sequence) {
             Ok(sequence) => Acceptance::Accepted(sequence),
             Err(_) => Acceptance::Duplicate,
         })
     }
 
-    /// Jobs waiting, high priority first, oldest first within a priority.
-    pub async fn pending(&self) -> Result<Vec<Job>, StoreError> {
-        let mut jobs = Vec::new();
-        for priority in PRIORITIES {
-            let key = self.key("jobs", &format!(":{}", priority.as_str()));
-            let members: Vec<String> = self
-                .store
-                .run("read", |mut connection| async move {
-                    redis::cmd("ZRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut connection)
-                        .await
-                })
-                .await?;
-            for member in members {
-                jobs.push(parse(&member)?);
+    async fn lease(
+        &self,
+        priority: Priority,
+        now_ms: u64,
+        visibility: Duration,
+        skip: &[String],
+    ) -> Result<Option<Job>, StoreError> {
+        let mut invocation = self.scripts.lease.prepare_invoke();
+        invocation
+            .key(self.queue_key(priority))
+            .key(self.key("targets"))
+            .key(self.key("leases"))
+            .key(self.key("jobs"))
+            .arg(now_ms)
+            .arg(now_ms + visibility.as_millis() as u64)
+            .arg(LEASE_SCAN);
+        for target in skip {
+            invocation.arg(target);
+        }
+        let leased: Option<(u64, u64, String)> = self.invoke("lease", invocation).await?;
+        let Some((_, token, record)) = leased else {
+            return Ok(None);
+        };
+        let mut job: Job = parse(&record)?;
+        job.lease = token;
+        job.leased = true;
+        job.due_ms = now_ms + visibility.as_millis() as u64;
+        Ok(Some(job))
+    }
+
+    async fn ack(&self, job: &Job) -> Result<(), StoreError> {
+        let mut invocation = self.scripts.ack.prepare_invoke();
+        invocation
+            .key(self.key("leases"))
+            .key(self.key("jobs"))
+            .key(self.queue_key(job.priority))
+            .key(self.key("targets"))
+            .key(self.key("age"))
+            .key(self.key("refs"))
+            .key(self.key("events"))
+            .key(self.key("bodies"))
+            .arg(member(job.id))
+            .arg(job.lease)
+            .arg(job.event);
+        self.guarded_call("ack", job, invocation).await
+    }
+
+    async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
+        let retried = job.clone().retried(attempt, due_ms);
+        let mut invocation = self.scripts.retry.prepare_invoke();
+        invocation
+            .key(self.key("leases"))
+            .key(self.key("jobs"))
+            .key(self.queue_key(job.priority))
+            .arg(member(job.id))
+            .arg(job.lease)
+            .arg(encode(&retried))
+            .arg(due_ms);
+        self.guarded_call("retry", job, invocation).await
+    }
+
+    async fn dead_letter(
+        &self,
+        job: &Job,
+        attempt: Option<Attempt>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut dead_job = job.clone();
+        if let Some(attempt) = attempt {
+            dead_job.record(attempt);
+        }
+        dead_job.leased = false;
+        let letter = DeadLetter {
+            job: dead_job,
+            reason: reason.to_string(),
+            dead_at_ms: now_ms,
+        };
+        let mut invocation = self.scripts.dead_letter.prepare_invoke();
+        invocation
+            .key(self.key("leases"))
+            .key(self.key("jobs"))
+            .key(self.queue_key(job.priority))
+            .key(self.key("targets"))
+            .key(self.key("age"))
+            .key(self.key("dead"))
+            .key(self.key("dead_order"))
+            .arg(member(job.id))
+            .arg(job.lease)
+            .arg(encode(&letter))
+            .arg(letter.order_key());
+        self.guarded_call("dead_letter", job, invocation).await
+    }
+
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, StoreError> {
+        let mut below = match cursor {
+            None => "+".to_string(),
+            Some(cursor) => {
+                valid_cursor(cursor)?;
+                format!("({cursor}")
+            }
+        };
+        let mut items: Vec<DeadLetter> = Vec::new();
+        loop {
+            let mut range = redis::pipe();
+            range
+                .cmd("ZREVRANGEBYLEX")
+                .arg(self.key("dead_order"))
+                .arg(&below)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(LIST_BATCH);
+            let (keys,): (Vec<String>,) = self.query("read", range).await?;
+            let Some(last) = keys.last() else {
+                return Ok(DeadLetterPage { items, next: None });
+            };
+            below = format!("({last}");
+            let ids: Vec<String> = keys.iter().filter_map(|k| id_of(k)).collect();
+            let mut read = redis::pipe();
+            read.cmd("HMGET").arg(self.key("dead")).arg(&ids);
+            let (records,): (Vec<Option<String>>,) = self.query("read", read).await?;
+            for record in records.into_iter().flatten() {
+                let letter: DeadLetter = parse(&record)?;
+                if !filter.matches(&letter) {
+                    continue;
+                }
+                if items.len() == limit {
+                    let next = items.last().map(DeadLetter::order_key);
+                    return Ok(DeadLetterPage { items, next });
+                }
+                items.push(letter);
+            }
+            if keys.len() < LIST_BATCH {
+                return Ok(DeadLetterPage { items, next: None });
             }
         }
-        Ok(jobs)
     }
 
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let key = self.key("dead", "");
-        let entries: Vec<(u64, String)> = self
-            .store
-            .run("read", |mut connection| async move {
-                redis::cmd("HGETALL")
-                    .arg(key)
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await?;
-        let mut dead = entries
-            .iter()
-            .map(|(_, value)| parse(value))
-            .collect::<Result<Vec<DeadLetter>, _>>()?;
-        dead.sort_by_key(|d| d.event);
-        Ok(dead)
+    async fn dead_letter_by_id(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let mut read = redis::pipe();
+        read.hget(self.key("dead"), member(id));
+        let (record,): (Option<String>,) = self.query("read", read).await?;
+        record.map(|r| parse(&r)).transpose()
     }
 
-    /// An event's metadata and body.
-    pub async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
-        let (events, bodies) = (self.key("events", ""), self.key("bodies", ""));
-        let (metadata, body): (Option<String>, Option<Vec<u8>>) = self
-            .store
-            .run("read", |mut connection| async move {
-                redis::pipe()
-                    .hget(events, sequence)
-                    .hget(bodies, sequence)
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await?;
+    async fn replay(&self, id: u64, now_ms: u64) -> Result<bool, StoreError> {
+        let Some(letter) = self.dead_letter_by_id(id).await? else {
+            return Ok(false);
+        };
+        if letter.job.target == UNROUTED {
+            return Ok(false);
+        }
+        let order = letter.order_key();
+        let job = letter.job.replayed(now_ms);
+        let mut invocation = self.scripts.replay.prepare_invoke();
+        invocation
+            .key(self.key("dead"))
+            .key(self.key("dead_order"))
+            .key(self.key("jobs"))
+            .key(self.key("targets"))
+            .key(self.queue_key(job.priority))
+            .key(self.key("age"))
+            .arg(member(id))
+            .arg(order)
+            .arg(encode(&job))
+            .arg(&job.target)
+            .arg(now_ms)
+            .arg(job.received_at_ms);
+        let replayed: i64 = self.invoke("replay", invocation).await?;
+        Ok(replayed == 1)
+    }
+
+    async fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        let Some(letter) = self.dead_letter_by_id(id).await? else {
+            return Ok(false);
+        };
+        let mut invocation = self.scripts.delete.prepare_invoke();
+        invocation
+            .key(self.key("dead"))
+            .key(self.key("dead_order"))
+            .key(self.key("leases"))
+            .key(self.key("refs"))
+            .key(self.key("events"))
+            .key(self.key("bodies"))
+            .arg(member(id))
+            .arg(letter.order_key())
+            .arg(letter.job.event);
+        let deleted: i64 = self.invoke("delete", invocation).await?;
+        Ok(deleted == 1)
+    }
+
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut read = redis::pipe();
+        read.hvals(self.key("dead"));
+        let (records,): (Vec<String>,) = self.query("read", read).await?;
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for record in records {
+            let letter: DeadLetter = parse(&record)?;
+            *counts.entry(letter.job.webhook).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        let mut read = redis::pipe();
+        for priority in Priority::ALL {
+            read.zcard(self.queue_key(priority));
+        }
+        let (high, normal, low): (u64, u64, u64) = self.query("read", read).await?;
+        Ok(QueueDepth { high, normal, low })
+    }
+
+    async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+        let mut read = redis::pipe();
+        read.cmd("ZRANGE")
+            .arg(self.key("age"))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES");
+        let (oldest,): (Vec<(u64, u64)>,) = self.query("read", read).await?;
+        Ok(oldest.first().map(|(_, received)| *received))
+    }
+
+    async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
+        let mut read = redis::pipe();
+        read.hget(self.key("events"), sequence)
+            .hget(self.key("bodies"), sequence);
+        let (metadata, body): (Option<String>, Option<Vec<u8>>) = self.query("read", read).await?;
         match metadata {
             None => Ok(None),
             Some(metadata) => Ok(Some((parse(&metadata)?, body.unwrap_or_default()))),
@@ -147,12 +537,57 @@ impl RedisEventStore {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| {
-        StoreError::Redis(redis::RedisError::from((
-            redis::ErrorKind::TypeError,
-            "unreadable record in the store",
-            e.to_string(),
-        )))
-    })
+/// A job id as the Redis records name it.
+fn member(id: u64) -> String {
+    format!("{id:020}")
+}
+
+/// The job id part of a dead-letter order key, as a member.
+fn id_of(order_key: &str) -> Option<String> {
+    Some(order_key.split_once('.')?.1.to_string())
+}
+
+fn valid_cursor(cursor: &str) -> Result<(), StoreError> {
+    let valid = cursor
+        .split_once('.')
+        .is_some_and(|(at, id)| at.parse::<u64>().is_ok() && id.parse::<u64>().is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidCursor(cursor.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::order_key;
+    use crate::webhooks::event::EventMeta;
+
+    #[test]
+    fn the_accept_script_receives_job_records_without_id_and_event() {
+        let meta = EventMeta {
+            id: "evt".into(),
+            event_type: "t".into(),
+            context: Vec::new(),
+            priority: Priority::High,
+            targets: vec!["notify".into()],
+        };
+        let event = OwnedEvent {
+            webhook: "stripe".into(),
+            meta,
+            content_type: None,
+            body: bytes::Bytes::new(),
+            now_ms: 7,
+            dedup_window: Duration::from_secs(1),
+        };
+        let tail = record_tail(&event.borrowed().job(0, 0, "notify", 7));
+        let spliced: Job = parse(&format!(r#"{{"id":12,"event":11,{tail}"#)).unwrap();
+        assert_eq!(spliced, event.borrowed().job(12, 11, "notify", 7));
+        assert_eq!(
+            order_key(7, 12).len(),
+            41,
+            "lexical order needs fixed width"
+        );
+    }
 }

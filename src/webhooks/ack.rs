@@ -8,60 +8,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
-use super::event::{extract, EventMeta};
+use super::event::extract;
 use super::verify::{self, Inbound, Scheme};
 use crate::admin::metrics::Metrics;
 use crate::config::webhooks::{VerifyKind, Webhook};
 use crate::problem::{ErrorCode, Problem};
-use crate::store::group_commit::{GroupCommitter, OwnedEvent};
-use crate::store::local::{Acceptance, NewEvent};
-use crate::store::redis_events::RedisEventStore;
-
-/// Where accepted events go: the embedded store (through group commit) or
-/// Redis.
-pub enum EventStore {
-    Local(GroupCommitter),
-    Redis(RedisEventStore),
-}
-
-impl EventStore {
-    async fn accept(
-        &self,
-        webhook: &str,
-        meta: EventMeta,
-        content_type: Option<String>,
-        body: Bytes,
-        now_ms: u64,
-        window: Duration,
-    ) -> Result<Acceptance, String> {
-        match self {
-            Self::Local(committer) => {
-                committer
-                    .accept(OwnedEvent {
-                        webhook: webhook.to_string(),
-                        meta,
-                        content_type,
-                        body,
-                        now_ms,
-                        dedup_window: window,
-                    })
-                    .await
-            }
-            Self::Redis(store) => {
-                let event = NewEvent {
-                    webhook,
-                    meta: &meta,
-                    content_type: content_type.as_deref(),
-                    body: &body,
-                };
-                store
-                    .accept(&event, now_ms, window)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        }
-    }
-}
+use crate::store::{Acceptance, OwnedEvent, Store};
 
 pub struct IngressWebhook {
     pub config: Webhook,
@@ -103,7 +55,7 @@ impl IngressWebhook {
 
     pub async fn acknowledge(
         &self,
-        store: Option<&EventStore>,
+        store: Option<&dyn Store>,
         headers: &HeaderMap,
         body: Bytes,
         query: Option<&str>,
@@ -135,14 +87,14 @@ impl IngressWebhook {
             .map(str::to_string);
         let id = meta.id.clone();
         let outcome = store
-            .accept(
-                &self.config.name,
+            .accept(OwnedEvent {
+                webhook: self.config.name.clone(),
                 meta,
                 content_type,
                 body,
-                now.as_millis() as u64,
-                self.config.dedup_window,
-            )
+                now_ms: now.as_millis() as u64,
+                dedup_window: self.config.dedup_window,
+            })
             .await;
         match outcome {
             Ok(Acceptance::Accepted(_)) => {

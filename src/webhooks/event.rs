@@ -11,7 +11,10 @@ use serde_json::Value;
 use crate::config::webhooks::{Field, VerifyKind, Webhook};
 use crate::webhooks::verify::mac::{encode_hex, sha256};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,
     Normal,
@@ -19,6 +22,9 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Every priority, in the order workers prefer them.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::High => "high",

@@ -19,17 +19,18 @@ use crate::admin::metrics::Metrics;
 use crate::config::webhooks::Webhook;
 use crate::problem::{ErrorCode, Problem};
 use crate::resilience::clock::unix_time;
-use ack::{EventStore, IngressWebhook};
+use crate::store::Store;
+use ack::IngressWebhook;
 
 pub struct IngressApp {
     webhooks: Vec<IngressWebhook>,
-    store: Option<EventStore>,
+    store: Option<Arc<dyn Store>>,
 }
 
 impl IngressApp {
     pub fn new(
         webhooks: &[Webhook],
-        store: Option<EventStore>,
+        store: Option<Arc<dyn Store>>,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, String> {
         let webhooks = webhooks
@@ -112,7 +113,7 @@ impl ServeHttp for IngressApp {
         };
         let answer = webhook
             .acknowledge(
-                self.store.as_ref(),
+                self.store.as_deref(),
                 &session.req_header().headers,
                 body,
                 query.as_deref(),

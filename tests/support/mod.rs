@@ -573,16 +573,7 @@ impl RedisServer {
 
     /// The event store a sidecar with `prefix: test` writes to, read directly.
     pub fn event_store(&self) -> wedsync_sidecar::store::redis_events::RedisEventStore {
-        let store = wedsync_sidecar::store::redis::RedisStore::new(
-            &self.url(),
-            "test",
-            wedsync_sidecar::resilience::clock::MonotonicClock::shared(),
-            wedsync_sidecar::admin::metrics::Metrics::new()
-                .store_errors_total
-                .clone(),
-        )
-        .unwrap();
-        wedsync_sidecar::store::redis_events::RedisEventStore::new(std::sync::Arc::new(store))
+        redis_event_store(&self.url())
     }
 
     pub fn kill(&mut self) {
@@ -632,4 +623,43 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// An event store on the Redis at `url`, with the prefix test sidecars use.
+pub fn redis_event_store(url: &str) -> wedsync_sidecar::store::redis_events::RedisEventStore {
+    let store = wedsync_sidecar::store::redis::RedisStore::new(
+        url,
+        "test",
+        wedsync_sidecar::resilience::clock::MonotonicClock::shared(),
+        wedsync_sidecar::admin::metrics::Metrics::new()
+            .store_errors_total
+            .clone(),
+    )
+    .unwrap();
+    wedsync_sidecar::store::redis_events::RedisEventStore::new(std::sync::Arc::new(store))
+}
+
+/// Every waiting job as (target, event, body), leased the way a worker
+/// would (and so left leased: read a store once).
+pub async fn waiting_jobs(
+    store: &dyn wedsync_sidecar::store::Store,
+) -> Vec<(String, wedsync_sidecar::store::StoredEvent, Vec<u8>)> {
+    let far_future = u64::MAX / 4;
+    let mut jobs = Vec::new();
+    for priority in wedsync_sidecar::webhooks::event::Priority::ALL {
+        while let Some(job) = store
+            .lease(priority, far_future, Duration::from_secs(60), &[])
+            .await
+            .unwrap()
+        {
+            let (event, body) = store.event(job.event).await.unwrap().expect("its event");
+            jobs.push((job.target, event, body));
+        }
+    }
+    jobs
+}
+
+/// The embedded store a stopped sidecar left in `dir`.
+pub fn embedded_store(dir: &std::path::Path) -> wedsync_sidecar::store::embedded::EmbeddedStore {
+    wedsync_sidecar::store::embedded::EmbeddedStore::open(dir, Duration::from_secs(3600)).unwrap()
 }

@@ -1,0 +1,125 @@
+//! The embedded store as a [`Store`]: accepts go through group commit (one
+//! fsync for every webhook waiting at that moment); everything else runs
+//! the redb engine on tokio's blocking pool, so a commit never stalls a
+//! proxy thread.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::group_commit::GroupCommitter;
+use super::local::LocalStore;
+use super::records::{
+    Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, OwnedEvent, QueueDepth,
+    StoredEvent,
+};
+use super::{Store, StoreError};
+use crate::webhooks::event::Priority;
+
+pub struct EmbeddedStore {
+    engine: Arc<LocalStore>,
+    committer: GroupCommitter,
+}
+
+impl EmbeddedStore {
+    /// Opens `dir/events.redb`; dedup keys older than `dedup_horizon` (the
+    /// longest `dedup_window`) are forgotten in the background.
+    pub fn open(dir: &Path, dedup_horizon: Duration) -> Result<Self, StoreError> {
+        let engine = Arc::new(LocalStore::open(dir)?);
+        let committer = GroupCommitter::start(Arc::clone(&engine), dedup_horizon);
+        Ok(Self { engine, committer })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&LocalStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || call(&engine))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+        self.committer.accept(event).await
+    }
+
+    async fn lease(
+        &self,
+        priority: Priority,
+        now_ms: u64,
+        visibility: Duration,
+        skip: &[String],
+    ) -> Result<Option<Job>, StoreError> {
+        let skip = skip.to_vec();
+        self.blocking(move |engine| engine.lease(priority, now_ms, visibility, &skip))
+            .await
+    }
+
+    async fn ack(&self, job: &Job) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.blocking(move |engine| engine.ack(&job)).await
+    }
+
+    async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.blocking(move |engine| engine.retry_at(&job, attempt, due_ms))
+            .await
+    }
+
+    async fn dead_letter(
+        &self,
+        job: &Job,
+        attempt: Option<Attempt>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (job, reason) = (job.clone(), reason.to_string());
+        self.blocking(move |engine| engine.dead_letter(&job, attempt, &reason, now_ms))
+            .await
+    }
+
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, StoreError> {
+        let (filter, cursor) = (filter.clone(), cursor.map(str::to_string));
+        self.blocking(move |engine| engine.dead_letters(&filter, cursor.as_deref(), limit))
+            .await
+    }
+
+    async fn dead_letter_by_id(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        self.blocking(move |engine| engine.dead_letter_by_id(id))
+            .await
+    }
+
+    async fn replay(&self, id: u64, now_ms: u64) -> Result<bool, StoreError> {
+        self.blocking(move |engine| engine.replay(id, now_ms)).await
+    }
+
+    async fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        self.blocking(move |engine| engine.delete_dead_letter(id))
+            .await
+    }
+
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.blocking(LocalStore::dead_letter_counts).await
+    }
+
+    async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        self.blocking(LocalStore::queue_depth).await
+    }
+
+    async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.blocking(LocalStore::oldest_pending_ms).await
+    }
+
+    async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
+        self.blocking(move |engine| engine.event(sequence)).await
+    }
+}

@@ -1,0 +1,249 @@
+//! What both stores keep, in one shape: an accepted event, its delivery
+//! jobs (one per target), the attempts made for each, and dead letters.
+//! Records are JSON in either store, so a dead letter reads the same
+//! whichever store wrote it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::webhooks::event::{EventMeta, Priority};
+
+/// Attempts kept per job for the dead-letter view; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 20;
+
+/// The target of a dead letter that no route matched.
+pub const UNROUTED: &str = "";
+
+/// A verified request, as the ack path hands it over.
+#[derive(Clone, Copy)]
+pub struct NewEvent<'a> {
+    pub webhook: &'a str,
+    pub meta: &'a EventMeta,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl NewEvent<'_> {
+    /// The metadata either store keeps for this event.
+    pub fn stored(&self, received_at_ms: u64) -> StoredEvent {
+        StoredEvent {
+            webhook: self.webhook.to_string(),
+            id: self.meta.id.clone(),
+            event_type: self.meta.event_type.clone(),
+            content_type: self.content_type.map(str::to_string),
+            context: self.meta.context.clone(),
+            received_at_ms,
+        }
+    }
+
+    /// The job for one target of this event, before it has a number.
+    pub fn job(&self, id: u64, event: u64, target: &str, received_at_ms: u64) -> Job {
+        Job {
+            id,
+            event,
+            webhook: self.webhook.to_string(),
+            target: target.to_string(),
+            priority: self.meta.priority,
+            received_at_ms,
+            due_ms: received_at_ms,
+            attempts: 0,
+            history: Vec::new(),
+            lease: 0,
+            leased: false,
+        }
+    }
+}
+
+/// An event handed over by value (to a writer thread or a task).
+#[derive(Clone)]
+pub struct OwnedEvent {
+    pub webhook: String,
+    pub meta: EventMeta,
+    pub content_type: Option<String>,
+    pub body: bytes::Bytes,
+    pub now_ms: u64,
+    pub dedup_window: Duration,
+}
+
+impl OwnedEvent {
+    pub fn borrowed(&self) -> NewEvent<'_> {
+        NewEvent {
+            webhook: &self.webhook,
+            meta: &self.meta,
+            content_type: self.content_type.as_deref(),
+            body: &self.body,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Stored under this sequence number.
+    Accepted(u64),
+    /// The same (webhook, event id) was accepted within the dedup window.
+    Duplicate,
+}
+
+/// An event's metadata as stored (its body is kept beside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub webhook: String,
+    pub id: String,
+    pub event_type: String,
+    pub content_type: Option<String>,
+    pub context: Vec<(String, String)>,
+    pub received_at_ms: u64,
+}
+
+/// One delivery attempt, as the dead-letter view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    /// The backend tried, when one was chosen.
+    pub backend: Option<String>,
+    /// The target's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// What went wrong, when something did (connect error, timeout, 5xx…).
+    pub error: Option<String>,
+}
+
+/// One (event, target) pair. `id` names it everywhere: in the queue, in
+/// the dead letters and in the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub event: u64,
+    pub webhook: String,
+    pub target: String,
+    pub priority: Priority,
+    pub received_at_ms: u64,
+    /// When it may next be leased: now for a new job, the retry time after
+    /// a failure, the end of the visibility timeout while leased.
+    pub due_ms: u64,
+    /// Attempts since it was accepted or last replayed.
+    pub attempts: u32,
+    /// The latest attempts, oldest first, at most [`HISTORY_LIMIT`]; a
+    /// replay keeps them. Left out while empty: Redis scripts splice job
+    /// records as text and never meet an empty array.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+    /// Bumped by every lease: an ack or retry carrying an older number
+    /// comes from a worker whose lease expired, and is refused.
+    pub lease: u64,
+    pub leased: bool,
+}
+
+impl Job {
+    /// Records an attempt, dropping the oldest beyond [`HISTORY_LIMIT`].
+    pub fn record(&mut self, attempt: Attempt) {
+        self.attempts += 1;
+        self.history.push(attempt);
+        let excess = self.history.len().saturating_sub(HISTORY_LIMIT);
+        self.history.drain(..excess);
+    }
+
+    /// The job as leased at `now_ms` for `visibility`.
+    pub fn leased_at(mut self, now_ms: u64, visibility: Duration) -> Self {
+        self.lease += 1;
+        self.leased = true;
+        self.due_ms = now_ms + visibility.as_millis() as u64;
+        self
+    }
+
+    /// The job as a retry due at `due_ms` after `attempt`.
+    pub fn retried(mut self, attempt: Attempt, due_ms: u64) -> Self {
+        self.record(attempt);
+        self.leased = false;
+        self.due_ms = due_ms;
+        self
+    }
+
+    /// The job as a replay puts it back: due now, a fresh attempt count,
+    /// its history kept.
+    pub fn replayed(mut self, now_ms: u64) -> Self {
+        self.attempts = 0;
+        self.leased = false;
+        self.due_ms = now_ms;
+        self
+    }
+}
+
+/// A job that could not be delivered (or had nowhere to go).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub job: Job,
+    /// `unrouted`, `rejected` (a 4xx that retrying cannot fix),
+    /// `max_attempts` or `max_age`.
+    pub reason: String,
+    pub dead_at_ms: u64,
+}
+
+impl DeadLetter {
+    pub fn last_error(&self) -> Option<String> {
+        let last = self.job.history.last()?;
+        Some(match (&last.error, last.status) {
+            (Some(error), _) => error.clone(),
+            (None, Some(status)) => format!("HTTP {status}"),
+            (None, None) => return None,
+        })
+    }
+
+    /// The order of the dead-letter list (newest first) as a sortable key:
+    /// `<dead_at_ms>.<id>`, zero-padded, which is also the page cursor.
+    pub fn order_key(&self) -> String {
+        order_key(self.dead_at_ms, self.job.id)
+    }
+}
+
+pub fn order_key(dead_at_ms: u64, id: u64) -> String {
+    format!("{dead_at_ms:020}.{id:020}")
+}
+
+/// Which dead letters a list or a bulk replay covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    pub webhook: Option<String>,
+    pub target: Option<String>,
+}
+
+impl DeadLetterFilter {
+    pub fn matches(&self, dead: &DeadLetter) -> bool {
+        self.webhook.as_ref().is_none_or(|w| *w == dead.job.webhook)
+            && self.target.as_ref().is_none_or(|t| *t == dead.job.target)
+    }
+}
+
+/// One page of dead letters, newest first; `next` continues after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetter>,
+    pub next: Option<String>,
+}
+
+/// Jobs waiting or in flight, per priority (high, normal, low).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub high: u64,
+    pub normal: u64,
+    pub low: u64,
+}
+
+impl QueueDepth {
+    pub fn of(&self, priority: Priority) -> u64 {
+        match priority {
+            Priority::High => self.high,
+            Priority::Normal => self.normal,
+            Priority::Low => self.low,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.high + self.normal + self.low
+    }
+}
+
+pub fn dedup_key(webhook: &str, id: &str) -> String {
+    format!("{webhook}\u{1f}{id}")
+}

@@ -1,0 +1,678 @@
+//! One conformance suite for both event stores: every check runs against
+//! the embedded store (a fresh redb file) and against the Redis store (a
+//! private `redis-server`), through the `Store` trait alone. Times are
+//! passed in, so leases, visibility timeouts and retry times are exact.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::RedisServer;
+use wedsync_sidecar::resilience::clock::unix_time;
+use wedsync_sidecar::store::embedded::EmbeddedStore;
+use wedsync_sidecar::store::records::HISTORY_LIMIT;
+use wedsync_sidecar::store::{
+    Acceptance, Attempt, DeadLetterFilter, Job, OwnedEvent, Store, StoreError,
+};
+use wedsync_sidecar::webhooks::event::{EventMeta, Priority};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const VISIBILITY: Duration = Duration::from_secs(30);
+const T0: u64 = 1_000_000;
+
+/// A store under test, with what it needs kept alive, and a way to open
+/// a second handle on the same data (a restart, another replica).
+struct Subject {
+    store: Arc<dyn Store>,
+    /// Another worker on the same queue: the same handle for the embedded
+    /// store (one process owns the file), a second connection for Redis.
+    peer: Arc<dyn Store>,
+    /// A new handle after `store` is dropped: a restart.
+    reopen: Box<dyn Fn() -> Arc<dyn Store>>,
+    _redis: Option<RedisServer>,
+}
+
+fn embedded() -> Subject {
+    let dir = std::env::temp_dir().join(format!(
+        "sidecar-conformance-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let open = {
+        let dir = dir.clone();
+        move || -> Arc<dyn Store> { Arc::new(EmbeddedStore::open(&dir, HOUR).unwrap()) }
+    };
+    let store = open();
+    Subject {
+        peer: Arc::clone(&store),
+        store,
+        reopen: Box::new(open),
+        _redis: None,
+    }
+}
+
+fn redis() -> Subject {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let open = move || -> Arc<dyn Store> { Arc::new(support::redis_event_store(&url)) };
+    Subject {
+        store: open(),
+        peer: open(),
+        reopen: Box::new(open),
+        _redis: Some(redis),
+    }
+}
+
+/// Each check, once per store.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod embedded_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() { super::$check(super::embedded()).await })*
+        }
+        mod redis_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() { super::$check(super::redis()).await })*
+        }
+    };
+}
+
+conformance!(
+    an_event_is_stored_with_one_job_per_target_leased_in_priority_order,
+    duplicates_are_refused_within_the_window_and_accepted_after_it,
+    concurrent_copies_of_one_event_store_it_once,
+    unrouted_events_are_dead_letters_that_are_never_replayed,
+    a_leased_job_is_invisible_until_its_visibility_timeout_then_leased_again,
+    a_holder_whose_lease_expired_can_neither_ack_nor_reschedule,
+    a_lease_skips_targets_at_their_cap,
+    a_retry_is_due_at_its_time_with_the_attempt_recorded,
+    an_acked_job_is_gone_and_its_event_with_the_last_one,
+    dead_letters_list_newest_first_filter_and_page,
+    a_replay_puts_the_job_back_with_fresh_attempts_and_its_history,
+    replay_all_and_delete,
+    history_is_bounded,
+    queue_depth_and_oldest_event_age,
+    what_was_accepted_survives_a_new_handle,
+    a_bad_cursor_is_refused,
+);
+
+fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
+    EventMeta {
+        id: id.into(),
+        event_type: "payment_intent.succeeded".into(),
+        context: vec![("wedding_id".into(), "w-1".into())],
+        priority,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+fn event(webhook: &str, meta: EventMeta, now_ms: u64, window: Duration) -> OwnedEvent {
+    OwnedEvent {
+        webhook: webhook.into(),
+        meta,
+        content_type: Some("application/json".into()),
+        body: bytes::Bytes::from_static(b"{\"id\":\"evt\"}\xff"),
+        now_ms,
+        dedup_window: window,
+    }
+}
+
+async fn accept(store: &dyn Store, id: &str, priority: Priority, targets: &[&str]) -> u64 {
+    accept_at(store, "stripe", id, priority, targets, T0).await
+}
+
+async fn accept_at(
+    store: &dyn Store,
+    webhook: &str,
+    id: &str,
+    priority: Priority,
+    targets: &[&str],
+    now_ms: u64,
+) -> u64 {
+    match store
+        .accept(event(webhook, meta(id, priority, targets), now_ms, HOUR))
+        .await
+        .unwrap()
+    {
+        Acceptance::Accepted(sequence) => sequence,
+        Acceptance::Duplicate => panic!("{id} was taken for a duplicate"),
+    }
+}
+
+async fn lease(store: &dyn Store, priority: Priority, now_ms: u64) -> Option<Job> {
+    store
+        .lease(priority, now_ms, VISIBILITY, &[])
+        .await
+        .unwrap()
+}
+
+/// Leases every due job, high first, as a worker draining the queue would.
+async fn drain(store: &dyn Store, now_ms: u64) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for priority in Priority::ALL {
+        while let Some(job) = lease(store, priority, now_ms).await {
+            jobs.push(job);
+        }
+    }
+    jobs
+}
+
+fn failure(at_ms: u64, status: u16) -> Attempt {
+    Attempt {
+        at_ms,
+        duration_ms: 12,
+        backend: Some("127.0.0.1:7001".into()),
+        status: Some(status),
+        error: None,
+    }
+}
+
+/// A job leased, failed with `status` and dead-lettered at `at_ms`.
+async fn kill_job(store: &dyn Store, job: &Job, status: u16, at_ms: u64) {
+    store
+        .dead_letter(job, Some(failure(at_ms, status)), "rejected", at_ms)
+        .await
+        .unwrap();
+}
+
+async fn an_event_is_stored_with_one_job_per_target_leased_in_priority_order(subject: Subject) {
+    let store = &*subject.store;
+    accept(store, "evt_low", Priority::Low, &["analytics"]).await;
+    accept(store, "evt_normal", Priority::Normal, &["notify"]).await;
+    let high = accept(store, "evt_high", Priority::High, &["notify", "supplier"]).await;
+
+    let leased: Vec<_> = drain(store, T0)
+        .await
+        .into_iter()
+        .map(|job| (job.target, job.priority, job.attempts))
+        .collect();
+    assert_eq!(
+        leased,
+        [
+            ("notify".to_string(), Priority::High, 0),
+            ("supplier".to_string(), Priority::High, 0),
+            ("notify".to_string(), Priority::Normal, 0),
+            ("analytics".to_string(), Priority::Low, 0),
+        ]
+    );
+    let (stored, body) = store.event(high).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.webhook.as_str(), stored.id.as_str()),
+        ("stripe", "evt_high")
+    );
+    assert_eq!(stored.event_type, "payment_intent.succeeded");
+    assert_eq!(stored.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        stored.context,
+        [("wedding_id".to_string(), "w-1".to_string())]
+    );
+    assert_eq!(stored.received_at_ms, T0);
+    assert_eq!(
+        body, b"{\"id\":\"evt\"}\xff",
+        "bodies are kept byte for byte"
+    );
+}
+
+async fn duplicates_are_refused_within_the_window_and_accepted_after_it(subject: Subject) {
+    let store = &*subject.store;
+    // The Redis store expires dedup keys on Redis's clock: real time here.
+    let window = Duration::from_millis(400);
+    let now = || unix_time().as_millis() as u64;
+    let first = event(
+        "stripe",
+        meta("evt_1", Priority::Normal, &["notify"]),
+        now(),
+        window,
+    );
+    assert!(matches!(
+        store.accept(first.clone()).await.unwrap(),
+        Acceptance::Accepted(_)
+    ));
+    let again = OwnedEvent {
+        now_ms: now(),
+        ..first.clone()
+    };
+    assert_eq!(store.accept(again).await.unwrap(), Acceptance::Duplicate);
+    let other_webhook = OwnedEvent {
+        webhook: "resend".into(),
+        now_ms: now(),
+        ..first.clone()
+    };
+    assert!(
+        matches!(
+            store.accept(other_webhook).await.unwrap(),
+            Acceptance::Accepted(_)
+        ),
+        "dedup is per webhook"
+    );
+    assert_eq!(
+        store.queue_depth().await.unwrap().normal,
+        2,
+        "a duplicate adds no job"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let later = OwnedEvent {
+        now_ms: now(),
+        ..first
+    };
+    assert!(matches!(
+        store.accept(later).await.unwrap(),
+        Acceptance::Accepted(_)
+    ));
+}
+
+async fn concurrent_copies_of_one_event_store_it_once(subject: Subject) {
+    let results = futures_util::future::join_all((0..20).map(|_| {
+        let store = Arc::clone(&subject.store);
+        tokio::spawn(async move {
+            store
+                .accept(event(
+                    "stripe",
+                    meta("evt_race", Priority::High, &["notify"]),
+                    T0,
+                    HOUR,
+                ))
+                .await
+                .unwrap()
+        })
+    }))
+    .await;
+    let accepted = results
+        .iter()
+        .filter(|r| matches!(r.as_ref().unwrap(), Acceptance::Accepted(_)))
+        .count();
+    assert_eq!(accepted, 1);
+    assert_eq!(subject.store.queue_depth().await.unwrap().high, 1);
+}
+
+async fn unrouted_events_are_dead_letters_that_are_never_replayed(subject: Subject) {
+    let store = &*subject.store;
+    let sequence = accept(store, "evt_x", Priority::Normal, &[]).await;
+    assert_eq!(store.queue_depth().await.unwrap().total(), 0);
+    let page = store
+        .dead_letters(&DeadLetterFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    let dead = &page.items[0];
+    assert_eq!(
+        (dead.reason.as_str(), dead.job.target.as_str()),
+        ("unrouted", "")
+    );
+    assert_eq!((dead.job.event, dead.dead_at_ms), (sequence, T0));
+    assert_eq!(store.event(sequence).await.unwrap().unwrap().0.id, "evt_x");
+    assert!(!store.replay(dead.job.id, T0).await.unwrap());
+    assert_eq!(
+        store
+            .replay_all(&DeadLetterFilter::default(), T0)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        store
+            .dead_letter_by_id(dead.job.id)
+            .await
+            .unwrap()
+            .is_some(),
+        "still there"
+    );
+    assert_eq!(
+        store.dead_letter_counts().await.unwrap(),
+        [("stripe".to_string(), 1)]
+    );
+}
+
+async fn a_leased_job_is_invisible_until_its_visibility_timeout_then_leased_again(
+    subject: Subject,
+) {
+    let store = &*subject.store;
+    accept(store, "evt_1", Priority::High, &["notify"]).await;
+    let first = lease(store, Priority::High, T0).await.expect("due");
+    assert!(first.leased);
+    assert_eq!(first.due_ms, T0 + VISIBILITY.as_millis() as u64);
+    let end = T0 + VISIBILITY.as_millis() as u64;
+    assert!(
+        lease(store, Priority::High, end - 1).await.is_none(),
+        "invisible while leased"
+    );
+    // The holder died: once the timeout passes, any worker leases it.
+    let second = lease(&*subject.peer, Priority::High, end)
+        .await
+        .expect("reclaimed");
+    assert_eq!(second.id, first.id);
+    assert!(second.lease > first.lease, "a new lease has a new token");
+    assert_eq!(
+        store.queue_depth().await.unwrap().high,
+        1,
+        "leased jobs still count"
+    );
+}
+
+async fn a_holder_whose_lease_expired_can_neither_ack_nor_reschedule(subject: Subject) {
+    let store = &*subject.store;
+    accept(store, "evt_1", Priority::High, &["notify"]).await;
+    let stale = lease(store, Priority::High, T0).await.unwrap();
+    let current = lease(store, Priority::High, T0 + 60_000).await.unwrap();
+    let lost = Err(StoreError::LeaseLost(stale.id));
+    assert_eq!(store.ack(&stale).await, lost);
+    assert_eq!(store.retry_at(&stale, failure(T0, 500), T0).await, lost);
+    assert_eq!(store.dead_letter(&stale, None, "rejected", T0).await, lost);
+    store.ack(&current).await.unwrap();
+    assert_eq!(store.queue_depth().await.unwrap().total(), 0);
+    assert_eq!(
+        store.ack(&current).await,
+        Err(StoreError::LeaseLost(current.id)),
+        "a job is acked once"
+    );
+}
+
+async fn a_lease_skips_targets_at_their_cap(subject: Subject) {
+    let store = &*subject.store;
+    accept(store, "evt_1", Priority::Normal, &["slow"]).await;
+    accept(store, "evt_2", Priority::Normal, &["slow"]).await;
+    accept(store, "evt_3", Priority::Normal, &["fast"]).await;
+    let skip = ["slow".to_string()];
+    let job = store
+        .lease(Priority::Normal, T0, VISIBILITY, &skip)
+        .await
+        .unwrap()
+        .expect("the fast target's job");
+    assert_eq!(job.target, "fast");
+    assert!(store
+        .lease(Priority::Normal, T0, VISIBILITY, &skip)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        lease(store, Priority::Normal, T0).await.unwrap().target,
+        "slow"
+    );
+}
+
+async fn a_retry_is_due_at_its_time_with_the_attempt_recorded(subject: Subject) {
+    let store = &*subject.store;
+    accept(store, "evt_1", Priority::Normal, &["notify"]).await;
+    let job = lease(store, Priority::Normal, T0).await.unwrap();
+    store
+        .retry_at(&job, failure(T0, 503), T0 + 2_000)
+        .await
+        .unwrap();
+    assert!(lease(store, Priority::Normal, T0 + 1_999).await.is_none());
+    let retried = lease(store, Priority::Normal, T0 + 2_000)
+        .await
+        .expect("due");
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.history, [failure(T0, 503)]);
+    // Retries are ordered by due time: an earlier retry goes first.
+    accept(store, "evt_2", Priority::Normal, &["notify"]).await;
+    let newer = lease(store, Priority::Normal, T0 + 2_000).await.unwrap();
+    store
+        .retry_at(&retried, failure(T0 + 2_000, 503), T0 + 9_000)
+        .await
+        .unwrap();
+    store
+        .retry_at(&newer, failure(T0 + 2_000, 503), T0 + 5_000)
+        .await
+        .unwrap();
+    let first = lease(store, Priority::Normal, T0 + 10_000).await.unwrap();
+    assert_eq!(first.id, newer.id);
+}
+
+async fn an_acked_job_is_gone_and_its_event_with_the_last_one(subject: Subject) {
+    let store = &*subject.store;
+    let sequence = accept(store, "evt_1", Priority::High, &["notify", "supplier"]).await;
+    let jobs = drain(store, T0).await;
+    store.ack(&jobs[0]).await.unwrap();
+    assert!(
+        store.event(sequence).await.unwrap().is_some(),
+        "one target still waits"
+    );
+    store.ack(&jobs[1]).await.unwrap();
+    assert!(
+        store.event(sequence).await.unwrap().is_none(),
+        "delivered events are cleaned up"
+    );
+    assert_eq!(store.queue_depth().await.unwrap().total(), 0);
+    assert!(drain(store, T0 + 3_600_000).await.is_empty());
+}
+
+async fn dead_letters_list_newest_first_filter_and_page(subject: Subject) {
+    let store = &*subject.store;
+    for (i, (webhook, target)) in [
+        ("stripe", "notify"),
+        ("stripe", "supplier"),
+        ("resend", "notify"),
+        ("stripe", "notify"),
+        ("resend", "supplier"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        accept_at(
+            store,
+            webhook,
+            &format!("evt_{i}"),
+            Priority::Normal,
+            &[target],
+            T0,
+        )
+        .await;
+    }
+    let jobs = drain(store, T0).await;
+    // Die in reverse order of acceptance: the list follows death, not birth.
+    for (i, job) in jobs.iter().rev().enumerate() {
+        kill_job(store, job, 400, T0 + 10 * i as u64).await;
+    }
+    let all = store
+        .dead_letters(&DeadLetterFilter::default(), None, 10)
+        .await
+        .unwrap();
+    let order: Vec<u64> = all.items.iter().map(|d| d.job.id).collect();
+    let expected: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(order, expected, "newest dead first");
+    assert_eq!(all.next, None);
+    let letter = &all.items[0];
+    assert_eq!(
+        (letter.reason.as_str(), letter.job.attempts),
+        ("rejected", 1)
+    );
+    assert_eq!(letter.last_error().as_deref(), Some("HTTP 400"));
+
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .dead_letters(&DeadLetterFilter::default(), cursor.as_deref(), 2)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        paged.extend(page.items.iter().map(|d| d.job.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected, "pages cover every dead letter once");
+
+    let stripe_notify = DeadLetterFilter {
+        webhook: Some("stripe".into()),
+        target: Some("notify".into()),
+    };
+    let filtered = store.dead_letters(&stripe_notify, None, 1).await.unwrap();
+    assert_eq!(filtered.items.len(), 1);
+    let rest = store
+        .dead_letters(&stripe_notify, filtered.next.as_deref(), 10)
+        .await
+        .unwrap();
+    let both: Vec<u64> = filtered
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|d| d.job.id)
+        .collect();
+    assert_eq!(both, [jobs[0].id, jobs[3].id]);
+    assert_eq!(
+        store.dead_letter_counts().await.unwrap(),
+        [("resend".to_string(), 2), ("stripe".to_string(), 3)]
+    );
+}
+
+async fn a_replay_puts_the_job_back_with_fresh_attempts_and_its_history(subject: Subject) {
+    let store = &*subject.store;
+    let sequence = accept(store, "evt_1", Priority::High, &["notify"]).await;
+    let job = lease(store, Priority::High, T0).await.unwrap();
+    store.retry_at(&job, failure(T0, 503), T0).await.unwrap();
+    let job = lease(store, Priority::High, T0).await.unwrap();
+    kill_job(store, &job, 400, T0 + 5).await;
+    assert_eq!(store.queue_depth().await.unwrap().total(), 0);
+    assert!(
+        store.event(sequence).await.unwrap().is_some(),
+        "a dead letter keeps its event"
+    );
+
+    let dead = store
+        .dead_letter_by_id(job.id)
+        .await
+        .unwrap()
+        .expect("kept");
+    assert_eq!(dead.job.history, [failure(T0, 503), failure(T0 + 5, 400)]);
+    assert!(store.replay(job.id, T0 + 100).await.unwrap());
+    assert!(
+        !store.replay(job.id, T0 + 100).await.unwrap(),
+        "replayed once"
+    );
+    assert!(store.dead_letter_by_id(job.id).await.unwrap().is_none());
+    assert!(
+        lease(store, Priority::High, T0 + 99).await.is_none(),
+        "due from the replay on"
+    );
+    let again = lease(store, Priority::High, T0 + 100)
+        .await
+        .expect("back on the queue");
+    assert_eq!(
+        (again.id, again.attempts, again.history.len()),
+        (job.id, 0, 2)
+    );
+    assert!(
+        again.lease > job.lease,
+        "tokens keep counting across a replay"
+    );
+    assert_eq!(store.ack(&job).await, Err(StoreError::LeaseLost(job.id)));
+    store.ack(&again).await.unwrap();
+    assert!(store.event(sequence).await.unwrap().is_none());
+}
+
+async fn replay_all_and_delete(subject: Subject) {
+    let store = &*subject.store;
+    let kept = accept(store, "evt_0", Priority::Low, &["notify", "supplier"]).await;
+    accept_at(store, "resend", "evt_1", Priority::Low, &["notify"], T0).await;
+    for (i, job) in drain(store, T0).await.iter().enumerate() {
+        kill_job(store, job, 422, T0 + i as u64).await;
+    }
+    let notify = DeadLetterFilter {
+        target: Some("notify".into()),
+        ..DeadLetterFilter::default()
+    };
+    assert_eq!(store.replay_all(&notify, T0).await.unwrap(), 2);
+    assert_eq!(store.queue_depth().await.unwrap().low, 2);
+    let remaining = store
+        .dead_letters(&DeadLetterFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(remaining.items.len(), 1);
+    let supplier = remaining.items[0].job.clone();
+    assert_eq!(supplier.target, "supplier");
+
+    assert!(store.delete_dead_letter(supplier.id).await.unwrap());
+    assert!(!store.delete_dead_letter(supplier.id).await.unwrap());
+    assert!(
+        store.event(kept).await.unwrap().is_some(),
+        "its notify job still needs it"
+    );
+    for job in drain(store, T0).await {
+        store.ack(&job).await.unwrap();
+    }
+    assert!(store.event(kept).await.unwrap().is_none());
+    assert!(store.dead_letter_counts().await.unwrap().is_empty());
+}
+
+async fn history_is_bounded(subject: Subject) {
+    let store = &*subject.store;
+    accept(store, "evt_1", Priority::Normal, &["notify"]).await;
+    for i in 0..(HISTORY_LIMIT as u64 + 5) {
+        let job = lease(store, Priority::Normal, T0 + i).await.unwrap();
+        store
+            .retry_at(&job, failure(T0 + i, 500), T0 + i + 1)
+            .await
+            .unwrap();
+    }
+    let job = lease(store, Priority::Normal, T0 + 1_000).await.unwrap();
+    assert_eq!(job.attempts, HISTORY_LIMIT as u32 + 5);
+    assert_eq!(job.history.len(), HISTORY_LIMIT);
+    assert_eq!(
+        job.history[0].at_ms,
+        T0 + 5,
+        "the oldest attempts are dropped"
+    );
+}
+
+async fn queue_depth_and_oldest_event_age(subject: Subject) {
+    let store = &*subject.store;
+    assert_eq!(store.oldest_pending_ms().await.unwrap(), None);
+    accept_at(store, "stripe", "evt_1", Priority::High, &["a", "b"], T0).await;
+    accept_at(store, "stripe", "evt_2", Priority::Low, &["a"], T0 + 50).await;
+    let depth = store.queue_depth().await.unwrap();
+    assert_eq!((depth.high, depth.normal, depth.low), (2, 0, 1));
+    assert_eq!(store.oldest_pending_ms().await.unwrap(), Some(T0));
+    for job in [
+        lease(store, Priority::High, T0).await.unwrap(),
+        lease(store, Priority::High, T0).await.unwrap(),
+    ] {
+        store.ack(&job).await.unwrap();
+    }
+    assert_eq!(store.oldest_pending_ms().await.unwrap(), Some(T0 + 50));
+    let low = lease(store, Priority::Low, T0 + 50).await.unwrap();
+    kill_job(store, &low, 400, T0).await;
+    assert_eq!(
+        store.oldest_pending_ms().await.unwrap(),
+        None,
+        "dead letters are not waiting"
+    );
+}
+
+async fn what_was_accepted_survives_a_new_handle(subject: Subject) {
+    accept(&*subject.store, "evt_1", Priority::High, &["notify"]).await;
+    let job = lease(&*subject.store, Priority::High, T0).await.unwrap();
+    kill_job(&*subject.store, &job, 400, T0).await;
+    accept(&*subject.store, "evt_2", Priority::High, &["notify"]).await;
+    drop((subject.store, subject.peer));
+    let again = (subject.reopen)();
+    assert_eq!(again.queue_depth().await.unwrap().high, 1);
+    assert_eq!(
+        again
+            .accept(event(
+                "stripe",
+                meta("evt_1", Priority::High, &["notify"]),
+                T0,
+                HOUR
+            ))
+            .await
+            .unwrap(),
+        Acceptance::Duplicate,
+        "dedup keys are durable too"
+    );
+    let next = accept(&*again, "evt_3", Priority::High, &["notify"]).await;
+    assert!(next > job.id, "numbers continue after a restart");
+    assert!(again.dead_letter_by_id(job.id).await.unwrap().is_some());
+}
+
+async fn a_bad_cursor_is_refused(subject: Subject) {
+    let error = subject
+        .store
+        .dead_letters(&DeadLetterFilter::default(), Some("nonsense"), 10)
+        .await
+        .unwrap_err();
+    assert_eq!(error, StoreError::InvalidCursor("nonsense".into()));
+}
