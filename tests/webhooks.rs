@@ -580,3 +580,120 @@ async fn each_kind_names_each_failed_check() {
         );
     }
 }
+
+/// Twilio signs the URL it was configured with, so its checks differ from
+/// the others': the public URL (never the request's Host), the query
+/// string, the form parameters and, for JSON, `bodySHA256`.
+#[tokio::test]
+async fn twilio_refuses_what_was_signed_for_another_url_body_or_key() {
+    use wedsync_sidecar::webhooks::verify::twilio::Twilio;
+
+    const TOKEN: &str = "twilio-token-0123456789";
+    const PUBLIC_URL: &str = "https://hooks.example.net/webhooks/twilio";
+    let sidecar = Sidecar::start(&format!(
+        "upstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  twilio:\n    path: /webhooks/twilio\n    verify: {{ kind: twilio, secrets: [{TOKEN}], public_url: \"{PUBLIC_URL}\" }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n"
+    ));
+    let signer = |url: &str, token: &str| Twilio {
+        keys: vec![token.as_bytes().to_vec()],
+        public_url: url.into(),
+    };
+    // Posts `body` with the signed headers, to the signed query string plus
+    // `added` (a parameter the signature did not cover).
+    let post_adding =
+        |signed: wedsync_sidecar::webhooks::verify::Signed, body: &'static [u8], added: &str| {
+            let signed_query = signed
+                .url
+                .as_deref()
+                .and_then(|u| u.split_once('?'))
+                .map(|(_, q)| q.to_string());
+            let query = match (signed_query, added) {
+                (None, "") => String::new(),
+                (None, added) => format!("?{added}"),
+                (Some(q), "") => format!("?{q}"),
+                (Some(q), added) => format!("?{q}&{added}"),
+            };
+            let url = format!("http://{}/webhooks/twilio{query}", sidecar.ingress);
+            async move {
+                let headers: Vec<(&str, &str)> = signed
+                    .headers
+                    .iter()
+                    .map(|(h, v)| (h.as_str(), v.as_str()))
+                    .collect();
+                send("POST", &url, &headers, Bytes::from_static(body)).await
+            }
+        };
+    let post = |signed, body| post_adding(signed, body, "");
+    let form: &[u8] = b"MessageSid=SM1&MessageStatus=delivered&Body=See+you+at+the+venue";
+    let tampered: &[u8] = b"MessageSid=SM1&MessageStatus=delivered&Body=See+you+at+the+pub";
+    let good = signer(PUBLIC_URL, TOKEN);
+
+    let refusals = [
+        (
+            post(good.sign(form, 0), tampered).await,
+            "signature_mismatch",
+            "a changed parameter",
+        ),
+        (
+            post(
+                signer("https://attacker.example/webhooks/twilio", TOKEN).sign(form, 0),
+                form,
+            )
+            .await,
+            "signature_mismatch",
+            "signed for another URL",
+        ),
+        (
+            post(
+                signer(PUBLIC_URL, "another-token-0123456789").sign(form, 0),
+                form,
+            )
+            .await,
+            "signature_mismatch",
+            "signed with another token",
+        ),
+        (
+            post_adding(good.sign(form, 0), form, "From=x").await,
+            "signature_mismatch",
+            "a query string that was not signed",
+        ),
+        (
+            post(good.sign(br#"{"sid":"SM1"}"#, 0), br#"{"sid":"SM2"}"#).await,
+            "signature_mismatch",
+            "a JSON body that does not match bodySHA256",
+        ),
+    ];
+    for (answer, reason, case) in refusals {
+        assert_eq!(answer.status, 401, "{case}: {}", answer.text());
+        assert_eq!(answer.json()["detail"], reason, "{case}");
+    }
+    let mut unsigned = good.sign(form, 0);
+    unsigned.headers.retain(|(h, _)| h != "X-Twilio-Signature");
+    assert_eq!(
+        post(unsigned, form).await.json()["detail"],
+        "missing_signature"
+    );
+    let mut garbled = good.sign(form, 0);
+    garbled.headers[0].1 = "not base64!".into();
+    assert_eq!(
+        post(garbled, form).await.json()["detail"],
+        "malformed_signature"
+    );
+
+    // What Twilio itself would send passes, with or without the default port.
+    assert_eq!(post(good.sign(form, 0), form).await.status, 202);
+    let with_port = signer("https://hooks.example.net:443/webhooks/twilio", TOKEN);
+    let other_form: &[u8] = b"MessageSid=SM2&MessageStatus=sent";
+    assert_eq!(
+        post(with_port.sign(other_form, 0), other_form).await.status,
+        202
+    );
+    let json: &[u8] = br#"{"sid":"SM3","status":"delivered"}"#;
+    assert_eq!(post(good.sign(json, 0), json).await.status, 202);
+    sidecar
+        .metrics_containing(&[
+            "sidecar_webhook_rejections_total{reason=\"signature_mismatch\",webhook=\"twilio\"} 5",
+            "sidecar_webhook_rejections_total{reason=\"missing_signature\",webhook=\"twilio\"} 1",
+            "sidecar_webhooks_received_total{outcome=\"accepted\",webhook=\"twilio\"} 3",
+        ])
+        .await;
+}
