@@ -1,17 +1,20 @@
 //! A small HTTP/1.1 client over Pingora's own connector (pooled, same TLS stack
 //! and CA handling as the proxy), for the sidecar's own calls such as OAuth2
-//! token requests. Bodies are small and read whole.
+//! token requests and event deliveries. Answers are read whole (at most
+//! 1 MiB), so that the connection can be pooled.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
 
 use crate::egress::peer::UpstreamTarget;
 
 pub struct ClientResponse {
     pub status: u16,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -44,13 +47,26 @@ impl SmallClient {
         request
             .insert_header("host", target.url.authority())
             .map_err(|e| e.to_string())?;
+        self.exchange(&peer, request, body, timeout).await
+    }
+
+    /// Sends `request` (its Host set by the caller) with `body` to `peer`
+    /// and reads the whole answer, all within `timeout`. The connection
+    /// goes back to the pool once the answer is read.
+    pub async fn exchange(
+        &self,
+        peer: &HttpPeer,
+        mut request: RequestHeader,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<ClientResponse, String> {
         request
             .insert_header("content-length", body.len())
             .map_err(|e| e.to_string())?;
         let exchange = async {
             let (mut session, _reused) = self
                 .connector
-                .get_http_session(&peer)
+                .get_http_session(peer)
                 .await
                 .map_err(describe)?;
             session.set_read_timeout(Some(timeout));
@@ -67,10 +83,10 @@ impl SmallClient {
             }
             session.finish_request_body().await.map_err(describe)?;
             session.read_response_header().await.map_err(describe)?;
-            let status = session
+            let (status, headers) = session
                 .response_header()
-                .map(|h| h.status.as_u16())
-                .unwrap_or(0);
+                .map(|h| (h.status.as_u16(), h.headers.clone()))
+                .unwrap_or_default();
             let mut collected = Vec::new();
             while let Some(chunk) = session.read_response_body().await.map_err(describe)? {
                 if collected.len() + chunk.len() > MAX_RESPONSE_BODY {
@@ -79,10 +95,11 @@ impl SmallClient {
                 collected.extend_from_slice(&chunk);
             }
             self.connector
-                .release_http_session(session, &peer, Some(Duration::from_secs(60)))
+                .release_http_session(session, peer, Some(Duration::from_secs(60)))
                 .await;
             Ok(ClientResponse {
                 status,
+                headers,
                 body: Bytes::from(collected),
             })
         };

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Unauthorized,
     BadRequest,
+    /// The request is valid but the resource's state forbids it.
+    Conflict,
     Internal,
 }
 
@@ -51,6 +53,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unauthorized => "unauthorized",
             Self::BadRequest => "bad_request",
+            Self::Conflict => "conflict",
             Self::Internal => "internal_error",
         }
     }
@@ -67,6 +70,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::Unauthorized => 401,
             Self::BadRequest => 400,
+            Self::Conflict => 409,
             Self::Internal => 500,
         }
     }
@@ -88,6 +92,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unauthorized => "Unauthorized",
             Self::BadRequest => "Bad request",
+            Self::Conflict => "Conflict",
             Self::Internal => "Internal error",
         }
     }

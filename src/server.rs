@@ -14,14 +14,18 @@ use crate::admin::metrics::Metrics;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::config::StoreKind;
+use crate::delivery::DeliveryService;
 use crate::egress::EgressProxy;
 use crate::lifecycle::{exit_when_idle, DrainingShutdown, Lifecycle};
+use crate::resilience::clock::MonotonicClock;
 use crate::resilience::pause_sync::PauseListener;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::redis_events::RedisEventStore;
 use crate::store::Store;
+use crate::upstreams::Upstreams;
 use crate::webhooks::IngressApp;
+use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -63,12 +67,35 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let pause_listener = egress
         .store()
         .map(|store| PauseListener::new(store, guards.clone()));
+    let store = event_store(&config, egress.store())?;
+    let accepted = Arc::new(Notify::new());
     let ingress = IngressApp::new(
         &config.webhooks,
-        event_store(&config, egress.store())?,
+        store.clone(),
         &metrics,
+        Arc::clone(&accepted),
     )
     .map_err(StartError::Setup)?;
+    let (upstreams, group_services) = Upstreams::new(
+        &config.upstreams,
+        MonotonicClock::shared(),
+        Arc::clone(&metrics),
+    );
+    let upstreams = Arc::new(upstreams);
+    let delivery = match &store {
+        None => None,
+        Some(store) => Some(
+            DeliveryService::new(
+                &config,
+                Arc::clone(store),
+                Arc::clone(&upstreams),
+                Arc::clone(&metrics),
+                Arc::clone(&lifecycle),
+                accepted,
+            )
+            .map_err(StartError::Setup)?,
+        ),
+    };
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let server_conf = Arc::clone(&server.configuration);
@@ -87,6 +114,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
             Arc::clone(&metrics),
             Arc::clone(&lifecycle),
             guards,
+            upstreams,
+            store,
         ),
     );
     admin_service.add_tcp(&config.listen.admin.to_string());
@@ -95,6 +124,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     if let Some(listener) = pause_listener {
         server.add_service(background_service("provider pauses", listener));
+    }
+    for group in group_services {
+        server.add_service(group);
+    }
+    if let Some(delivery) = delivery {
+        server.add_service(background_service("delivery", delivery));
     }
     server.add_service(egress_service);
     server.add_service(ingress_service);
@@ -126,9 +161,6 @@ fn event_store(
     if config.webhooks.is_empty() {
         return Ok(None);
     }
-    tracing::warn!(
-        "delivery to upstreams is not built yet: accepted webhook events are stored durably and wait for it"
-    );
     Ok(Some(match (&config.store.kind, redis) {
         (_, Some(redis)) => Arc::new(RedisEventStore::new(redis)),
         (StoreKind::Local { path }, None) => {

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 /// Latency buckets from 1 ms to 60 s: provider calls are slow next to the proxy.
@@ -25,6 +25,12 @@ pub struct Metrics {
     pub webhooks_received_total: IntCounterVec,
     pub webhook_rejections_total: IntCounterVec,
     pub webhook_ack_duration_seconds: HistogramVec,
+    pub deliveries_total: IntCounterVec,
+    pub delivery_duration_seconds: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub dead_letters: IntGaugeVec,
+    pub event_age_seconds: Gauge,
+    pub upstream_backend_healthy: IntGaugeVec,
 }
 
 impl Metrics {
@@ -101,6 +107,46 @@ impl Metrics {
             &["webhook"],
         )
         .expect("static metric definition");
+        let deliveries_total = IntCounterVec::new(
+            Opts::new("sidecar_deliveries_total", "Delivery attempts to targets, by webhook, target and outcome (delivered, retried, dead_lettered)."),
+            &["webhook", "target", "outcome"],
+        )
+        .expect("static metric definition");
+        let delivery_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sidecar_delivery_duration_seconds",
+                "Time of one delivery attempt to a target, from choosing a backend to its answer.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["target"],
+        )
+        .expect("static metric definition");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "sidecar_queue_depth",
+                "Delivery jobs waiting or in flight, by priority.",
+            ),
+            &["priority"],
+        )
+        .expect("static metric definition");
+        let dead_letters = IntGaugeVec::new(
+            Opts::new("sidecar_dead_letters", "Dead letters kept, by webhook."),
+            &["webhook"],
+        )
+        .expect("static metric definition");
+        let event_age_seconds = Gauge::new(
+            "sidecar_event_age_seconds",
+            "Age of the oldest event with a delivery still waiting (0 when none waits).",
+        )
+        .expect("static metric definition");
+        let upstream_backend_healthy = IntGaugeVec::new(
+            Opts::new(
+                "sidecar_upstream_backend_healthy",
+                "1 while a backend passes its health checks (or has none), 0 otherwise.",
+            ),
+            &["upstream", "backend"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(egress_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(egress_request_duration_seconds.clone()),
@@ -112,6 +158,12 @@ impl Metrics {
             Box::new(webhooks_received_total.clone()),
             Box::new(webhook_rejections_total.clone()),
             Box::new(webhook_ack_duration_seconds.clone()),
+            Box::new(deliveries_total.clone()),
+            Box::new(delivery_duration_seconds.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(event_age_seconds.clone()),
+            Box::new(upstream_backend_healthy.clone()),
         ] {
             registry
                 .register(collector)
@@ -129,6 +181,12 @@ impl Metrics {
             webhooks_received_total,
             webhook_rejections_total,
             webhook_ack_duration_seconds,
+            deliveries_total,
+            delivery_duration_seconds,
+            queue_depth,
+            dead_letters,
+            event_age_seconds,
+            upstream_backend_healthy,
         }
     }
 

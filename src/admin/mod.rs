@@ -2,6 +2,7 @@
 //! `/admin/*` needs the admin token when one is set (compared in constant
 //! time); `/metrics` and the probes never do. Never shows a secret.
 
+pub mod dead_letters;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -15,6 +16,9 @@ use crate::config::{Auth, Config, Secret};
 use crate::egress::guard::Guard;
 use crate::lifecycle::Lifecycle;
 use crate::problem::{ErrorCode, Problem};
+use crate::resilience::clock::unix_time;
+use crate::store::Store;
+use crate::upstreams::Upstreams;
 use metrics::Metrics;
 
 pub struct AdminApp {
@@ -23,6 +27,17 @@ pub struct AdminApp {
     lifecycle: Arc<Lifecycle>,
     /// Per service, in config order: breaker and limiter state.
     guards: Vec<Arc<Guard>>,
+    upstreams: Arc<Upstreams>,
+    /// None without webhooks: there is no event store then.
+    store: Option<Arc<dyn Store>>,
+}
+
+/// What the admin API reads of a request.
+pub struct AdminRequest<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub authorization: Option<&'a [u8]>,
 }
 
 impl AdminApp {
@@ -31,16 +46,47 @@ impl AdminApp {
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         guards: Vec<Arc<Guard>>,
+        upstreams: Arc<Upstreams>,
+        store: Option<Arc<dyn Store>>,
     ) -> Self {
         Self {
             config,
             metrics,
             lifecycle,
             guards,
+            upstreams,
+            store,
         }
     }
 
-    fn route(
+    pub async fn route(&self, request: &AdminRequest<'_>) -> http::Response<Vec<u8>> {
+        let (method, path) = (request.method, request.path);
+        if let Some(rest) = path.strip_prefix("/admin/dead-letters") {
+            if rest.is_empty() || rest.starts_with('/') {
+                if let Err(problem) =
+                    check_token(self.config.admin.token.as_ref(), request.authorization)
+                {
+                    return problem.into_http_response();
+                }
+                let Some(store) = &self.store else {
+                    return Problem::new(
+                        ErrorCode::NotFound,
+                        "no webhooks are configured, so there is no event store and no dead letter",
+                    )
+                    .into_http_response();
+                };
+                let query = dead_letters::Query::parse(request.query);
+                let now_ms = unix_time().as_millis() as u64;
+                return match dead_letters::handle(&**store, method, rest, &query, now_ms).await {
+                    Ok((status, value)) => json(status, &value),
+                    Err(problem) => problem.into_http_response(),
+                };
+            }
+        }
+        self.route_get(method, path, request.authorization)
+    }
+
+    fn route_get(
         &self,
         method: &http::Method,
         path: &str,
@@ -71,6 +117,10 @@ impl AdminApp {
                 match path {
                     "/admin/config" => json(200, &*self.config),
                     "/admin/services" => json(200, &services_summary(&self.config, &self.guards)),
+                    "/admin/upstreams" => json(
+                        200,
+                        &serde_json::json!({ "upstreams": self.upstreams.summary() }),
+                    ),
                     _ => Problem::new(ErrorCode::NotFound, format!("no admin endpoint at {path}"))
                         .into_http_response(),
                 }
@@ -84,14 +134,17 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let request = session.req_header();
-        let method = request.method.clone();
-        let path = request.uri.path().to_string();
-        let authorization = request
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec());
-        self.route(&method, &path, authorization.as_deref())
+        let header = session.req_header();
+        let request = AdminRequest {
+            method: &header.method,
+            path: header.uri.path(),
+            query: header.uri.query(),
+            authorization: header
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        };
+        self.route(&request).await
     }
 }
 

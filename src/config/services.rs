@@ -591,7 +591,7 @@ fn limit_key(text: &str) -> Result<LimitKey, String> {
     }
 }
 
-fn decode_breaker(d: &mut Decoder, node: &Node) -> Option<CircuitBreaker> {
+pub fn decode_breaker(d: &mut Decoder, node: &Node) -> Option<CircuitBreaker> {
     let f = d.fields(
         node,
         &[

@@ -180,11 +180,27 @@ webhooks:
 
 #[test]
 fn features_not_built_yet_are_refused_not_ignored() {
-    let yaml = "delivery:\n  workers: 8\n";
-    let not_yet = "not supported yet by this version of wedsync-sidecar; remove it (it would otherwise be silently ignored)";
-    assert_eq!(
-        errors(yaml),
-        [format!("delivery: {not_yet} (line 2, column 3)")]
+    let yaml = "store: { kind: redis, url: \"rediss://cache.example:6380\" }\n";
+    let errs = errors(yaml);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("store.url: rediss:// (Redis over TLS) is not supported yet")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn upstream_groups_take_a_cap_and_a_backend_breaker() {
+    let yaml = "upstreams:\n  notify:\n    backends: [127.0.0.1:7001]\n    max_in_flight: 0\n    circuit_breaker: { failure_treshold: 3 }\n";
+    let errs = errors(yaml);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("upstreams.notify.max_in_flight:"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("upstreams.notify.circuit_breaker.failure_treshold:"),
+        "{errs:?}"
     );
 }
 

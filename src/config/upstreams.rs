@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::decode::{Decoder, Node};
 use super::ser;
-use super::services::positive_duration;
+use super::services::{decode_breaker, positive_duration, CircuitBreaker};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UpstreamGroup {
@@ -15,6 +15,24 @@ pub struct UpstreamGroup {
     pub backends: Backends,
     pub balance: Balance,
     pub health_check: Option<HealthCheck>,
+    /// Deliveries in flight to this group at most (all backends together).
+    pub max_in_flight: u32,
+    /// The passive breaker each backend gets.
+    pub circuit_breaker: CircuitBreaker,
+}
+
+/// A backend's passive breaker unless the group sets one: five failed
+/// deliveries in a row take it out for ten seconds.
+pub fn default_backend_breaker() -> CircuitBreaker {
+    CircuitBreaker {
+        failure_threshold: 5,
+        error_rate: 0.5,
+        window: Duration::from_secs(10),
+        min_requests: 20,
+        open_for: Duration::from_secs(10),
+        half_open_probes: 1,
+        failure_statuses: vec![500, 502, 503, 504],
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,7 +83,17 @@ pub struct HealthCheck {
 }
 
 pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<UpstreamGroup> {
-    let f = d.fields(node, &["backends", "discovery", "balance", "health_check"])?;
+    let f = d.fields(
+        node,
+        &[
+            "backends",
+            "discovery",
+            "balance",
+            "health_check",
+            "max_in_flight",
+            "circuit_breaker",
+        ],
+    )?;
     let backends = match (f.get("backends"), f.get("discovery")) {
         (Some(n), None) => d.list(&n, decode_backend).and_then(|list| {
             if list.is_empty() {
@@ -93,11 +121,21 @@ pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<Upstr
         None => Some(Balance::RoundRobin),
     };
     let health_check = f.get("health_check").map(|n| decode_health_check(d, &n));
+    let max_in_flight = match f.get("max_in_flight") {
+        Some(n) => d.integer(&n, 1, 10_000).map(|v| v as u32),
+        None => Some(16),
+    };
+    let circuit_breaker = match f.get("circuit_breaker") {
+        Some(n) => decode_breaker(d, &n),
+        None => Some(default_backend_breaker()),
+    };
     Some(UpstreamGroup {
         name: name.to_string(),
         backends: backends?,
         balance: balance?,
         health_check: health_check.flatten(),
+        max_in_flight: max_in_flight?,
+        circuit_breaker: circuit_breaker?,
     })
 }
 

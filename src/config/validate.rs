@@ -123,11 +123,6 @@ fn check_not_supported_yet(d: &mut Decoder, config: &Config) {
             );
         }
     }
-    // Webhooks are accepted and stored; the upstream groups they name get
-    // their events once delivery exists (the sidecar says so at start).
-    if config.delivery.is_some() {
-        d.error(&YamlPath::root().key("delivery"), NOT_YET);
-    }
 }
 
 #[cfg(test)]

@@ -463,7 +463,7 @@ fn decode_route(d: &mut Decoder, node: &Node, upstreams: &[String]) -> Option<Ro
     })
 }
 
-fn default_delivery(name: &str) -> WebhookDelivery {
+pub fn default_delivery(name: &str) -> WebhookDelivery {
     WebhookDelivery {
         path: format!("/events/{name}"),
         timeout: Duration::from_secs(10),

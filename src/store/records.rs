@@ -43,6 +43,8 @@ impl NewEvent<'_> {
             id,
             event,
             webhook: self.webhook.to_string(),
+            event_id: self.meta.id.clone(),
+            event_type: self.meta.event_type.clone(),
             target: target.to_string(),
             priority: self.meta.priority,
             received_at_ms,
@@ -116,6 +118,9 @@ pub struct Job {
     pub id: u64,
     pub event: u64,
     pub webhook: String,
+    /// The event's id and type, kept with each job for the dead-letter list.
+    pub event_id: String,
+    pub event_type: String,
     pub target: String,
     pub priority: Priority,
     pub received_at_ms: u64,

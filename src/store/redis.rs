@@ -78,7 +78,9 @@ impl RedisStore {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let result = self.try_run(call).await;
-        if result.is_err() {
+        // A call refused during the quiet period tried nothing: it neither
+        // extends the period nor counts as another failure.
+        if result.is_err() && !matches!(result, Err(RedisCallError::Unavailable)) {
             // A manager that lost its server may keep failing; start afresh.
             *self.connection.write().await = None;
             self.errors.with_label_values(&[op]).inc();

@@ -60,6 +60,7 @@ impl IngressWebhook {
         body: Bytes,
         query: Option<&str>,
         now: Duration,
+        accepted: &tokio::sync::Notify,
     ) -> http::Response<Vec<u8>> {
         let request = Inbound {
             headers,
@@ -98,6 +99,7 @@ impl IngressWebhook {
             .await;
         match outcome {
             Ok(Acceptance::Accepted(_)) => {
+                accepted.notify_one();
                 self.accepted.inc();
                 self.answer(202, "accepted", &id)
             }

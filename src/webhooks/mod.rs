@@ -21,10 +21,13 @@ use crate::problem::{ErrorCode, Problem};
 use crate::resilience::clock::unix_time;
 use crate::store::Store;
 use ack::IngressWebhook;
+use tokio::sync::Notify;
 
 pub struct IngressApp {
     webhooks: Vec<IngressWebhook>,
     store: Option<Arc<dyn Store>>,
+    /// Told of every accepted event, so that delivery starts at once.
+    accepted: Arc<Notify>,
 }
 
 impl IngressApp {
@@ -32,12 +35,17 @@ impl IngressApp {
         webhooks: &[Webhook],
         store: Option<Arc<dyn Store>>,
         metrics: &Arc<Metrics>,
+        accepted: Arc<Notify>,
     ) -> Result<Self, String> {
         let webhooks = webhooks
             .iter()
             .map(|w| IngressWebhook::new(w, metrics))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { webhooks, store })
+        Ok(Self {
+            webhooks,
+            store,
+            accepted,
+        })
     }
 }
 
@@ -118,6 +126,7 @@ impl ServeHttp for IngressApp {
                 body,
                 query.as_deref(),
                 unix_time(),
+                &self.accepted,
             )
             .await;
         webhook

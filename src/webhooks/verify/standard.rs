@@ -13,6 +13,27 @@ pub struct Standard {
     pub tolerance: Duration,
 }
 
+impl Standard {
+    /// `webhook-id`, `webhook-timestamp` and `webhook-signature` for a
+    /// message, signed with the first key (deliveries are signed this way).
+    pub fn signed_headers(&self, id: &str, now: u64, body: &[u8]) -> Vec<(String, String)> {
+        let timestamp = now.to_string();
+        let mac = hmac(
+            Algorithm::Sha256,
+            &self.keys[0],
+            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+        );
+        vec![
+            ("webhook-id".into(), id.to_string()),
+            ("webhook-timestamp".into(), timestamp),
+            (
+                "webhook-signature".into(),
+                format!("v1,{}", encode_base64(&mac)),
+            ),
+        ]
+    }
+}
+
 /// The three headers under one naming: `webhook-*` first, then `svix-*`.
 fn headers<'a>(request: &Inbound<'a>) -> Result<(&'a str, &'a str, &'a str), Rejection> {
     for prefix in ["webhook", "svix"] {
@@ -61,21 +82,8 @@ impl Scheme for Standard {
 
     fn sign(&self, body: &[u8], now: u64) -> Signed {
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        let timestamp = now.to_string();
-        let mac = hmac(
-            Algorithm::Sha256,
-            &self.keys[0],
-            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
-        );
         Signed {
-            headers: vec![
-                ("webhook-id".into(), id),
-                ("webhook-timestamp".into(), timestamp),
-                (
-                    "webhook-signature".into(),
-                    format!("v1,{}", encode_base64(&mac)),
-                ),
-            ],
+            headers: self.signed_headers(&id, now, body),
             url: None,
         }
     }

@@ -1,0 +1,390 @@
+//! Delivery: a Pingora background service that leases jobs from the store
+//! and delivers each (event, target) pair to a backend of the target's
+//! upstream group. `delivery.workers` deliveries run at once in total,
+//! `max_in_flight` per target; priorities share the workers 6:3:1
+//! (`lanes`). Each answer is turned into ack, retry-at or dead letter
+//! (`outcome`). The ingress wakes the service when it accepts an event, so
+//! an idle queue delivers at once; otherwise it polls, which is also how it
+//! finds retries falling due and jobs other replicas accepted or left.
+//!
+//! Shutdown: when Pingora's shutdown begins (after `drain_delay`), no new
+//! job is leased; deliveries in flight finish within `shutdown_grace` (they
+//! count as in flight for the lifecycle), and whatever is left waits in the
+//! store for the next start.
+
+pub mod lanes;
+pub mod outcome;
+pub mod request;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::upstreams::peer::HttpPeer;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::admin::metrics::Metrics;
+use crate::client::SmallClient;
+use crate::config::webhooks::{default_delivery, WebhookDelivery};
+use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::resilience::clock::unix_time;
+use crate::resilience::cooldown::parse_retry_after;
+use crate::resilience::retry::unit_random;
+use crate::store::{Attempt, Job, Store, StoreError};
+use crate::upstreams::Upstreams;
+use crate::webhooks::event::Priority;
+use crate::webhooks::verify::standard::Standard;
+use lanes::{Lanes, TargetSlots};
+use outcome::{decide, Answer, Decision};
+
+/// How often the queue is looked at when nothing woke the service.
+const POLL: Duration = Duration::from_millis(100);
+/// The pause after the store failed to answer a lease.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How often the queue gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+/// A lease outlives the longest delivery timeout by this much.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+fn now_ms() -> u64 {
+    unix_time().as_millis() as u64
+}
+
+/// What every delivery task shares.
+pub struct Deliverer {
+    store: Arc<dyn Store>,
+    upstreams: Arc<Upstreams>,
+    policies: HashMap<String, WebhookDelivery>,
+    signer: Option<Standard>,
+    client: SmallClient,
+    metrics: Arc<Metrics>,
+}
+
+pub struct DeliveryService {
+    deliverer: Arc<Deliverer>,
+    lanes: Lanes,
+    slots: Arc<TargetSlots>,
+    caps: HashMap<String, u32>,
+    workers: Arc<Semaphore>,
+    worker_count: u32,
+    wake: Arc<Notify>,
+    visibility: Duration,
+    lifecycle: Arc<Lifecycle>,
+    webhooks: Vec<String>,
+}
+
+impl DeliveryService {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+        wake: Arc<Notify>,
+    ) -> Result<Self, String> {
+        let delivery = config.delivery.clone().unwrap_or_default();
+        let signer = match &delivery.signing_secret {
+            None => None,
+            Some(secret) => Some(Standard {
+                keys: vec![crate::config::webhooks::secret_key_bytes(
+                    crate::config::webhooks::VerifyKind::Standard,
+                    secret.expose(),
+                )
+                .map_err(|e| format!("delivery.signing_secret: {e}"))?],
+                tolerance: Duration::ZERO,
+            }),
+        };
+        let policies: HashMap<String, WebhookDelivery> = config
+            .webhooks
+            .iter()
+            .map(|w| (w.name.clone(), w.delivery.clone()))
+            .collect();
+        let longest = policies
+            .values()
+            .map(|p| p.timeout)
+            .max()
+            .unwrap_or_default();
+        Ok(Self {
+            deliverer: Arc::new(Deliverer {
+                store,
+                upstreams,
+                policies,
+                signer,
+                client: SmallClient::default(),
+                metrics,
+            }),
+            lanes: Lanes::default(),
+            slots: Arc::default(),
+            caps: config
+                .upstreams
+                .iter()
+                .map(|u| (u.name.clone(), u.max_in_flight))
+                .collect(),
+            workers: Arc::new(Semaphore::new(delivery.workers as usize)),
+            worker_count: delivery.workers,
+            wake,
+            visibility: longest + LEASE_MARGIN,
+            lifecycle,
+            webhooks: config.webhooks.iter().map(|w| w.name.clone()).collect(),
+        })
+    }
+
+    /// Leases the next job of the first lane in this turn's order that has
+    /// one due for a target below its cap.
+    async fn lease_next(&self) -> Result<Option<Job>, StoreError> {
+        let full = self
+            .slots
+            .full(|target| self.caps.get(target).copied().unwrap_or(16));
+        let now = now_ms();
+        for priority in self.lanes.order() {
+            if let Some(job) = self
+                .deliverer
+                .store
+                .lease(priority, now, self.visibility, &full)
+                .await?
+            {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn run(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let permit = tokio::select! {
+                permit = Arc::clone(&self.workers).acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = shutdown.changed() => break,
+            };
+            let pause = match self.lease_next().await {
+                Ok(Some(job)) => {
+                    self.slots.take(&job.target);
+                    let (deliverer, slots, wake) = (
+                        Arc::clone(&self.deliverer),
+                        Arc::clone(&self.slots),
+                        Arc::clone(&self.wake),
+                    );
+                    let in_flight = self.lifecycle.enter();
+                    tokio::spawn(async move {
+                        let target = job.target.clone();
+                        deliverer.deliver(job).await;
+                        slots.give_back(&target);
+                        drop((permit, in_flight));
+                        // A target below its cap again may have jobs waiting.
+                        wake.notify_one();
+                    });
+                    continue;
+                }
+                Ok(None) => POLL,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot lease delivery jobs; trying again");
+                    STORE_RETRY
+                }
+            };
+            drop(permit);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        tracing::info!("delivery stopped leasing; deliveries in flight finish");
+        // Every permit back means no delivery is running.
+        let _ = self.workers.acquire_many(self.worker_count).await;
+    }
+
+    /// Keeps the queue gauges current.
+    async fn refresh_gauges(&self) {
+        let store = &self.deliverer.store;
+        let metrics = &self.deliverer.metrics;
+        if let Ok(depth) = store.queue_depth().await {
+            for priority in Priority::ALL {
+                metrics
+                    .queue_depth
+                    .with_label_values(&[priority.as_str()])
+                    .set(depth.of(priority) as i64);
+            }
+        }
+        if let Ok(oldest) = store.oldest_pending_ms().await {
+            let age = oldest.map_or(0.0, |at| now_ms().saturating_sub(at) as f64 / 1000.0);
+            metrics.event_age_seconds.set(age);
+        }
+        if let Ok(counts) = store.dead_letter_counts().await {
+            for webhook in &self.webhooks {
+                let count = counts
+                    .iter()
+                    .find(|(w, _)| w == webhook)
+                    .map_or(0, |(_, c)| *c);
+                metrics
+                    .dead_letters
+                    .with_label_values(&[webhook.as_str()])
+                    .set(count as i64);
+            }
+        }
+        for group in self.deliverer.upstreams.iter() {
+            group.refresh_gauges();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for DeliveryService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let gauges = async {
+            loop {
+                self.refresh_gauges().await;
+                tokio::time::sleep(GAUGES_EVERY).await;
+            }
+        };
+        tokio::select! {
+            _ = self.run(shutdown) => {}
+            _ = gauges => {}
+        }
+    }
+}
+
+impl Deliverer {
+    /// One attempt for one job, and what follows from its answer.
+    async fn deliver(&self, job: Job) {
+        let policy = self
+            .policies
+            .get(&job.webhook)
+            .cloned()
+            .unwrap_or_else(|| default_delivery(&job.webhook));
+        let Some(group) = self.upstreams.get(&job.target).cloned() else {
+            self.settle(
+                &job,
+                None,
+                Decision::DeadLetter {
+                    reason: "unknown_target",
+                },
+            )
+            .await;
+            return;
+        };
+        let event = match self.store.event(job.event).await {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                tracing::warn!(
+                    job = job.id,
+                    event = job.event,
+                    "a job's event is gone; dropping the job"
+                );
+                self.settle(&job, None, Decision::Delivered).await;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(job = job.id, %error, "cannot read an event to deliver; its lease will expire and it is tried again");
+                return;
+            }
+        };
+        let (stored, body) = event;
+        let started = Instant::now();
+        let at_ms = now_ms();
+        let attempt_number = job.attempts + 1;
+        let chosen = group.choose();
+        let answer = match &chosen {
+            None => Answer::NoBackend,
+            Some(chosen) => {
+                let request = request::build(
+                    &request::Delivery {
+                        path: &policy.path,
+                        backend: &chosen.addr,
+                        event: &stored,
+                        attempt: attempt_number,
+                        now_secs: at_ms / 1000,
+                    },
+                    self.signer.as_ref(),
+                    &body,
+                );
+                let mut peer = HttpPeer::new(chosen.addr.as_str(), false, String::new());
+                peer.options.connection_timeout = Some(policy.timeout.min(Duration::from_secs(5)));
+                match self
+                    .client
+                    .exchange(&peer, request, Bytes::from(body), policy.timeout)
+                    .await
+                {
+                    Ok(response) => Answer::Status {
+                        status: response.status,
+                        retry_after: response
+                            .headers
+                            .get(http::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
+                    },
+                    Err(error) => Answer::Failed(error),
+                }
+            }
+        };
+        let elapsed = started.elapsed();
+        let backend = chosen.as_ref().map(|c| c.addr.clone());
+        if let Some(chosen) = chosen {
+            chosen.finish(answer.breaker_outcome());
+            self.metrics
+                .delivery_duration_seconds
+                .with_label_values(&[job.target.as_str()])
+                .observe(elapsed.as_secs_f64());
+        }
+        let attempt = Attempt {
+            at_ms,
+            duration_ms: elapsed.as_millis() as u64,
+            backend,
+            status: answer.status(),
+            error: answer.error(&job.target),
+        };
+        let decision = decide(
+            &answer,
+            attempt_number,
+            &policy,
+            stored.received_at_ms,
+            now_ms(),
+            unit_random(),
+        );
+        if decision != Decision::Delivered {
+            tracing::info!(
+                webhook = %job.webhook, target = %job.target, event_id = %stored.id,
+                attempt = attempt_number, status = ?attempt.status, error = ?attempt.error,
+                decision = ?decision, "delivery attempt failed"
+            );
+        }
+        self.settle(&job, Some(attempt), decision).await;
+    }
+
+    /// Records the decision in the store and the metrics.
+    async fn settle(&self, job: &Job, attempt: Option<Attempt>, decision: Decision) {
+        let (outcome, result) = match decision {
+            Decision::Delivered => ("delivered", self.store.ack(job).await),
+            Decision::Retry { due_ms } => (
+                "retried",
+                self.store
+                    .retry_at(job, attempt.expect("a retry follows an attempt"), due_ms)
+                    .await,
+            ),
+            Decision::DeadLetter { reason } => (
+                "dead_lettered",
+                self.store.dead_letter(job, attempt, reason, now_ms()).await,
+            ),
+        };
+        match result {
+            Ok(()) => self
+                .metrics
+                .deliveries_total
+                .with_label_values(&[job.webhook.as_str(), job.target.as_str(), outcome])
+                .inc(),
+            Err(StoreError::LeaseLost(_)) => tracing::warn!(
+                job = job.id,
+                "a delivery outlived its lease; the job's new holder decides its fate"
+            ),
+            Err(error) => tracing::warn!(
+                job = job.id, %error,
+                "cannot record a delivery's outcome; the job is tried again when its lease expires"
+            ),
+        }
+    }
+}

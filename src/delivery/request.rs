@@ -1,0 +1,152 @@
+//! The request a target receives: `POST <delivery.path>` with the original
+//! body and content type, the contract's `x-*` headers, and Standard
+//! Webhooks signatures when `delivery.signing_secret` is set, so internal
+//! services verify one scheme whatever the provider.
+
+use pingora::http::RequestHeader;
+
+use crate::store::StoredEvent;
+use crate::webhooks::verify::standard::Standard;
+
+/// What a delivery request is made of, besides its body.
+pub struct Delivery<'a> {
+    pub path: &'a str,
+    pub backend: &'a str,
+    pub event: &'a StoredEvent,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// Unix seconds, for the signature's timestamp.
+    pub now_secs: u64,
+}
+
+/// A header value from text that may hold anything: bytes outside visible
+/// ASCII are percent-encoded rather than refused, so an odd event id never
+/// blocks a delivery.
+fn header_safe(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            safe.push(byte as char);
+        } else {
+            safe.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    safe
+}
+
+pub fn build(delivery: &Delivery<'_>, signer: Option<&Standard>, body: &[u8]) -> RequestHeader {
+    let event = delivery.event;
+    let mut request = RequestHeader::build("POST", delivery.path.as_bytes(), Some(8))
+        .expect("paths are checked at load");
+    let content_type = event
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    let mut headers: Vec<(String, String)> = vec![
+        ("host".into(), delivery.backend.to_string()),
+        ("content-type".into(), content_type.to_string()),
+        ("x-webhook-source".into(), event.webhook.clone()),
+        ("x-event-id".into(), header_safe(&event.id)),
+        ("x-delivery-attempt".into(), delivery.attempt.to_string()),
+    ];
+    if !event.event_type.is_empty() {
+        headers.push(("x-event-type".into(), header_safe(&event.event_type)));
+    }
+    for (key, value) in &event.context {
+        headers.push((format!("x-{}", key.replace('_', "-")), header_safe(value)));
+    }
+    if let Some(signer) = signer {
+        // The event id is the message id: the same on every attempt, so a
+        // receiver's Standard Webhooks library deduplicates retries too.
+        let id = format!("{}:{}", event.webhook, event.id);
+        headers.extend(signer.signed_headers(&header_safe(&id), delivery.now_secs, body));
+    }
+    for (name, value) in headers {
+        // Every value is visible ASCII by now, and names come from the
+        // config's checked keys.
+        let _ = request.insert_header(name, value);
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhooks::verify::{Inbound, Scheme};
+    use std::time::Duration;
+
+    fn event() -> StoredEvent {
+        StoredEvent {
+            webhook: "stripe".into(),
+            id: "evt_1".into(),
+            event_type: "payment_intent.succeeded".into(),
+            content_type: Some("application/json".into()),
+            context: vec![("wedding_id".into(), "w-42".into())],
+            received_at_ms: 0,
+        }
+    }
+
+    fn header<'a>(request: &'a RequestHeader, name: &str) -> &'a str {
+        request.headers.get(name).unwrap().to_str().unwrap()
+    }
+
+    #[test]
+    fn a_delivery_carries_the_contract_headers() {
+        let event = event();
+        let delivery = Delivery {
+            path: "/events/stripe",
+            backend: "127.0.0.1:7001",
+            event: &event,
+            attempt: 3,
+            now_secs: 1_700_000_000,
+        };
+        let request = build(&delivery, None, b"{}");
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.uri.path(), "/events/stripe");
+        assert_eq!(header(&request, "host"), "127.0.0.1:7001");
+        assert_eq!(header(&request, "content-type"), "application/json");
+        assert_eq!(header(&request, "x-webhook-source"), "stripe");
+        assert_eq!(header(&request, "x-event-id"), "evt_1");
+        assert_eq!(header(&request, "x-event-type"), "payment_intent.succeeded");
+        assert_eq!(header(&request, "x-delivery-attempt"), "3");
+        assert_eq!(header(&request, "x-wedding-id"), "w-42");
+        assert!(request.headers.get("webhook-signature").is_none());
+    }
+
+    #[test]
+    fn a_signed_delivery_verifies_as_standard_webhooks() {
+        let key = crate::config::webhooks::secret_key_bytes(
+            crate::config::webhooks::VerifyKind::Standard,
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        )
+        .unwrap();
+        let signer = Standard {
+            keys: vec![key],
+            tolerance: Duration::from_secs(300),
+        };
+        let event = event();
+        let now = 1_700_000_000;
+        let delivery = Delivery {
+            path: "/events",
+            backend: "127.0.0.1:7001",
+            event: &event,
+            attempt: 1,
+            now_secs: now,
+        };
+        let body = br#"{"id":"evt_1"}"#;
+        let request = build(&delivery, Some(&signer), body);
+        assert_eq!(header(&request, "webhook-id"), "stripe:evt_1");
+        let inbound = Inbound {
+            headers: &request.headers,
+            body,
+            query: None,
+            now,
+        };
+        assert_eq!(signer.verify(&inbound), Ok(()));
+    }
+
+    #[test]
+    fn odd_bytes_in_values_are_percent_encoded() {
+        assert_eq!(header_safe("evt\n1%é"), "evt%0A1%25%C3%A9");
+    }
+}

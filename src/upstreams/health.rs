@@ -1,0 +1,197 @@
+//! Active health of a group's backends. Pingora's checks start every
+//! backend healthy and flip on one result; ours start *unknown* (not used)
+//! and follow `healthy_after` / `unhealthy_after`, so no delivery goes to a
+//! backend before its first check passes. [`TrackedCheck`] wraps Pingora's
+//! HTTP or TCP probe and records each result in a [`HealthTable`].
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
+use prometheus::IntGaugeVec;
+
+use crate::config::upstreams::{HealthCheck as HealthCheckConfig, HealthCheckKind};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendHealth {
+    /// False until `healthy_after` checks in a row have passed.
+    pub healthy: bool,
+    /// At least one check has finished.
+    pub checked: bool,
+    successes: u32,
+    failures: u32,
+}
+
+/// Health per backend address of one group, with the thresholds to apply.
+pub struct HealthTable {
+    group: String,
+    healthy_after: u32,
+    unhealthy_after: u32,
+    states: RwLock<HashMap<String, BackendHealth>>,
+    gauge: IntGaugeVec,
+}
+
+impl HealthTable {
+    pub fn new(group: &str, config: &HealthCheckConfig, gauge: IntGaugeVec) -> Self {
+        Self {
+            group: group.to_string(),
+            healthy_after: config.healthy_after.max(1),
+            unhealthy_after: config.unhealthy_after.max(1),
+            states: RwLock::default(),
+            gauge,
+        }
+    }
+
+    pub fn is_healthy(&self, backend: &Backend) -> bool {
+        self.state(&backend.addr.to_string()).healthy
+    }
+
+    pub fn state(&self, addr: &str) -> BackendHealth {
+        self.states
+            .read()
+            .expect("health table")
+            .get(addr)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// One check's result; returns the new health when it changed.
+    pub fn record(&self, addr: &str, passed: bool) -> Option<bool> {
+        let mut states = self.states.write().expect("health table");
+        let state = states.entry(addr.to_string()).or_default();
+        state.checked = true;
+        if passed {
+            state.successes += 1;
+            state.failures = 0;
+        } else {
+            state.failures += 1;
+            state.successes = 0;
+        }
+        let before = state.healthy;
+        if !state.healthy && state.successes >= self.healthy_after {
+            state.healthy = true;
+        } else if state.healthy && state.failures >= self.unhealthy_after {
+            state.healthy = false;
+        }
+        self.gauge
+            .with_label_values(&[self.group.as_str(), addr])
+            .set(state.healthy as i64);
+        (state.healthy != before).then_some(state.healthy)
+    }
+}
+
+/// Pingora's probe, with every result recorded in our table.
+pub struct TrackedCheck {
+    probe: Box<dyn HealthCheck + Send + Sync>,
+    table: std::sync::Arc<HealthTable>,
+}
+
+impl TrackedCheck {
+    pub fn new(config: &HealthCheckConfig, table: std::sync::Arc<HealthTable>) -> Self {
+        Self {
+            probe: probe(config),
+            table,
+        }
+    }
+}
+
+/// An HTTP GET of `path` expecting one of `expect`, or a TCP connect, each
+/// bounded by `timeout`. Pingora's own thresholds stay at one: ours decide.
+fn probe(config: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+    match config.kind {
+        HealthCheckKind::Tcp => {
+            let mut check = TcpHealthCheck::new();
+            check.peer_template.options.connection_timeout = Some(config.timeout);
+            check.peer_template.options.total_connection_timeout = Some(config.timeout);
+            check
+        }
+        HealthCheckKind::Http => {
+            let mut check = HttpHealthCheck::new("localhost", false);
+            check
+                .req
+                .set_uri(config.path.parse().expect("the path was checked at load"));
+            check.peer_template.options.connection_timeout = Some(config.timeout);
+            check.peer_template.options.read_timeout = Some(config.timeout);
+            check.peer_template.options.write_timeout = Some(config.timeout);
+            let expect = config.expect.clone();
+            check.validator = Some(Box::new(move |response| {
+                if expect.contains(&response.status.as_u16()) {
+                    Ok(())
+                } else {
+                    Err(pingora::Error::explain(
+                        pingora::ErrorType::HTTPStatus(response.status.as_u16()),
+                        "unexpected health check status",
+                    ))
+                }
+            }));
+            Box::new(check)
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for TrackedCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let result = self.probe.check(target).await;
+        let addr = target.addr.to_string();
+        if let Some(healthy) = self.table.record(&addr, result.is_ok()) {
+            match &result {
+                Ok(()) => {
+                    tracing::info!(upstream = %self.table.group, backend = %addr, healthy, "backend health changed")
+                }
+                Err(error) => {
+                    tracing::warn!(upstream = %self.table.group, backend = %addr, healthy, error = %error, "backend health changed")
+                }
+            }
+        }
+        result
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
+    }
+}
+
+/// How long a check may take before the next one is due.
+pub fn check_interval(config: &HealthCheckConfig) -> Duration {
+    config.interval.max(config.timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(healthy_after: u32, unhealthy_after: u32) -> HealthTable {
+        let config = HealthCheckConfig {
+            kind: HealthCheckKind::Tcp,
+            path: "/".into(),
+            expect: vec![200],
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_after,
+            unhealthy_after,
+        };
+        let gauge =
+            IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["upstream", "backend"]).unwrap();
+        HealthTable::new("notify", &config, gauge)
+    }
+
+    #[test]
+    fn a_backend_is_unknown_until_enough_checks_pass_and_leaves_after_enough_fail() {
+        let table = table(2, 3);
+        let addr = "127.0.0.1:7001";
+        assert!(!table.state(addr).healthy, "unknown is not healthy");
+        assert_eq!(table.record(addr, true), None);
+        assert!(table.state(addr).checked && !table.state(addr).healthy);
+        assert_eq!(table.record(addr, true), Some(true));
+        assert_eq!(table.record(addr, false), None);
+        assert_eq!(table.record(addr, true), None, "a pass resets the failures");
+        assert_eq!(table.record(addr, false), None);
+        assert_eq!(table.record(addr, false), None);
+        assert_eq!(table.record(addr, false), Some(false));
+        assert_eq!(table.record(addr, true), None);
+        assert_eq!(table.record(addr, true), Some(true));
+    }
+}
