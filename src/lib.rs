@@ -7,6 +7,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod delivery;
+pub mod dlq;
 pub mod egress;
 pub mod lifecycle;
 pub mod logging;

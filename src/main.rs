@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use wedsync_sidecar::config::{self, Config};
+use wedsync_sidecar::dlq::DlqCommand;
 use wedsync_sidecar::logging::{self, LogFormat};
 
 #[derive(Parser)]
@@ -45,6 +46,72 @@ enum Command {
         #[arg(long)]
         webhook: String,
     },
+    /// Dead letters of the running sidecar, through its admin listener.
+    Dlq {
+        #[command(subcommand)]
+        command: Dlq,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlq {
+    /// List dead letters, newest first.
+    List {
+        #[arg(long)]
+        webhook: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Rows per page (1 to 500, default 50).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Continue after a previous page (its `more:` line).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one dead letter with every attempt.
+    Show { id: String },
+    /// Put one dead letter (or, with --all, every one that matches) back on the queue.
+    Replay {
+        /// The dead letter's id; omit with --all.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, requires = "all")]
+        webhook: Option<String>,
+        #[arg(long, requires = "all")]
+        target: Option<String>,
+    },
+    /// Delete one dead letter.
+    Purge { id: String },
+}
+
+impl From<Dlq> for DlqCommand {
+    fn from(command: Dlq) -> Self {
+        match command {
+            Dlq::List {
+                webhook,
+                target,
+                limit,
+                cursor,
+            } => Self::List {
+                webhook,
+                target,
+                limit,
+                cursor,
+            },
+            Dlq::Show { id } => Self::Show { id },
+            Dlq::Replay {
+                id: Some(id),
+                all: false,
+                ..
+            } => Self::Replay { id },
+            Dlq::Replay {
+                webhook, target, ..
+            } => Self::ReplayAll { webhook, target },
+            Dlq::Purge { id } => Self::Purge { id },
+        }
+    }
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -73,6 +140,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Sign { webhook } => sign(&path, &webhook),
+        Command::Dlq { command } => dlq(&path, command.into()),
         Command::Run => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
@@ -133,6 +201,30 @@ fn sign(path: &std::path::Path, name: &str) -> ExitCode {
     lines.extend(signed.headers.iter().map(|(h, v)| format!("{h}: {v}")));
     print_out(&lines.join("\n"));
     ExitCode::SUCCESS
+}
+
+fn dlq(path: &std::path::Path, command: DlqCommand) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded runtime starts");
+    match runtime.block_on(wedsync_sidecar::dlq::run(&config, &command)) {
+        Ok(text) => {
+            print_out(&text);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("wedsync-sidecar: {}", error.message);
+            ExitCode::from(error.exit_code)
+        }
+    }
 }
 
 /// Writes a line to stdout; a reader that went away (`| head`) is not an error.

@@ -47,8 +47,10 @@ const POLL: Duration = Duration::from_millis(100);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How often the queue gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
-/// A lease outlives the longest delivery timeout by this much.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// A lease outlives the longest delivery timeout by this much: time for
+/// the store to record the outcome. A replica that dies holding a lease
+/// delays that job by the timeout plus this.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     unix_time().as_millis() as u64

@@ -105,18 +105,7 @@ impl Sidecar {
         let config = dir.join("sidecar.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = dir.join("sidecar.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"));
-        command
-            .args(["run", "-c"])
-            .arg(&config)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = command.spawn().expect("start sidecar");
+        let child = launch(&config, &log, env, args);
         Sidecar {
             child,
             egress: SocketAddr::from(([127, 0, 0, 1], egress)),
@@ -124,6 +113,20 @@ impl Sidecar {
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             dir,
             log,
+        }
+    }
+
+    /// Starts the sidecar again (after it was killed) on the same config,
+    /// ports and store directory, and waits until it is ready.
+    pub fn respawn(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.dir.join("sidecar.restarted.log");
+        self.child = launch(&self.dir.join("sidecar.yaml"), &log, &[], &[]);
+        self.log = log;
+        match self.wait_ready() {
+            Startup::Ready => {}
+            _ => panic!("sidecar did not restart; log:\n{}", self.logs()),
         }
     }
 
@@ -231,6 +234,26 @@ impl Drop for Sidecar {
     }
 }
 
+fn launch(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"));
+    command
+        .args(["run", "-c"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().expect("start sidecar")
+}
+
 /// What a mock upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -239,6 +262,8 @@ pub struct Seen {
     pub headers: HashMap<String, String>,
     pub body_len: usize,
     pub body: Bytes,
+    /// When the request's body had been read.
+    pub at: Instant,
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> MockAnswer + Send + Sync>;
@@ -292,6 +317,15 @@ impl MockServer {
         Self::start_with_tls(handler, None).await
     }
 
+    /// On a given address, e.g. again where a stopped one was.
+    pub async fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Seen) -> MockAnswer + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve_on(listener, handler, None)
+    }
+
     pub async fn start_with_tls(
         handler: impl Fn(&Seen) -> MockAnswer + Send + Sync + 'static,
         tls: Option<tokio_rustls::TlsAcceptor>,
@@ -305,18 +339,30 @@ impl MockServer {
             },
             None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
+        Self::serve_on(listener, handler, tls)
+    }
+
+    /// Dropping the server closes its open connections too: a stopped
+    /// backend must look stopped to a client's connection pool.
+    fn serve_on(
+        listener: TcpListener,
+        handler: impl Fn(&Seen) -> MockAnswer + Send + Sync + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let seen_clone = Arc::clone(&seen);
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                while connections.try_join_next().is_some() {}
                 let (handler, seen, tls) =
                     (Arc::clone(&handler), Arc::clone(&seen_clone), tls.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         serve(req, Arc::clone(&handler), Arc::clone(&seen))
                     });
@@ -385,6 +431,7 @@ async fn serve(
         headers,
         body_len,
         body: Bytes::from(kept),
+        at: Instant::now(),
     };
     let answer = handler(&record);
     seen.lock().unwrap().push(record);
