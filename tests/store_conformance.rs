@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +86,7 @@ conformance!(
     unrouted_events_are_dead_letters_that_are_never_replayed,
     a_leased_job_is_invisible_until_its_visibility_timeout_then_leased_again,
     a_holder_whose_lease_expired_can_neither_ack_nor_reschedule,
-    a_lease_skips_targets_at_their_cap,
+    a_lease_takes_a_batch_within_each_targets_room,
     a_retry_is_due_at_its_time_with_the_attempt_recorded,
     an_acked_job_is_gone_and_its_event_with_the_last_one,
     dead_letters_list_newest_first_filter_and_page,
@@ -141,10 +142,12 @@ async fn accept_at(
 }
 
 async fn lease(store: &dyn Store, priority: Priority, now_ms: u64) -> Option<Job> {
-    store
-        .lease(priority, now_ms, VISIBILITY, &[])
+    let mut leased = store
+        .lease(priority, now_ms, VISIBILITY, &[], 1)
         .await
-        .unwrap()
+        .unwrap();
+    assert!(leased.len() <= 1);
+    leased.pop()
 }
 
 /// Leases every due job, high first, as a worker draining the queue would.
@@ -368,27 +371,46 @@ async fn a_holder_whose_lease_expired_can_neither_ack_nor_reschedule(subject: Su
     );
 }
 
-async fn a_lease_skips_targets_at_their_cap(subject: Subject) {
+async fn a_lease_takes_a_batch_within_each_targets_room(subject: Subject) {
     let store = &*subject.store;
-    accept(store, "evt_1", Priority::Normal, &["slow"]).await;
-    accept(store, "evt_2", Priority::Normal, &["slow"]).await;
-    accept(store, "evt_3", Priority::Normal, &["fast"]).await;
-    let skip = ["slow".to_string()];
-    let job = store
-        .lease(Priority::Normal, T0, VISIBILITY, &skip)
+    for i in 0..3 {
+        accept(store, &format!("evt_slow_{i}"), Priority::Normal, &["slow"]).await;
+    }
+    accept(store, "evt_fast", Priority::Normal, &["fast"]).await;
+    let room = [("slow".to_string(), 1), ("fast".to_string(), 5)];
+    let batch = store
+        .lease(Priority::Normal, T0, VISIBILITY, &room, 10)
         .await
-        .unwrap()
-        .expect("the fast target's job");
-    assert_eq!(job.target, "fast");
-    assert!(store
-        .lease(Priority::Normal, T0, VISIBILITY, &skip)
-        .await
-        .unwrap()
-        .is_none());
+        .unwrap();
+    let targets: Vec<&str> = batch.iter().map(|j| j.target.as_str()).collect();
     assert_eq!(
-        lease(store, Priority::Normal, T0).await.unwrap().target,
-        "slow"
+        targets,
+        ["slow", "fast"],
+        "one slow (its room), then the fast one"
     );
+    let full = [("slow".to_string(), 0)];
+    assert!(store
+        .lease(Priority::Normal, T0, VISIBILITY, &full, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let rest = store
+        .lease(Priority::Normal, T0, VISIBILITY, &[], 1)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1, "at most `max`");
+    let uncapped = store
+        .lease(Priority::Normal, T0, VISIBILITY, &[], 10)
+        .await
+        .unwrap();
+    assert_eq!(uncapped.len(), 1, "what is left");
+    let ids: BTreeSet<u64> = batch
+        .iter()
+        .chain(&rest)
+        .chain(&uncapped)
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids.len(), 4, "each job leased once");
 }
 
 async fn a_retry_is_due_at_its_time_with_the_attempt_recorded(subject: Subject) {

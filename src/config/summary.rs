@@ -67,6 +67,67 @@ pub fn summary(config: &Config) -> String {
         config.listen.ingress,
         config.webhooks.len()
     ));
+    for webhook in &config.webhooks {
+        let targets: std::collections::BTreeSet<&str> = webhook
+            .routes
+            .iter()
+            .flat_map(|r| r.targets.iter().map(String::as_str))
+            .collect();
+        let targets: Vec<&str> = targets.into_iter().collect();
+        out.push(format!(
+            "  {:<22} {} ({}) -> {}",
+            webhook.name,
+            webhook.path,
+            snake_case(&webhook.verify.kind),
+            if targets.is_empty() {
+                "no targets".to_string()
+            } else {
+                targets.join(", ")
+            }
+        ));
+    }
+    if !config.webhooks.is_empty() {
+        let delivery = config.delivery.clone().unwrap_or_default();
+        out.push(format!(
+            "delivery {} worker(s), {}",
+            delivery.workers,
+            if delivery.signing_secret.is_some() {
+                "re-signed with Standard Webhooks"
+            } else {
+                "not re-signed"
+            }
+        ));
+    }
+    for group in &config.upstreams {
+        let backends = match &group.backends {
+            super::upstreams::Backends::Static(list) => list
+                .iter()
+                .map(|b| match b.weight {
+                    1 => b.addr.to_string(),
+                    w => format!("{} (weight {w})", b.addr),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            super::upstreams::Backends::Dns { dns, refresh } => format!(
+                "{dns} resolved every {}",
+                super::units::format_duration(*refresh)
+            ),
+        };
+        let check = match &group.health_check {
+            Some(check) => format!(
+                "{} health check every {}",
+                snake_case(&check.kind),
+                super::units::format_duration(check.interval)
+            ),
+            None => "no health check".into(),
+        };
+        out.push(format!(
+            "upstream {:<22} {backends}; {}, {check}, at most {} in flight",
+            group.name,
+            snake_case(&group.balance),
+            group.max_in_flight
+        ));
+    }
     let token = if config.admin.token.is_some() {
         "token required for /admin/*"
     } else {
@@ -79,4 +140,12 @@ pub fn summary(config: &Config) -> String {
     };
     out.push(format!("store    {store}, prefix {}", config.store.prefix));
     out.join("\n")
+}
+
+/// A config enum as the YAML spells it.
+fn snake_case<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

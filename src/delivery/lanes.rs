@@ -56,14 +56,15 @@ pub struct TargetSlots {
 }
 
 impl TargetSlots {
-    /// Targets at their cap, for the store to skip.
-    pub fn full(&self, cap_of: impl Fn(&str) -> u32) -> Vec<String> {
-        self.running
-            .lock()
-            .expect("target slots")
-            .iter()
-            .filter(|(target, running)| **running >= cap_of(target))
-            .map(|(target, _)| target.clone())
+    /// How many more deliveries each target may start now: its cap minus
+    /// what runs.
+    pub fn room(&self, caps: &HashMap<String, u32>) -> Vec<(String, u32)> {
+        let running = self.running.lock().expect("target slots");
+        caps.iter()
+            .map(|(target, cap)| {
+                let busy = running.get(target).copied().unwrap_or(0);
+                (target.clone(), cap.saturating_sub(busy))
+            })
             .collect()
     }
 
@@ -113,15 +114,15 @@ mod tests {
     }
 
     #[test]
-    fn a_target_is_full_at_its_cap_and_free_again_when_one_finishes() {
+    fn a_target_has_room_up_to_its_cap_and_again_when_one_finishes() {
         let slots = TargetSlots::default();
-        let cap = |target: &str| if target == "slow" { 2 } else { 16 };
+        let caps: HashMap<String, u32> = [("slow".to_string(), 2)].into();
+        let room = |slots: &TargetSlots| slots.room(&caps)[0].1;
         slots.take("slow");
-        slots.take("fast");
-        assert!(slots.full(cap).is_empty());
+        assert_eq!(room(&slots), 1);
         slots.take("slow");
-        assert_eq!(slots.full(cap), ["slow"]);
+        assert_eq!(room(&slots), 0);
         slots.give_back("slow");
-        assert!(slots.full(cap).is_empty());
+        assert_eq!(room(&slots), 1);
     }
 }

@@ -47,6 +47,8 @@ const POLL: Duration = Duration::from_millis(100);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How often the queue gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
+/// Jobs leased in one store call at most.
+const LEASE_BATCH: usize = 64;
 /// A lease outlives the longest delivery timeout by this much: time for
 /// the store to record the outcome. A replica that dies holding a lease
 /// delays that job by the timeout plus this.
@@ -135,24 +137,29 @@ impl DeliveryService {
         })
     }
 
-    /// Leases the next job of the first lane in this turn's order that has
-    /// one due for a target below its cap.
-    async fn lease_next(&self) -> Result<Option<Job>, StoreError> {
-        let full = self
-            .slots
-            .full(|target| self.caps.get(target).copied().unwrap_or(16));
+    /// Leases up to `max` jobs: from the lane whose turn it is first, then
+    /// from the others in precedence order, within each target's room.
+    async fn lease_batch(&self, max: usize) -> Result<Vec<Job>, StoreError> {
         let now = now_ms();
+        let mut jobs: Vec<Job> = Vec::new();
         for priority in self.lanes.order() {
-            if let Some(job) = self
+            let mut room = self.slots.room(&self.caps);
+            for job in &jobs {
+                if let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == job.target) {
+                    *left = left.saturating_sub(1);
+                }
+            }
+            let leased = self
                 .deliverer
                 .store
-                .lease(priority, now, self.visibility, &full)
-                .await?
-            {
-                return Ok(Some(job));
+                .lease(priority, now, self.visibility, &room, max - jobs.len())
+                .await?;
+            jobs.extend(leased);
+            if jobs.len() == max {
+                break;
             }
         }
-        Ok(None)
+        Ok(jobs)
     }
 
     async fn run(&self, mut shutdown: ShutdownWatch) {
@@ -160,36 +167,29 @@ impl DeliveryService {
             if *shutdown.borrow() {
                 break;
             }
-            let permit = tokio::select! {
+            let mut permits = tokio::select! {
                 permit = Arc::clone(&self.workers).acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = shutdown.changed() => break,
             };
-            let pause = match self.lease_next().await {
-                Ok(Some(job)) => {
-                    self.slots.take(&job.target);
-                    let (deliverer, slots, wake) = (
-                        Arc::clone(&self.deliverer),
-                        Arc::clone(&self.slots),
-                        Arc::clone(&self.wake),
-                    );
-                    let in_flight = self.lifecycle.enter();
-                    tokio::spawn(async move {
-                        let target = job.target.clone();
-                        deliverer.deliver(job).await;
-                        slots.give_back(&target);
-                        drop((permit, in_flight));
-                        // A target below its cap again may have jobs waiting.
-                        wake.notify_one();
-                    });
+            // Every free worker's job comes in the same store call.
+            let extra = self.workers.available_permits().min(LEASE_BATCH - 1) as u32;
+            if let Ok(more) = Arc::clone(&self.workers).try_acquire_many_owned(extra) {
+                permits.merge(more);
+            }
+            let pause = match self.lease_batch(permits.num_permits()).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    for job in jobs {
+                        self.start_delivery(job, permits.split(1).expect("one permit per job"));
+                    }
                     continue;
                 }
-                Ok(None) => POLL,
+                Ok(_) => POLL,
                 Err(error) => {
                     tracing::warn!(%error, "cannot lease delivery jobs; trying again");
                     STORE_RETRY
                 }
             };
-            drop(permit);
+            drop(permits);
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
@@ -199,6 +199,25 @@ impl DeliveryService {
         tracing::info!("delivery stopped leasing; deliveries in flight finish");
         // Every permit back means no delivery is running.
         let _ = self.workers.acquire_many(self.worker_count).await;
+    }
+
+    /// Runs one job's delivery as its own task, holding a worker permit.
+    fn start_delivery(&self, job: Job, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.slots.take(&job.target);
+        let (deliverer, slots, wake) = (
+            Arc::clone(&self.deliverer),
+            Arc::clone(&self.slots),
+            Arc::clone(&self.wake),
+        );
+        let in_flight = self.lifecycle.enter();
+        tokio::spawn(async move {
+            let target = job.target.clone();
+            deliverer.deliver(job).await;
+            slots.give_back(&target);
+            drop((permit, in_flight));
+            // A target below its cap again may have jobs waiting.
+            wake.notify_one();
+        });
     }
 
     /// Keeps the queue gauges current.

@@ -1,14 +1,15 @@
-//! The embedded store as a [`Store`]: accepts go through group commit (one
-//! fsync for every webhook waiting at that moment); everything else runs
-//! the redb engine on tokio's blocking pool, so a commit never stalls a
-//! proxy thread.
+//! The embedded store as a [`Store`]: accepts, leases, acks, retries and
+//! dead letters go through group commit (one transaction, and one fsync
+//! where one is needed, for every write waiting at that moment); reads and
+//! the operator's rare writes run the redb engine on tokio's blocking pool,
+//! so a commit never stalls a proxy thread.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::group_commit::GroupCommitter;
-use super::local::LocalStore;
+use super::group_commit::{GroupCommitter, OwnedWrite};
+use super::local::{LocalStore, Written};
 use super::records::{
     Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, OwnedEvent, QueueDepth,
     StoredEvent,
@@ -52,22 +53,34 @@ impl Store for EmbeddedStore {
         priority: Priority,
         now_ms: u64,
         visibility: Duration,
-        skip: &[String],
-    ) -> Result<Option<Job>, StoreError> {
-        let skip = skip.to_vec();
-        self.blocking(move |engine| engine.lease(priority, now_ms, visibility, &skip))
-            .await
+        room: &[(String, u32)],
+        max: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let lease = OwnedWrite::Lease {
+            priority,
+            now_ms,
+            visibility,
+            room: room.to_vec(),
+            max,
+        };
+        match self.committer.write(lease).await? {
+            Written::Leased(jobs) => Ok(jobs),
+            other => unreachable!("a lease answered {other:?}"),
+        }
     }
 
     async fn ack(&self, job: &Job) -> Result<(), StoreError> {
-        let job = job.clone();
-        self.blocking(move |engine| engine.ack(&job)).await
+        self.committer
+            .write(OwnedWrite::Ack(job.clone()))
+            .await
+            .map(drop)
     }
 
     async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
-        let job = job.clone();
-        self.blocking(move |engine| engine.retry_at(&job, attempt, due_ms))
+        self.committer
+            .write(OwnedWrite::Retry(job.clone(), attempt, due_ms))
             .await
+            .map(drop)
     }
 
     async fn dead_letter(
@@ -77,9 +90,13 @@ impl Store for EmbeddedStore {
         reason: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let (job, reason) = (job.clone(), reason.to_string());
-        self.blocking(move |engine| engine.dead_letter(&job, attempt, &reason, now_ms))
-            .await
+        let dead_letter = OwnedWrite::DeadLetter {
+            held: job.clone(),
+            attempt,
+            reason: reason.to_string(),
+            now_ms,
+        };
+        self.committer.write(dead_letter).await.map(drop)
     }
 
     async fn dead_letters(

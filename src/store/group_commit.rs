@@ -1,7 +1,9 @@
-//! Group commit for the embedded store: one writer thread takes every event
-//! waiting at that moment and stores them in one transaction, so concurrent
-//! webhooks share one fsync instead of queueing for one each. Each sender
-//! gets its own answer once the batch is durable.
+//! Group commit for the embedded store: one writer thread takes every write
+//! waiting at that moment (accepted events, leases, acks, retries, dead
+//! letters) and applies them in one transaction, so concurrent webhooks
+//! share one fsync and concurrent deliveries share one commit instead of
+//! queueing for one each. Each sender gets its own answer once the batch is
+//! committed (and fsynced, if it held an accept or a dead letter).
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -9,19 +11,76 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::local::LocalStore;
-use super::records::{Acceptance, NewEvent, OwnedEvent};
+use super::local::{LocalStore, Write, Written};
+use super::records::{Acceptance, Attempt, Job, OwnedEvent};
 use super::StoreError;
 use crate::resilience::clock::unix_time;
+use crate::webhooks::event::Priority;
 
-/// The most events written in one transaction.
+/// The most writes applied in one transaction.
 const MAX_BATCH: usize = 256;
 /// How often expired dedup keys are removed.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// A write handed to the writer thread, owning what it needs.
+pub enum OwnedWrite {
+    Accept(OwnedEvent),
+    Lease {
+        priority: Priority,
+        now_ms: u64,
+        visibility: Duration,
+        room: Vec<(String, u32)>,
+        max: usize,
+    },
+    Ack(Job),
+    Retry(Job, Attempt, u64),
+    DeadLetter {
+        held: Job,
+        attempt: Option<Attempt>,
+        reason: String,
+        now_ms: u64,
+    },
+}
+
+impl OwnedWrite {
+    fn borrowed(&self) -> Write<'_> {
+        match self {
+            Self::Accept(event) => {
+                Write::Accept(event.borrowed(), event.now_ms, event.dedup_window)
+            }
+            Self::Lease {
+                priority,
+                now_ms,
+                visibility,
+                room,
+                max,
+            } => Write::Lease {
+                priority: *priority,
+                now_ms: *now_ms,
+                visibility: *visibility,
+                room,
+                max: *max,
+            },
+            Self::Ack(job) => Write::Ack(job),
+            Self::Retry(job, attempt, due_ms) => Write::Retry(job, attempt.clone(), *due_ms),
+            Self::DeadLetter {
+                held,
+                attempt,
+                reason,
+                now_ms,
+            } => Write::DeadLetter {
+                held,
+                attempt: attempt.clone(),
+                reason,
+                now_ms: *now_ms,
+            },
+        }
+    }
+}
+
 struct Request {
-    event: OwnedEvent,
-    answer: oneshot::Sender<Result<Acceptance, StoreError>>,
+    write: OwnedWrite,
+    answer: oneshot::Sender<Result<Written, StoreError>>,
 }
 
 pub struct GroupCommitter {
@@ -63,16 +122,25 @@ impl GroupCommitter {
         }
     }
 
-    /// Stores the event; answers once it is durable.
-    pub async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+    /// Applies the write with whatever else is waiting; answers once the
+    /// batch is committed.
+    pub async fn write(&self, write: OwnedWrite) -> Result<Written, StoreError> {
         let stopped = || StoreError::Unavailable("the event store writer has stopped".into());
         let (answer, answered) = oneshot::channel();
         self.requests
             .as_ref()
             .ok_or_else(stopped)?
-            .send(Request { event, answer })
+            .send(Request { write, answer })
             .map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
+    }
+
+    /// Stores the event; answers once it is durable.
+    pub async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+        match self.write(OwnedWrite::Accept(event)).await? {
+            Written::Accepted(acceptance) => Ok(acceptance),
+            other => unreachable!("an accept answered {other:?}"),
+        }
     }
 }
 
@@ -88,14 +156,6 @@ impl Drop for GroupCommitter {
     }
 }
 
-/// The batch as the store takes it: borrowed events with their clocks.
-fn borrowed(batch: &[Request]) -> Vec<(NewEvent<'_>, u64, Duration)> {
-    batch
-        .iter()
-        .map(|r| (r.event.borrowed(), r.event.now_ms, r.event.dedup_window))
-        .collect()
-}
-
 fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
     while let Ok(first) = incoming.recv() {
         let mut batch = vec![first];
@@ -105,13 +165,20 @@ fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        let outcome = store.accept_all(&borrowed(&batch));
-        for (i, request) in batch.into_iter().enumerate() {
-            let answer = match &outcome {
-                Ok(answers) => Ok(answers[i]),
-                Err(error) => Err(error.clone()),
-            };
-            let _ = request.answer.send(answer);
+        let writes: Vec<Write<'_>> = batch.iter().map(|r| r.write.borrowed()).collect();
+        let outcome = store.apply(&writes);
+        drop(writes);
+        match outcome {
+            Ok(answers) => {
+                for (request, answer) in batch.into_iter().zip(answers) {
+                    let _ = request.answer.send(answer);
+                }
+            }
+            Err(error) => {
+                for request in batch {
+                    let _ = request.answer.send(Err(error.clone()));
+                }
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::records::{
     dedup_key, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, NewEvent,
-    QueueDepth, StoredEvent, UNROUTED,
+    QueueDepth, Room, StoredEvent, UNROUTED,
 };
 use super::StoreError;
 use crate::resilience::clock::unix_time;
@@ -168,6 +168,32 @@ impl LocalStore {
         }
     }
 
+    /// Applies `writes` in one transaction, fsynced if any of them needs
+    /// it (group commit). A write refused on its own (a lost lease) gets its
+    /// error and changes nothing; a storage failure fails them all.
+    pub fn apply(
+        &self,
+        writes: &[Write<'_>],
+    ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+        let durable = writes.iter().any(Write::needs_fsync);
+        self.write(durable, |txn| {
+            writes
+                .iter()
+                .map(|write| match write.apply(txn) {
+                    Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
+                    other => other.map(Ok),
+                })
+                .collect()
+        })
+    }
+
+    /// One write in its own transaction.
+    fn apply_one(&self, write: Write<'_>) -> Result<Written, StoreError> {
+        self.apply(std::slice::from_ref(&write))?
+            .pop()
+            .expect("one answer per write")
+    }
+
     /// Stores a verified event and its jobs, durably, unless the same event
     /// was accepted within `dedup_window`.
     pub fn accept(
@@ -176,25 +202,10 @@ impl LocalStore {
         now_ms: u64,
         dedup_window: Duration,
     ) -> Result<Acceptance, StoreError> {
-        Ok(self
-            .accept_all(&[(*event, now_ms, dedup_window)])?
-            .pop()
-            .expect("one answer per event"))
-    }
-
-    /// Stores several events in one transaction and one fsync (group
-    /// commit): either all are stored or none is. Each gets its own answer;
-    /// a second copy inside the batch is a duplicate.
-    pub fn accept_all(
-        &self,
-        events: &[(NewEvent<'_>, u64, Duration)],
-    ) -> Result<Vec<Acceptance>, StoreError> {
-        self.write(true, |txn| {
-            events
-                .iter()
-                .map(|(event, now_ms, window)| insert(txn, event, *now_ms, *window))
-                .collect()
-        })
+        match self.apply_one(Write::Accept(*event, now_ms, dedup_window))? {
+            Written::Accepted(acceptance) => Ok(acceptance),
+            _ => unreachable!("an accept answers with its acceptance"),
+        }
     }
 
     pub fn lease(
@@ -202,49 +213,28 @@ impl LocalStore {
         priority: Priority,
         now_ms: u64,
         visibility: Duration,
-        skip: &[String],
-    ) -> Result<Option<Job>, StoreError> {
-        self.write(false, |txn| {
-            let due: Vec<u64> = {
-                let queue = txn.open_table(QUEUE).map_err(failed)?;
-                let r = rank(priority);
-                let range = queue
-                    .range((r, 0, 0)..=(r, now_ms, u64::MAX))
-                    .map_err(failed)?;
-                let mut ids = Vec::new();
-                for entry in range.take(LEASE_SCAN) {
-                    ids.push(entry.map_err(failed)?.0.value().2);
-                }
-                ids
-            };
-            for id in due {
-                let job = job(txn, id)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("queued job {id} has no record")))?;
-                if skip.contains(&job.target) {
-                    continue;
-                }
-                let leased = job.clone().leased_at(now_ms, visibility);
-                replace_job(txn, &job, &leased)?;
-                return Ok(Some(leased));
-            }
-            Ok(None)
-        })
+        room: &[(String, u32)],
+        max: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        match self.apply_one(Write::Lease {
+            priority,
+            now_ms,
+            visibility,
+            room,
+            max,
+        })? {
+            Written::Leased(jobs) => Ok(jobs),
+            _ => unreachable!("a lease answers with its jobs"),
+        }
     }
 
     pub fn ack(&self, held: &Job) -> Result<(), StoreError> {
-        self.write(false, |txn| {
-            let current = held_job(txn, held)?;
-            remove_job(txn, &current)?;
-            release_event(txn, current.event)
-        })
+        self.apply_one(Write::Ack(held)).map(drop)
     }
 
     pub fn retry_at(&self, held: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
-        self.write(false, |txn| {
-            let current = held_job(txn, held)?;
-            let retried = current.clone().retried(attempt, due_ms);
-            replace_job(txn, &current, &retried)
-        })
+        self.apply_one(Write::Retry(held, attempt, due_ms))
+            .map(drop)
     }
 
     pub fn dead_letter(
@@ -254,23 +244,13 @@ impl LocalStore {
         reason: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.write(true, |txn| {
-            let current = held_job(txn, held)?;
-            remove_job(txn, &current)?;
-            let mut job = current;
-            if let Some(attempt) = attempt {
-                job.record(attempt);
-            }
-            job.leased = false;
-            insert_dead(
-                txn,
-                &DeadLetter {
-                    job,
-                    reason: reason.to_string(),
-                    dead_at_ms: now_ms,
-                },
-            )
+        self.apply_one(Write::DeadLetter {
+            held,
+            attempt,
+            reason,
+            now_ms,
         })
+        .map(drop)
     }
 
     pub fn dead_letters(
@@ -403,6 +383,131 @@ impl LocalStore {
             Ok(before - dedup.len().map_err(failed)?)
         })
     }
+}
+
+/// A write the queue's hot path makes; several share one transaction.
+pub enum Write<'a> {
+    Accept(NewEvent<'a>, u64, Duration),
+    Lease {
+        priority: Priority,
+        now_ms: u64,
+        visibility: Duration,
+        room: &'a [(String, u32)],
+        max: usize,
+    },
+    Ack(&'a Job),
+    Retry(&'a Job, Attempt, u64),
+    DeadLetter {
+        held: &'a Job,
+        attempt: Option<Attempt>,
+        reason: &'a str,
+        now_ms: u64,
+    },
+}
+
+/// What a write answers.
+#[derive(Debug)]
+pub enum Written {
+    Accepted(Acceptance),
+    Leased(Vec<Job>),
+    Done,
+}
+
+impl Write<'_> {
+    /// Accepts are acknowledged to providers and dead letters to
+    /// operators: both wait for the fsync. Leases, acks and retries may be
+    /// lost in a crash at the cost of a repeated delivery.
+    fn needs_fsync(&self) -> bool {
+        matches!(self, Self::Accept(..) | Self::DeadLetter { .. })
+    }
+
+    fn apply(&self, txn: &WriteTransaction) -> Result<Written, StoreError> {
+        match self {
+            Self::Accept(event, now_ms, window) => {
+                insert(txn, event, *now_ms, *window).map(Written::Accepted)
+            }
+            Self::Lease {
+                priority,
+                now_ms,
+                visibility,
+                room,
+                max,
+            } => lease(txn, *priority, *now_ms, *visibility, room, *max).map(Written::Leased),
+            Self::Ack(held) => {
+                let current = held_job(txn, held)?;
+                remove_job(txn, &current)?;
+                release_event(txn, current.event)?;
+                Ok(Written::Done)
+            }
+            Self::Retry(held, attempt, due_ms) => {
+                let current = held_job(txn, held)?;
+                let retried = current.clone().retried(attempt.clone(), *due_ms);
+                replace_job(txn, &current, &retried)?;
+                Ok(Written::Done)
+            }
+            Self::DeadLetter {
+                held,
+                attempt,
+                reason,
+                now_ms,
+            } => {
+                let current = held_job(txn, held)?;
+                remove_job(txn, &current)?;
+                let mut job = current;
+                if let Some(attempt) = attempt {
+                    job.record(attempt.clone());
+                }
+                job.leased = false;
+                insert_dead(
+                    txn,
+                    &DeadLetter {
+                        job,
+                        reason: reason.to_string(),
+                        dead_at_ms: *now_ms,
+                    },
+                )?;
+                Ok(Written::Done)
+            }
+        }
+    }
+}
+
+fn lease(
+    txn: &WriteTransaction,
+    priority: Priority,
+    now_ms: u64,
+    visibility: Duration,
+    room: &[(String, u32)],
+    max: usize,
+) -> Result<Vec<Job>, StoreError> {
+    let due: Vec<u64> = {
+        let queue = txn.open_table(QUEUE).map_err(failed)?;
+        let r = rank(priority);
+        let range = queue
+            .range((r, 0, 0)..=(r, now_ms, u64::MAX))
+            .map_err(failed)?;
+        let mut ids = Vec::new();
+        for entry in range.take(LEASE_SCAN.max(max)) {
+            ids.push(entry.map_err(failed)?.0.value().2);
+        }
+        ids
+    };
+    let mut room = Room::new(room);
+    let mut leased = Vec::new();
+    for id in due {
+        if leased.len() == max {
+            break;
+        }
+        let job = job(txn, id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("queued job {id} has no record")))?;
+        if !room.take(&job.target) {
+            continue;
+        }
+        let taken = job.clone().leased_at(now_ms, visibility);
+        replace_job(txn, &job, &taken)?;
+        leased.push(taken);
+    }
+    Ok(leased)
 }
 
 fn parse_cursor(cursor: &str) -> Result<(u64, u64), StoreError> {
@@ -625,22 +730,18 @@ mod tests {
         {
             let store = LocalStore::open(&path).unwrap();
             accept(&store, "evt_1", 1_000);
-            let leased = store
-                .lease(Priority::High, 1_000, HOUR, &[])
-                .unwrap()
-                .expect("due");
-            assert!(leased.leased);
+            let leased = store.lease(Priority::High, 1_000, HOUR, &[], 1).unwrap();
+            assert!(leased[0].leased);
             assert!(store
-                .lease(Priority::High, 1_000, HOUR, &[])
+                .lease(Priority::High, 1_000, HOUR, &[], 1)
                 .unwrap()
-                .is_none());
+                .is_empty());
         }
         let store = LocalStore::open(&path).unwrap();
         let again = store
-            .lease(Priority::High, unix_time().as_millis() as u64, HOUR, &[])
-            .unwrap()
-            .expect("released on open");
-        assert_eq!(again.lease, 2);
+            .lease(Priority::High, unix_time().as_millis() as u64, HOUR, &[], 1)
+            .unwrap();
+        assert_eq!(again[0].lease, 2, "released on open");
     }
 
     #[test]

@@ -46,17 +46,20 @@ pub trait Store: Send + Sync {
     /// it returns.
     async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError>;
 
-    /// Leases the next due job of `priority` (oldest due first) whose target
-    /// is not in `skip` (targets at their in-flight cap). The job stays
-    /// invisible for `visibility`; if it is neither acked nor rescheduled by
-    /// then, it is leased again, by this process or another.
+    /// Leases up to `max` due jobs of `priority`, oldest due first. `room`
+    /// caps how many more jobs of a target may be leased now (its
+    /// in-flight cap minus what runs); targets not listed are not capped.
+    /// A leased job stays invisible for `visibility`; if it is neither
+    /// acked nor rescheduled by then, it is leased again, by this process
+    /// or another.
     async fn lease(
         &self,
         priority: Priority,
         now_ms: u64,
         visibility: Duration,
-        skip: &[String],
-    ) -> Result<Option<Job>, StoreError>;
+        room: &[(String, u32)],
+        max: usize,
+    ) -> Result<Vec<Job>, StoreError>;
 
     /// Delivered: the job is gone, and its event too once no job or dead
     /// letter refers to it.

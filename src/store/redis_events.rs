@@ -60,19 +60,31 @@ return seq
 "#;
 
 /// KEYS: queue, targets, leases, jobs. ARGV: now ms, lease end ms, scan
-/// limit, targets to skip… Returns {id, token, record} or nil.
+/// limit, most jobs, then pairs of (capped target, room left). Returns a
+/// flat list of (token, record) per leased job.
 const LEASE: &str = r#"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-local skip = {}
-for i = 4, #ARGV do skip[ARGV[i]] = true end
+local room = {}
+for i = 5, #ARGV, 2 do room[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local most = tonumber(ARGV[4])
+local leased = {}
 for _, id in ipairs(due) do
-  if #ARGV < 4 or not skip[redis.call('HGET', KEYS[2], id)] then
+  if #leased >= 2 * most then break end
+  local take = true
+  if #ARGV >= 5 then
+    local target = redis.call('HGET', KEYS[2], id)
+    local left = room[target]
+    if left ~= nil then
+      if left <= 0 then take = false else room[target] = left - 1 end
+    end
+  end
+  if take then
     redis.call('ZADD', KEYS[1], ARGV[2], id)
-    local token = redis.call('HINCRBY', KEYS[3], id, 1)
-    return {id, token, redis.call('HGET', KEYS[4], id)}
+    leased[#leased + 1] = redis.call('HINCRBY', KEYS[3], id, 1)
+    leased[#leased + 1] = redis.call('HGET', KEYS[4], id)
   end
 end
-return false
+return leased
 "#;
 
 /// The common head of the scripts that need the caller's lease to be the
@@ -301,8 +313,10 @@ impl Store for RedisEventStore {
         priority: Priority,
         now_ms: u64,
         visibility: Duration,
-        skip: &[String],
-    ) -> Result<Option<Job>, StoreError> {
+        room: &[(String, u32)],
+        max: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let until = now_ms + visibility.as_millis() as u64;
         let mut invocation = self.scripts.lease.prepare_invoke();
         invocation
             .key(self.queue_key(priority))
@@ -310,20 +324,23 @@ impl Store for RedisEventStore {
             .key(self.key("leases"))
             .key(self.key("jobs"))
             .arg(now_ms)
-            .arg(now_ms + visibility.as_millis() as u64)
-            .arg(LEASE_SCAN);
-        for target in skip {
-            invocation.arg(target);
+            .arg(until)
+            .arg(LEASE_SCAN.max(max))
+            .arg(max);
+        for (target, left) in room {
+            invocation.arg(target).arg(*left);
         }
-        let leased: Option<(u64, u64, String)> = self.invoke("lease", invocation).await?;
-        let Some((_, token, record)) = leased else {
-            return Ok(None);
-        };
-        let mut job: Job = parse(&record)?;
-        job.lease = token;
-        job.leased = true;
-        job.due_ms = now_ms + visibility.as_millis() as u64;
-        Ok(Some(job))
+        let leased: Vec<(u64, String)> = self.invoke("lease", invocation).await?;
+        leased
+            .into_iter()
+            .map(|(token, record)| {
+                let mut job: Job = parse(&record)?;
+                job.lease = token;
+                job.leased = true;
+                job.due_ms = until;
+                Ok(job)
+            })
+            .collect()
     }
 
     async fn ack(&self, job: &Job) -> Result<(), StoreError> {

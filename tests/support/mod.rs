@@ -695,9 +695,10 @@ pub async fn waiting_jobs(
     let mut jobs = Vec::new();
     for priority in wedsync_sidecar::webhooks::event::Priority::ALL {
         while let Some(job) = store
-            .lease(priority, far_future, Duration::from_secs(60), &[])
+            .lease(priority, far_future, Duration::from_secs(60), &[], 1)
             .await
             .unwrap()
+            .pop()
         {
             let (event, body) = store.event(job.event).await.unwrap().expect("its event");
             jobs.push((job.target, event, body));
