@@ -771,3 +771,157 @@ async fn two_sidecars_on_one_redis_share_the_queue_and_a_dead_ones_work_is_taken
     .await;
     drop(second);
 }
+
+#[tokio::test]
+async fn a_dns_name_is_resolved_in_the_background_and_only_checked_addresses_are_used() {
+    let target = ok_target().await;
+    let sidecar = Sidecar::start(&config(
+        &format!(
+            "  notify: {{ discovery: {{ dns: \"localhost:{}\", refresh: 1s }}, health_check: {{ kind: tcp, interval: 100ms, timeout: 100ms }} }}\n",
+            target.addr.port()
+        ),
+        "[{ events: [\"*\"], targets: [notify] }]",
+        "",
+    ));
+    let backend = target.addr.to_string();
+    let mut healthy = false;
+    for _ in 0..100 {
+        let upstreams = admin_json(&sidecar, "GET", "/admin/upstreams").await.json();
+        healthy = upstreams["upstreams"]["notify"]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["addr"] == backend.as_str() && b["health"] == "healthy");
+        if healthy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        healthy,
+        "localhost resolved to {backend} and its check passed"
+    );
+    for i in 0..5 {
+        assert_eq!(
+            post_event(&sidecar, &format!("evt_{i}"), "charge.succeeded").await,
+            202
+        );
+    }
+    eventually(Duration::from_secs(3), "five deliveries", || {
+        target.requests().len() == 5
+    })
+    .await;
+    // Where localhost is also ::1 (nothing listens there), its failing
+    // check kept every delivery off it.
+    assert!(target
+        .requests()
+        .iter()
+        .all(|s| s.headers["x-delivery-attempt"] == "1"));
+}
+
+#[tokio::test]
+async fn a_slow_target_at_its_cap_leaves_the_workers_to_the_others() {
+    let slow =
+        MockServer::start(|_| MockAnswer::status(204, "").delayed(Duration::from_millis(1500)))
+            .await;
+    let fast = ok_target().await;
+    let sidecar = Sidecar::start(&config(
+        &format!(
+            "  slow: {{ backends: [{}], max_in_flight: 2 }}\n  fast: {{ backends: [{}] }}\n",
+            slow.addr, fast.addr
+        ),
+        "[{ events: [\"slow.*\"], targets: [slow] }, { events: [\"fast.*\"], targets: [fast] }]",
+        "delivery: { workers: 4 }\n",
+    ));
+    for i in 0..6 {
+        assert_eq!(
+            post_event(&sidecar, &format!("evt_slow_{i}"), "slow.thing").await,
+            202
+        );
+    }
+    for i in 0..6 {
+        assert_eq!(
+            post_event(&sidecar, &format!("evt_fast_{i}"), "fast.thing").await,
+            202
+        );
+    }
+    eventually(
+        Duration::from_secs(1),
+        "the fast target gets all six while the slow one is busy",
+        || fast.requests().len() == 6,
+    )
+    .await;
+    assert_eq!(
+        slow.requests().len(),
+        2,
+        "never more than max_in_flight at the slow target"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the slow target gets all six in the end",
+        || slow.requests().len() == 6,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_delivery_in_flight_finish_and_keeps_the_rest_in_the_store() {
+    let target =
+        MockServer::start(|_| MockAnswer::status(204, "").delayed(Duration::from_millis(800)))
+            .await;
+    let mut sidecar = Sidecar::start(&config(
+        &format!(
+            "  notify: {{ backends: [{}], max_in_flight: 1 }}\n",
+            target.addr
+        ),
+        "[{ events: [\"*\"], targets: [notify] }]",
+        "drain_delay: 100ms\nshutdown_grace: 10s\ndelivery: { workers: 1 }\n",
+    ));
+    assert_eq!(
+        post_event(&sidecar, "evt_in_flight", "charge.succeeded").await,
+        202
+    );
+    eventually(
+        Duration::from_secs(2),
+        "the first delivery under way",
+        || target.requests().len() == 1,
+    )
+    .await;
+    assert_eq!(
+        post_event(&sidecar, "evt_waiting", "charge.succeeded").await,
+        202
+    );
+    sidecar.signal("TERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = sidecar.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the sidecar did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for the delivery"
+    );
+    assert_eq!(
+        target.requests().len(),
+        1,
+        "nothing new was leased after SIGTERM"
+    );
+    let store = embedded_store(&sidecar.dir.join("data"));
+    let waiting: Vec<String> = waiting_jobs(&store)
+        .await
+        .into_iter()
+        .map(|(_, event, _)| event.id)
+        .collect();
+    assert_eq!(
+        waiting,
+        ["evt_waiting"],
+        "the finished delivery was acked; the other waits"
+    );
+}
