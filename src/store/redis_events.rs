@@ -88,26 +88,31 @@ return leased
 "#;
 
 /// The common head of the scripts that need the caller's lease to be the
-/// job's current one. KEYS[1] is `leases`; ARGV[1] the id, ARGV[2] the token.
+/// job's current one. Their first keys are always leases, jobs, queue,
+/// targets, age; ARGV[1] the job id, ARGV[2] the lease token.
 const HOLDS_LEASE: &str = r#"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
 "#;
 
-/// KEYS: leases, jobs, queue. ARGV: id, token, record, due ms.
+/// Takes the job off the queue (its lease token stays for a replay to
+/// continue from).
+const REMOVE_JOB: &str = r#"
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+"#;
+
+/// ARGV[3]: the new record, ARGV[4]: when it is due.
 const RETRY: &str = r#"
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 return 1
 "#;
 
-/// KEYS: leases, jobs, queue, targets, age, refs, events, bodies. ARGV: id,
-/// token, event number.
+/// KEYS[6..8]: refs, events, bodies. ARGV[3]: the event number.
 const ACK: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
 if redis.call('HINCRBY', KEYS[6], ARGV[3], -1) <= 0 then
   redis.call('HDEL', KEYS[6], ARGV[3])
   redis.call('HDEL', KEYS[7], ARGV[3])
@@ -116,14 +121,9 @@ end
 return 1
 "#;
 
-/// KEYS: leases, jobs, queue, targets, age, dead, dead_order. ARGV: id,
-/// token, dead-letter record, order key. The lease token stays: a replay
-/// continues counting from it.
+/// KEYS[6..7]: dead, dead_order. ARGV[3]: the dead-letter record, ARGV[4]:
+/// its order key.
 const DEAD_LETTER: &str = r#"
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[7], 0, ARGV[4])
 return 1
@@ -170,8 +170,11 @@ struct Scripts {
     delete: redis::Script,
 }
 
-fn guarded(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{HOLDS_LEASE}{body}"))
+/// A script that first checks the lease, then (if `removes`) takes the
+/// job off the queue, then runs `body`.
+fn guarded(removes: bool, body: &str) -> redis::Script {
+    let remove = if removes { REMOVE_JOB } else { "" };
+    redis::Script::new(&format!("{HOLDS_LEASE}{remove}{body}"))
 }
 
 pub struct RedisEventStore {
@@ -207,9 +210,9 @@ impl RedisEventStore {
             scripts: Scripts {
                 accept: redis::Script::new(ACCEPT),
                 lease: redis::Script::new(LEASE),
-                retry: guarded(RETRY),
-                ack: guarded(ACK),
-                dead_letter: guarded(DEAD_LETTER),
+                retry: guarded(false, RETRY),
+                ack: guarded(true, ACK),
+                dead_letter: guarded(true, DEAD_LETTER),
                 replay: redis::Script::new(REPLAY),
                 delete: redis::Script::new(DELETE),
             },
@@ -249,6 +252,25 @@ impl RedisEventStore {
             })
             .await
             .map_err(unavailable)
+    }
+
+    /// A lease-guarded script with the keys and arguments they all start
+    /// with: leases, jobs, queue, targets, age; the job id, its lease token.
+    fn guarded_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        job: &Job,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.key("leases"))
+            .key(self.key("jobs"))
+            .key(self.queue_key(job.priority))
+            .key(self.key("targets"))
+            .key(self.key("age"))
+            .arg(member(job.id))
+            .arg(job.lease);
+        invocation
     }
 
     /// Runs a lease-guarded script; a refusal means the lease was lost.
@@ -344,33 +366,19 @@ impl Store for RedisEventStore {
     }
 
     async fn ack(&self, job: &Job) -> Result<(), StoreError> {
-        let mut invocation = self.scripts.ack.prepare_invoke();
+        let mut invocation = self.guarded_invocation(&self.scripts.ack, job);
         invocation
-            .key(self.key("leases"))
-            .key(self.key("jobs"))
-            .key(self.queue_key(job.priority))
-            .key(self.key("targets"))
-            .key(self.key("age"))
             .key(self.key("refs"))
             .key(self.key("events"))
             .key(self.key("bodies"))
-            .arg(member(job.id))
-            .arg(job.lease)
             .arg(job.event);
         self.guarded_call("ack", job, invocation).await
     }
 
     async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
         let retried = job.clone().retried(attempt, due_ms);
-        let mut invocation = self.scripts.retry.prepare_invoke();
-        invocation
-            .key(self.key("leases"))
-            .key(self.key("jobs"))
-            .key(self.queue_key(job.priority))
-            .arg(member(job.id))
-            .arg(job.lease)
-            .arg(encode(&retried))
-            .arg(due_ms);
+        let mut invocation = self.guarded_invocation(&self.scripts.retry, job);
+        invocation.arg(encode(&retried)).arg(due_ms);
         self.guarded_call("retry", job, invocation).await
     }
 
@@ -391,17 +399,10 @@ impl Store for RedisEventStore {
             reason: reason.to_string(),
             dead_at_ms: now_ms,
         };
-        let mut invocation = self.scripts.dead_letter.prepare_invoke();
+        let mut invocation = self.guarded_invocation(&self.scripts.dead_letter, job);
         invocation
-            .key(self.key("leases"))
-            .key(self.key("jobs"))
-            .key(self.queue_key(job.priority))
-            .key(self.key("targets"))
-            .key(self.key("age"))
             .key(self.key("dead"))
             .key(self.key("dead_order"))
-            .arg(member(job.id))
-            .arg(job.lease)
             .arg(encode(&letter))
             .arg(letter.order_key());
         self.guarded_call("dead_letter", job, invocation).await
