@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery;
 pub mod dlq;
 pub mod egress;
+pub mod inject;
 pub mod lifecycle;
 pub mod logging;
 pub mod problem;

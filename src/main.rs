@@ -46,6 +46,20 @@ enum Command {
         #[arg(long)]
         webhook: String,
     },
+    /// Add the sidecar to Kubernetes workloads read from FILE or stdin; write them to stdout.
+    Inject {
+        /// The manifests (default: standard input).
+        file: Option<PathBuf>,
+        /// The sidecar's image.
+        #[arg(long)]
+        image: Option<String>,
+        /// The ConfigMap holding sidecar.yaml.
+        #[arg(long, default_value = "wedsync-sidecar")]
+        config_map: String,
+        /// The Secret holding the credentials the config reads with ${file:...}.
+        #[arg(long, default_value = "wedsync-sidecar")]
+        secret: String,
+    },
     /// Dead letters of the running sidecar, through its admin listener.
     Dlq {
         #[command(subcommand)]
@@ -141,6 +155,12 @@ fn main() -> ExitCode {
         },
         Command::Sign { webhook } => sign(&path, &webhook),
         Command::Dlq { command } => dlq(&path, command.into()),
+        Command::Inject {
+            file,
+            image,
+            config_map,
+            secret,
+        } => inject(cli.config.is_some(), &path, file, image, config_map, secret),
         Command::Run => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
@@ -201,6 +221,75 @@ fn sign(path: &std::path::Path, name: &str) -> ExitCode {
     lines.extend(signed.headers.iter().map(|(h, v)| format!("{h}: {v}")));
     print_out(&lines.join("\n"));
     ExitCode::SUCCESS
+}
+
+fn inject(
+    config_given: bool,
+    path: &std::path::Path,
+    file: Option<PathBuf>,
+    image: Option<String>,
+    config_map: String,
+    secret: String,
+) -> ExitCode {
+    // The config (for its ports) is optional unless named: the default
+    // path is often not where manifests are edited.
+    let listeners = if config_given || path.exists() {
+        let listeners = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|text| {
+                wedsync_sidecar::inject::Listeners::from_config(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            });
+        match listeners {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                eprintln!("wedsync-sidecar: {error}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        wedsync_sidecar::inject::Listeners::default()
+    };
+    if listeners.admin.ip().is_loopback() {
+        eprintln!(
+            "wedsync-sidecar: warning: listen.admin is {}; kubelet probes and Prometheus reach the pod IP, so bind it on 0.0.0.0 in the ConfigMap's config",
+            listeners.admin
+        );
+    }
+    let input = match &file {
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display())),
+        None => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map(|_| text)
+                .map_err(|e| format!("cannot read standard input: {e}"))
+        }
+    };
+    let input = match input {
+        Ok(input) => input,
+        Err(error) => {
+            eprintln!("wedsync-sidecar: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut options = wedsync_sidecar::inject::Options::new(listeners);
+    if let Some(image) = image {
+        options.image = image;
+    }
+    options.config_map = config_map;
+    options.secret = secret;
+    match wedsync_sidecar::inject::inject(&input, &options) {
+        Ok(output) => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(output.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("wedsync-sidecar: inject: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn dlq(path: &std::path::Path, command: DlqCommand) -> ExitCode {
