@@ -13,6 +13,7 @@ pub mod inject;
 pub mod lifecycle;
 pub mod logging;
 pub mod problem;
+pub mod reload;
 pub mod resilience;
 pub mod server;
 pub mod store;

@@ -171,7 +171,7 @@ fn main() -> ExitCode {
             };
             logging::init(cli.log_format);
             tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting wedsync-sidecar");
-            match wedsync_sidecar::server::run(config) {
+            match wedsync_sidecar::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("wedsync-sidecar: {error}");

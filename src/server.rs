@@ -25,6 +25,9 @@ use crate::store::redis_events::RedisEventStore;
 use crate::store::Store;
 use crate::upstreams::Upstreams;
 use crate::webhooks::IngressApp;
+use crate::reload::{ConfigHandle, Reloader};
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +48,8 @@ pub enum StartError {
 }
 
 /// Runs the sidecar until it is told to stop; the process exits from within.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// `path` is where `config` came from: reloads read it again.
+pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     let started = Instant::now();
     let config = Arc::new(config);
     let listeners = [
@@ -76,7 +80,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         Arc::clone(&accepted),
     )
     .map_err(StartError::Setup)?;
-    let (upstreams, group_services) = Upstreams::new(
+    let (upstreams, upstreams_service) = Upstreams::new(
         &config.upstreams,
         MonotonicClock::shared(),
         Arc::clone(&metrics),
@@ -97,6 +101,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         ),
     };
 
+    let config_handle: ConfigHandle = Arc::new(ArcSwap::from(Arc::clone(&config)));
+    let reloader = Reloader {
+        path,
+        config: Arc::clone(&config_handle),
+        egress: egress.reload_handle(),
+        ingress: ingress.reload_handle(),
+        upstreams: Arc::clone(&upstreams),
+        delivery: delivery.as_ref().map(DeliveryService::reload_handle),
+        reloads: metrics.config_reloads_total.clone(),
+    };
+
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let server_conf = Arc::clone(&server.configuration);
 
@@ -110,7 +125,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let mut admin_service = Service::new(
         "admin".to_string(),
         AdminApp::new(
-            Arc::clone(&config),
+            config_handle,
             Arc::clone(&metrics),
             Arc::clone(&lifecycle),
             guards,
@@ -125,9 +140,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if let Some(listener) = pause_listener {
         server.add_service(background_service("provider pauses", listener));
     }
-    for group in group_services {
-        server.add_service(group);
-    }
+    server.add_service(background_service("upstreams", upstreams_service));
+    server.add_service(background_service("config reload", reloader));
     if let Some(delivery) = delivery {
         server.add_service(background_service("delivery", delivery));
     }

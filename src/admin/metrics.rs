@@ -31,6 +31,7 @@ pub struct Metrics {
     pub dead_letters: IntGaugeVec,
     pub event_age_seconds: Gauge,
     pub upstream_backend_healthy: IntGaugeVec,
+    pub config_reloads_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,6 +148,11 @@ impl Metrics {
             &["upstream", "backend"],
         )
         .expect("static metric definition");
+        let config_reloads_total = IntCounterVec::new(
+            Opts::new("sidecar_config_reloads_total", "Config reloads (file change or SIGHUP), by outcome (applied, rejected)."),
+            &["outcome"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(egress_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(egress_request_duration_seconds.clone()),
@@ -164,6 +170,7 @@ impl Metrics {
             Box::new(dead_letters.clone()),
             Box::new(event_age_seconds.clone()),
             Box::new(upstream_backend_healthy.clone()),
+            Box::new(config_reloads_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -187,6 +194,7 @@ impl Metrics {
             dead_letters,
             event_age_seconds,
             upstream_backend_healthy,
+            config_reloads_total,
         }
     }
 

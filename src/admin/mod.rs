@@ -14,19 +14,22 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{Auth, Config, Secret};
 use crate::egress::guard::Guard;
+use crate::egress::Guards;
 use crate::lifecycle::Lifecycle;
 use crate::problem::{ErrorCode, Problem};
+use crate::reload::ConfigHandle;
 use crate::resilience::clock::unix_time;
 use crate::store::Store;
 use crate::upstreams::Upstreams;
 use metrics::Metrics;
 
 pub struct AdminApp {
-    config: Arc<Config>,
+    /// The running config (reloads replace it).
+    config: ConfigHandle,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
     /// Per service, in config order: breaker and limiter state.
-    guards: Vec<Arc<Guard>>,
+    guards: Guards,
     upstreams: Arc<Upstreams>,
     /// None without webhooks: there is no event store then.
     store: Option<Arc<dyn Store>>,
@@ -42,10 +45,10 @@ pub struct AdminRequest<'a> {
 
 impl AdminApp {
     pub fn new(
-        config: Arc<Config>,
+        config: ConfigHandle,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
-        guards: Vec<Arc<Guard>>,
+        guards: Guards,
         upstreams: Arc<Upstreams>,
         store: Option<Arc<dyn Store>>,
     ) -> Self {
@@ -64,7 +67,7 @@ impl AdminApp {
         if let Some(rest) = path.strip_prefix("/admin/dead-letters") {
             if rest.is_empty() || rest.starts_with('/') {
                 if let Err(problem) =
-                    check_token(self.config.admin.token.as_ref(), request.authorization)
+                    check_token(self.config.load().admin.token.as_ref(), request.authorization)
                 {
                     return problem.into_http_response();
                 }
@@ -111,12 +114,13 @@ impl AdminApp {
                 ),
             },
             _ if path.starts_with("/admin/") => {
-                if let Err(problem) = check_token(self.config.admin.token.as_ref(), authorization) {
+                let config = self.config.load();
+                if let Err(problem) = check_token(config.admin.token.as_ref(), authorization) {
                     return problem.into_http_response();
                 }
                 match path {
-                    "/admin/config" => json(200, &*self.config),
-                    "/admin/services" => json(200, &services_summary(&self.config, &self.guards)),
+                    "/admin/config" => json(200, &**config),
+                    "/admin/services" => json(200, &services_summary(&config, &self.guards.load())),
                     "/admin/upstreams" => json(
                         200,
                         &serde_json::json!({ "upstreams": self.upstreams.summary() }),

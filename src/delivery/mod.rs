@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -58,38 +59,17 @@ fn now_ms() -> u64 {
     unix_time().as_millis() as u64
 }
 
-/// What every delivery task shares.
-pub struct Deliverer {
-    store: Arc<dyn Store>,
-    upstreams: Arc<Upstreams>,
+/// What a config says about delivery; swapped whole on reload.
+struct Settings {
     policies: HashMap<String, WebhookDelivery>,
     signer: Option<Standard>,
-    client: SmallClient,
-    metrics: Arc<Metrics>,
-}
-
-pub struct DeliveryService {
-    deliverer: Arc<Deliverer>,
-    lanes: Lanes,
-    slots: Arc<TargetSlots>,
     caps: HashMap<String, u32>,
-    workers: Arc<Semaphore>,
-    worker_count: u32,
-    wake: Arc<Notify>,
     visibility: Duration,
-    lifecycle: Arc<Lifecycle>,
     webhooks: Vec<String>,
 }
 
-impl DeliveryService {
-    pub fn new(
-        config: &Config,
-        store: Arc<dyn Store>,
-        upstreams: Arc<Upstreams>,
-        metrics: Arc<Metrics>,
-        lifecycle: Arc<Lifecycle>,
-        wake: Arc<Notify>,
-    ) -> Result<Self, String> {
+impl Settings {
+    fn new(config: &Config) -> Result<Self, String> {
         let delivery = config.delivery.clone().unwrap_or_default();
         let signer = match &delivery.signing_secret {
             None => None,
@@ -113,37 +93,81 @@ impl DeliveryService {
             .max()
             .unwrap_or_default();
         Ok(Self {
-            deliverer: Arc::new(Deliverer {
-                store,
-                upstreams,
-                policies,
-                signer,
-                client: SmallClient::default(),
-                metrics,
-            }),
-            lanes: Lanes::default(),
-            slots: Arc::default(),
+            policies,
+            signer,
             caps: config
                 .upstreams
                 .iter()
                 .map(|u| (u.name.clone(), u.max_in_flight))
                 .collect(),
-            workers: Arc::new(Semaphore::new(delivery.workers as usize)),
-            worker_count: delivery.workers,
-            wake,
             visibility: longest + LEASE_MARGIN,
-            lifecycle,
             webhooks: config.webhooks.iter().map(|w| w.name.clone()).collect(),
         })
+    }
+}
+
+/// What every delivery task shares.
+pub struct Deliverer {
+    store: Arc<dyn Store>,
+    upstreams: Arc<Upstreams>,
+    settings: ArcSwap<Settings>,
+    client: SmallClient,
+    metrics: Arc<Metrics>,
+}
+
+pub struct DeliveryService {
+    deliverer: Arc<Deliverer>,
+    lanes: Lanes,
+    slots: Arc<TargetSlots>,
+    workers: Arc<Semaphore>,
+    worker_count: u32,
+    wake: Arc<Notify>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl DeliveryService {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+        wake: Arc<Notify>,
+    ) -> Result<Self, String> {
+        let workers = config.delivery.clone().unwrap_or_default().workers;
+        Ok(Self {
+            deliverer: Arc::new(Deliverer {
+                store,
+                upstreams,
+                settings: ArcSwap::from_pointee(Settings::new(config)?),
+                client: SmallClient::default(),
+                metrics,
+            }),
+            lanes: Lanes::default(),
+            slots: Arc::default(),
+            workers: Arc::new(Semaphore::new(workers as usize)),
+            worker_count: workers,
+            wake,
+            lifecycle,
+        })
+    }
+
+    /// What a config reload swaps in delivery.
+    pub fn reload_handle(&self) -> DeliveryReload {
+        DeliveryReload {
+            deliverer: Arc::clone(&self.deliverer),
+            worker_count: self.worker_count,
+        }
     }
 
     /// Leases up to `max` jobs: from the lane whose turn it is first, then
     /// from the others in precedence order, within each target's room.
     async fn lease_batch(&self, max: usize) -> Result<Vec<Job>, StoreError> {
         let now = now_ms();
+        let settings = self.deliverer.settings.load_full();
         let mut jobs: Vec<Job> = Vec::new();
         for priority in self.lanes.order() {
-            let mut room = self.slots.room(&self.caps);
+            let mut room = self.slots.room(&settings.caps);
             for job in &jobs {
                 if let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == job.target) {
                     *left = left.saturating_sub(1);
@@ -152,7 +176,7 @@ impl DeliveryService {
             let leased = self
                 .deliverer
                 .store
-                .lease(priority, now, self.visibility, &room, max - jobs.len())
+                .lease(priority, now, settings.visibility, &room, max - jobs.len())
                 .await?;
             jobs.extend(leased);
             if jobs.len() == max {
@@ -163,6 +187,9 @@ impl DeliveryService {
     }
 
     async fn run(&self, mut shutdown: ShutdownWatch) {
+        // The process exits once nothing is in flight: delivery counts as
+        // in flight until its store is closed cleanly.
+        let _running = self.lifecycle.enter();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -199,6 +226,10 @@ impl DeliveryService {
         tracing::info!("delivery stopped leasing; deliveries in flight finish");
         // Every permit back means no delivery is running.
         let _ = self.workers.acquire_many(self.worker_count).await;
+        match self.deliverer.store.flush().await {
+            Ok(()) => tracing::info!("deliveries finished; the store is flushed"),
+            Err(error) => tracing::warn!(%error, "cannot flush the store at shutdown"),
+        }
     }
 
     /// Runs one job's delivery as its own task, holding a worker permit.
@@ -237,7 +268,7 @@ impl DeliveryService {
             metrics.event_age_seconds.set(age);
         }
         if let Ok(counts) = store.dead_letter_counts().await {
-            for webhook in &self.webhooks {
+            for webhook in &self.deliverer.settings.load().webhooks {
                 let count = counts
                     .iter()
                     .find(|(w, _)| w == webhook)
@@ -248,7 +279,7 @@ impl DeliveryService {
                     .set(count as i64);
             }
         }
-        for group in self.deliverer.upstreams.iter() {
+        for group in self.deliverer.upstreams.all() {
             group.refresh_gauges();
         }
     }
@@ -270,15 +301,41 @@ impl BackgroundService for DeliveryService {
     }
 }
 
+/// The delivery side of a config reload.
+pub struct DeliveryReload {
+    deliverer: Arc<Deliverer>,
+    worker_count: u32,
+}
+
+impl DeliveryReload {
+    /// The delivery settings of a new config (policies, signing secret,
+    /// caps); the returned step swaps them in for jobs leased from then on.
+    /// `delivery.workers` takes a restart.
+    pub fn prepare(&self, config: &Config) -> Result<impl FnOnce() + Send + 'static, String> {
+        let next = Settings::new(config)?;
+        let workers = config.delivery.clone().unwrap_or_default().workers;
+        if workers != self.worker_count {
+            tracing::warn!(
+                running = self.worker_count,
+                configured = workers,
+                "delivery.workers cannot change while running; it takes effect at the next start"
+            );
+        }
+        let deliverer = Arc::clone(&self.deliverer);
+        Ok(move || deliverer.settings.store(Arc::new(next)))
+    }
+}
+
 impl Deliverer {
     /// One attempt for one job, and what follows from its answer.
     async fn deliver(&self, job: Job) {
-        let policy = self
+        let settings = self.settings.load_full();
+        let policy = settings
             .policies
             .get(&job.webhook)
             .cloned()
             .unwrap_or_else(|| default_delivery(&job.webhook));
-        let Some(group) = self.upstreams.get(&job.target).cloned() else {
+        let Some(group) = self.upstreams.get(&job.target) else {
             self.settle(
                 &job,
                 None,
@@ -321,7 +378,7 @@ impl Deliverer {
                         attempt: attempt_number,
                         now_secs: at_ms / 1000,
                     },
-                    self.signer.as_ref(),
+                    settings.signer.as_ref(),
                     &body,
                 );
                 let mut peer = HttpPeer::new(chosen.addr.as_str(), false, String::new());

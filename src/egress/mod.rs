@@ -30,6 +30,7 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -56,10 +57,21 @@ use service::EgressService;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-pub struct EgressProxy {
-    services: Vec<EgressService>,
-    store: Option<Arc<RedisStore>>,
+/// The services and their route table as one config made them; swapped
+/// whole on reload, so a request sees one config from start to end.
+pub struct EgressRoutes {
+    services: Vec<Arc<EgressService>>,
     routes: RouteTable,
+}
+
+/// Each service's live resilience state, in config order: the admin API
+/// and the provider-pause listener read it, reloads replace it.
+pub type Guards = Arc<ArcSwap<Vec<Arc<Guard>>>>;
+
+pub struct EgressProxy {
+    current: Arc<ArcSwap<EgressRoutes>>,
+    reload: EgressReload,
+    store: Option<Arc<RedisStore>>,
     /// Metrics of requests that matched no service, labelled `service="-"`.
     unrouted_requests: StatusCounters,
     unrouted_duration: prometheus::Histogram,
@@ -69,7 +81,7 @@ pub struct EgressProxy {
 
 pub struct EgressCtx {
     started: Instant,
-    service: Option<usize>,
+    service: Option<Arc<EgressService>>,
     upstream_path: Bytes,
     request_id: http::HeaderValue,
     token: Option<Arc<str>>,
@@ -161,13 +173,68 @@ impl EgressCtx {
     }
 }
 
+/// The services of `config`, reusing the guard of each `previous` service
+/// whose resilience settings are unchanged.
+fn build_routes(
+    config: &Config,
+    metrics: &Metrics,
+    clock: &Arc<dyn crate::resilience::clock::Clock>,
+    store: Option<&Arc<RedisStore>>,
+    previous: &[Arc<EgressService>],
+) -> Result<EgressRoutes, String> {
+    let mut services = Vec::with_capacity(config.services.len());
+    for service in &config.services {
+        let kept_guard = previous
+            .iter()
+            .find(|old| old.name == service.name && old.resilience == EgressService::resilience_of(service))
+            .map(|old| Arc::clone(&old.guard));
+        services.push(Arc::new(EgressService::new(
+            service, metrics, clock, store, kept_guard,
+        )?));
+    }
+    Ok(EgressRoutes {
+        services,
+        routes: RouteTable::new(config.services.iter().map(|s| s.route.as_str())),
+    })
+}
+
+/// The egress side of a config reload.
+#[derive(Clone)]
+pub struct EgressReload {
+    current: Arc<ArcSwap<EgressRoutes>>,
+    guards: Guards,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn crate::resilience::clock::Clock>,
+    store: Option<Arc<RedisStore>>,
+}
+
+impl EgressReload {
+    /// Builds the services of `config`; the returned step swaps them in
+    /// for new requests (requests in flight finish on the services they
+    /// started with). A service whose rate limit and breaker are unchanged
+    /// keeps its live state (breaker, buckets, pause). Nothing changes if
+    /// building fails.
+    pub fn prepare(&self, config: &Config) -> Result<impl FnOnce() + Send + 'static, String> {
+        let old = self.current.load();
+        let next = build_routes(config, &self.metrics, &self.clock, self.store.as_ref(), &old.services)?;
+        let (current, guards) = (Arc::clone(&self.current), Arc::clone(&self.guards));
+        Ok(move || {
+            guards.store(Arc::new(guards_of(&next)));
+            current.store(Arc::new(next));
+        })
+    }
+}
+
+fn guards_of(routes: &EgressRoutes) -> Vec<Arc<Guard>> {
+    routes.services.iter().map(|s| Arc::clone(&s.guard)).collect()
+}
+
 impl EgressProxy {
     pub fn new(
         config: &Config,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
     ) -> Result<Self, String> {
-        let mut services = Vec::with_capacity(config.services.len());
         let clock = MonotonicClock::shared();
         let store = match &config.store.kind {
             StoreKind::Redis { urls } => Some(Arc::new(RedisStore::new(
@@ -178,19 +245,19 @@ impl EgressProxy {
             )?)),
             StoreKind::Local { .. } => None,
         };
-        for service in &config.services {
-            services.push(EgressService::new(
-                service,
-                &metrics,
-                &clock,
-                store.as_ref(),
-            )?);
-        }
-        let routes = RouteTable::new(config.services.iter().map(|s| s.route.as_str()));
+        let current = build_routes(config, &metrics, &clock, store.as_ref(), &[])?;
+        let guards = Arc::new(ArcSwap::from_pointee(guards_of(&current)));
+        let current = Arc::new(ArcSwap::from_pointee(current));
         Ok(Self {
-            services,
+            reload: EgressReload {
+                current: Arc::clone(&current),
+                guards,
+                metrics: Arc::clone(&metrics),
+                clock,
+                store: store.clone(),
+            },
+            current,
             store,
-            routes,
             unrouted_requests: StatusCounters::new(&metrics.egress_requests_total, "-"),
             unrouted_duration: metrics
                 .egress_request_duration_seconds
@@ -200,18 +267,25 @@ impl EgressProxy {
         })
     }
 
+    /// What a config reload swaps in this proxy.
+    pub fn reload_handle(&self) -> EgressReload {
+        self.reload.clone()
+    }
+
     /// The Redis store, when the config has one.
     pub fn store(&self) -> Option<Arc<RedisStore>> {
         self.store.clone()
     }
 
-    /// Each service's live resilience state, in config order, for the admin API.
-    pub fn guards(&self) -> Vec<Arc<Guard>> {
-        self.services.iter().map(|s| Arc::clone(&s.guard)).collect()
+    /// Each service's live resilience state, in config order, kept current
+    /// across reloads.
+    pub fn guards(&self) -> Guards {
+        Arc::clone(&self.reload.guards)
     }
 
-    fn service(&self, ctx: &EgressCtx) -> Option<&EgressService> {
-        ctx.service.map(|i| &self.services[i])
+    /// The request's service (shared, so `ctx` stays free to change).
+    fn service(&self, ctx: &EgressCtx) -> Option<Arc<EgressService>> {
+        ctx.service.clone()
     }
 
     async fn answer(
@@ -260,14 +334,16 @@ impl ProxyHttp for EgressProxy {
             .request_ids
             .for_request(session.req_header().headers.get(REQUEST_ID_HEADER));
         let request = session.req_header();
-        let Some((index, rest)) = self.routes.find(request.uri.path()) else {
+        let current = self.current.load();
+        let Some((index, rest)) = current.routes.find(request.uri.path()) else {
             let detail = format!("no service route matches {}", request.uri.path());
             return self
                 .answer(session, ctx, Problem::new(ErrorCode::NoRoute, detail))
                 .await;
         };
-        let service = &self.services[index];
-        ctx.service = Some(index);
+        let service = Arc::clone(&current.services[index]);
+        drop(current);
+        ctx.service = Some(Arc::clone(&service));
         ctx.upstream_path =
             routing::upstream_path(&service.target.url.base_path, rest, request.uri.query()).into();
         let time_left = service.timeout.saturating_sub(ctx.started.elapsed());
@@ -443,8 +519,9 @@ impl ProxyHttp for EgressProxy {
                 can_reuse_downstream: false,
             };
         };
-        let name = self
-            .service(ctx)
+        let service = self.service(ctx);
+        let name = service
+            .as_deref()
             .map(|s| s.name.as_str())
             .unwrap_or("the provider");
         let detail = match code {
@@ -497,7 +574,8 @@ impl ProxyHttp for EgressProxy {
             let outcome = service.guard.outcome(status, ctx.sidecar_error);
             service.guard.finish(ctx.pass.admission.take(), outcome);
         }
-        let (requests, duration) = match self.service(ctx) {
+        let service = self.service(ctx);
+        let (requests, duration) = match service.as_deref() {
             Some(s) => (&s.requests, &s.duration),
             None => (&self.unrouted_requests, &self.unrouted_duration),
         };
@@ -506,7 +584,7 @@ impl ProxyHttp for EgressProxy {
         let request = session.req_header();
         access_log::record(&access_log::Entry {
             request_id: ctx.request_id_str(),
-            service: self.service(ctx).map_or("-", |s| s.name.as_str()),
+            service: service.as_deref().map_or("-", |s| s.name.as_str()),
             method: request.method.as_str(),
             path: request.uri.path(),
             status,

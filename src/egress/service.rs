@@ -32,6 +32,9 @@ pub struct EgressService {
     pub(super) retry: Option<ServiceRetry>,
     /// `idempotency_key: auto`: POSTs without a key get one.
     pub(super) auto_idempotency_key: bool,
+    /// The settings the guard was built from, to tell on reload whether
+    /// its live state can carry over.
+    pub(super) resilience: String,
 }
 
 impl EgressService {
@@ -40,6 +43,7 @@ impl EgressService {
         metrics: &Metrics,
         clock: &Arc<dyn Clock>,
         store: Option<&Arc<RedisStore>>,
+        kept_guard: Option<Arc<Guard>>,
     ) -> Result<Self, String> {
         let context = |e: String| format!("services.{}: {e}", service.name);
         let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref())
@@ -78,17 +82,25 @@ impl EgressService {
             duration: metrics
                 .egress_request_duration_seconds
                 .with_label_values(&[service.name.as_str()]),
-            guard: Arc::new(Guard::new(
-                service,
-                metrics,
-                Arc::clone(clock),
-                store.cloned(),
-            )),
+            guard: kept_guard.unwrap_or_else(|| {
+                Arc::new(Guard::new(
+                    service,
+                    metrics,
+                    Arc::clone(clock),
+                    store.cloned(),
+                ))
+            }),
             retry: service
                 .retry
                 .as_ref()
                 .map(|policy| ServiceRetry::new(policy, Arc::clone(clock))),
             auto_idempotency_key: service.idempotency_key == IdempotencyKey::Auto,
+            resilience: Self::resilience_of(service),
         })
+    }
+
+    /// What a guard is made of: the rate limit and the breaker (no secrets).
+    pub(super) fn resilience_of(service: &Service) -> String {
+        serde_json::json!([service.rate_limit, service.circuit_breaker]).to_string()
     }
 }

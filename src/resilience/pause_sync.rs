@@ -14,25 +14,28 @@ use pingora::services::background::BackgroundService;
 
 use super::global::{parse_pause_message, pause_channel, remaining_pause};
 use crate::egress::guard::Guard;
+use crate::egress::Guards;
 use crate::store::redis::{RedisCallError, RedisStore};
 
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 pub struct PauseListener {
     store: Arc<RedisStore>,
-    guards: Vec<Arc<Guard>>,
+    /// The services' guards as the latest config made them.
+    guards: Guards,
 }
 
 impl PauseListener {
-    pub fn new(store: Arc<RedisStore>, guards: Vec<Arc<Guard>>) -> Self {
+    pub fn new(store: Arc<RedisStore>, guards: Guards) -> Self {
         Self { store, guards }
     }
 
-    fn guard(&self, service: &str) -> Option<&Guard> {
+    fn guard(&self, service: &str) -> Option<Arc<Guard>> {
         self.guards
+            .load()
             .iter()
             .find(|g| g.name() == service)
-            .map(Arc::as_ref)
+            .cloned()
     }
 
     /// Listens until the connection drops.
@@ -43,7 +46,7 @@ impl PauseListener {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(pause_channel(&self.store)).await?;
         let mut connection = client.get_multiplexed_async_connection().await?;
-        for guard in &self.guards {
+        for guard in self.guards.load().iter() {
             if let Some(left) = remaining_pause(&self.store, &mut connection, guard.name()).await? {
                 guard.pause(left);
             }

@@ -139,4 +139,8 @@ impl Store for EmbeddedStore {
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
         self.blocking(move |engine| engine.event(sequence)).await
     }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.blocking(LocalStore::flush).await
+    }
 }

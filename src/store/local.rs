@@ -371,6 +371,11 @@ impl LocalStore {
         Ok(Some((stored, body)))
     }
 
+    /// One fsynced commit, so that every earlier commit is durable too.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.write(true, |_| Ok(()))
+    }
+
     /// Forgets dedup keys older than `window`; returns how many.
     pub fn prune_dedup(&self, now_ms: u64, window: Duration) -> Result<u64, StoreError> {
         let cutoff = now_ms.saturating_sub(window.as_millis() as u64);

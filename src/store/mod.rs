@@ -126,4 +126,10 @@ pub trait Store: Send + Sync {
 
     /// An event's metadata and body.
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError>;
+
+    /// Makes every change so far durable, at shutdown: acks and retries
+    /// may be committed without an fsync while running.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

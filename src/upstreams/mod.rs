@@ -1,9 +1,12 @@
 //! Upstream groups: the internal services events are delivered to. Each
-//! group is one Pingora `LoadBalancer`, run as a Pingora background service
-//! that resolves its backends (static, or DNS every `refresh`) and probes
-//! them (`health_check`). A delivery asks its group for a backend: the
-//! first in the balance's order that is healthy (or has no check) and whose
-//! passive breaker admits it.
+//! group is one Pingora `LoadBalancer` whose background loop (Pingora's
+//! `BackgroundService` for it) resolves its backends (static, or DNS every
+//! `refresh`) and probes them (`health_check`). The loops run under one
+//! Pingora background service, [`UpstreamsService`], so that a config
+//! reload can start the loops of new or changed groups and stop those of
+//! removed ones. A delivery asks its group for a backend: the first in the
+//! balance's order that is healthy (or has no check) and whose passive
+//! breaker admits it.
 
 pub mod discovery;
 pub mod health;
@@ -14,10 +17,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use pingora::lb::discovery::Static;
 use pingora::lb::{Backend, Backends, LoadBalancer};
-use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{mpsc, watch};
 
 use crate::admin::metrics::Metrics;
 use crate::config::upstreams::{Backends as BackendsConfig, UpstreamGroup};
@@ -27,14 +33,15 @@ use discovery::DnsDiscovery;
 use health::{HealthTable, TrackedCheck};
 use selection::{InFlight, SelectionConfig, Selector};
 
-pub type GroupService = GenBackgroundService<LoadBalancer<Selector>>;
-
 /// Backends tried per selection at most.
 const MAX_TRIES: usize = 256;
 
 pub struct Group {
     pub config: UpstreamGroup,
     lb: Arc<LoadBalancer<Selector>>,
+    /// Ends the group's background loop when the group is dropped (a reload
+    /// removed or replaced it).
+    stop: watch::Sender<bool>,
     health: Option<Arc<HealthTable>>,
     in_flight: Arc<InFlight>,
     breakers: RwLock<HashMap<String, Arc<Breaker>>>,
@@ -64,13 +71,8 @@ impl Drop for Chosen {
 }
 
 impl Group {
-    /// The group and the background service that keeps its backends and
-    /// their health current.
-    fn new(
-        config: &UpstreamGroup,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, GroupService) {
+    /// The group; its loop starts when [`UpstreamsService`] gets it.
+    fn new(config: &UpstreamGroup, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Arc<Self> {
         let (backends, refresh) = match &config.backends {
             BackendsConfig::Static(list) => {
                 let set: BTreeSet<Backend> = list
@@ -114,17 +116,22 @@ impl Group {
             // first round (and by tests that run no server).
             let _ = lb.update().now_or_never();
         }
-        let service = background_service(&format!("upstream {}", config.name), lb);
-        let group = Arc::new(Self {
+        let (stop, _) = watch::channel(false);
+        Arc::new(Self {
             config: config.clone(),
-            lb: service.task(),
+            lb: Arc::new(lb),
+            stop,
             health,
             in_flight,
             breakers: RwLock::default(),
             clock,
             metrics,
-        });
-        (group, service)
+        })
+    }
+
+    /// The group's settings as text, to tell on reload whether it changed.
+    fn fingerprint(config: &UpstreamGroup) -> String {
+        serde_json::to_string(config).unwrap_or_default()
     }
 
     pub fn name(&self) -> &str {
@@ -155,9 +162,21 @@ impl Group {
 
     /// A backend for one delivery, or None when every backend is
     /// unhealthy, unchecked yet, or has its breaker open.
+    ///
+    /// The balance's first choice is asked for again (up to once per
+    /// backend) before falling back to its second: skipping an unusable
+    /// backend then costs it its turn rather than handing that turn to its
+    /// neighbour, so the usable ones share evenly.
     pub fn choose(&self) -> Option<Chosen> {
+        let turns = self.lb.backends().get_backend().len();
+        (0..turns)
+            .find_map(|_| self.select(1))
+            .or_else(|| self.select(MAX_TRIES))
+    }
+
+    fn select(&self, tries: usize) -> Option<Chosen> {
         let admitted = Cell::new(None);
-        let backend = self.lb.select_with(b"", MAX_TRIES, |backend, _| {
+        let backend = self.lb.select_with(b"", tries, |backend, _| {
             if !self.is_healthy(backend) {
                 return false;
             }
@@ -239,44 +258,132 @@ impl Group {
     }
 }
 
-/// Every upstream group by name.
-#[derive(Default)]
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Every upstream group by name, as the latest config made them.
 pub struct Upstreams {
-    groups: BTreeMap<String, Arc<Group>>,
+    groups: ArcSwap<BTreeMap<String, Arc<Group>>>,
+    /// Groups whose loops should start, for [`UpstreamsService`].
+    start: mpsc::UnboundedSender<Arc<Group>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+/// Runs every group's Pingora load-balancer loop, and the loops of groups a
+/// reload adds; each ends with the server or when its group is dropped.
+pub struct UpstreamsService {
+    started: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Arc<Group>>>>,
 }
 
 impl Upstreams {
-    /// The groups, and the background services the server must run.
+    /// The groups, and the background service the server must run.
     pub fn new(
         configs: &[UpstreamGroup],
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
-    ) -> (Self, Vec<GroupService>) {
-        let mut groups = BTreeMap::new();
-        let mut services = Vec::new();
+    ) -> (Self, UpstreamsService) {
+        let (start, started) = mpsc::unbounded_channel();
+        let upstreams = Self {
+            groups: ArcSwap::default(),
+            start,
+            clock,
+            metrics,
+        };
+        upstreams.prepare_reload(configs)();
+        let service = UpstreamsService {
+            started: std::sync::Mutex::new(Some(started)),
+        };
+        (upstreams, service)
+    }
+
+    /// The groups of a new config: unchanged ones are kept with their
+    /// health, breakers and in-flight counts; new and changed ones start
+    /// afresh (a changed group's backends are checked again before use).
+    /// The returned step swaps them in.
+    pub fn prepare_reload(&self, configs: &[UpstreamGroup]) -> impl FnOnce() + Send + '_ {
+        let old = self.groups.load_full();
+        let mut next = BTreeMap::new();
+        let mut fresh = Vec::new();
         for config in configs {
-            let (group, service) = Group::new(config, Arc::clone(&clock), Arc::clone(&metrics));
-            groups.insert(config.name.clone(), group);
-            services.push(service);
+            let kept = old
+                .get(&config.name)
+                .filter(|g| Group::fingerprint(&g.config) == Group::fingerprint(config));
+            let group = match kept {
+                Some(group) => Arc::clone(group),
+                None => {
+                    let group = Group::new(config, Arc::clone(&self.clock), Arc::clone(&self.metrics));
+                    fresh.push(Arc::clone(&group));
+                    group
+                }
+            };
+            next.insert(config.name.clone(), group);
         }
-        (Self { groups }, services)
+        move || {
+            for group in fresh {
+                let _ = self.start.send(group);
+            }
+            self.groups.store(Arc::new(next));
+        }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Group>> {
-        self.groups.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Group>> {
+        self.groups.load().get(name).cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Group>> {
-        self.groups.values()
+    pub fn all(&self) -> Vec<Arc<Group>> {
+        self.groups.load().values().cloned().collect()
     }
 
     pub fn summary(&self) -> serde_json::Value {
         let groups: serde_json::Map<String, serde_json::Value> = self
             .groups
+            .load()
             .iter()
             .map(|(name, group)| (name.clone(), group.summary()))
             .collect();
         serde_json::Value::Object(groups)
+    }
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for UpstreamsService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut started) = self.started.lock().expect("upstreams service").take() else {
+            return;
+        };
+        let mut loops = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                group = started.recv() => {
+                    let Some(group) = group else { break };
+                    let (lb, mut stop) = (Arc::clone(&group.lb), group.stop.subscribe());
+                    let mut server_shutdown = shutdown.clone();
+                    drop(group);
+                    // Pingora's loop stops when its watch turns true: at the
+                    // server's shutdown or when the group is dropped.
+                    let (tell, watch) = watch::channel(false);
+                    loops.spawn(async move {
+                        tokio::select! {
+                            _ = lb.start(watch) => {}
+                            _ = async {
+                                tokio::select! {
+                                    _ = stop.changed() => {}
+                                    _ = server_shutdown.changed() => {}
+                                }
+                                let _ = tell.send(true);
+                                std::future::pending::<()>().await
+                            } => {}
+                        }
+                    });
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        loops.shutdown().await;
     }
 }
 
@@ -304,7 +411,7 @@ mod tests {
             circuit_breaker: default_backend_breaker(),
         };
         let clock = Arc::new(ManualClock::default());
-        let (group, _service) = Group::new(&config, clock.clone(), Arc::new(Metrics::new()));
+        let group = Group::new(&config, clock.clone(), Arc::new(Metrics::new()));
         (group, clock)
     }
 

@@ -21,10 +21,13 @@ use crate::problem::{ErrorCode, Problem};
 use crate::resilience::clock::unix_time;
 use crate::store::Store;
 use ack::IngressWebhook;
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 pub struct IngressApp {
-    webhooks: Vec<IngressWebhook>,
+    /// As the latest config made them; a request keeps the set it started with.
+    webhooks: Arc<ArcSwap<Vec<Arc<IngressWebhook>>>>,
+    metrics: Arc<Metrics>,
     store: Option<Arc<dyn Store>>,
     /// Told of every accepted event, so that delivery starts at once.
     accepted: Arc<Notify>,
@@ -37,16 +40,44 @@ impl IngressApp {
         metrics: &Arc<Metrics>,
         accepted: Arc<Notify>,
     ) -> Result<Self, String> {
-        let webhooks = webhooks
-            .iter()
-            .map(|w| IngressWebhook::new(w, metrics))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            webhooks,
+            webhooks: Arc::new(ArcSwap::from_pointee(build(webhooks, metrics)?)),
+            metrics: Arc::clone(metrics),
             store,
             accepted,
         })
     }
+
+    /// What a config reload swaps in the ingress.
+    pub fn reload_handle(&self) -> IngressReload {
+        IngressReload {
+            webhooks: Arc::clone(&self.webhooks),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// The ingress side of a config reload.
+pub struct IngressReload {
+    webhooks: Arc<ArcSwap<Vec<Arc<IngressWebhook>>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl IngressReload {
+    /// Builds the webhooks of a new config (secrets, routes, priorities,
+    /// ack answers); the returned step swaps them in for new requests.
+    pub fn prepare(&self, webhooks: &[Webhook]) -> Result<impl FnOnce() + Send + 'static, String> {
+        let next = build(webhooks, &self.metrics)?;
+        let current = Arc::clone(&self.webhooks);
+        Ok(move || current.store(Arc::new(next)))
+    }
+}
+
+fn build(webhooks: &[Webhook], metrics: &Arc<Metrics>) -> Result<Vec<Arc<IngressWebhook>>, String> {
+    webhooks
+        .iter()
+        .map(|w| IngressWebhook::new(w, metrics).map(Arc::new))
+        .collect()
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them.
@@ -101,7 +132,13 @@ impl ServeHttp for IngressApp {
             .with_header("allow", "POST")
             .into_http_response();
         }
-        let Some(webhook) = self.webhooks.iter().find(|w| w.config.path == path) else {
+        let webhook = self
+            .webhooks
+            .load()
+            .iter()
+            .find(|w| w.config.path == path)
+            .cloned();
+        let Some(webhook) = webhook else {
             return Problem::new(
                 ErrorCode::NotFound,
                 format!("no webhook is configured at {path}"),
