@@ -300,7 +300,9 @@ fn sidecar_volumes(options: &Options) -> Vec<Value> {
             "{{ name: {SECRET_VOLUME}, secret: {{ secretName: \"{}\", defaultMode: 288 }} }}",
             options.secret
         )),
-        yaml(&format!("{{ name: {DATA_VOLUME}, emptyDir: {{ sizeLimit: 1Gi }} }}")),
+        yaml(&format!(
+            "{{ name: {DATA_VOLUME}, emptyDir: {{ sizeLimit: 1Gi }} }}"
+        )),
     ]
 }
 
@@ -358,7 +360,12 @@ mod tests {
         };
         let error = inject(&once, &other).unwrap_err();
         assert_eq!(error.document, 1);
-        assert!(error.message.contains("registry.example/wedsync-sidecar:1.0"), "{error}");
+        assert!(
+            error
+                .message
+                .contains("registry.example/wedsync-sidecar:1.0"),
+            "{error}"
+        );
     }
 
     #[test]

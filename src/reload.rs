@@ -173,7 +173,11 @@ mod tests {
         let secret = dir.join("token");
         std::fs::write(&secret, "one").unwrap();
         let config = dir.join("sidecar.yaml");
-        std::fs::write(&config, format!("admin: {{ token: \"${{file:{}}}\" }}\n", secret.display())).unwrap();
+        std::fs::write(
+            &config,
+            format!("admin: {{ token: \"${{file:{}}}\" }}\n", secret.display()),
+        )
+        .unwrap();
         let before = fingerprint(&config).unwrap();
         assert_eq!(fingerprint(&config).unwrap(), before);
         std::fs::write(&secret, "two").unwrap();

@@ -60,8 +60,17 @@ fn each_workload_kind_matches_its_golden_file_and_a_second_injection_changes_not
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(&golden, &out).unwrap();
         }
-        assert_eq!(out, read(&golden), "{kind}: differs from {}", golden.display());
-        assert_eq!(injected(out.as_bytes()), out, "{kind}: injecting twice changed it");
+        assert_eq!(
+            out,
+            read(&golden),
+            "{kind}: differs from {}",
+            golden.display()
+        );
+        assert_eq!(
+            injected(out.as_bytes()),
+            out,
+            "{kind}: injecting twice changed it"
+        );
     }
 }
 
@@ -88,7 +97,12 @@ fn the_examples_deployment_is_what_inject_makes_of_its_app() {
 fn another_image_under_the_sidecars_name_and_broken_yaml_are_refused() {
     let once = injected(read(&root().join("tests/inject/pod.yaml")).as_bytes());
     let output = inject(
-        &["-c", "k8s/base/sidecar.yaml", "--image", "wedsync-sidecar:9.9"],
+        &[
+            "-c",
+            "k8s/base/sidecar.yaml",
+            "--image",
+            "wedsync-sidecar:9.9",
+        ],
         once.as_bytes(),
     );
     assert_eq!(output.status.code(), Some(1));
@@ -97,7 +111,10 @@ fn another_image_under_the_sidecars_name_and_broken_yaml_are_refused() {
         stderr.contains("document 1: the pod already has a container named wedsync-sidecar with image \"registry.example/wedsync-sidecar:1.0\""),
         "{stderr}"
     );
-    let output = inject(&["-c", "k8s/base/sidecar.yaml"], b"kind: Pod\n---\nspec: [unclosed\n");
+    let output = inject(
+        &["-c", "k8s/base/sidecar.yaml"],
+        b"kind: Pod\n---\nspec: [unclosed\n",
+    );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("document 2: not valid YAML"), "{stderr}");
@@ -111,8 +128,9 @@ fn a_loopback_admin_listener_is_warned_about() {
         read(&root().join("tests/inject/pod.yaml")).as_bytes(),
     );
     assert!(output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr)
-        .contains("warning: listen.admin is 127.0.0.1:9901; kubelet probes and Prometheus reach the pod IP"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(
+        "warning: listen.admin is 127.0.0.1:9901; kubelet probes and Prometheus reach the pod IP"
+    ));
 }
 
 #[test]
@@ -131,8 +149,10 @@ fn the_in_cluster_config_is_valid_once_its_secrets_are_mounted() {
     ] {
         std::fs::write(secrets.join(name), value).unwrap();
     }
-    let config = read(&root().join("k8s/base/sidecar.yaml"))
-        .replace("/var/run/secrets/wedsync-sidecar", &secrets.display().to_string());
+    let config = read(&root().join("k8s/base/sidecar.yaml")).replace(
+        "/var/run/secrets/wedsync-sidecar",
+        &secrets.display().to_string(),
+    );
     let path = dir.join("sidecar.yaml");
     std::fs::write(&path, config).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))

@@ -149,7 +149,10 @@ impl Metrics {
         )
         .expect("static metric definition");
         let config_reloads_total = IntCounterVec::new(
-            Opts::new("sidecar_config_reloads_total", "Config reloads (file change or SIGHUP), by outcome (applied, rejected)."),
+            Opts::new(
+                "sidecar_config_reloads_total",
+                "Config reloads (file change or SIGHUP), by outcome (applied, rejected).",
+            ),
             &["outcome"],
         )
         .expect("static metric definition");

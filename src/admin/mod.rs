@@ -66,9 +66,10 @@ impl AdminApp {
         let (method, path) = (request.method, request.path);
         if let Some(rest) = path.strip_prefix("/admin/dead-letters") {
             if rest.is_empty() || rest.starts_with('/') {
-                if let Err(problem) =
-                    check_token(self.config.load().admin.token.as_ref(), request.authorization)
-                {
+                if let Err(problem) = check_token(
+                    self.config.load().admin.token.as_ref(),
+                    request.authorization,
+                ) {
                     return problem.into_http_response();
                 }
                 let Some(store) = &self.store else {

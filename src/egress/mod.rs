@@ -186,7 +186,9 @@ fn build_routes(
     for service in &config.services {
         let kept_guard = previous
             .iter()
-            .find(|old| old.name == service.name && old.resilience == EgressService::resilience_of(service))
+            .find(|old| {
+                old.name == service.name && old.resilience == EgressService::resilience_of(service)
+            })
             .map(|old| Arc::clone(&old.guard));
         services.push(Arc::new(EgressService::new(
             service, metrics, clock, store, kept_guard,
@@ -216,7 +218,13 @@ impl EgressReload {
     /// building fails.
     pub fn prepare(&self, config: &Config) -> Result<impl FnOnce() + Send + 'static, String> {
         let old = self.current.load();
-        let next = build_routes(config, &self.metrics, &self.clock, self.store.as_ref(), &old.services)?;
+        let next = build_routes(
+            config,
+            &self.metrics,
+            &self.clock,
+            self.store.as_ref(),
+            &old.services,
+        )?;
         let (current, guards) = (Arc::clone(&self.current), Arc::clone(&self.guards));
         Ok(move || {
             guards.store(Arc::new(guards_of(&next)));
@@ -226,7 +234,11 @@ impl EgressReload {
 }
 
 fn guards_of(routes: &EgressRoutes) -> Vec<Arc<Guard>> {
-    routes.services.iter().map(|s| Arc::clone(&s.guard)).collect()
+    routes
+        .services
+        .iter()
+        .map(|s| Arc::clone(&s.guard))
+        .collect()
 }
 
 impl EgressProxy {

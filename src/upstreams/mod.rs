@@ -315,7 +315,8 @@ impl Upstreams {
             let group = match kept {
                 Some(group) => Arc::clone(group),
                 None => {
-                    let group = Group::new(config, Arc::clone(&self.clock), Arc::clone(&self.metrics));
+                    let group =
+                        Group::new(config, Arc::clone(&self.clock), Arc::clone(&self.metrics));
                     fresh.push(Arc::clone(&group));
                     group
                 }

@@ -116,6 +116,16 @@ impl Sidecar {
         }
     }
 
+    /// Rewrites the config file with `edit` applied to its text, atomically
+    /// (a rename), as Kubernetes swaps a ConfigMap volume.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.dir.join("sidecar.yaml");
+        let text = edit(std::fs::read_to_string(&path).unwrap());
+        let temporary = self.dir.join("sidecar.yaml.new");
+        std::fs::write(&temporary, text).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+    }
+
     /// Starts the sidecar again (after it was killed) on the same config,
     /// ports and store directory, and waits until it is ready.
     pub fn respawn(&mut self) {
