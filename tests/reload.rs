@@ -305,3 +305,47 @@ async fn sigterm_under_load_drains_without_a_connection_error_and_keeps_every_ac
         );
     }
 }
+
+#[tokio::test]
+async fn an_open_breaker_stays_open_across_a_reload_that_leaves_its_service_alone() {
+    let failing = MockServer::start(|_| MockAnswer::status(502, "down")).await;
+    let other = MockServer::start(|_| MockAnswer::ok("{}")).await;
+    let sidecar = Sidecar::start(&format!(
+        "services:\n  stripe:\n    route: /stripe\n    upstream: {}\n    circuit_breaker: {{ failure_threshold: 2, open_for: 1m }}\n",
+        failing.url()
+    ));
+    for _ in 0..2 {
+        assert_eq!(
+            get(&sidecar.egress_url("/stripe/v1/charges")).await.status,
+            502
+        );
+    }
+    let open = get(&sidecar.egress_url("/stripe/v1/charges")).await;
+    assert_eq!(open.headers["x-sidecar-error"], "circuit_open");
+    sidecar.edit_config(|text| {
+        text + &format!(
+            "  resend:\n    route: /resend\n    upstream: {}\n",
+            other.url()
+        )
+    });
+    sidecar
+        .metrics_containing(&["sidecar_config_reloads_total{outcome=\"applied\"} 1"])
+        .await;
+    assert_eq!(get(&sidecar.egress_url("/resend/emails")).await.status, 200);
+    let still = get(&sidecar.egress_url("/stripe/v1/charges")).await;
+    assert_eq!(
+        still.headers["x-sidecar-error"], "circuit_open",
+        "the breaker's state carried over"
+    );
+    assert_eq!(failing.requests().len(), 2);
+    // Changing the breaker itself starts it afresh.
+    sidecar.edit_config(|text| text.replace("open_for: 1m", "open_for: 2m"));
+    sidecar
+        .metrics_containing(&["sidecar_config_reloads_total{outcome=\"applied\"} 2"])
+        .await;
+    assert_eq!(
+        get(&sidecar.egress_url("/stripe/v1/charges")).await.status,
+        502
+    );
+    assert_eq!(failing.requests().len(), 3);
+}
