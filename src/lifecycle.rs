@@ -16,6 +16,8 @@ pub struct Lifecycle {
     listeners_bound: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    /// Why the event store did not answer its last check, if it did not.
+    store_trouble: std::sync::Mutex<Option<String>>,
 }
 
 /// Counts one request in flight until dropped.
@@ -45,12 +47,21 @@ impl Lifecycle {
     }
 
     /// Ok when the pod should receive traffic; otherwise why not.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    /// The event store's last check: Err with its reason fails readiness
+    /// (webhooks could not be accepted).
+    pub fn record_store_check(&self, outcome: Result<(), String>) {
+        *self.store_trouble.lock().expect("lifecycle") = outcome.err();
+    }
+
+    pub fn readiness(&self) -> Result<(), String> {
         if self.is_draining() {
-            return Err("shutting down");
+            return Err("shutting down".into());
         }
         if !self.listeners_bound.load(Ordering::Acquire) {
-            return Err("listeners are not bound yet");
+            return Err("listeners are not bound yet".into());
+        }
+        if let Some(trouble) = self.store_trouble.lock().expect("lifecycle").as_ref() {
+            return Err(format!("the event store does not answer: {trouble}"));
         }
         Ok(())
     }
@@ -143,11 +154,21 @@ mod tests {
     #[test]
     fn readiness_needs_bound_listeners_and_fails_once_draining() {
         let lifecycle = Lifecycle::new();
-        assert_eq!(lifecycle.readiness(), Err("listeners are not bound yet"));
+        assert_eq!(
+            lifecycle.readiness(),
+            Err("listeners are not bound yet".into())
+        );
         lifecycle.mark_listeners_bound();
         assert_eq!(lifecycle.readiness(), Ok(()));
+        lifecycle.record_store_check(Err("Redis: connection refused".into()));
+        assert_eq!(
+            lifecycle.readiness(),
+            Err("the event store does not answer: Redis: connection refused".into())
+        );
+        lifecycle.record_store_check(Ok(()));
+        assert_eq!(lifecycle.readiness(), Ok(()));
         lifecycle.start_draining();
-        assert_eq!(lifecycle.readiness(), Err("shutting down"));
+        assert_eq!(lifecycle.readiness(), Err("shutting down".into()));
     }
 
     #[test]

@@ -239,7 +239,38 @@ async fn with_redis_down_nothing_is_acknowledged_and_it_recovers() {
     assert_eq!(answer.status, 503);
     assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
     assert_eq!(answer.headers["retry-after"], "1");
+    // Readiness follows the store: a pod that cannot store webhooks leaves
+    // the Service's endpoints.
+    let readiness = |sidecar: &Sidecar| get(&sidecar.admin_url("/readyz"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let unready = loop {
+        let answer = readiness(&sidecar).await;
+        if answer.status == 503 {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready with Redis down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        unready.json()["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the event store does not answer"),
+        "{}",
+        unready.text()
+    );
     redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while readiness(&sidecar).await.status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ready again once Redis is back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         post(&sidecar, &headers, &body).await.status,

@@ -255,7 +255,11 @@ impl DeliveryService {
     async fn refresh_gauges(&self) {
         let store = &self.deliverer.store;
         let metrics = &self.deliverer.metrics;
-        if let Ok(depth) = store.queue_depth().await {
+        let depth = store.queue_depth().await;
+        // The same call tells readiness whether webhooks can be stored.
+        self.lifecycle
+            .record_store_check(depth.as_ref().map(drop).map_err(ToString::to_string));
+        if let Ok(depth) = depth {
             for priority in Priority::ALL {
                 metrics
                     .queue_depth
