@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use support::*;
-use wedsync_sidecar::webhooks::verify::stripe::Stripe;
-use wedsync_sidecar::webhooks::verify::{Inbound, Scheme};
+use wedsync_sidecar::webhooks::verify::Inbound;
 
 const SECRET: &str = "whsec_test_secret_0123456789";
 const DELIVERY_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -30,15 +29,7 @@ fn stripe_event(id: &str, event_type: &str) -> Vec<u8> {
 
 async fn post_event(sidecar: &Sidecar, id: &str, event_type: &str) -> u16 {
     let body = stripe_event(id, event_type);
-    let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
-    let signature = Stripe {
-        keys: vec![SECRET.as_bytes().to_vec()],
-        tolerance: Duration::from_secs(300),
-    }
-    .sign(&body, now)
-    .headers[0]
-        .1
-        .clone();
+    let signature = stripe_signature_with(SECRET, &body);
     send(
         "POST",
         &format!("http://{}/webhooks/stripe", sidecar.ingress),

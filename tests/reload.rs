@@ -13,8 +13,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use support::*;
-use wedsync_sidecar::webhooks::verify::stripe::Stripe;
-use wedsync_sidecar::webhooks::verify::Scheme;
 
 fn service(upstream: &str, limit: &str) -> String {
     format!("services:\n  stripe:\n    route: /stripe\n    upstream: {upstream}\n    rate_limit: {limit}\n")
@@ -163,15 +161,7 @@ async fn webhook_secrets_and_upstream_groups_change_live() {
     let post = |secret: &'static str| {
         let n = sent.fetch_add(1, Ordering::SeqCst);
         let body = format!(r#"{{"id":"evt_{n}","type":"charge.succeeded"}}"#).into_bytes();
-        let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
-        let signature = Stripe {
-            keys: vec![secret.as_bytes().to_vec()],
-            tolerance: Duration::from_secs(300),
-        }
-        .sign(&body, now)
-        .headers[0]
-            .1
-            .clone();
+        let signature = stripe_signature_with(secret, &body);
         let url = format!("http://{}/webhooks/stripe", sidecar.ingress);
         async move {
             send(
@@ -241,15 +231,7 @@ async fn sigterm_under_load_drains_without_a_connection_error_and_keeps_every_ac
                 }
                 let id = format!("evt_{sender}_{n}");
                 let body = format!(r#"{{"id":"{id}","type":"charge.succeeded"}}"#).into_bytes();
-                let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
-                let signature = Stripe {
-                    keys: vec![secret.as_bytes().to_vec()],
-                    tolerance: Duration::from_secs(300),
-                }
-                .sign(&body, now)
-                .headers[0]
-                    .1
-                    .clone();
+                let signature = stripe_signature_with(secret, &body);
                 let url = format!("http://{ingress}/webhooks/stripe");
                 match try_send(&url, &[("stripe-signature", signature.as_str())], body).await {
                     Some(202) => accepted.lock().unwrap().push(id),

@@ -28,11 +28,7 @@ fn now() -> u64 {
 }
 
 fn stripe_signature(body: &[u8]) -> String {
-    let scheme = Stripe {
-        keys: vec![SECRET.as_bytes().to_vec()],
-        tolerance: Duration::from_secs(300),
-    };
-    scheme.sign(body, now()).headers[0].1.clone()
+    stripe_signature_with(SECRET, body)
 }
 
 async fn post(sidecar: &Sidecar, headers: &[(&str, &str)], body: &[u8]) -> Answer {

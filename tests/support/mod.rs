@@ -721,3 +721,17 @@ pub async fn waiting_jobs(
 pub fn embedded_store(dir: &std::path::Path) -> wedsync_sidecar::store::embedded::EmbeddedStore {
     wedsync_sidecar::store::embedded::EmbeddedStore::open(dir, Duration::from_secs(3600)).unwrap()
 }
+
+/// A `Stripe-Signature` value for `body`, signed now with `secret`.
+pub fn stripe_signature_with(secret: &str, body: &[u8]) -> String {
+    use wedsync_sidecar::webhooks::verify::Scheme;
+    let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
+    wedsync_sidecar::webhooks::verify::stripe::Stripe {
+        keys: vec![secret.as_bytes().to_vec()],
+        tolerance: Duration::from_secs(300),
+    }
+    .sign(body, now)
+    .headers[0]
+        .1
+        .clone()
+}
