@@ -319,26 +319,29 @@ impl LocalStore {
         })
     }
 
+    /// From counters kept with every change: the gauges read them every
+    /// second, however long the queue.
     pub fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
-        let dead = txn.open_table(DEAD).map_err(failed)?;
-        let mut counts = std::collections::BTreeMap::<String, u64>::new();
-        for entry in dead.iter().map_err(failed)? {
-            let letter: DeadLetter = decode(entry.map_err(failed)?.1.value())?;
-            *counts.entry(letter.job.webhook).or_default() += 1;
+        let counters = txn.open_table(COUNTERS).map_err(failed)?;
+        let mut counts = Vec::new();
+        // Keys after "dead:" and before "dead;" (';' follows ':').
+        for entry in counters.range("dead:".."dead;").map_err(failed)? {
+            let (key, count) = entry.map_err(failed)?;
+            let webhook = key.value().trim_start_matches("dead:").to_string();
+            counts.push((webhook, count.value()));
         }
-        Ok(counts.into_iter().collect())
+        Ok(counts)
     }
 
     pub fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
-        let queue = txn.open_table(QUEUE).map_err(failed)?;
+        let counters = txn.open_table(COUNTERS).map_err(failed)?;
         let count = |priority: Priority| -> Result<u64, StoreError> {
-            let r = rank(priority);
-            Ok(queue
-                .range((r, 0, 0)..=(r, u64::MAX, u64::MAX))
+            Ok(counters
+                .get(depth_key(priority).as_str())
                 .map_err(failed)?
-                .count() as u64)
+                .map_or(0, |v| v.value()))
         };
         Ok(QueueDepth {
             high: count(Priority::High)?,
@@ -538,7 +541,40 @@ fn held_job(txn: &WriteTransaction, held: &Job) -> Result<Job, StoreError> {
     }
 }
 
+/// Adds `delta` to a counter of the COUNTERS table (missing counts as 0).
+fn bump(txn: &WriteTransaction, key: &str, delta: i64) -> Result<(), StoreError> {
+    let mut counters = txn.open_table(COUNTERS).map_err(failed)?;
+    let now = counters.get(key).map_err(failed)?.map_or(0, |v| v.value());
+    let next = now.saturating_add_signed(delta);
+    if next == 0 {
+        counters.remove(key).map_err(failed)?;
+    } else {
+        counters.insert(key, next).map_err(failed)?;
+    }
+    Ok(())
+}
+
+fn depth_key(priority: Priority) -> String {
+    format!("depth:{}", rank(priority))
+}
+
+fn dead_key(webhook: &str) -> String {
+    format!("dead:{webhook}")
+}
+
+/// A new job: its records and one more in its priority's depth (kept as a
+/// counter so the gauges never scan the queue).
 fn insert_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
+    insert_job_records(txn, job)?;
+    bump(txn, &depth_key(job.priority), 1)
+}
+
+fn remove_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
+    remove_job_records(txn, job)?;
+    bump(txn, &depth_key(job.priority), -1)
+}
+
+fn insert_job_records(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
     txn.open_table(JOBS)
         .map_err(failed)?
         .insert(job.id, encode(job).as_slice())
@@ -554,7 +590,7 @@ fn insert_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn remove_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
+fn remove_job_records(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
     txn.open_table(JOBS)
         .map_err(failed)?
         .remove(job.id)
@@ -570,9 +606,10 @@ fn remove_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The same job in a new state (its priority never changes).
 fn replace_job(txn: &WriteTransaction, old: &Job, new: &Job) -> Result<(), StoreError> {
-    remove_job(txn, old)?;
-    insert_job(txn, new)
+    remove_job_records(txn, old)?;
+    insert_job_records(txn, new)
 }
 
 fn insert_dead(txn: &WriteTransaction, letter: &DeadLetter) -> Result<(), StoreError> {
@@ -584,7 +621,7 @@ fn insert_dead(txn: &WriteTransaction, letter: &DeadLetter) -> Result<(), StoreE
         .map_err(failed)?
         .insert((letter.dead_at_ms, letter.job.id), ())
         .map_err(failed)?;
-    Ok(())
+    bump(txn, &dead_key(&letter.job.webhook), 1)
 }
 
 fn remove_dead(txn: &WriteTransaction, id: u64) -> Result<Option<DeadLetter>, StoreError> {
@@ -598,6 +635,7 @@ fn remove_dead(txn: &WriteTransaction, id: u64) -> Result<Option<DeadLetter>, St
             .map_err(failed)?
             .remove((letter.dead_at_ms, id))
             .map_err(failed)?;
+        bump(txn, &dead_key(&letter.job.webhook), -1)?;
     }
     Ok(letter)
 }

@@ -10,7 +10,8 @@
 //! `events`/`bodies`/`refs` (hashes by event number), `jobs` (job records),
 //! `targets` and `leases` (job id → target, lease token),
 //! `queue:{q}:<priority>` (sorted by due time), `age` (sorted by receipt),
-//! `dead` (records) and `dead_order` (lexically sorted list keys). Job ids
+//! `dead` (records), `dead_order` (lexically sorted list keys) and
+//! `dead_counts` (per webhook, kept by the scripts). Job ids
 //! are written zero-padded to 20 digits wherever they are a field or a
 //! member, so that jobs due at the same millisecond lease in id order.
 //!
@@ -31,11 +32,12 @@ use super::{Store, StoreError};
 use crate::webhooks::event::Priority;
 
 /// KEYS: dedup, sequence, events, bodies, refs, jobs, targets, queue, age,
-/// dead, dead_order. ARGV: window ms, metadata, now ms, body, then per
-/// target its name and its job record without the leading `{"id":0,"event":0,`.
+/// dead, dead_order, dead_counts. ARGV: window ms, metadata, now ms, body,
+/// webhook, then per target its name and its job record without the
+/// leading `{"id":0,"event":0,` (or, unrouted, just that record).
 const ACCEPT: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[1]) then return -1 end
-local targets = math.floor((#ARGV - 4) / 2)
+local targets = math.floor((#ARGV - 5) / 2)
 local jobs = math.max(targets, 1)
 local seq = redis.call('INCRBY', KEYS[2], 1 + jobs) - jobs
 redis.call('HSET', KEYS[3], seq, ARGV[2])
@@ -43,15 +45,16 @@ redis.call('HSET', KEYS[4], seq, ARGV[4])
 redis.call('HSET', KEYS[5], seq, jobs)
 if targets == 0 then
   local id = seq + 1
-  local record = '{"job":{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[5] .. ',"reason":"unrouted","dead_at_ms":' .. ARGV[3] .. '}'
+  local record = '{"job":{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[6] .. ',"reason":"unrouted","dead_at_ms":' .. ARGV[3] .. '}'
   redis.call('HSET', KEYS[10], string.format('%020d', id), record)
   redis.call('ZADD', KEYS[11], 0, string.format('%020d.%020d', tonumber(ARGV[3]), id))
+  redis.call('HINCRBY', KEYS[12], ARGV[5], 1)
 else
   for i = 1, targets do
     local id = seq + i
     local member = string.format('%020d', id)
-    redis.call('HSET', KEYS[6], member, '{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[4 + 2 * i])
-    redis.call('HSET', KEYS[7], member, ARGV[3 + 2 * i])
+    redis.call('HSET', KEYS[6], member, '{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[5 + 2 * i])
+    redis.call('HSET', KEYS[7], member, ARGV[4 + 2 * i])
     redis.call('ZADD', KEYS[8], ARGV[3], member)
     redis.call('ZADD', KEYS[9], ARGV[3], member)
   end
@@ -121,19 +124,28 @@ end
 return 1
 "#;
 
-/// KEYS[6..7]: dead, dead_order. ARGV[3]: the dead-letter record, ARGV[4]:
-/// its order key.
+/// KEYS[6..8]: dead, dead_order, dead_counts. ARGV[3]: the dead-letter
+/// record, ARGV[4]: its order key, ARGV[5]: its webhook.
 const DEAD_LETTER: &str = r#"
 redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[7], 0, ARGV[4])
+redis.call('HINCRBY', KEYS[8], ARGV[5], 1)
 return 1
 "#;
 
-/// KEYS: dead, dead_order, jobs, targets, queue, age. ARGV: id, order key,
-/// job record, target, due ms, received ms.
+/// One dead letter fewer for a webhook (KEYS[n], ARGV[m] in the caller).
+fn uncount(counts_key: usize, webhook_arg: usize) -> String {
+    format!(
+        "if redis.call('HINCRBY', KEYS[{counts_key}], ARGV[{webhook_arg}], -1) <= 0 then redis.call('HDEL', KEYS[{counts_key}], ARGV[{webhook_arg}]) end\n"
+    )
+}
+
+/// KEYS: dead, dead_order, jobs, targets, queue, age, dead_counts. ARGV:
+/// id, order key, job record, target, due ms, received ms, webhook.
 const REPLAY: &str = r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+UNCOUNT
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
@@ -141,11 +153,12 @@ redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
 return 1
 "#;
 
-/// KEYS: dead, dead_order, leases, refs, events, bodies. ARGV: id, order
-/// key, event number.
+/// KEYS: dead, dead_order, leases, refs, events, bodies, dead_counts.
+/// ARGV: id, order key, event number, webhook.
 const DELETE: &str = r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+UNCOUNT
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
   redis.call('HDEL', KEYS[4], ARGV[3])
@@ -213,8 +226,8 @@ impl RedisEventStore {
                 retry: guarded(false, RETRY),
                 ack: guarded(true, ACK),
                 dead_letter: guarded(true, DEAD_LETTER),
-                replay: redis::Script::new(REPLAY),
-                delete: redis::Script::new(DELETE),
+                replay: redis::Script::new(&REPLAY.replace("UNCOUNT", &uncount(7, 7))),
+                delete: redis::Script::new(&DELETE.replace("UNCOUNT", &uncount(7, 4))),
             },
         }
     }
@@ -311,10 +324,12 @@ impl Store for RedisEventStore {
             .key(self.key("age"))
             .key(self.key("dead"))
             .key(self.key("dead_order"))
+            .key(self.key("dead_counts"))
             .arg(event.dedup_window.as_millis().max(1) as u64)
             .arg(encode(&new.stored(now_ms)))
             .arg(now_ms)
-            .arg(&event.body[..]);
+            .arg(&event.body[..])
+            .arg(&event.webhook);
         if event.meta.targets.is_empty() {
             invocation.arg(record_tail(&new.job(0, 0, UNROUTED, now_ms)));
         }
@@ -403,8 +418,10 @@ impl Store for RedisEventStore {
         invocation
             .key(self.key("dead"))
             .key(self.key("dead_order"))
+            .key(self.key("dead_counts"))
             .arg(encode(&letter))
-            .arg(letter.order_key());
+            .arg(letter.order_key())
+            .arg(&job.webhook);
         self.guarded_call("dead_letter", job, invocation).await
     }
 
@@ -482,12 +499,14 @@ impl Store for RedisEventStore {
             .key(self.key("targets"))
             .key(self.queue_key(job.priority))
             .key(self.key("age"))
+            .key(self.key("dead_counts"))
             .arg(member(id))
             .arg(order)
             .arg(encode(&job))
             .arg(&job.target)
             .arg(now_ms)
-            .arg(job.received_at_ms);
+            .arg(job.received_at_ms)
+            .arg(&job.webhook);
         let replayed: i64 = self.invoke("replay", invocation).await?;
         Ok(replayed == 1)
     }
@@ -504,23 +523,23 @@ impl Store for RedisEventStore {
             .key(self.key("refs"))
             .key(self.key("events"))
             .key(self.key("bodies"))
+            .key(self.key("dead_counts"))
             .arg(member(id))
             .arg(letter.order_key())
-            .arg(letter.job.event);
+            .arg(letter.job.event)
+            .arg(&letter.job.webhook);
         let deleted: i64 = self.invoke("delete", invocation).await?;
         Ok(deleted == 1)
     }
 
     async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        // Counted by the scripts that add and remove dead letters, so this
+        // stays one small read however many there are.
         let mut read = redis::pipe();
-        read.hvals(self.key("dead"));
-        let (records,): (Vec<String>,) = self.query("read", read).await?;
-        let mut counts = std::collections::BTreeMap::<String, u64>::new();
-        for record in records {
-            let letter: DeadLetter = parse(&record)?;
-            *counts.entry(letter.job.webhook).or_default() += 1;
-        }
-        Ok(counts.into_iter().collect())
+        read.hgetall(self.key("dead_counts"));
+        let (counts,): (std::collections::BTreeMap<String, u64>,) =
+            self.query("read", read).await?;
+        Ok(counts.into_iter().filter(|(_, n)| *n > 0).collect())
     }
 
     async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
