@@ -376,8 +376,21 @@ async fn a_lease_takes_a_batch_within_each_targets_room(subject: Subject) {
     for i in 0..3 {
         accept(store, &format!("evt_slow_{i}"), Priority::Normal, &["slow"]).await;
     }
+    // A long backlog for a full target, due before everything else, hides
+    // nothing: one queue per target.
+    let stuck: Vec<String> = (0..1000).map(|i| format!("evt_stuck_{i}")).collect();
+    futures_util::future::join_all(
+        stuck
+            .iter()
+            .map(|id| accept_at(store, "stripe", id, Priority::Normal, &["stuck"], T0 - 1)),
+    )
+    .await;
     accept(store, "evt_fast", Priority::Normal, &["fast"]).await;
-    let room = [("slow".to_string(), 1), ("fast".to_string(), 5)];
+    let room = [
+        ("slow".to_string(), 1),
+        ("fast".to_string(), 5),
+        ("stuck".to_string(), 0),
+    ];
     let batch = store
         .lease(Priority::Normal, T0, VISIBILITY, &room, 10)
         .await
@@ -388,22 +401,33 @@ async fn a_lease_takes_a_batch_within_each_targets_room(subject: Subject) {
         ["slow", "fast"],
         "one slow (its room), then the fast one"
     );
-    let full = [("slow".to_string(), 0)];
+    let full = [("slow".to_string(), 0), ("stuck".to_string(), 0)];
     assert!(store
         .lease(Priority::Normal, T0, VISIBILITY, &full, 10)
         .await
         .unwrap()
         .is_empty());
+    let stuck = [("stuck".to_string(), 0)];
     let rest = store
-        .lease(Priority::Normal, T0, VISIBILITY, &[], 1)
+        .lease(Priority::Normal, T0, VISIBILITY, &stuck, 1)
         .await
         .unwrap();
     assert_eq!(rest.len(), 1, "at most `max`");
     let uncapped = store
-        .lease(Priority::Normal, T0, VISIBILITY, &[], 10)
+        .lease(Priority::Normal, T0, VISIBILITY, &stuck, 10)
         .await
         .unwrap();
     assert_eq!(uncapped.len(), 1, "what is left");
+    let oldest = store
+        .lease(Priority::Normal, T0, VISIBILITY, &[], 3)
+        .await
+        .unwrap();
+    let oldest: Vec<&str> = oldest.iter().map(|j| j.event_id.as_str()).collect();
+    assert_eq!(oldest.len(), 3);
+    assert!(
+        oldest.iter().all(|id| id.starts_with("evt_stuck_")),
+        "oldest due first: {oldest:?}"
+    );
     let ids: BTreeSet<u64> = batch
         .iter()
         .chain(&rest)

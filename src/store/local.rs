@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::records::{
     dedup_key, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, NewEvent,
-    QueueDepth, Room, StoredEvent, UNROUTED,
+    QueueDepth, StoredEvent, UNROUTED,
 };
 use super::StoreError;
 use crate::resilience::clock::unix_time;
@@ -35,8 +35,12 @@ const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// Jobs and dead letters still referring to an event.
 const REFS: TableDefinition<u64, u64> = TableDefinition::new("event_refs");
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
-/// (priority rank, due ms, job id): the order jobs are leased in.
-const QUEUE: TableDefinition<(u8, u64, u64), ()> = TableDefinition::new("queue");
+/// (priority rank, target, due ms, job id): per lane and target, the order
+/// jobs are leased in. One queue per target, so that a target at its cap
+/// with a long backlog never hides the others' jobs behind its own.
+const QUEUE: TableDefinition<(u8, &str, u64, u64), ()> = TableDefinition::new("queue");
+/// (priority rank, target) -> jobs queued: the targets a lease looks at.
+const QUEUED: TableDefinition<(u8, &str), u64> = TableDefinition::new("queued_targets");
 /// (received ms, job id) of every waiting job: the oldest is first.
 const AGE: TableDefinition<(u64, u64), ()> = TableDefinition::new("age");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
@@ -46,8 +50,6 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// The longest a non-fsynced commit waits for the next fsync.
 pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
-/// Due jobs looked at per lease when their targets are at their cap.
-const LEASE_SCAN: usize = 512;
 
 fn failed(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {error}"))
@@ -106,6 +108,7 @@ impl LocalStore {
             txn.open_table(BODIES).map_err(failed)?;
             txn.open_table(REFS).map_err(failed)?;
             txn.open_table(QUEUE).map_err(failed)?;
+            txn.open_table(QUEUED).map_err(failed)?;
             txn.open_table(AGE).map_err(failed)?;
             txn.open_table(DEAD).map_err(failed)?;
             txn.open_table(DEAD_ORDER).map_err(failed)?;
@@ -480,6 +483,9 @@ impl Write<'_> {
     }
 }
 
+/// The `max` oldest due jobs of a lane among every target with room, each
+/// target giving at most its room: targets are looked at one by one, so a
+/// full target's backlog costs nothing.
 fn lease(
     txn: &WriteTransaction,
     priority: Priority,
@@ -488,29 +494,36 @@ fn lease(
     room: &[(String, u32)],
     max: usize,
 ) -> Result<Vec<Job>, StoreError> {
-    let due: Vec<u64> = {
+    let r = rank(priority);
+    let mut due: Vec<(u64, u64)> = Vec::new();
+    {
+        let queued = txn.open_table(QUEUED).map_err(failed)?;
         let queue = txn.open_table(QUEUE).map_err(failed)?;
-        let r = rank(priority);
-        let range = queue
-            .range((r, 0, 0)..=(r, now_ms, u64::MAX))
-            .map_err(failed)?;
-        let mut ids = Vec::new();
-        for entry in range.take(LEASE_SCAN.max(max)) {
-            ids.push(entry.map_err(failed)?.0.value().2);
+        for entry in queued.range((r, "")..(r + 1, "")).map_err(failed)? {
+            let (key, _) = entry.map_err(failed)?;
+            let target = key.value().1;
+            let take = room
+                .iter()
+                .find(|(t, _)| t == target)
+                .map_or(max, |(_, left)| (*left as usize).min(max));
+            if take == 0 {
+                continue;
+            }
+            let range = queue
+                .range((r, target, 0, 0)..=(r, target, now_ms, u64::MAX))
+                .map_err(failed)?;
+            for entry in range.take(take) {
+                let (_, _, due_ms, id) = entry.map_err(failed)?.0.value();
+                due.push((due_ms, id));
+            }
         }
-        ids
-    };
-    let mut room = Room::new(room);
-    let mut leased = Vec::new();
-    for id in due {
-        if leased.len() == max {
-            break;
-        }
+    }
+    due.sort_unstable();
+    due.truncate(max);
+    let mut leased = Vec::with_capacity(due.len());
+    for (_, id) in due {
         let job = job(txn, id)?
             .ok_or_else(|| StoreError::Corrupt(format!("queued job {id} has no record")))?;
-        if !room.take(&job.target) {
-            continue;
-        }
         let taken = job.clone().leased_at(now_ms, visibility);
         replace_job(txn, &job, &taken)?;
         leased.push(taken);
@@ -566,12 +579,28 @@ fn dead_key(webhook: &str) -> String {
 /// counter so the gauges never scan the queue).
 fn insert_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
     insert_job_records(txn, job)?;
+    count_queued(txn, job, 1)?;
     bump(txn, &depth_key(job.priority), 1)
 }
 
 fn remove_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
     remove_job_records(txn, job)?;
+    count_queued(txn, job, -1)?;
     bump(txn, &depth_key(job.priority), -1)
+}
+
+/// Keeps a (lane, target) listed while it has jobs queued.
+fn count_queued(txn: &WriteTransaction, job: &Job, delta: i64) -> Result<(), StoreError> {
+    let mut queued = txn.open_table(QUEUED).map_err(failed)?;
+    let key = (rank(job.priority), job.target.as_str());
+    let now = queued.get(key).map_err(failed)?.map_or(0, |v| v.value());
+    let next = now.saturating_add_signed(delta);
+    if next == 0 {
+        queued.remove(key).map_err(failed)?;
+    } else {
+        queued.insert(key, next).map_err(failed)?;
+    }
+    Ok(())
 }
 
 fn insert_job_records(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
@@ -581,7 +610,10 @@ fn insert_job_records(txn: &WriteTransaction, job: &Job) -> Result<(), StoreErro
         .map_err(failed)?;
     txn.open_table(QUEUE)
         .map_err(failed)?
-        .insert((rank(job.priority), job.due_ms, job.id), ())
+        .insert(
+            (rank(job.priority), job.target.as_str(), job.due_ms, job.id),
+            (),
+        )
         .map_err(failed)?;
     txn.open_table(AGE)
         .map_err(failed)?
@@ -597,7 +629,7 @@ fn remove_job_records(txn: &WriteTransaction, job: &Job) -> Result<(), StoreErro
         .map_err(failed)?;
     txn.open_table(QUEUE)
         .map_err(failed)?
-        .remove((rank(job.priority), job.due_ms, job.id))
+        .remove((rank(job.priority), job.target.as_str(), job.due_ms, job.id))
         .map_err(failed)?;
     txn.open_table(AGE)
         .map_err(failed)?

@@ -249,32 +249,6 @@ impl QueueDepth {
     }
 }
 
-/// How many more jobs of each capped target a lease may take; counts down
-/// as jobs are taken.
-pub struct Room {
-    left: Vec<(String, u32)>,
-}
-
-impl Room {
-    pub fn new(room: &[(String, u32)]) -> Self {
-        Self {
-            left: room.to_vec(),
-        }
-    }
-
-    /// Takes one slot of `target` if it has one (uncapped targets always do).
-    pub fn take(&mut self, target: &str) -> bool {
-        match self.left.iter_mut().find(|(t, _)| t == target) {
-            None => true,
-            Some((_, 0)) => false,
-            Some((_, left)) => {
-                *left -= 1;
-                true
-            }
-        }
-    }
-}
-
 pub fn dedup_key(webhook: &str, id: &str) -> String {
     format!("{webhook}\u{1f}{id}")
 }

@@ -31,10 +31,11 @@ use super::redis::{RedisCallError, RedisStore};
 use super::{Store, StoreError};
 use crate::webhooks::event::Priority;
 
-/// KEYS: dedup, sequence, events, bodies, refs, jobs, targets, queue, age,
-/// dead, dead_order, dead_counts. ARGV: window ms, metadata, now ms, body,
-/// webhook, then per target its name and its job record without the
-/// leading `{"id":0,"event":0,` (or, unrouted, just that record).
+/// KEYS: dedup, sequence, events, bodies, refs, jobs, targets, queued, age,
+/// dead, dead_order, dead_counts, then each target's queue. ARGV: window ms,
+/// metadata, now ms, body, webhook, then per target its name and its job
+/// record without the leading `{"id":0,"event":0,` (or, unrouted, just
+/// that record).
 const ACCEPT: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[1]) then return -1 end
 local targets = math.floor((#ARGV - 5) / 2)
@@ -55,44 +56,52 @@ else
     local member = string.format('%020d', id)
     redis.call('HSET', KEYS[6], member, '{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[5 + 2 * i])
     redis.call('HSET', KEYS[7], member, ARGV[4 + 2 * i])
-    redis.call('ZADD', KEYS[8], ARGV[3], member)
+    redis.call('HINCRBY', KEYS[8], ARGV[4 + 2 * i], 1)
+    redis.call('ZADD', KEYS[12 + i], ARGV[3], member)
     redis.call('ZADD', KEYS[9], ARGV[3], member)
   end
 end
 return seq
 "#;
 
-/// KEYS: queue, targets, leases, jobs. ARGV: now ms, lease end ms, scan
-/// limit, most jobs, then pairs of (capped target, room left). Returns a
-/// flat list of (token, record) per leased job.
+/// KEYS: queued, leases, jobs. ARGV: now ms, lease end ms, most jobs, the
+/// lane's queue key prefix (a target's name completes it), then pairs of
+/// (capped target, room left). Each target with room gives its oldest due
+/// jobs (at most its room), so a full target's backlog costs nothing; the
+/// oldest of all are leased. Returns a flat list of (token, record).
 const LEASE: &str = r#"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local most = tonumber(ARGV[3])
 local room = {}
 for i = 5, #ARGV, 2 do room[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local most = tonumber(ARGV[4])
-local leased = {}
-for _, id in ipairs(due) do
-  if #leased >= 2 * most then break end
-  local take = true
-  if #ARGV >= 5 then
-    local target = redis.call('HGET', KEYS[2], id)
-    local left = room[target]
-    if left ~= nil then
-      if left <= 0 then take = false else room[target] = left - 1 end
+local candidates = {}
+for _, target in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local take = most
+  if room[target] ~= nil then take = math.min(room[target], most) end
+  if take > 0 then
+    local due = redis.call('ZRANGEBYSCORE', ARGV[4] .. target, '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, take)
+    for i = 1, #due, 2 do
+      candidates[#candidates + 1] = { tonumber(due[i + 1]), due[i], target }
     end
   end
-  if take then
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    leased[#leased + 1] = redis.call('HINCRBY', KEYS[3], id, 1)
-    leased[#leased + 1] = redis.call('HGET', KEYS[4], id)
-  end
+end
+table.sort(candidates, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local leased = {}
+for i = 1, math.min(most, #candidates) do
+  local id = candidates[i][2]
+  redis.call('ZADD', ARGV[4] .. candidates[i][3], ARGV[2], id)
+  leased[#leased + 1] = redis.call('HINCRBY', KEYS[2], id, 1)
+  leased[#leased + 1] = redis.call('HGET', KEYS[3], id)
 end
 return leased
 "#;
 
 /// The common head of the scripts that need the caller's lease to be the
-/// job's current one. Their first keys are always leases, jobs, queue,
-/// targets, age; ARGV[1] the job id, ARGV[2] the lease token.
+/// job's current one. Their first keys are always leases, jobs, the job's
+/// queue, targets, age, queued; ARGV[1] the job id, ARGV[2] the lease
+/// token, ARGV[3] the target.
 const HOLDS_LEASE: &str = r#"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
 "#;
@@ -104,32 +113,33 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+if redis.call('HINCRBY', KEYS[6], ARGV[3], -1) <= 0 then redis.call('HDEL', KEYS[6], ARGV[3]) end
 "#;
 
-/// ARGV[3]: the new record, ARGV[4]: when it is due.
+/// ARGV[4]: the new record, ARGV[5]: when it is due.
 const RETRY: &str = r#"
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 return 1
 "#;
 
-/// KEYS[6..8]: refs, events, bodies. ARGV[3]: the event number.
+/// KEYS[7..9]: refs, events, bodies. ARGV[4]: the event number.
 const ACK: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('HINCRBY', KEYS[6], ARGV[3], -1) <= 0 then
-  redis.call('HDEL', KEYS[6], ARGV[3])
-  redis.call('HDEL', KEYS[7], ARGV[3])
-  redis.call('HDEL', KEYS[8], ARGV[3])
+if redis.call('HINCRBY', KEYS[7], ARGV[4], -1) <= 0 then
+  redis.call('HDEL', KEYS[7], ARGV[4])
+  redis.call('HDEL', KEYS[8], ARGV[4])
+  redis.call('HDEL', KEYS[9], ARGV[4])
 end
 return 1
 "#;
 
-/// KEYS[6..8]: dead, dead_order, dead_counts. ARGV[3]: the dead-letter
-/// record, ARGV[4]: its order key, ARGV[5]: its webhook.
+/// KEYS[7..9]: dead, dead_order, dead_counts. ARGV[4]: the dead-letter
+/// record, ARGV[5]: its order key, ARGV[6]: its webhook.
 const DEAD_LETTER: &str = r#"
-redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[7], 0, ARGV[4])
-redis.call('HINCRBY', KEYS[8], ARGV[5], 1)
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[8], 0, ARGV[5])
+redis.call('HINCRBY', KEYS[9], ARGV[6], 1)
 return 1
 "#;
 
@@ -140,8 +150,8 @@ fn uncount(counts_key: usize, webhook_arg: usize) -> String {
     )
 }
 
-/// KEYS: dead, dead_order, jobs, targets, queue, age, dead_counts. ARGV:
-/// id, order key, job record, target, due ms, received ms, webhook.
+/// KEYS: dead, dead_order, jobs, targets, queue, age, dead_counts, queued.
+/// ARGV: id, order key, job record, target, due ms, received ms, webhook.
 const REPLAY: &str = r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])
@@ -150,6 +160,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
+redis.call('HINCRBY', KEYS[8], ARGV[4], 1)
 return 1
 "#;
 
@@ -168,8 +179,6 @@ end
 return 1
 "#;
 
-/// Due jobs a lease looks at when their targets are at their cap.
-const LEASE_SCAN: usize = 512;
 /// Dead letters read per round trip while filling a page.
 const LIST_BATCH: usize = 200;
 
@@ -236,9 +245,20 @@ impl RedisEventStore {
         self.store.key(kind, "q", "")
     }
 
-    fn queue_key(&self, priority: Priority) -> String {
+    /// A lane's queue for one target: job ids scored by due time.
+    fn queue_key(&self, priority: Priority, target: &str) -> String {
+        format!("{}{target}", self.queue_prefix(priority))
+    }
+
+    fn queue_prefix(&self, priority: Priority) -> String {
         self.store
-            .key("queue", "q", &format!(":{}", priority.as_str()))
+            .key("queue", "q", &format!(":{}:", priority.as_str()))
+    }
+
+    /// A lane's targets with jobs queued, and how many each.
+    fn queued_key(&self, priority: Priority) -> String {
+        self.store
+            .key("queued", "q", &format!(":{}", priority.as_str()))
     }
 
     async fn invoke<T: redis::FromRedisValue + Send + 'static>(
@@ -278,11 +298,13 @@ impl RedisEventStore {
         invocation
             .key(self.key("leases"))
             .key(self.key("jobs"))
-            .key(self.queue_key(job.priority))
+            .key(self.queue_key(job.priority, &job.target))
             .key(self.key("targets"))
             .key(self.key("age"))
+            .key(self.queued_key(job.priority))
             .arg(member(job.id))
-            .arg(job.lease);
+            .arg(job.lease)
+            .arg(&job.target);
         invocation
     }
 
@@ -320,7 +342,7 @@ impl Store for RedisEventStore {
             .key(self.key("refs"))
             .key(self.key("jobs"))
             .key(self.key("targets"))
-            .key(self.queue_key(event.meta.priority))
+            .key(self.queued_key(event.meta.priority))
             .key(self.key("age"))
             .key(self.key("dead"))
             .key(self.key("dead_order"))
@@ -330,6 +352,9 @@ impl Store for RedisEventStore {
             .arg(now_ms)
             .arg(&event.body[..])
             .arg(&event.webhook);
+        for target in &event.meta.targets {
+            invocation.key(self.queue_key(event.meta.priority, target));
+        }
         if event.meta.targets.is_empty() {
             invocation.arg(record_tail(&new.job(0, 0, UNROUTED, now_ms)));
         }
@@ -356,14 +381,13 @@ impl Store for RedisEventStore {
         let until = now_ms + visibility.as_millis() as u64;
         let mut invocation = self.scripts.lease.prepare_invoke();
         invocation
-            .key(self.queue_key(priority))
-            .key(self.key("targets"))
+            .key(self.queued_key(priority))
             .key(self.key("leases"))
             .key(self.key("jobs"))
             .arg(now_ms)
             .arg(until)
-            .arg(LEASE_SCAN.max(max))
-            .arg(max);
+            .arg(max)
+            .arg(self.queue_prefix(priority));
         for (target, left) in room {
             invocation.arg(target).arg(*left);
         }
@@ -497,9 +521,10 @@ impl Store for RedisEventStore {
             .key(self.key("dead_order"))
             .key(self.key("jobs"))
             .key(self.key("targets"))
-            .key(self.queue_key(job.priority))
+            .key(self.queue_key(job.priority, &job.target))
             .key(self.key("age"))
             .key(self.key("dead_counts"))
+            .key(self.queued_key(job.priority))
             .arg(member(id))
             .arg(order)
             .arg(encode(&job))
@@ -545,10 +570,14 @@ impl Store for RedisEventStore {
     async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
         let mut read = redis::pipe();
         for priority in Priority::ALL {
-            read.zcard(self.queue_key(priority));
+            read.hvals(self.queued_key(priority));
         }
-        let (high, normal, low): (u64, u64, u64) = self.query("read", read).await?;
-        Ok(QueueDepth { high, normal, low })
+        let (high, normal, low): (Vec<u64>, Vec<u64>, Vec<u64>) = self.query("read", read).await?;
+        Ok(QueueDepth {
+            high: high.iter().sum(),
+            normal: normal.iter().sum(),
+            low: low.iter().sum(),
+        })
     }
 
     async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
