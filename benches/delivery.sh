@@ -6,7 +6,9 @@
 #      ratio delivered/s : accepted/s says whether delivery keeps up;
 #   2. half load: the same at 50% of the accepted rate of run 1, reporting
 #      202 -> target latency p50/p99;
-#   3. idle queue: one sender at 50 events/s, 202 -> target latency.
+#   3. at the ingest target of the webhook issue (embedded 3,000/s, Redis
+#      8,000/s): does delivery keep up, and at what latency;
+#   4. idle queue: one sender at 50 events/s, 202 -> target latency.
 # Loopback only, bounded in time. Usage: benches/delivery.sh [seconds] [senders]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +42,7 @@ YAML
   echo "http://127.0.0.1:$in/webhooks/stripe"
 }
 
-bench() { # name store-yaml
+bench() { # name store-yaml target-rate
   local url target line rate
   target=$(port); url=$(start "$1-max" "$2" "$target")
   line=$(./target/release/examples/delivery_load "$url" "$SECRET" "127.0.0.1:$target" "$SENDERS" "$SECONDS_PER_RUN" 0)
@@ -52,14 +54,17 @@ bench() { # name store-yaml
   target=$(port); url=$(start "$1-half" "$2" "$target")
   echo "$1 half load ($((rate / 2))/s): $(./target/release/examples/delivery_load "$url" "$SECRET" "127.0.0.1:$target" 16 "$SECONDS_PER_RUN" $((rate / 2)))"
   stop "$1-half"
+  target=$(port); url=$(start "$1-target" "$2" "$target")
+  echo "$1 at the ingest target ($3/s): $(./target/release/examples/delivery_load "$url" "$SECRET" "127.0.0.1:$target" 16 "$SECONDS_PER_RUN" "$3")"
+  stop "$1-target"
   target=$(port); url=$(start "$1-idle" "$2" "$target")
   echo "$1 idle queue (50/s): $(./target/release/examples/delivery_load "$url" "$SECRET" "127.0.0.1:$target" 1 5 50)"
   stop "$1-idle"
 }
 
-bench embedded "store: { path: $WORK/data-RUN }"
+bench embedded "store: { path: $WORK/data-RUN }" 3000
 RP=$(port)
 redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
 sleep 0.5
-bench redis "store: { kind: redis, url: redis://127.0.0.1:$RP }"
+bench redis "store: { kind: redis, url: redis://127.0.0.1:$RP }" 8000
 echo "(redis without AOF: see README for the persistence settings durability needs)"
