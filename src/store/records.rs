@@ -180,7 +180,8 @@ impl Job {
 pub struct DeadLetter {
     pub job: Job,
     /// `unrouted`, `rejected` (a 4xx that retrying cannot fix),
-    /// `max_attempts` or `max_age`.
+    /// `max_attempts`, `max_age`, or `unknown_target` (its upstream group
+    /// is no longer configured).
     pub reason: String,
     pub dead_at_ms: u64,
 }
