@@ -231,31 +231,6 @@ impl LocalStore {
         }
     }
 
-    pub fn ack(&self, held: &Job) -> Result<(), StoreError> {
-        self.apply_one(Write::Ack(held)).map(drop)
-    }
-
-    pub fn retry_at(&self, held: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
-        self.apply_one(Write::Retry(held, attempt, due_ms))
-            .map(drop)
-    }
-
-    pub fn dead_letter(
-        &self,
-        held: &Job,
-        attempt: Option<Attempt>,
-        reason: &str,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.apply_one(Write::DeadLetter {
-            held,
-            attempt,
-            reason,
-            now_ms,
-        })
-        .map(drop)
-    }
-
     pub fn dead_letters(
         &self,
         filter: &DeadLetterFilter,
@@ -554,17 +529,28 @@ fn held_job(txn: &WriteTransaction, held: &Job) -> Result<Job, StoreError> {
     }
 }
 
-/// Adds `delta` to a counter of the COUNTERS table (missing counts as 0).
-fn bump(txn: &WriteTransaction, key: &str, delta: i64) -> Result<(), StoreError> {
-    let mut counters = txn.open_table(COUNTERS).map_err(failed)?;
-    let now = counters.get(key).map_err(failed)?.map_or(0, |v| v.value());
+/// Adds `delta` to a count kept in `table` under `key`: a missing count is
+/// 0, and a count back at 0 is removed.
+fn add_count<'k, K: redb::Key + 'static>(
+    txn: &WriteTransaction,
+    table: TableDefinition<K, u64>,
+    key: K::SelfType<'k>,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let mut counts = txn.open_table(table).map_err(failed)?;
+    let now = counts.get(&key).map_err(failed)?.map_or(0, |v| v.value());
     let next = now.saturating_add_signed(delta);
     if next == 0 {
-        counters.remove(key).map_err(failed)?;
+        counts.remove(&key).map_err(failed)?;
     } else {
-        counters.insert(key, next).map_err(failed)?;
+        counts.insert(&key, next).map_err(failed)?;
     }
     Ok(())
+}
+
+/// Adds `delta` to a counter of the COUNTERS table.
+fn bump(txn: &WriteTransaction, key: &str, delta: i64) -> Result<(), StoreError> {
+    add_count(txn, COUNTERS, key, delta)
 }
 
 fn depth_key(priority: Priority) -> String {
@@ -591,16 +577,12 @@ fn remove_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
 
 /// Keeps a (lane, target) listed while it has jobs queued.
 fn count_queued(txn: &WriteTransaction, job: &Job, delta: i64) -> Result<(), StoreError> {
-    let mut queued = txn.open_table(QUEUED).map_err(failed)?;
-    let key = (rank(job.priority), job.target.as_str());
-    let now = queued.get(key).map_err(failed)?.map_or(0, |v| v.value());
-    let next = now.saturating_add_signed(delta);
-    if next == 0 {
-        queued.remove(key).map_err(failed)?;
-    } else {
-        queued.insert(key, next).map_err(failed)?;
-    }
-    Ok(())
+    add_count(
+        txn,
+        QUEUED,
+        (rank(job.priority), job.target.as_str()),
+        delta,
+    )
 }
 
 fn insert_job_records(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
