@@ -22,8 +22,8 @@ use redb::{
 use serde::de::DeserializeOwned;
 
 use super::records::{
-    dedup_key, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, NewEvent,
-    QueueDepth, StoredEvent, UNROUTED,
+    dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
+    Job, NewEvent, QueueDepth, StoredEvent, UNROUTED,
 };
 use super::StoreError;
 use crate::resilience::clock::unix_time;
@@ -504,15 +504,6 @@ fn lease(
         leased.push(taken);
     }
     Ok(leased)
-}
-
-fn parse_cursor(cursor: &str) -> Result<(u64, u64), StoreError> {
-    let invalid = || StoreError::InvalidCursor(cursor.to_string());
-    let (dead_at, id) = cursor.split_once('.').ok_or_else(invalid)?;
-    Ok((
-        dead_at.parse().map_err(|_| invalid())?,
-        id.parse().map_err(|_| invalid())?,
-    ))
 }
 
 fn job(txn: &WriteTransaction, id: u64) -> Result<Option<Job>, StoreError> {

@@ -207,6 +207,16 @@ pub fn order_key(dead_at_ms: u64, id: u64) -> String {
     format!("{dead_at_ms:020}.{id:020}")
 }
 
+/// A page cursor (an [`order_key`]) read back as (dead at ms, job id).
+pub fn parse_cursor(cursor: &str) -> Result<(u64, u64), super::StoreError> {
+    let invalid = || super::StoreError::InvalidCursor(cursor.to_string());
+    let (dead_at, id) = cursor.split_once('.').ok_or_else(invalid)?;
+    Ok((
+        dead_at.parse().map_err(|_| invalid())?,
+        id.parse().map_err(|_| invalid())?,
+    ))
+}
+
 /// Which dead letters a list or a bulk replay covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetterFilter {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::records::{
-    dedup_key, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, OwnedEvent,
-    QueueDepth, StoredEvent, UNROUTED,
+    dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
+    Job, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
 };
 use super::redis::{RedisCallError, RedisStore};
 use super::{Store, StoreError};
@@ -458,7 +458,7 @@ impl Store for RedisEventStore {
         let mut below = match cursor {
             None => "+".to_string(),
             Some(cursor) => {
-                valid_cursor(cursor)?;
+                parse_cursor(cursor)?;
                 format!("({cursor}")
             }
         };
@@ -611,17 +611,6 @@ fn member(id: u64) -> String {
 /// The job id part of a dead-letter order key, as a member.
 fn id_of(order_key: &str) -> Option<String> {
     Some(order_key.split_once('.')?.1.to_string())
-}
-
-fn valid_cursor(cursor: &str) -> Result<(), StoreError> {
-    let valid = cursor
-        .split_once('.')
-        .is_some_and(|(at, id)| at.parse::<u64>().is_ok() && id.parse::<u64>().is_ok());
-    if valid {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidCursor(cursor.to_string()))
-    }
 }
 
 #[cfg(test)]
