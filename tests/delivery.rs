@@ -55,15 +55,6 @@ fn event_id(seen: &Seen) -> String {
     seen.headers.get("x-event-id").cloned().unwrap_or_default()
 }
 
-/// Waits until `done` holds, for at most `limit`; panics with `what`.
-async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn ok_target() -> MockServer {
     MockServer::start(|_| MockAnswer::status(204, "")).await
 }

@@ -185,14 +185,12 @@ async fn webhook_secrets_and_upstream_groups_change_live() {
         .await;
     assert_eq!(post(old_secret).await, 401, "the old secret is gone");
     assert_eq!(post(new_secret).await, 202);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while second.requests().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new backend gets deliveries"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(3),
+        "the new backend gets deliveries",
+        || !second.requests().is_empty(),
+    )
+    .await;
     assert_eq!(
         first.requests().len(),
         1,

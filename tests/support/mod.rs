@@ -735,3 +735,12 @@ pub fn stripe_signature_with(secret: &str, body: &[u8]) -> String {
         .1
         .clone()
 }
+
+/// Waits until `done` holds, for at most `limit`; panics with `what`.
+pub async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
