@@ -165,19 +165,20 @@ impl DeliveryService {
     async fn lease_batch(&self, max: usize) -> Result<Vec<Job>, StoreError> {
         let now = now_ms();
         let settings = self.deliverer.settings.load_full();
+        let mut room = self.slots.room(&settings.caps);
         let mut jobs: Vec<Job> = Vec::new();
         for priority in self.lanes.order() {
-            let mut room = self.slots.room(&settings.caps);
-            for job in &jobs {
-                if let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == job.target) {
-                    *left = left.saturating_sub(1);
-                }
-            }
             let leased = self
                 .deliverer
                 .store
                 .lease(priority, now, settings.visibility, &room, max - jobs.len())
                 .await?;
+            // What this lane took is no longer room for the next.
+            for job in &leased {
+                if let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == job.target) {
+                    *left = left.saturating_sub(1);
+                }
+            }
             jobs.extend(leased);
             if jobs.len() == max {
                 break;
