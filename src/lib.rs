@@ -11,6 +11,7 @@ pub mod dlq;
 pub mod egress;
 pub mod inject;
 pub mod lifecycle;
+pub mod listen_owner;
 pub mod logging;
 pub mod problem;
 pub mod reload;

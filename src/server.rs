@@ -17,6 +17,7 @@ use crate::config::StoreKind;
 use crate::delivery::DeliveryService;
 use crate::egress::EgressProxy;
 use crate::lifecycle::{exit_when_idle, DrainingShutdown, Lifecycle};
+use crate::listen_owner::held_by_this_process;
 use crate::reload::{ConfigHandle, Reloader};
 use crate::resilience::clock::MonotonicClock;
 use crate::resilience::pause_sync::PauseListener;
@@ -42,6 +43,11 @@ pub enum StartError {
     Setup(String),
     #[error("the {role} listener on {addr} did not come up within 10s")]
     NotListening {
+        role: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("cannot listen on {addr} ({role} listener): Address already in use (another process took the port during start-up)")]
+    TakenByAnother {
         role: &'static str,
         addr: SocketAddr,
     },
@@ -219,8 +225,8 @@ fn egress_threads() -> usize {
         .clamp(1, 4)
 }
 
-/// Marks the sidecar ready once every listener accepts connections; exits with
-/// a clear error if one never does.
+/// Marks the sidecar ready once every listener accepts connections on a
+/// socket of this process; exits with a clear error if one never does.
 fn watch_listeners(
     lifecycle: Arc<Lifecycle>,
     listeners: [(&'static str, SocketAddr); 3],
@@ -229,9 +235,21 @@ fn watch_listeners(
     std::thread::spawn(move || {
         for (role, addr) in listeners {
             let probe = loopback_for(addr);
-            while TcpStream::connect_timeout(&probe, Duration::from_millis(100)).is_err() {
+            loop {
+                let answers =
+                    TcpStream::connect_timeout(&probe, Duration::from_millis(100)).is_ok();
+                // Another process may answer on the port while Pingora's own
+                // bind failed in its service thread: only our socket counts.
+                if answers && held_by_this_process(addr) != Some(false) {
+                    break;
+                }
                 if started.elapsed() > Duration::from_secs(10) {
-                    tracing::error!("{}", StartError::NotListening { role, addr });
+                    let error = if answers {
+                        StartError::TakenByAnother { role, addr }
+                    } else {
+                        StartError::NotListening { role, addr }
+                    };
+                    tracing::error!("{error}");
                     std::process::exit(2);
                 }
                 std::thread::sleep(Duration::from_millis(2));

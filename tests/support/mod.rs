@@ -152,8 +152,12 @@ impl Sidecar {
                 let mut answer = String::new();
                 let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
                 // The answer must come from our process, not from whoever
-                // else may hold the port.
-                if answer.starts_with("HTTP/1.1 200") && !self.has_exited() {
+                // else may hold the port: the sidecar logs its start-up time
+                // once it has checked that every listener is its own.
+                if answer.starts_with("HTTP/1.1 200")
+                    && self.logs().contains("startup_ms")
+                    && !self.has_exited()
+                {
                     return Startup::Ready;
                 }
             }
