@@ -8,7 +8,8 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,31 +22,33 @@ use tokio::net::TcpListener;
 /// How long a test waits for what the sidecar records after answering.
 const SETTLE: Duration = Duration::from_secs(5);
 
+/// Test ports come from below Linux's ephemeral range (32768 and up), where
+/// the kernel never puts the local end of an outgoing connection, and from a
+/// counter, so two tests of one run never draw the same port. A port that is
+/// taken (another program, a test binary still shutting down) is skipped.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        AtomicU32::new(std::process::id().wrapping_mul(7919) ^ nanos)
+    });
+    loop {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % COUNT;
+        let port = u16::try_from(FIRST + offset).expect("below 32000");
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 enum Startup {
     Ready,
     Exited,
     TimedOut,
-}
-
-/// Three different free ports: all are held until all are chosen, so the
-/// kernel cannot hand the same one out twice.
-fn distinct_free_ports() -> [u16; 3] {
-    let listeners: Vec<StdListener> = (0..3)
-        .map(|_| StdListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    [ports[0], ports[1], ports[2]]
 }
 
 /// A running sidecar process; killed when dropped.
@@ -64,8 +67,8 @@ impl Sidecar {
         Self::start_with_env(body, &[])
     }
 
-    /// Ports come from the kernel and are released before the sidecar binds
-    /// them, so another process may take one in between: a start that fails
+    /// Ports are free when chosen but released before the sidecar binds
+    /// them, so another program may take one in between: a start that fails
     /// on "address in use" is retried on fresh ports.
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Self {
         Self::start_with_args(body, env, &[])
@@ -92,7 +95,7 @@ impl Sidecar {
             free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let [egress, ingress, admin] = distinct_free_ports();
+        let (egress, ingress, admin) = (free_port(), free_port(), free_port());
         // A body with its own store (Redis) replaces the embedded one.
         let store = if body.lines().any(|l| l.starts_with("store:")) {
             String::new()
