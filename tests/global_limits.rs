@@ -101,6 +101,26 @@ async fn on_store_error_deny_and_allow() {
 }
 
 #[tokio::test]
+async fn a_stalled_redis_holds_an_egress_request_at_most_250ms() {
+    let redis = RedisServer::start();
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let allow = Sidecar::start(
+        &config(&redis, &upstream, "100")
+            .replace("scope: global", "scope: global, on_store_error: allow"),
+    );
+    assert_eq!(statuses(&allow, 1).await, [200]);
+    redis.freeze();
+    let started = std::time::Instant::now();
+    assert_eq!(statuses(&allow, 1).await, [200]);
+    let waited = started.elapsed();
+    redis.thaw();
+    assert!(
+        waited >= Duration::from_millis(240) && waited < Duration::from_secs(1),
+        "answered after {waited:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_providers_pause_reaches_every_replica() {
     let redis = RedisServer::start();
     let upstream =

@@ -275,6 +275,65 @@ async fn with_redis_down_nothing_is_acknowledged_and_it_recovers() {
     );
 }
 
+#[tokio::test]
+async fn a_stalled_redis_costs_a_webhook_its_deadline_then_a_503_and_it_recovers() {
+    let redis = RedisServer::start();
+    let sidecar = Sidecar::start(&format!(
+        "store: {{ kind: redis, url: {}, prefix: test }}\n{}",
+        redis.url(),
+        config("")
+    ));
+    let signed = |n: usize| {
+        let body = stripe_event(n);
+        (stripe_signature(&body), body)
+    };
+    let (signature, body) = signed(1);
+    assert_eq!(
+        post(&sidecar, &[("stripe-signature", &signature)], &body)
+            .await
+            .status,
+        202
+    );
+    redis.freeze();
+    let (signature, body) = signed(2);
+    let started = std::time::Instant::now();
+    let answer = post(&sidecar, &[("stripe-signature", &signature)], &body).await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
+    // The event store's 2 s deadline: longer than the egress's 250 ms (a
+    // Redis fsyncing every write may stall), within every provider's budget.
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4),
+        "answered after {waited:?}"
+    );
+    redis.thaw();
+    // The script sent before the deadline runs once Redis does, so the
+    // provider's retry may find the event stored: a 503 promised nothing,
+    // and the retry gets a 2xx either way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = post(&sidecar, &[("stripe-signature", &signature)], &body).await;
+        if answer.status == 202 || answer.status == 200 {
+            assert!(
+                ["accepted", "duplicate"].contains(&answer.json()["status"].as_str().unwrap()),
+                "{}",
+                answer.text()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not accepted again: {}",
+            answer.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (signature, body) = signed(3);
+    let answer = post(&sidecar, &[("stripe-signature", &signature)], &body).await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+}
+
 /// Sends 1,000 signed events from 8 concurrent senders and SIGKILLs the
 /// sidecar while they run; returns the ids that got a 202.
 async fn send_and_kill(sidecar: &mut Sidecar) -> Vec<String> {

@@ -2,8 +2,9 @@
 //! Redis is down), dropped after a failed call and made again on the next
 //! one, and guarded so that a dead Redis costs a request nothing: after a
 //! failure no call is tried for [`QUIET_AFTER_FAILURE`], and every call is
-//! bounded by [`CALL_TIMEOUT`]. Callers decide what a failure means
-//! (`on_store_error`).
+//! bounded in time: [`CALL_TIMEOUT`] on the request path of the egress,
+//! [`EVENT_CALL_TIMEOUT`] for the event store. Callers decide what a failure
+//! means (`on_store_error`, 503 `store_unavailable`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,15 +16,21 @@ use tokio::sync::RwLock;
 
 use crate::resilience::clock::Clock;
 
+/// A rate-limit decision or a pause lookup holds up an app's request.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// An event-store call holds up a webhook's ack (the tightest provider
+/// budget is Slack's 3 s) or a delivery worker, and a Redis that fsyncs every
+/// write (`appendfsync always`) may stall for hundreds of milliseconds: a
+/// longer wait is better than refusing an event it would have stored.
+pub const EVENT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisCallError {
     #[error("the Redis store is unreachable (retrying in the background)")]
     Unavailable,
-    #[error("the Redis store did not answer within {}ms", CALL_TIMEOUT.as_millis())]
-    Timeout,
+    #[error("the Redis store did not answer within {}ms", .0.as_millis())]
+    Timeout(Duration),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -70,14 +77,31 @@ impl RedisStore {
         format!("{}:{kind}:{{{tag}}}{rest}", self.prefix)
     }
 
-    /// Runs `call` on the shared connection, bounded in time; `op` names the
-    /// operation in `sidecar_store_errors_total`.
+    /// Runs `call` on the shared connection within [`CALL_TIMEOUT`]; `op`
+    /// names the operation in `sidecar_store_errors_total`.
     pub async fn run<T, F, Fut>(&self, op: &str, call: F) -> Result<T, RedisCallError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let result = self.try_run(call).await;
+        self.run_within(op, CALL_TIMEOUT, call).await
+    }
+
+    /// Runs `call` on the shared connection, connecting first if need be,
+    /// all within `deadline`.
+    pub async fn run_within<T, F, Fut>(
+        &self,
+        op: &str,
+        deadline: Duration,
+        call: F,
+    ) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let result = tokio::time::timeout(deadline, self.try_run(call))
+            .await
+            .unwrap_or(Err(RedisCallError::Timeout(deadline)));
         // A call refused during the quiet period tried nothing: it neither
         // extends the period nor counts as another failure.
         if result.is_err() && !matches!(result, Err(RedisCallError::Unavailable)) {
@@ -98,13 +122,8 @@ impl RedisStore {
         if self.clock.now_millis() < self.quiet_until.load(Ordering::Acquire) {
             return Err(RedisCallError::Unavailable);
         }
-        let connection = tokio::time::timeout(CALL_TIMEOUT, self.connection())
-            .await
-            .map_err(|_| RedisCallError::Timeout)??;
-        tokio::time::timeout(CALL_TIMEOUT, call(connection))
-            .await
-            .map_err(|_| RedisCallError::Timeout)?
-            .map_err(RedisCallError::from)
+        let connection = self.connection().await?;
+        call(connection).await.map_err(RedisCallError::from)
     }
 
     async fn connection(&self) -> Result<ConnectionManager, RedisCallError> {
@@ -115,9 +134,11 @@ impl RedisStore {
         if let Some(manager) = slot.as_ref() {
             return Ok(manager.clone());
         }
+        // Each call brings its own deadline; the manager's bounds are only
+        // the longest of them.
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CALL_TIMEOUT)
-            .set_response_timeout(CALL_TIMEOUT)
+            .set_connection_timeout(EVENT_CALL_TIMEOUT)
+            .set_response_timeout(EVENT_CALL_TIMEOUT)
             .set_number_of_retries(1)
             .set_max_delay(1000);
         let manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;

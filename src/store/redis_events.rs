@@ -27,7 +27,7 @@ use super::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
     Job, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
 };
-use super::redis::{RedisCallError, RedisStore};
+use super::redis::{RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
 use super::{Store, StoreError};
 use crate::webhooks::event::Priority;
 
@@ -267,7 +267,7 @@ impl RedisEventStore {
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         self.store
-            .run(op, |mut connection| async move {
+            .run_within(op, EVENT_CALL_TIMEOUT, |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await
@@ -280,7 +280,7 @@ impl RedisEventStore {
         pipeline: redis::Pipeline,
     ) -> Result<T, StoreError> {
         self.store
-            .run(op, |mut connection| async move {
+            .run_within(op, EVENT_CALL_TIMEOUT, |mut connection| async move {
                 pipeline.query_async(&mut connection).await
             })
             .await

@@ -647,6 +647,25 @@ impl RedisServer {
         }
     }
 
+    /// Stops the process (SIGSTOP): connections stay open and nothing
+    /// answers, as with a Redis stalled on a slow disk.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen Redis run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
     /// Starts it (again) on the same port, empty, and waits for PING.
     pub fn restart(&mut self) {
         self.kill();
