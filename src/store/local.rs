@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 
@@ -101,22 +101,10 @@ impl LocalStore {
     }
 
     fn create_tables_and_release_leases(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(failed)?;
-        {
-            txn.open_table(DEDUP).map_err(failed)?;
-            txn.open_table(EVENTS).map_err(failed)?;
-            txn.open_table(BODIES).map_err(failed)?;
-            txn.open_table(REFS).map_err(failed)?;
-            txn.open_table(QUEUE).map_err(failed)?;
-            txn.open_table(QUEUED).map_err(failed)?;
-            txn.open_table(AGE).map_err(failed)?;
-            txn.open_table(DEAD).map_err(failed)?;
-            txn.open_table(DEAD_ORDER).map_err(failed)?;
-            txn.open_table(COUNTERS).map_err(failed)?;
+        self.write(true, |tables| {
             let leased: Vec<Job> = {
-                let jobs = txn.open_table(JOBS).map_err(failed)?;
                 let mut leased = Vec::new();
-                for entry in jobs.iter().map_err(failed)? {
+                for entry in tables.jobs.iter().map_err(failed)? {
                     let (_, value) = entry.map_err(failed)?;
                     let job: Job = decode(value.value())?;
                     if job.leased {
@@ -130,10 +118,10 @@ impl LocalStore {
                 let mut released = job.clone();
                 released.leased = false;
                 released.due_ms = now_ms.min(job.due_ms);
-                replace_job(&txn, &job, &released)?;
+                tables.replace_job(&job, &released)?;
             }
-        }
-        self.commit(txn, true)
+            Ok(())
+        })
     }
 
     fn commit(&self, txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
@@ -156,10 +144,12 @@ impl LocalStore {
     fn write<T>(
         &self,
         durable: bool,
-        change: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+        change: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let txn = self.db.begin_write().map_err(failed)?;
-        match change(&txn) {
+        // The tables are closed before the commit, as redb requires.
+        let changed = Tables::open(&txn).and_then(|mut tables| change(&mut tables));
+        match changed {
             Ok(value) => {
                 self.commit(txn, durable)?;
                 Ok(value)
@@ -179,10 +169,10 @@ impl LocalStore {
         writes: &[Write<'_>],
     ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let durable = writes.iter().any(Write::needs_fsync);
-        self.write(durable, |txn| {
+        self.write(durable, |tables| {
             writes
                 .iter()
-                .map(|write| match write.apply(txn) {
+                .map(|write| match write.apply(tables) {
                     Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
                     other => other.map(Ok),
                 })
@@ -274,24 +264,24 @@ impl LocalStore {
     }
 
     pub fn replay(&self, id: u64, now_ms: u64) -> Result<bool, StoreError> {
-        self.write(true, |txn| {
-            let Some(letter) = remove_dead(txn, id)? else {
+        self.write(true, |tables| {
+            let Some(letter) = tables.remove_dead(id)? else {
                 return Ok(false);
             };
             if letter.job.target == UNROUTED {
-                insert_dead(txn, &letter)?;
+                tables.insert_dead(&letter)?;
                 return Ok(false);
             }
-            insert_job(txn, &letter.job.replayed(now_ms))?;
+            tables.insert_job(&letter.job.replayed(now_ms))?;
             Ok(true)
         })
     }
 
     pub fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
-        self.write(true, |txn| match remove_dead(txn, id)? {
+        self.write(true, |tables| match tables.remove_dead(id)? {
             None => Ok(false),
             Some(letter) => {
-                release_event(txn, letter.job.event)?;
+                tables.release_event(letter.job.event)?;
                 Ok(true)
             }
         })
@@ -354,14 +344,15 @@ impl LocalStore {
 
     /// One fsynced commit, so that every earlier commit is durable too.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.write(true, |_| Ok(()))
+        let txn = self.db.begin_write().map_err(failed)?;
+        self.commit(txn, true)
     }
 
     /// Forgets dedup keys older than `window`; returns how many.
     pub fn prune_dedup(&self, now_ms: u64, window: Duration) -> Result<u64, StoreError> {
         let cutoff = now_ms.saturating_sub(window.as_millis() as u64);
-        self.write(true, |txn| {
-            let mut dedup = txn.open_table(DEDUP).map_err(failed)?;
+        self.write(true, |tables| {
+            let dedup = &mut tables.dedup;
             let before = dedup.len().map_err(failed)?;
             dedup
                 .retain(|_, seen_at| seen_at >= cutoff)
@@ -407,28 +398,30 @@ impl Write<'_> {
         matches!(self, Self::Accept(..) | Self::DeadLetter { .. })
     }
 
-    fn apply(&self, txn: &WriteTransaction) -> Result<Written, StoreError> {
+    fn apply(&self, tables: &mut Tables<'_>) -> Result<Written, StoreError> {
         match self {
-            Self::Accept(event, now_ms, window) => {
-                insert(txn, event, *now_ms, *window).map(Written::Accepted)
-            }
+            Self::Accept(event, now_ms, window) => tables
+                .insert(event, *now_ms, *window)
+                .map(Written::Accepted),
             Self::Lease {
                 priority,
                 now_ms,
                 visibility,
                 room,
                 max,
-            } => lease(txn, *priority, *now_ms, *visibility, room, *max).map(Written::Leased),
+            } => tables
+                .lease(*priority, *now_ms, *visibility, room, *max)
+                .map(Written::Leased),
             Self::Ack(held) => {
-                let current = held_job(txn, held)?;
-                remove_job(txn, &current)?;
-                release_event(txn, current.event)?;
+                let current = tables.held_job(held)?;
+                tables.remove_job(&current)?;
+                tables.release_event(current.event)?;
                 Ok(Written::Done)
             }
             Self::Retry(held, attempt, due_ms) => {
-                let current = held_job(txn, held)?;
+                let current = tables.held_job(held)?;
                 let retried = current.clone().retried(attempt.clone(), *due_ms);
-                replace_job(txn, &current, &retried)?;
+                tables.replace_job(&current, &retried)?;
                 Ok(Written::Done)
             }
             Self::DeadLetter {
@@ -437,44 +430,72 @@ impl Write<'_> {
                 reason,
                 now_ms,
             } => {
-                let current = held_job(txn, held)?;
-                remove_job(txn, &current)?;
+                let current = tables.held_job(held)?;
+                tables.remove_job(&current)?;
                 let mut job = current;
                 if let Some(attempt) = attempt {
                     job.record(attempt.clone());
                 }
                 job.leased = false;
-                insert_dead(
-                    txn,
-                    &DeadLetter {
-                        job,
-                        reason: reason.to_string(),
-                        dead_at_ms: *now_ms,
-                    },
-                )?;
+                tables.insert_dead(&DeadLetter {
+                    job,
+                    reason: reason.to_string(),
+                    dead_at_ms: *now_ms,
+                })?;
                 Ok(Written::Done)
             }
         }
     }
 }
 
-/// The `max` oldest due jobs of a lane among every target with room, each
-/// target giving at most its room: targets are looked at one by one, so a
-/// full target's backlog costs nothing.
-fn lease(
-    txn: &WriteTransaction,
-    priority: Priority,
-    now_ms: u64,
-    visibility: Duration,
-    room: &[(String, u32)],
-    max: usize,
-) -> Result<Vec<Job>, StoreError> {
-    let r = rank(priority);
-    let mut due: Vec<(u64, u64)> = Vec::new();
-    {
-        let queued = txn.open_table(QUEUED).map_err(failed)?;
-        let queue = txn.open_table(QUEUE).map_err(failed)?;
-        for entry in queued.range((r, "")..(r + 1, "")).map_err(failed)? {
+/// Every table of the store, opened once per write transaction: opening a
+/// redb table looks it up and type-checks it, which cost about a third of
+/// the writer's instructions when each step opened its own.
+struct Tables<'t> {
+    dedup: Table<'t, &'static str, u64>,
+    events: Table<'t, u64, &'static [u8]>,
+    bodies: Table<'t, u64, &'static [u8]>,
+    refs: Table<'t, u64, u64>,
+    jobs: Table<'t, u64, &'static [u8]>,
+    queue: Table<'t, (u8, &'static str, u64, u64), ()>,
+    queued: Table<'t, (u8, &'static str), u64>,
+    age: Table<'t, (u64, u64), ()>,
+    dead: Table<'t, u64, &'static [u8]>,
+    dead_order: Table<'t, (u64, u64), ()>,
+    counters: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            dedup: txn.open_table(DEDUP).map_err(failed)?,
+            events: txn.open_table(EVENTS).map_err(failed)?,
+            bodies: txn.open_table(BODIES).map_err(failed)?,
+            refs: txn.open_table(REFS).map_err(failed)?,
+            jobs: txn.open_table(JOBS).map_err(failed)?,
+            queue: txn.open_table(QUEUE).map_err(failed)?,
+            queued: txn.open_table(QUEUED).map_err(failed)?,
+            age: txn.open_table(AGE).map_err(failed)?,
+            dead: txn.open_table(DEAD).map_err(failed)?,
+            dead_order: txn.open_table(DEAD_ORDER).map_err(failed)?,
+            counters: txn.open_table(COUNTERS).map_err(failed)?,
+        })
+    }
+
+    /// The `max` oldest due jobs of a lane among every target with room,
+    /// each target giving at most its room: targets are looked at one by
+    /// one, so a full target's backlog costs nothing.
+    fn lease(
+        &mut self,
+        priority: Priority,
+        now_ms: u64,
+        visibility: Duration,
+        room: &[(String, u32)],
+        max: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let r = rank(priority);
+        let mut due: Vec<(u64, u64)> = Vec::new();
+        for entry in self.queued.range((r, "")..(r + 1, "")).map_err(failed)? {
             let (key, _) = entry.map_err(failed)?;
             let target = key.value().1;
             let take = room
@@ -484,7 +505,8 @@ fn lease(
             if take == 0 {
                 continue;
             }
-            let range = queue
+            let range = self
+                .queue
                 .range((r, target, 0, 0)..=(r, target, now_ms, u64::MAX))
                 .map_err(failed)?;
             for entry in range.take(take) {
@@ -492,56 +514,211 @@ fn lease(
                 due.push((due_ms, id));
             }
         }
+        due.sort_unstable();
+        due.truncate(max);
+        let mut leased = Vec::with_capacity(due.len());
+        for (_, id) in due {
+            let job = self
+                .job(id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("queued job {id} has no record")))?;
+            let taken = job.clone().leased_at(now_ms, visibility);
+            self.replace_job(&job, &taken)?;
+            leased.push(taken);
+        }
+        Ok(leased)
     }
-    due.sort_unstable();
-    due.truncate(max);
-    let mut leased = Vec::with_capacity(due.len());
-    for (_, id) in due {
-        let job = job(txn, id)?
-            .ok_or_else(|| StoreError::Corrupt(format!("queued job {id} has no record")))?;
-        let taken = job.clone().leased_at(now_ms, visibility);
-        replace_job(txn, &job, &taken)?;
-        leased.push(taken);
+
+    fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let value = self.jobs.get(id).map_err(failed)?;
+        value.map(|v| decode(v.value())).transpose()
     }
-    Ok(leased)
+
+    /// The job as stored, if `held` is still its current lease.
+    fn held_job(&self, held: &Job) -> Result<Job, StoreError> {
+        match self.job(held.id)? {
+            Some(current) if current.lease == held.lease => Ok(current),
+            _ => Err(StoreError::LeaseLost(held.id)),
+        }
+    }
+
+    /// Adds `delta` to a counter of the COUNTERS table.
+    fn bump(&mut self, key: &str, delta: i64) -> Result<(), StoreError> {
+        add_count(&mut self.counters, key, delta)
+    }
+
+    /// A new job: its records and one more in its priority's depth (kept as
+    /// a counter so the gauges never scan the queue).
+    fn insert_job(&mut self, job: &Job) -> Result<(), StoreError> {
+        self.insert_job_records(job)?;
+        self.count_queued(job, 1)?;
+        self.bump(&depth_key(job.priority), 1)
+    }
+
+    fn remove_job(&mut self, job: &Job) -> Result<(), StoreError> {
+        self.remove_job_records(job)?;
+        self.count_queued(job, -1)?;
+        self.bump(&depth_key(job.priority), -1)
+    }
+
+    /// Keeps a (lane, target) listed while it has jobs queued.
+    fn count_queued(&mut self, job: &Job, delta: i64) -> Result<(), StoreError> {
+        add_count(
+            &mut self.queued,
+            (rank(job.priority), job.target.as_str()),
+            delta,
+        )
+    }
+
+    fn insert_job_records(&mut self, job: &Job) -> Result<(), StoreError> {
+        self.jobs
+            .insert(job.id, encode(job).as_slice())
+            .map_err(failed)?;
+        self.queue.insert(queue_key(job), ()).map_err(failed)?;
+        self.age
+            .insert((job.received_at_ms, job.id), ())
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    fn remove_job_records(&mut self, job: &Job) -> Result<(), StoreError> {
+        self.jobs.remove(job.id).map_err(failed)?;
+        self.queue.remove(queue_key(job)).map_err(failed)?;
+        self.age
+            .remove((job.received_at_ms, job.id))
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// The same job in a new state: its record is overwritten and its queue
+    /// entry moved; its priority, target and age never change.
+    fn replace_job(&mut self, old: &Job, new: &Job) -> Result<(), StoreError> {
+        debug_assert_eq!(
+            (old.priority, &old.target, old.received_at_ms),
+            (new.priority, &new.target, new.received_at_ms)
+        );
+        self.jobs
+            .insert(new.id, encode(new).as_slice())
+            .map_err(failed)?;
+        if old.due_ms != new.due_ms {
+            self.queue.remove(queue_key(old)).map_err(failed)?;
+            self.queue.insert(queue_key(new), ()).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    fn insert_dead(&mut self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.dead
+            .insert(letter.job.id, encode(letter).as_slice())
+            .map_err(failed)?;
+        self.dead_order
+            .insert((letter.dead_at_ms, letter.job.id), ())
+            .map_err(failed)?;
+        self.bump(&dead_key(&letter.job.webhook), 1)
+    }
+
+    fn remove_dead(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let letter: Option<DeadLetter> = {
+            let removed = self.dead.remove(id).map_err(failed)?;
+            removed.map(|v| decode(v.value())).transpose()?
+        };
+        if let Some(letter) = &letter {
+            self.dead_order
+                .remove((letter.dead_at_ms, id))
+                .map_err(failed)?;
+            self.bump(&dead_key(&letter.job.webhook), -1)?;
+        }
+        Ok(letter)
+    }
+
+    /// One job or dead letter no longer refers to the event; the last one
+    /// takes the event and its body with it.
+    fn release_event(&mut self, event: u64) -> Result<(), StoreError> {
+        let left = self
+            .refs
+            .get(event)
+            .map_err(failed)?
+            .map_or(0, |v| v.value())
+            .saturating_sub(1);
+        if left > 0 {
+            self.refs.insert(event, left).map_err(failed)?;
+            return Ok(());
+        }
+        self.refs.remove(event).map_err(failed)?;
+        self.events.remove(event).map_err(failed)?;
+        self.bodies.remove(event).map_err(failed)?;
+        Ok(())
+    }
+
+    /// One event's records.
+    fn insert(
+        &mut self,
+        event: &NewEvent<'_>,
+        now_ms: u64,
+        dedup_window: Duration,
+    ) -> Result<Acceptance, StoreError> {
+        let key = dedup_key(event.webhook, &event.meta.id);
+        if let Some(seen_at) = self.dedup.get(key.as_str()).map_err(failed)? {
+            if now_ms.saturating_sub(seen_at.value()) < dedup_window.as_millis() as u64 {
+                return Ok(Acceptance::Duplicate);
+            }
+        }
+        self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
+        let sequence = {
+            let next = self
+                .counters
+                .get("sequence")
+                .map_err(failed)?
+                .map_or(1, |v| v.value());
+            // One number per event and per job: a job's id never repeats.
+            let jobs = event.meta.targets.len().max(1) as u64;
+            self.counters
+                .insert("sequence", next + 1 + jobs)
+                .map_err(failed)?;
+            next
+        };
+        self.events
+            .insert(sequence, encode(&event.stored(now_ms)).as_slice())
+            .map_err(failed)?;
+        self.bodies.insert(sequence, event.body).map_err(failed)?;
+        let refs = event.meta.targets.len().max(1) as u64;
+        self.refs.insert(sequence, refs).map_err(failed)?;
+        if event.meta.targets.is_empty() {
+            let job = event.job(sequence + 1, sequence, UNROUTED, now_ms);
+            self.insert_dead(&DeadLetter {
+                job,
+                reason: "unrouted".into(),
+                dead_at_ms: now_ms,
+            })?;
+        } else {
+            for (offset, target) in event.meta.targets.iter().enumerate() {
+                let id = sequence + 1 + offset as u64;
+                self.insert_job(&event.job(id, sequence, target, now_ms))?;
+            }
+        }
+        Ok(Acceptance::Accepted(sequence))
+    }
 }
 
-fn job(txn: &WriteTransaction, id: u64) -> Result<Option<Job>, StoreError> {
-    let jobs = txn.open_table(JOBS).map_err(failed)?;
-    let value = jobs.get(id).map_err(failed)?;
-    value.map(|v| decode(v.value())).transpose()
-}
-
-/// The job as stored, if `held` is still its current lease.
-fn held_job(txn: &WriteTransaction, held: &Job) -> Result<Job, StoreError> {
-    match job(txn, held.id)? {
-        Some(current) if current.lease == held.lease => Ok(current),
-        _ => Err(StoreError::LeaseLost(held.id)),
-    }
+fn queue_key(job: &Job) -> (u8, &str, u64, u64) {
+    (rank(job.priority), job.target.as_str(), job.due_ms, job.id)
 }
 
 /// Adds `delta` to a count kept in `table` under `key`: a missing count is
 /// 0, and a count back at 0 is removed.
 fn add_count<'k, K: redb::Key + 'static>(
-    txn: &WriteTransaction,
-    table: TableDefinition<K, u64>,
-    key: K::SelfType<'k>,
+    table: &mut Table<'_, K, u64>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
     delta: i64,
 ) -> Result<(), StoreError> {
-    let mut counts = txn.open_table(table).map_err(failed)?;
-    let now = counts.get(&key).map_err(failed)?.map_or(0, |v| v.value());
+    let key = key.borrow();
+    let now = table.get(key).map_err(failed)?.map_or(0, |v| v.value());
     let next = now.saturating_add_signed(delta);
     if next == 0 {
-        counts.remove(&key).map_err(failed)?;
+        table.remove(key).map_err(failed)?;
     } else {
-        counts.insert(&key, next).map_err(failed)?;
+        table.insert(key, next).map_err(failed)?;
     }
     Ok(())
-}
-
-/// Adds `delta` to a counter of the COUNTERS table.
-fn bump(txn: &WriteTransaction, key: &str, delta: i64) -> Result<(), StoreError> {
-    add_count(txn, COUNTERS, key, delta)
 }
 
 fn depth_key(priority: Priority) -> String {
@@ -550,186 +727,6 @@ fn depth_key(priority: Priority) -> String {
 
 fn dead_key(webhook: &str) -> String {
     format!("dead:{webhook}")
-}
-
-/// A new job: its records and one more in its priority's depth (kept as a
-/// counter so the gauges never scan the queue).
-fn insert_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
-    insert_job_records(txn, job)?;
-    count_queued(txn, job, 1)?;
-    bump(txn, &depth_key(job.priority), 1)
-}
-
-fn remove_job(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
-    remove_job_records(txn, job)?;
-    count_queued(txn, job, -1)?;
-    bump(txn, &depth_key(job.priority), -1)
-}
-
-/// Keeps a (lane, target) listed while it has jobs queued.
-fn count_queued(txn: &WriteTransaction, job: &Job, delta: i64) -> Result<(), StoreError> {
-    add_count(
-        txn,
-        QUEUED,
-        (rank(job.priority), job.target.as_str()),
-        delta,
-    )
-}
-
-fn insert_job_records(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
-    txn.open_table(JOBS)
-        .map_err(failed)?
-        .insert(job.id, encode(job).as_slice())
-        .map_err(failed)?;
-    txn.open_table(QUEUE)
-        .map_err(failed)?
-        .insert(
-            (rank(job.priority), job.target.as_str(), job.due_ms, job.id),
-            (),
-        )
-        .map_err(failed)?;
-    txn.open_table(AGE)
-        .map_err(failed)?
-        .insert((job.received_at_ms, job.id), ())
-        .map_err(failed)?;
-    Ok(())
-}
-
-fn remove_job_records(txn: &WriteTransaction, job: &Job) -> Result<(), StoreError> {
-    txn.open_table(JOBS)
-        .map_err(failed)?
-        .remove(job.id)
-        .map_err(failed)?;
-    txn.open_table(QUEUE)
-        .map_err(failed)?
-        .remove((rank(job.priority), job.target.as_str(), job.due_ms, job.id))
-        .map_err(failed)?;
-    txn.open_table(AGE)
-        .map_err(failed)?
-        .remove((job.received_at_ms, job.id))
-        .map_err(failed)?;
-    Ok(())
-}
-
-/// The same job in a new state (its priority never changes).
-fn replace_job(txn: &WriteTransaction, old: &Job, new: &Job) -> Result<(), StoreError> {
-    remove_job_records(txn, old)?;
-    insert_job_records(txn, new)
-}
-
-fn insert_dead(txn: &WriteTransaction, letter: &DeadLetter) -> Result<(), StoreError> {
-    txn.open_table(DEAD)
-        .map_err(failed)?
-        .insert(letter.job.id, encode(letter).as_slice())
-        .map_err(failed)?;
-    txn.open_table(DEAD_ORDER)
-        .map_err(failed)?
-        .insert((letter.dead_at_ms, letter.job.id), ())
-        .map_err(failed)?;
-    bump(txn, &dead_key(&letter.job.webhook), 1)
-}
-
-fn remove_dead(txn: &WriteTransaction, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-    let letter: Option<DeadLetter> = {
-        let mut dead = txn.open_table(DEAD).map_err(failed)?;
-        let removed = dead.remove(id).map_err(failed)?;
-        removed.map(|v| decode(v.value())).transpose()?
-    };
-    if let Some(letter) = &letter {
-        txn.open_table(DEAD_ORDER)
-            .map_err(failed)?
-            .remove((letter.dead_at_ms, id))
-            .map_err(failed)?;
-        bump(txn, &dead_key(&letter.job.webhook), -1)?;
-    }
-    Ok(letter)
-}
-
-/// One job or dead letter no longer refers to the event; the last one
-/// takes the event and its body with it.
-fn release_event(txn: &WriteTransaction, event: u64) -> Result<(), StoreError> {
-    let mut refs = txn.open_table(REFS).map_err(failed)?;
-    let left = refs
-        .get(event)
-        .map_err(failed)?
-        .map_or(0, |v| v.value())
-        .saturating_sub(1);
-    if left > 0 {
-        refs.insert(event, left).map_err(failed)?;
-        return Ok(());
-    }
-    refs.remove(event).map_err(failed)?;
-    txn.open_table(EVENTS)
-        .map_err(failed)?
-        .remove(event)
-        .map_err(failed)?;
-    txn.open_table(BODIES)
-        .map_err(failed)?
-        .remove(event)
-        .map_err(failed)?;
-    Ok(())
-}
-
-/// One event's records inside an open write transaction.
-fn insert(
-    txn: &WriteTransaction,
-    event: &NewEvent<'_>,
-    now_ms: u64,
-    dedup_window: Duration,
-) -> Result<Acceptance, StoreError> {
-    let key = dedup_key(event.webhook, &event.meta.id);
-    {
-        let mut dedup = txn.open_table(DEDUP).map_err(failed)?;
-        if let Some(seen_at) = dedup.get(key.as_str()).map_err(failed)? {
-            if now_ms.saturating_sub(seen_at.value()) < dedup_window.as_millis() as u64 {
-                return Ok(Acceptance::Duplicate);
-            }
-        }
-        dedup.insert(key.as_str(), now_ms).map_err(failed)?;
-    }
-    let sequence = {
-        let mut counters = txn.open_table(COUNTERS).map_err(failed)?;
-        let next = counters
-            .get("sequence")
-            .map_err(failed)?
-            .map_or(1, |v| v.value());
-        // One number per event and per job: a job's id never repeats.
-        let jobs = event.meta.targets.len().max(1) as u64;
-        counters
-            .insert("sequence", next + 1 + jobs)
-            .map_err(failed)?;
-        next
-    };
-    txn.open_table(EVENTS)
-        .map_err(failed)?
-        .insert(sequence, encode(&event.stored(now_ms)).as_slice())
-        .map_err(failed)?;
-    txn.open_table(BODIES)
-        .map_err(failed)?
-        .insert(sequence, event.body)
-        .map_err(failed)?;
-    let refs = event.meta.targets.len().max(1) as u64;
-    txn.open_table(REFS)
-        .map_err(failed)?
-        .insert(sequence, refs)
-        .map_err(failed)?;
-    if event.meta.targets.is_empty() {
-        let job = event.job(sequence + 1, sequence, UNROUTED, now_ms);
-        insert_dead(
-            txn,
-            &DeadLetter {
-                job,
-                reason: "unrouted".into(),
-                dead_at_ms: now_ms,
-            },
-        )?;
-    } else {
-        for (offset, target) in event.meta.targets.iter().enumerate() {
-            let id = sequence + 1 + offset as u64;
-            insert_job(txn, &event.job(id, sequence, target, now_ms))?;
-        }
-    }
-    Ok(Acceptance::Accepted(sequence))
 }
 
 #[cfg(test)]
