@@ -4,8 +4,8 @@
 //! target (or an `unrouted` dead letter); the commit is fsynced before the
 //! provider may get its 2xx.
 //!
-//! Jobs are indexed by (priority rank, due time, id), so the next due job
-//! of a priority is the first key of its range. Leases, acks and retries
+//! Jobs are indexed by (priority rank, target, due time, id), so the next
+//! due jobs of a lane and target are the first keys of its range. Leases, acks and retries
 //! commit without fsync (losing one in a crash means a delivery is made
 //! again, which at-least-once allows), but never more than
 //! [`DURABLE_EVERY`] after the last fsync; dead-lettering, replays and
