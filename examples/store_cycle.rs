@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use wedsync_sidecar::store::local::{LocalStore, Write, Written};
-use wedsync_sidecar::store::records::{Job, NewEvent};
+use wedsync_sidecar::store::records::{Job, LeaseRequest, NewEvent};
 use wedsync_sidecar::webhooks::event::{EventMeta, Priority};
 
 const BATCH: usize = 64;
@@ -28,7 +28,7 @@ fn main() {
     let store = LocalStore::open(&dir).expect("open the store");
     let body = vec![b'x'; 2048];
     let targets = vec!["notify".to_string()];
-    let room = [("notify".to_string(), BATCH as u32)];
+    let room = vec![("notify".to_string(), BATCH as u32)];
     for round in 0..rounds {
         let metas: Vec<EventMeta> = (0..BATCH)
             .map(|i| EventMeta {
@@ -53,14 +53,14 @@ fn main() {
             })
             .collect();
         store.apply(&accepts).expect("accept");
-        let lease = Write::Lease {
+        let lease = LeaseRequest {
             priority: Priority::Normal,
             now_ms,
             visibility: Duration::from_secs(30),
-            room: &room,
+            room: room.clone(),
             max: BATCH,
         };
-        let leased: Vec<Job> = match store.apply(&[lease]).expect("lease").pop() {
+        let leased: Vec<Job> = match store.apply(&[Write::Lease(&lease)]).expect("lease").pop() {
             Some(Ok(Written::Leased(jobs))) => jobs,
             other => panic!("a lease answers with jobs, not {other:?}"),
         };

@@ -14,7 +14,7 @@ use wedsync_sidecar::resilience::clock::unix_time;
 use wedsync_sidecar::store::embedded::EmbeddedStore;
 use wedsync_sidecar::store::records::HISTORY_LIMIT;
 use wedsync_sidecar::store::{
-    Acceptance, Attempt, DeadLetterFilter, Job, OwnedEvent, Store, StoreError,
+    Acceptance, Attempt, DeadLetterFilter, Job, LeaseRequest, OwnedEvent, Store, StoreError,
 };
 use wedsync_sidecar::webhooks::event::{EventMeta, Priority};
 
@@ -141,9 +141,24 @@ async fn accept_at(
     }
 }
 
+fn lease_request(
+    priority: Priority,
+    now_ms: u64,
+    room: &[(String, u32)],
+    max: usize,
+) -> LeaseRequest {
+    LeaseRequest {
+        priority,
+        now_ms,
+        visibility: VISIBILITY,
+        room: room.to_vec(),
+        max,
+    }
+}
+
 async fn lease(store: &dyn Store, priority: Priority, now_ms: u64) -> Option<Job> {
     let mut leased = store
-        .lease(priority, now_ms, VISIBILITY, &[], 1)
+        .lease(&lease_request(priority, now_ms, &[], 1))
         .await
         .unwrap();
     assert!(leased.len() <= 1);
@@ -392,7 +407,7 @@ async fn a_lease_takes_a_batch_within_each_targets_room(subject: Subject) {
         ("stuck".to_string(), 0),
     ];
     let batch = store
-        .lease(Priority::Normal, T0, VISIBILITY, &room, 10)
+        .lease(&lease_request(Priority::Normal, T0, &room, 10))
         .await
         .unwrap();
     let targets: Vec<&str> = batch.iter().map(|j| j.target.as_str()).collect();
@@ -403,23 +418,23 @@ async fn a_lease_takes_a_batch_within_each_targets_room(subject: Subject) {
     );
     let full = [("slow".to_string(), 0), ("stuck".to_string(), 0)];
     assert!(store
-        .lease(Priority::Normal, T0, VISIBILITY, &full, 10)
+        .lease(&lease_request(Priority::Normal, T0, &full, 10))
         .await
         .unwrap()
         .is_empty());
     let stuck = [("stuck".to_string(), 0)];
     let rest = store
-        .lease(Priority::Normal, T0, VISIBILITY, &stuck, 1)
+        .lease(&lease_request(Priority::Normal, T0, &stuck, 1))
         .await
         .unwrap();
     assert_eq!(rest.len(), 1, "at most `max`");
     let uncapped = store
-        .lease(Priority::Normal, T0, VISIBILITY, &stuck, 10)
+        .lease(&lease_request(Priority::Normal, T0, &stuck, 10))
         .await
         .unwrap();
     assert_eq!(uncapped.len(), 1, "what is left");
     let oldest = store
-        .lease(Priority::Normal, T0, VISIBILITY, &[], 3)
+        .lease(&lease_request(Priority::Normal, T0, &[], 3))
         .await
         .unwrap();
     let oldest: Vec<&str> = oldest.iter().map(|j| j.event_id.as_str()).collect();

@@ -35,7 +35,7 @@ use crate::lifecycle::Lifecycle;
 use crate::resilience::clock::unix_time;
 use crate::resilience::cooldown::parse_retry_after;
 use crate::resilience::retry::unit_random;
-use crate::store::{Attempt, Job, Store, StoreError};
+use crate::store::{Attempt, Job, LeaseRequest, Store, StoreError};
 use crate::upstreams::Upstreams;
 use crate::webhooks::event::Priority;
 use crate::webhooks::verify::standard::Standard;
@@ -163,19 +163,22 @@ impl DeliveryService {
     /// Leases up to `max` jobs: from the lane whose turn it is first, then
     /// from the others in precedence order, within each target's room.
     async fn lease_batch(&self, max: usize) -> Result<Vec<Job>, StoreError> {
-        let now = now_ms();
         let settings = self.deliverer.settings.load_full();
-        let mut room = self.slots.room(&settings.caps);
+        let mut request = LeaseRequest {
+            priority: Priority::High, // each lane's in turn below
+            now_ms: now_ms(),
+            visibility: settings.visibility,
+            room: self.slots.room(&settings.caps),
+            max,
+        };
         let mut jobs: Vec<Job> = Vec::new();
         for priority in self.lanes.order() {
-            let leased = self
-                .deliverer
-                .store
-                .lease(priority, now, settings.visibility, &room, max - jobs.len())
-                .await?;
+            request.priority = priority;
+            request.max = max - jobs.len();
+            let leased = self.deliverer.store.lease(&request).await?;
             // What this lane took is no longer room for the next.
             for job in &leased {
-                if let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == job.target) {
+                if let Some((_, left)) = request.room.iter_mut().find(|(t, _)| *t == job.target) {
                     *left = left.saturating_sub(1);
                 }
             }

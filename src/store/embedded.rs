@@ -11,11 +11,10 @@ use std::time::Duration;
 use super::group_commit::{GroupCommitter, OwnedWrite};
 use super::local::{LocalStore, Written};
 use super::records::{
-    Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, OwnedEvent, QueueDepth,
-    StoredEvent,
+    Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
+    OwnedEvent, QueueDepth, StoredEvent,
 };
 use super::{Store, StoreError};
-use crate::webhooks::event::Priority;
 
 pub struct EmbeddedStore {
     engine: Arc<LocalStore>,
@@ -48,22 +47,12 @@ impl Store for EmbeddedStore {
         self.committer.accept(event).await
     }
 
-    async fn lease(
-        &self,
-        priority: Priority,
-        now_ms: u64,
-        visibility: Duration,
-        room: &[(String, u32)],
-        max: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        let lease = OwnedWrite::Lease {
-            priority,
-            now_ms,
-            visibility,
-            room: room.to_vec(),
-            max,
-        };
-        match self.committer.write(lease).await? {
+    async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
+        match self
+            .committer
+            .write(OwnedWrite::Lease(request.clone()))
+            .await?
+        {
             Written::Leased(jobs) => Ok(jobs),
             other => unreachable!("a lease answered {other:?}"),
         }

@@ -12,10 +12,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::local::{LocalStore, Write, Written};
-use super::records::{Acceptance, Attempt, Job, OwnedEvent};
+use super::records::{Acceptance, Attempt, Job, LeaseRequest, OwnedEvent};
 use super::StoreError;
 use crate::resilience::clock::unix_time;
-use crate::webhooks::event::Priority;
 
 /// The most writes applied in one transaction.
 const MAX_BATCH: usize = 256;
@@ -25,13 +24,7 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// A write handed to the writer thread, owning what it needs.
 pub enum OwnedWrite {
     Accept(OwnedEvent),
-    Lease {
-        priority: Priority,
-        now_ms: u64,
-        visibility: Duration,
-        room: Vec<(String, u32)>,
-        max: usize,
-    },
+    Lease(LeaseRequest),
     Ack(Job),
     Retry(Job, Attempt, u64),
     DeadLetter {
@@ -48,19 +41,7 @@ impl OwnedWrite {
             Self::Accept(event) => {
                 Write::Accept(event.borrowed(), event.now_ms, event.dedup_window)
             }
-            Self::Lease {
-                priority,
-                now_ms,
-                visibility,
-                room,
-                max,
-            } => Write::Lease {
-                priority: *priority,
-                now_ms: *now_ms,
-                visibility: *visibility,
-                room,
-                max: *max,
-            },
+            Self::Lease(request) => Write::Lease(request),
             Self::Ack(job) => Write::Ack(job),
             Self::Retry(job, attempt, due_ms) => Write::Retry(job, attempt.clone(), *due_ms),
             Self::DeadLetter {

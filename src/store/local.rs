@@ -5,9 +5,9 @@
 //! provider may get its 2xx.
 //!
 //! Jobs are indexed by (priority rank, target, due time, id), so the next
-//! due jobs of a lane and target are the first keys of its range. Leases, acks and retries
-//! commit without fsync (losing one in a crash means a delivery is made
-//! again, which at-least-once allows), but never more than
+//! due jobs of a lane and target are the first keys of its range. Leases,
+//! acks and retries commit without fsync (losing one in a crash means a
+//! delivery is made again, which at-least-once allows), but never more than
 //! [`DURABLE_EVERY`] after the last fsync; dead-lettering, replays and
 //! deletions are fsynced because an operator relies on them.
 
@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
-    Job, NewEvent, QueueDepth, StoredEvent, UNROUTED,
+    Job, LeaseRequest, NewEvent, QueueDepth, StoredEvent, UNROUTED,
 };
 use super::StoreError;
 use crate::resilience::clock::unix_time;
@@ -201,21 +201,8 @@ impl LocalStore {
         }
     }
 
-    pub fn lease(
-        &self,
-        priority: Priority,
-        now_ms: u64,
-        visibility: Duration,
-        room: &[(String, u32)],
-        max: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        match self.apply_one(Write::Lease {
-            priority,
-            now_ms,
-            visibility,
-            room,
-            max,
-        })? {
+    pub fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
+        match self.apply_one(Write::Lease(request))? {
             Written::Leased(jobs) => Ok(jobs),
             _ => unreachable!("a lease answers with its jobs"),
         }
@@ -365,13 +352,7 @@ impl LocalStore {
 /// A write the queue's hot path makes; several share one transaction.
 pub enum Write<'a> {
     Accept(NewEvent<'a>, u64, Duration),
-    Lease {
-        priority: Priority,
-        now_ms: u64,
-        visibility: Duration,
-        room: &'a [(String, u32)],
-        max: usize,
-    },
+    Lease(&'a LeaseRequest),
     Ack(&'a Job),
     Retry(&'a Job, Attempt, u64),
     DeadLetter {
@@ -403,15 +384,7 @@ impl Write<'_> {
             Self::Accept(event, now_ms, window) => tables
                 .insert(event, *now_ms, *window)
                 .map(Written::Accepted),
-            Self::Lease {
-                priority,
-                now_ms,
-                visibility,
-                room,
-                max,
-            } => tables
-                .lease(*priority, *now_ms, *visibility, room, *max)
-                .map(Written::Leased),
+            Self::Lease(request) => tables.lease(request).map(Written::Leased),
             Self::Ack(held) => {
                 let current = tables.held_job(held)?;
                 tables.remove_job(&current)?;
@@ -485,14 +458,14 @@ impl<'t> Tables<'t> {
     /// The `max` oldest due jobs of a lane among every target with room,
     /// each target giving at most its room: targets are looked at one by
     /// one, so a full target's backlog costs nothing.
-    fn lease(
-        &mut self,
-        priority: Priority,
-        now_ms: u64,
-        visibility: Duration,
-        room: &[(String, u32)],
-        max: usize,
-    ) -> Result<Vec<Job>, StoreError> {
+    fn lease(&mut self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
+        let LeaseRequest {
+            priority,
+            now_ms,
+            visibility,
+            ref room,
+            max,
+        } = *request;
         let r = rank(priority);
         let mut due: Vec<(u64, u64)> = Vec::new();
         for entry in self.queued.range((r, "")..(r + 1, "")).map_err(failed)? {
@@ -761,6 +734,16 @@ mod tests {
         store.accept(&event, now_ms, HOUR).unwrap()
     }
 
+    fn one_high_job(now_ms: u64) -> LeaseRequest {
+        LeaseRequest {
+            priority: Priority::High,
+            now_ms,
+            visibility: HOUR,
+            room: Vec::new(),
+            max: 1,
+        }
+    }
+
     #[test]
     fn expired_dedup_keys_are_pruned() {
         let store = LocalStore::open(&dir("prune")).unwrap();
@@ -775,16 +758,13 @@ mod tests {
         {
             let store = LocalStore::open(&path).unwrap();
             accept(&store, "evt_1", 1_000);
-            let leased = store.lease(Priority::High, 1_000, HOUR, &[], 1).unwrap();
+            let leased = store.lease(&one_high_job(1_000)).unwrap();
             assert!(leased[0].leased);
-            assert!(store
-                .lease(Priority::High, 1_000, HOUR, &[], 1)
-                .unwrap()
-                .is_empty());
+            assert!(store.lease(&one_high_job(1_000)).unwrap().is_empty());
         }
         let store = LocalStore::open(&path).unwrap();
         let again = store
-            .lease(Priority::High, unix_time().as_millis() as u64, HOUR, &[], 1)
+            .lease(&one_high_job(unix_time().as_millis() as u64))
             .unwrap();
         assert_eq!(again[0].lease, 2, "released on open");
     }

@@ -12,14 +12,10 @@ pub mod records;
 pub mod redis;
 pub mod redis_events;
 
-use std::time::Duration;
-
 pub use records::{
-    Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, NewEvent, OwnedEvent,
-    QueueDepth, StoredEvent,
+    Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest, NewEvent,
+    OwnedEvent, QueueDepth, StoredEvent,
 };
-
-use crate::webhooks::event::Priority;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -46,20 +42,11 @@ pub trait Store: Send + Sync {
     /// it returns.
     async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError>;
 
-    /// Leases up to `max` due jobs of `priority`, oldest due first. `room`
-    /// caps how many more jobs of a target may be leased now (its
-    /// in-flight cap minus what runs); targets not listed are not capped.
-    /// A leased job stays invisible for `visibility`; if it is neither
+    /// Leases what `request` asks for, within each target's room. A leased
+    /// job stays invisible for the request's `visibility`; if it is neither
     /// acked nor rescheduled by then, it is leased again, by this process
     /// or another.
-    async fn lease(
-        &self,
-        priority: Priority,
-        now_ms: u64,
-        visibility: Duration,
-        room: &[(String, u32)],
-        max: usize,
-    ) -> Result<Vec<Job>, StoreError>;
+    async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError>;
 
     /// Delivered: the job is gone, and its event too once no job or dead
     /// letter refers to it.

@@ -111,6 +111,20 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// What a delivery worker asks of the queue: up to `max` due jobs of
+/// `priority`, oldest due first, each invisible to other leases for
+/// `visibility`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub priority: Priority,
+    pub now_ms: u64,
+    pub visibility: Duration,
+    /// How many more jobs of a target may be leased now (its in-flight cap
+    /// minus what runs); targets not listed are not capped.
+    pub room: Vec<(String, u32)>,
+    pub max: usize,
+}
+
 /// One (event, target) pair. `id` names it everywhere: in the queue, in
 /// the dead letters and in the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,11 +21,10 @@
 //! the visibility timeout.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
-    Job, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
+    Job, LeaseRequest, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
 };
 use super::redis::{RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
 use super::{Store, StoreError};
@@ -370,14 +369,14 @@ impl Store for RedisEventStore {
         })
     }
 
-    async fn lease(
-        &self,
-        priority: Priority,
-        now_ms: u64,
-        visibility: Duration,
-        room: &[(String, u32)],
-        max: usize,
-    ) -> Result<Vec<Job>, StoreError> {
+    async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
+        let LeaseRequest {
+            priority,
+            now_ms,
+            visibility,
+            ref room,
+            max,
+        } = *request;
         let until = now_ms + visibility.as_millis() as u64;
         let mut invocation = self.scripts.lease.prepare_invoke();
         invocation
@@ -618,6 +617,7 @@ mod tests {
     use super::*;
     use crate::store::records::order_key;
     use crate::webhooks::event::EventMeta;
+    use std::time::Duration;
 
     #[test]
     fn the_accept_script_receives_job_records_without_id_and_event() {

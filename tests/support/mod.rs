@@ -730,12 +730,14 @@ pub async fn waiting_jobs(
     let far_future = u64::MAX / 4;
     let mut jobs = Vec::new();
     for priority in wedsync_sidecar::webhooks::event::Priority::ALL {
-        while let Some(job) = store
-            .lease(priority, far_future, Duration::from_secs(60), &[], 1)
-            .await
-            .unwrap()
-            .pop()
-        {
+        let request = wedsync_sidecar::store::LeaseRequest {
+            priority,
+            now_ms: far_future,
+            visibility: Duration::from_secs(60),
+            room: Vec::new(),
+            max: 1,
+        };
+        while let Some(job) = store.lease(&request).await.unwrap().pop() {
             let (event, body) = store.event(job.event).await.unwrap().expect("its event");
             jobs.push((job.target, event, body));
         }
