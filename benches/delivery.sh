@@ -18,9 +18,7 @@ SECONDS_PER_RUN=${1:-10}
 SENDERS=${2:-64}
 SIDECAR=${SIDECAR:-./target/release/wedsync-sidecar}
 cargo build --release --locked --bin wedsync-sidecar --example delivery_load 2>&1 | tail -1
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-WORK=$(mktemp -d)
-trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+. benches/common.sh
 SECRET=whsec_benchmark_secret_0123456789
 
 stop() { kill -9 "$(cat "$WORK/$1.pid")" 2>/dev/null || true; }
@@ -41,7 +39,7 @@ webhooks:
 YAML
   RUST_LOG=warn "$SIDECAR" run -c "$WORK/$1.yaml" >/dev/null 2>"$WORK/$1.log" &
   echo $! > "$WORK/$1.pid"
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ad/readyz" >/dev/null && break; sleep 0.05; done
+  wait_ready "$ad" || return 1
   echo "http://127.0.0.1:$in/webhooks/stripe"
 }
 
@@ -67,8 +65,6 @@ bench() { # name store-yaml target-rate
 }
 
 bench embedded "store: { path: $WORK/data-RUN }" 3000
-RP=$(port)
-redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
-sleep 0.5
-bench redis "store: { kind: redis, url: redis://127.0.0.1:$RP }" 8000
+start_redis
+bench redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }" 8000
 echo "(redis without AOF: see README for the persistence settings durability needs)"

@@ -8,9 +8,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 SENDERS=${2:-64}
 cargo build --release --locked --bin wedsync-sidecar --example ingest_load 2>&1 | tail -1
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-WORK=$(mktemp -d)
-trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+. benches/common.sh
 SECRET=whsec_benchmark_secret_0123456789
 
 run() { # name store-yaml
@@ -29,14 +27,12 @@ webhooks:
 YAML
   RUST_LOG=warn ./target/release/wedsync-sidecar run -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
   local pid=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ad/readyz" >/dev/null && break; sleep 0.05; done
+  wait_ready "$ad"
   echo "$1: $(./target/release/examples/ingest_load "http://127.0.0.1:$in/webhooks/stripe" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN")"
   kill -9 $pid
 }
 
 run embedded "store: { path: $WORK/data }"
-RP=$(port)
-redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
-sleep 0.5
-run redis "store: { kind: redis, url: redis://127.0.0.1:$RP }"
+start_redis
+run redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }"
 echo "(redis without AOF: see README for the persistence settings durability needs)"

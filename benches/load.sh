@@ -23,12 +23,9 @@ ROUNDS=${3:-5}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked --bin wedsync-sidecar --example bare_proxy --example bare_proxy_jemalloc --example bench_upstream 2>&1 | tail -1
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/common.sh
 UP=$(port); BARE=$(port); BARE_JE=$(port); EG=$(port); IN=$(port); AD=$(port)
 G_EG=$(port); G_IN=$(port); G_AD=$(port)
-WORK=$(mktemp -d)
-# Pingora drains for minutes on SIGTERM; nothing here needs a graceful end.
-trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
 ./target/release/examples/bench_upstream "127.0.0.1:$UP" &
 ./target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 2>/dev/null &
@@ -59,7 +56,7 @@ services:
 YAML
 env -u RUST_LOG ./target/release/wedsync-sidecar run -c "$WORK/guarded.yaml" 2>"$WORK/guarded.log" &
 GUARDED_PID=$!
-for a in $AD $G_AD; do for _ in $(seq 100); do curl -sf "http://127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.05; done; done
+for a in $AD $G_AD; do wait_ready "$a"; done
 sleep 1
 rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$1/status"; }
 IDLE_RSS=$(rss $SIDECAR_PID)
