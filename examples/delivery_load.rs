@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use wedsync_sidecar::webhooks::verify::stripe::Stripe;
-use wedsync_sidecar::webhooks::verify::Scheme;
+
+mod common;
+use common::{connect, SignedEvents};
 
 type Times = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -73,11 +74,7 @@ async fn main() {
     tokio::spawn(receive(target, Arc::clone(&arrivals)));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let scheme = Arc::new(Stripe {
-        keys: vec![secret.into_bytes()],
-        tolerance: Duration::from_secs(300),
-    });
-    let padding = "x".repeat(2000);
+    let events = Arc::new(SignedEvents::new(secret));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let acks: Times = Arc::default();
@@ -87,20 +84,9 @@ async fn main() {
         .as_nanos();
     let mut tasks = Vec::new();
     for sender in 0..senders {
-        let (url, scheme, padding, acks) = (
-            url.clone(),
-            Arc::clone(&scheme),
-            padding.clone(),
-            Arc::clone(&acks),
-        );
+        let (url, events, acks) = (url.clone(), Arc::clone(&events), Arc::clone(&acks));
         tasks.push(tokio::spawn(async move {
-            let address = format!("{}:{}", url.host().unwrap(), url.port_u16().unwrap());
-            let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-            let (mut connection, driver) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(driver);
+            let mut connection = connect(&url).await;
             // Paced senders start spread over one interval.
             let interval = (rate > 0.0).then(|| Duration::from_secs_f64(senders as f64 / rate));
             let mut next = started
@@ -115,20 +101,7 @@ async fn main() {
                 }
                 n += 1;
                 let id = format!("evt_{run}_{sender}_{n}");
-                let body = format!(
-                    r#"{{"id":"{id}","type":"payment_intent.succeeded","pad":"{padding}"}}"#
-                );
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs();
-                let signature = scheme.sign(body.as_bytes(), now).headers[0].1.clone();
-                let request = hyper::Request::post(url.path())
-                    .header("host", "localhost")
-                    .header("stripe-signature", signature)
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap();
+                let request = events.request(url.path(), &id);
                 if connection.ready().await.is_err() {
                     break;
                 }

@@ -6,11 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use wedsync_sidecar::webhooks::verify::stripe::Stripe;
-use wedsync_sidecar::webhooks::verify::Scheme;
+use http_body_util::BodyExt;
+
+mod common;
+use common::{connect, SignedEvents};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
@@ -19,11 +18,7 @@ async fn main() {
     let secret = args.next().expect("SECRET");
     let senders: usize = args.next().map_or(64, |a| a.parse().expect("SENDERS"));
     let seconds: u64 = args.next().map_or(5, |a| a.parse().expect("SECONDS"));
-    let scheme = Arc::new(Stripe {
-        keys: vec![secret.into_bytes()],
-        tolerance: Duration::from_secs(300),
-    });
-    let padding = "x".repeat(2000);
+    let events = Arc::new(SignedEvents::new(secret));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -33,37 +28,19 @@ async fn main() {
         .as_nanos();
     let mut tasks = Vec::new();
     for sender in 0..senders {
-        let (url, scheme, padding) = (url.clone(), Arc::clone(&scheme), padding.clone());
+        let (url, events) = (url.clone(), Arc::clone(&events));
         let (latencies, refused) = (Arc::clone(&latencies), Arc::clone(&refused));
         tasks.push(tokio::spawn(async move {
-            let address = format!("{}:{}", url.host().unwrap(), url.port_u16().unwrap());
-            let connect = || async {
-                let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-                let (connection, driver) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-                tokio::spawn(driver);
-                connection
-            };
-            let mut connection = connect().await;
+            let mut connection = connect(&url).await;
             let mut reconnects = 0u64;
             let mut mine = Vec::new();
             let mut n = 0u64;
             while Instant::now() < deadline {
                 n += 1;
-                let body = format!(
-                    r#"{{"id":"evt_{run}_{sender}_{n}","type":"payment_intent.succeeded","pad":"{padding}"}}"#
-                );
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-                let signature = scheme.sign(body.as_bytes(), now).headers[0].1.clone();
-                let request = hyper::Request::post(url.path())
-                    .header("host", "localhost")
-                    .header("stripe-signature", signature)
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap();
+                let request = events.request(url.path(), &format!("evt_{run}_{sender}_{n}"));
                 if connection.ready().await.is_err() {
                     reconnects += 1;
-                    connection = connect().await;
+                    connection = connect(&url).await;
                 }
                 let started = Instant::now();
                 let response = connection.send_request(request).await.unwrap();
