@@ -239,7 +239,7 @@ fn watch_listeners(
                 let answers =
                     TcpStream::connect_timeout(&probe, Duration::from_millis(100)).is_ok();
                 // Another process may answer on the port while Pingora's own
-                // bind failed in its service thread: only our socket counts.
+                // bind failed in its spawned task: only our socket counts.
                 if answers && held_by_this_process(addr) != Some(false) {
                     break;
                 }
