@@ -26,6 +26,7 @@ pub struct Metrics {
     pub webhook_rejections_total: IntCounterVec,
     pub webhook_ack_duration_seconds: HistogramVec,
     pub deliveries_total: IntCounterVec,
+    pub dead_lettered_total: IntCounterVec,
     pub delivery_duration_seconds: HistogramVec,
     pub queue_depth: IntGaugeVec,
     pub dead_letters: IntGaugeVec,
@@ -95,7 +96,7 @@ impl Metrics {
         )
         .expect("static metric definition");
         let webhook_rejections_total = IntCounterVec::new(
-            Opts::new("sidecar_webhook_rejections_total", "Rejected webhook requests by reason (missing_signature, malformed_signature, timestamp_out_of_tolerance, signature_mismatch, payload_too_large)."),
+            Opts::new("sidecar_webhook_rejections_total", "Refused webhook requests by reason (missing_signature, malformed_signature, timestamp_out_of_tolerance, signature_mismatch, payload_too_large, request_timeout, overloaded, headers_too_large, bad_request); webhook is - when the request named none."),
             &["webhook", "reason"],
         )
         .expect("static metric definition");
@@ -111,6 +112,11 @@ impl Metrics {
         let deliveries_total = IntCounterVec::new(
             Opts::new("sidecar_deliveries_total", "Delivery attempts to targets, by webhook, target and outcome (delivered, retried, dead_lettered)."),
             &["webhook", "target", "outcome"],
+        )
+        .expect("static metric definition");
+        let dead_lettered_total = IntCounterVec::new(
+            Opts::new("sidecar_dead_lettered_total", "Jobs that became dead letters, by webhook and reason (unrouted, rejected, max_attempts, max_age, unknown_target, internal_error, event_missing, corrupt)."),
+            &["webhook", "reason"],
         )
         .expect("static metric definition");
         let delivery_duration_seconds = HistogramVec::new(
@@ -168,6 +174,7 @@ impl Metrics {
             Box::new(webhook_rejections_total.clone()),
             Box::new(webhook_ack_duration_seconds.clone()),
             Box::new(deliveries_total.clone()),
+            Box::new(dead_lettered_total.clone()),
             Box::new(delivery_duration_seconds.clone()),
             Box::new(queue_depth.clone()),
             Box::new(dead_letters.clone()),
@@ -192,6 +199,7 @@ impl Metrics {
             webhook_rejections_total,
             webhook_ack_duration_seconds,
             deliveries_total,
+            dead_lettered_total,
             delivery_duration_seconds,
             queue_depth,
             dead_letters,

@@ -169,7 +169,7 @@ impl<'l> Decoder<'l> {
         self.string(node).map(Secret::new)
     }
 
-    fn resolved(&mut self, node: &Node) -> Option<interpolate::Resolved> {
+    pub fn resolved(&mut self, node: &Node) -> Option<interpolate::Resolved> {
         let text = match untagged(node.value) {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -200,17 +200,18 @@ impl<'l> Decoder<'l> {
         Some(value)
     }
 
-    /// A string, after resolution, parsed by `parse`.
+    /// A string, after resolution, parsed by `parse`. An error names the
+    /// `${...}` references a value came from, never what they hold.
     pub fn parsed<T>(
         &mut self,
         node: &Node,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let text = self.string(node)?;
-        match parse(&text) {
+        let resolved = self.resolved(node)?;
+        match parse(&resolved.value) {
             Ok(value) => Some(value),
             Err(message) => {
-                self.error(&node.path, message);
+                self.error(&node.path, resolved.redact(&message));
                 None
             }
         }
@@ -272,21 +273,18 @@ impl<'l> Decoder<'l> {
 
     /// One of a fixed set of words.
     pub fn choice<T: Copy>(&mut self, node: &Node, options: &[(&str, T)]) -> Option<T> {
-        let text = self.string(node)?;
-        match options.iter().find(|(name, _)| *name == text) {
-            Some((_, value)) => Some(*value),
-            None => {
-                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                self.error(
-                    &node.path,
-                    format!(
+        self.parsed(node, |text| {
+            match options.iter().find(|(name, _)| *name == text) {
+                Some((_, value)) => Ok(*value),
+                None => {
+                    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                    Err(format!(
                         "unknown value \"{text}\": expected one of {}",
                         names.join(", ")
-                    ),
-                );
-                None
+                    ))
+                }
             }
-        }
+        })
     }
 
     /// A sequence whose items are read by `item`; a bad item is reported and skipped.

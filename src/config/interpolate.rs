@@ -49,11 +49,57 @@ pub struct Resolved {
     /// True when any part came from the environment or a file: such values are
     /// treated as secrets when the effective configuration is shown.
     pub referenced: bool,
+    /// Each reference and what it resolved to, so that an error about the
+    /// value can name the reference instead of showing what it holds.
+    pub substitutions: Vec<(String, String)>,
+}
+
+impl Resolved {
+    /// `message` (an error about this value) with every resolved part
+    /// replaced by the reference it came from. A message that would still
+    /// show part of a resolved value (a parser quoting a piece of a URL,
+    /// say) is cut down to naming the references: a password inside a URL
+    /// must never reach a log.
+    pub fn redact(&self, message: &str) -> String {
+        let mut redacted = message.to_string();
+        // Longest first, so that a value containing another is replaced whole.
+        let mut parts: Vec<&(String, String)> = self
+            .substitutions
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .collect();
+        parts.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
+        for (reference, value) in &parts {
+            redacted = redacted.replace(value.as_str(), reference);
+        }
+        let leaks = parts
+            .iter()
+            .any(|(_, value)| shares_a_piece(&redacted, value));
+        if !leaks {
+            return redacted;
+        }
+        let references: Vec<&str> = parts.iter().map(|(r, _)| r.as_str()).collect();
+        format!(
+            "invalid value (it comes from {}; the value is not shown)",
+            references.join(", ")
+        )
+    }
+}
+
+/// Does `text` contain any run of 8 bytes of `secret` (or all of a shorter
+/// one)?
+fn shares_a_piece(text: &str, secret: &str) -> bool {
+    let secret = secret.as_bytes();
+    let window = secret.len().min(8);
+    secret
+        .windows(window)
+        .any(|piece| text.as_bytes().windows(window).any(|t| t == piece))
 }
 
 /// Replaces every reference in `text`. `$${` stands for a literal `${`.
 pub fn resolve(text: &str, lookup: &dyn Lookup) -> Result<Resolved, String> {
     let mut value = String::with_capacity(text.len());
+    let mut substitutions = Vec::new();
     let mut referenced = false;
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -68,15 +114,27 @@ pub fn resolve(text: &str, lookup: &dyn Lookup) -> Result<Resolved, String> {
         let end = after.find('}').ok_or_else(|| {
             format!("unterminated reference \"${{{after}\": expected a closing }}")
         })?;
-        value.push_str(&resolve_reference(&after[..end], lookup)?);
+        let (resolved, from_file_text) = resolve_reference(&after[..end], lookup)?;
+        value.push_str(&resolved);
         referenced = true;
+        // A default written in the file is no secret; only what came from
+        // the environment or a file is kept out of error messages.
+        if !from_file_text {
+            substitutions.push((format!("${{{}}}", &after[..end]), resolved));
+        }
         rest = &after[end + 1..];
     }
     value.push_str(rest);
-    Ok(Resolved { value, referenced })
+    Ok(Resolved {
+        value,
+        referenced,
+        substitutions,
+    })
 }
 
-fn resolve_reference(reference: &str, lookup: &dyn Lookup) -> Result<String, String> {
+/// The value of one reference, and whether it is the default written in
+/// the file itself.
+fn resolve_reference(reference: &str, lookup: &dyn Lookup) -> Result<(String, bool), String> {
     if let Some(spec) = reference.strip_prefix("env:") {
         let (name, default) = match spec.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
@@ -88,9 +146,9 @@ fn resolve_reference(reference: &str, lookup: &dyn Lookup) -> Result<String, Str
             ));
         }
         return match (lookup.env(name), default) {
-            (Some(value), None) => Ok(value),
-            (Some(value), Some(_)) if !value.is_empty() => Ok(value),
-            (_, Some(default)) => Ok(default.to_string()),
+            (Some(value), None) => Ok((value, false)),
+            (Some(value), Some(_)) if !value.is_empty() => Ok((value, false)),
+            (_, Some(default)) => Ok((default.to_string(), true)),
             (None, None) => Err(format!(
                 "environment variable {name} is not set (referenced as ${{env:{name}}}; use ${{env:{name}:-default}} for a default)"
             )),
@@ -102,11 +160,14 @@ fn resolve_reference(reference: &str, lookup: &dyn Lookup) -> Result<String, Str
         }
         return match lookup.file(path) {
             // Secret files usually end with one newline that is not part of the secret.
-            Ok(content) => Ok(content
-                .strip_suffix('\n')
-                .map(|s| s.strip_suffix('\r').unwrap_or(s))
-                .unwrap_or(&content)
-                .to_string()),
+            Ok(content) => Ok((
+                content
+                    .strip_suffix('\n')
+                    .map(|s| s.strip_suffix('\r').unwrap_or(s))
+                    .unwrap_or(&content)
+                    .to_string(),
+                false,
+            )),
             Err(err) => Err(format!(
                 "cannot read {path} (referenced as ${{file:{path}}}): {err}"
             )),
@@ -162,6 +223,29 @@ mod tests {
         let l = lookup();
         assert!(resolve("${env:STRIPE_KEY}", &l).unwrap().referenced);
         assert!(!resolve("plain", &l).unwrap().referenced);
+    }
+
+    #[test]
+    fn errors_name_the_reference_never_the_value() {
+        let mut l = lookup();
+        l.env
+            .insert("REDIS_URL".into(), "redis://:hunter2-pass@db:6379".into());
+        let resolved = resolve("${env:REDIS_URL}", &l).unwrap();
+        assert_eq!(
+            resolved.redact("invalid URL \"redis://:hunter2-pass@db:6379\": bad"),
+            "invalid URL \"${env:REDIS_URL}\": bad"
+        );
+        let piece = resolved.redact("invalid password \"hunter2-pass\"");
+        assert!(!piece.contains("hunter2"), "{piece}");
+        assert!(piece.contains("${env:REDIS_URL}"), "{piece}");
+        let plain = resolve("redis://db:6379", &l).unwrap();
+        assert_eq!(plain.redact("bad port"), "bad port");
+        let defaulted = resolve("${env:UNSET:-redis://db}", &l).unwrap();
+        assert_eq!(
+            defaulted.redact("invalid URL \"redis://db\""),
+            "invalid URL \"redis://db\"",
+            "a default is written in the file: no secret"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod decode;
 pub mod error;
+pub mod http_types;
 pub mod interpolate;
 mod locate;
 pub mod path;
@@ -36,6 +37,7 @@ pub use webhooks::{Delivery, Webhook};
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub listen: Listen,
+    pub ingress: Ingress,
     pub admin: Admin,
     #[serde(serialize_with = "ser::duration")]
     pub drain_delay: Duration,
@@ -53,6 +55,29 @@ pub struct Listen {
     pub egress: SocketAddr,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
+}
+
+/// What the public webhook listener gives anonymous clients at most: it
+/// listens for anyone on the internet, and the egress shares its process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ingress {
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: u32,
+    /// Headers and body must arrive within this, from the first byte.
+    #[serde(serialize_with = "ser::duration")]
+    pub request_timeout: Duration,
+    /// Bytes of all bodies being read at once.
+    pub max_buffered: u64,
+}
+
+impl Default for Ingress {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            request_timeout: Duration::from_secs(10),
+            max_buffered: 32 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -158,6 +183,7 @@ fn strip_position(message: &str) -> &str {
 
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
+    "ingress",
     "admin",
     "drain_delay",
     "shutdown_grace",
@@ -177,6 +203,10 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
     let listen = match f.get("listen") {
         Some(n) => decode_listen(d, &n),
         None => Some(default_listen()),
+    };
+    let ingress = match f.get("ingress") {
+        Some(n) => decode_ingress(d, &n),
+        None => Some(Ingress::default()),
     };
     let admin = match f.get("admin") {
         Some(n) => decode_admin(d, &n),
@@ -221,6 +251,7 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
         .map(|n| webhooks::decode_delivery_section(d, &n));
     Some(Config {
         listen: listen?,
+        ingress: ingress?,
         admin: admin?,
         drain_delay: drain_delay?,
         shutdown_grace: shutdown_grace?,
@@ -269,27 +300,60 @@ fn decode_listen(d: &mut Decoder, node: &Node) -> Option<Listen> {
     })
 }
 
+fn decode_ingress(d: &mut Decoder, node: &Node) -> Option<Ingress> {
+    let f = d.fields(
+        node,
+        &["max_connections", "request_timeout", "max_buffered"],
+    )?;
+    let defaults = Ingress::default();
+    let max_connections = match f.get("max_connections") {
+        Some(n) => d.integer(&n, 1, 1_000_000).map(|v| v as u32),
+        None => Some(defaults.max_connections),
+    };
+    let request_timeout =
+        services::positive_duration(d, &f, "request_timeout", defaults.request_timeout);
+    let max_buffered = match f.get("max_buffered") {
+        Some(n) => d.size(&n).filter(|size| {
+            let ok = (64 << 10..=4 << 30).contains(size);
+            if !ok {
+                d.error(&n.path, "must be between 64KiB and 4GiB");
+            }
+            ok
+        }),
+        None => Some(defaults.max_buffered),
+    };
+    Some(Ingress {
+        max_connections: max_connections?,
+        request_timeout: request_timeout?,
+        max_buffered: max_buffered?,
+    })
+}
+
+/// The token guards operator actions (replay, delete), so a short or empty
+/// one is a mistake, not a way to turn it off: leave the key out instead
+/// (allowed only while the admin listener is on loopback).
 fn decode_admin(d: &mut Decoder, node: &Node) -> Option<Admin> {
     let f = d.fields(node, &["token"])?;
     let token = match f.get("token") {
         Some(n) => {
             let token = d.secret(&n)?;
-            // An empty value (e.g. `${env:SIDECAR_ADMIN_TOKEN:-}`) means "no token".
-            if token.expose().is_empty() {
-                None
-            } else if token.expose().len() < webhooks::MIN_SECRET_BYTES {
+            if token.expose().len() < webhooks::MIN_SECRET_BYTES {
+                let length = token.expose().len();
+                let advice = if length == 0 {
+                    "; to run without a token, leave admin.token out (the admin listener must then be on loopback)"
+                } else {
+                    ""
+                };
                 d.error(
                     &n.path,
                     format!(
-                        "token is {} bytes long; at least {} are required",
-                        token.expose().len(),
+                        "token is {length} bytes long; at least {} are required{advice}",
                         webhooks::MIN_SECRET_BYTES
                     ),
                 );
                 return None;
-            } else {
-                Some(token)
             }
+            Some(token)
         }
         None => None,
     };

@@ -25,7 +25,15 @@ pub struct Service {
     pub circuit_breaker: Option<CircuitBreaker>,
     pub retry: Option<Retry>,
     pub idempotency_key: IdempotencyKey,
+    /// The longest pause a provider's `Retry-After` can impose, here and
+    /// (through Redis) on every replica.
+    #[serde(serialize_with = "ser::duration")]
+    pub max_pause: Duration,
 }
+
+/// A provider asking for a longer pause is most likely broken or hostile:
+/// ten years of `Retry-After` must not stop payments on every replica.
+pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// A provider base URL: `https://api.stripe.com` or `http://127.0.0.1:8080/base`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,8 +156,9 @@ pub struct OAuth2 {
     pub client_secret: Secret,
     pub scopes: Vec<String>,
     pub audience: Option<String>,
-    /// Extra form parameters sent with the token request.
-    pub params: Vec<(String, String)>,
+    /// Extra form parameters sent with the token request. Their values are
+    /// shown redacted: some token endpoints take a client assertion here.
+    pub params: Vec<(String, Secret)>,
     pub client_auth: ClientAuth,
     #[serde(serialize_with = "ser::duration")]
     pub refresh_before: Duration,
@@ -258,6 +267,7 @@ const SERVICE_KEYS: &[&str] = &[
     "circuit_breaker",
     "retry",
     "idempotency_key",
+    "max_pause",
 ];
 
 pub fn decode_service(d: &mut Decoder, name: &str, node: &Node) -> Option<Service> {
@@ -285,6 +295,13 @@ pub fn decode_service(d: &mut Decoder, name: &str, node: &Node) -> Option<Servic
         ),
         None => Some(IdempotencyKey::Off),
     };
+    let max_pause = positive_duration(d, &f, "max_pause", DEFAULT_MAX_PAUSE).filter(|pause| {
+        let ok = *pause <= Duration::from_secs(86_400);
+        if !ok {
+            d.error(&f.path.key("max_pause"), "must be at most 1d");
+        }
+        ok
+    });
     Some(Service {
         name: name.to_string(),
         route: route?,
@@ -297,6 +314,7 @@ pub fn decode_service(d: &mut Decoder, name: &str, node: &Node) -> Option<Servic
         circuit_breaker: circuit_breaker.flatten(),
         retry: retry.flatten(),
         idempotency_key: idempotency_key?,
+        max_pause: max_pause?,
     })
 }
 
@@ -312,7 +330,10 @@ fn route_prefix(d: &mut Decoder, node: &Node) -> Option<String> {
                 "invalid route \"{text}\": drop the trailing / (routes match whole path segments)"
             ));
         }
-        if text.contains("//") || text.contains(['?', '#', '*', ' ']) {
+        if text.contains("//")
+            || text.contains(['*', '?'])
+            || super::http_types::plain_path(text).is_err()
+        {
             return Err(format!(
                 "invalid route \"{text}\": a route is a plain path prefix such as /stripe"
             ));
@@ -470,7 +491,7 @@ fn decode_oauth2(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> 
             let entries = d.entries(&n);
             entries
                 .into_iter()
-                .map(|(k, v)| d.string(&v).map(|v| (k, v)))
+                .map(|(k, v)| d.secret(&v).map(|v| (k, v)))
                 .collect::<Option<Vec<_>>>()
         }
         None => Some(Vec::new()),

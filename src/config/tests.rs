@@ -113,7 +113,7 @@ services:
 fn unknown_keys_are_errors_with_a_suggestion_and_position() {
     assert_eq!(
         errors("services:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n    conect_timeout: 5s\n"),
-        ["services.stripe.conect_timeout: unknown key \"conect_timeout\"; did you mean \"connect_timeout\"? (expected one of: route, upstream, ca_file, connect_timeout, timeout, auth, rate_limit, circuit_breaker, retry, idempotency_key) (line 5, column 21)"]
+        ["services.stripe.conect_timeout: unknown key \"conect_timeout\"; did you mean \"connect_timeout\"? (expected one of: route, upstream, ca_file, connect_timeout, timeout, auth, rate_limit, circuit_breaker, retry, idempotency_key, max_pause) (line 5, column 21)"]
     );
 }
 
@@ -272,4 +272,91 @@ fn the_effective_config_never_contains_a_secret() {
     assert!(!shown.contains("admin-token-0123456789"), "{shown}");
     assert!(shown.contains("\"token\":\"<redacted>\""), "{shown}");
     assert!(shown.contains("\"timeout\":\"30s\""), "{shown}");
+}
+
+#[test]
+fn the_ingress_bounds_have_defaults_that_fit_a_small_pod() {
+    let config = load("{}").unwrap();
+    assert_eq!(config.ingress.max_connections, 1024);
+    assert_eq!(config.ingress.request_timeout, Duration::from_secs(10));
+    assert_eq!(config.ingress.max_buffered, 32 << 20);
+    let config =
+        load("ingress: { max_connections: 10, request_timeout: 2s, max_buffered: 1MiB }\n")
+            .unwrap();
+    assert_eq!(
+        config.ingress,
+        Ingress {
+            max_connections: 10,
+            request_timeout: Duration::from_secs(2),
+            max_buffered: 1 << 20,
+        }
+    );
+    assert_eq!(
+        errors("ingress: { max_connections: 0, max_buffered: 1KiB }\n"),
+        [
+            "ingress.max_connections: expected a whole number from 1 to 1000000, found 0 (line 1, column 29)",
+            "ingress.max_buffered: must be between 64KiB and 4GiB (line 1, column 46)",
+        ]
+    );
+}
+
+#[test]
+fn an_admin_token_is_long_or_absent_and_required_off_loopback() {
+    assert_eq!(
+        errors("admin: { token: \"\" }\n"),
+        ["admin.token: token is 0 bytes long; at least 16 are required; to run without a token, leave admin.token out (the admin listener must then be on loopback) (line 1, column 17)"]
+    );
+    assert_eq!(
+        errors("admin: { token: short }\n"),
+        ["admin.token: token is 5 bytes long; at least 16 are required (line 1, column 17)"]
+    );
+    let open = "listen: { admin: 0.0.0.0:9901 }\n";
+    assert_eq!(
+        errors(open),
+        ["listen.admin: 0.0.0.0:9901 is reachable from outside the pod, so admin.token is required (at least 16 bytes, e.g. from ${file:...}); or listen on 127.0.0.1 (line 1, column 18)"]
+    );
+    assert!(load(&format!(
+        "{open}admin: {{ token: admin-token-0123456789 }}\n"
+    ))
+    .is_ok());
+    assert!(load("listen: { admin: \"[::1]:9901\" }\n").is_ok());
+}
+
+#[test]
+fn paths_that_reach_an_http_request_are_checked_at_load() {
+    let yaml = "upstreams:\n  u: { backends: [127.0.0.1:1], health_check: { path: /health z } }\nwebhooks:\n  w:\n    path: /w\n    verify: { kind: github, secrets: [0123456789abcdef] }\n    routes: [{ events: [\"*\"], targets: [u] }]\n    delivery: { path: \"/events/a b\" }\n";
+    let errs = errors(yaml);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("upstreams.u.health_check.path: invalid path \"/health z\""),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("webhooks.w.delivery.path: invalid path \"/events/a b\""),
+        "{errs:?}"
+    );
+    assert!(errs[1].ends_with("(line 8, column 23)"), "{errs:?}");
+}
+
+#[test]
+fn an_error_about_a_value_from_the_environment_never_shows_it() {
+    let mut lookup = lookup();
+    lookup.env.insert(
+        "UPSTREAM".into(),
+        "https://user:pa55word-very-secret@api.example".into(),
+    );
+    let yaml = "services:\n  s:\n    route: /s\n    upstream: ${env:UPSTREAM}\n";
+    let errs = Config::from_yaml(yaml, "test.yaml", &lookup)
+        .unwrap_err()
+        .to_string();
+    assert!(!errs.contains("pa55word"), "{errs}");
+    assert!(errs.contains("${env:UPSTREAM}"), "{errs}");
+}
+
+#[test]
+fn oauth2_params_are_redacted_in_the_effective_config() {
+    let config = load("services:\n  s:\n    route: /s\n    upstream: https://x.example\n    auth: { kind: oauth2, token_url: https://x.example/token, client_id: c, client_secret: s, params: { client_assertion: eyJhbGciOi-secret } }\n").unwrap();
+    let shown = serde_json::to_string(&config).unwrap();
+    assert!(!shown.contains("eyJhbGciOi"), "{shown}");
+    assert!(shown.contains("client_assertion"), "{shown}");
 }

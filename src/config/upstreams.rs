@@ -72,7 +72,8 @@ pub enum HealthCheckKind {
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthCheck {
     pub kind: HealthCheckKind,
-    pub path: String,
+    #[serde(serialize_with = "ser::display")]
+    pub path: http::uri::PathAndQuery,
     pub expect: Vec<u16>,
     #[serde(serialize_with = "ser::duration")]
     pub interval: Duration,
@@ -197,14 +198,8 @@ fn decode_health_check(d: &mut Decoder, node: &Node) -> Option<HealthCheck> {
         None => Some(HealthCheckKind::Http),
     };
     let path = match f.get("path") {
-        Some(n) => d.parsed(&n, |p| {
-            if p.starts_with('/') {
-                Ok(p.to_string())
-            } else {
-                Err(format!("invalid path \"{p}\": it must start with /"))
-            }
-        }),
-        None => Some("/healthz".to_string()),
+        Some(n) => d.parsed(&n, super::http_types::request_path),
+        None => Some(http::uri::PathAndQuery::from_static("/healthz")),
     };
     let expect = match f.get("expect") {
         Some(n) => d.list(&n, |d, item| d.integer(item, 100, 599).map(|v| v as u16)),

@@ -31,6 +31,17 @@ fn check_listeners(d: &mut Decoder, config: &Config) {
             format!("{} is already used by another listener", l.admin),
         );
     }
+    // Without a token, anyone who reaches the admin listener can replay
+    // and delete dead letters: only this pod's own processes may.
+    if config.admin.token.is_none() && !l.admin.ip().is_loopback() {
+        d.error(
+            &listen.key("admin"),
+            format!(
+                "{} is reachable from outside the pod, so admin.token is required (at least 16 bytes, e.g. from ${{file:...}}); or listen on 127.0.0.1",
+                l.admin
+            ),
+        );
+    }
 }
 
 /// Does `inner` lie at or below `outer` in whole path segments?

@@ -6,7 +6,10 @@ use std::time::Duration;
 use base64::Engine;
 use serde::Serialize;
 
+use http::uri::PathAndQuery;
+
 use super::decode::{Decoder, Node};
+use super::http_types::{header_value, plain_path, request_path};
 use super::secret::Secret;
 use super::ser;
 use super::services::{decode_backoff, header_name, positive_duration, Backoff};
@@ -104,7 +107,8 @@ pub struct Route {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WebhookDelivery {
-    pub path: String,
+    #[serde(serialize_with = "ser::display")]
+    pub path: http::uri::PathAndQuery,
     #[serde(serialize_with = "ser::duration")]
     pub timeout: Duration,
     pub max_attempts: u32,
@@ -115,8 +119,10 @@ pub struct WebhookDelivery {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Ack {
-    pub status: u16,
-    pub content_type: String,
+    #[serde(serialize_with = "ser::status")]
+    pub status: http::StatusCode,
+    #[serde(serialize_with = "ser::header_value")]
+    pub content_type: http::HeaderValue,
     pub body: String,
 }
 
@@ -156,17 +162,9 @@ pub fn decode_webhook(
     upstreams: &[String],
 ) -> Option<Webhook> {
     let f = d.fields(node, WEBHOOK_KEYS)?;
-    let path = d.required(&f, "path").and_then(|n| {
-        d.parsed(&n, |p| {
-            if p.starts_with('/') && !p.contains(['?', '#', ' ']) {
-                Ok(p.to_string())
-            } else {
-                Err(format!(
-                    "invalid path \"{p}\": expected an absolute path such as /webhooks/{name}"
-                ))
-            }
-        })
-    });
+    let path = d
+        .required(&f, "path")
+        .and_then(|n| d.parsed(&n, plain_path));
     let verify = d.required(&f, "verify").and_then(|n| decode_verify(d, &n));
     let max_body = match f.get("max_body") {
         Some(n) => d.size(&n).filter(|size| {
@@ -465,7 +463,9 @@ fn decode_route(d: &mut Decoder, node: &Node, upstreams: &[String]) -> Option<Ro
 
 pub fn default_delivery(name: &str) -> WebhookDelivery {
     WebhookDelivery {
-        path: format!("/events/{name}"),
+        // Names are letters, digits, '-' and '_': always a valid path.
+        path: request_path(&format!("/events/{name}"))
+            .unwrap_or_else(|_| PathAndQuery::from_static("/events")),
         timeout: Duration::from_secs(10),
         max_attempts: 10,
         backoff: Backoff {
@@ -483,13 +483,7 @@ fn decode_delivery(d: &mut Decoder, node: &Node, name: &str) -> Option<WebhookDe
         &["path", "timeout", "max_attempts", "backoff", "max_age"],
     )?;
     let path = match f.get("path") {
-        Some(n) => d.parsed(&n, |p| {
-            if p.starts_with('/') {
-                Ok(p.to_string())
-            } else {
-                Err(format!("invalid path \"{p}\": it must start with /"))
-            }
-        }),
+        Some(n) => d.parsed(&n, request_path),
         None => Some(defaults.path),
     };
     let timeout = positive_duration(d, &f, "timeout", defaults.timeout);
@@ -514,15 +508,17 @@ fn decode_delivery(d: &mut Decoder, node: &Node, name: &str) -> Option<WebhookDe
 fn decode_ack(d: &mut Decoder, node: &Node) -> Option<Ack> {
     let f = d.fields(node, &["status", "content_type", "body"])?;
     let status = match f.get("status") {
-        Some(n) => d.integer(&n, 200, 299).map(|v| v as u16),
-        None => Some(200),
+        Some(n) => d
+            .integer(&n, 200, 299)
+            .and_then(|v| http::StatusCode::from_u16(v as u16).ok()),
+        None => Some(http::StatusCode::OK),
     };
     let content_type = match f.get("content_type") {
-        Some(n) => d.parsed(&n, |text| match http::HeaderValue::from_str(text) {
-            Ok(_) if !text.is_empty() => Ok(text.to_string()),
+        Some(n) => d.parsed(&n, |text| match header_value(text) {
+            Ok(value) if !text.is_empty() => Ok(value),
             _ => Err(format!("invalid content type \"{text}\"")),
         }),
-        None => Some("text/plain".to_string()),
+        None => Some(http::HeaderValue::from_static("text/plain")),
     };
     let body = f.get("body").and_then(|n| d.string(&n)).unwrap_or_default();
     Some(Ack {

@@ -8,7 +8,7 @@
 //! target never holds the workers the others need.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::webhooks::event::Priority;
 
@@ -59,7 +59,7 @@ impl TargetSlots {
     /// How many more deliveries each target may start now: its cap minus
     /// what runs.
     pub fn room(&self, caps: &HashMap<String, u32>) -> Vec<(String, u32)> {
-        let running = self.running.lock().expect("target slots");
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         caps.iter()
             .map(|(target, cap)| {
                 let busy = running.get(target).copied().unwrap_or(0);
@@ -72,19 +72,43 @@ impl TargetSlots {
         *self
             .running
             .lock()
-            .expect("target slots")
+            .unwrap_or_else(|e| e.into_inner())
             .entry(target.to_string())
             .or_default() += 1;
     }
 
     pub fn give_back(&self, target: &str) {
-        let mut running = self.running.lock().expect("target slots");
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = running.get_mut(target) {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 running.remove(target);
             }
         }
+    }
+}
+
+/// One delivery's place under its target's cap, given back when dropped:
+/// however the delivery ends (an answer, a store error, a panic), the
+/// target never loses a slot for good.
+pub struct TargetSlot {
+    slots: Arc<TargetSlots>,
+    target: String,
+}
+
+impl TargetSlot {
+    pub fn take(slots: Arc<TargetSlots>, target: &str) -> Self {
+        slots.take(target);
+        Self {
+            slots,
+            target: target.to_string(),
+        }
+    }
+}
+
+impl Drop for TargetSlot {
+    fn drop(&mut self) {
+        self.slots.give_back(&self.target);
     }
 }
 
@@ -124,5 +148,19 @@ mod tests {
         assert_eq!(room(&slots), 0);
         slots.give_back("slow");
         assert_eq!(room(&slots), 1);
+    }
+
+    #[test]
+    fn a_slot_comes_back_even_when_its_task_panics() {
+        let slots = Arc::new(TargetSlots::default());
+        let caps: HashMap<String, u32> = [("t".to_string(), 1)].into();
+        let held = Arc::clone(&slots);
+        let outcome = std::thread::spawn(move || {
+            let _slot = TargetSlot::take(held, "t");
+            panic!("a delivery bug");
+        })
+        .join();
+        assert!(outcome.is_err());
+        assert_eq!(slots.room(&caps)[0].1, 1);
     }
 }

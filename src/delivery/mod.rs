@@ -39,7 +39,7 @@ use crate::store::{Attempt, Job, LeaseRequest, Store, StoreError};
 use crate::upstreams::Upstreams;
 use crate::webhooks::event::Priority;
 use crate::webhooks::verify::standard::Standard;
-use lanes::{Lanes, TargetSlots};
+use lanes::{Lanes, TargetSlot, TargetSlots};
 use outcome::{decide, Answer, Decision};
 
 /// How often the queue is looked at when nothing woke the service.
@@ -237,19 +237,41 @@ impl DeliveryService {
     }
 
     /// Runs one job's delivery as its own task, holding a worker permit.
+    /// The target's slot and the permit come back however the task ends;
+    /// an attempt that panics dead-letters its job (`internal_error`)
+    /// instead of leaving it to be leased, and to panic, again forever.
     fn start_delivery(&self, job: Job, permit: tokio::sync::OwnedSemaphorePermit) {
-        self.slots.take(&job.target);
-        let (deliverer, slots, wake) = (
-            Arc::clone(&self.deliverer),
-            Arc::clone(&self.slots),
-            Arc::clone(&self.wake),
-        );
+        let slot = TargetSlot::take(Arc::clone(&self.slots), &job.target);
+        let (deliverer, wake) = (Arc::clone(&self.deliverer), Arc::clone(&self.wake));
         let in_flight = self.lifecycle.enter();
         tokio::spawn(async move {
-            let target = job.target.clone();
-            deliverer.deliver(job).await;
-            slots.give_back(&target);
-            drop((permit, in_flight));
+            let attempt = tokio::spawn({
+                let (deliverer, job) = (Arc::clone(&deliverer), job.clone());
+                async move { deliverer.deliver(job).await }
+            });
+            if let Err(failure) = attempt.await {
+                tracing::error!(
+                    job = job.id, webhook = %job.webhook, target = %job.target, error = %failure,
+                    "a delivery attempt failed inside the sidecar; the job becomes a dead letter"
+                );
+                let attempt = Attempt {
+                    at_ms: now_ms(),
+                    duration_ms: 0,
+                    backend: None,
+                    status: None,
+                    error: Some("the sidecar failed while delivering (internal error)".into()),
+                };
+                deliverer
+                    .settle(
+                        &job,
+                        Some(attempt),
+                        Decision::DeadLetter {
+                            reason: "internal_error",
+                        },
+                    )
+                    .await;
+            }
+            drop((slot, permit, in_flight));
             // A target below its cap again may have jobs waiting.
             wake.notify_one();
         });
@@ -357,12 +379,27 @@ impl Deliverer {
         let event = match self.store.event(job.event).await {
             Ok(Some(event)) => event,
             Ok(None) => {
-                tracing::warn!(
-                    job = job.id,
-                    event = job.event,
-                    "a job's event is gone; dropping the job"
+                // Never acked as delivered and never sent empty: an operator
+                // must see that the store lost what it had acknowledged.
+                tracing::error!(
+                    job = job.id, event = job.event, webhook = %job.webhook, event_id = %job.event_id,
+                    "a job's event or body is missing from the store; the job becomes a dead letter"
                 );
-                self.settle(&job, None, Decision::Delivered).await;
+                let attempt = Attempt {
+                    at_ms: now_ms(),
+                    duration_ms: 0,
+                    backend: None,
+                    status: None,
+                    error: Some("the event or its body is missing from the store".into()),
+                };
+                self.settle(
+                    &job,
+                    Some(attempt),
+                    Decision::DeadLetter {
+                        reason: "event_missing",
+                    },
+                )
+                .await;
                 return;
             }
             Err(error) => {
@@ -389,22 +426,32 @@ impl Deliverer {
                     settings.signer.as_ref(),
                     &body,
                 );
-                let mut peer = HttpPeer::new(chosen.addr.as_str(), false, String::new());
-                peer.options.connection_timeout = Some(policy.timeout.min(Duration::from_secs(5)));
-                match self
-                    .client
-                    .exchange(&peer, request, Bytes::from(body), policy.timeout)
-                    .await
-                {
-                    Ok(response) => Answer::Status {
-                        status: response.status,
-                        retry_after: response
-                            .headers
-                            .get(http::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
-                    },
-                    Err(error) => Answer::Failed(error),
+                match request {
+                    Err(error) => Answer::Internal(format!(
+                        "the delivery request could not be built: {error}"
+                    )),
+                    Ok(request) => {
+                        let mut peer = HttpPeer::new(chosen.addr.as_str(), false, String::new());
+                        peer.options.connection_timeout =
+                            Some(policy.timeout.min(Duration::from_secs(5)));
+                        match self
+                            .client
+                            .exchange(&peer, request, Bytes::from(body), policy.timeout)
+                            .await
+                        {
+                            Ok(response) => Answer::Status {
+                                status: response.status,
+                                retry_after: response
+                                    .headers
+                                    .get(http::header::RETRY_AFTER)
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(|v| {
+                                        parse_retry_after(v, std::time::SystemTime::now())
+                                    }),
+                            },
+                            Err(error) => Answer::Failed(error),
+                        }
+                    }
                 }
             }
         };
@@ -444,25 +491,32 @@ impl Deliverer {
 
     /// Records the decision in the store and the metrics.
     async fn settle(&self, job: &Job, attempt: Option<Attempt>, decision: Decision) {
-        let (outcome, result) = match decision {
-            Decision::Delivered => ("delivered", self.store.ack(job).await),
-            Decision::Retry { due_ms } => (
-                "retried",
-                self.store
-                    .retry_at(job, attempt.expect("a retry follows an attempt"), due_ms)
-                    .await,
-            ),
-            Decision::DeadLetter { reason } => (
+        let (outcome, result) = match (decision, attempt) {
+            (Decision::Delivered, _) => ("delivered", self.store.ack(job).await),
+            (Decision::Retry { due_ms }, Some(attempt)) => {
+                ("retried", self.store.retry_at(job, attempt, due_ms).await)
+            }
+            // A retry always follows an attempt; without one there is
+            // nothing to record, and the lease runs out by itself.
+            (Decision::Retry { .. }, None) => return,
+            (Decision::DeadLetter { reason }, attempt) => (
                 "dead_lettered",
                 self.store.dead_letter(job, attempt, reason, now_ms()).await,
             ),
         };
         match result {
-            Ok(()) => self
-                .metrics
-                .deliveries_total
-                .with_label_values(&[job.webhook.as_str(), job.target.as_str(), outcome])
-                .inc(),
+            Ok(()) => {
+                self.metrics
+                    .deliveries_total
+                    .with_label_values(&[job.webhook.as_str(), job.target.as_str(), outcome])
+                    .inc();
+                if let Decision::DeadLetter { reason } = decision {
+                    self.metrics
+                        .dead_lettered_total
+                        .with_label_values(&[job.webhook.as_str(), reason])
+                        .inc();
+                }
+            }
             Err(StoreError::LeaseLost(_)) => tracing::warn!(
                 job = job.id,
                 "a delivery outlived its lease; the job's new holder decides its fate"

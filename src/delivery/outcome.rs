@@ -20,9 +20,12 @@ pub enum Answer {
     Failed(String),
     /// Every backend of the group is unhealthy, unchecked or broken.
     NoBackend,
+    /// The sidecar could not make the attempt (a bug, not the target's
+    /// fault): trying again would fail the same way.
+    Internal(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Delivered,
     Retry { due_ms: u64 },
@@ -36,6 +39,7 @@ impl Answer {
         match self {
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Self::Failed(_) | Self::NoBackend => true,
+            Self::Internal(_) => false,
         }
     }
 
@@ -49,7 +53,7 @@ impl Answer {
             } => Outcome::Unknown,
             Self::Status { .. } => Outcome::Success,
             Self::Failed(_) => Outcome::Failure,
-            Self::NoBackend => Outcome::Unknown,
+            Self::NoBackend | Self::Internal(_) => Outcome::Unknown,
         }
     }
 
@@ -57,7 +61,7 @@ impl Answer {
     pub fn error(&self, group: &str) -> Option<String> {
         match self {
             Self::Status { .. } => None,
-            Self::Failed(error) => Some(error.clone()),
+            Self::Failed(error) | Self::Internal(error) => Some(error.clone()),
             Self::NoBackend => Some(format!("no healthy backend in upstream {group}")),
         }
     }
@@ -86,6 +90,11 @@ pub fn decide(
     {
         return Decision::Delivered;
     }
+    if let Answer::Internal(_) = answer {
+        return Decision::DeadLetter {
+            reason: "internal_error",
+        };
+    }
     if !answer.is_retryable() {
         return Decision::DeadLetter { reason: "rejected" };
     }
@@ -100,9 +109,11 @@ pub fn decide(
         ..
     } = answer
     {
-        delay = delay.max(*asked);
+        // The target's number is honoured up to the longest backoff; past
+        // that, `max_age` decides, as for any other retry.
+        delay = delay.max((*asked).min(policy.backoff.max));
     }
-    let due_ms = now_ms + delay.as_millis() as u64;
+    let due_ms = now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
     if due_ms.saturating_sub(received_at_ms) > policy.max_age.as_millis() as u64 {
         return Decision::DeadLetter { reason: "max_age" };
     }
@@ -116,7 +127,7 @@ mod tests {
 
     fn policy() -> WebhookDelivery {
         WebhookDelivery {
-            path: "/events".into(),
+            path: http::uri::PathAndQuery::from_static("/events"),
             timeout: Duration::from_secs(10),
             max_attempts: 5,
             backoff: Backoff {
@@ -189,6 +200,31 @@ mod tests {
         assert_eq!(
             decide(&answer, 1, &policy(), 0, 1_000, 0.5),
             Decision::Retry { due_ms: 31_000 }
+        );
+    }
+
+    #[test]
+    fn a_huge_retry_after_waits_the_longest_backoff_and_never_wraps() {
+        let answer = Answer::Status {
+            status: 503,
+            retry_after: Some(Duration::from_secs(u64::MAX)),
+        };
+        assert_eq!(
+            decide(&answer, 1, &policy(), 0, 1_000, 0.5),
+            Decision::Retry { due_ms: 61_000 },
+            "backoff.max is 60s"
+        );
+        assert_eq!(
+            decide(
+                &status(503),
+                1,
+                &policy(),
+                u64::MAX - 10,
+                u64::MAX - 10,
+                0.5
+            ),
+            Decision::Retry { due_ms: u64::MAX },
+            "a clock at the end of time saturates"
         );
     }
 

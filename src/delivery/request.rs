@@ -3,6 +3,7 @@
 //! Webhooks signatures when `delivery.signing_secret` is set, so internal
 //! services verify one scheme whatever the provider.
 
+use http::uri::PathAndQuery;
 use pingora::http::RequestHeader;
 
 use crate::store::StoredEvent;
@@ -10,7 +11,7 @@ use crate::webhooks::verify::standard::Standard;
 
 /// What a delivery request is made of, besides its body.
 pub struct Delivery<'a> {
-    pub path: &'a str,
+    pub path: &'a PathAndQuery,
     pub backend: &'a str,
     pub event: &'a StoredEvent,
     /// This attempt's number, from 1.
@@ -34,10 +35,16 @@ fn header_safe(text: &str) -> String {
     safe
 }
 
-pub fn build(delivery: &Delivery<'_>, signer: Option<&Standard>, body: &[u8]) -> RequestHeader {
+/// The request for one attempt. The path was parsed at load and every
+/// value is made header-safe, so an error here is a bug, reported as one
+/// (the job is dead-lettered `internal_error`), never a panic.
+pub fn build(
+    delivery: &Delivery<'_>,
+    signer: Option<&Standard>,
+    body: &[u8],
+) -> pingora::Result<RequestHeader> {
     let event = delivery.event;
-    let mut request = RequestHeader::build("POST", delivery.path.as_bytes(), Some(8))
-        .expect("paths are checked at load");
+    let mut request = RequestHeader::build("POST", delivery.path.as_str().as_bytes(), Some(8))?;
     let content_type = event
         .content_type
         .as_deref()
@@ -64,9 +71,9 @@ pub fn build(delivery: &Delivery<'_>, signer: Option<&Standard>, body: &[u8]) ->
     for (name, value) in headers {
         // Every value is visible ASCII by now, and names come from the
         // config's checked keys.
-        let _ = request.insert_header(name, value);
+        request.insert_header(name, value)?;
     }
-    request
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -93,14 +100,15 @@ mod tests {
     #[test]
     fn a_delivery_carries_the_contract_headers() {
         let event = event();
+        let path = PathAndQuery::from_static("/events/stripe");
         let delivery = Delivery {
-            path: "/events/stripe",
+            path: &path,
             backend: "127.0.0.1:7001",
             event: &event,
             attempt: 3,
             now_secs: 1_700_000_000,
         };
-        let request = build(&delivery, None, b"{}");
+        let request = build(&delivery, None, b"{}").unwrap();
         assert_eq!(request.method, "POST");
         assert_eq!(request.uri.path(), "/events/stripe");
         assert_eq!(header(&request, "host"), "127.0.0.1:7001");
@@ -126,15 +134,16 @@ mod tests {
         };
         let event = event();
         let now = 1_700_000_000;
+        let path = PathAndQuery::from_static("/events");
         let delivery = Delivery {
-            path: "/events",
+            path: &path,
             backend: "127.0.0.1:7001",
             event: &event,
             attempt: 1,
             now_secs: now,
         };
         let body = br#"{"id":"evt_1"}"#;
-        let request = build(&delivery, Some(&signer), body);
+        let request = build(&delivery, Some(&signer), body).unwrap();
         assert_eq!(header(&request, "webhook-id"), "stripe:evt_1");
         let inbound = Inbound {
             headers: &request.headers,

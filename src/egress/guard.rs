@@ -112,7 +112,7 @@ impl Guard {
             .expect("service names are header-safe"),
         });
         Self {
-            cooldown: Cooldown::new(clock),
+            cooldown: Cooldown::new(clock, service.max_pause),
             failure_statuses: service
                 .circuit_breaker
                 .as_ref()
@@ -217,6 +217,13 @@ impl Guard {
         match shared.decide(headers, time_left).await {
             Ok(SharedDecision::Limit(decision)) => self.limit_verdict(limit, decision, pass),
             Ok(SharedDecision::ProviderPaused { remaining_ms }) => {
+                // Another replica (or an older version) may have stored more.
+                let remaining_ms = u64::try_from(
+                    self.cooldown
+                        .clamp(Duration::from_millis(remaining_ms))
+                        .as_millis(),
+                )
+                .unwrap_or(u64::MAX);
                 self.finish(pass.admission, Outcome::Unknown);
                 // Seen once, kept here too: the next requests need no Redis to know.
                 self.cooldown.start(Duration::from_millis(remaining_ms));
@@ -311,7 +318,8 @@ impl Guard {
         let pause = retry_after
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
-            .filter(|p| !p.is_zero())?;
+            .filter(|p| !p.is_zero())
+            .map(|p| self.cooldown.clamp(p))?;
         tracing::warn!(service = %self.name, status, pause_s = pause.as_secs(), "provider asked for a pause");
         self.cooldown.start(pause);
         Some(pause)
@@ -452,6 +460,18 @@ mod tests {
             guard.check_in_pod(&none, Duration::MAX),
             Verdict::Go(_)
         ));
+    }
+
+    #[test]
+    fn a_provider_pause_is_never_longer_than_max_pause() {
+        let (capped, _, _) = guard("    max_pause: 2m\n");
+        let asked = capped.provider_answered(429, Some(&HeaderValue::from_static("315360000")));
+        assert_eq!(asked, Some(Duration::from_secs(120)), "what is shared");
+        let problem = refused(capped.check_in_pod(&HeaderMap::new(), Duration::MAX));
+        assert_eq!(header(&problem, "retry-after"), "120");
+        let (default, _, _) = guard("");
+        let asked = default.provider_answered(503, Some(&HeaderValue::from_static("86400")));
+        assert_eq!(asked, Some(Duration::from_secs(15 * 60)), "15m by default");
     }
 
     #[test]

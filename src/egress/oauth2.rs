@@ -20,6 +20,9 @@ use crate::egress::peer::UpstreamTarget;
 
 /// Used when the token endpoint does not say how long a token lives.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest a token is trusted, whatever `expires_in` says: a huge
+/// value would overflow the clock (and a day is plenty for a refresh).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct IssuedToken {
@@ -124,7 +127,10 @@ impl TokenSource {
         let outcome = self.endpoint.fetch().await;
         let result = match outcome {
             Ok(issued) => {
-                let lifetime = issued.expires_in.unwrap_or(DEFAULT_LIFETIME);
+                let lifetime = issued
+                    .expires_in
+                    .unwrap_or(DEFAULT_LIFETIME)
+                    .min(MAX_LIFETIME);
                 let token: Arc<str> = Arc::from(issued.access_token);
                 let expires_at = started + lifetime;
                 // A lifetime shorter than refresh_before refreshes at half-life instead of at once.
@@ -187,7 +193,7 @@ impl HttpTokenEndpoint {
             form.append_pair("audience", audience);
         }
         for (name, value) in &config.params {
-            form.append_pair(name, value);
+            form.append_pair(name, value.expose());
         }
         let basic = match config.client_auth {
             ClientAuth::Basic => {
@@ -263,10 +269,16 @@ impl TokenEndpoint for HttpTokenEndpoint {
 pub fn parse_token_response(status: u16, body: &[u8]) -> Result<IssuedToken, String> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     if !(200..300).contains(&status) {
+        // The code reaches logs and problem details: only a plain RFC 6749
+        // error code is repeated, never whatever else the endpoint sent.
         let code = json
             .get("error")
             .and_then(|e| e.as_str())
-            .unwrap_or("no error code");
+            .filter(|code| {
+                (1..=64).contains(&code.len())
+                    && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+            .unwrap_or("no recognised error code");
         return Err(format!("answered {status} ({code})"));
     }
     let access_token = json
@@ -281,7 +293,7 @@ pub fn parse_token_response(status: u16, body: &[u8]) -> Result<IssuedToken, Str
     };
     Ok(IssuedToken {
         access_token: access_token.to_string(),
-        expires_in: expires_in.map(Duration::from_secs),
+        expires_in: expires_in.map(|seconds| Duration::from_secs(seconds).min(MAX_LIFETIME)),
     })
 }
 
@@ -421,5 +433,28 @@ mod tests {
             parse_token_response(200, b"{}").err().unwrap(),
             "answer has no access_token"
         );
+    }
+
+    #[test]
+    fn a_lifetime_near_the_end_of_time_is_cut_to_a_day() {
+        let huge = format!(r#"{{"access_token":"at","expires_in":{}}}"#, u64::MAX - 1);
+        let issued = parse_token_response(200, huge.as_bytes()).unwrap();
+        assert_eq!(issued.expires_in, Some(MAX_LIFETIME));
+    }
+
+    #[test]
+    fn an_unusual_error_code_is_not_repeated() {
+        let err = parse_token_response(400, br#"{"error":"<script>Bearer abc</script>"}"#)
+            .err()
+            .unwrap();
+        assert_eq!(err, "answered 400 (no recognised error code)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_promising_forever_is_refreshed_within_a_day() {
+        let f = fixture(Duration::from_secs(u64::MAX / 2), Duration::from_secs(60));
+        assert_eq!(&*f.source.token().await.unwrap(), "token-1");
+        tokio::time::advance(MAX_LIFETIME).await;
+        assert_eq!(&*f.source.token().await.unwrap(), "token-2");
     }
 }

@@ -2,7 +2,9 @@
 //! `Retry-After` is left alone until that time has passed. Requests meanwhile
 //! get 429 `provider_throttled` at once with the remaining time; none waits
 //! for the cool-down, so a cool-down longer than a request's timeout fails
-//! fast instead of holding the app.
+//! fast instead of holding the app. A pause never runs longer than the
+//! service's `max_pause`, whoever asked for it: the provider's number comes
+//! from the network.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,22 +12,26 @@ use std::time::{Duration, SystemTime};
 
 use super::clock::Clock;
 
-/// A provider's Retry-After is honoured up to this long; a misconfigured
-/// provider must not lock the app out for a day.
-pub const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
-
 pub struct Cooldown {
     clock: Arc<dyn Clock>,
+    /// The longest pause honoured.
+    max: Duration,
     /// Clock microseconds until which the provider is left alone; 0 = never.
     until: AtomicU64,
 }
 
 impl Cooldown {
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
+    pub fn new(clock: Arc<dyn Clock>, max: Duration) -> Self {
         Self {
             clock,
+            max,
             until: AtomicU64::new(0),
         }
+    }
+
+    /// `length` cut to the longest pause honoured.
+    pub fn clamp(&self, length: Duration) -> Duration {
+        length.min(self.max)
     }
 
     /// Milliseconds left, or None when the provider may be called.
@@ -35,10 +41,14 @@ impl Cooldown {
         (until > now).then(|| (until - now).div_ceil(1000))
     }
 
-    /// Starts (or extends, never shortens) a cool-down of `length`.
+    /// Starts (or extends, never shortens) a cool-down of `length`, at
+    /// most the longest honoured.
     pub fn start(&self, length: Duration) {
-        let length = length.min(MAX_COOLDOWN);
-        let until = self.clock.now_micros() + length.as_micros() as u64;
+        let length = self.clamp(length);
+        let until = self
+            .clock
+            .now_micros()
+            .saturating_add(u64::try_from(length.as_micros()).unwrap_or(u64::MAX));
         self.until.fetch_max(until, Ordering::AcqRel);
     }
 }
@@ -84,7 +94,7 @@ mod tests {
     #[test]
     fn a_cooldown_runs_exactly_its_length_and_only_ever_extends() {
         let clock = Arc::new(ManualClock::default());
-        let cooldown = Cooldown::new(clock.clone());
+        let cooldown = Cooldown::new(clock.clone(), Duration::from_secs(900));
         assert_eq!(cooldown.remaining_ms(), None);
         cooldown.start(Duration::from_secs(10));
         clock.advance(Duration::from_millis(9_999));
@@ -100,10 +110,22 @@ mod tests {
     }
 
     #[test]
-    fn cooldowns_are_capped() {
+    fn cooldowns_are_capped_at_the_longest_pause_honoured() {
         let clock = Arc::new(ManualClock::default());
-        let cooldown = Cooldown::new(clock);
-        cooldown.start(Duration::from_secs(86_400));
-        assert_eq!(cooldown.remaining_ms(), Some(3_600_000));
+        let cooldown = Cooldown::new(clock, Duration::from_secs(900));
+        cooldown.start(Duration::from_secs(315_360_000));
+        assert_eq!(cooldown.remaining_ms(), Some(900_000));
+        cooldown.start(Duration::MAX);
+        assert_eq!(cooldown.remaining_ms(), Some(900_000), "no overflow");
+    }
+
+    #[test]
+    fn a_retry_after_of_any_size_parses_without_overflow() {
+        let now = httpdate::parse_http_date("Fri, 27 Nov 2026 10:00:00 GMT").unwrap();
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(parse_retry_after("99999999999999999999999", now), None);
     }
 }

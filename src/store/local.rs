@@ -321,12 +321,11 @@ impl LocalStore {
         };
         let stored = decode(metadata.value())?;
         let bodies = txn.open_table(BODIES).map_err(failed)?;
-        let body = bodies
-            .get(sequence)
-            .map_err(failed)?
-            .map(|b| b.value().to_vec())
-            .unwrap_or_default();
-        Ok(Some((stored, body)))
+        // An event without its body is as good as gone: never delivered empty.
+        let Some(body) = bodies.get(sequence).map_err(failed)? else {
+            return Ok(None);
+        };
+        Ok(Some((stored, body.value().to_vec())))
     }
 
     /// One fsynced commit, so that every earlier commit is durable too.

@@ -111,7 +111,7 @@ pub trait Store: Send + Sync {
     /// When the oldest event with a job still waiting was received.
     async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError>;
 
-    /// An event's metadata and body.
+    /// An event's metadata and body; None when either is missing.
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError>;
 
     /// Makes every change so far durable, at shutdown: acks and retries

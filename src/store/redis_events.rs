@@ -595,9 +595,10 @@ impl Store for RedisEventStore {
         read.hget(self.key("events"), sequence)
             .hget(self.key("bodies"), sequence);
         let (metadata, body): (Option<String>, Option<Vec<u8>>) = self.query("read", read).await?;
-        match metadata {
-            None => Ok(None),
-            Some(metadata) => Ok(Some((parse(&metadata)?, body.unwrap_or_default()))),
+        // An event without its body is as good as gone: never delivered empty.
+        match (metadata, body) {
+            (Some(metadata), Some(body)) => Ok(Some((parse(&metadata)?, body))),
+            _ => Ok(None),
         }
     }
 }

@@ -109,9 +109,7 @@ fn probe(config: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
         }
         HealthCheckKind::Http => {
             let mut check = HttpHealthCheck::new("localhost", false);
-            check
-                .req
-                .set_uri(config.path.parse().expect("the path was checked at load"));
+            check.req.set_uri(http::Uri::from(config.path.clone()));
             check.peer_template.options.connection_timeout = Some(config.timeout);
             check.peer_template.options.read_timeout = Some(config.timeout);
             check.peer_template.options.write_timeout = Some(config.timeout);
@@ -166,7 +164,7 @@ mod tests {
     fn table(healthy_after: u32, unhealthy_after: u32) -> HealthTable {
         let config = HealthCheckConfig {
             kind: HealthCheckKind::Tcp,
-            path: "/".into(),
+            path: http::uri::PathAndQuery::from_static("/"),
             expect: vec![200],
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),

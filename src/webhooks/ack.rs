@@ -74,7 +74,10 @@ impl IngressWebhook {
                 .into_http_response();
         }
         if let Some(challenge) = self.slack_url_check(&body) {
-            return json(200, &serde_json::json!({ "challenge": challenge }));
+            return json(
+                http::StatusCode::OK,
+                &serde_json::json!({ "challenge": challenge }),
+            );
         }
         let meta = extract(&self.config, headers, &body);
         let Some(store) = store else {
@@ -101,11 +104,11 @@ impl IngressWebhook {
             Ok(Acceptance::Accepted(_)) => {
                 accepted.notify_one();
                 self.accepted.inc();
-                self.answer(202, "accepted", &id)
+                self.answer(http::StatusCode::ACCEPTED, "accepted", &id)
             }
             Ok(Acceptance::Duplicate) => {
                 self.duplicate.inc();
-                self.answer(200, "duplicate", &id)
+                self.answer(http::StatusCode::OK, "duplicate", &id)
             }
             Err(error) => {
                 tracing::warn!(webhook = %self.config.name, %error, "could not store a webhook event");
@@ -121,9 +124,13 @@ impl IngressWebhook {
     }
 
     /// The configured ack body, or the contract's JSON.
-    fn answer(&self, status: u16, outcome: &str, id: &str) -> http::Response<Vec<u8>> {
+    fn answer(&self, status: http::StatusCode, outcome: &str, id: &str) -> http::Response<Vec<u8>> {
         match &self.config.ack {
-            Some(ack) => respond(ack.status, &ack.content_type, ack.body.clone().into_bytes()),
+            Some(ack) => respond(
+                ack.status,
+                ack.content_type.clone(),
+                ack.body.clone().into_bytes(),
+            ),
             None => json(status, &serde_json::json!({ "status": outcome, "id": id })),
         }
     }
@@ -141,21 +148,30 @@ impl IngressWebhook {
     }
 }
 
-fn json(status: u16, value: &serde_json::Value) -> http::Response<Vec<u8>> {
+fn json(status: http::StatusCode, value: &serde_json::Value) -> http::Response<Vec<u8>> {
     respond(
         status,
-        "application/json",
-        serde_json::to_vec(value).expect("JSON values serialize"),
+        http::HeaderValue::from_static("application/json"),
+        serde_json::to_vec(value).unwrap_or_default(),
     )
 }
 
 /// With a Content-Length, so that the provider's connection stays open for
-/// its next webhook.
-fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
-    http::Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(body)
-        .expect("status and content type were checked at config load")
+/// its next webhook. Status and content type are typed values, checked at
+/// config load: nothing here can fail.
+fn respond(
+    status: http::StatusCode,
+    content_type: http::HeaderValue,
+    body: Vec<u8>,
+) -> http::Response<Vec<u8>> {
+    let mut response = http::Response::new(Vec::new());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, content_type);
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(body.len()),
+    );
+    *response.body_mut() = body;
+    response
 }

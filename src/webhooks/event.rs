@@ -245,7 +245,7 @@ mod tests {
             priority: PriorityRules::default(),
             routes: Vec::new(),
             delivery: WebhookDelivery {
-                path: "/".into(),
+                path: http::uri::PathAndQuery::from_static("/"),
                 timeout: Duration::from_secs(10),
                 max_attempts: 10,
                 backoff: Backoff {

@@ -3,15 +3,16 @@
 //! SHA-256 one is absent: never a downgrade by default.
 
 use super::mac::{decode_hex, encode_hex, hmac, Algorithm};
-use super::{check_signature, Inbound, Rejection, Scheme, Signed};
+use super::{check_signature, Head, Inbound, Rejection, Scheme, Signed};
 
 pub struct Github {
     pub keys: Vec<Vec<u8>>,
     pub allow_sha1: bool,
 }
 
-impl Scheme for Github {
-    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+impl Github {
+    /// The algorithm and MAC of the strongest signature header allowed.
+    fn parse(&self, request: &Head<'_>) -> Result<(Algorithm, Vec<u8>), Rejection> {
         let (algorithm, prefix, value) = match request.headers.get("x-hub-signature-256") {
             Some(value) => (Algorithm::Sha256, "sha256=", value),
             None => match request.headers.get("x-hub-signature") {
@@ -25,6 +26,17 @@ impl Scheme for Github {
             .and_then(|v| v.trim().strip_prefix(prefix))
             .and_then(decode_hex)
             .ok_or(Rejection::MalformedSignature)?;
+        Ok((algorithm, received))
+    }
+}
+
+impl Scheme for Github {
+    fn check_headers(&self, request: &Head<'_>) -> Result<(), Rejection> {
+        self.parse(request).map(drop)
+    }
+
+    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+        let (algorithm, received) = self.parse(&request.head())?;
         check_signature(algorithm, &self.keys, &[request.body], &[received])
     }
 

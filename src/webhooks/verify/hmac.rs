@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::mac::{decode_base64, decode_hex, encode_base64, encode_hex, hmac, Algorithm};
-use super::{check_signature, check_timestamp, header, Inbound, Rejection, Scheme, Signed};
+use super::{check_signature, check_timestamp, header, Head, Inbound, Rejection, Scheme, Signed};
 use crate::config::webhooks::{HmacAlgorithm, HmacScheme, SignatureEncoding};
 
 pub struct Generic {
@@ -47,8 +47,9 @@ impl Generic {
     }
 }
 
-impl Scheme for Generic {
-    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+impl Generic {
+    /// The MAC and, with a `timestamp_header`, the timestamp it covers.
+    fn parse<'a>(&self, request: &Head<'a>) -> Result<(Vec<u8>, Option<&'a str>), Rejection> {
         let value = header(
             request.headers,
             &self.scheme.header,
@@ -72,12 +73,28 @@ impl Scheme for Generic {
             }
             None => None,
         };
-        let content = self.content(timestamp.unwrap_or(""), request.body);
-        check_signature(self.algorithm(), &self.keys, &content, &[received])?;
+        Ok((received, timestamp))
+    }
+
+    fn check_time(&self, timestamp: Option<&str>, now: u64) -> Result<(), Rejection> {
         match timestamp {
-            Some(text) => check_timestamp(text, request.now, self.tolerance),
+            Some(text) => check_timestamp(text, now, self.tolerance),
             None => Ok(()),
         }
+    }
+}
+
+impl Scheme for Generic {
+    fn check_headers(&self, request: &Head<'_>) -> Result<(), Rejection> {
+        let (_, timestamp) = self.parse(request)?;
+        self.check_time(timestamp, request.now)
+    }
+
+    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+        let (received, timestamp) = self.parse(&request.head())?;
+        self.check_time(timestamp, request.now)?;
+        let content = self.content(timestamp.unwrap_or(""), request.body);
+        check_signature(self.algorithm(), &self.keys, &content, &[received])
     }
 
     fn sign(&self, body: &[u8], now: u64) -> Signed {

@@ -52,6 +52,41 @@ pub struct Inbound<'a> {
     pub now: u64,
 }
 
+impl<'a> Inbound<'a> {
+    pub fn head(&self) -> Head<'a> {
+        Head {
+            headers: self.headers,
+            query: self.query,
+            now: self.now,
+        }
+    }
+}
+
+/// What a request shows before its body arrives: enough to refuse one with
+/// no signature header or a stale timestamp without reading (or buffering)
+/// a byte of its body.
+#[derive(Clone, Copy)]
+pub struct Head<'a> {
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// What a verified signature vouches for, beyond the body: the event's
+/// identity must come from signed bytes only, or a captured request resent
+/// with a new id header would be a new event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignedIdentity {
+    /// An event id inside the signed content (Standard Webhooks signs
+    /// `webhook-id`: the id of the header set that verified).
+    pub id: Option<String>,
+    /// The SHA-256 of the signed content, when that is more than the body
+    /// (Twilio: the URL's query and the sorted parameters). Otherwise the
+    /// body's own SHA-256 stands for it.
+    pub digest: Option<Vec<u8>>,
+}
+
 /// What makes a request valid: headers to send and, for Twilio, the URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
@@ -60,7 +95,15 @@ pub struct Signed {
 }
 
 pub trait Scheme: Send + Sync {
+    /// The checks that need no body: a signature header that parses and,
+    /// for timestamped schemes, a timestamp within tolerance. `verify` makes
+    /// them again.
+    fn check_headers(&self, request: &Head<'_>) -> Result<(), Rejection>;
     fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection>;
+    /// What the signature of a request that passed `verify` covers.
+    fn identity(&self, _request: &Inbound<'_>) -> SignedIdentity {
+        SignedIdentity::default()
+    }
     /// Signs `body` at `now` with the first secret.
     fn sign(&self, body: &[u8], now: u64) -> Signed;
 }

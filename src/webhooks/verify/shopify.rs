@@ -3,24 +3,32 @@
 //! by the app's client secret. No timestamp: dedup stops replays.
 
 use super::mac::{decode_base64, encode_base64, hmac, Algorithm};
-use super::{check_signature, Inbound, Rejection, Scheme, Signed};
+use super::{check_signature, Head, Inbound, Rejection, Scheme, Signed};
 
 pub struct Shopify {
     pub keys: Vec<Vec<u8>>,
 }
 
+fn parse(request: &Head<'_>) -> Result<Vec<u8>, Rejection> {
+    let value = request
+        .headers
+        .get("shopify-hmac-sha256")
+        .or_else(|| request.headers.get("x-shopify-hmac-sha256"))
+        .ok_or(Rejection::MissingSignature)?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| decode_base64(v.trim()))
+        .ok_or(Rejection::MalformedSignature)
+}
+
 impl Scheme for Shopify {
+    fn check_headers(&self, request: &Head<'_>) -> Result<(), Rejection> {
+        parse(request).map(drop)
+    }
+
     fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
-        let value = request
-            .headers
-            .get("shopify-hmac-sha256")
-            .or_else(|| request.headers.get("x-shopify-hmac-sha256"))
-            .ok_or(Rejection::MissingSignature)?;
-        let received = value
-            .to_str()
-            .ok()
-            .and_then(|v| decode_base64(v.trim()))
-            .ok_or(Rejection::MalformedSignature)?;
+        let received = parse(&request.head())?;
         check_signature(Algorithm::Sha256, &self.keys, &[request.body], &[received])
     }
 

@@ -4,35 +4,46 @@
 use std::time::Duration;
 
 use super::mac::{decode_hex, encode_hex, hmac, Algorithm};
-use super::{check_signature, check_timestamp, header, Inbound, Rejection, Scheme, Signed};
+use super::{check_signature, check_timestamp, header, Head, Inbound, Rejection, Scheme, Signed};
 
 pub struct Slack {
     pub keys: Vec<Vec<u8>>,
     pub tolerance: Duration,
 }
 
+/// The MAC and the timestamp it covers.
+fn parse<'a>(request: &Head<'a>) -> Result<(Vec<u8>, &'a str), Rejection> {
+    let value = header(
+        request.headers,
+        "x-slack-signature",
+        Rejection::MissingSignature,
+    )?;
+    let timestamp = header(
+        request.headers,
+        "x-slack-request-timestamp",
+        Rejection::MalformedSignature,
+    )?;
+    let received = value
+        .strip_prefix("v0=")
+        .and_then(decode_hex)
+        .ok_or(Rejection::MalformedSignature)?;
+    if timestamp.parse::<i64>().is_err() {
+        return Err(Rejection::MalformedSignature);
+    }
+    Ok((received, timestamp))
+}
+
 impl Scheme for Slack {
-    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
-        let value = header(
-            request.headers,
-            "x-slack-signature",
-            Rejection::MissingSignature,
-        )?;
-        let timestamp = header(
-            request.headers,
-            "x-slack-request-timestamp",
-            Rejection::MalformedSignature,
-        )?;
-        let received = value
-            .strip_prefix("v0=")
-            .and_then(decode_hex)
-            .ok_or(Rejection::MalformedSignature)?;
-        if timestamp.parse::<i64>().is_err() {
-            return Err(Rejection::MalformedSignature);
-        }
-        let content = [b"v0:".as_slice(), timestamp.as_bytes(), b":", request.body];
-        check_signature(Algorithm::Sha256, &self.keys, &content, &[received])?;
+    fn check_headers(&self, request: &Head<'_>) -> Result<(), Rejection> {
+        let (_, timestamp) = parse(request)?;
         check_timestamp(timestamp, request.now, self.tolerance)
+    }
+
+    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+        let (received, timestamp) = parse(&request.head())?;
+        check_timestamp(timestamp, request.now, self.tolerance)?;
+        let content = [b"v0:".as_slice(), timestamp.as_bytes(), b":", request.body];
+        check_signature(Algorithm::Sha256, &self.keys, &content, &[received])
     }
 
     fn sign(&self, body: &[u8], now: u64) -> Signed {

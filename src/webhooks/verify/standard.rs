@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use super::mac::{decode_base64, encode_base64, hmac, Algorithm};
-use super::{check_signature, check_timestamp, Inbound, Rejection, Scheme, Signed};
+use super::{
+    check_signature, check_timestamp, Head, Inbound, Rejection, Scheme, Signed, SignedIdentity,
+};
 
 pub struct Standard {
     pub keys: Vec<Vec<u8>>,
@@ -35,7 +37,9 @@ impl Standard {
 }
 
 /// The three headers under one naming: `webhook-*` first, then `svix-*`.
-fn headers<'a>(request: &Inbound<'a>) -> Result<(&'a str, &'a str, &'a str), Rejection> {
+/// The naming that holds a signature is the one that is verified, and its
+/// id the event's; the other naming's headers are never read.
+fn headers<'a>(request: &Head<'a>) -> Result<(&'a str, &'a str, &'a str), Rejection> {
     for prefix in ["webhook", "svix"] {
         let get = |field: &str| {
             request
@@ -52,23 +56,35 @@ fn headers<'a>(request: &Inbound<'a>) -> Result<(&'a str, &'a str, &'a str), Rej
     Err(Rejection::MissingSignature)
 }
 
+/// (id, timestamp, `v1` MACs) of the header set that carries a signature.
+fn parse<'a>(request: &Head<'a>) -> Result<(&'a str, &'a str, Vec<Vec<u8>>), Rejection> {
+    let (id, timestamp, value) = headers(request)?;
+    // The spec forbids dots in both: they would make the fields ambiguous.
+    if id.is_empty() || id.contains('.') || timestamp.parse::<i64>().is_err() {
+        return Err(Rejection::MalformedSignature);
+    }
+    let mut signatures = Vec::new();
+    for entry in value.split_whitespace() {
+        let (version, encoded) = entry.split_once(',').ok_or(Rejection::MalformedSignature)?;
+        if version == "v1" {
+            signatures.push(decode_base64(encoded).ok_or(Rejection::MalformedSignature)?);
+        }
+    }
+    if signatures.is_empty() {
+        return Err(Rejection::MalformedSignature);
+    }
+    Ok((id, timestamp, signatures))
+}
+
 impl Scheme for Standard {
+    fn check_headers(&self, request: &Head<'_>) -> Result<(), Rejection> {
+        let (_, timestamp, _) = parse(request)?;
+        check_timestamp(timestamp, request.now, self.tolerance)
+    }
+
     fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
-        let (id, timestamp, value) = headers(request)?;
-        // The spec forbids dots in both: they would make the fields ambiguous.
-        if id.is_empty() || id.contains('.') || timestamp.parse::<i64>().is_err() {
-            return Err(Rejection::MalformedSignature);
-        }
-        let mut signatures = Vec::new();
-        for entry in value.split_whitespace() {
-            let (version, encoded) = entry.split_once(',').ok_or(Rejection::MalformedSignature)?;
-            if version == "v1" {
-                signatures.push(decode_base64(encoded).ok_or(Rejection::MalformedSignature)?);
-            }
-        }
-        if signatures.is_empty() {
-            return Err(Rejection::MalformedSignature);
-        }
+        let (id, timestamp, signatures) = parse(&request.head())?;
+        check_timestamp(timestamp, request.now, self.tolerance)?;
         let content = [
             id.as_bytes(),
             b".",
@@ -76,8 +92,18 @@ impl Scheme for Standard {
             b".",
             request.body,
         ];
-        check_signature(Algorithm::Sha256, &self.keys, &content, &signatures)?;
-        check_timestamp(timestamp, request.now, self.tolerance)
+        check_signature(Algorithm::Sha256, &self.keys, &content, &signatures)
+    }
+
+    /// The id of the header set that verified: an extra, unsigned
+    /// `webhook-id` beside signed `svix-*` headers never changes it.
+    fn identity(&self, request: &Inbound<'_>) -> SignedIdentity {
+        SignedIdentity {
+            id: headers(&request.head())
+                .ok()
+                .map(|(id, _, _)| id.to_string()),
+            digest: None,
+        }
     }
 
     fn sign(&self, body: &[u8], now: u64) -> Signed {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::mac::{decode_hex, encode_hex, hmac, Algorithm};
-use super::{check_signature, check_timestamp, header, Inbound, Rejection, Scheme, Signed};
+use super::{check_signature, check_timestamp, header, Head, Inbound, Rejection, Scheme, Signed};
 
 pub const HEADER: &str = "stripe-signature";
 
@@ -14,31 +14,42 @@ pub struct Stripe {
     pub tolerance: Duration,
 }
 
+/// The `Stripe-Signature` header: its one timestamp and its `v1` MACs.
+fn parse<'a>(request: &Head<'a>) -> Result<(&'a str, Vec<Vec<u8>>), Rejection> {
+    let value = header(request.headers, HEADER, Rejection::MissingSignature)?;
+    let mut timestamps = Vec::new();
+    let mut signatures = Vec::new();
+    for item in value.split(',') {
+        let (key, text) = item
+            .trim()
+            .split_once('=')
+            .ok_or(Rejection::MalformedSignature)?;
+        match key {
+            "t" => timestamps.push(text),
+            "v1" => signatures.push(decode_hex(text).ok_or(Rejection::MalformedSignature)?),
+            _ => {} // v0 and unknown schemes never count
+        }
+    }
+    let [timestamp] = timestamps[..] else {
+        return Err(Rejection::MalformedSignature);
+    };
+    if signatures.is_empty() || timestamp.parse::<i64>().is_err() {
+        return Err(Rejection::MalformedSignature);
+    }
+    Ok((timestamp, signatures))
+}
+
 impl Scheme for Stripe {
-    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
-        let value = header(request.headers, HEADER, Rejection::MissingSignature)?;
-        let mut timestamps = Vec::new();
-        let mut signatures = Vec::new();
-        for item in value.split(',') {
-            let (key, text) = item
-                .trim()
-                .split_once('=')
-                .ok_or(Rejection::MalformedSignature)?;
-            match key {
-                "t" => timestamps.push(text),
-                "v1" => signatures.push(decode_hex(text).ok_or(Rejection::MalformedSignature)?),
-                _ => {} // v0 and unknown schemes never count
-            }
-        }
-        let [timestamp] = timestamps[..] else {
-            return Err(Rejection::MalformedSignature);
-        };
-        if signatures.is_empty() || timestamp.parse::<i64>().is_err() {
-            return Err(Rejection::MalformedSignature);
-        }
-        let content = [timestamp.as_bytes(), b".", request.body];
-        check_signature(Algorithm::Sha256, &self.keys, &content, &signatures)?;
+    fn check_headers(&self, request: &Head<'_>) -> Result<(), Rejection> {
+        let (timestamp, _) = parse(request)?;
         check_timestamp(timestamp, request.now, self.tolerance)
+    }
+
+    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+        let (timestamp, signatures) = parse(&request.head())?;
+        check_timestamp(timestamp, request.now, self.tolerance)?;
+        let content = [timestamp.as_bytes(), b".", request.body];
+        check_signature(Algorithm::Sha256, &self.keys, &content, &signatures)
     }
 
     fn sign(&self, body: &[u8], now: u64) -> Signed {

@@ -9,7 +9,7 @@
 use super::mac::{
     any_key_signed, decode_base64, encode_base64, encode_hex, hmac, same, sha256, Algorithm,
 };
-use super::{header, Inbound, Rejection, Scheme, Signed};
+use super::{header, Head, Inbound, Rejection, Scheme, Signed, SignedIdentity};
 
 pub struct Twilio {
     pub keys: Vec<Vec<u8>>,
@@ -19,7 +19,7 @@ pub struct Twilio {
 const FORM: &str = "application/x-www-form-urlencoded";
 
 impl Twilio {
-    fn url(&self, query: Option<&str>) -> String {
+    pub fn url(&self, query: Option<&str>) -> String {
         match query.filter(|q| !q.is_empty()) {
             None => self.public_url.clone(),
             Some(query) if self.public_url.contains('?') => format!("{}&{query}", self.public_url),
@@ -29,7 +29,7 @@ impl Twilio {
 }
 
 /// The form parameters, decoded, sorted by name then value, each pair once.
-fn form_parameters(body: &[u8]) -> Vec<(String, String)> {
+pub fn form_parameters(body: &[u8]) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
     pairs.sort();
     pairs.dedup();
@@ -47,7 +47,7 @@ fn signed_content<'a>(url: &'a str, parameters: &'a [(String, String)]) -> Vec<&
 }
 
 /// The URL as configured, without its port, and with the default port.
-fn url_variants(url: &str) -> Vec<String> {
+pub fn url_variants(url: &str) -> Vec<String> {
     let mut variants = vec![url.to_string()];
     let Some((scheme, rest)) = url.split_once("://") else {
         return variants;
@@ -72,7 +72,7 @@ fn url_variants(url: &str) -> Vec<String> {
 }
 
 /// `host:port` -> `host`; `[v6]:port` -> `[v6]`; no port: unchanged.
-fn host_without_port(authority: &str) -> &str {
+pub fn host_without_port(authority: &str) -> &str {
     let port_at = if authority.starts_with('[') {
         authority.find("]:").map(|i| i + 1)
     } else {
@@ -84,45 +84,85 @@ fn host_without_port(authority: &str) -> &str {
     }
 }
 
-fn query_value<'a>(url: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+pub fn query_value<'a>(url: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
     let query = url.split_once('?')?.1;
     form_urlencoded::parse(query.as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value)
 }
 
-impl Scheme for Twilio {
-    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
-        let value = header(
-            request.headers,
-            "x-twilio-signature",
-            Rejection::MissingSignature,
-        )?;
-        let received = [decode_base64(value).ok_or(Rejection::MalformedSignature)?];
-        let url = self.url(request.query);
-        let is_form = request
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with(FORM));
-        let parameters = if is_form {
-            form_parameters(request.body)
-        } else {
-            if !request.body.is_empty() {
-                let claimed =
-                    query_value(&url, "bodySHA256").ok_or(Rejection::SignatureMismatch)?;
-                let actual = encode_hex(&sha256(request.body));
-                if !same(actual.as_bytes(), claimed.to_ascii_lowercase().as_bytes()) {
-                    return Err(Rejection::SignatureMismatch);
-                }
+/// Is the body a form (the content type's case does not matter)?
+pub fn is_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with(FORM))
+}
+
+fn parse(request: &Head<'_>) -> Result<Vec<u8>, Rejection> {
+    let value = header(
+        request.headers,
+        "x-twilio-signature",
+        Rejection::MissingSignature,
+    )?;
+    decode_base64(value).ok_or(Rejection::MalformedSignature)
+}
+
+impl Twilio {
+    /// The signed parameters: a form's, or none for a JSON body, which is
+    /// signed through the URL's `bodySHA256` (checked here).
+    fn parameters(
+        &self,
+        request: &Inbound<'_>,
+        url: &str,
+    ) -> Result<Vec<(String, String)>, Rejection> {
+        if is_form(request.headers) {
+            return Ok(form_parameters(request.body));
+        }
+        if !request.body.is_empty() {
+            let claimed = query_value(url, "bodySHA256").ok_or(Rejection::SignatureMismatch)?;
+            let actual = encode_hex(&sha256(request.body));
+            if !same(actual.as_bytes(), claimed.to_ascii_lowercase().as_bytes()) {
+                return Err(Rejection::SignatureMismatch);
             }
-            Vec::new()
-        };
+        }
+        Ok(Vec::new())
+    }
+}
+
+impl Scheme for Twilio {
+    fn check_headers(&self, request: &Head<'_>) -> Result<(), Rejection> {
+        parse(request).map(drop)
+    }
+
+    fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
+        let received = [parse(&request.head())?];
+        let url = self.url(request.query);
+        let parameters = self.parameters(request, &url)?;
         let matched = url_variants(&url).iter().any(|candidate| {
             let content = signed_content(candidate, &parameters);
             any_key_signed(Algorithm::Sha1, &self.keys, &content, &received)
         });
         matched.then_some(()).ok_or(Rejection::SignatureMismatch)
+    }
+
+    /// What Twilio signed, in canonical form (the configured URL, the query
+    /// as received, the parameters sorted): the same request with its
+    /// parameters reordered, its content type in other case or another
+    /// `I-Twilio-Idempotency-Token` is the same event.
+    fn identity(&self, request: &Inbound<'_>) -> SignedIdentity {
+        let url = self.url(request.query);
+        let parameters = self.parameters(request, &url).unwrap_or_default();
+        let mut content = Vec::new();
+        for part in signed_content(&url, &parameters) {
+            // Length-prefixed, so that no two parameter lists run together.
+            content.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            content.extend_from_slice(part);
+        }
+        SignedIdentity {
+            id: None,
+            digest: Some(sha256(&content)),
+        }
     }
 
     /// Signs a form body as posted to `public_url`; any other body as JSON,
