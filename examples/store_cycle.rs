@@ -33,6 +33,7 @@ fn main() {
         let metas: Vec<EventMeta> = (0..BATCH)
             .map(|i| EventMeta {
                 id: format!("evt_{round}_{i}"),
+                dedup: format!("evt_{round}_{i}"),
                 event_type: "payment_intent.succeeded".into(),
                 context: vec![("wedding_id".into(), "w-1".into())],
                 priority: Priority::Normal,

@@ -107,14 +107,32 @@ pub async fn run(config: &Config, command: &DlqCommand) -> Result<String, DlqErr
         admin.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let (method, path) = command.request();
-    let mut request = RequestHeader::build(method, path.as_bytes(), None).expect("a valid path");
-    let _ = request.insert_header("host", admin.to_string());
+    let invalid = |error: pingora::BError| DlqError {
+        exit_code: 1,
+        message: format!("cannot make the request {method} {path}: {error}"),
+    };
+    let mut request = RequestHeader::build(method, path.as_bytes(), None).map_err(invalid)?;
+    request
+        .insert_header("host", admin.to_string())
+        .map_err(invalid)?;
     if let Some(token) = &config.admin.token {
-        let _ = request.insert_header("authorization", format!("Bearer {}", token.expose()));
+        request
+            .insert_header("authorization", format!("Bearer {}", token.expose()))
+            .map_err(invalid)?;
     }
+    // Both: with a token the admin API needs it; without one, a POST must
+    // say it sends JSON (which keeps browsers from sending it cross-site).
+    let body = if method == "POST" {
+        request
+            .insert_header("content-type", "application/json")
+            .map_err(invalid)?;
+        Bytes::from_static(b"{}")
+    } else {
+        Bytes::new()
+    };
     let peer = HttpPeer::new(admin, false, String::new());
     let response = SmallClient::default()
-        .exchange(&peer, request, Bytes::new(), TIMEOUT)
+        .exchange(&peer, request, body, TIMEOUT)
         .await
         .map_err(|error| DlqError {
             exit_code: 2,

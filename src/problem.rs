@@ -32,6 +32,14 @@ pub enum ErrorCode {
     BadRequest,
     /// The request is valid but the resource's state forbids it.
     Conflict,
+    /// Headers and body did not arrive within `ingress.request_timeout`.
+    RequestTimeout,
+    /// The request's header section is over 16 KiB.
+    HeadersTooLarge,
+    /// The ingress is at its connection or body-memory bound; retry.
+    Overloaded,
+    /// An admin POST without `Content-Type: application/json`.
+    UnsupportedMediaType,
     Internal,
 }
 
@@ -54,6 +62,10 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::BadRequest => "bad_request",
             Self::Conflict => "conflict",
+            Self::RequestTimeout => "request_timeout",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::Overloaded => "overloaded",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Internal => "internal_error",
         }
     }
@@ -71,6 +83,10 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::BadRequest => 400,
             Self::Conflict => 409,
+            Self::RequestTimeout => 408,
+            Self::HeadersTooLarge => 431,
+            Self::Overloaded => 503,
+            Self::UnsupportedMediaType => 415,
             Self::Internal => 500,
         }
     }
@@ -93,6 +109,10 @@ impl ErrorCode {
             Self::Unauthorized => "Unauthorized",
             Self::BadRequest => "Bad request",
             Self::Conflict => "Conflict",
+            Self::RequestTimeout => "The request did not arrive in time",
+            Self::HeadersTooLarge => "The request headers are too large",
+            Self::Overloaded => "The sidecar is busy; retry",
+            Self::UnsupportedMediaType => "Unsupported media type",
             Self::Internal => "Internal error",
         }
     }
@@ -158,6 +178,29 @@ impl Problem {
             .await
     }
 
+    /// The whole answer as HTTP/1.1 bytes that close the connection, for a
+    /// client refused before a request could be read (no session exists).
+    pub fn to_http1_closing(&self) -> Vec<u8> {
+        let body = self.body();
+        let reason = http::StatusCode::from_u16(self.status())
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut head = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/problem+json\r\n{ERROR_HEADER}: {}\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.status(),
+            self.code.as_str(),
+            body.len()
+        );
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+
     /// The same answer for `ServeHttp` services (admin, ingress).
     pub fn into_http_response(self) -> http::Response<Vec<u8>> {
         let body = self.body();
@@ -196,6 +239,24 @@ mod tests {
         assert_eq!(
             response.headers()["content-type"],
             "application/problem+json"
+        );
+    }
+
+    #[test]
+    fn a_closing_answer_is_a_whole_http1_message() {
+        let problem = Problem::new(ErrorCode::Overloaded, "busy").with_header("retry-after", "1");
+        let text = String::from_utf8(problem.to_http1_closing()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nx-sidecar-error: overloaded\r\n"));
+        assert!(head.contains("\r\nretry-after: 1"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["status"],
+            503
         );
     }
 }

@@ -70,8 +70,12 @@ fn fixed_parts(config: &Config) -> String {
         }
     };
     format!(
-        "{} {} {} {store} {}",
-        config.listen.egress, config.listen.ingress, config.listen.admin, config.store.prefix
+        "{} {} {} {:?} {store} {}",
+        config.listen.egress,
+        config.listen.ingress,
+        config.listen.admin,
+        config.ingress,
+        config.store.prefix
     )
 }
 
@@ -82,9 +86,10 @@ impl Reloader {
         let running = self.config.load_full();
         if fixed_parts(&next) != fixed_parts(&running) {
             tracing::warn!(
-                "listen addresses and store settings cannot change while running; keeping the running ones (restart to change them)"
+                "listen addresses and store settings cannot change while running, nor the ingress bounds; keeping the running ones (restart to change them)"
             );
             next.listen = running.listen.clone();
+            next.ingress = running.ingress.clone();
             next.store = running.store.clone();
         }
         if self.delivery.is_none() && !next.webhooks.is_empty() {

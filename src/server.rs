@@ -26,6 +26,7 @@ use crate::store::redis::RedisStore;
 use crate::store::redis_events::RedisEventStore;
 use crate::store::Store;
 use crate::upstreams::Upstreams;
+use crate::webhooks::listener::IngressListener;
 use crate::webhooks::IngressApp;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -79,13 +80,16 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         .map(|store| PauseListener::new(store, guards.clone()));
     let store = event_store(&config, egress.store())?;
     let accepted = Arc::new(Notify::new());
-    let ingress = IngressApp::new(
-        &config.webhooks,
-        store.clone(),
-        &metrics,
-        Arc::clone(&accepted),
-    )
-    .map_err(StartError::Setup)?;
+    let ingress = Arc::new(
+        IngressApp::new(
+            &config.webhooks,
+            store.clone(),
+            &metrics,
+            Arc::clone(&accepted),
+            config.ingress.max_buffered,
+        )
+        .map_err(StartError::Setup)?,
+    );
     let (upstreams, upstreams_service) = Upstreams::new(
         &config.upstreams,
         MonotonicClock::shared(),
@@ -126,7 +130,10 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     egress_service.add_tcp(&config.listen.egress.to_string());
     egress_service.threads = Some(egress_threads());
 
-    let mut ingress_service = Service::new("ingress".to_string(), ingress);
+    let mut ingress_service = Service::new(
+        "ingress".to_string(),
+        IngressListener::new(ingress, &config.ingress, Arc::clone(&lifecycle)),
+    );
     ingress_service.add_tcp(&config.listen.ingress.to_string());
     let mut admin_service = Service::new(
         "admin".to_string(),

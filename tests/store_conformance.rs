@@ -101,6 +101,7 @@ conformance!(
 fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
     EventMeta {
         id: id.into(),
+        dedup: id.into(),
         event_type: "payment_intent.succeeded".into(),
         context: vec![("wedding_id".into(), "w-1".into())],
         priority,

@@ -1,6 +1,11 @@
 //! The admin listener: Prometheus metrics, probes, and the operator API.
 //! `/admin/*` needs the admin token when one is set (compared in constant
-//! time); `/metrics` and the probes never do. Never shows a secret.
+//! time, revealing neither content nor length); `/metrics` and the probes
+//! never do. Without a token (loopback only), a POST must say
+//! `Content-Type: application/json`: a web page cannot send that
+//! cross-site without a preflight, which this API never grants, so no
+//! browser tab on an operator's machine can replay dead letters.
+//! Never shows a secret.
 
 pub mod dead_letters;
 pub mod metrics;
@@ -41,6 +46,7 @@ pub struct AdminRequest<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub authorization: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
 }
 
 impl AdminApp {
@@ -66,10 +72,15 @@ impl AdminApp {
         let (method, path) = (request.method, request.path);
         if let Some(rest) = path.strip_prefix("/admin/dead-letters") {
             if rest.is_empty() || rest.starts_with('/') {
-                if let Err(problem) = check_token(
-                    self.config.load().admin.token.as_ref(),
-                    request.authorization,
-                ) {
+                let config = self.config.load();
+                if let Err(problem) =
+                    check_token(config.admin.token.as_ref(), request.authorization)
+                {
+                    return problem.into_http_response();
+                }
+                if let Err(problem) =
+                    check_simple_request(config.admin.token.is_some(), method, request.content_type)
+                {
                     return problem.into_http_response();
                 }
                 let Some(store) = &self.store else {
@@ -148,6 +159,10 @@ impl ServeHttp for AdminApp {
                 .headers
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes()),
+            content_type: header
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
         };
         self.route(&request).await
     }
@@ -160,7 +175,13 @@ fn check_token(expected: Option<&Secret>, authorization: Option<&[u8]>) -> Resul
     let presented = authorization
         .and_then(|v| v.strip_prefix(b"Bearer "))
         .unwrap_or_default();
-    if bool::from(presented.ct_eq(expected.expose().as_bytes())) {
+    // Digests of equal length, compared in constant time: neither a byte of
+    // the token nor its length shows in how long a refusal takes.
+    let digest = |bytes: &[u8]| ring::digest::digest(&ring::digest::SHA256, bytes);
+    let matches = digest(presented)
+        .as_ref()
+        .ct_eq(digest(expected.expose().as_bytes()).as_ref());
+    if bool::from(matches) {
         return Ok(());
     }
     let detail = if authorization.is_none() {
@@ -170,6 +191,30 @@ fn check_token(expected: Option<&Secret>, authorization: Option<&[u8]>) -> Resul
     };
     Err(Problem::new(ErrorCode::Unauthorized, detail)
         .with_header("www-authenticate", "Bearer realm=\"wedsync-sidecar admin\""))
+}
+
+/// Without a token, a POST must carry `Content-Type: application/json`,
+/// which a cross-site page can only send after a preflight; with one, the
+/// `Authorization` header already forces the preflight.
+fn check_simple_request(
+    token_set: bool,
+    method: &http::Method,
+    content_type: Option<&[u8]>,
+) -> Result<(), Problem> {
+    if token_set || method != http::Method::POST {
+        return Ok(());
+    }
+    let is_json = content_type
+        .and_then(|v| v.split(|b| *b == b';').next())
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"application/json"));
+    if is_json {
+        return Ok(());
+    }
+    Err(Problem::new(
+        ErrorCode::UnsupportedMediaType,
+        "without admin.token, POST needs Content-Type: application/json",
+    )
+    .with_header("accept-post", "application/json"))
 }
 
 fn services_summary(config: &Config, guards: &[Arc<Guard>]) -> serde_json::Value {
@@ -244,5 +289,28 @@ mod tests {
             "the admin token does not match"
         );
         assert!(check_token(Some(&token), Some(b"admin-token-0123456789")).is_err());
+        assert!(check_token(Some(&token), Some(b"Bearer admin-token-0123456789-longer")).is_err());
+    }
+
+    #[test]
+    fn without_a_token_a_post_must_say_it_sends_json() {
+        let post = http::Method::POST;
+        assert!(check_simple_request(false, &post, Some(b"application/json")).is_ok());
+        assert!(
+            check_simple_request(false, &post, Some(b"Application/JSON; charset=utf-8")).is_ok()
+        );
+        for simple in [
+            None,
+            Some(&b"text/plain"[..]),
+            Some(b"application/x-www-form-urlencoded"),
+        ] {
+            let problem = check_simple_request(false, &post, simple).unwrap_err();
+            assert_eq!(problem.status(), 415, "{simple:?}");
+        }
+        assert!(
+            check_simple_request(true, &post, None).is_ok(),
+            "the token forces a preflight"
+        );
+        assert!(check_simple_request(false, &http::Method::DELETE, None).is_ok());
     }
 }

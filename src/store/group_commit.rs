@@ -174,6 +174,7 @@ mod tests {
             webhook: "stripe".into(),
             meta: EventMeta {
                 id: id.into(),
+                dedup: id.into(),
                 event_type: "t".into(),
                 context: Vec::new(),
                 priority: Priority::Normal,

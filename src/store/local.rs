@@ -628,7 +628,7 @@ impl<'t> Tables<'t> {
         now_ms: u64,
         dedup_window: Duration,
     ) -> Result<Acceptance, StoreError> {
-        let key = dedup_key(event.webhook, &event.meta.id);
+        let key = dedup_key(event.webhook, &event.meta.dedup);
         if let Some(seen_at) = self.dedup.get(key.as_str()).map_err(failed)? {
             if now_ms.saturating_sub(seen_at.value()) < dedup_window.as_millis() as u64 {
                 return Ok(Acceptance::Duplicate);
@@ -719,6 +719,7 @@ mod tests {
     fn accept(store: &LocalStore, id: &str, now_ms: u64) -> Acceptance {
         let meta = EventMeta {
             id: id.into(),
+            dedup: id.into(),
             event_type: "t".into(),
             context: Vec::new(),
             priority: Priority::High,

@@ -333,7 +333,7 @@ impl Store for RedisEventStore {
             .key(self.store.key(
                 "dedup",
                 "q",
-                &format!(":{}", dedup_key(&event.webhook, &event.meta.id)),
+                &format!(":{}", dedup_key(&event.webhook, &event.meta.dedup)),
             ))
             .key(self.key("sequence"))
             .key(self.key("events"))
@@ -624,6 +624,7 @@ mod tests {
     fn the_accept_script_receives_job_records_without_id_and_event() {
         let meta = EventMeta {
             id: "evt".into(),
+            dedup: "evt".into(),
             event_type: "t".into(),
             context: Vec::new(),
             priority: Priority::High,

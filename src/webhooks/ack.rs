@@ -17,8 +17,9 @@ use crate::store::{Acceptance, OwnedEvent, Store};
 
 pub struct IngressWebhook {
     pub config: Webhook,
-    scheme: Box<dyn Scheme>,
+    pub scheme: Box<dyn Scheme>,
     accepted: IntCounter,
+    unrouted: IntCounter,
     duplicate: IntCounter,
     rejected: IntCounter,
     rejections: IntCounterVec,
@@ -36,6 +37,9 @@ impl IngressWebhook {
         Ok(Self {
             scheme: verify::build(&config.verify).map_err(|e| format!("webhooks.{name}: {e}"))?,
             accepted: outcome("accepted"),
+            unrouted: metrics
+                .dead_lettered_total
+                .with_label_values(&[name, "unrouted"]),
             duplicate: outcome("duplicate"),
             rejected: outcome("rejected"),
             rejections: metrics.webhook_rejections_total.clone(),
@@ -79,7 +83,12 @@ impl IngressWebhook {
                 &serde_json::json!({ "challenge": challenge }),
             );
         }
-        let meta = extract(&self.config, headers, &body);
+        let meta = extract(
+            &self.config,
+            headers,
+            &body,
+            &self.scheme.identity(&request),
+        );
         let Some(store) = store else {
             return Problem::new(ErrorCode::StoreUnavailable, "no event store is configured")
                 .with_header("retry-after", "1")
@@ -90,6 +99,7 @@ impl IngressWebhook {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let id = meta.id.clone();
+        let unrouted = meta.targets.is_empty();
         let outcome = store
             .accept(OwnedEvent {
                 webhook: self.config.name.clone(),
@@ -104,6 +114,9 @@ impl IngressWebhook {
             Ok(Acceptance::Accepted(_)) => {
                 accepted.notify_one();
                 self.accepted.inc();
+                if unrouted {
+                    self.unrouted.inc();
+                }
                 self.answer(http::StatusCode::ACCEPTED, "accepted", &id)
             }
             Ok(Acceptance::Duplicate) => {

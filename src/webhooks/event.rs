@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::config::webhooks::{Field, VerifyKind, Webhook};
 use crate::webhooks::verify::mac::{encode_hex, sha256};
+use crate::webhooks::verify::SignedIdentity;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -36,7 +37,12 @@ impl Priority {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
+    /// The provider's id: the answer's `id` and the deliveries' `x-event-id`.
     pub id: String,
+    /// What deduplicates the event: the id when signed bytes carry it,
+    /// otherwise a digest of what the signature covers (`sha256:<hex>`),
+    /// so an unsigned id header never makes a replay a new event.
+    pub dedup: String,
     /// Empty when the provider says nothing of it.
     pub event_type: String,
     /// (key, value) per configured context field found in the request.
@@ -87,11 +93,14 @@ impl Sources<'_> {
     }
 }
 
-pub fn extract(webhook: &Webhook, headers: &HeaderMap, body: &[u8]) -> EventMeta {
-    let is_form = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+/// Reads a verified request; `signed` is what its signature vouched for.
+pub fn extract(
+    webhook: &Webhook,
+    headers: &HeaderMap,
+    body: &[u8],
+    signed: &SignedIdentity,
+) -> EventMeta {
+    let is_form = crate::webhooks::verify::twilio::is_form(headers);
     let sources = Sources {
         headers,
         // Whatever the content type claims (curl sends JSON as a form by
@@ -104,11 +113,33 @@ pub fn extract(webhook: &Webhook, headers: &HeaderMap, body: &[u8]) -> EventMeta
         },
     };
     let kind = webhook.verify.kind;
-    let id = match &webhook.event_id {
+    let body_digest = || format!("sha256:{}", encode_hex(&sha256(body)));
+    let found = match &webhook.event_id {
         Some(field) => sources.field(field),
+        None if kind == VerifyKind::Standard => signed.id.clone(),
         None => default_id(kind, &sources),
-    }
-    .unwrap_or_else(|| format!("sha256:{}", encode_hex(&sha256(body))));
+    };
+    // Signed: a value of the (signed) body, or the id the signature covers.
+    let id_is_signed = match &webhook.event_id {
+        Some(Field::Pointer(_)) => true,
+        Some(Field::Header(_)) => false,
+        None => matches!(
+            kind,
+            VerifyKind::Stripe | VerifyKind::Slack | VerifyKind::Standard
+        ),
+    };
+    let (id, dedup) = match found {
+        Some(id) if id_is_signed => (id.clone(), id),
+        Some(id) => {
+            let dedup = match (&signed.id, &signed.digest) {
+                (Some(signed_id), _) => signed_id.clone(),
+                (None, Some(digest)) => format!("sha256:{}", encode_hex(digest)),
+                (None, None) => body_digest(),
+            };
+            (id, dedup)
+        }
+        None => (body_digest(), body_digest()),
+    };
     let event_type = match &webhook.event_type {
         Some(field) => sources.field(field),
         None => default_type(kind, &sources),
@@ -138,6 +169,7 @@ pub fn extract(webhook: &Webhook, headers: &HeaderMap, body: &[u8]) -> EventMeta
     }
     EventMeta {
         id,
+        dedup,
         event_type,
         context,
         priority,
@@ -148,9 +180,9 @@ pub fn extract(webhook: &Webhook, headers: &HeaderMap, body: &[u8]) -> EventMeta
 fn default_id(kind: VerifyKind, sources: &Sources<'_>) -> Option<String> {
     match kind {
         VerifyKind::Stripe => sources.pointer("/id"),
-        VerifyKind::Standard => sources
-            .header("webhook-id")
-            .or_else(|| sources.header("svix-id")),
+        // The id of the header set that verified (see `extract`), never
+        // whichever id header comes first.
+        VerifyKind::Standard => None,
         VerifyKind::Github => sources.header("x-github-delivery"),
         VerifyKind::Shopify => sources
             .header("x-shopify-webhook-id")
@@ -298,6 +330,7 @@ mod tests {
             &stripe,
             &headers(&[("content-type", "application/json")]),
             body,
+            &unsigned(),
         );
         assert_eq!(meta.id, "evt_1");
         assert_eq!(meta.event_type, "payment_intent.succeeded");
@@ -310,7 +343,7 @@ mod tests {
 
         let updated = br#"{"id":"evt_2","type":"customer.updated"}"#;
         let as_form = [("content-type", "application/x-www-form-urlencoded")];
-        let meta = extract(&stripe, &headers(&as_form), updated);
+        let meta = extract(&stripe, &headers(&as_form), updated, &unsigned());
         assert_eq!(
             meta.id, "evt_2",
             "JSON is JSON whatever the content type says"
@@ -335,7 +368,7 @@ mod tests {
         let cases: [Case; 6] = [
             (
                 VerifyKind::Standard,
-                vec![("svix-id", "msg_1")],
+                vec![("svix-id", "msg_0"), ("webhook-id", "msg_unsigned")],
                 br#"{"type":"email.delivered"}"#,
                 "msg_1",
                 "email.delivered",
@@ -383,7 +416,12 @@ mod tests {
             ),
         ];
         for (kind, pairs, body, id, event_type) in cases {
-            let meta = extract(&webhook(kind), &headers(&pairs), body);
+            // Standard Webhooks' id is the one its verified header set signed.
+            let signed = SignedIdentity {
+                id: (kind == VerifyKind::Standard).then(|| "msg_1".to_string()),
+                digest: None,
+            };
+            let meta = extract(&webhook(kind), &headers(&pairs), body, &signed);
             assert_eq!(
                 (meta.id.as_str(), meta.event_type.as_str()),
                 (id, event_type),
@@ -394,6 +432,7 @@ mod tests {
             &webhook(VerifyKind::Twilio),
             &headers(&[("i-twilio-idempotency-token", "tok-1")]),
             b"",
+            &unsigned(),
         );
         assert_eq!(token.id, "tok-1");
     }
@@ -401,7 +440,7 @@ mod tests {
     #[test]
     fn overrides_and_the_body_hash_fallback() {
         let mut generic = webhook(VerifyKind::Hmac);
-        let meta = extract(&generic, &headers(&[]), b"payload");
+        let meta = extract(&generic, &headers(&[]), b"payload", &unsigned());
         assert_eq!(
             meta.id,
             format!("sha256:{}", encode_hex(&sha256(b"payload")))
@@ -413,11 +452,89 @@ mod tests {
             &generic,
             &headers(&[("x-event-id", "e-9")]),
             br#"{"kind":"booking.confirmed"}"#,
+            &unsigned(),
         );
         assert_eq!(
             (meta.id.as_str(), meta.event_type.as_str()),
             ("e-9", "booking.confirmed")
         );
         assert!(meta.targets.is_empty(), "no route matched: unrouted");
+        assert_eq!(
+            meta.dedup,
+            format!(
+                "sha256:{}",
+                encode_hex(&sha256(br#"{"kind":"booking.confirmed"}"#))
+            ),
+            "an id from an unsigned header never deduplicates"
+        );
+    }
+
+    fn unsigned() -> SignedIdentity {
+        SignedIdentity::default()
+    }
+
+    #[test]
+    fn an_id_header_outside_the_signature_never_changes_identity() {
+        let body = br#"{"action":"opened"}"#;
+        let github = webhook(VerifyKind::Github);
+        let first = extract(
+            &github,
+            &headers(&[("x-github-delivery", "a")]),
+            body,
+            &unsigned(),
+        );
+        let resent = extract(
+            &github,
+            &headers(&[("x-github-delivery", "b")]),
+            body,
+            &unsigned(),
+        );
+        assert_eq!(
+            (first.id.as_str(), resent.id.as_str()),
+            ("a", "b"),
+            "x-event-id stays the provider's"
+        );
+        assert_eq!(first.dedup, resent.dedup, "one event");
+        let signed = SignedIdentity {
+            id: Some("msg_signed".into()),
+            digest: None,
+        };
+        let standard = extract(
+            &webhook(VerifyKind::Standard),
+            &headers(&[("webhook-id", "msg_forged")]),
+            b"{}",
+            &signed,
+        );
+        assert_eq!(
+            (standard.id.as_str(), standard.dedup.as_str()),
+            ("msg_signed", "msg_signed")
+        );
+        let stripe = extract(
+            &webhook(VerifyKind::Stripe),
+            &headers(&[]),
+            br#"{"id":"evt_1"}"#,
+            &unsigned(),
+        );
+        assert_eq!(stripe.dedup, "evt_1", "Stripe's id is in the signed body");
+    }
+
+    #[test]
+    fn a_twilio_form_reads_the_same_whatever_the_content_type_case() {
+        let twilio = webhook(VerifyKind::Twilio);
+        let body = b"MessageSid=SM1&MessageStatus=sent";
+        let lower = extract(
+            &twilio,
+            &headers(&[("content-type", "application/x-www-form-urlencoded")]),
+            body,
+            &unsigned(),
+        );
+        let mixed = extract(
+            &twilio,
+            &headers(&[("content-type", "Application/X-WWW-Form-Urlencoded")]),
+            body,
+            &unsigned(),
+        );
+        assert_eq!(lower.id, "SM1:sent");
+        assert_eq!((lower.id, lower.dedup), (mixed.id, mixed.dedup));
     }
 }

@@ -1,19 +1,25 @@
-//! The webhook ingress listener: POST to a configured path; the body is read
-//! up to `max_body`, the signature verified, the event stored durably, and
-//! only then answered 202 (200 for a duplicate). Nothing here calls an
-//! internal service: delivery works from the store.
+//! The webhook ingress: POST to a configured path; everything that needs no
+//! body is checked as soon as the headers are in (path, method, declared
+//! size, signature header, timestamp), the body is read within the
+//! request's deadline and the body budget, the signature verified, the
+//! event stored durably, and only then answered 202 (200 for a duplicate).
+//! Nothing here calls an internal service: delivery works from the store.
+//! `listener` bounds each connection before a request reaches this.
 
 pub mod ack;
+pub mod budget;
 pub mod event;
+pub mod listener;
 pub mod verify;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use async_trait::async_trait;
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::v1::server::HttpSession;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::admin::metrics::Metrics;
 use crate::config::webhooks::Webhook;
@@ -21,8 +27,7 @@ use crate::problem::{ErrorCode, Problem};
 use crate::resilience::clock::unix_time;
 use crate::store::Store;
 use ack::IngressWebhook;
-use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use budget::{BodyBudget, Reservation};
 
 pub struct IngressApp {
     /// As the latest config made them; a request keeps the set it started with.
@@ -31,6 +36,31 @@ pub struct IngressApp {
     store: Option<Arc<dyn Store>>,
     /// Told of every accepted event, so that delivery starts at once.
     accepted: Arc<Notify>,
+    budget: Arc<BodyBudget>,
+}
+
+/// A refusal, and the rejection reason it counts under (when it is one).
+struct Refusal {
+    problem: Problem,
+    reason: Option<&'static str>,
+}
+
+impl From<Problem> for Refusal {
+    fn from(problem: Problem) -> Self {
+        Self {
+            problem,
+            reason: None,
+        }
+    }
+}
+
+impl Refusal {
+    fn counted(problem: Problem, reason: &'static str) -> Self {
+        Self {
+            problem,
+            reason: Some(reason),
+        }
+    }
 }
 
 impl IngressApp {
@@ -39,12 +69,14 @@ impl IngressApp {
         store: Option<Arc<dyn Store>>,
         metrics: &Arc<Metrics>,
         accepted: Arc<Notify>,
+        max_buffered: u64,
     ) -> Result<Self, String> {
         Ok(Self {
             webhooks: Arc::new(ArcSwap::from_pointee(build(webhooks, metrics)?)),
             metrics: Arc::clone(metrics),
             store,
             accepted,
+            budget: BodyBudget::new(max_buffered),
         })
     }
 
@@ -54,6 +86,229 @@ impl IngressApp {
             webhooks: Arc::clone(&self.webhooks),
             metrics: Arc::clone(&self.metrics),
         }
+    }
+
+    /// Answers the request `session` has read; the session stays open for
+    /// the next one only when its body was read whole.
+    pub async fn serve(&self, session: &mut HttpSession, started: Instant, deadline: Instant) {
+        let (response, webhook) = match self.answer(session, deadline).await {
+            Ok((response, webhook)) => (response, Some(webhook)),
+            Err((refusal, webhook)) => {
+                if let Some(reason) = refusal.reason {
+                    match &webhook {
+                        Some(webhook) => webhook.rejected(reason),
+                        None => self
+                            .metrics
+                            .webhook_rejections_total
+                            .with_label_values(&["-", reason])
+                            .inc(),
+                    }
+                }
+                // The rest of the body, if any, is never read: the
+                // connection closes after the answer.
+                if !session.is_body_done() {
+                    session.set_server_keepalive(None);
+                }
+                (refusal.problem.into_http_response(), webhook)
+            }
+        };
+        if let Some(webhook) = webhook {
+            webhook
+                .ack_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        write_response(session, response).await;
+    }
+
+    /// The webhook's answer, or why the request is refused (and by which
+    /// webhook, once one is known).
+    async fn answer(
+        &self,
+        session: &mut HttpSession,
+        deadline: Instant,
+    ) -> Result<
+        (http::Response<Vec<u8>>, Arc<IngressWebhook>),
+        (Refusal, Option<Arc<IngressWebhook>>),
+    > {
+        let request = session.req_header();
+        if request.method != http::Method::POST {
+            let problem = Problem::new(
+                ErrorCode::MethodNotAllowed,
+                "webhooks are delivered with POST",
+            )
+            .with_header("allow", "POST");
+            return Err((problem.into(), None));
+        }
+        let path = request.uri.path();
+        let webhook = self
+            .webhooks
+            .load()
+            .iter()
+            .find(|w| w.config.path == path)
+            .cloned();
+        let Some(webhook) = webhook else {
+            let problem = Problem::new(
+                ErrorCode::NotFound,
+                format!("no webhook is configured at {path}"),
+            );
+            return Err((problem.into(), None));
+        };
+        let refuse = |refusal: Refusal| Err((refusal, Some(Arc::clone(&webhook))));
+        let now = unix_time();
+        if let Err(refusal) = self.check_head(&webhook, session, now.as_secs()) {
+            return refuse(refusal);
+        }
+        let body = match self.read_body(&webhook, session, deadline).await {
+            Ok(body) => body,
+            Err(refusal) => return refuse(refusal),
+        };
+        let (body, _reservation) = body;
+        let request = session.req_header();
+        let response = webhook
+            .acknowledge(
+                self.store.as_deref(),
+                &request.headers,
+                body,
+                request.uri.query(),
+                now,
+                &self.accepted,
+            )
+            .await;
+        Ok((response, webhook))
+    }
+
+    /// Everything that needs no body: the declared size, the signature
+    /// header and its timestamp. Answered before a byte of the body is read.
+    fn check_head(
+        &self,
+        webhook: &IngressWebhook,
+        session: &HttpSession,
+        now_secs: u64,
+    ) -> Result<(), Refusal> {
+        let request = session.req_header();
+        let limit = webhook.config.max_body;
+        if declared_length(session).is_some_and(|length| length > limit) {
+            return Err(Refusal::counted(too_large(limit), "payload_too_large"));
+        }
+        let head = verify::Head {
+            headers: &request.headers,
+            query: request.uri.query(),
+            now: now_secs,
+        };
+        webhook.scheme.check_headers(&head).map_err(|rejection| {
+            Refusal::counted(
+                Problem::new(ErrorCode::SignatureInvalid, rejection.as_str()),
+                rejection.as_str(),
+            )
+        })
+    }
+
+    /// Reads the body within `deadline`, holding its bytes against the
+    /// budget; more than `max_body` is refused without being buffered.
+    async fn read_body(
+        &self,
+        webhook: &IngressWebhook,
+        session: &mut HttpSession,
+        deadline: Instant,
+    ) -> Result<(Bytes, Reservation), Refusal> {
+        let limit = webhook.config.max_body;
+        let declared = declared_length(session);
+        let overloaded = || {
+            Refusal::counted(
+                Problem::new(
+                    ErrorCode::Overloaded,
+                    "the webhook listener is reading as many bodies as it may hold; retry",
+                )
+                .with_header("retry-after", "1"),
+                "overloaded",
+            )
+        };
+        let mut reservation = self
+            .budget
+            .reserve(declared.unwrap_or(0))
+            .ok_or_else(overloaded)?;
+        if expects_continue(session) {
+            let _ = session.write_continue_response().await;
+        }
+        // A declared length is allocated once; a chunked body grows.
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, session.read_body_bytes()).await {
+                Err(_) => {
+                    let problem = Problem::new(
+                        ErrorCode::RequestTimeout,
+                        "the request's body did not arrive in time",
+                    );
+                    return Err(Refusal::counted(problem, "request_timeout"));
+                }
+                Ok(Err(error)) => {
+                    return Err(Problem::new(
+                        ErrorCode::BadRequest,
+                        format!("the body could not be read: {}", error.etype().as_str()),
+                    )
+                    .into())
+                }
+                Ok(Ok(None)) => return Ok((body.freeze(), reservation)),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            let size = body.len() as u64 + chunk.len() as u64;
+            if size > limit {
+                return Err(Refusal::counted(too_large(limit), "payload_too_large"));
+            }
+            if size > reservation.bytes() && !reservation.grow(size - reservation.bytes()) {
+                return Err(overloaded());
+            }
+            body.extend_from_slice(&chunk);
+        }
+    }
+}
+
+fn too_large(limit: u64) -> Problem {
+    Problem::new(
+        ErrorCode::PayloadTooLarge,
+        format!("this webhook accepts bodies of at most {limit} bytes"),
+    )
+}
+
+/// The body's declared length; none for a chunked body (Pingora has
+/// already refused a request whose lengths disagree or do not parse).
+fn declared_length(session: &HttpSession) -> Option<u64> {
+    let headers = &session.req_header().headers;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+fn expects_continue(session: &HttpSession) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Writes a whole answer; a client that went away is no error of ours.
+async fn write_response(session: &mut HttpSession, response: http::Response<Vec<u8>>) {
+    let (parts, body) = response.into_parts();
+    let header: ResponseHeader = parts.into();
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_err()
+    {
+        session.set_server_keepalive(None);
+        return;
+    }
+    if !body.is_empty() && session.write_body(&body).await.is_err() {
+        session.set_server_keepalive(None);
+        return;
+    }
+    if session.finish_body().await.is_err() {
+        session.set_server_keepalive(None);
     }
 }
 
@@ -78,97 +333,4 @@ fn build(webhooks: &[Webhook], metrics: &Arc<Metrics>) -> Result<Vec<Arc<Ingress
         .iter()
         .map(|w| IngressWebhook::new(w, metrics).map(Arc::new))
         .collect()
-}
-
-/// Reads the body, refusing more than `limit` bytes without buffering them.
-async fn read_capped(session: &mut ServerSession, limit: u64) -> Result<Bytes, Problem> {
-    let too_large = || {
-        Problem::new(
-            ErrorCode::PayloadTooLarge,
-            format!("this webhook accepts bodies of at most {limit} bytes"),
-        )
-    };
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
-    }
-    let mut body = BytesMut::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(too_large());
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body.freeze()),
-            Err(error) => {
-                return Err(Problem::new(
-                    ErrorCode::BadRequest,
-                    format!("the body could not be read: {}", error.etype().as_str()),
-                ))
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl ServeHttp for IngressApp {
-    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let started = Instant::now();
-        let request = session.req_header();
-        let path = request.uri.path().to_string();
-        let query = request.uri.query().map(str::to_string);
-        if request.method != http::Method::POST {
-            return Problem::new(
-                ErrorCode::MethodNotAllowed,
-                "webhooks are delivered with POST",
-            )
-            .with_header("allow", "POST")
-            .into_http_response();
-        }
-        let webhook = self
-            .webhooks
-            .load()
-            .iter()
-            .find(|w| w.config.path == path)
-            .cloned();
-        let Some(webhook) = webhook else {
-            return Problem::new(
-                ErrorCode::NotFound,
-                format!("no webhook is configured at {path}"),
-            )
-            .into_http_response();
-        };
-        let body = match read_capped(session, webhook.config.max_body).await {
-            Ok(body) => body,
-            Err(problem) => {
-                // The rest of the body is never read: the connection closes.
-                session.set_keepalive(None);
-                if problem.code == ErrorCode::PayloadTooLarge {
-                    webhook.rejected("payload_too_large");
-                }
-                return problem.into_http_response();
-            }
-        };
-        let answer = webhook
-            .acknowledge(
-                self.store.as_deref(),
-                &session.req_header().headers,
-                body,
-                query.as_deref(),
-                unix_time(),
-                &self.accepted,
-            )
-            .await;
-        webhook
-            .ack_duration
-            .observe(started.elapsed().as_secs_f64());
-        answer
-    }
 }
