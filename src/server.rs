@@ -5,6 +5,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -134,7 +136,13 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         "ingress".to_string(),
         IngressListener::new(ingress, &config.ingress, Arc::clone(&lifecycle)),
     );
-    ingress_service.add_tcp(&config.listen.ingress.to_string());
+    // No L4 read buffer: Pingora's default is 64 KiB per connection, held
+    // by every idle or slow client; the ingress reads its header sections
+    // and bodies into buffers of its own.
+    ingress_service.add_listener(
+        ListenerConfig::tcp(config.listen.ingress.to_string())
+            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+    );
     let mut admin_service = Service::new(
         "admin".to_string(),
         AdminApp::new(

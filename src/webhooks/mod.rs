@@ -104,9 +104,9 @@ impl IngressApp {
                             .inc(),
                     }
                 }
-                // The rest of the body, if any, is never read: the
-                // connection closes after the answer.
-                if !session.is_body_done() {
+                // A refused body is never read (nor its read buffer
+                // allocated): the connection closes after the answer.
+                if !has_no_body(session) {
                     session.set_server_keepalive(None);
                 }
                 (refusal.problem.into_http_response(), webhook)
@@ -281,6 +281,12 @@ fn declared_length(session: &HttpSession) -> Option<u64> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+fn has_no_body(session: &HttpSession) -> bool {
+    let headers = &session.req_header().headers;
+    !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && declared_length(session).unwrap_or(0) == 0
 }
 
 fn expects_continue(session: &HttpSession) -> bool {
