@@ -204,3 +204,41 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Without a token (loopback only), a web page must not be able to replay
+/// dead letters with a "simple" cross-site POST: only a request that says
+/// it sends JSON (which needs a preflight, never granted) gets through, and
+/// the dlq CLI sends exactly that.
+#[tokio::test]
+async fn without_a_token_an_admin_post_must_say_it_sends_json() {
+    let body = "upstreams:\n  notify: { backends: [127.0.0.1:9] }\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: { kind: stripe, secrets: [whsec_test_secret_0123456789] }\n    routes: [{ events: [\"*\"], targets: [notify] }]\n";
+    let sidecar = Sidecar::start(body);
+    let url = sidecar.admin_url("/admin/dead-letters/replay");
+    for simple in [
+        vec![],
+        vec![("content-type", "text/plain")],
+        vec![("content-type", "application/x-www-form-urlencoded")],
+    ] {
+        let answer = send("POST", &url, &simple, Bytes::new()).await;
+        assert_eq!(answer.status, 415, "{simple:?}");
+        assert_eq!(answer.headers["x-sidecar-error"], "unsupported_media_type");
+    }
+    let json = [("content-type", "application/json")];
+    let answer = send("POST", &url, &json, Bytes::from_static(b"{}")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["replayed"], 0);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+        .args(["dlq", "replay", "--all", "-c"])
+        .arg(sidecar.dir.join("sidecar.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "replayed 0 dead letters"
+    );
+}

@@ -95,3 +95,46 @@ fn a_taken_port_is_one_clear_error_with_exit_code_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_refuses_what_would_fail_at_run_time_naming_path_and_line() {
+    let (code, _, stderr) = check("upstreams:\n  u: { backends: [127.0.0.1:1], health_check: { path: \"/health z\" } }\nwebhooks:\n  w:\n    path: /w\n    verify: { kind: github, secrets: [0123456789abcdef] }\n    routes: [{ events: [\"*\"], targets: [u] }]\n    delivery: { path: \"/events/a b\" }\nadmin: { token: \"\" }\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("upstreams.u.health_check.path: invalid path \"/health z\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("webhooks.w.delivery.path: invalid path \"/events/a b\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(line 8, column"), "{stderr}");
+    assert!(
+        stderr.contains("admin.token: token is 0 bytes long"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_error_about_a_secret_names_its_reference_not_its_value() {
+    let path = std::env::temp_dir().join(format!("sidecar-secret-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "services:\n  s:\n    route: /s\n    upstream: ${env:TEST_UPSTREAM_URL}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .env(
+            "TEST_UPSTREAM_URL",
+            "https://admin:pa55word-do-not-show@api.example",
+        )
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("pa55word"), "{stderr}");
+    assert!(stderr.contains("${env:TEST_UPSTREAM_URL}"), "{stderr}");
+}

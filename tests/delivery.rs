@@ -910,3 +910,39 @@ async fn sigterm_lets_a_delivery_in_flight_finish_and_keeps_the_rest_in_the_stor
         "the finished delivery was acked; the other waits"
     );
 }
+
+/// A target asking for ten years with Retry-After gets the longest backoff
+/// (400 ms here) instead: neither a job parked for a decade nor a due time
+/// wrapped into the past and retried in a tight loop.
+#[tokio::test]
+async fn a_targets_huge_retry_after_is_capped_at_the_longest_backoff() {
+    let target = MockServer::start(|seen| {
+        if seen.headers["x-delivery-attempt"] == "1" {
+            MockAnswer::status(503, "later").header("retry-after", "315360000")
+        } else {
+            MockAnswer::status(204, "")
+        }
+    })
+    .await;
+    let sidecar = Sidecar::start(&config(
+        &format!("  notify: {{ backends: [{}] }}\n", target.addr),
+        "[{ events: [\"*\"], targets: [notify] }]",
+        "",
+    ));
+    assert_eq!(
+        post_event(&sidecar, "evt_decade", "charge.failed").await,
+        202
+    );
+    eventually(Duration::from_secs(5), "the second attempt", || {
+        target.requests().len() == 2
+    })
+    .await;
+    let seen = target.requests();
+    let gap = seen[1].at - seen[0].at;
+    assert!(
+        gap >= Duration::from_millis(390) && gap < Duration::from_secs(2),
+        "retried after {gap:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(target.requests().len(), 2, "delivered: no tight loop");
+}

@@ -460,3 +460,49 @@ async fn streams_50_mib_both_ways_without_buffering_it() {
         "peak RSS grew by {growth_mib} MiB while streaming 50 MiB each way"
     );
 }
+
+/// A token endpoint promising a lifetime near the end of time: the sidecar
+/// keeps serving (no overflow of the clock), with the token cached.
+#[tokio::test]
+async fn an_oauth2_expires_in_near_u64_max_is_served_and_cached() {
+    let tokens = token_server(u64::MAX - 1, Duration::ZERO).await;
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
+    for path in ["/suppliers/a", "/suppliers/b"] {
+        get_with(&sidecar, path, &[]).await;
+    }
+    assert_eq!(tokens.requests().len(), 1);
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.headers["authorization"] == "Bearer at-1"));
+    assert!(!sidecar.logs().contains("panicked"), "{}", sidecar.logs());
+}
+
+/// An app's request id is kept only when it is 1 to 128 visible token
+/// characters: one with spaces could forge fields in the text access log.
+#[tokio::test]
+async fn a_request_id_that_could_forge_log_fields_is_replaced() {
+    let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
+    let sidecar = Sidecar::start(&format!(
+        "services:\n{}",
+        service("stripe", "/stripe", &upstream.url(), "")
+    ));
+    let kept = get_with(
+        &sidecar,
+        "/stripe/a",
+        &[("x-request-id", "req-42.abc_DEF~1")],
+    )
+    .await;
+    assert_eq!(kept.headers["x-request-id"], "req-42.abc_DEF~1");
+    let forged = "x status=200 service=payments";
+    let replaced = get_with(&sidecar, "/stripe/b", &[("x-request-id", forged)]).await;
+    let id = &replaced.headers["x-request-id"];
+    assert_eq!(id.len(), 32, "a new id: {id}");
+    assert_eq!(upstream.requests()[1].headers["x-request-id"], *id);
+    let long = "a".repeat(129);
+    let replaced = get_with(&sidecar, "/stripe/c", &[("x-request-id", long.as_str())]).await;
+    assert_ne!(replaced.headers["x-request-id"], long);
+    let logs = sidecar.log_containing(id).await;
+    assert!(!logs.contains("service=payments"), "{logs}");
+}

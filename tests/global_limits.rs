@@ -175,3 +175,48 @@ async fn pauses_are_announced_to_replicas_without_a_shared_limit_and_to_late_sta
         Ok(true)
     );
 }
+
+/// A provider's Retry-After of ten years pauses the service for
+/// `max_pause` (15 minutes by default) at most: locally, in Redis for
+/// every replica, and in the Retry-After the app is told.
+#[tokio::test]
+async fn a_ten_year_retry_after_pauses_every_replica_for_max_pause_at_most() {
+    let redis = RedisServer::start();
+    let upstream = MockServer::start(|_| {
+        MockAnswer::status(429, "go away").header("retry-after", "315360000")
+    })
+    .await;
+    let body = config(&redis, &upstream, "1000");
+    let (a, b) = (Sidecar::start(&body), Sidecar::start(&body));
+    assert_eq!(get(&a.egress_url("/stripe/x")).await.status, 429);
+    let paused = get(&a.egress_url("/stripe/x")).await;
+    assert_eq!(paused.headers["x-sidecar-error"], "provider_throttled");
+    assert_eq!(paused.headers["retry-after"], "900");
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let left: i64 = redis::cmd("PTTL")
+        .arg("test:pause:{stripe}")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!((0..=900_000).contains(&left), "stored for {left} ms");
+    // The other replica heard of it, capped the same way.
+    let mut seen = 0;
+    for _ in 0..50 {
+        let answer = get(&b.egress_url("/stripe/x")).await;
+        if answer.headers.get("x-sidecar-error").map(String::as_str) == Some("provider_throttled") {
+            seen = answer.headers["retry-after"].parse::<u64>().unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!((1..=900).contains(&seen), "{seen}");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "nobody called the provider again"
+    );
+}

@@ -783,3 +783,121 @@ async fn twilio_refuses_what_was_signed_for_another_url_body_or_key() {
         ])
         .await;
 }
+
+/// A captured request resent with a new, unsigned id header is the same
+/// event (200 duplicate), for every provider whose id header lies outside
+/// its signature; the provider's own id is still what deliveries carry.
+#[tokio::test]
+async fn an_unsigned_id_header_never_makes_a_replay_a_new_event() {
+    use wedsync_sidecar::webhooks::verify::github::Github;
+    use wedsync_sidecar::webhooks::verify::shopify::Shopify;
+    use wedsync_sidecar::webhooks::verify::standard::Standard;
+    use wedsync_sidecar::webhooks::verify::twilio::Twilio;
+    let public_url = "https://hooks.example.net/webhooks/twilio";
+    let body = format!(
+        "upstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  standard:\n    path: /standard\n    verify: {{ kind: standard, secrets: [whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n  github:\n    path: /github\n    verify: {{ kind: github, secrets: [github-secret-0123456789] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n  shopify:\n    path: /shopify\n    verify: {{ kind: shopify, secrets: [shpss_secret_0123456789] }}\n    routes: [{{ events: [\"orders/*\"], targets: [notify] }}]\n  twilio:\n    path: /twilio\n    verify: {{ kind: twilio, secrets: [twilio-token-0123456789], public_url: \"{public_url}\" }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n"
+    );
+    let sidecar = Sidecar::start(&body);
+    let url = |path: &str| format!("http://{}{path}", sidecar.ingress);
+    let post = |path: String, headers: Vec<(String, String)>, body: &'static [u8]| async move {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        send("POST", &path, &headers, Bytes::from_static(body)).await
+    };
+
+    // Standard Webhooks signed with svix-* headers, plus a forged webhook-id.
+    let standard = Standard {
+        keys: vec![wedsync_sidecar::config::webhooks::secret_key_bytes(
+            wedsync_sidecar::config::webhooks::VerifyKind::Standard,
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        )
+        .unwrap()],
+        tolerance: Duration::from_secs(300),
+    };
+    let payload: &[u8] = br#"{"type":"email.delivered"}"#;
+    let signed: Vec<(String, String)> = standard
+        .signed_headers("msg_signed", now(), payload)
+        .into_iter()
+        .map(|(n, v)| (n.replace("webhook-", "svix-"), v))
+        .collect();
+    let mut statuses = Vec::new();
+    for forged in ["msg_a", "msg_b", "msg_c"] {
+        let mut headers = signed.clone();
+        headers.push(("webhook-id".into(), forged.into()));
+        let answer = post(url("/standard"), headers, payload).await;
+        assert_eq!(answer.json()["id"], "msg_signed", "the id that was signed");
+        statuses.push(answer.status);
+    }
+    assert_eq!(statuses, [202, 200, 200]);
+
+    // GitHub: the same signed body with a new X-GitHub-Delivery.
+    let github = Github {
+        keys: vec![b"github-secret-0123456789".to_vec()],
+        allow_sha1: false,
+    };
+    let payload: &[u8] = br#"{"action":"opened","number":7}"#;
+    let signature = github.sign(payload, 0).headers[0].1.clone();
+    let mut answers = Vec::new();
+    for delivery in ["guid-1", "guid-2"] {
+        let headers = vec![
+            ("x-hub-signature-256".to_string(), signature.clone()),
+            ("x-github-delivery".to_string(), delivery.to_string()),
+            ("x-github-event".to_string(), "issues".to_string()),
+            ("content-type".to_string(), "application/json".to_string()),
+        ];
+        answers.push(post(url("/github"), headers, payload).await);
+    }
+    assert_eq!((answers[0].status, answers[1].status), (202, 200));
+    assert_eq!(
+        answers[1].json()["id"],
+        "guid-2",
+        "the provider's id is kept"
+    );
+
+    // Shopify: a new webhook id and another topic do not reroute it.
+    let shopify = Shopify {
+        keys: vec![b"shpss_secret_0123456789".to_vec()],
+    };
+    let payload: &[u8] = br#"{"id":820982911946154508,"total":"10.00"}"#;
+    let signature = shopify.sign(payload, 0).headers[0].1.clone();
+    let mut statuses = Vec::new();
+    for (id, topic) in [("w-1", "orders/create"), ("w-2", "orders/cancelled")] {
+        let headers = vec![
+            ("x-shopify-hmac-sha256".to_string(), signature.clone()),
+            ("x-shopify-webhook-id".to_string(), id.to_string()),
+            ("x-shopify-topic".to_string(), topic.to_string()),
+        ];
+        statuses.push(post(url("/shopify"), headers, payload).await.status);
+    }
+    assert_eq!(statuses, [202, 200]);
+
+    // Twilio: another idempotency token, and the content type in other case.
+    let twilio = Twilio {
+        keys: vec![b"twilio-token-0123456789".to_vec()],
+        public_url: public_url.into(),
+    };
+    let payload: &[u8] = b"MessageSid=SM9&MessageStatus=delivered";
+    let signature = twilio.sign(payload, 0).headers[0].1.clone();
+    let mut statuses = Vec::new();
+    for (token, content_type) in [
+        ("tok-1", "application/x-www-form-urlencoded"),
+        ("tok-2", "application/x-www-form-urlencoded"),
+        ("tok-3", "Application/X-WWW-Form-Urlencoded"),
+    ] {
+        let headers = vec![
+            ("x-twilio-signature".to_string(), signature.clone()),
+            ("i-twilio-idempotency-token".to_string(), token.to_string()),
+            ("content-type".to_string(), content_type.to_string()),
+        ];
+        statuses.push(post(url("/twilio"), headers, payload).await.status);
+    }
+    assert_eq!(statuses, [202, 200, 200]);
+    sidecar
+        .metrics_containing(&[
+            "sidecar_webhooks_received_total{outcome=\"accepted\",webhook=\"twilio\"} 1",
+            "sidecar_webhooks_received_total{outcome=\"duplicate\",webhook=\"standard\"} 2",
+        ])
+        .await;
+}

@@ -20,10 +20,11 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    /// Keeps the app's request id when it is usable (printable, 1 to 200
-    /// bytes), otherwise makes one.
+    /// Keeps the app's request id when it is 1 to 128 visible token
+    /// characters (RFC 9110's `tchar`), otherwise makes one: an id with
+    /// spaces or quotes could forge fields of the text access log.
     pub fn for_request(&self, header: Option<&http::HeaderValue>) -> http::HeaderValue {
-        match header.filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok()) {
+        match header.filter(|v| is_usable(v.as_bytes())) {
             Some(id) => id.clone(),
             None => {
                 let n = self
@@ -33,6 +34,18 @@ impl RequestIds {
             }
         }
     }
+}
+
+/// The longest request id an app may choose.
+pub const MAX_REQUEST_ID: usize = 128;
+
+fn is_usable(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len()) && id.iter().all(|b| is_tchar(*b))
+}
+
+/// RFC 9110 §5.6.2: `tchar`.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 fn hex_id(high: u64, low: u64) -> http::HeaderValue {
@@ -66,11 +79,20 @@ mod tests {
     #[test]
     fn unusable_app_request_ids_are_replaced() {
         let ids = RequestIds::default();
-        let too_long = http::HeaderValue::from_str(&"x".repeat(201)).unwrap();
+        let too_long = http::HeaderValue::from_str(&"x".repeat(129)).unwrap();
         let not_text = http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
-        for unusable in [http::HeaderValue::from_static(""), too_long, not_text] {
-            assert_eq!(ids.for_request(Some(&unusable)).len(), 32);
+        for unusable in [
+            http::HeaderValue::from_static(""),
+            too_long,
+            not_text,
+            http::HeaderValue::from_static("a b"),
+            http::HeaderValue::from_static("a\"b"),
+            http::HeaderValue::from_static("a=b,c"),
+        ] {
+            assert_eq!(ids.for_request(Some(&unusable)).len(), 32, "{unusable:?}");
         }
+        let longest = http::HeaderValue::from_str(&"x".repeat(128)).unwrap();
+        assert_eq!(ids.for_request(Some(&longest)), longest);
     }
 
     #[test]
