@@ -4,8 +4,12 @@
 //! then one every `per / requests`.
 //!
 //! A limit keyed by `service` alone is one atomic. Keys with headers live in
-//! sixteen mutex-guarded shards; a lookup by one header value allocates
-//! nothing, and buckets that have refilled are pruned once a shard grows.
+//! sixteen mutex-guarded shards, each key kept as its 64-bit keyed hash
+//! (the header value may be kilobytes long, and comes from the app). Buckets
+//! that have refilled are pruned once a shard grows; at most [`MAX_KEYS`]
+//! are kept, so unique header values cannot grow the limiter without bound:
+//! past the cap the buckets nearest to refilled are forgotten first (a
+//! forgotten bucket starts full again, the least harm a cap can do).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -22,6 +26,8 @@ use crate::config::services::{LimitKey, OnLimit, RateLimit};
 pub const MISSING_KEY: &str = "-";
 const SHARDS: usize = 16;
 const PRUNE_ABOVE: usize = 4096;
+/// Buckets kept per limiter at most.
+pub const MAX_KEYS: usize = SHARDS * PRUNE_ABOVE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -92,7 +98,9 @@ pub struct LocalLimiter {
     clock: Arc<dyn Clock>,
     /// The bucket when the key is the service alone.
     service: AtomicU64,
-    shards: Vec<Mutex<HashMap<Box<str>, u64>>>,
+    /// Per shard: the key's keyed hash -> its bucket's arrival time. The
+    /// hasher's random key keeps an app from choosing colliding values.
+    shards: Vec<Mutex<HashMap<u64, u64>>>,
     hasher: RandomState,
 }
 
@@ -139,20 +147,19 @@ impl LocalLimiter {
     }
 
     fn decide_keyed(&self, key: &str, now: u64, cap: u64) -> Decision {
-        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[hash as usize % SHARDS];
         let mut buckets = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let tat = buckets.get(key).copied().unwrap_or(0);
+        let tat = buckets.get(&hash).copied().unwrap_or(0);
         let (decision, new_tat) = self.gcra.decide(tat, now, cap);
         if new_tat != tat {
-            match buckets.get_mut(key) {
+            match buckets.get_mut(&hash) {
                 Some(slot) => *slot = new_tat,
                 None => {
                     if buckets.len() >= PRUNE_ABOVE {
-                        // A bucket whose arrival time has passed is full:
-                        // the same as no bucket at all.
-                        buckets.retain(|_, tat| *tat > now);
+                        make_room(&mut buckets, now);
                     }
-                    buckets.insert(key.into(), new_tat);
+                    buckets.insert(hash, new_tat);
                 }
             }
         }
@@ -166,6 +173,21 @@ impl LocalLimiter {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
     }
+}
+
+/// Frees room in a full shard: a bucket whose arrival time has passed is
+/// full, the same as no bucket at all; if every bucket is still draining,
+/// the eighth nearest to full goes (one scan frees room for many inserts).
+fn make_room(buckets: &mut HashMap<u64, u64>, now: u64) {
+    buckets.retain(|_, tat| *tat > now);
+    if buckets.len() < PRUNE_ABOVE {
+        return;
+    }
+    let mut arrival_times: Vec<u64> = buckets.values().copied().collect();
+    let cut = PRUNE_ABOVE / 8;
+    let (_, threshold, _) = arrival_times.select_nth_unstable(cut);
+    let threshold = *threshold;
+    buckets.retain(|_, tat| *tat > threshold);
 }
 
 pub fn micros(duration: Duration) -> u64 {
@@ -382,5 +404,27 @@ mod tests {
             "{} buckets kept",
             limiter.tracked_keys()
         );
+    }
+
+    #[test]
+    fn unique_keys_that_never_refill_stay_under_the_cap() {
+        // One request per hour: no bucket refills while the test runs.
+        let mut settings = limit(1, Duration::from_secs(3600), 1);
+        settings.key = vec![LimitKey::Header("x-client".into())];
+        let (limiter, _clock) = limiter(settings);
+        let mut headers = HeaderMap::new();
+        let count = MAX_KEYS + MAX_KEYS / 2;
+        for i in 0..count {
+            headers.insert("x-client", format!("client-{i}").parse().unwrap());
+            assert!(allowed(limiter.decide(&headers, Duration::MAX)));
+        }
+        assert!(
+            limiter.tracked_keys() <= MAX_KEYS,
+            "{}",
+            limiter.tracked_keys()
+        );
+        // A key that is still tracked is still limited.
+        headers.insert("x-client", format!("client-{}", count - 1).parse().unwrap());
+        assert!(!allowed(limiter.decide(&headers, Duration::MAX)));
     }
 }

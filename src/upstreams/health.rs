@@ -51,15 +51,33 @@ impl HealthTable {
     pub fn state(&self, addr: &str) -> BackendHealth {
         self.states
             .read()
-            .expect("health table")
+            .unwrap_or_else(|e| e.into_inner())
             .get(addr)
             .copied()
             .unwrap_or_default()
     }
 
+    /// Forgets backends that left discovery, and their gauge series.
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        states.retain(|addr, _| {
+            let keep = live.contains(addr);
+            if !keep {
+                let _ = self
+                    .gauge
+                    .remove_label_values(&[self.group.as_str(), addr.as_str()]);
+            }
+            keep
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// One check's result; returns the new health when it changed.
     pub fn record(&self, addr: &str, passed: bool) -> Option<bool> {
-        let mut states = self.states.write().expect("health table");
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
         let state = states.entry(addr.to_string()).or_default();
         state.checked = true;
         if passed {

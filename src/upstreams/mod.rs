@@ -13,9 +13,9 @@ pub mod health;
 pub mod selection;
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
@@ -45,6 +45,8 @@ pub struct Group {
     health: Option<Arc<HealthTable>>,
     in_flight: Arc<InFlight>,
     breakers: RwLock<HashMap<String, Arc<Breaker>>>,
+    /// Backends whose health gauge this group set without a check.
+    published: Mutex<HashSet<String>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -77,9 +79,10 @@ impl Group {
             BackendsConfig::Static(list) => {
                 let set: BTreeSet<Backend> = list
                     .iter()
-                    .map(|b| {
-                        Backend::new_with_weight(&b.addr.to_string(), b.weight as usize)
-                            .expect("a socket address is a backend")
+                    .map(|b| Backend {
+                        addr: pingora::protocols::l4::socket::SocketAddr::Inet(b.addr),
+                        weight: b.weight as usize,
+                        ext: http::Extensions::new(),
                     })
                     .collect();
                 (Backends::new(Static::new(set)), None)
@@ -91,6 +94,16 @@ impl Group {
                 Some(*refresh),
             ),
         };
+        Self::with_backends(config, backends, refresh, clock, metrics)
+    }
+
+    fn with_backends(
+        config: &UpstreamGroup,
+        backends: Backends,
+        refresh: Option<std::time::Duration>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let in_flight = Arc::new(InFlight::default());
         let mut lb = LoadBalancer::from_backends_with_config(
             backends,
@@ -124,6 +137,7 @@ impl Group {
             health,
             in_flight,
             breakers: RwLock::default(),
+            published: Mutex::default(),
             clock,
             metrics,
         })
@@ -139,10 +153,15 @@ impl Group {
     }
 
     fn breaker(&self, addr: &str) -> Arc<Breaker> {
-        if let Some(breaker) = self.breakers.read().expect("breakers").get(addr) {
+        if let Some(breaker) = self
+            .breakers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+        {
             return Arc::clone(breaker);
         }
-        let mut breakers = self.breakers.write().expect("breakers");
+        let mut breakers = self.breakers.write().unwrap_or_else(|e| e.into_inner());
         let (group, backend) = (self.config.name.clone(), addr.to_string());
         let breaker = breakers.entry(addr.to_string()).or_insert_with(|| {
             Arc::new(Breaker::new(
@@ -211,17 +230,58 @@ impl Group {
     }
 
     /// Sets `sidecar_upstream_backend_healthy` for backends without a check
-    /// (always 1); checked ones are set by each check.
+    /// (always 1; checked ones are set by each check), and forgets every
+    /// backend that left discovery: its breaker, in-flight counter, health
+    /// and metric series. DNS churn must not grow the sidecar forever.
     pub fn refresh_gauges(&self) {
-        if self.health.is_some() {
-            return;
+        let live: HashSet<String> = self
+            .lb
+            .backends()
+            .get_backend()
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        self.breakers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|addr, _| live.contains(addr));
+        self.in_flight.retain(&live);
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        published.retain(|addr| {
+            let keep = live.contains(addr);
+            if !keep {
+                let _ = self
+                    .metrics
+                    .upstream_backend_healthy
+                    .remove_label_values(&[self.config.name.as_str(), addr.as_str()]);
+            }
+            keep
+        });
+        match &self.health {
+            Some(table) => table.retain(&live),
+            None => {
+                for addr in &live {
+                    self.metrics
+                        .upstream_backend_healthy
+                        .with_label_values(&[self.config.name.as_str(), addr.as_str()])
+                        .set(1);
+                    published.insert(addr.clone());
+                }
+            }
         }
-        for backend in self.lb.backends().get_backend().iter() {
-            self.metrics
-                .upstream_backend_healthy
-                .with_label_values(&[self.config.name.as_str(), &backend.addr.to_string()])
-                .set(1);
-        }
+    }
+
+    /// Per-backend entries held (breakers, in-flight counters, health), for
+    /// tests of how state follows discovery.
+    pub fn tracked_backends(&self) -> (usize, usize, usize) {
+        (
+            self.breakers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+            self.in_flight.len(),
+            self.health.as_ref().map_or(0, |h| h.len()),
+        )
     }
 
     /// The `/admin/upstreams` entry of this group.
@@ -442,6 +502,60 @@ mod tests {
             seen.contains("127.0.0.1:7001"),
             "a probe goes to 7001 again"
         );
+    }
+
+    /// A discovery whose answer the test sets.
+    struct Shifting(Arc<Mutex<BTreeSet<Backend>>>);
+
+    #[async_trait::async_trait]
+    impl pingora::lb::discovery::ServiceDiscovery for Shifting {
+        async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+            Ok((self.0.lock().unwrap().clone(), HashMap::new()))
+        }
+    }
+
+    fn backend(port: u16) -> Backend {
+        Backend::new(&format!("127.0.0.1:{port}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn backends_that_leave_discovery_take_their_state_and_series_with_them() {
+        let answer = Arc::new(Mutex::new((7001..7004).map(backend).collect()));
+        let config = UpstreamGroup {
+            name: "notify".into(),
+            backends: BackendsConfig::Static(Vec::new()),
+            balance: Balance::RoundRobin,
+            health_check: None,
+            max_in_flight: 16,
+            circuit_breaker: default_backend_breaker(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let group = Group::with_backends(
+            &config,
+            Backends::new(Box::new(Shifting(Arc::clone(&answer)))),
+            None,
+            Arc::new(ManualClock::default()),
+            Arc::clone(&metrics),
+        );
+        group.lb.update().await.unwrap();
+        for _ in 0..3 {
+            group.choose().unwrap().finish(Outcome::Success);
+        }
+        group.refresh_gauges();
+        assert_eq!(group.tracked_backends(), (3, 3, 0));
+        let series = |metrics: &Metrics| {
+            String::from_utf8(metrics.render())
+                .unwrap()
+                .matches("sidecar_upstream_backend_healthy{")
+                .count()
+        };
+        assert_eq!(series(&metrics), 3);
+        // DNS now answers with two others: 7001-7003 leave.
+        *answer.lock().unwrap() = [backend(7010), backend(7011)].into();
+        group.lb.update().await.unwrap();
+        group.refresh_gauges();
+        assert_eq!(group.tracked_backends(), (0, 0, 0));
+        assert_eq!(series(&metrics), 2, "only the live backends' series");
     }
 
     #[test]

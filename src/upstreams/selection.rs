@@ -31,15 +31,36 @@ pub struct InFlight {
 impl InFlight {
     pub fn counter(&self, backend: &Backend) -> Arc<AtomicUsize> {
         let addr = backend.addr.to_string();
-        if let Some(counter) = self.counters.read().expect("in-flight table").get(&addr) {
+        if let Some(counter) = self
+            .counters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+        {
             return Arc::clone(counter);
         }
-        let mut counters = self.counters.write().expect("in-flight table");
+        let mut counters = self.counters.write().unwrap_or_else(|e| e.into_inner());
         Arc::clone(counters.entry(addr).or_default())
     }
 
     pub fn count(&self, backend: &Backend) -> usize {
         self.counter(backend).load(Ordering::Acquire)
+    }
+
+    /// Forgets the counters of backends that left, once nothing runs on
+    /// them (a delivery in flight keeps its own handle either way).
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        self.counters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|addr, count| live.contains(addr) || count.load(Ordering::Acquire) > 0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.counters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
