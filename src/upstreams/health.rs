@@ -71,7 +71,7 @@ impl HealthTable {
         });
     }
 
-    pub fn len(&self) -> usize {
+    pub fn tracked(&self) -> usize {
         self.states.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 

@@ -279,8 +279,8 @@ impl Group {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .len(),
-            self.in_flight.len(),
-            self.health.as_ref().map_or(0, |h| h.len()),
+            self.in_flight.tracked(),
+            self.health.as_ref().map_or(0, |h| h.tracked()),
         )
     }
 

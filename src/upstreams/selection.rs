@@ -56,7 +56,7 @@ impl InFlight {
             .retain(|addr, count| live.contains(addr) || count.load(Ordering::Acquire) > 0);
     }
 
-    pub fn len(&self) -> usize {
+    pub fn tracked(&self) -> usize {
         self.counters
             .read()
             .unwrap_or_else(|e| e.into_inner())
