@@ -9,6 +9,8 @@ pub mod config;
 pub mod delivery;
 pub mod dlq;
 pub mod egress;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod inject;
 pub mod lifecycle;
 pub mod listen_owner;

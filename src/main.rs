@@ -140,14 +140,20 @@ fn main() -> ExitCode {
     let path = config_path(&cli);
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match Config::load(&path) {
-            Ok(config) => {
-                print_out(&format!(
-                    "{}: OK\n{}",
-                    path.display(),
-                    config::summary(&config)
-                ));
-                ExitCode::SUCCESS
-            }
+            Ok(config) => match wedsync_sidecar::server::build_check(&config) {
+                Ok(()) => {
+                    print_out(&format!(
+                        "{}: OK\n{}",
+                        path.display(),
+                        config::summary(&config)
+                    ));
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{}: {error}", path.display());
+                    ExitCode::from(1)
+                }
+            },
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(1)

@@ -187,6 +187,30 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Builds every runtime part of `config` the way `run` does (egress
+/// services with their credentials and limits, webhook verifiers, upstream
+/// groups, delivery settings) without listening, storing or calling
+/// anything: `check` runs it, so a config it passes cannot fail at start.
+pub fn build_check(config: &Config) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    EgressProxy::new(config, Arc::clone(&metrics), Lifecycle::new()).map_err(StartError::Setup)?;
+    IngressApp::new(
+        &config.webhooks,
+        None,
+        &metrics,
+        Arc::new(Notify::new()),
+        config.ingress.max_buffered,
+    )
+    .map_err(StartError::Setup)?;
+    let (upstreams, _service) = Upstreams::new(
+        &config.upstreams,
+        MonotonicClock::shared(),
+        Arc::clone(&metrics),
+    );
+    drop(upstreams);
+    crate::delivery::check_settings(config).map_err(StartError::Setup)
+}
+
 /// The store webhooks are accepted into; none without webhooks, so an
 /// egress-only sidecar creates no files.
 fn event_store(

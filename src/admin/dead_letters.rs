@@ -26,14 +26,28 @@ impl Query {
         }
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
             .find(|(key, value)| key == name && !value.is_empty())
             .map(|(_, value)| value.as_str())
     }
 
-    fn filter(&self) -> DeadLetterFilter {
+    /// The page size asked for: 1 to 500, 50 when not given.
+    pub fn limit(&self) -> Result<usize, Problem> {
+        match self.get("limit") {
+            None => Ok(DEFAULT_PAGE),
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+                _ => Err(Problem::new(
+                    ErrorCode::BadRequest,
+                    format!("limit must be a number from 1 to {MAX_PAGE}, not {text:?}"),
+                )),
+            },
+        }
+    }
+
+    pub fn filter(&self) -> DeadLetterFilter {
         DeadLetterFilter {
             webhook: self.get("webhook").map(str::to_string),
             target: self.get("target").map(str::to_string),
@@ -105,18 +119,7 @@ pub async fn handle(
 }
 
 async fn list(store: &dyn Store, query: &Query) -> Answer {
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                return Err(Problem::new(
-                    ErrorCode::BadRequest,
-                    format!("limit must be a number from 1 to {MAX_PAGE}, not {text:?}"),
-                ))
-            }
-        },
-    };
+    let limit = query.limit()?;
     let page = store
         .dead_letters(&query.filter(), query.get("cursor"), limit)
         .await
@@ -136,7 +139,7 @@ async fn find(store: &dyn Store, id: u64) -> Result<DeadLetter, Problem> {
         .ok_or_else(|| not_found(id))
 }
 
-fn parse_id(text: &str) -> Result<u64, Problem> {
+pub fn parse_id(text: &str) -> Result<u64, Problem> {
     text.parse().map_err(|_| {
         Problem::new(
             ErrorCode::BadRequest,

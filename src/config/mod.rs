@@ -388,9 +388,10 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         let urls = d.required(&f, "url").and_then(|n| {
             let url = |d: &mut Decoder, item: &Node| {
                 d.parsed(item, |u| {
-                    let scheme_ok = u.starts_with("redis://") || u.starts_with("rediss://");
                     // Parsed here, so the store never meets a URL it cannot use.
-                    if scheme_ok && redis::Client::open(u).is_ok() {
+                    let usable = (u.starts_with("redis://") && redis::Client::open(u).is_ok())
+                        || u.starts_with("rediss://");
+                    if usable {
                         Ok(Secret::new(u))
                     } else {
                         Err("invalid Redis URL: expected redis://[user:password@]host:port[/db] or rediss:// for TLS".to_string())

@@ -106,6 +106,12 @@ impl Settings {
     }
 }
 
+/// Builds the delivery settings of `config` (the signing secret above all)
+/// without starting anything.
+pub fn check_settings(config: &Config) -> Result<(), String> {
+    Settings::new(config).map(drop)
+}
+
 /// What every delivery task shares.
 pub struct Deliverer {
     store: Arc<dyn Store>,

@@ -50,9 +50,11 @@ pub fn build(
         .as_deref()
         .unwrap_or("application/octet-stream");
     let mut headers: Vec<(String, String)> = vec![
-        ("host".into(), delivery.backend.to_string()),
-        ("content-type".into(), content_type.to_string()),
-        ("x-webhook-source".into(), event.webhook.clone()),
+        ("host".into(), header_safe(delivery.backend)),
+        // Records come back from the store: even what was a header value
+        // once is made safe again, never trusted to be.
+        ("content-type".into(), header_safe(content_type)),
+        ("x-webhook-source".into(), header_safe(&event.webhook)),
         ("x-event-id".into(), header_safe(&event.id)),
         ("x-delivery-attempt".into(), delivery.attempt.to_string()),
     ];

@@ -118,7 +118,7 @@ impl PreparedAuth {
 }
 
 /// The query without any `name=` pair the app sent, plus ours at the end.
-fn replace_query_param(query: Option<&str>, name: &str, encoded_value: &str) -> String {
+pub fn replace_query_param(query: Option<&str>, name: &str, encoded_value: &str) -> String {
     let encoded_name: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
     let mut kept: Vec<&str> = query
         .unwrap_or("")

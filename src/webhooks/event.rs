@@ -113,33 +113,7 @@ pub fn extract(
         },
     };
     let kind = webhook.verify.kind;
-    let body_digest = || format!("sha256:{}", encode_hex(&sha256(body)));
-    let found = match &webhook.event_id {
-        Some(field) => sources.field(field),
-        None if kind == VerifyKind::Standard => signed.id.clone(),
-        None => default_id(kind, &sources),
-    };
-    // Signed: a value of the (signed) body, or the id the signature covers.
-    let id_is_signed = match &webhook.event_id {
-        Some(Field::Pointer(_)) => true,
-        Some(Field::Header(_)) => false,
-        None => matches!(
-            kind,
-            VerifyKind::Stripe | VerifyKind::Slack | VerifyKind::Standard
-        ),
-    };
-    let (id, dedup) = match found {
-        Some(id) if id_is_signed => (id.clone(), id),
-        Some(id) => {
-            let dedup = match (&signed.id, &signed.digest) {
-                (Some(signed_id), _) => signed_id.clone(),
-                (None, Some(digest)) => format!("sha256:{}", encode_hex(digest)),
-                (None, None) => body_digest(),
-            };
-            (id, dedup)
-        }
-        None => (body_digest(), body_digest()),
-    };
+    let (id, dedup) = identity(webhook, &sources, body, signed);
     let event_type = match &webhook.event_type {
         Some(field) => sources.field(field),
         None => default_type(kind, &sources),
@@ -174,6 +148,43 @@ pub fn extract(
         context,
         priority,
         targets,
+    }
+}
+
+/// The event's id and its dedup key. The id is the provider's (configured
+/// field or per-kind default), else the body's digest. It deduplicates
+/// itself only when signed bytes carry it: a value of the (signed) body,
+/// or Standard Webhooks' signed id. An id from a header outside the
+/// signature deduplicates by what the signature covers instead.
+fn identity(
+    webhook: &Webhook,
+    sources: &Sources<'_>,
+    body: &[u8],
+    signed: &SignedIdentity,
+) -> (String, String) {
+    let kind = webhook.verify.kind;
+    let signed_id = signed.id.clone().filter(|id| !id.is_empty());
+    let (found, id_is_signed) = match &webhook.event_id {
+        Some(Field::Pointer(pointer)) => (sources.pointer(pointer), true),
+        Some(Field::Header(name)) => (sources.header(name), false),
+        None if kind == VerifyKind::Standard => (signed_id.clone(), true),
+        None => (
+            default_id(kind, sources),
+            matches!(kind, VerifyKind::Stripe | VerifyKind::Slack),
+        ),
+    };
+    let body_digest = || format!("sha256:{}", encode_hex(&sha256(body)));
+    match found.filter(|id| !id.is_empty()) {
+        Some(id) if id_is_signed => (id.clone(), id),
+        Some(id) => {
+            let dedup = match (signed_id, &signed.digest) {
+                (Some(signed_id), _) => signed_id,
+                (None, Some(digest)) => format!("sha256:{}", encode_hex(digest)),
+                (None, None) => body_digest(),
+            };
+            (id, dedup)
+        }
+        None => (body_digest(), body_digest()),
     }
 }
 
