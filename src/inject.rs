@@ -266,7 +266,7 @@ startupProbe:
 readinessProbe:
   httpGet: {{ path: /readyz, port: sidecar-admin }}
   periodSeconds: 5
-  failureThreshold: 1
+  failureThreshold: 3
 livenessProbe:
   httpGet: {{ path: /healthz, port: sidecar-admin }}
   periodSeconds: 10

@@ -20,5 +20,6 @@ pub mod reload;
 pub mod resilience;
 pub mod server;
 pub mod store;
+pub mod store_monitor;
 pub mod upstreams;
 pub mod webhooks;

@@ -16,8 +16,21 @@ pub struct Lifecycle {
     listeners_bound: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
-    /// Why the event store did not answer its last check, if it did not.
-    store_trouble: std::sync::Mutex<Option<String>>,
+    store: std::sync::Mutex<StoreState>,
+    /// Set when there is an event store, until its first check passes: a
+    /// store that never answered is no blip.
+    store_unchecked: AtomicBool,
+    /// How long the store may fail before readiness does (`store.unready_after`).
+    unready_after: std::sync::Mutex<Duration>,
+}
+
+/// What the store's checks said, for readiness and `/admin/store`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreState {
+    /// Since when, and why, the store has failed its checks without a pass.
+    pub failing: Option<(Instant, String)>,
+    /// A setting under which the store would lose acknowledged events.
+    pub refusal: Option<String>,
 }
 
 /// Counts one request in flight until dropped.
@@ -31,7 +44,9 @@ impl Drop for InFlightGuard {
 
 impl Lifecycle {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        let lifecycle = Self::default();
+        lifecycle.set_unready_after(Duration::from_secs(10));
+        Arc::new(lifecycle)
     }
 
     pub fn mark_listeners_bound(&self) {
@@ -46,22 +61,80 @@ impl Lifecycle {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Ok when the pod should receive traffic; otherwise why not.
-    /// The event store's last check: Err with its reason fails readiness
-    /// (webhooks could not be accepted).
-    pub fn record_store_check(&self, outcome: Result<(), String>) {
-        *self.store_trouble.lock().expect("lifecycle") = outcome.err();
+    pub fn set_unready_after(&self, after: Duration) {
+        *self.unready_after.lock().unwrap_or_else(|e| e.into_inner()) = after;
     }
 
+    /// The event store's latest check. A failure fails readiness only once
+    /// the store has failed for `unready_after` without a pass: a native
+    /// sidecar's readiness gates the whole pod, and a one-second Redis blip
+    /// must not take every replica (and the app) out of its Services.
+    /// Webhooks get 503 meanwhile anyway, and providers retry.
+    pub fn record_store_check(&self, outcome: Result<(), String>) {
+        self.record_store_check_at(outcome, Instant::now());
+    }
+
+    /// Readiness waits for the store's first passing check.
+    pub fn expect_store(&self) {
+        self.store_unchecked.store(true, Ordering::Release);
+    }
+
+    pub fn record_store_check_at(&self, outcome: Result<(), String>, now: Instant) {
+        if outcome.is_ok() {
+            self.store_unchecked.store(false, Ordering::Release);
+        }
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        store.failing = match outcome {
+            Ok(()) => None,
+            Err(reason) => Some((
+                store.failing.as_ref().map_or(now, |(since, _)| *since),
+                reason,
+            )),
+        };
+    }
+
+    /// A store setting that loses acknowledged events (None: none).
+    /// Readiness fails at once: this is no blip.
+    pub fn set_store_refusal(&self, refusal: Option<String>) {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).refusal = refusal;
+    }
+
+    pub fn store_state(&self) -> StoreState {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Ok when the pod should receive traffic; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
+        self.readiness_at(Instant::now())
+    }
+
+    pub fn readiness_at(&self, now: Instant) -> Result<(), String> {
         if self.is_draining() {
             return Err("shutting down".into());
         }
         if !self.listeners_bound.load(Ordering::Acquire) {
             return Err("listeners are not bound yet".into());
         }
-        if let Some(trouble) = self.store_trouble.lock().expect("lifecycle").as_ref() {
-            return Err(format!("the event store does not answer: {trouble}"));
+        let store = self.store_state();
+        if let Some(refusal) = store.refusal {
+            return Err(refusal);
+        }
+        if self.store_unchecked.load(Ordering::Acquire) {
+            let why = store.failing.map_or_else(
+                || "the event store has not answered yet".to_string(),
+                |(_, reason)| format!("the event store has not answered yet: {reason}"),
+            );
+            return Err(why);
+        }
+        if let Some((since, reason)) = store.failing {
+            let after = *self.unready_after.lock().unwrap_or_else(|e| e.into_inner());
+            let failing_for = now.saturating_duration_since(since);
+            if failing_for >= after {
+                return Err(format!(
+                    "the event store has failed for {} s: {reason}",
+                    failing_for.as_secs()
+                ));
+            }
         }
         Ok(())
     }
@@ -160,15 +233,46 @@ mod tests {
         );
         lifecycle.mark_listeners_bound();
         assert_eq!(lifecycle.readiness(), Ok(()));
-        lifecycle.record_store_check(Err("Redis: connection refused".into()));
-        assert_eq!(
-            lifecycle.readiness(),
-            Err("the event store does not answer: Redis: connection refused".into())
-        );
-        lifecycle.record_store_check(Ok(()));
-        assert_eq!(lifecycle.readiness(), Ok(()));
         lifecycle.start_draining();
         assert_eq!(lifecycle.readiness(), Err("shutting down".into()));
+    }
+
+    #[test]
+    fn a_store_blip_keeps_the_pod_ready_and_a_lasting_failure_does_not() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.mark_listeners_bound();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let down = || Err("Redis: connection refused".to_string());
+        lifecycle.record_store_check_at(down(), at(0));
+        lifecycle.record_store_check_at(down(), at(5));
+        assert_eq!(lifecycle.readiness_at(at(9)), Ok(()), "a blip of 9 s");
+        lifecycle.record_store_check_at(Ok(()), at(9));
+        lifecycle.record_store_check_at(down(), at(12));
+        assert_eq!(
+            lifecycle.readiness_at(at(21)),
+            Ok(()),
+            "failing anew since 12 s"
+        );
+        assert_eq!(
+            lifecycle.readiness_at(at(22)),
+            Err("the event store has failed for 10 s: Redis: connection refused".into())
+        );
+        lifecycle.record_store_check_at(Ok(()), at(23));
+        assert_eq!(lifecycle.readiness_at(at(23)), Ok(()));
+    }
+
+    #[test]
+    fn a_store_setting_that_loses_events_fails_readiness_at_once() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.mark_listeners_bound();
+        lifecycle.set_store_refusal(Some("maxmemory-policy is allkeys-lru".into()));
+        assert_eq!(
+            lifecycle.readiness(),
+            Err("maxmemory-policy is allkeys-lru".into())
+        );
+        lifecycle.set_store_refusal(None);
+        assert_eq!(lifecycle.readiness(), Ok(()));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::redis_events::RedisEventStore;
 use crate::store::Store;
+use crate::store_monitor::StoreMonitor;
 use crate::upstreams::Upstreams;
 use crate::webhooks::listener::IngressListener;
 use crate::webhooks::IngressApp;
@@ -74,13 +75,19 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
 
     let metrics = Arc::new(Metrics::new());
     let lifecycle = Lifecycle::new();
+    lifecycle.set_unready_after(config.store.unready_after);
     let egress = EgressProxy::new(&config, Arc::clone(&metrics), Arc::clone(&lifecycle))
         .map_err(StartError::Setup)?;
     let guards = egress.guards();
     let pause_listener = egress
         .store()
         .map(|store| PauseListener::new(store, guards.clone()));
-    let store = event_store(&config, egress.store())?;
+    let store = event_store(&config, egress.store(), &metrics)?;
+    let store_monitor = store.as_ref().map(|store| {
+        lifecycle.expect_store();
+        StoreMonitor::new(Arc::clone(store), Arc::clone(&lifecycle))
+    });
+    let store_report = store_monitor.as_ref().map(StoreMonitor::report);
     let accepted = Arc::new(Notify::new());
     let ingress = Arc::new(
         IngressApp::new(
@@ -152,6 +159,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             guards,
             upstreams,
             store,
+            store_report,
         ),
     );
     admin_service.add_tcp(&config.listen.admin.to_string());
@@ -160,6 +168,9 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
 
     if let Some(listener) = pause_listener {
         server.add_service(background_service("provider pauses", listener));
+    }
+    if let Some(monitor) = store_monitor {
+        server.add_service(background_service("store monitor", monitor));
     }
     server.add_service(background_service("upstreams", upstreams_service));
     server.add_service(background_service("config reload", reloader));
@@ -216,12 +227,17 @@ pub fn build_check(config: &Config) -> Result<(), StartError> {
 fn event_store(
     config: &Config,
     redis: Option<Arc<RedisStore>>,
+    metrics: &Metrics,
 ) -> Result<Option<Arc<dyn Store>>, StartError> {
     if config.webhooks.is_empty() {
         return Ok(None);
     }
     Ok(Some(match (&config.store.kind, redis) {
-        (_, Some(redis)) => Arc::new(RedisEventStore::new(redis)),
+        (_, Some(redis)) => Arc::new(RedisEventStore::new(redis).with_replicas(
+            config.store.replicas,
+            config.store.replica_timeout,
+            metrics.store_replica_wait_seconds.clone(),
+        )),
         (StoreKind::Local { path }, None) => {
             let horizon = config
                 .webhooks

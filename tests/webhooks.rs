@@ -222,7 +222,7 @@ fn stripe_event(n: usize) -> Vec<u8> {
 async fn with_redis_down_nothing_is_acknowledged_and_it_recovers() {
     let mut redis = RedisServer::start();
     let sidecar = Sidecar::start(&format!(
-        "store: {{ kind: redis, url: {}, prefix: test }}\n{}",
+        "store: {{ kind: redis, url: {}, prefix: test, unready_after: 1s }}\n{}",
         redis.url(),
         config("")
     ));
@@ -238,8 +238,9 @@ async fn with_redis_down_nothing_is_acknowledged_and_it_recovers() {
     assert_eq!(answer.status, 503);
     assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
     assert_eq!(answer.headers["retry-after"], "1");
-    // Readiness follows the store: a pod that cannot store webhooks leaves
-    // the Service's endpoints.
+    // Readiness follows the store once the failure lasts (unready_after,
+    // 1 s here): a pod that cannot store webhooks leaves the Service's
+    // endpoints.
     let readiness = |sidecar: &Sidecar| get(&sidecar.admin_url("/readyz"));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let unready = loop {
@@ -257,7 +258,7 @@ async fn with_redis_down_nothing_is_acknowledged_and_it_recovers() {
         unready.json()["reason"]
             .as_str()
             .unwrap()
-            .starts_with("the event store does not answer"),
+            .starts_with("the event store has failed for"),
         "{}",
         unready.text()
     );

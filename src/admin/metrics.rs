@@ -22,6 +22,7 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub circuit_transitions_total: IntCounterVec,
     pub store_errors_total: IntCounterVec,
+    pub store_replica_wait_seconds: prometheus::Histogram,
     pub webhooks_received_total: IntCounterVec,
     pub webhook_rejections_total: IntCounterVec,
     pub webhook_ack_duration_seconds: HistogramVec,
@@ -82,9 +83,17 @@ impl Metrics {
         let store_errors_total = IntCounterVec::new(
             Opts::new(
                 "sidecar_store_errors_total",
-                "Failed calls to the Redis store, by operation (rate_limit, provider_pause).",
+                "Failed calls to the Redis store, by operation (rate_limit, provider_pause, accept, read, lease, ack, retry, dead_letter, replay, delete, replica_wait, check).",
             ),
             &["op"],
+        )
+        .expect("static metric definition");
+        let store_replica_wait_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "sidecar_store_replica_wait_seconds",
+                "Time of a Redis write that must survive (accept, dead letter, replay, delete) until store.replicas replicas acknowledged it (WAIT), the write included.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )
         .expect("static metric definition");
         let webhooks_received_total = IntCounterVec::new(
@@ -170,6 +179,7 @@ impl Metrics {
             Box::new(circuit_state.clone()),
             Box::new(circuit_transitions_total.clone()),
             Box::new(store_errors_total.clone()),
+            Box::new(store_replica_wait_seconds.clone()),
             Box::new(webhooks_received_total.clone()),
             Box::new(webhook_rejections_total.clone()),
             Box::new(webhook_ack_duration_seconds.clone()),
@@ -195,6 +205,7 @@ impl Metrics {
             circuit_state,
             circuit_transitions_total,
             store_errors_total,
+            store_replica_wait_seconds,
             webhooks_received_total,
             webhook_rejections_total,
             webhook_ack_duration_seconds,

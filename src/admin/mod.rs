@@ -24,7 +24,7 @@ use crate::lifecycle::Lifecycle;
 use crate::problem::{ErrorCode, Problem};
 use crate::reload::ConfigHandle;
 use crate::resilience::clock::unix_time;
-use crate::store::Store;
+use crate::store::{Store, StoreReport};
 use crate::upstreams::Upstreams;
 use metrics::Metrics;
 
@@ -38,6 +38,8 @@ pub struct AdminApp {
     upstreams: Arc<Upstreams>,
     /// None without webhooks: there is no event store then.
     store: Option<Arc<dyn Store>>,
+    /// The event store's latest inspection (`/admin/store`).
+    store_report: Option<Arc<arc_swap::ArcSwapOption<StoreReport>>>,
 }
 
 /// What the admin API reads of a request.
@@ -57,6 +59,7 @@ impl AdminApp {
         guards: Guards,
         upstreams: Arc<Upstreams>,
         store: Option<Arc<dyn Store>>,
+        store_report: Option<Arc<arc_swap::ArcSwapOption<StoreReport>>>,
     ) -> Self {
         Self {
             config,
@@ -65,6 +68,7 @@ impl AdminApp {
             guards,
             upstreams,
             store,
+            store_report,
         }
     }
 
@@ -137,6 +141,7 @@ impl AdminApp {
                         200,
                         &serde_json::json!({ "upstreams": self.upstreams.summary() }),
                     ),
+                    "/admin/store" => self.store_summary(),
                     _ => Problem::new(ErrorCode::NotFound, format!("no admin endpoint at {path}"))
                         .into_http_response(),
                 }
@@ -144,6 +149,43 @@ impl AdminApp {
             _ => Problem::new(ErrorCode::NotFound, format!("no endpoint at {path}"))
                 .into_http_response(),
         }
+    }
+}
+
+impl AdminApp {
+    /// `/admin/store`: what the event store is, how it keeps events (its
+    /// settings, warnings, a refusal) and whether it answers now.
+    fn store_summary(&self) -> http::Response<Vec<u8>> {
+        let Some(report) = &self.store_report else {
+            return Problem::new(
+                ErrorCode::NotFound,
+                "no webhooks are configured, so there is no event store",
+            )
+            .into_http_response();
+        };
+        let report = report.load_full();
+        let state = self.lifecycle.store_state();
+        let settings: serde_json::Map<String, serde_json::Value> = report
+            .as_deref()
+            .map(|r| {
+                r.settings
+                    .iter()
+                    .map(|(name, value)| (name.clone(), serde_json::Value::from(value.as_str())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        json(
+            200,
+            &serde_json::json!({
+                "kind": report.as_deref().map(|r| r.kind),
+                "settings": settings,
+                "warnings": report.as_deref().map(|r| r.warnings.clone()).unwrap_or_default(),
+                "refusal": state.refusal,
+                "answering": state.failing.is_none(),
+                "failing_for_s": state.failing.as_ref().map(|(since, _)| since.elapsed().as_secs()),
+                "last_error": state.failing.map(|(_, reason)| reason),
+            }),
+        )
     }
 }
 

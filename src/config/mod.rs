@@ -97,6 +97,26 @@ pub struct Store {
     #[serde(flatten)]
     pub kind: StoreKind,
     pub prefix: String,
+    /// Redis replicas that must acknowledge a write that must survive
+    /// (accept, dead letter, replay, delete) before it counts as done.
+    pub replicas: u32,
+    #[serde(serialize_with = "ser::duration")]
+    pub replica_timeout: Duration,
+    /// How long the store may fail before `/readyz` turns 503.
+    #[serde(serialize_with = "ser::duration")]
+    pub unready_after: Duration,
+}
+
+impl Store {
+    fn with_kind(kind: StoreKind) -> Self {
+        Self {
+            kind,
+            prefix: "sidecar".into(),
+            replicas: 0,
+            replica_timeout: Duration::from_millis(500),
+            unready_after: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Config {
@@ -222,12 +242,9 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
     };
     let store = match f.get("store") {
         Some(n) => decode_store(d, &n),
-        None => Some(Store {
-            kind: StoreKind::Local {
-                path: PathBuf::from("./data"),
-            },
-            prefix: "sidecar".into(),
-        }),
+        None => Some(Store::with_kind(StoreKind::Local {
+            path: PathBuf::from("./data"),
+        })),
     };
     let services = named_entries(d, f.get("services"), services::decode_service);
     let upstreams = named_entries(d, f.get("upstreams"), upstreams::decode_upstream);
@@ -361,7 +378,41 @@ fn decode_admin(d: &mut Decoder, node: &Node) -> Option<Admin> {
 }
 
 fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
-    let f = d.fields(node, &["kind", "path", "url", "prefix"])?;
+    let f = d.fields(
+        node,
+        &[
+            "kind",
+            "path",
+            "url",
+            "prefix",
+            "replicas",
+            "replica_timeout",
+            "unready_after",
+        ],
+    )?;
+    let defaults = Store::with_kind(StoreKind::Local {
+        path: PathBuf::from("./data"),
+    });
+    let replicas = match f.get("replicas") {
+        Some(n) => d.integer(&n, 0, 16).map(|v| v as u32),
+        None => Some(defaults.replicas),
+    };
+    // WAIT with a timeout of 0 would block forever; a long one holds acks
+    // past every provider's budget.
+    let replica_timeout =
+        services::positive_duration(d, &f, "replica_timeout", defaults.replica_timeout).filter(
+            |timeout| {
+                let ok = *timeout <= Duration::from_secs(2);
+                if !ok {
+                    d.error(
+                        &f.path.key("replica_timeout"),
+                        "must be at most 2s (webhook acks wait for it)",
+                    );
+                }
+                ok
+            },
+        );
+    let unready_after = services::positive_duration(d, &f, "unready_after", defaults.unready_after);
     let kind = match f.get("kind") {
         Some(n) => d.choice(&n, &[("local", false), ("redis", true)])?,
         None => false,
@@ -415,8 +466,18 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         };
         StoreKind::Local { path }
     };
+    if replicas.is_some_and(|r| r > 0) && !matches!(kind, StoreKind::Redis { .. }) {
+        d.error(
+            &f.path.key("replicas"),
+            "only applies to kind: redis (the embedded store has no replicas)",
+        );
+        return None;
+    }
     Some(Store {
         kind,
         prefix: prefix?,
+        replicas: replicas?,
+        replica_timeout: replica_timeout?,
+        unready_after: unready_after?,
     })
 }

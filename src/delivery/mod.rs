@@ -287,11 +287,7 @@ impl DeliveryService {
     async fn refresh_gauges(&self) {
         let store = &self.deliverer.store;
         let metrics = &self.deliverer.metrics;
-        let depth = store.queue_depth().await;
-        // The same call tells readiness whether webhooks can be stored.
-        self.lifecycle
-            .record_store_check(depth.as_ref().map(drop).map_err(ToString::to_string));
-        if let Ok(depth) = depth {
+        if let Ok(depth) = store.queue_depth().await {
             for priority in Priority::ALL {
                 metrics
                     .queue_depth
@@ -406,6 +402,19 @@ impl Deliverer {
                     },
                 )
                 .await;
+                return;
+            }
+            Err(StoreError::Corrupt(reason)) => {
+                tracing::error!(job = job.id, event = job.event, %reason, "a job's event cannot be read; the job becomes a dead letter (corrupt)");
+                let attempt = Attempt {
+                    at_ms: now_ms(),
+                    duration_ms: 0,
+                    backend: None,
+                    status: None,
+                    error: Some(format!("the event's record could not be read ({reason})")),
+                };
+                let corrupt = Decision::DeadLetter { reason: "corrupt" };
+                self.settle(&job, Some(attempt), corrupt).await;
                 return;
             }
             Err(error) => {

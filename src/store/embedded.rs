@@ -14,7 +14,7 @@ use super::records::{
     Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
     OwnedEvent, QueueDepth, StoredEvent,
 };
-use super::{Store, StoreError};
+use super::{Store, StoreError, StoreReport};
 
 pub struct EmbeddedStore {
     engine: Arc<LocalStore>,
@@ -131,5 +131,39 @@ impl Store for EmbeddedStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(LocalStore::flush).await
+    }
+
+    /// Fails while the writer cannot commit (it is recovering), or when a
+    /// read fails.
+    async fn check(&self) -> Result<(), StoreError> {
+        if let Some((_, reason)) = self.committer.health().failure() {
+            return Err(StoreError::Unavailable(reason));
+        }
+        self.queue_depth().await.map(drop)
+    }
+
+    async fn inspect(&self) -> Result<StoreReport, StoreError> {
+        let path = self.engine.path();
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let writer = match self.committer.health().failure() {
+            None => "committing".to_string(),
+            Some((since, reason)) => {
+                format!("failing for {} s: {reason}", since.elapsed().as_secs())
+            }
+        };
+        Ok(StoreReport {
+            kind: "embedded",
+            settings: vec![
+                ("path".into(), path.display().to_string()),
+                ("file size".into(), format!("{size} bytes")),
+                (
+                    "durability".into(),
+                    "accepts, dead letters, replays and deletions fsynced before they are answered; leases, acks and retries within 1 s".into(),
+                ),
+                ("writer".into(), writer),
+            ],
+            warnings: Vec::new(),
+            refusal: None,
+        })
     }
 }

@@ -4,10 +4,18 @@
 //! share one fsync and concurrent deliveries share one commit instead of
 //! queueing for one each. Each sender gets its own answer once the batch is
 //! committed (and fsynced, if it held an accept or a dead letter).
+//!
+//! The writer is supervised by itself: a batch that fails to commit (an I/O
+//! error such as a full disk) or panics inside redb answers every sender
+//! with an error (webhooks get 503, never 202), the database is closed and
+//! opened again, and a probe commit (fsynced) tells when writes work again.
+//! Meanwhile writes fail at once with the reason, which `/readyz` shows.
+//! When space comes back, acceptance resumes without a restart.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -18,6 +26,38 @@ use crate::resilience::clock::unix_time;
 
 /// The most writes applied in one transaction.
 const MAX_BATCH: usize = 256;
+/// Between attempts to bring a failed writer back: the first soon, then
+/// at most every second.
+const RECOVERY_FIRST: Duration = Duration::from_millis(50);
+const RECOVERY_MAX: Duration = Duration::from_secs(1);
+
+/// Whether the writer can commit; shared with the store's health check.
+#[derive(Default)]
+pub struct WriterHealth {
+    /// Since when and why commits fail; None while they work.
+    failing: Mutex<Option<(Instant, String)>>,
+}
+
+impl WriterHealth {
+    pub fn failure(&self) -> Option<(Instant, String)> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, reason: String) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let since = failing
+            .as_ref()
+            .map_or_else(Instant::now, |(since, _)| *since);
+        *failing = Some((since, reason));
+    }
+
+    fn recover(&self) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
 /// How often expired dedup keys are removed.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -67,6 +107,7 @@ struct Request {
 pub struct GroupCommitter {
     /// None once dropped: the writer sees the channel close and ends.
     requests: Option<mpsc::Sender<Request>>,
+    health: Arc<WriterHealth>,
     /// Closed on drop, which wakes the cleaner to end.
     stop_cleaner: Option<mpsc::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -79,9 +120,11 @@ impl GroupCommitter {
         let (requests, incoming) = mpsc::channel::<Request>();
         let (stop_cleaner, stopped) = mpsc::channel::<()>();
         let writer = Arc::clone(&store);
+        let health = Arc::new(WriterHealth::default());
+        let writer_health = Arc::clone(&health);
         let writer = std::thread::Builder::new()
             .name("event-store".into())
-            .spawn(move || write_batches(&writer, &incoming))
+            .spawn(move || write_batches(&writer, &incoming, &writer_health))
             .expect("spawning the event store writer");
         let cleaner = std::thread::Builder::new()
             .name("event-store-cleanup".into())
@@ -98,14 +141,23 @@ impl GroupCommitter {
             .expect("spawning the event store cleaner");
         Self {
             requests: Some(requests),
+            health,
             stop_cleaner: Some(stop_cleaner),
             threads: vec![writer, cleaner],
         }
     }
 
+    pub fn health(&self) -> &WriterHealth {
+        &self.health
+    }
+
     /// Applies the write with whatever else is waiting; answers once the
     /// batch is committed.
     pub async fn write(&self, write: OwnedWrite) -> Result<Written, StoreError> {
+        // While commits fail, nobody waits behind the recovery.
+        if let Some((_, reason)) = self.health.failure() {
+            return Err(StoreError::Unavailable(reason));
+        }
         let stopped = || StoreError::Unavailable("the event store writer has stopped".into());
         let (answer, answered) = oneshot::channel();
         self.requests
@@ -137,7 +189,7 @@ impl Drop for GroupCommitter {
     }
 }
 
-fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
+fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>, health: &WriterHealth) {
     while let Ok(first) = incoming.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -146,22 +198,82 @@ fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        let writes: Vec<Write<'_>> = batch.iter().map(|r| r.write.borrowed()).collect();
-        let outcome = store.apply(&writes);
-        drop(writes);
-        match outcome {
-            Ok(answers) => {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let writes: Vec<Write<'_>> = batch.iter().map(|r| r.write.borrowed()).collect();
+            store.apply(&writes)
+        }));
+        let failure = match outcome {
+            Ok(Ok(answers)) => {
                 for (request, answer) in batch.into_iter().zip(answers) {
                     let _ = request.answer.send(answer);
                 }
+                continue;
             }
-            Err(error) => {
-                for request in batch {
-                    let _ = request.answer.send(Err(error.clone()));
-                }
+            Ok(Err(error)) => format!("the event store cannot commit: {error}"),
+            Err(panic) => format!(
+                "the event store failed inside its database engine: {}",
+                panic_message(panic.as_ref())
+            ),
+        };
+        // Failing before anyone hears of it: a sender answered now must not
+        // queue a write behind the recovery.
+        health.fail(failure.clone());
+        tracing::error!(%failure, writes = batch.len(), "an embedded store batch failed; nothing in it was acknowledged");
+        for request in batch {
+            let _ = request
+                .answer
+                .send(Err(StoreError::Unavailable(failure.clone())));
+        }
+        recover(store, health, incoming, failure);
+    }
+}
+
+/// Closes and opens the database again until a probe commit (fsynced)
+/// works; until then every write is refused with `reason`, those already
+/// queued included.
+fn recover(
+    store: &LocalStore,
+    health: &WriterHealth,
+    incoming: &mpsc::Receiver<Request>,
+    mut reason: String,
+) {
+    let mut pause = RECOVERY_FIRST;
+    loop {
+        health.fail(reason.clone());
+        while let Ok(request) = incoming.try_recv() {
+            let _ = request
+                .answer
+                .send(Err(StoreError::Unavailable(reason.clone())));
+        }
+        std::thread::sleep(pause);
+        let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            store.reopen()?;
+            store.probe()
+        }));
+        match attempt {
+            Ok(Ok(())) => {
+                health.recover();
+                tracing::info!("the embedded store commits again");
+                return;
+            }
+            Ok(Err(error)) => reason = format!("the event store cannot commit: {error}"),
+            Err(panic) => {
+                reason = format!(
+                    "the event store failed inside its database engine: {}",
+                    panic_message(panic.as_ref())
+                )
             }
         }
+        pause = (pause * 2).min(RECOVERY_MAX);
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@
 //! [`DURABLE_EVERY`] after the last fsync; dead-lettering, replays and
 //! deletions are fsynced because an operator relies on them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use redb::{
@@ -72,7 +73,12 @@ fn rank(priority: Priority) -> u8 {
 }
 
 pub struct LocalStore {
-    db: Database,
+    path: PathBuf,
+    /// None only while `reopen` replaces it. After an I/O error (a full
+    /// disk) redb refuses every later operation until the file is closed
+    /// and opened again; every use holds the read lock for its whole
+    /// transaction, so the reopen waits for them and they for it.
+    db: RwLock<Option<Database>>,
     /// Unix ms of the last fsynced commit.
     last_durable_ms: AtomicU64,
 }
@@ -82,16 +88,15 @@ impl LocalStore {
     /// process are due again at once: it is gone, so nobody holds them.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("events.redb");
+        let shown = path.display().to_string();
         let open_error = |message: String| {
-            StoreError::Unavailable(format!(
-                "cannot open the store at {}: {message}",
-                path.display()
-            ))
+            StoreError::Unavailable(format!("cannot open the store at {shown}: {message}"))
         };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
         let store = Self {
-            db,
+            path,
+            db: RwLock::new(Some(db)),
             last_durable_ms: AtomicU64::new(0),
         };
         store
@@ -100,20 +105,53 @@ impl LocalStore {
         Ok(store)
     }
 
+    /// Closes the file and opens it again, after an I/O error. Leases held
+    /// by this process's deliveries stay theirs.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle must be closed first: redb locks the file.
+        drop(slot.take());
+        let db = Database::create(&self.path).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot reopen the store at {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        *slot = Some(db);
+        Ok(())
+    }
+
+    /// The open database, held for one transaction.
+    fn db(&self) -> Result<DatabaseGuard<'_>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Unavailable(
+                "embedded store: the database is being reopened".into(),
+            ));
+        }
+        Ok(DatabaseGuard(guard))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn create_tables_and_release_leases(&self) -> Result<(), StoreError> {
         self.write(true, |tables| {
-            let leased: Vec<Job> = {
-                let mut leased = Vec::new();
-                for entry in tables.jobs.iter().map_err(failed)? {
-                    let (_, value) = entry.map_err(failed)?;
-                    let job: Job = decode(value.value())?;
-                    if job.leased {
-                        leased.push(job);
-                    }
-                }
-                leased
-            };
             let now_ms = unix_time().as_millis() as u64;
+            let mut leased = Vec::new();
+            let mut unreadable = Vec::new();
+            for entry in tables.jobs.iter().map_err(failed)? {
+                let (id, value) = entry.map_err(failed)?;
+                match decode::<Job>(value.value()) {
+                    Ok(job) if job.leased => leased.push(job),
+                    Ok(_) => {}
+                    Err(error) => unreadable.push((id.value(), error.to_string())),
+                }
+            }
+            for (id, reason) in unreadable {
+                tables.set_aside(id, None, &reason, now_ms)?;
+            }
             for job in leased {
                 let mut released = job.clone();
                 released.leased = false;
@@ -146,7 +184,8 @@ impl LocalStore {
         durable: bool,
         change: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(failed)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(failed)?;
         // The tables are closed before the commit, as redb requires.
         let changed = Tables::open(&txn).and_then(|mut tables| change(&mut tables));
         match changed {
@@ -173,7 +212,11 @@ impl LocalStore {
             writes
                 .iter()
                 .map(|write| match write.apply(tables) {
+                    // Refused on its own: every write reads (and decodes)
+                    // what it changes before changing anything, so a lost
+                    // lease or an unreadable record fails only its write.
                     Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
+                    Err(StoreError::Corrupt(reason)) => Ok(Err(StoreError::Corrupt(reason))),
                     other => other.map(Ok),
                 })
                 .collect()
@@ -218,7 +261,8 @@ impl LocalStore {
             None => (u64::MAX, u64::MAX),
             Some(cursor) => parse_cursor(cursor)?,
         };
-        let txn = self.db.begin_read().map_err(failed)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(failed)?;
         let order = txn.open_table(DEAD_ORDER).map_err(failed)?;
         let dead = txn.open_table(DEAD).map_err(failed)?;
         let mut items: Vec<DeadLetter> = Vec::new();
@@ -244,7 +288,8 @@ impl LocalStore {
     }
 
     pub fn dead_letter_by_id(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        let txn = self.db.begin_read().map_err(failed)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(failed)?;
         let dead = txn.open_table(DEAD).map_err(failed)?;
         let value = dead.get(id).map_err(failed)?;
         value.map(|v| decode(v.value())).transpose()
@@ -277,7 +322,8 @@ impl LocalStore {
     /// From counters kept with every change: the gauges read them every
     /// second, however long the queue.
     pub fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(failed)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(failed)?;
         let counters = txn.open_table(COUNTERS).map_err(failed)?;
         let mut counts = Vec::new();
         // Keys after "dead:" and before "dead;" (';' follows ':').
@@ -290,7 +336,8 @@ impl LocalStore {
     }
 
     pub fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
-        let txn = self.db.begin_read().map_err(failed)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(failed)?;
         let counters = txn.open_table(COUNTERS).map_err(failed)?;
         let count = |priority: Priority| -> Result<u64, StoreError> {
             Ok(counters
@@ -306,7 +353,8 @@ impl LocalStore {
     }
 
     pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(failed)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(failed)?;
         let age = txn.open_table(AGE).map_err(failed)?;
         let oldest = age.first().map_err(failed)?.map(|(key, _)| key.value().0);
         Ok(oldest)
@@ -314,7 +362,8 @@ impl LocalStore {
 
     /// An event's metadata and body.
     pub fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(failed)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(failed)?;
         let events = txn.open_table(EVENTS).map_err(failed)?;
         let Some(metadata) = events.get(sequence).map_err(failed)? else {
             return Ok(None);
@@ -328,9 +377,15 @@ impl LocalStore {
         Ok(Some((stored, body.value().to_vec())))
     }
 
+    /// A small fsynced commit, to tell whether writes work again.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.write(true, |tables| tables.bump("probe", 1))
+    }
+
     /// One fsynced commit, so that every earlier commit is durable too.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(failed)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(failed)?;
         self.commit(txn, true)
     }
 
@@ -466,7 +521,7 @@ impl<'t> Tables<'t> {
             max,
         } = *request;
         let r = rank(priority);
-        let mut due: Vec<(u64, u64)> = Vec::new();
+        let mut due: Vec<(u64, u64, String)> = Vec::new();
         for entry in self.queued.range((r, "")..(r + 1, "")).map_err(failed)? {
             let (key, _) = entry.map_err(failed)?;
             let target = key.value().1;
@@ -482,22 +537,105 @@ impl<'t> Tables<'t> {
                 .range((r, target, 0, 0)..=(r, target, now_ms, u64::MAX))
                 .map_err(failed)?;
             for entry in range.take(take) {
-                let (_, _, due_ms, id) = entry.map_err(failed)?.0.value();
-                due.push((due_ms, id));
+                let (key, _) = entry.map_err(failed)?;
+                let (_, target, due_ms, id) = key.value();
+                due.push((due_ms, id, target.to_string()));
             }
         }
         due.sort_unstable();
         due.truncate(max);
         let mut leased = Vec::with_capacity(due.len());
-        for (_, id) in due {
-            let job = self
-                .job(id)?
-                .ok_or_else(|| StoreError::Corrupt(format!("queued job {id} has no record")))?;
+        for (due_ms, id, target) in due {
+            let job = match self.job(id) {
+                Ok(Some(job)) => job,
+                // One unreadable record must not fail every lease after it.
+                Ok(None) => {
+                    let place = (r, target, due_ms);
+                    self.set_aside(id, Some(place), "it has no record", now_ms)?;
+                    continue;
+                }
+                Err(StoreError::Corrupt(reason)) => {
+                    self.set_aside(id, Some((r, target, due_ms)), &reason, now_ms)?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let taken = job.clone().leased_at(now_ms, visibility);
             self.replace_job(&job, &taken)?;
             leased.push(taken);
         }
         Ok(leased)
+    }
+
+    /// Takes a job whose record cannot be read off the queue and keeps it
+    /// as a dead letter `corrupt`, with what could be read of it, so that
+    /// it never fails another batch. `place` is its queue entry (rank,
+    /// target, due) when known; otherwise the queue is searched for it.
+    fn set_aside(
+        &mut self,
+        id: u64,
+        place: Option<(u8, String, u64)>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let raw = self
+            .jobs
+            .get(id)
+            .map_err(failed)?
+            .map(|v| v.value().to_vec());
+        let place = match place {
+            Some(place) => Some(place),
+            None => self.queue_entry_of(id)?,
+        };
+        let priority = match place.as_ref().map(|(rank, _, _)| *rank) {
+            Some(0) => Priority::High,
+            Some(2) => Priority::Low,
+            _ => Priority::Normal,
+        };
+        let target = place.as_ref().map(|(_, target, _)| target.clone());
+        let letter = super::records::set_aside(
+            id,
+            raw.as_deref(),
+            priority,
+            target.as_deref().unwrap_or(UNROUTED),
+            reason,
+            now_ms,
+        );
+        let mut job = letter.job.clone();
+        job.due_ms = place.as_ref().map_or(0, |(_, _, due)| *due);
+        self.jobs.remove(id).map_err(failed)?;
+        if let Some((rank, target, due_ms)) = &place {
+            self.queue
+                .remove((*rank, target.as_str(), *due_ms, id))
+                .map_err(failed)?;
+            self.count_queued(&job, -1)?;
+            self.bump(&depth_key(job.priority), -1)?;
+        }
+        let ages: Vec<(u64, u64)> = self
+            .age
+            .iter()
+            .map_err(failed)?
+            .filter_map(|entry| entry.ok().map(|(key, _)| key.value()))
+            .filter(|(_, job_id)| *job_id == id)
+            .collect();
+        for age in ages {
+            self.age.remove(age).map_err(failed)?;
+        }
+        tracing::error!(job = id, %reason, "a job's record cannot be read; it is set aside as a dead letter (corrupt)");
+        job.due_ms = letter.job.due_ms;
+        self.insert_dead(&DeadLetter { job, ..letter })
+    }
+
+    /// Where job `id` waits in the queue (rank, target, due), searched for.
+    fn queue_entry_of(&self, id: u64) -> Result<Option<(u8, String, u64)>, StoreError> {
+        for entry in self.queue.iter().map_err(failed)? {
+            let (key, _) = entry.map_err(failed)?;
+            let (rank, target, due_ms, job_id) = key.value();
+            if job_id == id {
+                return Ok(Some((rank, target.to_string(), due_ms)));
+            }
+        }
+        Ok(None)
     }
 
     fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
@@ -671,6 +809,20 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// The open database while a read lock is held.
+struct DatabaseGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DatabaseGuard<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // `db()` made the guard only after checking the slot is full.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("checked when made"))
+    }
+}
+
 fn queue_key(job: &Job) -> (u8, &str, u64, u64) {
     (rank(job.priority), job.target.as_str(), job.due_ms, job.id)
 }
@@ -767,6 +919,77 @@ mod tests {
             .lease(&one_high_job(unix_time().as_millis() as u64))
             .unwrap();
         assert_eq!(again[0].lease, 2, "released on open");
+    }
+
+    #[test]
+    fn an_unreadable_job_is_set_aside_as_corrupt_and_the_rest_of_its_lease_goes_on() {
+        let store = LocalStore::open(&dir("corrupt")).unwrap();
+        for id in ["evt_1", "evt_2", "evt_3"] {
+            accept(&store, id, 1_000);
+        }
+        // The first event's job (number 2) no longer decodes.
+        store
+            .write(true, |tables| {
+                tables.jobs.insert(2, b"{\"id\":2,\"event\":1,\"webhook\":\"stripe\",\"event_id\":\"evt_1\",\"priority\":".as_slice()).map_err(failed)?;
+                Ok(())
+            })
+            .unwrap();
+        let mut request = one_high_job(1_000);
+        request.max = 10;
+        let leased = store.lease(&request).unwrap();
+        let ids: Vec<&str> = leased.iter().map(|j| j.event_id.as_str()).collect();
+        assert_eq!(ids, ["evt_2", "evt_3"], "the others are leased");
+        let dead = store
+            .dead_letters(&DeadLetterFilter::default(), None, 10)
+            .unwrap()
+            .items;
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, "corrupt");
+        assert_eq!(
+            (
+                dead[0].job.id,
+                dead[0].job.webhook.as_str(),
+                dead[0].job.event_id.as_str()
+            ),
+            (2, "stripe", "evt_1"),
+            "what could be read is kept"
+        );
+        assert!(dead[0].last_error().unwrap().contains("could not be read"));
+        assert_eq!(
+            store.queue_depth().unwrap().high,
+            2,
+            "counted out of the queue"
+        );
+        assert!(store.lease(&request).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_job_found_at_start_is_set_aside_too() {
+        let path = dir("corrupt-open");
+        {
+            let store = LocalStore::open(&path).unwrap();
+            accept(&store, "evt_1", 1_000);
+            store
+                .write(true, |tables| {
+                    tables
+                        .jobs
+                        .insert(2, b"garbage".as_slice())
+                        .map_err(failed)?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = LocalStore::open(&path).expect("opens despite the bad record");
+        let dead = store
+            .dead_letters(&DeadLetterFilter::default(), None, 10)
+            .unwrap()
+            .items;
+        assert_eq!((dead.len(), dead[0].reason.as_str()), (1, "corrupt"));
+        assert_eq!(
+            dead[0].job.target, "notify",
+            "its place in the queue was found"
+        );
+        assert_eq!(store.queue_depth().unwrap().high, 0);
     }
 
     #[test]

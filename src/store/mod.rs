@@ -119,4 +119,29 @@ pub trait Store: Send + Sync {
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Whether the store can take a write now; the readiness probe asks
+    /// every second.
+    async fn check(&self) -> Result<(), StoreError> {
+        self.queue_depth().await.map(drop)
+    }
+
+    /// What the store is and how safely it keeps events, read from its
+    /// settings (at start and every minute): shown in `/admin/store`, logged
+    /// when it warns, and fatal when it would lose acknowledged events.
+    async fn inspect(&self) -> Result<StoreReport, StoreError>;
+}
+
+/// How a store keeps events, as far as the sidecar can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreReport {
+    /// `embedded` or `redis`.
+    pub kind: &'static str,
+    /// Settings worth showing, in order (`maxmemory-policy`, `appendfsync`...).
+    pub settings: Vec<(String, String)>,
+    /// What may lose events without refusing any (no persistence, say).
+    pub warnings: Vec<String>,
+    /// A setting under which acknowledged events can vanish: webhooks are
+    /// refused and the sidecar is not ready until it is fixed.
+    pub refusal: Option<String>,
 }

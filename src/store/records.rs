@@ -277,3 +277,73 @@ impl QueueDepth {
 pub fn dedup_key(webhook: &str, id: &str) -> String {
     format!("{webhook}\u{1f}{id}")
 }
+
+/// A job whose record no longer decodes, as the dead letter `corrupt` that
+/// keeps what could be read of it: each field is looked for as
+/// `"name":value` in the raw text, so a record cut short or garbled past
+/// some field still shows the fields before it. Its queue gives its
+/// priority and target.
+pub fn set_aside(
+    id: u64,
+    raw: Option<&[u8]>,
+    priority: Priority,
+    target: &str,
+    reason: &str,
+    now_ms: u64,
+) -> DeadLetter {
+    let raw = String::from_utf8_lossy(raw.unwrap_or_default());
+    let after = |name: &str| -> Option<&str> {
+        let at = raw.find(&format!("\"{name}\":"))?;
+        Some(&raw[at + name.len() + 3..])
+    };
+    let text = |name: &str| -> String {
+        after(name)
+            .and_then(|rest| rest.strip_prefix('"'))
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|value| serde_json::from_str::<String>(&format!("\"{value}\"")).ok())
+            .unwrap_or_default()
+    };
+    let number = |name: &str| -> u64 {
+        after(name)
+            .map(|rest| {
+                rest.bytes()
+                    .take_while(u8::is_ascii_digit)
+                    .map(char::from)
+                    .collect::<String>()
+            })
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_default()
+    };
+    let webhook = Some(text("webhook"))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let mut job = Job {
+        id,
+        event: number("event"),
+        webhook,
+        event_id: text("event_id"),
+        event_type: text("event_type"),
+        target: target.to_string(),
+        priority,
+        received_at_ms: number("received_at_ms"),
+        due_ms: now_ms,
+        attempts: u32::try_from(number("attempts")).unwrap_or(u32::MAX),
+        history: Vec::new(),
+        lease: number("lease"),
+        leased: false,
+    };
+    job.record(Attempt {
+        at_ms: now_ms,
+        duration_ms: 0,
+        backend: None,
+        status: None,
+        error: Some(format!(
+            "the job's record could not be read ({reason}); what could be read is kept"
+        )),
+    });
+    DeadLetter {
+        job,
+        reason: "corrupt".into(),
+        dead_at_ms: now_ms,
+    }
+}

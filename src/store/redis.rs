@@ -114,6 +114,11 @@ impl RedisStore {
         result
     }
 
+    /// Counts a failure found in an answer (not in the call itself).
+    pub fn count_error(&self, op: &str) {
+        self.errors.with_label_values(&[op]).inc();
+    }
+
     async fn try_run<T, F, Fut>(&self, call: F) -> Result<T, RedisCallError>
     where
         F: FnOnce(ConnectionManager) -> Fut,

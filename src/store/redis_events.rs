@@ -21,13 +21,14 @@
 //! the visibility timeout.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
     Job, LeaseRequest, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
 };
 use super::redis::{RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
-use super::{Store, StoreError};
+use super::{Store, StoreError, StoreReport};
 use crate::webhooks::event::Priority;
 
 /// KEYS: dedup, sequence, events, bodies, refs, jobs, targets, queued, age,
@@ -92,9 +93,29 @@ for i = 1, math.min(most, #candidates) do
   local id = candidates[i][2]
   redis.call('ZADD', ARGV[4] .. candidates[i][3], ARGV[2], id)
   leased[#leased + 1] = redis.call('HINCRBY', KEYS[2], id, 1)
+  leased[#leased + 1] = id
+  leased[#leased + 1] = candidates[i][3]
   leased[#leased + 1] = redis.call('HGET', KEYS[3], id)
 end
 return leased
+"#;
+
+/// A job whose record cannot be read, set aside as a dead letter.
+/// KEYS: jobs, the job's queue, targets, age, queued, dead, dead_order,
+/// dead_counts, leases. ARGV: id, target, dead-letter record, its order
+/// key, webhook.
+const SET_ASIDE: &str = r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[5], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[5], ARGV[2]) end
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[9], ARGV[1])
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[7], 0, ARGV[4])
+redis.call('HINCRBY', KEYS[8], ARGV[5], 1)
+return 1
 "#;
 
 /// The common head of the scripts that need the caller's lease to be the
@@ -189,6 +210,7 @@ struct Scripts {
     dead_letter: redis::Script,
     replay: redis::Script,
     delete: redis::Script,
+    set_aside: redis::Script,
 }
 
 /// A script that first checks the lease, then (if `removes`) takes the
@@ -201,6 +223,17 @@ fn guarded(removes: bool, body: &str) -> redis::Script {
 pub struct RedisEventStore {
     store: Arc<RedisStore>,
     scripts: Scripts,
+    /// Replicas that must have a write that must survive before it counts.
+    replicas: u32,
+    replica_timeout: Duration,
+    replica_wait: Option<prometheus::Histogram>,
+    /// Set by `inspect` while the server could evict the queue itself:
+    /// nothing is accepted that could vanish.
+    refusal: std::sync::RwLock<Option<String>>,
+}
+
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
 }
 
 fn unavailable(error: RedisCallError) -> StoreError {
@@ -236,8 +269,30 @@ impl RedisEventStore {
                 dead_letter: guarded(true, DEAD_LETTER),
                 replay: redis::Script::new(&REPLAY.replace("UNCOUNT", &uncount(7, 7))),
                 delete: redis::Script::new(&DELETE.replace("UNCOUNT", &uncount(7, 4))),
+                set_aside: redis::Script::new(SET_ASIDE),
             },
+            replicas: 0,
+            replica_timeout: Duration::from_millis(500),
+            replica_wait: None,
+            refusal: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Every write that must survive (accept, dead letter, replay, delete)
+    /// then waits for `replicas` replicas to acknowledge it (`WAIT`), at
+    /// most `timeout`; fewer in time fails the write, which is answered
+    /// 503 and retried by the provider (a write that did land makes the
+    /// retry a duplicate). `wait` observes how long each durable write took.
+    pub fn with_replicas(
+        mut self,
+        replicas: u32,
+        timeout: Duration,
+        wait: prometheus::Histogram,
+    ) -> Self {
+        self.replicas = replicas;
+        self.replica_timeout = timeout;
+        self.replica_wait = Some(wait);
+        self
     }
 
     fn key(&self, kind: &str) -> String {
@@ -273,6 +328,55 @@ impl RedisEventStore {
             .map_err(unavailable)
     }
 
+    /// A write that must survive: the script, then `WAIT` on the same
+    /// connection in the same round trip, so that it covers this write.
+    async fn invoke_durable<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        op: &str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        if self.replicas == 0 {
+            return self.invoke(op, invocation).await;
+        }
+        let started = Instant::now();
+        let (replicas, timeout) = (self.replicas, self.replica_timeout);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .invoke_script(&invocation)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64);
+        let (value, acknowledged): (T, u64) = self
+            .store
+            .run_within(
+                op,
+                EVENT_CALL_TIMEOUT + timeout,
+                |mut connection| async move {
+                    match pipeline.query_async(&mut connection).await {
+                        // The pipeline names the script by its hash: load it once.
+                        Err(error) if error.kind() == redis::ErrorKind::NoScriptError => {
+                            invocation.load_async(&mut connection).await?;
+                            pipeline.query_async(&mut connection).await
+                        }
+                        other => other,
+                    }
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+        if let Some(wait) = &self.replica_wait {
+            wait.observe(started.elapsed().as_secs_f64());
+        }
+        if acknowledged < u64::from(replicas) {
+            self.store.count_error("replica_wait");
+            return Err(StoreError::Unavailable(format!(
+                "only {acknowledged} of {replicas} Redis replicas acknowledged the write within {}ms",
+                timeout.as_millis()
+            )));
+        }
+        Ok(value)
+    }
+
     async fn query<T: redis::FromRedisValue + Send + 'static>(
         &self,
         op: &str,
@@ -284,6 +388,42 @@ impl RedisEventStore {
             })
             .await
             .map_err(unavailable)
+    }
+
+    /// Takes a job whose record cannot be read off the queue, keeping it as
+    /// a dead letter `corrupt` with what could be read of it.
+    async fn set_aside(
+        &self,
+        member: &str,
+        priority: Priority,
+        target: &str,
+        raw: Option<&str>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let id: u64 = member.parse().map_err(corrupt)?;
+        let letter =
+            super::records::set_aside(id, raw.map(str::as_bytes), priority, target, reason, now_ms);
+        tracing::error!(job = id, %reason, "a job's record cannot be read; it is set aside as a dead letter (corrupt)");
+        let mut invocation = self.scripts.set_aside.prepare_invoke();
+        invocation
+            .key(self.key("jobs"))
+            .key(self.queue_key(priority, target))
+            .key(self.key("targets"))
+            .key(self.key("age"))
+            .key(self.queued_key(priority))
+            .key(self.key("dead"))
+            .key(self.key("dead_order"))
+            .key(self.key("dead_counts"))
+            .key(self.key("leases"))
+            .arg(member)
+            .arg(target)
+            .arg(encode(&letter))
+            .arg(letter.order_key())
+            .arg(&letter.job.webhook);
+        self.invoke_durable::<i64>("dead_letter", invocation)
+            .await
+            .map(drop)
     }
 
     /// A lease-guarded script with the keys and arguments they all start
@@ -326,6 +466,14 @@ impl RedisEventStore {
 #[async_trait::async_trait]
 impl Store for RedisEventStore {
     async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+        if let Some(refusal) = self
+            .refusal
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(StoreError::Unavailable(refusal));
+        }
         let new = event.borrowed();
         let now_ms = event.now_ms;
         let mut invocation = self.scripts.accept.prepare_invoke();
@@ -362,7 +510,7 @@ impl Store for RedisEventStore {
                 .arg(target)
                 .arg(record_tail(&new.job(0, 0, target, now_ms)));
         }
-        let sequence: i64 = self.invoke("accept", invocation).await?;
+        let sequence: i64 = self.invoke_durable("accept", invocation).await?;
         Ok(match u64::try_from(sequence) {
             Ok(sequence) => Acceptance::Accepted(sequence),
             Err(_) => Acceptance::Duplicate,
@@ -390,17 +538,37 @@ impl Store for RedisEventStore {
         for (target, left) in room {
             invocation.arg(target).arg(*left);
         }
-        let leased: Vec<(u64, String)> = self.invoke("lease", invocation).await?;
-        leased
-            .into_iter()
-            .map(|(token, record)| {
-                let mut job: Job = parse(&record)?;
-                job.lease = token;
-                job.leased = true;
-                job.due_ms = until;
-                Ok(job)
-            })
-            .collect()
+        let leased: Vec<redis::Value> = self.invoke("lease", invocation).await?;
+        let mut jobs = Vec::with_capacity(leased.len() / 4);
+        for entry in leased.chunks(4) {
+            let [token, id, target, record] = entry else {
+                return Err(StoreError::Corrupt(
+                    "a lease answer of the wrong shape".into(),
+                ));
+            };
+            let token: u64 = redis::from_redis_value(token).map_err(corrupt)?;
+            let id: String = redis::from_redis_value(id).map_err(corrupt)?;
+            let target: String = redis::from_redis_value(target).map_err(corrupt)?;
+            let record: Option<String> = redis::from_redis_value(record).map_err(corrupt)?;
+            let parsed = match &record {
+                None => Err("it has no record".to_string()),
+                Some(text) => parse::<Job>(text).map_err(|e| e.to_string()),
+            };
+            match parsed {
+                Ok(mut job) => {
+                    job.lease = token;
+                    job.leased = true;
+                    job.due_ms = until;
+                    jobs.push(job);
+                }
+                // One unreadable record must not fail every lease after it.
+                Err(reason) => {
+                    self.set_aside(&id, priority, &target, record.as_deref(), &reason, now_ms)
+                        .await?;
+                }
+            }
+        }
+        Ok(jobs)
     }
 
     async fn ack(&self, job: &Job) -> Result<(), StoreError> {
@@ -445,7 +613,12 @@ impl Store for RedisEventStore {
             .arg(encode(&letter))
             .arg(letter.order_key())
             .arg(&job.webhook);
-        self.guarded_call("dead_letter", job, invocation).await
+        let done: i64 = self.invoke_durable("dead_letter", invocation).await?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(job.id))
+        }
     }
 
     async fn dead_letters(
@@ -531,7 +704,7 @@ impl Store for RedisEventStore {
             .arg(now_ms)
             .arg(job.received_at_ms)
             .arg(&job.webhook);
-        let replayed: i64 = self.invoke("replay", invocation).await?;
+        let replayed: i64 = self.invoke_durable("replay", invocation).await?;
         Ok(replayed == 1)
     }
 
@@ -552,7 +725,7 @@ impl Store for RedisEventStore {
             .arg(letter.order_key())
             .arg(letter.job.event)
             .arg(&letter.job.webhook);
-        let deleted: i64 = self.invoke("delete", invocation).await?;
+        let deleted: i64 = self.invoke_durable("delete", invocation).await?;
         Ok(deleted == 1)
     }
 
@@ -590,6 +763,36 @@ impl Store for RedisEventStore {
         Ok(oldest.first().map(|(_, received)| *received))
     }
 
+    /// The server's settings that decide what survives: eviction, AOF and
+    /// snapshots, replicas. A managed Redis may forbid CONFIG: then the
+    /// settings show as unknown and only a warning says so.
+    async fn inspect(&self) -> Result<StoreReport, StoreError> {
+        let mut read = redis::pipe();
+        read.cmd("INFO")
+            .arg("server")
+            .cmd("INFO")
+            .arg("replication");
+        let (server, replication): (String, String) = self.query("check", read).await?;
+        let config = |name: &'static str| async move {
+            let mut get = redis::pipe();
+            get.cmd("CONFIG").arg("GET").arg(name);
+            let result: Result<(Vec<String>,), StoreError> = self.query("check", get).await;
+            result.ok().and_then(|(pair,)| pair.get(1).cloned())
+        };
+        let settings = RedisSettings {
+            version: info_field(&server, "redis_version"),
+            maxmemory_policy: config("maxmemory-policy").await,
+            appendonly: config("appendonly").await,
+            appendfsync: config("appendfsync").await,
+            save: config("save").await,
+            connected_replicas: info_field(&replication, "connected_slaves")
+                .and_then(|n| n.parse().ok()),
+        };
+        let report = settings.report(self.replicas);
+        *self.refusal.write().unwrap_or_else(|e| e.into_inner()) = report.refusal.clone();
+        Ok(report)
+    }
+
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
         let mut read = redis::pipe();
         read.hget(self.key("events"), sequence)
@@ -600,6 +803,92 @@ impl Store for RedisEventStore {
             (Some(metadata), Some(body)) => Ok(Some((parse(&metadata)?, body))),
             _ => Ok(None),
         }
+    }
+}
+
+/// One `field:value` line of an INFO section.
+fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(|value| value.trim().to_string())
+}
+
+/// What the server says of itself (None: it would not say).
+#[derive(Debug, Default)]
+pub struct RedisSettings {
+    pub version: Option<String>,
+    pub maxmemory_policy: Option<String>,
+    pub appendonly: Option<String>,
+    pub appendfsync: Option<String>,
+    pub save: Option<String>,
+    pub connected_replicas: Option<u32>,
+}
+
+impl RedisSettings {
+    /// What these settings mean for acknowledged events, with `replicas`
+    /// the writes wait for.
+    pub fn report(&self, replicas: u32) -> StoreReport {
+        let shown = |value: &Option<String>| {
+            value
+                .clone()
+                .unwrap_or_else(|| "unknown (CONFIG is not allowed)".into())
+        };
+        let mut report = StoreReport {
+            kind: "redis",
+            settings: vec![
+                (
+                    "version".into(),
+                    self.version.clone().unwrap_or_else(|| "unknown".into()),
+                ),
+                ("maxmemory-policy".into(), shown(&self.maxmemory_policy)),
+                ("appendonly".into(), shown(&self.appendonly)),
+                ("appendfsync".into(), shown(&self.appendfsync)),
+                ("save".into(), shown(&self.save)),
+                (
+                    "connected replicas".into(),
+                    self.connected_replicas
+                        .map_or_else(|| "unknown".into(), |n| n.to_string()),
+                ),
+                ("replicas a write waits for".into(), replicas.to_string()),
+            ],
+            ..StoreReport::default()
+        };
+        if let Some(policy) = self
+            .maxmemory_policy
+            .as_deref()
+            .filter(|p| p.starts_with("allkeys-"))
+        {
+            report.refusal = Some(format!(
+                "Redis maxmemory-policy is {policy}: under memory pressure Redis would evict the event queue itself and lose acknowledged events; set maxmemory-policy noeviction"
+            ));
+        }
+        if self.maxmemory_policy.is_none() || self.appendonly.is_none() {
+            report.warnings.push(
+                "Redis does not allow CONFIG GET: its eviction policy and persistence cannot be checked; make sure maxmemory-policy is noeviction and appendonly yes".into(),
+            );
+        }
+        let aof = self.appendonly.as_deref() == Some("yes");
+        let snapshots = self.save.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if self.appendonly.as_deref() == Some("no") && self.save.is_some() && !snapshots {
+            report.warnings.push(
+                "Redis persists nothing (appendonly no, no save points): a Redis restart loses every queued event; set appendonly yes and appendfsync always".into(),
+            );
+        } else if self.appendonly.as_deref() == Some("no") {
+            report.warnings.push(
+                "Redis keeps only snapshots (appendonly no): a Redis crash loses what came after the last one; set appendonly yes and appendfsync always".into(),
+            );
+        } else if aof && self.appendfsync.as_deref() != Some("always") {
+            report.warnings.push(format!(
+                "Redis fsyncs its AOF {} (appendfsync): a Redis crash may lose the last second of acknowledged events; appendfsync always loses none",
+                match self.appendfsync.as_deref() { Some("no") => "when the OS decides", _ => "every second" }
+            ));
+        }
+        if let Some(connected) = self.connected_replicas.filter(|n| *n < replicas) {
+            report.warnings.push(format!(
+                "store.replicas is {replicas} but the primary has {connected} replica(s) connected: webhooks are answered 503 until enough are"
+            ));
+        }
+        report
     }
 }
 

@@ -74,6 +74,38 @@ impl Sidecar {
         Self::start_with_args(body, env, &[])
     }
 
+    /// Started, its listeners up, but not (yet) ready: for tests of what
+    /// keeps it out of service.
+    pub fn start_unready(body: &str) -> Self {
+        for _ in 0..5 {
+            let mut sidecar = Self::spawn(body, &[], &[]);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && !sidecar.logs().contains("startup_ms") {
+                if sidecar.has_exited() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if sidecar.logs().contains("startup_ms") {
+                return sidecar;
+            }
+            if !sidecar.logs().contains("Address already in use") {
+                panic!("sidecar did not start; log:\n{}", sidecar.logs());
+            }
+        }
+        panic!("no free ports for the sidecar after 5 tries");
+    }
+
+    /// `/readyz`: its status and reason.
+    pub async fn readiness(&self) -> (u16, String) {
+        let answer = get(&self.admin_url("/readyz")).await;
+        let reason = answer.json()["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (answer.status, reason)
+    }
+
     /// `args` go after `run -c FILE`, e.g. `--log-format json`.
     pub fn start_with_args(body: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
         for _ in 0..5 {
@@ -619,13 +651,21 @@ impl hyper::body::Body for ChunkedBody {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// More `redis-server` arguments (`--replicaof`, `--appendfsync` ...).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With more `redis-server` arguments, e.g. `["--maxmemory-policy", "allkeys-lru"]`.
+    pub fn start_with(args: &[&str]) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
+            extra: args.iter().map(|a| a.to_string()).collect(),
         };
         server.restart();
         server
@@ -666,6 +706,41 @@ impl RedisServer {
             .unwrap();
     }
 
+    /// A replica of `primary` on a free port, once its link is up.
+    pub fn replica_of(primary: &RedisServer) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            extra: vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port.to_string(),
+            ],
+        };
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.info("replication").contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "the replica never linked");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// `redis-cli INFO <section>` of this server.
+    pub fn info(&self, section: &str) -> String {
+        self.cli(&["INFO", section])
+    }
+
+    /// Runs `redis-cli -p <port> args...`; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (scripts/test installs it)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Starts it (again) on the same port, empty, and waits for PING.
     pub fn restart(&mut self) {
         self.kill();
@@ -680,6 +755,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

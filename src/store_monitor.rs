@@ -1,0 +1,94 @@
+//! Watches the event store for readiness and for `/admin/store`: a check
+//! every second (can it take a write now?) and, at start and every minute,
+//! an inspection of how it keeps events (a Redis that may evict the queue,
+//! persists nothing, has too few replicas). Warnings are logged when they
+//! change; a setting that loses acknowledged events fails readiness.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::lifecycle::Lifecycle;
+use crate::store::{Store, StoreReport};
+
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+const INSPECT_EVERY: Duration = Duration::from_secs(60);
+
+pub struct StoreMonitor {
+    store: Arc<dyn Store>,
+    lifecycle: Arc<Lifecycle>,
+    /// The latest inspection, for `/admin/store`.
+    report: Arc<ArcSwapOption<StoreReport>>,
+}
+
+impl StoreMonitor {
+    pub fn new(store: Arc<dyn Store>, lifecycle: Arc<Lifecycle>) -> Self {
+        Self {
+            store,
+            lifecycle,
+            report: Arc::default(),
+        }
+    }
+
+    /// Where `/admin/store` reads the latest inspection.
+    pub fn report(&self) -> Arc<ArcSwapOption<StoreReport>> {
+        Arc::clone(&self.report)
+    }
+
+    /// Inspects the store once; logs what changed since the last time.
+    pub async fn inspect(&self) {
+        match self.store.inspect().await {
+            Ok(report) => {
+                let previous = self.report.load_full();
+                let first = previous.is_none();
+                if first {
+                    let settings: Vec<String> = report
+                        .settings
+                        .iter()
+                        .map(|(name, value)| format!("{name}={value}"))
+                        .collect();
+                    tracing::info!(store = report.kind, settings = %settings.join(", "), "event store");
+                }
+                let seen = previous.as_deref().map(|p| &p.warnings);
+                for warning in &report.warnings {
+                    if !seen.is_some_and(|w| w.contains(warning)) {
+                        tracing::warn!(store = report.kind, "{warning}");
+                    }
+                }
+                if report.refusal != previous.as_deref().and_then(|p| p.refusal.clone()) {
+                    if let Some(refusal) = &report.refusal {
+                        tracing::error!(store = report.kind, "{refusal}; webhooks are refused and the sidecar is not ready until it is fixed");
+                    }
+                }
+                self.lifecycle.set_store_refusal(report.refusal.clone());
+                self.report.store(Some(Arc::new(report)));
+            }
+            Err(error) => tracing::debug!(%error, "cannot inspect the event store now"),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for StoreMonitor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut since_inspection = INSPECT_EVERY;
+        loop {
+            // Until one inspection worked (Redis down at start), every round
+            // tries one.
+            if since_inspection >= INSPECT_EVERY || self.report.load().is_none() {
+                self.inspect().await;
+                since_inspection = Duration::ZERO;
+            }
+            let outcome = self.store.check().await.map_err(|e| e.to_string());
+            self.lifecycle.record_store_check(outcome);
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK_EVERY) => since_inspection += CHECK_EVERY,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Black-box tests of what an acknowledged webhook survives: writes a
+//! Redis replica must have before the 2xx, the Redis the sidecar writes to
+//! checked for settings that lose data, and readiness that rides out a
+//! store blip.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::*;
+
+const SECRET: &str = "whsec_test_secret_0123456789";
+
+fn config(store: &str) -> String {
+    format!(
+        "store: {store}\nupstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n"
+    )
+}
+
+async fn post(sidecar: &Sidecar, id: &str) -> Answer {
+    let body = format!(r#"{{"id":"{id}","type":"payment_intent.succeeded"}}"#);
+    let signature = stripe_signature_with(SECRET, body.as_bytes());
+    send(
+        "POST",
+        &format!("http://{}/webhooks/stripe", sidecar.ingress),
+        &[
+            ("stripe-signature", signature.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Bytes::from(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn with_replicas_1_an_ack_waits_for_the_replica_and_a_silent_one_means_503() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::replica_of(&primary);
+    let sidecar = Sidecar::start(&config(&format!(
+        "{{ kind: redis, url: {}, prefix: test, replicas: 1, replica_timeout: 300ms }}",
+        primary.url()
+    )));
+    let answer = post(&sidecar, "evt_replicated").await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    // The replica has the event the moment the provider has its 202.
+    let keys = replica.cli(&["HLEN", "test:events:{q}"]);
+    assert_eq!(keys.trim(), "1", "{keys}");
+    sidecar
+        .metrics_containing(&["sidecar_store_replica_wait_seconds_count 1"])
+        .await;
+
+    // A replica that does not answer: no 202 for a write it may not have.
+    replica.freeze();
+    let started = Instant::now();
+    let answer = post(&sidecar, "evt_unreplicated").await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    sidecar
+        .metrics_containing(&["sidecar_store_errors_total{op=\"replica_wait\"} 1"])
+        .await;
+    replica.thaw();
+    // The write did reach the primary: the provider's retry is a duplicate.
+    let mut retry = post(&sidecar, "evt_unreplicated").await;
+    for _ in 0..20 {
+        if retry.status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        retry = post(&sidecar, "evt_unreplicated").await;
+    }
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["status"], "duplicate");
+}
+
+#[tokio::test]
+async fn with_replicas_configured_and_none_connected_nothing_is_acknowledged() {
+    let primary = RedisServer::start();
+    let sidecar = Sidecar::start(&config(&format!(
+        "{{ kind: redis, url: {}, prefix: test, replicas: 1, replica_timeout: 200ms }}",
+        primary.url()
+    )));
+    let answer = post(&sidecar, "evt_alone").await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert!(answer.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("retry later"));
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_the_queue_keeps_the_sidecar_unready_and_refuses_webhooks() {
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let sidecar = Sidecar::start_unready(&config(&format!(
+        "{{ kind: redis, url: {}, prefix: test }}",
+        redis.url()
+    )));
+    let mut readiness = sidecar.readiness().await;
+    for _ in 0..50 {
+        if readiness.1.contains("maxmemory-policy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        readiness = sidecar.readiness().await;
+    }
+    assert_eq!(readiness.0, 503);
+    assert!(
+        readiness.1.contains("maxmemory-policy is allkeys-lru"),
+        "{}",
+        readiness.1
+    );
+    assert!(readiness.1.contains("noeviction"), "{}", readiness.1);
+    let answer = post(&sidecar, "evt_evictable").await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    let store = get(&sidecar.admin_url("/admin/store")).await.json();
+    assert_eq!(store["kind"], "redis");
+    assert_eq!(store["settings"]["maxmemory-policy"], "allkeys-lru");
+    assert!(store["refusal"].as_str().unwrap().contains("noeviction"));
+    assert!(sidecar.logs().contains("maxmemory-policy is allkeys-lru"));
+}
+
+#[tokio::test]
+async fn admin_store_reports_persistence_and_warns_when_nothing_persists() {
+    let redis = RedisServer::start();
+    let sidecar = Sidecar::start(&config(&format!(
+        "{{ kind: redis, url: {}, prefix: test }}",
+        redis.url()
+    )));
+    let store = get(&sidecar.admin_url("/admin/store")).await.json();
+    assert_eq!(store["kind"], "redis");
+    assert_eq!(store["settings"]["appendonly"], "no");
+    assert_eq!(store["settings"]["appendfsync"], "everysec");
+    assert_eq!(store["answering"], true);
+    let warnings = store["warnings"].to_string();
+    assert!(warnings.contains("persists nothing"), "{warnings}");
+    sidecar.log_containing("Redis persists nothing").await;
+
+    let durable = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let sidecar = Sidecar::start(&config(&format!(
+        "{{ kind: redis, url: {}, prefix: test }}",
+        durable.url()
+    )));
+    let store = get(&sidecar.admin_url("/admin/store")).await.json();
+    assert_eq!(store["settings"]["appendfsync"], "always");
+    assert_eq!(store["warnings"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_store_blip_shorter_than_unready_after_keeps_the_pod_ready_and_a_longer_one_does_not() {
+    let mut redis = RedisServer::start();
+    let sidecar = Sidecar::start(&config(&format!(
+        "{{ kind: redis, url: {}, prefix: test, unready_after: 3s }}",
+        redis.url()
+    )));
+    redis.kill();
+    let down_at = Instant::now();
+    // Webhooks are refused at once: nothing is acknowledged without a store.
+    assert_eq!(post(&sidecar, "evt_blip").await.status, 503);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sidecar.readiness().await.0,
+        200,
+        "a blip keeps the pod in service"
+    );
+    let mut unready_after = None;
+    while down_at.elapsed() < Duration::from_secs(8) {
+        let (status, reason) = sidecar.readiness().await;
+        if status == 503 {
+            assert!(
+                reason.contains("the event store has failed for"),
+                "{reason}"
+            );
+            unready_after = Some(down_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unready_after = unready_after.expect("unready once the failure lasted");
+    assert!(unready_after >= Duration::from_secs(3), "{unready_after:?}");
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..50 {
+        if sidecar.readiness().await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once the store answers");
+    assert_eq!(post(&sidecar, "evt_after").await.status, 202);
+}
+
+/// A small tmpfs mounted for one test (root only: `scripts/test` runs as
+/// root on CI's Debian machine), unmounted when dropped.
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sidecar-tmpfs-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the full-disk tests run as root)"
+        );
+        Self { dir }
+    }
+
+    /// Fills what is left with one file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.flush();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_means_503_never_202_and_acceptance_resumes_when_space_returns() {
+    let disk = Tmpfs::mount("8m");
+    let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let body = format!(
+        "store: {{ path: {} }}\nupstreams:\n  notify: {{ backends: [{}] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n",
+        disk.dir.join("data").display(),
+        target.addr
+    );
+    let sidecar = Sidecar::start(&body);
+    let filler = disk.fill();
+    let padding = "p".repeat(16 << 10);
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for n in 0..400 {
+        let id = format!("evt_disk_{n}");
+        let payload = format!(r#"{{"id":"{id}","type":"t","pad":"{padding}"}}"#);
+        let signature = stripe_signature_with(SECRET, payload.as_bytes());
+        let answer = send(
+            "POST",
+            &format!("http://{}/webhooks/stripe", sidecar.ingress),
+            &[("stripe-signature", signature.as_str())],
+            Bytes::from(payload),
+        )
+        .await;
+        match answer.status {
+            202 => acknowledged.push(id),
+            503 => {
+                assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
+                refused += 1;
+                if refused >= 5 {
+                    break;
+                }
+            }
+            other => panic!("{other}: {}", answer.text()),
+        }
+    }
+    assert!(
+        refused >= 5,
+        "the disk never filled ({} accepted)",
+        acknowledged.len()
+    );
+    // The store check (every second) says why, for /readyz and /admin/store.
+    let mut store = serde_json::Value::Null;
+    for _ in 0..30 {
+        store = get(&sidecar.admin_url("/admin/store")).await.json();
+        if store["answering"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        store["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("No space left"),
+        "{store}"
+    );
+    std::fs::remove_file(filler).unwrap();
+    // No restart: the writer finds the space again by itself.
+    let mut resumed = false;
+    for n in 0..100 {
+        if post(&sidecar, &format!("evt_after_{n}")).await.status == 202 {
+            acknowledged.push(format!("evt_after_{n}"));
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "acceptance resumed once space came back");
+    // Everything acknowledged is delivered: nothing was lost.
+    eventually(
+        Duration::from_secs(20),
+        "every acknowledged event delivered",
+        || {
+            let delivered: std::collections::HashSet<String> = target
+                .requests()
+                .iter()
+                .map(|s| s.headers["x-event-id"].clone())
+                .collect();
+            acknowledged.iter().all(|id| delivered.contains(id))
+        },
+    )
+    .await;
+}
+
+/// SIGTERM while webhooks wait for their durable write: the sidecar waits
+/// for them (they count as in flight) and each gets a whole answer, 202
+/// once the write lands, never a reset.
+#[tokio::test]
+async fn sigterm_lets_every_webhook_waiting_for_its_write_finish_with_an_answer() {
+    let redis = RedisServer::start();
+    let mut sidecar = Sidecar::start(&format!(
+        "drain_delay: 100ms\nshutdown_grace: 10s\n{}",
+        config(&format!(
+            "{{ kind: redis, url: {}, prefix: test }}",
+            redis.url()
+        ))
+    ));
+    redis.freeze();
+    let ingress = sidecar.ingress;
+    let waiting: Vec<_> = (0..5)
+        .map(|n| {
+            tokio::spawn(async move {
+                let body = format!(r#"{{"id":"evt_term_{n}","type":"t"}}"#);
+                let signature = stripe_signature_with(SECRET, body.as_bytes());
+                try_send(
+                    &format!("http://{ingress}/webhooks/stripe"),
+                    &[("stripe-signature", signature.as_str())],
+                    body.into_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidecar.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    redis.thaw();
+    let mut statuses = Vec::new();
+    for request in waiting {
+        statuses.push(request.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == Some(202)),
+        "every waiting webhook got its answer: {statuses:?}"
+    );
+    let exit = tokio::task::spawn_blocking(move || sidecar.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
