@@ -6,6 +6,7 @@
 # got, the genuine webhook's answer and latency, and RSS after it settles.
 # Release build, embedded store, loopback only, bounded in time.
 # Usage: benches/flood.sh [connections] [body-bytes] [settle-seconds]
+# SIDECAR=<binary> measures another build (an earlier one, for a before/after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS=${1:-400}
@@ -26,7 +27,7 @@ webhooks:
     verify: { kind: stripe, secrets: [$SECRET] }
     routes: [{ events: ["*"], targets: [notify] }]
 YAML
-RUST_LOG=warn ./target/release/wedsync-sidecar run -c "$WORK/flood.yaml" 2>"$WORK/flood.log" &
+RUST_LOG=warn "${SIDECAR:-./target/release/wedsync-sidecar}" run -c "$WORK/flood.yaml" 2>"$WORK/flood.log" &
 pid=$!
 wait_ready "$ad"
 sleep 1
