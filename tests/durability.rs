@@ -191,54 +191,6 @@ async fn a_store_blip_shorter_than_unready_after_keeps_the_pod_ready_and_a_longe
     assert_eq!(post(&sidecar, "evt_after").await.status, 202);
 }
 
-/// A small tmpfs mounted for one test (root only: `scripts/test` runs as
-/// root on CI's Debian machine), unmounted when dropped.
-struct Tmpfs {
-    dir: std::path::PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "sidecar-tmpfs-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root (the full-disk tests run as root)"
-        );
-        Self { dir }
-    }
-
-    /// Fills what is left with one file; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 64 << 10];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.flush();
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_means_503_never_202_and_acceptance_resumes_when_space_returns() {
     let disk = Tmpfs::mount("8m");
@@ -371,4 +323,39 @@ async fn sigterm_lets_every_webhook_waiting_for_its_write_finish_with_an_answer(
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// A job whose event body vanished from the store is never delivered empty
+/// nor acked as delivered: it becomes a dead letter `event_missing`.
+#[tokio::test]
+async fn a_job_whose_body_is_gone_becomes_a_dead_letter_event_missing() {
+    let redis = RedisServer::start();
+    let target = MockServer::start(|_| MockAnswer::status(503, "not yet")).await;
+    let body = format!(
+        "store: {{ kind: redis, url: {}, prefix: test }}\nupstreams:\n  notify: {{ backends: [{}] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n    delivery: {{ backoff: {{ initial: 200ms, max: 200ms }} }}\n",
+        redis.url(),
+        target.addr
+    );
+    let sidecar = Sidecar::start(&body);
+    assert_eq!(post(&sidecar, "evt_vanishing").await.status, 202);
+    eventually(Duration::from_secs(5), "a first attempt", || {
+        !target.requests().is_empty()
+    })
+    .await;
+    redis.cli(&["DEL", "test:bodies:{q}"]);
+    let letter = loop {
+        let list = get(&sidecar.admin_url("/admin/dead-letters")).await.json();
+        if let Some(item) = list["items"].as_array().and_then(|items| items.first()) {
+            break item.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letter["reason"], "event_missing");
+    assert_eq!(letter["event_id"], "evt_vanishing");
+    assert!(target.requests().iter().all(|seen| seen.body_len > 0), "never sent empty");
+    sidecar
+        .metrics_containing(&[
+            "sidecar_dead_lettered_total{reason=\"event_missing\",webhook=\"stripe\"} 1",
+        ])
+        .await;
 }

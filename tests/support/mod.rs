@@ -653,6 +653,11 @@ pub struct RedisServer {
     pub port: u16,
     /// More `redis-server` arguments (`--replicaof`, `--appendfsync` ...).
     extra: Vec<String>,
+    /// Its own working directory: a replica's full sync writes an RDB file
+    /// and `appendonly yes` an AOF there, which another server started in
+    /// a shared directory would load at start (and the repository would
+    /// collect). Kept across restarts, removed when dropped.
+    dir: PathBuf,
 }
 
 impl RedisServer {
@@ -666,6 +671,7 @@ impl RedisServer {
             child: None,
             port: free_port(),
             extra: args.iter().map(|a| a.to_string()).collect(),
+            dir: redis_dir(),
         };
         server.restart();
         server
@@ -716,6 +722,7 @@ impl RedisServer {
                 "127.0.0.1".into(),
                 primary.port.to_string(),
             ],
+            dir: redis_dir(),
         };
         server.restart();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -755,6 +762,8 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .arg("--dir")
+            .arg(&self.dir)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -781,7 +790,18 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn redis_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sidecar-redis-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// An event store on the Redis at `url`, with the prefix test sidecars use.
@@ -846,5 +866,54 @@ pub async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> b
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A small tmpfs mounted for one test (root only: `scripts/test` runs as
+/// root on CI's Debian machine), unmounted when dropped.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sidecar-tmpfs-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the full-disk tests run as root)"
+        );
+        Self { dir }
+    }
+
+    /// Fills what is left with one file; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        Self::fill_dir(&self.dir)
+    }
+
+    /// Fills what is left of the file system at `dir` with one file.
+    pub fn fill_dir(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.flush();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
