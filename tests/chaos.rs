@@ -66,16 +66,28 @@ fn config(store: Option<&str>, target: SocketAddr) -> String {
     )
 }
 
+/// The rate events are sent at, so that every fault lands mid-stream.
+const RATE: f64 = 400.0;
+
+/// What the sender saw: the acknowledged ids, and how many sends were
+/// not acknowledged (refused, reset, timed out) and made again.
+struct Sent {
+    acknowledged: HashSet<String>,
+    refused: usize,
+}
+
 /// Sends `count` events to the ingress at `ingress()` with `concurrency`
-/// senders until each is acknowledged or `give_up` passes; returns the
-/// acknowledged ids.
+/// senders, [`RATE`] per second in all, until each is acknowledged or
+/// `give_up` passes.
 async fn send_until_acknowledged(
     ingress: Arc<dyn Fn() -> SocketAddr + Send + Sync>,
     prefix: &str,
     count: usize,
     concurrency: usize,
     give_up: Duration,
-) -> HashSet<String> {
+) -> Sent {
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pace = Duration::from_secs_f64(concurrency as f64 / RATE);
     let pending: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
         (0..count).rev().map(|n| format!("{prefix}_{n}")).collect(),
     ));
@@ -83,13 +95,15 @@ async fn send_until_acknowledged(
     let deadline = Instant::now() + give_up;
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (pending, acknowledged, ingress) = (
+        let (pending, acknowledged, ingress, refused) = (
             Arc::clone(&pending),
             Arc::clone(&acknowledged),
             Arc::clone(&ingress),
+            Arc::clone(&refused),
         );
         senders.spawn(async move {
             while Instant::now() < deadline {
+                let next = Instant::now() + pace;
                 let Some(id) = pending.lock().unwrap().pop() else {
                     return;
                 };
@@ -115,27 +129,27 @@ async fn send_until_acknowledged(
                     }
                     // Like a provider: try again a little later.
                     _ => {
+                        refused.fetch_add(1, Ordering::Relaxed);
                         pending.lock().unwrap().insert(0, id);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
+                tokio::time::sleep_until(next.into()).await;
             }
         });
     }
     while senders.join_next().await.is_some() {}
     let acknowledged = acknowledged.lock().unwrap().clone();
-    acknowledged
+    Sent {
+        acknowledged,
+        refused: refused.load(Ordering::Relaxed),
+    }
 }
 
 /// Waits until every acknowledged event was delivered (or `limit`), then
 /// counts; prints the scenario's row and asserts that nothing was lost.
-async fn count(
-    scenario: &str,
-    started: Instant,
-    acknowledged: &HashSet<String>,
-    deliveries: &Deliveries,
-    limit: Duration,
-) {
+async fn count(scenario: &str, started: Instant, sent: &Sent, deliveries: &Deliveries, limit: Duration) {
+    let acknowledged = &sent.acknowledged;
     let deadline = Instant::now() + limit;
     loop {
         let delivered = deliveries.snapshot();
@@ -152,10 +166,11 @@ async fn count(
     let twice = delivered.values().filter(|n| **n > 1).count();
     let delivered_acknowledged = acknowledged.iter().filter(|id| delivered.contains_key(*id)).count();
     println!(
-        "CHAOS | {scenario} | {} | {} | {} | {twice} | {:.0} s",
+        "CHAOS | {scenario} | {} | {} | {} | {twice} | {} | {:.0} s",
         acknowledged.len(),
         delivered_acknowledged,
         lost.len(),
+        sent.refused,
         started.elapsed().as_secs_f64()
     );
     assert!(lost.is_empty(), "{scenario}: lost {} acknowledged events, e.g. {:?}", lost.len(), lost.iter().take(5).collect::<Vec<_>>());
@@ -181,7 +196,7 @@ async fn kill_repeatedly(scenario: &str, store: Option<&str>, events: usize, kil
             }
         })
     };
-    let acknowledged = send_until_acknowledged(
+    let sent = send_until_acknowledged(
         Arc::new(move || ingress),
         scenario,
         events,
@@ -190,8 +205,8 @@ async fn kill_repeatedly(scenario: &str, store: Option<&str>, events: usize, kil
     )
     .await;
     killer.await.unwrap();
-    assert_eq!(acknowledged.len(), events, "every event is acknowledged in the end");
-    count(scenario, started, &acknowledged, &deliveries, Duration::from_secs(60)).await;
+    assert_eq!(sent.acknowledged.len(), events, "every event is acknowledged in the end");
+    count(scenario, started, &sent, &deliveries, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,7 +230,7 @@ async fn sigkill_five_times_redis_store_3000_events() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_twice_embedded_store_quick() {
-    kill_repeatedly("SIGKILL x2, embedded store (quick)", None, 400, 2).await;
+    kill_repeatedly("SIGKILL x2, embedded store (quick)", None, 800, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,7 +239,7 @@ async fn sigkill_twice_redis_store_quick() {
     kill_repeatedly(
         "SIGKILL x2, Redis store (quick)",
         Some(&format!("{{ kind: redis, url: {}, prefix: chaos }}", redis.url())),
-        400,
+        800,
         2,
     )
     .await;
@@ -262,7 +277,7 @@ async fn redis_primary_killed_and_replica_promoted_with_replicas_1() {
             (primary, replica, standby)
         })
     };
-    let acknowledged = send_until_acknowledged(
+    let sent = send_until_acknowledged(
         Arc::new(move || ingress),
         "failover",
         1500,
@@ -274,7 +289,7 @@ async fn redis_primary_killed_and_replica_promoted_with_replicas_1() {
     count(
         "Redis primary SIGKILLed, replica promoted, replicas: 1",
         started,
-        &acknowledged,
+        &sent,
         &deliveries,
         Duration::from_secs(60),
     )
@@ -298,7 +313,7 @@ async fn redis_restarted_mid_stream_with_appendfsync_always() {
         tokio::task::block_in_place(|| redis.restart());
         redis
     });
-    let acknowledged = send_until_acknowledged(
+    let sent = send_until_acknowledged(
         Arc::new(move || ingress),
         "aof",
         1500,
@@ -310,7 +325,7 @@ async fn redis_restarted_mid_stream_with_appendfsync_always() {
     count(
         "Redis SIGKILLed and restarted, appendfsync always",
         started,
-        &acknowledged,
+        &sent,
         &deliveries,
         Duration::from_secs(60),
     )
@@ -336,7 +351,7 @@ async fn a_target_flapping_every_500ms_for_20s() {
             down.store(false, Ordering::SeqCst);
         })
     };
-    let acknowledged = send_until_acknowledged(
+    let sent = send_until_acknowledged(
         Arc::new(move || ingress),
         "flap",
         2000,
@@ -348,7 +363,7 @@ async fn a_target_flapping_every_500ms_for_20s() {
     count(
         "target flapping every 500 ms for 20 s",
         started,
-        &acknowledged,
+        &sent,
         &deliveries,
         Duration::from_secs(60),
     )
@@ -376,7 +391,7 @@ async fn the_embedded_stores_disk_fills_mid_stream() {
             std::fs::remove_file(filler).unwrap();
         })
     };
-    let acknowledged = send_until_acknowledged(
+    let sent = send_until_acknowledged(
         Arc::new(move || ingress),
         "disk",
         2000,
@@ -388,7 +403,7 @@ async fn the_embedded_stores_disk_fills_mid_stream() {
     count(
         "embedded store's disk full for 3 s",
         started,
-        &acknowledged,
+        &sent,
         &deliveries,
         Duration::from_secs(60),
     )
@@ -429,7 +444,7 @@ async fn redis_cut_off_by_a_partition_for_5s() {
             ip(&["link", "set", &link, "up"]);
         })
     };
-    let acknowledged = send_until_acknowledged(
+    let sent = send_until_acknowledged(
         Arc::new(move || ingress),
         "partition",
         1500,
@@ -441,7 +456,7 @@ async fn redis_cut_off_by_a_partition_for_5s() {
     count(
         "Redis cut off by a partition for 5 s",
         started,
-        &acknowledged,
+        &sent,
         &deliveries,
         Duration::from_secs(60),
     )
