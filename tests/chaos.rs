@@ -148,7 +148,13 @@ async fn send_until_acknowledged(
 
 /// Waits until every acknowledged event was delivered (or `limit`), then
 /// counts; prints the scenario's row and asserts that nothing was lost.
-async fn count(scenario: &str, started: Instant, sent: &Sent, deliveries: &Deliveries, limit: Duration) {
+async fn count(
+    scenario: &str,
+    started: Instant,
+    sent: &Sent,
+    deliveries: &Deliveries,
+    limit: Duration,
+) {
     let acknowledged = &sent.acknowledged;
     let deadline = Instant::now() + limit;
     loop {
@@ -164,7 +170,10 @@ async fn count(scenario: &str, started: Instant, sent: &Sent, deliveries: &Deliv
         .filter(|id| !delivered.contains_key(*id))
         .collect();
     let twice = delivered.values().filter(|n| **n > 1).count();
-    let delivered_acknowledged = acknowledged.iter().filter(|id| delivered.contains_key(*id)).count();
+    let delivered_acknowledged = acknowledged
+        .iter()
+        .filter(|id| delivered.contains_key(*id))
+        .count();
     println!(
         "CHAOS | {scenario} | {} | {} | {} | {twice} | {} | {:.0} s",
         acknowledged.len(),
@@ -173,8 +182,16 @@ async fn count(scenario: &str, started: Instant, sent: &Sent, deliveries: &Deliv
         sent.refused,
         started.elapsed().as_secs_f64()
     );
-    assert!(lost.is_empty(), "{scenario}: lost {} acknowledged events, e.g. {:?}", lost.len(), lost.iter().take(5).collect::<Vec<_>>());
-    assert!(!acknowledged.is_empty(), "{scenario}: nothing was acknowledged");
+    assert!(
+        lost.is_empty(),
+        "{scenario}: lost {} acknowledged events, e.g. {:?}",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        !acknowledged.is_empty(),
+        "{scenario}: nothing was acknowledged"
+    );
 }
 
 /// SIGKILL the sidecar `kills` times at random moments while `events` are
@@ -182,7 +199,10 @@ async fn count(scenario: &str, started: Instant, sent: &Sent, deliveries: &Deliv
 async fn kill_repeatedly(scenario: &str, store: Option<&str>, events: usize, kills: u32) {
     let started = Instant::now();
     let (target, deliveries) = target(Arc::default()).await;
-    let sidecar = Arc::new(tokio::sync::Mutex::new(Sidecar::start(&config(store, target.addr))));
+    let sidecar = Arc::new(tokio::sync::Mutex::new(Sidecar::start(&config(
+        store,
+        target.addr,
+    ))));
     let ingress = sidecar.lock().await.ingress;
     let killer = {
         let sidecar = Arc::clone(&sidecar);
@@ -205,8 +225,19 @@ async fn kill_repeatedly(scenario: &str, store: Option<&str>, events: usize, kil
     )
     .await;
     killer.await.unwrap();
-    assert_eq!(sent.acknowledged.len(), events, "every event is acknowledged in the end");
-    count(scenario, started, &sent, &deliveries, Duration::from_secs(60)).await;
+    assert_eq!(
+        sent.acknowledged.len(),
+        events,
+        "every event is acknowledged in the end"
+    );
+    count(
+        scenario,
+        started,
+        &sent,
+        &deliveries,
+        Duration::from_secs(60),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,7 +252,10 @@ async fn sigkill_five_times_redis_store_3000_events() {
     let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     kill_repeatedly(
         "SIGKILL x5, Redis store",
-        Some(&format!("{{ kind: redis, url: {}, prefix: chaos }}", redis.url())),
+        Some(&format!(
+            "{{ kind: redis, url: {}, prefix: chaos }}",
+            redis.url()
+        )),
         3000,
         5,
     )
@@ -238,7 +272,10 @@ async fn sigkill_twice_redis_store_quick() {
     let redis = RedisServer::start();
     kill_repeatedly(
         "SIGKILL x2, Redis store (quick)",
-        Some(&format!("{{ kind: redis, url: {}, prefix: chaos }}", redis.url())),
+        Some(&format!(
+            "{{ kind: redis, url: {}, prefix: chaos }}",
+            redis.url()
+        )),
         800,
         2,
     )
@@ -254,7 +291,9 @@ async fn redis_primary_killed_and_replica_promoted_with_replicas_1() {
     let mut primary = RedisServer::start();
     let replica = RedisServer::replica_of(&primary);
     let (target, deliveries) = target(Arc::default()).await;
-    let store = |url: &str| format!("{{ kind: redis, url: {url}, prefix: chaos, replicas: 1, replica_timeout: 500ms }}");
+    let store = |url: &str| {
+        format!("{{ kind: redis, url: {url}, prefix: chaos, replicas: 1, replica_timeout: 500ms }}")
+    };
     let sidecar = Arc::new(tokio::sync::Mutex::new(Sidecar::start(&config(
         Some(&store(&primary.url())),
         target.addr,
@@ -304,7 +343,10 @@ async fn redis_restarted_mid_stream_with_appendfsync_always() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let (target, deliveries) = target(Arc::default()).await;
     let sidecar = Sidecar::start(&config(
-        Some(&format!("{{ kind: redis, url: {}, prefix: chaos }}", redis.url())),
+        Some(&format!(
+            "{{ kind: redis, url: {}, prefix: chaos }}",
+            redis.url()
+        )),
         target.addr,
     ));
     let ingress = sidecar.ingress;
@@ -420,7 +462,14 @@ async fn redis_cut_off_by_a_partition_for_5s() {
     let net = Namespace::create();
     let port = free_port();
     let mut redis = std::process::Command::new("ip")
-        .args(["netns", "exec", &net.name, "redis-server", "--port", &port.to_string()])
+        .args([
+            "netns",
+            "exec",
+            &net.name,
+            "redis-server",
+            "--port",
+            &port.to_string(),
+        ])
         // Protected mode only lets loopback in; this namespace is the suite's own.
         .args(["--bind", &net.inside.to_string(), "--protected-mode", "no"])
         .args(["--save", "", "--appendonly", "no"])
@@ -431,7 +480,9 @@ async fn redis_cut_off_by_a_partition_for_5s() {
     wait_for_redis(&net.inside.to_string(), port);
     let (target, deliveries) = target(Arc::default()).await;
     let sidecar = Sidecar::start(&config(
-        Some(&format!("{{ kind: redis, url: {url}, prefix: chaos, unready_after: 30s }}")),
+        Some(&format!(
+            "{{ kind: redis, url: {url}, prefix: chaos, unready_after: 30s }}"
+        )),
         target.addr,
     ));
     let ingress = sidecar.ingress;
@@ -466,14 +517,20 @@ async fn redis_cut_off_by_a_partition_for_5s() {
 }
 
 fn ip(args: &[&str]) {
-    let status = std::process::Command::new("ip").args(args).status().expect("ip (iproute2)");
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip (iproute2)");
     assert!(status.success(), "ip {args:?}");
 }
 
 fn wait_for_redis(host: &str, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect((host, port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server in the namespace never listened");
+        assert!(
+            Instant::now() < deadline,
+            "redis-server in the namespace never listened"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -496,11 +553,23 @@ impl Namespace {
         let host = std::net::Ipv4Addr::new(10, 200, a, b + 1);
         let inside = std::net::Ipv4Addr::new(10, 200, a, b + 2);
         ip(&["netns", "add", &name]);
-        ip(&["link", "add", &host_link, "type", "veth", "peer", "name", &ns_link]);
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &ns_link,
+        ]);
         ip(&["link", "set", &ns_link, "netns", &name]);
         ip(&["addr", "add", &format!("{host}/30"), "dev", &host_link]);
         ip(&["link", "set", &host_link, "up"]);
-        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{inside}/30"), "dev", &ns_link]);
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{inside}/30"),
+            "dev",
+            &ns_link,
+        ]);
         ip(&["netns", "exec", &name, "ip", "link", "set", &ns_link, "up"]);
         ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
         Self {
@@ -521,4 +590,3 @@ impl Drop for Namespace {
             .status();
     }
 }
-

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -352,10 +353,80 @@ async fn a_job_whose_body_is_gone_becomes_a_dead_letter_event_missing() {
     };
     assert_eq!(letter["reason"], "event_missing");
     assert_eq!(letter["event_id"], "evt_vanishing");
-    assert!(target.requests().iter().all(|seen| seen.body_len > 0), "never sent empty");
+    assert!(
+        target.requests().iter().all(|seen| seen.body_len > 0),
+        "never sent empty"
+    );
     sidecar
         .metrics_containing(&[
             "sidecar_dead_lettered_total{reason=\"event_missing\",webhook=\"stripe\"} 1",
         ])
         .await;
+}
+
+/// A job record that no longer decodes (here garbled in Redis by hand) is
+/// set aside as a dead letter `corrupt` with what could be read of it; the
+/// other events of the same lease are delivered.
+#[tokio::test]
+async fn an_unreadable_job_record_is_set_aside_and_the_others_are_delivered() {
+    let redis = RedisServer::start();
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let holding = Arc::clone(&hold);
+    let target = MockServer::start(move |_| {
+        if holding.load(std::sync::atomic::Ordering::SeqCst) {
+            MockAnswer::status(503, "not yet")
+        } else {
+            MockAnswer::status(204, "")
+        }
+    })
+    .await;
+    let body = format!(
+        "store: {{ kind: redis, url: {}, prefix: test }}\nupstreams:\n  notify: {{ backends: [{}] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n    delivery: {{ backoff: {{ initial: 3s, max: 3s }} }}\n",
+        redis.url(),
+        target.addr
+    );
+    let sidecar = Sidecar::start(&body);
+    for id in ["evt_a", "evt_b", "evt_c"] {
+        assert_eq!(post(&sidecar, id).await.status, 202);
+    }
+    // After a first failed attempt each job waits 1.5 to 3 s for its retry:
+    // then job 2, evt_a's, has its record cut short.
+    eventually(Duration::from_secs(5), "first attempts", || {
+        target.requests().len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.cli(&[
+        "HSET",
+        "test:jobs:{q}",
+        "00000000000000000002",
+        r#"{"id":2,"event":1,"webhook":"stripe","event_id":"evt_a","event_type":"payment_intent.succeeded","target":"#,
+    ]);
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Each job's retry falls due on its own (jittered): wait for all three.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let items = loop {
+        let list = get(&sidecar.admin_url("/admin/dead-letters")).await.json();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let delivered: Vec<String> = target
+            .requests()
+            .iter()
+            .filter(|s| s.headers["x-delivery-attempt"] == "2")
+            .map(|s| s.headers["x-event-id"].clone())
+            .collect();
+        if !items.is_empty() && delivered.len() == 2 {
+            assert_eq!(delivered.len(), 2, "{delivered:?}");
+            assert!(!delivered.contains(&"evt_a".to_string()), "{delivered:?}");
+            break items;
+        }
+        assert!(Instant::now() < deadline, "{list} {delivered:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["reason"], "corrupt");
+    assert_eq!(items[0]["event_id"], "evt_a", "what could be read is kept");
+    assert!(items[0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("could not be read"));
 }
