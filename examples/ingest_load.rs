@@ -1,7 +1,9 @@
 //! Webhook ingest load: SENDERS keep-alive connections post Stripe-signed
 //! 2 KiB events, each with a fresh id, for SECONDS; prints accepted/s and ack
-//! latency p50/p99. Loopback only.
-//! Usage: ingest_load URL SECRET [SENDERS] [SECONDS]
+//! latency p50/p99. Loopback only. With COUNT, each sender stops after
+//! COUNT events (SECONDS still bounds it): a fixed amount of work, for
+//! instruction counts.
+//! Usage: ingest_load URL SECRET [SENDERS] [SECONDS] [COUNT]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +20,7 @@ async fn main() {
     let secret = args.next().expect("SECRET");
     let senders: usize = args.next().map_or(64, |a| a.parse().expect("SENDERS"));
     let seconds: u64 = args.next().map_or(5, |a| a.parse().expect("SECONDS"));
+    let count: u64 = args.next().map_or(u64::MAX, |a| a.parse().expect("COUNT"));
     let events = Arc::new(SignedEvents::new(secret));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -35,7 +38,7 @@ async fn main() {
             let mut reconnects = 0u64;
             let mut mine = Vec::new();
             let mut n = 0u64;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && n < count {
                 n += 1;
                 let request = events.request(url.path(), &format!("evt_{run}_{sender}_{n}"));
                 if connection.ready().await.is_err() {
