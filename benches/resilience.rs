@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
-use wedsync_sidecar::admin::metrics::Metrics;
 use wedsync_sidecar::config::services::{
     CircuitBreaker, LimitKey, LimitScope, OnLimit, OnStoreError, RateLimit,
 };
+use wedsync_sidecar::metrics::Metrics;
 use wedsync_sidecar::resilience::breaker::{Breaker, Outcome};
-use wedsync_sidecar::resilience::clock::MonotonicClock;
 use wedsync_sidecar::resilience::global::GlobalLimiter;
 use wedsync_sidecar::resilience::ratelimit::LocalLimiter;
 use wedsync_sidecar::store::redis::RedisStore;
+use wedsync_sidecar::time::MonotonicClock;
 
 fn generous_limit(key: Vec<LimitKey>, scope: LimitScope) -> RateLimit {
     RateLimit {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wedsync_sidecar::config::webhooks::{Verify, VerifyKind};
 use wedsync_sidecar::config::Secret;
-use wedsync_sidecar::webhooks::verify::mac::{hmac, Algorithm};
+use wedsync_sidecar::signing::mac::{hmac, Algorithm};
 use wedsync_sidecar::webhooks::verify::{build, Inbound};
 
 const NOW: u64 = 1_700_000_000;

@@ -68,7 +68,7 @@ async fn handle(target: Arc<Target>, request: hyper::Request<hyper::body::Incomi
                     .unwrap_or("-")
                     .to_string()
             };
-            let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
+            let now = wedsync_sidecar::time::unix_time().as_secs();
             let signature = match parts.headers.get("webhook-signature") {
                 None => "unsigned",
                 Some(_) => match target.verifier.verify(&Inbound {

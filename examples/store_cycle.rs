@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
-use wedsync_sidecar::store::local::{LocalStore, Write, Written};
+use wedsync_sidecar::event::{EventMeta, Priority};
+use wedsync_sidecar::store::embedded::engine::{LocalStore, Write, Written};
 use wedsync_sidecar::store::records::{Job, LeaseRequest, NewEvent};
-use wedsync_sidecar::webhooks::event::{EventMeta, Priority};
 
 const BATCH: usize = 64;
 

@@ -14,11 +14,17 @@ use std::io::Write;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::logging::LogFormat;
-
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const FLUSH_SIZE: usize = 64 * 1024;
 const MAX_BUFFERED: usize = 4 * 1024 * 1024;
+
+/// How log lines are written: human-readable (the default) or one JSON
+/// object per line (`--log-format json`), for the access log and the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// What one line records. Never a header, a query or a secret.
 pub struct Entry<'a> {

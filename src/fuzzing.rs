@@ -203,7 +203,7 @@ pub fn twilio_helpers(data: &[u8]) {
 /// The MAC decoders: anything decodes or is refused, and what is encoded
 /// decodes back.
 pub fn mac_decoders(data: &[u8]) {
-    use verify::mac::{decode_base64, decode_hex, encode_base64, encode_hex};
+    use crate::signing::mac::{decode_base64, decode_hex, encode_base64, encode_hex};
     let text = String::from_utf8_lossy(data);
     let _ = decode_hex(&text);
     let _ = decode_base64(&text);
@@ -224,7 +224,7 @@ pub fn event_extraction(data: &[u8]) {
     let pointer = format!("/{}", fields.text());
     let header = fields.text();
     let headers = fields.headers();
-    let _ = crate::webhooks::event::glob(&pattern, &text);
+    let _ = crate::webhooks::extract::glob(&pattern, &text);
     let mut webhook = sample_webhook(kind);
     webhook.event_type = Some(Field::Pointer(pointer.clone()));
     webhook.context = vec![("wedding_id".into(), Field::Pointer(pointer))];
@@ -240,7 +240,7 @@ pub fn event_extraction(data: &[u8]) {
         id: Some(text),
         digest: None,
     };
-    let meta = crate::webhooks::event::extract(&webhook, &headers, &body, &signed);
+    let meta = crate::webhooks::extract::extract(&webhook, &headers, &body, &signed);
     assert!(!meta.id.is_empty() && !meta.dedup.is_empty());
     assert_eq!(meta.targets, ["notify"], "`*` matches every type");
 }
@@ -371,7 +371,7 @@ pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let lookup = crate::config::interpolate::MapLookup::default();
     if let Ok(config) = crate::config::Config::from_yaml(&text, "fuzz.yaml", &lookup) {
-        if let Err(error) = crate::server::build_check(&config) {
+        if let Err(error) = crate::runtime::server::build_check(&config) {
             // Only the file system can fail what the file's own text passed.
             let message = error.to_string();
             assert!(

@@ -1,25 +1,33 @@
 //! wedsync-sidecar: an egress gateway, webhook ingress and delivery sidecar
-//! built on Pingora. `main.rs` is only the CLI; `server::run` starts it all.
+//! built on Pingora. `main.rs` is only the CLI; `runtime::server::run`
+//! starts it all. The modules, from the bottom up (README, "Architecture";
+//! `scripts/layers` checks the directions):
+//! - what everything speaks: `time`, `problem`, `metrics`, `event`, `config`;
+//! - building blocks: `signing`, `net`, `access_log`, then `resilience`,
+//!   `store`, `upstreams`;
+//! - the directions, which never import each other: `egress` (the app's
+//!   calls out), `webhooks` (providers' calls in), `delivery` (events on
+//!   to internal services);
+//! - what wires them: `admin`, `runtime`; and the command line: `cli`.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod delivery;
-pub mod dlq;
 pub mod egress;
+pub mod event;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod inject;
 pub mod lifecycle;
-pub mod listen_owner;
-pub mod logging;
+pub mod metrics;
+pub mod net;
 pub mod problem;
-pub mod reload;
 pub mod resilience;
-pub mod server;
+pub mod runtime;
+pub mod signing;
 pub mod store;
-pub mod store_monitor;
+pub mod time;
 pub mod upstreams;
 pub mod webhooks;

@@ -12,9 +12,9 @@ use clap::{Parser, Subcommand};
 /// but doubled the idle RSS.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+use wedsync_sidecar::cli::dlq::DlqCommand;
 use wedsync_sidecar::config::{self, Config};
-use wedsync_sidecar::dlq::DlqCommand;
-use wedsync_sidecar::logging::{self, LogFormat};
+use wedsync_sidecar::runtime::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -140,7 +140,7 @@ fn main() -> ExitCode {
     let path = config_path(&cli);
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match Config::load(&path) {
-            Ok(config) => match wedsync_sidecar::server::build_check(&config) {
+            Ok(config) => match wedsync_sidecar::runtime::server::build_check(&config) {
                 Ok(()) => {
                     print_out(&format!(
                         "{}: OK\n{}",
@@ -177,7 +177,7 @@ fn main() -> ExitCode {
             };
             logging::init(cli.log_format);
             tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting wedsync-sidecar");
-            match wedsync_sidecar::server::run(config, path) {
+            match wedsync_sidecar::runtime::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("wedsync-sidecar: {error}");
@@ -196,37 +196,22 @@ fn sign(path: &std::path::Path, name: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let Some(webhook) = config.webhooks.iter().find(|w| w.name == name) else {
-        let known: Vec<&str> = config.webhooks.iter().map(|w| w.name.as_str()).collect();
-        eprintln!(
-            "wedsync-sidecar: no webhook named {name} in {} (configured: {})",
-            path.display(),
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        );
-        return ExitCode::from(1);
-    };
     let mut body = Vec::new();
     if let Err(error) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut body) {
         eprintln!("wedsync-sidecar: cannot read the body from stdin: {error}");
         return ExitCode::from(1);
     }
-    let scheme = match wedsync_sidecar::webhooks::verify::build(&webhook.verify) {
-        Ok(scheme) => scheme,
-        Err(error) => {
-            eprintln!("wedsync-sidecar: webhooks.{name}: {error}");
-            return ExitCode::from(1);
+    let now = wedsync_sidecar::time::unix_time().as_secs();
+    match wedsync_sidecar::cli::sign::sign(&config, name, &body, now) {
+        Ok(lines) => {
+            print_out(&lines);
+            ExitCode::SUCCESS
         }
-    };
-    let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
-    let signed = scheme.sign(&body, now);
-    let mut lines: Vec<String> = signed.url.iter().map(|url| format!("URL: {url}")).collect();
-    lines.extend(signed.headers.iter().map(|(h, v)| format!("{h}: {v}")));
-    print_out(&lines.join("\n"));
-    ExitCode::SUCCESS
+        Err(error) => {
+            eprintln!("wedsync-sidecar: {} ({})", error, path.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn inject(
@@ -243,7 +228,7 @@ fn inject(
         let listeners = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
             .and_then(|text| {
-                wedsync_sidecar::inject::Listeners::from_config(&text)
+                wedsync_sidecar::cli::inject::Listeners::from_config(&text)
                     .map_err(|e| format!("{}: {e}", path.display()))
             });
         match listeners {
@@ -254,7 +239,7 @@ fn inject(
             }
         }
     } else {
-        wedsync_sidecar::inject::Listeners::default()
+        wedsync_sidecar::cli::inject::Listeners::default()
     };
     if listeners.admin.ip().is_loopback() {
         eprintln!(
@@ -279,13 +264,13 @@ fn inject(
             return ExitCode::from(1);
         }
     };
-    let mut options = wedsync_sidecar::inject::Options::new(listeners);
+    let mut options = wedsync_sidecar::cli::inject::Options::new(listeners);
     if let Some(image) = image {
         options.image = image;
     }
     options.config_map = config_map;
     options.secret = secret;
-    match wedsync_sidecar::inject::inject(&input, &options) {
+    match wedsync_sidecar::cli::inject::inject(&input, &options) {
         Ok(output) => {
             use std::io::Write;
             let _ = std::io::stdout().lock().write_all(output.as_bytes());
@@ -310,7 +295,7 @@ fn dlq(path: &std::path::Path, command: DlqCommand) -> ExitCode {
         .enable_all()
         .build()
         .expect("a single-threaded runtime starts");
-    match runtime.block_on(wedsync_sidecar::dlq::run(&config, &command)) {
+    match runtime.block_on(wedsync_sidecar::cli::dlq::run(&config, &command)) {
         Ok(text) => {
             print_out(&text);
             ExitCode::SUCCESS

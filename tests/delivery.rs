@@ -134,7 +134,7 @@ async fn fan_out_reaches_every_target_signed_and_a_down_one_delays_nobody() {
             value.parse().unwrap(),
         );
     }
-    let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
+    let now = wedsync_sidecar::time::unix_time().as_secs();
     assert_eq!(
         verifier.verify(&Inbound {
             headers: &headers,

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::RedisServer;
-use wedsync_sidecar::resilience::clock::unix_time;
+use wedsync_sidecar::event::{EventMeta, Priority};
 use wedsync_sidecar::store::embedded::EmbeddedStore;
 use wedsync_sidecar::store::records::HISTORY_LIMIT;
 use wedsync_sidecar::store::{
     Acceptance, Attempt, DeadLetterFilter, Job, LeaseRequest, OwnedEvent, Store, StoreError,
 };
-use wedsync_sidecar::webhooks::event::{EventMeta, Priority};
+use wedsync_sidecar::time::unix_time;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const VISIBILITY: Duration = Duration::from_secs(30);

@@ -790,9 +790,9 @@ async fn twilio_refuses_what_was_signed_for_another_url_body_or_key() {
 /// its signature; the provider's own id is still what deliveries carry.
 #[tokio::test]
 async fn an_unsigned_id_header_never_makes_a_replay_a_new_event() {
+    use wedsync_sidecar::signing::standard::Signer;
     use wedsync_sidecar::webhooks::verify::github::Github;
     use wedsync_sidecar::webhooks::verify::shopify::Shopify;
-    use wedsync_sidecar::webhooks::verify::standard::Standard;
     use wedsync_sidecar::webhooks::verify::twilio::Twilio;
     let public_url = "https://hooks.example.net/webhooks/twilio";
     let body = format!(
@@ -809,17 +809,16 @@ async fn an_unsigned_id_header_never_makes_a_replay_a_new_event() {
     };
 
     // Standard Webhooks signed with svix-* headers, plus a forged webhook-id.
-    let standard = Standard {
-        keys: vec![wedsync_sidecar::config::webhooks::secret_key_bytes(
+    let standard = Signer::new(
+        wedsync_sidecar::config::webhooks::secret_key_bytes(
             wedsync_sidecar::config::webhooks::VerifyKind::Standard,
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
         )
-        .unwrap()],
-        tolerance: Duration::from_secs(300),
-    };
+        .unwrap(),
+    );
     let payload: &[u8] = br#"{"type":"email.delivered"}"#;
     let signed: Vec<(String, String)> = standard
-        .signed_headers("msg_signed", now(), payload)
+        .headers("msg_signed", now(), payload)
         .into_iter()
         .map(|(n, v)| (n.replace("webhook-", "svix-"), v))
         .collect();

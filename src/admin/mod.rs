@@ -8,7 +8,6 @@
 //! Never shows a secret.
 
 pub mod dead_letters;
-pub mod metrics;
 
 use std::sync::Arc;
 
@@ -21,12 +20,12 @@ use crate::config::{Auth, Config, Secret};
 use crate::egress::guard::Guard;
 use crate::egress::Guards;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::problem::{ErrorCode, Problem};
-use crate::reload::ConfigHandle;
-use crate::resilience::clock::unix_time;
+use crate::runtime::reload::ConfigHandle;
 use crate::store::{Store, StoreReport};
+use crate::time::unix_time;
 use crate::upstreams::Upstreams;
-use metrics::Metrics;
 
 pub struct AdminApp {
     /// The running config (reloads replace it).

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::webhooks::event::Priority;
+use crate::event::Priority;
 
 pub const WEIGHTS: [(Priority, i64); 3] = [
     (Priority::High, 6),

@@ -27,18 +27,18 @@ use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::admin::metrics::Metrics;
-use crate::client::SmallClient;
 use crate::config::webhooks::{default_delivery, WebhookDelivery};
 use crate::config::Config;
+use crate::event::Priority;
 use crate::lifecycle::Lifecycle;
-use crate::resilience::clock::unix_time;
+use crate::metrics::Metrics;
+use crate::net::client::SmallClient;
 use crate::resilience::cooldown::parse_retry_after;
 use crate::resilience::retry::unit_random;
+use crate::signing::standard::Signer;
 use crate::store::{Attempt, Job, LeaseRequest, Store, StoreError};
+use crate::time::unix_time;
 use crate::upstreams::Upstreams;
-use crate::webhooks::event::Priority;
-use crate::webhooks::verify::standard::Standard;
 use lanes::{Lanes, TargetSlot, TargetSlots};
 use outcome::{decide, Answer, Decision};
 
@@ -62,7 +62,7 @@ fn now_ms() -> u64 {
 /// What a config says about delivery; swapped whole on reload.
 struct Settings {
     policies: HashMap<String, WebhookDelivery>,
-    signer: Option<Standard>,
+    signer: Option<Signer>,
     caps: HashMap<String, u32>,
     visibility: Duration,
     webhooks: Vec<String>,
@@ -73,14 +73,13 @@ impl Settings {
         let delivery = config.delivery.clone().unwrap_or_default();
         let signer = match &delivery.signing_secret {
             None => None,
-            Some(secret) => Some(Standard {
-                keys: vec![crate::config::webhooks::secret_key_bytes(
+            Some(secret) => Some(Signer::new(
+                crate::config::webhooks::secret_key_bytes(
                     crate::config::webhooks::VerifyKind::Standard,
                     secret.expose(),
                 )
-                .map_err(|e| format!("delivery.signing_secret: {e}"))?],
-                tolerance: Duration::ZERO,
-            }),
+                .map_err(|e| format!("delivery.signing_secret: {e}"))?,
+            )),
         };
         let policies: HashMap<String, WebhookDelivery> = config
             .webhooks

@@ -6,8 +6,8 @@
 use http::uri::PathAndQuery;
 use pingora::http::RequestHeader;
 
+use crate::signing::standard::Signer;
 use crate::store::StoredEvent;
-use crate::webhooks::verify::standard::Standard;
 
 /// What a delivery request is made of, besides its body.
 pub struct Delivery<'a> {
@@ -40,7 +40,7 @@ fn header_safe(text: &str) -> String {
 /// (the job is dead-lettered `internal_error`), never a panic.
 pub fn build(
     delivery: &Delivery<'_>,
-    signer: Option<&Standard>,
+    signer: Option<&Signer>,
     body: &[u8],
 ) -> pingora::Result<RequestHeader> {
     let event = delivery.event;
@@ -68,7 +68,11 @@ pub fn build(
         // The event id is the message id: the same on every attempt, so a
         // receiver's Standard Webhooks library deduplicates retries too.
         let id = format!("{}:{}", event.webhook, event.id);
-        headers.extend(signer.signed_headers(&header_safe(&id), delivery.now_secs, body));
+        headers.extend(
+            signer
+                .headers(&header_safe(&id), delivery.now_secs, body)
+                .map(|(name, value)| (name.to_string(), value)),
+        );
     }
     for (name, value) in headers {
         // Every value is visible ASCII by now, and names come from the
@@ -130,7 +134,8 @@ mod tests {
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
         )
         .unwrap();
-        let signer = Standard {
+        let signer = Signer::new(key.clone());
+        let verifier = crate::webhooks::verify::standard::Standard {
             keys: vec![key],
             tolerance: Duration::from_secs(300),
         };
@@ -153,7 +158,7 @@ mod tests {
             query: None,
             now,
         };
-        assert_eq!(signer.verify(&inbound), Ok(()));
+        assert_eq!(verifier.verify(&inbound), Ok(()));
     }
 
     #[test]

@@ -11,15 +11,15 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderValue};
 use prometheus::IntCounter;
 
-use crate::admin::metrics::Metrics;
 use crate::config::services::{LimitScope, OnStoreError, Service};
+use crate::metrics::Metrics;
 use crate::problem::{ErrorCode, Problem};
 use crate::resilience::breaker::{Admission, Breaker, Outcome, State};
-use crate::resilience::clock::{retry_after_seconds, Clock};
 use crate::resilience::cooldown::{parse_retry_after, Cooldown};
 use crate::resilience::global::{share_pause, GlobalLimiter, SharedDecision};
 use crate::resilience::ratelimit::{Decision, LocalLimiter};
 use crate::store::redis::RedisStore;
+use crate::time::{retry_after_seconds, Clock};
 
 pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
 pub const RATELIMIT: &str = "ratelimit";
@@ -381,7 +381,7 @@ pub(crate) fn stripe_service(extra: &str) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resilience::clock::ManualClock;
+    use crate::time::ManualClock;
 
     fn guard(service_yaml: &str) -> (Guard, Arc<ManualClock>, Arc<Metrics>) {
         let clock = Arc::new(ManualClock::default());

@@ -21,7 +21,7 @@ pub mod auth;
 pub mod failure;
 pub mod guard;
 pub mod oauth2;
-pub mod peer;
+pub mod pause_sync;
 pub mod request_id;
 pub mod retrying;
 pub mod routing;
@@ -40,15 +40,15 @@ use pingora::{Error, ErrorSource, ErrorType};
 use tokio::time::Instant;
 
 use crate::access_log;
-use crate::admin::metrics::{Metrics, StatusCounters};
 use crate::config::services::RetryOn;
 use crate::config::units::format_duration;
 use crate::config::{Config, StoreKind};
 use crate::lifecycle::{InFlightGuard, Lifecycle};
+use crate::metrics::{Metrics, StatusCounters};
 use crate::problem::{ErrorCode, Problem};
-use crate::resilience::clock::MonotonicClock;
 use crate::resilience::retry::{is_safe_to_repeat, IDEMPOTENCY_KEY};
 use crate::store::redis::RedisStore;
+use crate::time::MonotonicClock;
 use guard::{Guard, Pass, Verdict};
 use request_id::RequestIds;
 use retrying::Attempt;
@@ -178,7 +178,7 @@ impl EgressCtx {
 fn build_routes(
     config: &Config,
     metrics: &Metrics,
-    clock: &Arc<dyn crate::resilience::clock::Clock>,
+    clock: &Arc<dyn crate::time::Clock>,
     store: Option<&Arc<RedisStore>>,
     previous: &[Arc<EgressService>],
 ) -> Result<EgressRoutes, String> {
@@ -206,7 +206,7 @@ pub struct EgressReload {
     current: Arc<ArcSwap<EgressRoutes>>,
     guards: Guards,
     metrics: Arc<Metrics>,
-    clock: Arc<dyn crate::resilience::clock::Clock>,
+    clock: Arc<dyn crate::time::Clock>,
     store: Option<Arc<RedisStore>>,
 }
 

@@ -14,9 +14,9 @@ use pingora::http::RequestHeader;
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
-use crate::client::SmallClient;
 use crate::config::services::{ClientAuth, OAuth2};
-use crate::egress::peer::UpstreamTarget;
+use crate::net::client::SmallClient;
+use crate::net::target::UpstreamTarget;
 
 /// Used when the token endpoint does not say how long a token lives.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::config::services::{Retry, RetryOn};
 use crate::resilience::breaker::Outcome;
-use crate::resilience::clock::Clock;
 use crate::resilience::retry::{backoff_delay, unit_random, RetryBudget};
+use crate::time::Clock;
 
 use super::guard::{Guard, Pass, Verdict};
 
@@ -102,8 +102,8 @@ impl ServiceRetry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::metrics::Metrics;
-    use crate::resilience::clock::ManualClock;
+    use crate::metrics::Metrics;
+    use crate::time::ManualClock;
 
     fn setup(extra: &str) -> (ServiceRetry, Guard) {
         let service = super::super::guard::stripe_service(&format!(

@@ -8,13 +8,13 @@ use std::time::Duration;
 use super::auth::PreparedAuth;
 use super::guard::Guard;
 use super::oauth2::{HttpTokenEndpoint, RefreshCounters, TokenSource};
-use super::peer::UpstreamTarget;
 use super::retrying::ServiceRetry;
-use crate::admin::metrics::{Metrics, StatusCounters};
 use crate::config::services::{IdempotencyKey, Service};
 use crate::config::Auth;
-use crate::resilience::clock::Clock;
+use crate::metrics::{Metrics, StatusCounters};
+use crate::net::target::UpstreamTarget;
 use crate::store::redis::RedisStore;
+use crate::time::Clock;
 
 /// One provider as the proxy uses it, built once from the config.
 pub struct EgressService {

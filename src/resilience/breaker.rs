@@ -11,8 +11,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use super::clock::Clock;
 use crate::config::services::CircuitBreaker;
+use crate::time::Clock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -261,7 +261,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::resilience::clock::ManualClock;
+    use crate::time::ManualClock;
 
     fn settings() -> CircuitBreaker {
         CircuitBreaker {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::clock::Clock;
+use crate::time::Clock;
 
 pub struct Cooldown {
     clock: Arc<dyn Clock>,
@@ -67,7 +67,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resilience::clock::ManualClock;
+    use crate::time::ManualClock;
 
     #[test]
     fn retry_after_is_read_as_seconds_or_an_http_date() {

@@ -3,9 +3,7 @@
 //! injected clock that the egress proxy calls.
 
 pub mod breaker;
-pub mod clock;
 pub mod cooldown;
 pub mod global;
-pub mod pause_sync;
 pub mod ratelimit;
 pub mod retry;

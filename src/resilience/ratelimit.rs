@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use super::clock::Clock;
 use crate::config::services::{LimitKey, OnLimit, RateLimit};
+use crate::time::Clock;
 
 /// The key of requests that lack a keyed header: they share one bucket.
 pub const MISSING_KEY: &str = "-";
@@ -218,7 +218,7 @@ fn header_key<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 mod tests {
     use super::*;
     use crate::config::services::{LimitScope, OnStoreError};
-    use crate::resilience::clock::ManualClock;
+    use crate::time::ManualClock;
 
     fn limit(requests: u32, per: Duration, burst: u32) -> RateLimit {
         RateLimit {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method};
 
-use super::clock::Clock;
 use crate::config::services::Backoff;
+use crate::time::Clock;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -127,7 +127,7 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resilience::clock::ManualClock;
+    use crate::time::ManualClock;
 
     #[test]
     fn only_idempotent_methods_or_keyed_requests_are_repeated() {

@@ -6,11 +6,8 @@
 //! queue (their primitives live in `resilience::global`).
 
 pub mod embedded;
-pub mod group_commit;
-pub mod local;
 pub mod records;
 pub mod redis;
-pub mod redis_events;
 
 pub use records::{
     Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest, NewEvent,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::webhooks::event::{EventMeta, Priority};
+use crate::event::{EventMeta, Priority};
 
 /// Attempts kept per job for the dead-letter view; older ones are dropped.
 pub const HISTORY_LIMIT: usize = 20;

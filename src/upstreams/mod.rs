@@ -25,10 +25,10 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch};
 
-use crate::admin::metrics::Metrics;
 use crate::config::upstreams::{Backends as BackendsConfig, UpstreamGroup};
+use crate::metrics::Metrics;
 use crate::resilience::breaker::{Admission, Breaker, Outcome};
-use crate::resilience::clock::Clock;
+use crate::time::Clock;
 use discovery::DnsDiscovery;
 use health::{HealthTable, TrackedCheck};
 use selection::{InFlight, SelectionConfig, Selector};
@@ -452,7 +452,7 @@ impl BackgroundService for UpstreamsService {
 mod tests {
     use super::*;
     use crate::config::upstreams::{default_backend_breaker, Balance, WeightedBackend};
-    use crate::resilience::clock::ManualClock;
+    use crate::time::ManualClock;
 
     fn group(balance: Balance, ports: &[u16]) -> (Arc<Group>, Arc<ManualClock>) {
         let config = UpstreamGroup {

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
-use super::event::extract;
+use super::extract::extract;
 use super::verify::{self, Inbound, Scheme};
-use crate::admin::metrics::Metrics;
 use crate::config::webhooks::{VerifyKind, Webhook};
+use crate::metrics::Metrics;
 use crate::problem::{ErrorCode, Problem};
 use crate::store::{Acceptance, OwnedEvent, Store};
 

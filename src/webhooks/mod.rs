@@ -8,7 +8,7 @@
 
 pub mod ack;
 pub mod budget;
-pub mod event;
+pub mod extract;
 pub mod listener;
 pub mod verify;
 
@@ -21,11 +21,11 @@ use pingora::protocols::http::v1::server::HttpSession;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::admin::metrics::Metrics;
 use crate::config::webhooks::Webhook;
+use crate::metrics::Metrics;
 use crate::problem::{ErrorCode, Problem};
-use crate::resilience::clock::unix_time;
 use crate::store::Store;
+use crate::time::unix_time;
 use ack::IngressWebhook;
 use budget::{BodyBudget, Reservation};
 

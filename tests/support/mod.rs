@@ -682,7 +682,7 @@ impl RedisServer {
     }
 
     /// The event store a sidecar with `prefix: test` writes to, read directly.
-    pub fn event_store(&self) -> wedsync_sidecar::store::redis_events::RedisEventStore {
+    pub fn event_store(&self) -> wedsync_sidecar::store::redis::events::RedisEventStore {
         redis_event_store(&self.url())
     }
 
@@ -805,17 +805,17 @@ fn redis_dir() -> PathBuf {
 }
 
 /// An event store on the Redis at `url`, with the prefix test sidecars use.
-pub fn redis_event_store(url: &str) -> wedsync_sidecar::store::redis_events::RedisEventStore {
+pub fn redis_event_store(url: &str) -> wedsync_sidecar::store::redis::events::RedisEventStore {
     let store = wedsync_sidecar::store::redis::RedisStore::new(
         url,
         "test",
-        wedsync_sidecar::resilience::clock::MonotonicClock::shared(),
-        wedsync_sidecar::admin::metrics::Metrics::new()
+        wedsync_sidecar::time::MonotonicClock::shared(),
+        wedsync_sidecar::metrics::Metrics::new()
             .store_errors_total
             .clone(),
     )
     .unwrap();
-    wedsync_sidecar::store::redis_events::RedisEventStore::new(std::sync::Arc::new(store))
+    wedsync_sidecar::store::redis::events::RedisEventStore::new(std::sync::Arc::new(store))
 }
 
 /// Every waiting job as (target, event, body), leased the way a worker
@@ -825,7 +825,7 @@ pub async fn waiting_jobs(
 ) -> Vec<(String, wedsync_sidecar::store::StoredEvent, Vec<u8>)> {
     let far_future = u64::MAX / 4;
     let mut jobs = Vec::new();
-    for priority in wedsync_sidecar::webhooks::event::Priority::ALL {
+    for priority in wedsync_sidecar::event::Priority::ALL {
         let request = wedsync_sidecar::store::LeaseRequest {
             priority,
             now_ms: far_future,
@@ -849,7 +849,7 @@ pub fn embedded_store(dir: &std::path::Path) -> wedsync_sidecar::store::embedded
 /// A `Stripe-Signature` value for `body`, signed now with `secret`.
 pub fn stripe_signature_with(secret: &str, body: &[u8]) -> String {
     use wedsync_sidecar::webhooks::verify::Scheme;
-    let now = wedsync_sidecar::resilience::clock::unix_time().as_secs();
+    let now = wedsync_sidecar::time::unix_time().as_secs();
     wedsync_sidecar::webhooks::verify::stripe::Stripe {
         keys: vec![secret.as_bytes().to_vec()],
         tolerance: Duration::from_secs(300),

@@ -2,8 +2,8 @@
 //! The legacy SHA-1 header counts only when `allow_sha1` is set and the
 //! SHA-256 one is absent: never a downgrade by default.
 
-use super::mac::{decode_hex, encode_hex, hmac, Algorithm};
 use super::{check_signature, Head, Inbound, Rejection, Scheme, Signed};
+use crate::signing::mac::{decode_hex, encode_hex, hmac, Algorithm};
 
 pub struct Github {
     pub keys: Vec<Vec<u8>>,

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use super::mac::{decode_base64, decode_hex, encode_base64, encode_hex, hmac, Algorithm};
 use super::{check_signature, check_timestamp, header, Head, Inbound, Rejection, Scheme, Signed};
 use crate::config::webhooks::{HmacAlgorithm, HmacScheme, SignatureEncoding};
+use crate::signing::mac::{decode_base64, decode_hex, encode_base64, encode_hex, hmac, Algorithm};
 
 pub struct Generic {
     pub keys: Vec<Vec<u8>>,

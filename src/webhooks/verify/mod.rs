@@ -9,7 +9,6 @@
 
 pub mod github;
 pub mod hmac;
-pub mod mac;
 pub mod shopify;
 pub mod slack;
 pub mod standard;
@@ -146,12 +145,12 @@ pub fn build(verify: &Verify) -> Result<Box<dyn Scheme>, String> {
 
 /// `signature_mismatch` unless some key signed `content` as one of `signatures`.
 pub(crate) fn check_signature(
-    algorithm: mac::Algorithm,
+    algorithm: crate::signing::mac::Algorithm,
     keys: &[Vec<u8>],
     content: &[&[u8]],
     signatures: &[Vec<u8>],
 ) -> Result<(), Rejection> {
-    if mac::any_key_signed(algorithm, keys, content, signatures) {
+    if crate::signing::mac::any_key_signed(algorithm, keys, content, signatures) {
         Ok(())
     } else {
         Err(Rejection::SignatureMismatch)

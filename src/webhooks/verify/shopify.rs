@@ -2,8 +2,8 @@
 //! `shopify-hmac-sha256`, read first), base64 HMAC-SHA256 of the body keyed
 //! by the app's client secret. No timestamp: dedup stops replays.
 
-use super::mac::{decode_base64, encode_base64, hmac, Algorithm};
 use super::{check_signature, Head, Inbound, Rejection, Scheme, Signed};
+use crate::signing::mac::{decode_base64, encode_base64, hmac, Algorithm};
 
 pub struct Shopify {
     pub keys: Vec<Vec<u8>>,

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use super::mac::{decode_base64, encode_base64, hmac, Algorithm};
 use super::{
     check_signature, check_timestamp, Head, Inbound, Rejection, Scheme, Signed, SignedIdentity,
 };
+use crate::signing::mac::{decode_base64, Algorithm};
+use crate::signing::standard::{content, Signer};
 
 pub struct Standard {
     pub keys: Vec<Vec<u8>>,
@@ -16,23 +17,9 @@ pub struct Standard {
 }
 
 impl Standard {
-    /// `webhook-id`, `webhook-timestamp` and `webhook-signature` for a
-    /// message, signed with the first key (deliveries are signed this way).
-    pub fn signed_headers(&self, id: &str, now: u64, body: &[u8]) -> Vec<(String, String)> {
-        let timestamp = now.to_string();
-        let mac = hmac(
-            Algorithm::Sha256,
-            &self.keys[0],
-            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
-        );
-        vec![
-            ("webhook-id".into(), id.to_string()),
-            ("webhook-timestamp".into(), timestamp),
-            (
-                "webhook-signature".into(),
-                format!("v1,{}", encode_base64(&mac)),
-            ),
-        ]
+    /// A signer with the first key: what `sign` (and the CLI) send.
+    fn signer(&self) -> Signer {
+        Signer::new(self.keys[0].clone())
     }
 }
 
@@ -85,13 +72,7 @@ impl Scheme for Standard {
     fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
         let (id, timestamp, signatures) = parse(&request.head())?;
         check_timestamp(timestamp, request.now, self.tolerance)?;
-        let content = [
-            id.as_bytes(),
-            b".",
-            timestamp.as_bytes(),
-            b".",
-            request.body,
-        ];
+        let content = content(id.as_bytes(), timestamp.as_bytes(), request.body);
         check_signature(Algorithm::Sha256, &self.keys, &content, &signatures)
     }
 
@@ -109,7 +90,12 @@ impl Scheme for Standard {
     fn sign(&self, body: &[u8], now: u64) -> Signed {
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
         Signed {
-            headers: self.signed_headers(&id, now, body),
+            headers: self
+                .signer()
+                .headers(&id, now, body)
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect(),
             url: None,
         }
     }

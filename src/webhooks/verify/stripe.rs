@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::mac::{decode_hex, encode_hex, hmac, Algorithm};
 use super::{check_signature, check_timestamp, header, Head, Inbound, Rejection, Scheme, Signed};
+use crate::signing::mac::{decode_hex, encode_hex, hmac, Algorithm};
 
 pub const HEADER: &str = "stripe-signature";
 

@@ -6,10 +6,10 @@
 //! body's SHA-256. Like the official SDKs, the URL also verifies with its
 //! port removed and with the scheme's default port added.
 
-use super::mac::{
+use super::{header, Head, Inbound, Rejection, Scheme, Signed, SignedIdentity};
+use crate::signing::mac::{
     any_key_signed, decode_base64, encode_base64, encode_hex, hmac, same, sha256, Algorithm,
 };
-use super::{header, Head, Inbound, Rejection, Scheme, Signed, SignedIdentity};
 
 pub struct Twilio {
     pub keys: Vec<Vec<u8>>,

@@ -9,48 +9,9 @@ use http::HeaderMap;
 use serde_json::Value;
 
 use crate::config::webhooks::{Field, VerifyKind, Webhook};
-use crate::webhooks::verify::mac::{encode_hex, sha256};
+use crate::event::{EventMeta, Priority};
+use crate::signing::mac::{encode_hex, sha256};
 use crate::webhooks::verify::SignedIdentity;
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    High,
-    Normal,
-    Low,
-}
-
-impl Priority {
-    /// Every priority, in the order workers prefer them.
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::High => "high",
-            Self::Normal => "normal",
-            Self::Low => "low",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventMeta {
-    /// The provider's id: the answer's `id` and the deliveries' `x-event-id`.
-    pub id: String,
-    /// What deduplicates the event: the id when signed bytes carry it,
-    /// otherwise a digest of what the signature covers (`sha256:<hex>`),
-    /// so an unsigned id header never makes a replay a new event.
-    pub dedup: String,
-    /// Empty when the provider says nothing of it.
-    pub event_type: String,
-    /// (key, value) per configured context field found in the request.
-    pub context: Vec<(String, String)>,
-    pub priority: Priority,
-    /// Upstream groups, in route order, each once; empty: unrouted.
-    pub targets: Vec<String>,
-}
 
 /// The parts of a request the defaults look in.
 struct Sources<'a> {

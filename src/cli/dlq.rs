@@ -8,8 +8,8 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::client::SmallClient;
 use crate::config::Config;
+use crate::net::client::SmallClient;
 
 /// A dlq subcommand, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]

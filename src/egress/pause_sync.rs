@@ -12,9 +12,9 @@ use futures_util::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::global::{parse_pause_message, pause_channel, remaining_pause};
 use crate::egress::guard::Guard;
 use crate::egress::Guards;
+use crate::resilience::global::{parse_pause_message, pause_channel, remaining_pause};
 use crate::store::redis::{RedisCallError, RedisStore};
 
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);

@@ -14,7 +14,7 @@ use prometheus::IntCounterVec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::RwLock;
 
-use crate::resilience::clock::Clock;
+use crate::time::Clock;
 
 /// A rate-limit decision or a pause lookup holds up an app's request.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);

@@ -5,11 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::access_log::LogFormat;
 
 pub fn init(format: LogFormat) {
     // Pingora logs through the `log` crate at warn/error; its per-connection

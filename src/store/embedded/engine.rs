@@ -22,13 +22,13 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 
-use super::records::{
+use crate::event::Priority;
+use crate::store::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
     Job, LeaseRequest, NewEvent, QueueDepth, StoredEvent, UNROUTED,
 };
-use super::StoreError;
-use crate::resilience::clock::unix_time;
-use crate::webhooks::event::Priority;
+use crate::store::StoreError;
+use crate::time::unix_time;
 
 const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -593,7 +593,7 @@ impl<'t> Tables<'t> {
             _ => Priority::Normal,
         };
         let target = place.as_ref().map(|(_, target, _)| target.clone());
-        let letter = super::records::set_aside(
+        let letter = crate::store::records::set_aside(
             id,
             raw.as_deref(),
             priority,
@@ -856,7 +856,7 @@ fn dead_key(webhook: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhooks::event::EventMeta;
+    use crate::event::EventMeta;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

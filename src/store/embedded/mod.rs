@@ -8,13 +8,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::group_commit::{GroupCommitter, OwnedWrite};
-use super::local::{LocalStore, Written};
-use super::records::{
+pub mod engine;
+pub mod group_commit;
+
+use crate::store::records::{
     Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
     OwnedEvent, QueueDepth, StoredEvent,
 };
-use super::{Store, StoreError, StoreReport};
+use crate::store::{Store, StoreError, StoreReport};
+use engine::{LocalStore, Written};
+use group_commit::{GroupCommitter, OwnedWrite};
 
 pub struct EmbeddedStore {
     engine: Arc<LocalStore>,

@@ -23,13 +23,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::records::{
+use super::connection::{RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
+use crate::event::Priority;
+use crate::store::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
     Job, LeaseRequest, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
 };
-use super::redis::{RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
-use super::{Store, StoreError, StoreReport};
-use crate::webhooks::event::Priority;
+use crate::store::{Store, StoreError, StoreReport};
 
 /// KEYS: dedup, sequence, events, bodies, refs, jobs, targets, queued, age,
 /// dead, dead_order, dead_counts, then each target's queue. ARGV: window ms,
@@ -402,8 +402,14 @@ impl RedisEventStore {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let id: u64 = member.parse().map_err(corrupt)?;
-        let letter =
-            super::records::set_aside(id, raw.map(str::as_bytes), priority, target, reason, now_ms);
+        let letter = crate::store::records::set_aside(
+            id,
+            raw.map(str::as_bytes),
+            priority,
+            target,
+            reason,
+            now_ms,
+        );
         tracing::error!(job = id, %reason, "a job's record cannot be read; it is set aside as a dead letter (corrupt)");
         let mut invocation = self.scripts.set_aside.prepare_invoke();
         invocation
@@ -905,8 +911,8 @@ fn id_of(order_key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventMeta;
     use crate::store::records::order_key;
-    use crate::webhooks::event::EventMeta;
     use std::time::Duration;
 
     #[test]

@@ -10,7 +10,7 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::egress::peer::UpstreamTarget;
+use crate::net::target::UpstreamTarget;
 
 pub struct ClientResponse {
     pub status: u16,

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::local::{LocalStore, Write, Written};
-use super::records::{Acceptance, Attempt, Job, LeaseRequest, OwnedEvent};
-use super::StoreError;
-use crate::resilience::clock::unix_time;
+use super::engine::{LocalStore, Write, Written};
+use crate::store::records::{Acceptance, Attempt, Job, LeaseRequest, OwnedEvent};
+use crate::store::StoreError;
+use crate::time::unix_time;
 
 /// The most writes applied in one transaction.
 const MAX_BATCH: usize = 256;
@@ -279,7 +279,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhooks::event::{EventMeta, Priority};
+    use crate::event::{EventMeta, Priority};
 
     fn event(id: &str) -> OwnedEvent {
         OwnedEvent {
