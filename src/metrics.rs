@@ -230,6 +230,119 @@ impl Metrics {
     }
 }
 
+/// A closed set of label values: one enum per label, its values spelled
+/// once (`as_str`), so a typo cannot make a new series.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// `sidecar_dead_lettered_total{reason}`, and the reason a dead letter keeps.
+    DeadLetterReason {
+        /// The event matched no route.
+        Unrouted => "unrouted",
+        /// The target answered a status that would fail the same way again.
+        Rejected => "rejected",
+        MaxAttempts => "max_attempts",
+        MaxAge => "max_age",
+        /// The job's target is no upstream group of the running config.
+        UnknownTarget => "unknown_target",
+        /// The sidecar failed making the attempt (a bug).
+        InternalError => "internal_error",
+        /// The store lost the event or its body.
+        EventMissing => "event_missing",
+        /// The store holds an unreadable record.
+        Corrupt => "corrupt",
+    }
+}
+
+label_values! {
+    /// `sidecar_deliveries_total{outcome}`.
+    DeliveryOutcome {
+        Delivered => "delivered",
+        Retried => "retried",
+        DeadLettered => "dead_lettered",
+    }
+}
+
+label_values! {
+    /// `sidecar_webhooks_received_total{outcome}`.
+    ReceivedOutcome {
+        Accepted => "accepted",
+        Duplicate => "duplicate",
+        Rejected => "rejected",
+    }
+}
+
+label_values! {
+    /// `sidecar_webhook_rejections_total{reason}`.
+    RejectionReason {
+        MissingSignature => "missing_signature",
+        MalformedSignature => "malformed_signature",
+        TimestampOutOfTolerance => "timestamp_out_of_tolerance",
+        SignatureMismatch => "signature_mismatch",
+        PayloadTooLarge => "payload_too_large",
+        RequestTimeout => "request_timeout",
+        Overloaded => "overloaded",
+        HeadersTooLarge => "headers_too_large",
+        BadRequest => "bad_request",
+    }
+}
+
+label_values! {
+    /// `sidecar_egress_rejected_total{reason}`.
+    EgressRejection {
+        RateLimited => "rate_limited",
+        ProviderThrottled => "provider_throttled",
+        CircuitOpen => "circuit_open",
+    }
+}
+
+label_values! {
+    /// `sidecar_oauth2_token_refreshes_total{outcome}`.
+    RefreshOutcome {
+        Success => "success",
+        Failure => "failure",
+    }
+}
+
+label_values! {
+    /// `sidecar_config_reloads_total{outcome}`.
+    ReloadOutcome {
+        Applied => "applied",
+        Rejected => "rejected",
+    }
+}
+
+/// The `webhook` label of a rejection that came before any webhook was
+/// matched.
+pub const NO_WEBHOOK: &str = "-";
+
+/// The `service` label of an egress request that matched no route.
+pub const NO_SERVICE: &str = "-";
+
 /// One service's counters of a `{service, code}` family, looked up by status
 /// code without formatting the code or hashing labels on every request.
 pub struct StatusCounters {

@@ -16,25 +16,20 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
 
-use crate::config::{Auth, Config, Secret};
-use crate::egress::guard::Guard;
-use crate::egress::Guards;
+use crate::config::{Auth, Secret};
+use crate::egress::EgressRoutes;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::problem::{ErrorCode, Problem};
-use crate::runtime::reload::ConfigHandle;
+use crate::runtime::snapshot::SnapshotHandle;
 use crate::store::{Store, StoreReport};
 use crate::time::unix_time;
-use crate::upstreams::Upstreams;
 
 pub struct AdminApp {
-    /// The running config (reloads replace it).
-    config: ConfigHandle,
+    /// The running snapshot: config and live state from the same reload.
+    snapshot: SnapshotHandle,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
-    /// Per service, in config order: breaker and limiter state.
-    guards: Guards,
-    upstreams: Arc<Upstreams>,
     /// None without webhooks: there is no event store then.
     store: Option<Arc<dyn Store>>,
     /// The event store's latest inspection (`/admin/store`).
@@ -52,20 +47,16 @@ pub struct AdminRequest<'a> {
 
 impl AdminApp {
     pub fn new(
-        config: ConfigHandle,
+        snapshot: SnapshotHandle,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
-        guards: Guards,
-        upstreams: Arc<Upstreams>,
         store: Option<Arc<dyn Store>>,
         store_report: Option<Arc<arc_swap::ArcSwapOption<StoreReport>>>,
     ) -> Self {
         Self {
-            config,
+            snapshot,
             metrics,
             lifecycle,
-            guards,
-            upstreams,
             store,
             store_report,
         }
@@ -75,7 +66,7 @@ impl AdminApp {
         let (method, path) = (request.method, request.path);
         if let Some(rest) = path.strip_prefix("/admin/dead-letters") {
             if rest.is_empty() || rest.starts_with('/') {
-                let config = self.config.load();
+                let config = Arc::clone(&self.snapshot.load().config);
                 if let Err(problem) =
                     check_token(config.admin.token.as_ref(), request.authorization)
                 {
@@ -129,16 +120,18 @@ impl AdminApp {
                 ),
             },
             _ if path.starts_with("/admin/") => {
-                let config = self.config.load();
-                if let Err(problem) = check_token(config.admin.token.as_ref(), authorization) {
+                let snapshot = self.snapshot.load();
+                if let Err(problem) =
+                    check_token(snapshot.config.admin.token.as_ref(), authorization)
+                {
                     return problem.into_http_response();
                 }
                 match path {
-                    "/admin/config" => json(200, &**config),
-                    "/admin/services" => json(200, &services_summary(&config, &self.guards.load())),
+                    "/admin/config" => json(200, &*snapshot.config),
+                    "/admin/services" => json(200, &services_summary(&snapshot.egress)),
                     "/admin/upstreams" => json(
                         200,
-                        &serde_json::json!({ "upstreams": self.upstreams.summary() }),
+                        &serde_json::json!({ "upstreams": snapshot.upstreams.summary() }),
                     ),
                     "/admin/store" => self.store_summary(),
                     _ => Problem::new(ErrorCode::NotFound, format!("no admin endpoint at {path}"))
@@ -258,12 +251,12 @@ fn check_simple_request(
     .with_header("accept-post", "application/json"))
 }
 
-fn services_summary(config: &Config, guards: &[Arc<Guard>]) -> serde_json::Value {
-    let services: Vec<serde_json::Value> = config
+fn services_summary(egress: &EgressRoutes) -> serde_json::Value {
+    let services: Vec<serde_json::Value> = egress
         .services
         .iter()
-        .zip(guards)
-        .map(|(s, guard)| {
+        .map(|service| {
+            let (s, guard) = (&service.config, &service.guard);
             let auth = match &s.auth {
                 None => "none",
                 Some(Auth::Bearer { .. }) => "bearer",

@@ -34,7 +34,7 @@ pub use summary::summary;
 pub use upstreams::UpstreamGroup;
 pub use webhooks::{Delivery, Webhook};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub listen: Listen,
     pub ingress: Ingress,
@@ -50,7 +50,7 @@ pub struct Config {
     pub delivery: Option<Delivery>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listen {
     pub egress: SocketAddr,
     pub ingress: SocketAddr,
@@ -80,19 +80,19 @@ impl Default for Ingress {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Admin {
     pub token: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StoreKind {
     Local { path: PathBuf },
     Redis { urls: Vec<Secret> },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Store {
     #[serde(flatten)]
     pub kind: StoreKind,

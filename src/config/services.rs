@@ -10,7 +10,7 @@ use super::decode::{Decoder, Fields, Node};
 use super::secret::Secret;
 use super::ser;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
     pub name: String,
     pub route: String,
@@ -115,7 +115,7 @@ impl Serialize for UpstreamUrl {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Auth {
     Bearer {
@@ -149,7 +149,7 @@ pub enum ClientAuth {
     Body,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OAuth2 {
     pub token_url: UpstreamUrl,
     pub client_id: String,
@@ -197,7 +197,7 @@ pub enum OnLimit {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RateLimit {
     pub requests: u32,
     #[serde(serialize_with = "ser::duration")]
@@ -209,7 +209,7 @@ pub struct RateLimit {
     pub on_store_error: OnStoreError,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CircuitBreaker {
     pub failure_threshold: u32,
     #[serde(serialize_with = "ser::percent")]
@@ -231,7 +231,7 @@ pub enum RetryOn {
     Status(u16),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Backoff {
     #[serde(serialize_with = "ser::duration")]
     pub initial: Duration,
@@ -239,7 +239,7 @@ pub struct Backoff {
     pub max: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Retry {
     /// Counts the first try too.
     pub attempts: u32,

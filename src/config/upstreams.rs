@@ -9,7 +9,7 @@ use super::decode::{Decoder, Node};
 use super::ser;
 use super::services::{decode_breaker, positive_duration, CircuitBreaker};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamGroup {
     pub name: String,
     pub backends: Backends,
@@ -35,7 +35,7 @@ pub fn default_backend_breaker() -> CircuitBreaker {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backends {
     Static(Vec<WeightedBackend>),
@@ -47,7 +47,7 @@ pub enum Backends {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WeightedBackend {
     pub addr: SocketAddr,
     pub weight: u32,
@@ -69,7 +69,7 @@ pub enum HealthCheckKind {
     Tcp,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthCheck {
     pub kind: HealthCheckKind,
     #[serde(serialize_with = "ser::display")]

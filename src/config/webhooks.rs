@@ -17,7 +17,7 @@ use super::services::{decode_backoff, header_name, positive_duration, Backoff};
 /// Shorter keys make brute-forcing a signature realistic.
 pub const MIN_SECRET_BYTES: usize = 16;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Webhook {
     pub name: String,
     pub path: String,
@@ -61,7 +61,7 @@ pub enum SignatureEncoding {
     Base64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HmacScheme {
     pub header: String,
     pub algorithm: HmacAlgorithm,
@@ -72,7 +72,7 @@ pub struct HmacScheme {
     pub payload: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verify {
     pub kind: VerifyKind,
     pub secrets: Vec<Secret>,
@@ -93,19 +93,19 @@ pub enum Field {
     Header(String),
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PriorityRules {
     pub high: Vec<String>,
     pub low: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Route {
     pub events: Vec<String>,
     pub targets: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WebhookDelivery {
     #[serde(serialize_with = "ser::display")]
     pub path: http::uri::PathAndQuery,
@@ -117,7 +117,7 @@ pub struct WebhookDelivery {
     pub max_age: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ack {
     #[serde(serialize_with = "ser::status")]
     pub status: http::StatusCode,
@@ -126,7 +126,7 @@ pub struct Ack {
     pub body: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Delivery {
     pub signing_secret: Option<Secret>,
     pub workers: u32,
@@ -377,25 +377,28 @@ fn signing_secret(d: &mut Decoder, node: &Node, kind: VerifyKind) -> Option<Secr
             d.error(&node.path, message);
             None
         }
-        Err(message) => {
-            d.error(&node.path, message);
+        Err(error) => {
+            d.error(&node.path, error.to_string());
             None
         }
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("invalid Standard Webhooks secret: expected whsec_ followed by base64")]
+    NotBase64,
+}
+
 /// The key bytes a secret stands for: Standard Webhooks secrets are base64
 /// after an optional `whsec_` prefix; every other scheme uses the string itself.
-pub fn secret_key_bytes(kind: VerifyKind, secret: &str) -> Result<Vec<u8>, String> {
+pub fn secret_key_bytes(kind: VerifyKind, secret: &str) -> Result<Vec<u8>, SecretError> {
     match kind {
         VerifyKind::Standard => {
             let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
             base64::engine::general_purpose::STANDARD
                 .decode(encoded)
-                .map_err(|_| {
-                    "invalid Standard Webhooks secret: expected whsec_ followed by base64"
-                        .to_string()
-                })
+                .map_err(|_| SecretError::NotBase64)
         }
         _ => Ok(secret.as_bytes().to_vec()),
     }

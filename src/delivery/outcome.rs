@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::config::webhooks::WebhookDelivery;
+pub use crate::metrics::DeadLetterReason;
 use crate::resilience::breaker::Outcome;
 use crate::resilience::retry::backoff_delay;
 
@@ -28,8 +29,13 @@ pub enum Answer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Delivered,
-    Retry { due_ms: u64 },
-    DeadLetter { reason: &'static str },
+    Retry {
+        due_ms: u64,
+    },
+    DeadLetter(DeadLetterReason),
+    /// Nothing recorded: the store could not be read, and the job's lease
+    /// runs out by itself.
+    LeftToLease,
 }
 
 impl Answer {
@@ -91,17 +97,13 @@ pub fn decide(
         return Decision::Delivered;
     }
     if let Answer::Internal(_) = answer {
-        return Decision::DeadLetter {
-            reason: "internal_error",
-        };
+        return Decision::DeadLetter(DeadLetterReason::InternalError);
     }
     if !answer.is_retryable() {
-        return Decision::DeadLetter { reason: "rejected" };
+        return Decision::DeadLetter(DeadLetterReason::Rejected);
     }
     if attempts >= policy.max_attempts {
-        return Decision::DeadLetter {
-            reason: "max_attempts",
-        };
+        return Decision::DeadLetter(DeadLetterReason::MaxAttempts);
     }
     let mut delay = backoff_delay(&policy.backoff, attempts, unit_random);
     if let Answer::Status {
@@ -115,7 +117,7 @@ pub fn decide(
     }
     let due_ms = now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
     if due_ms.saturating_sub(received_at_ms) > policy.max_age.as_millis() as u64 {
-        return Decision::DeadLetter { reason: "max_age" };
+        return Decision::DeadLetter(DeadLetterReason::MaxAge);
     }
     Decision::Retry { due_ms }
 }
@@ -154,7 +156,7 @@ mod tests {
         for code in [400, 401, 404, 410, 422, 301] {
             assert_eq!(
                 decide(&status(code), 1, &policy(), 0, 0, 0.5),
-                Decision::DeadLetter { reason: "rejected" },
+                Decision::DeadLetter(DeadLetterReason::Rejected),
                 "{code}"
             );
         }
@@ -232,13 +234,11 @@ mod tests {
     fn attempts_and_age_are_bounded() {
         assert_eq!(
             decide(&status(503), 5, &policy(), 0, 0, 0.5),
-            Decision::DeadLetter {
-                reason: "max_attempts"
-            }
+            Decision::DeadLetter(DeadLetterReason::MaxAttempts)
         );
         assert_eq!(
             decide(&status(503), 1, &policy(), 0, 3_599_800, 0.5),
-            Decision::DeadLetter { reason: "max_age" },
+            Decision::DeadLetter(DeadLetterReason::MaxAge),
             "the retry would fall after max_age"
         );
     }

@@ -22,17 +22,23 @@ pub enum PreparedAuth {
     OAuth2,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("credential contains characters not allowed in an HTTP header")]
+    NotHeaderSafe,
+    #[error("invalid header name {0}")]
+    HeaderName(String),
+}
+
 impl PreparedAuth {
-    pub fn new(auth: Option<&Auth>) -> Result<Self, String> {
+    pub fn new(auth: Option<&Auth>) -> Result<Self, CredentialError> {
         let sensitive = |value: String| {
             HeaderValue::try_from(value)
                 .map(|mut v| {
                     v.set_sensitive(true);
                     v
                 })
-                .map_err(|_| {
-                    "credential contains characters not allowed in an HTTP header".to_string()
-                })
+                .map_err(|_| CredentialError::NotHeaderSafe)
         };
         Ok(match auth {
             None => Self::None,
@@ -51,7 +57,7 @@ impl PreparedAuth {
                 value,
             }) => {
                 let name = HeaderName::try_from(name.as_str())
-                    .map_err(|_| format!("invalid header name {name}"))?;
+                    .map_err(|_| CredentialError::HeaderName(name.clone()))?;
                 Self::ApiKeyHeader(name, sensitive(value.expose().to_string())?)
             }
             Some(Auth::ApiKey {

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue};
 use prometheus::IntCounter;
 
 use crate::config::services::{LimitScope, OnStoreError, Service};
-use crate::metrics::Metrics;
+use crate::metrics::{EgressRejection, Metrics};
 use crate::problem::{ErrorCode, Problem};
 use crate::resilience::breaker::{Admission, Breaker, Outcome, State};
 use crate::resilience::cooldown::{parse_retry_after, Cooldown};
@@ -40,7 +40,7 @@ pub struct Pass {
     pub admission: Option<Admission>,
     /// (remaining, seconds until the bucket is full) for the RateLimit header.
     pub rate: Option<(u64, u64)>,
-    /// The shared (Redis) limit has yet to be asked: see [`Guard::check_shared`].
+    /// The shared (Redis) limit has yet to be asked: see [`Guard::admit_shared`].
     pub shared_limit_pending: bool,
 }
 
@@ -73,10 +73,10 @@ impl Guard {
         store: Option<Arc<RedisStore>>,
     ) -> Self {
         let name = service.name.clone();
-        let rejected = |reason: &str| {
+        let rejected = |reason: EgressRejection| {
             metrics
                 .egress_rejected_total
-                .with_label_values(&[name.as_str(), reason])
+                .with_label_values(&[name.as_str(), reason.as_str()])
         };
         let breaker = service.circuit_breaker.as_ref().map(|settings| {
             let gauge = metrics.circuit_state.with_label_values(&[name.as_str()]);
@@ -121,9 +121,9 @@ impl Guard {
             breaker,
             limit,
             store,
-            rate_limited: rejected("rate_limited"),
-            provider_throttled: rejected("provider_throttled"),
-            circuit_open: rejected("circuit_open"),
+            rate_limited: rejected(EgressRejection::RateLimited),
+            provider_throttled: rejected(EgressRejection::ProviderThrottled),
+            circuit_open: rejected(EgressRejection::CircuitOpen),
             name,
         }
     }
@@ -149,10 +149,10 @@ impl Guard {
     /// Decides before the request goes, the shared limit included.
     /// `time_left` is what remains of the service timeout: a request never
     /// waits for its slot longer than that.
-    pub async fn check(&self, headers: &HeaderMap, time_left: Duration) -> Verdict {
-        match self.check_in_pod(headers, time_left) {
+    pub async fn admit_attempt(&self, headers: &HeaderMap, time_left: Duration) -> Verdict {
+        match self.admit_in_pod(headers, time_left) {
             Verdict::Go(pass) if pass.shared_limit_pending => {
-                self.check_shared(pass, headers, time_left).await
+                self.admit_shared(pass, headers, time_left).await
             }
             verdict => verdict,
         }
@@ -160,7 +160,7 @@ impl Guard {
 
     /// Everything that needs no network: the pause, the breaker and a
     /// per-pod limit. A shared limit is left pending in the pass.
-    pub fn check_in_pod(&self, headers: &HeaderMap, time_left: Duration) -> Verdict {
+    pub fn admit_in_pod(&self, headers: &HeaderMap, time_left: Duration) -> Verdict {
         if let Some(left) = self.cooldown.remaining_ms() {
             return Verdict::Refuse(self.provider_paused(left));
         }
@@ -198,7 +198,7 @@ impl Guard {
 
     /// Asks the shared limit in Redis; on a store failure, does what
     /// `on_store_error` says.
-    pub async fn check_shared(
+    pub async fn admit_shared(
         &self,
         pass: Pass,
         headers: &HeaderMap,
@@ -303,6 +303,27 @@ impl Guard {
         let current = HeaderValue::try_from(format!("\"{}\";r={remaining};t={reset}", self.name))
             .expect("service names are header-safe");
         Some((limit.policy.clone(), current))
+    }
+
+    /// What a provider's answer means for the service, before the app sees
+    /// it: a 401 drops the access token it was sent with (the next request
+    /// fetches a new one); a 429 or 503 with `Retry-After` starts a pause,
+    /// shared with every replica through Redis.
+    pub async fn after_response(
+        &self,
+        status: u16,
+        retry_after: Option<&HeaderValue>,
+        tokens: Option<(&super::oauth2::TokenSource, &str)>,
+    ) {
+        if status == 401 {
+            if let Some((tokens, token)) = tokens {
+                tokens.invalidate(token);
+                tracing::info!(service = %self.name, "provider answered 401: the cached OAuth2 token is dropped");
+            }
+        }
+        if let Some(pause) = self.provider_answered(status, retry_after) {
+            self.share_pause(pause).await;
+        }
     }
 
     /// A provider's 429 or 503 with Retry-After starts a pause; with a Redis
@@ -411,17 +432,17 @@ mod tests {
     fn a_rate_limited_request_is_refused_with_retry_after_and_ratelimit_fields() {
         let (guard, _, metrics) = guard("    rate_limit: { requests: 2, per: 10s }\n");
         let none = HeaderMap::new();
-        let Verdict::Go(pass) = guard.check_in_pod(&none, Duration::MAX) else {
+        let Verdict::Go(pass) = guard.admit_in_pod(&none, Duration::MAX) else {
             panic!()
         };
         let (policy, current) = guard.rate_headers(&pass).unwrap();
         assert_eq!(policy, "\"stripe\";q=2;w=10");
         assert_eq!(current, "\"stripe\";r=1;t=5");
         assert!(matches!(
-            guard.check_in_pod(&none, Duration::MAX),
+            guard.admit_in_pod(&none, Duration::MAX),
             Verdict::Go(_)
         ));
-        let problem = refused(guard.check_in_pod(&none, Duration::MAX));
+        let problem = refused(guard.admit_in_pod(&none, Duration::MAX));
         assert_eq!(problem.code, ErrorCode::RateLimited);
         assert_eq!(header(&problem, "retry-after"), "5");
         assert_eq!(header(&problem, RATELIMIT), "\"stripe\";r=0;t=5");
@@ -437,27 +458,27 @@ mod tests {
         let (guard, clock, _) = guard("");
         let none = HeaderMap::new();
         guard.provider_answered(429, Some(&HeaderValue::from_static("7")));
-        let problem = refused(guard.check_in_pod(&none, Duration::MAX));
+        let problem = refused(guard.admit_in_pod(&none, Duration::MAX));
         assert_eq!(problem.code, ErrorCode::ProviderThrottled);
         assert_eq!(header(&problem, "retry-after"), "7");
         clock.advance(Duration::from_millis(6_500));
         assert_eq!(
             header(
-                &refused(guard.check_in_pod(&none, Duration::MAX)),
+                &refused(guard.admit_in_pod(&none, Duration::MAX)),
                 "retry-after"
             ),
             "1"
         );
         clock.advance(Duration::from_millis(500));
         assert!(matches!(
-            guard.check_in_pod(&none, Duration::MAX),
+            guard.admit_in_pod(&none, Duration::MAX),
             Verdict::Go(_)
         ));
         // Without Retry-After, or on another status, nothing pauses.
         guard.provider_answered(503, None);
         guard.provider_answered(500, Some(&HeaderValue::from_static("60")));
         assert!(matches!(
-            guard.check_in_pod(&none, Duration::MAX),
+            guard.admit_in_pod(&none, Duration::MAX),
             Verdict::Go(_)
         ));
     }
@@ -467,7 +488,7 @@ mod tests {
         let (capped, _, _) = guard("    max_pause: 2m\n");
         let asked = capped.provider_answered(429, Some(&HeaderValue::from_static("315360000")));
         assert_eq!(asked, Some(Duration::from_secs(120)), "what is shared");
-        let problem = refused(capped.check_in_pod(&HeaderMap::new(), Duration::MAX));
+        let problem = refused(capped.admit_in_pod(&HeaderMap::new(), Duration::MAX));
         assert_eq!(header(&problem, "retry-after"), "120");
         let (default, _, _) = guard("");
         let asked = default.provider_answered(503, Some(&HeaderValue::from_static("86400")));
@@ -480,13 +501,13 @@ mod tests {
             guard("    circuit_breaker: { failure_threshold: 2, open_for: 30s }\n");
         let none = HeaderMap::new();
         for _ in 0..2 {
-            let Verdict::Go(pass) = guard.check_in_pod(&none, Duration::MAX) else {
+            let Verdict::Go(pass) = guard.admit_in_pod(&none, Duration::MAX) else {
                 panic!()
             };
             guard.finish(pass.admission, guard.outcome(503, None));
         }
         clock.advance(Duration::from_millis(10_200));
-        let problem = refused(guard.check_in_pod(&none, Duration::MAX));
+        let problem = refused(guard.admit_in_pod(&none, Duration::MAX));
         assert_eq!(problem.code, ErrorCode::CircuitOpen);
         assert_eq!(problem.status(), 503);
         assert_eq!(header(&problem, "retry-after"), "20");
@@ -525,18 +546,18 @@ mod tests {
             "    circuit_breaker: { failure_threshold: 1, open_for: 1s, half_open_probes: 1 }\n    rate_limit: { requests: 1, per: 1h }\n",
         );
         let none = HeaderMap::new();
-        let Verdict::Go(pass) = guard.check_in_pod(&none, Duration::MAX) else {
+        let Verdict::Go(pass) = guard.admit_in_pod(&none, Duration::MAX) else {
             panic!()
         };
         guard.finish(pass.admission, Outcome::Failure);
         clock.advance(Duration::from_secs(1));
         // The probe is admitted by the breaker, then refused by the limiter.
         assert_eq!(
-            refused(guard.check_in_pod(&none, Duration::MAX)).code,
+            refused(guard.admit_in_pod(&none, Duration::MAX)).code,
             ErrorCode::RateLimited
         );
         assert_eq!(
-            refused(guard.check_in_pod(&none, Duration::MAX)).code,
+            refused(guard.admit_in_pod(&none, Duration::MAX)).code,
             ErrorCode::RateLimited,
             "the probe slot is free again: the breaker lets it through"
         );

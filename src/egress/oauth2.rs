@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::services::{ClientAuth, OAuth2};
 use crate::net::client::SmallClient;
-use crate::net::target::UpstreamTarget;
+use crate::net::target::{CaError, UpstreamTarget};
 
 /// Used when the token endpoint does not say how long a token lives.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -24,6 +24,30 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// value would overflow the clock (and a day is plenty for a refresh).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why no token could be had; shared by every request that waited for
+/// the attempt, so it is cloned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token endpoint {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("token endpoint {endpoint}: {answer}")]
+    Answer {
+        endpoint: String,
+        answer: AnswerError,
+    },
+}
+
+/// What is wrong with a token endpoint's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// Only a plain RFC 6749 error code is kept, never whatever else the
+    /// endpoint sent: it reaches logs and problem details.
+    #[error("answered {status} ({})", code.as_deref().unwrap_or("no recognised error code"))]
+    Refused { status: u16, code: Option<String> },
+    #[error("answer has no access_token")]
+    NoAccessToken,
+}
 
 pub struct IssuedToken {
     pub access_token: String,
@@ -33,7 +57,7 @@ pub struct IssuedToken {
 /// Where tokens come from; the HTTP implementation below, a fake in tests.
 #[async_trait]
 pub trait TokenEndpoint: Send + Sync {
-    async fn fetch(&self) -> Result<IssuedToken, String>;
+    async fn fetch(&self) -> Result<IssuedToken, TokenError>;
 }
 
 #[derive(Clone)]
@@ -56,7 +80,7 @@ pub struct TokenSource {
     in_flight: Arc<tokio::sync::Mutex<()>>,
     /// Counts finished attempts, so a waiter can tell that one ran while it waited.
     attempts: AtomicU64,
-    last_error: Mutex<String>,
+    last_error: Mutex<Option<TokenError>>,
     counters: RefreshCounters,
 }
 
@@ -72,13 +96,13 @@ impl TokenSource {
             cached: RwLock::new(None),
             in_flight: Arc::new(tokio::sync::Mutex::new(())),
             attempts: AtomicU64::new(0),
-            last_error: Mutex::new(String::new()),
+            last_error: Mutex::new(None),
             counters,
         })
     }
 
     /// A valid access token, or why none can be had.
-    pub async fn token(self: &Arc<Self>) -> Result<Arc<str>, String> {
+    pub async fn token(self: &Arc<Self>) -> Result<Arc<str>, TokenError> {
         let now = Instant::now();
         if let Some(cached) = self.cached() {
             if now < cached.refresh_at {
@@ -122,7 +146,7 @@ impl TokenSource {
     }
 
     /// One token request; the caller holds `in_flight`.
-    async fn attempt(&self) -> Result<Arc<str>, String> {
+    async fn attempt(&self) -> Result<Arc<str>, TokenError> {
         let started = Instant::now();
         let outcome = self.endpoint.fetch().await;
         let result = match outcome {
@@ -149,7 +173,7 @@ impl TokenSource {
             Err(error) => {
                 self.counters.failure.inc();
                 tracing::warn!(error = %error, "OAuth2 token request failed");
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error.clone();
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
                 Err(error)
             }
         };
@@ -164,11 +188,14 @@ impl TokenSource {
             .clone()
     }
 
-    fn last_error(&self) -> String {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// What the attempt just waited for failed with (an attempt that
+    /// finished without a token always left its error here).
+    fn last_error(&self) -> TokenError {
+        let last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        last.clone().unwrap_or_else(|| TokenError::Unreachable {
+            endpoint: "-".into(),
+            reason: "the token request ended without an answer".into(),
+        })
     }
 }
 
@@ -182,7 +209,7 @@ pub struct HttpTokenEndpoint {
 }
 
 impl HttpTokenEndpoint {
-    pub fn new(config: &OAuth2) -> Result<Self, String> {
+    pub fn new(config: &OAuth2) -> Result<Self, CaError> {
         let target = UpstreamTarget::new(config.token_url.clone(), config.ca_file.as_deref())?;
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");
@@ -233,22 +260,23 @@ impl HttpTokenEndpoint {
 
 #[async_trait]
 impl TokenEndpoint for HttpTokenEndpoint {
-    async fn fetch(&self) -> Result<IssuedToken, String> {
-        let mut request =
-            RequestHeader::build("POST", self.path.as_bytes(), None).map_err(|e| e.to_string())?;
+    async fn fetch(&self) -> Result<IssuedToken, TokenError> {
+        let unreachable = |reason: String| TokenError::Unreachable {
+            endpoint: self.target.url.to_string(),
+            reason,
+        };
+        let mut request = RequestHeader::build("POST", self.path.as_bytes(), None)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let basic = self.basic.as_deref().map(|b| ("authorization", b));
         let headers = [
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("accept", "application/json"),
+            Some(("content-type", "application/x-www-form-urlencoded")),
+            Some(("accept", "application/json")),
+            basic,
         ];
-        for (name, value) in headers {
+        for (name, value) in headers.into_iter().flatten() {
             request
                 .insert_header(name, value)
-                .map_err(|e| e.to_string())?;
-        }
-        if let Some(basic) = &self.basic {
-            request
-                .insert_header("authorization", basic.as_str())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| unreachable(e.to_string()))?;
         }
         let response = self
             .client
@@ -259,14 +287,16 @@ impl TokenEndpoint for HttpTokenEndpoint {
                 TOKEN_REQUEST_TIMEOUT,
             )
             .await
-            .map_err(|e| format!("token endpoint {}: {e}", self.target.url))?;
-        parse_token_response(response.status, &response.body)
-            .map_err(|e| format!("token endpoint {}: {e}", self.target.url))
+            .map_err(|e| unreachable(e.to_string()))?;
+        parse_token_response(response.status, &response.body).map_err(|answer| TokenError::Answer {
+            endpoint: self.target.url.to_string(),
+            answer,
+        })
     }
 }
 
 /// Reads an RFC 6749 §5.1 answer; an error answer's `error` code is kept, nothing else.
-pub fn parse_token_response(status: u16, body: &[u8]) -> Result<IssuedToken, String> {
+pub fn parse_token_response(status: u16, body: &[u8]) -> Result<IssuedToken, AnswerError> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     if !(200..300).contains(&status) {
         // The code reaches logs and problem details: only a plain RFC 6749
@@ -278,14 +308,14 @@ pub fn parse_token_response(status: u16, body: &[u8]) -> Result<IssuedToken, Str
                 (1..=64).contains(&code.len())
                     && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
             })
-            .unwrap_or("no recognised error code");
-        return Err(format!("answered {status} ({code})"));
+            .map(str::to_string);
+        return Err(AnswerError::Refused { status, code });
     }
     let access_token = json
         .get("access_token")
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or("answer has no access_token")?;
+        .ok_or(AnswerError::NoAccessToken)?;
     let expires_in = match json.get("expires_in") {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
         Some(serde_json::Value::String(s)) => s.parse().ok(),
@@ -311,11 +341,17 @@ mod tests {
 
     #[async_trait]
     impl TokenEndpoint for FakeEndpoint {
-        async fn fetch(&self) -> Result<IssuedToken, String> {
+        async fn fetch(&self) -> Result<IssuedToken, TokenError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(self.delay).await;
             if self.fail.load(Ordering::SeqCst) {
-                return Err("answered 503 (temporarily_unavailable)".into());
+                return Err(TokenError::Answer {
+                    endpoint: "https://auth.test/token".into(),
+                    answer: AnswerError::Refused {
+                        status: 503,
+                        code: Some("temporarily_unavailable".into()),
+                    },
+                });
             }
             Ok(IssuedToken {
                 access_token: format!("token-{n}"),
@@ -392,8 +428,8 @@ mod tests {
             .collect();
         for waiter in waiters {
             assert_eq!(
-                waiter.await.unwrap().unwrap_err(),
-                "answered 503 (temporarily_unavailable)"
+                waiter.await.unwrap().unwrap_err().to_string(),
+                "token endpoint https://auth.test/token: answered 503 (temporarily_unavailable)"
             );
         }
         assert_eq!(f.calls.load(Ordering::SeqCst), 1);
@@ -428,10 +464,10 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert_eq!(err, "answered 401 (invalid_client)");
+        assert_eq!(err.to_string(), "answered 401 (invalid_client)");
         assert_eq!(
             parse_token_response(200, b"{}").err().unwrap(),
-            "answer has no access_token"
+            AnswerError::NoAccessToken
         );
     }
 
@@ -447,7 +483,7 @@ mod tests {
         let err = parse_token_response(400, br#"{"error":"<script>Bearer abc</script>"}"#)
             .err()
             .unwrap();
-        assert_eq!(err, "answered 400 (no recognised error code)");
+        assert_eq!(err.to_string(), "answered 400 (no recognised error code)");
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,8 +12,10 @@ use futures_util::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use arc_swap::access::DynAccess;
+
 use crate::egress::guard::Guard;
-use crate::egress::Guards;
+use crate::egress::EgressRoutes;
 use crate::resilience::global::{parse_pause_message, pause_channel, remaining_pause};
 use crate::store::redis::{RedisCallError, RedisStore};
 
@@ -21,21 +23,20 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 pub struct PauseListener {
     store: Arc<RedisStore>,
-    /// The services' guards as the latest config made them.
-    guards: Guards,
+    /// The services of the running config (the runtime snapshot's).
+    routes: Box<dyn DynAccess<EgressRoutes> + Send + Sync>,
 }
 
 impl PauseListener {
-    pub fn new(store: Arc<RedisStore>, guards: Guards) -> Self {
-        Self { store, guards }
+    pub fn new(
+        store: Arc<RedisStore>,
+        routes: Box<dyn DynAccess<EgressRoutes> + Send + Sync>,
+    ) -> Self {
+        Self { store, routes }
     }
 
     fn guard(&self, service: &str) -> Option<Arc<Guard>> {
-        self.guards
-            .load()
-            .iter()
-            .find(|g| g.name() == service)
-            .cloned()
+        self.routes.load().guard(service).cloned()
     }
 
     /// Listens until the connection drops.
@@ -46,7 +47,14 @@ impl PauseListener {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(pause_channel(&self.store)).await?;
         let mut connection = client.get_multiplexed_async_connection().await?;
-        for guard in self.guards.load().iter() {
+        let guards: Vec<Arc<Guard>> = self
+            .routes
+            .load()
+            .services
+            .iter()
+            .map(|s| Arc::clone(&s.guard))
+            .collect();
+        for guard in guards {
             if let Some(left) = remaining_pause(&self.store, &mut connection, guard.name()).await? {
                 guard.pause(left);
             }

@@ -68,7 +68,7 @@ impl ServiceRetry {
         if backoff >= attempt.time_left || !self.budget.try_retry() {
             return None;
         }
-        match guard.check_in_pod(attempt.headers, attempt.time_left - backoff) {
+        match guard.admit_in_pod(attempt.headers, attempt.time_left - backoff) {
             Verdict::Go(pass) => Some(Granted {
                 delay: backoff,
                 pass,
@@ -210,7 +210,7 @@ mod tests {
     fn failed_attempts_count_toward_the_breaker_which_can_stop_the_retries() {
         let (retry, guard) = setup("    circuit_breaker: { failure_threshold: 2 }\n");
         let none = http::HeaderMap::new();
-        let Verdict::Go(mut pass) = guard.check_in_pod(&none, Duration::from_secs(10)) else {
+        let Verdict::Go(mut pass) = guard.admit_in_pod(&none, Duration::from_secs(10)) else {
             panic!("the first attempt goes")
         };
         let granted = retry

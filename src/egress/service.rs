@@ -5,16 +5,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::auth::PreparedAuth;
+use super::auth::{CredentialError, PreparedAuth};
 use super::guard::Guard;
 use super::oauth2::{HttpTokenEndpoint, RefreshCounters, TokenSource};
 use super::retrying::ServiceRetry;
 use crate::config::services::{IdempotencyKey, Service};
 use crate::config::Auth;
-use crate::metrics::{Metrics, StatusCounters};
-use crate::net::target::UpstreamTarget;
+use crate::metrics::{Metrics, RefreshOutcome, StatusCounters};
+use crate::net::target::{CaError, UpstreamTarget};
 use crate::store::redis::RedisStore;
 use crate::time::Clock;
+
+/// A service the config describes but the sidecar cannot build.
+#[derive(Debug, thiserror::Error)]
+#[error("services.{service}: {problem}")]
+pub struct ServiceError {
+    pub service: String,
+    pub problem: ServiceProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceProblem {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    #[error("the upstream host is not a valid Host header")]
+    Host,
+}
 
 /// One provider as the proxy uses it, built once from the config.
 pub struct EgressService {
@@ -32,9 +50,9 @@ pub struct EgressService {
     pub(super) retry: Option<ServiceRetry>,
     /// `idempotency_key: auto`: POSTs without a key get one.
     pub(super) auto_idempotency_key: bool,
-    /// The settings the guard was built from, to tell on reload whether
-    /// its live state can carry over.
-    pub(super) resilience: String,
+    /// What it was built from: shown by the admin API beside the guard's
+    /// state, and compared on reload to tell whether that state carries over.
+    pub config: Service,
 }
 
 impl EgressService {
@@ -44,21 +62,26 @@ impl EgressService {
         clock: &Arc<dyn Clock>,
         store: Option<&Arc<RedisStore>>,
         kept_guard: Option<Arc<Guard>>,
-    ) -> Result<Self, String> {
-        let context = |e: String| format!("services.{}: {e}", service.name);
+    ) -> Result<Self, ServiceError> {
+        let context = |e: ServiceProblem| ServiceError {
+            service: service.name.clone(),
+            problem: e,
+        };
         let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref())
-            .map_err(context)?;
-        let auth = PreparedAuth::new(service.auth.as_ref()).map_err(context)?;
+            .map_err(|e| context(e.into()))?;
+        let auth = PreparedAuth::new(service.auth.as_ref()).map_err(|e| context(e.into()))?;
         let tokens = match &service.auth {
             Some(Auth::OAuth2(oauth)) => {
-                let endpoint = HttpTokenEndpoint::new(oauth).map_err(context)?;
+                let endpoint = HttpTokenEndpoint::new(oauth).map_err(|e| context(e.into()))?;
                 let counters = RefreshCounters {
-                    success: metrics
-                        .oauth2_token_refreshes_total
-                        .with_label_values(&[service.name.as_str(), "success"]),
-                    failure: metrics
-                        .oauth2_token_refreshes_total
-                        .with_label_values(&[service.name.as_str(), "failure"]),
+                    success: metrics.oauth2_token_refreshes_total.with_label_values(&[
+                        service.name.as_str(),
+                        RefreshOutcome::Success.as_str(),
+                    ]),
+                    failure: metrics.oauth2_token_refreshes_total.with_label_values(&[
+                        service.name.as_str(),
+                        RefreshOutcome::Failure.as_str(),
+                    ]),
                 };
                 Some(TokenSource::new(
                     Box::new(endpoint),
@@ -69,7 +92,7 @@ impl EgressService {
             _ => None,
         };
         let host = http::HeaderValue::try_from(target.url.authority())
-            .map_err(|_| context("the upstream host is not a valid Host header".into()))?;
+            .map_err(|_| context(ServiceProblem::Host))?;
         Ok(Self {
             name: service.name.clone(),
             target,
@@ -95,12 +118,16 @@ impl EgressService {
                 .as_ref()
                 .map(|policy| ServiceRetry::new(policy, Arc::clone(clock))),
             auto_idempotency_key: service.idempotency_key == IdempotencyKey::Auto,
-            resilience: Self::resilience_of(service),
+            config: service.clone(),
         })
     }
 
-    /// What a guard is made of: the rate limit and the breaker (no secrets).
-    pub(super) fn resilience_of(service: &Service) -> String {
-        serde_json::json!([service.rate_limit, service.circuit_breaker]).to_string()
+    /// Whether this service's live guard (breaker state, buckets, provider
+    /// pause) stays right for `service`: same name, same limits and breaker.
+    pub fn keeps_guard_of(&self, service: &Service) -> bool {
+        let old = &self.config;
+        old.name == service.name
+            && old.rate_limit == service.rate_limit
+            && old.circuit_breaker == service.circuit_breaker
     }
 }

@@ -10,7 +10,23 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::net::target::UpstreamTarget;
+use crate::config::units::format_duration;
+use crate::net::target::{ResolveError, UpstreamTarget};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// Pingora's name for what went wrong on the connection.
+    #[error("{0}")]
+    Connection(&'static str),
+    #[error("the request cannot be sent: {0}")]
+    Request(String),
+    #[error("response body larger than 1 MiB")]
+    TooLarge,
+    #[error("no complete answer within {}", format_duration(*.0))]
+    Timeout(Duration),
+}
 
 pub struct ClientResponse {
     pub status: u16,
@@ -41,12 +57,12 @@ impl SmallClient {
         mut request: RequestHeader,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<ClientResponse, String> {
+    ) -> Result<ClientResponse, ClientError> {
         let addr = target.resolve().await?;
         let peer = target.peer(addr, timeout, timeout);
         request
             .insert_header("host", target.url.authority())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ClientError::Request(e.to_string()))?;
         self.exchange(&peer, request, body, timeout).await
     }
 
@@ -59,10 +75,10 @@ impl SmallClient {
         mut request: RequestHeader,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<ClientResponse, String> {
+    ) -> Result<ClientResponse, ClientError> {
         request
             .insert_header("content-length", body.len())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ClientError::Request(e.to_string()))?;
         let exchange = async {
             let (mut session, _reused) = self
                 .connector
@@ -90,7 +106,7 @@ impl SmallClient {
             let mut collected = Vec::new();
             while let Some(chunk) = session.read_response_body().await.map_err(describe)? {
                 if collected.len() + chunk.len() > MAX_RESPONSE_BODY {
-                    return Err("response body larger than 1 MiB".to_string());
+                    return Err(ClientError::TooLarge);
                 }
                 collected.extend_from_slice(&chunk);
             }
@@ -105,15 +121,12 @@ impl SmallClient {
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(format!(
-                "no complete answer within {}",
-                crate::config::units::format_duration(timeout)
-            )),
+            Err(_) => Err(ClientError::Timeout(timeout)),
         }
     }
 }
 
 #[allow(clippy::boxed_local)] // Pingora hands errors over boxed
-fn describe(err: pingora::BError) -> String {
-    err.etype().as_str().to_string()
+fn describe(err: pingora::BError) -> ClientError {
+    ClientError::Connection(err.etype().as_str())
 }

@@ -18,6 +18,36 @@ use crate::config::services::UpstreamUrl;
 /// Resolved addresses are reused this long; providers move rarely but do move.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("DNS returned no address for {0}")]
+    NoAddress(String),
+    #[error("cannot resolve {host}: {source}")]
+    Lookup {
+        host: String,
+        source: std::io::Error,
+    },
+}
+
+/// A CA bundle that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read CA file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("CA file {path} is not valid PEM: {source}")]
+    Pem {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds a certificate that cannot be parsed: {reason}")]
+    Certificate { path: String, reason: String },
+    #[error("CA file {0} holds no PEM certificate")]
+    Empty(String),
+}
+
 pub struct UpstreamTarget {
     pub url: UpstreamUrl,
     ca: Option<Arc<CaType>>,
@@ -31,7 +61,7 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
-    pub fn new(url: UpstreamUrl, ca_file: Option<&Path>) -> Result<Self, String> {
+    pub fn new(url: UpstreamUrl, ca_file: Option<&Path>) -> Result<Self, CaError> {
         let (ca, group_key) = match ca_file {
             Some(path) => (Some(load_ca(path)?), hash_path(path)),
             None => (None, 0),
@@ -52,7 +82,7 @@ impl UpstreamTarget {
     }
 
     /// One address of the provider, rotating over what DNS returned.
-    pub async fn resolve(&self) -> Result<SocketAddr, String> {
+    pub async fn resolve(&self) -> Result<SocketAddr, ResolveError> {
         if let Some(addr) = self.fixed {
             return Ok(addr);
         }
@@ -66,7 +96,7 @@ impl UpstreamTarget {
                     Ok(found) => {
                         let found: Vec<SocketAddr> = found.collect();
                         if found.is_empty() {
-                            return Err(format!("DNS returned no address for {}", self.url.host));
+                            return Err(ResolveError::NoAddress(self.url.host.clone()));
                         }
                         let found = Arc::new(found);
                         *self.cache.write().unwrap_or_else(|e| e.into_inner()) =
@@ -75,7 +105,12 @@ impl UpstreamTarget {
                     }
                     // A provider whose DNS blips keeps its last known addresses.
                     Err(_) if stale.is_some() => stale.map(|(a, _)| a).unwrap_or_default(),
-                    Err(err) => return Err(format!("cannot resolve {}: {err}", self.url.host)),
+                    Err(source) => {
+                        return Err(ResolveError::Lookup {
+                            host: self.url.host.clone(),
+                            source,
+                        })
+                    }
                 }
             }
         };
@@ -112,18 +147,22 @@ fn hash_path(path: &Path) -> u64 {
 
 /// Every certificate of a PEM bundle, validated before Pingora sees it
 /// (Pingora panics on a certificate it cannot parse).
-pub fn load_ca(path: &Path) -> Result<Arc<CaType>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+pub fn load_ca(path: &Path) -> Result<Arc<CaType>, CaError> {
+    let shown = || path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| CaError::Read {
+        path: shown(),
+        source,
+    })?;
     let mut reader = pem.as_slice();
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut reader) {
-        let der = item.map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
-        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
-            format!(
-                "CA file {} holds a certificate that cannot be parsed: {e}",
-                path.display()
-            )
+        let der = item.map_err(|source| CaError::Pem {
+            path: shown(),
+            source,
+        })?;
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| CaError::Certificate {
+            path: shown(),
+            reason: e.to_string(),
         })?;
         certs.push(WrappedX509::new(
             der.to_vec(),
@@ -131,10 +170,7 @@ pub fn load_ca(path: &Path) -> Result<Arc<CaType>, String> {
         ));
     }
     if certs.is_empty() {
-        return Err(format!(
-            "CA file {} holds no PEM certificate",
-            path.display()
-        ));
+        return Err(CaError::Empty(shown()));
     }
     Ok(Arc::from(certs.into_boxed_slice()))
 }

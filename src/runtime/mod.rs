@@ -8,4 +8,5 @@ pub mod logging;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
+pub mod snapshot;
 pub mod store_monitor;

@@ -5,42 +5,49 @@
 //!
 //! A new config is loaded and validated completely first; if it is
 //! invalid, the running config stays, the errors are logged and
-//! `sidecar_config_reloads_total{outcome="rejected"}` counts it. Then every
-//! part is built from it (egress services, webhooks, upstream groups,
-//! delivery settings) before any is swapped in, so a reload applies whole
-//! or not at all. Requests in flight finish on the config they started
-//! with. Listener addresses and store settings cannot change live: the
-//! reload says so and keeps the running ones.
+//! `sidecar_config_reloads_total{outcome="rejected"}` counts it. Then the
+//! next runtime snapshot is built from it (egress services, webhooks,
+//! upstream groups, delivery plan) and swapped in as one, so a reload
+//! applies whole or not at all. Requests in flight finish on the snapshot
+//! they started with. Listener addresses, store settings, the ingress
+//! bounds and `delivery.workers` cannot change live: the reload says so
+//! and keeps the running ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounterVec;
 
-use crate::config::{Config, StoreKind};
-use crate::delivery::DeliveryReload;
-use crate::egress::EgressReload;
-use crate::upstreams::Upstreams;
-use crate::webhooks::IngressReload;
+use crate::config::error::ConfigErrors;
+use crate::config::Config;
+use crate::metrics::ReloadOutcome;
+use crate::runtime::snapshot::{BuildError, Foundation, Snapshot, SnapshotHandle};
+use crate::upstreams::GroupLoops;
 
 /// How often the config file is looked at.
 pub const POLL: Duration = Duration::from_secs(1);
 
-/// The running config, shared with the admin API.
-pub type ConfigHandle = Arc<ArcSwap<Config>>;
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+    #[error("the sidecar started without webhooks, so it has no event store; adding webhooks takes a restart")]
+    NoStore,
+    #[error("{0}")]
+    Build(#[from] BuildError),
+}
 
 pub struct Reloader {
     pub path: PathBuf,
-    pub config: ConfigHandle,
-    pub egress: EgressReload,
-    pub ingress: IngressReload,
-    pub upstreams: Arc<Upstreams>,
-    pub delivery: Option<DeliveryReload>,
+    pub snapshot: SnapshotHandle,
+    pub foundation: Arc<Foundation>,
+    pub loops: GroupLoops,
+    /// Whether the sidecar started with an event store (with webhooks).
+    pub has_store: bool,
     pub reloads: IntCounterVec,
 }
 
@@ -60,70 +67,53 @@ pub fn fingerprint(path: &Path) -> Option<Vec<u8>> {
     Some(print)
 }
 
-/// Listener addresses and store settings as they compare for "changed".
-fn fixed_parts(config: &Config) -> String {
-    let store = match &config.store.kind {
-        StoreKind::Local { path } => format!("local {}", path.display()),
-        StoreKind::Redis { urls } => {
-            let urls: Vec<&str> = urls.iter().map(|u| u.expose()).collect();
-            format!("redis {}", urls.join(","))
-        }
-    };
-    format!(
-        "{} {} {} {:?} {store} {}",
-        config.listen.egress,
-        config.listen.ingress,
-        config.listen.admin,
-        config.ingress,
-        config.store.prefix
-    )
-}
-
 impl Reloader {
-    /// Loads the file and applies it; returns what happened, for the log.
-    pub fn reload(&self) -> Result<(), String> {
-        let mut next = Config::load(&self.path).map_err(|errors| errors.to_string())?;
-        let running = self.config.load_full();
-        if fixed_parts(&next) != fixed_parts(&running) {
+    /// Loads the file and applies it whole, or keeps the running snapshot.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let mut next = Config::load(&self.path)?;
+        let running = self.snapshot.load_full();
+        let was = &running.config;
+        if (&next.listen, &next.ingress, &next.store) != (&was.listen, &was.ingress, &was.store) {
             tracing::warn!(
                 "listen addresses and store settings cannot change while running, nor the ingress bounds; keeping the running ones (restart to change them)"
             );
-            next.listen = running.listen.clone();
-            next.ingress = running.ingress.clone();
-            next.store = running.store.clone();
+            next.listen = was.listen.clone();
+            next.ingress = was.ingress.clone();
+            next.store = was.store.clone();
         }
-        if self.delivery.is_none() && !next.webhooks.is_empty() {
-            return Err(
-                "the sidecar started without webhooks, so it has no event store; adding webhooks takes a restart"
-                    .into(),
+        if !self.has_store && !next.webhooks.is_empty() {
+            return Err(ReloadError::NoStore);
+        }
+        let workers = |c: &Config| c.delivery.clone().unwrap_or_default().workers;
+        if workers(&next) != workers(was) {
+            tracing::warn!(
+                running = workers(was),
+                configured = workers(&next),
+                "delivery.workers cannot change while running; it takes effect at the next start"
             );
         }
-        // Build everything first: a reload applies whole or not at all.
-        let egress = self.egress.prepare(&next)?;
-        let ingress = self.ingress.prepare(&next.webhooks)?;
-        let delivery = match &self.delivery {
-            Some(delivery) => Some(delivery.prepare(&next)?),
-            None => None,
-        };
-        let upstreams = self.upstreams.prepare_reload(&next.upstreams);
-        upstreams();
-        egress();
-        ingress();
-        if let Some(delivery) = delivery {
-            delivery();
-        }
-        self.config.store(Arc::new(next));
+        // Built whole before anything is swapped: a reload applies whole or
+        // not at all, and requests in flight finish on the snapshot they
+        // started with.
+        let snapshot = Snapshot::build(Arc::new(next), Some(&running), &self.foundation)?;
+        self.loops
+            .start_new(&snapshot.upstreams, Some(&running.upstreams));
+        self.snapshot.store(Arc::new(snapshot));
         Ok(())
     }
 
     fn reload_and_count(&self, why: &str) {
         match self.reload() {
             Ok(()) => {
-                self.reloads.with_label_values(&["applied"]).inc();
+                self.reloads
+                    .with_label_values(&[ReloadOutcome::Applied.as_str()])
+                    .inc();
                 tracing::info!(config = %self.path.display(), trigger = why, "configuration reloaded");
             }
             Err(errors) => {
-                self.reloads.with_label_values(&["rejected"]).inc();
+                self.reloads
+                    .with_label_values(&[ReloadOutcome::Rejected.as_str()])
+                    .inc();
                 tracing::error!(
                     config = %self.path.display(), trigger = why,
                     "configuration reload rejected; the running configuration stays:\n{errors}"

@@ -12,29 +12,32 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use std::path::PathBuf;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
 use crate::admin::AdminApp;
-use crate::config::Config;
-use crate::config::StoreKind;
-use crate::delivery::DeliveryService;
+use crate::config::{Config, StoreKind};
+use crate::delivery::{Deliverer, DeliveryService};
 use crate::egress::pause_sync::PauseListener;
 use crate::egress::EgressProxy;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::net::client::SmallClient;
 use crate::runtime::listen_owner::held_by_this_process;
-use crate::runtime::reload::{ConfigHandle, Reloader};
+use crate::runtime::reload::Reloader;
 use crate::runtime::shutdown::{exit_when_idle, DrainingShutdown};
+use crate::runtime::snapshot::{self, BuildError, Foundation, Snapshot, SnapshotHandle};
 use crate::runtime::store_monitor::StoreMonitor;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::events::RedisEventStore;
 use crate::store::redis::RedisStore;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::time::MonotonicClock;
-use crate::upstreams::Upstreams;
+use crate::upstreams::UpstreamsService;
 use crate::webhooks::listener::IngressListener;
 use crate::webhooks::IngressApp;
-use arc_swap::ArcSwap;
-use std::path::PathBuf;
-use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,8 +47,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("store.url: {0}")]
+    Redis(redis::RedisError),
     #[error("{0}")]
-    Setup(String),
+    Store(#[from] StoreError),
     #[error("the {role} listener on {addr} did not come up within 10s")]
     NotListening {
         role: &'static str,
@@ -77,58 +84,60 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let lifecycle = Lifecycle::new();
     lifecycle.set_unready_after(config.store.unready_after);
-    let egress = EgressProxy::new(&config, Arc::clone(&metrics), Arc::clone(&lifecycle))
-        .map_err(StartError::Setup)?;
-    let guards = egress.guards();
-    let pause_listener = egress
-        .store()
-        .map(|store| PauseListener::new(store, guards.clone()));
-    let store = event_store(&config, egress.store(), &metrics)?;
+    let foundation = Arc::new(foundation(&config, &metrics)?);
+    let snapshot: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+        Arc::clone(&config),
+        None,
+        &foundation,
+    )?));
+    let (upstreams_service, group_loops) = UpstreamsService::new();
+    group_loops.start_new(&snapshot.load().upstreams, None);
+
+    let egress = EgressProxy::new(
+        snapshot::part(&snapshot, |s| &s.egress),
+        &metrics,
+        Arc::clone(&lifecycle),
+    );
+    let pause_listener = foundation
+        .redis
+        .clone()
+        .map(|redis| PauseListener::new(redis, snapshot::part(&snapshot, |s| &s.egress)));
+    let store = event_store(&config, foundation.redis.clone(), &metrics)?;
     let store_monitor = store.as_ref().map(|store| {
         lifecycle.expect_store();
         StoreMonitor::new(Arc::clone(store), Arc::clone(&lifecycle))
     });
     let store_report = store_monitor.as_ref().map(StoreMonitor::report);
     let accepted = Arc::new(Notify::new());
-    let ingress = Arc::new(
-        IngressApp::new(
-            &config.webhooks,
-            store.clone(),
-            &metrics,
-            Arc::clone(&accepted),
-            config.ingress.max_buffered,
+    let ingress = Arc::new(IngressApp::new(
+        snapshot::part(&snapshot, |s| &s.webhooks),
+        store.clone(),
+        &metrics,
+        Arc::clone(&accepted),
+        config.ingress.max_buffered,
+    ));
+    let delivery = store.as_ref().map(|store| {
+        let deliverer = Deliverer {
+            store: Arc::clone(store),
+            transport: Box::new(SmallClient::default()),
+            metrics: Arc::clone(&metrics),
+        };
+        let workers = config.delivery.clone().unwrap_or_default().workers;
+        DeliveryService::new(
+            deliverer,
+            snapshot::part(&snapshot, |s| &s.delivery),
+            workers,
+            Arc::clone(&lifecycle),
+            accepted,
         )
-        .map_err(StartError::Setup)?,
-    );
-    let (upstreams, upstreams_service) = Upstreams::new(
-        &config.upstreams,
-        MonotonicClock::shared(),
-        Arc::clone(&metrics),
-    );
-    let upstreams = Arc::new(upstreams);
-    let delivery = match &store {
-        None => None,
-        Some(store) => Some(
-            DeliveryService::new(
-                &config,
-                Arc::clone(store),
-                Arc::clone(&upstreams),
-                Arc::clone(&metrics),
-                Arc::clone(&lifecycle),
-                accepted,
-            )
-            .map_err(StartError::Setup)?,
-        ),
-    };
+    });
 
-    let config_handle: ConfigHandle = Arc::new(ArcSwap::from(Arc::clone(&config)));
     let reloader = Reloader {
         path,
-        config: Arc::clone(&config_handle),
-        egress: egress.reload_handle(),
-        ingress: ingress.reload_handle(),
-        upstreams: Arc::clone(&upstreams),
-        delivery: delivery.as_ref().map(DeliveryService::reload_handle),
+        snapshot: Arc::clone(&snapshot),
+        foundation,
+        loops: group_loops,
+        has_store: store.is_some(),
         reloads: metrics.config_reloads_total.clone(),
     };
 
@@ -154,11 +163,9 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     let mut admin_service = Service::new(
         "admin".to_string(),
         AdminApp::new(
-            config_handle,
+            snapshot,
             Arc::clone(&metrics),
             Arc::clone(&lifecycle),
-            guards,
-            upstreams,
             store,
             store_report,
         ),
@@ -205,22 +212,32 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
 /// anything: `check` runs it, so a config it passes cannot fail at start.
 pub fn build_check(config: &Config) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
-    EgressProxy::new(config, Arc::clone(&metrics), Lifecycle::new()).map_err(StartError::Setup)?;
-    IngressApp::new(
-        &config.webhooks,
-        None,
-        &metrics,
-        Arc::new(Notify::new()),
-        config.ingress.max_buffered,
-    )
-    .map_err(StartError::Setup)?;
-    let (upstreams, _service) = Upstreams::new(
-        &config.upstreams,
-        MonotonicClock::shared(),
-        Arc::clone(&metrics),
-    );
-    drop(upstreams);
-    crate::delivery::check_settings(config).map_err(StartError::Setup)
+    let foundation = foundation(config, &metrics)?;
+    Snapshot::build(Arc::new(config.clone()), None, &foundation)?;
+    Ok(())
+}
+
+/// What every snapshot is built on: the metrics, the clock and, with a
+/// Redis store, its connection (made here, not by the parts that use it).
+fn foundation(config: &Config, metrics: &Arc<Metrics>) -> Result<Foundation, StartError> {
+    let clock = MonotonicClock::shared();
+    let redis = match &config.store.kind {
+        StoreKind::Redis { urls } => Some(Arc::new(
+            RedisStore::new(
+                urls[0].expose(),
+                &config.store.prefix,
+                Arc::clone(&clock),
+                metrics.store_errors_total.clone(),
+            )
+            .map_err(StartError::Redis)?,
+        )),
+        StoreKind::Local { .. } => None,
+    };
+    Ok(Foundation {
+        metrics: Arc::clone(metrics),
+        clock,
+        redis,
+    })
 }
 
 /// The store webhooks are accepted into; none without webhooks, so an
@@ -246,13 +263,9 @@ fn event_store(
                 .map(|w| w.dedup_window)
                 .max()
                 .unwrap_or_default();
-            let store =
-                EmbeddedStore::open(path, horizon).map_err(|e| StartError::Setup(e.to_string()))?;
-            Arc::new(store)
+            Arc::new(EmbeddedStore::open(path, horizon)?)
         }
-        (StoreKind::Redis { .. }, None) => {
-            return Err(StartError::Setup("the Redis store is missing".into()))
-        }
+        (StoreKind::Redis { .. }, None) => unreachable!("the foundation holds the Redis store"),
     }))
 }
 

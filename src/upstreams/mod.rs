@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use pingora::lb::discovery::Static;
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -141,11 +140,6 @@ impl Group {
             clock,
             metrics,
         })
-    }
-
-    /// The group's settings as text, to tell on reload whether it changed.
-    fn fingerprint(config: &UpstreamGroup) -> String {
-        serde_json::to_string(config).unwrap_or_default()
     }
 
     pub fn name(&self) -> &str {
@@ -324,13 +318,18 @@ impl Drop for Group {
     }
 }
 
-/// Every upstream group by name, as the latest config made them.
-pub struct Upstreams {
-    groups: ArcSwap<BTreeMap<String, Arc<Group>>>,
-    /// Groups whose loops should start, for [`UpstreamsService`].
+/// Every upstream group by name, as one config made them; part of the
+/// runtime snapshot.
+#[derive(Default)]
+pub struct UpstreamGroups {
+    groups: BTreeMap<String, Arc<Group>>,
+}
+
+/// Where the groups a snapshot adds are sent for their loops to start:
+/// the handle of [`UpstreamsService`].
+#[derive(Clone)]
+pub struct GroupLoops {
     start: mpsc::UnboundedSender<Arc<Group>>,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
 }
 
 /// Runs every group's Pingora load-balancer loop, and the loops of groups a
@@ -339,70 +338,70 @@ pub struct UpstreamsService {
     started: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Arc<Group>>>>,
 }
 
-impl Upstreams {
-    /// The groups, and the background service the server must run.
-    pub fn new(
-        configs: &[UpstreamGroup],
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-    ) -> (Self, UpstreamsService) {
+impl UpstreamsService {
+    /// The service the server runs, and the handle that feeds it groups.
+    pub fn new() -> (Self, GroupLoops) {
         let (start, started) = mpsc::unbounded_channel();
-        let upstreams = Self {
-            groups: ArcSwap::default(),
-            start,
-            clock,
-            metrics,
-        };
-        upstreams.prepare_reload(configs)();
-        let service = UpstreamsService {
+        let service = Self {
             started: std::sync::Mutex::new(Some(started)),
         };
-        (upstreams, service)
+        (service, GroupLoops { start })
     }
+}
 
-    /// The groups of a new config: unchanged ones are kept with their
-    /// health, breakers and in-flight counts; new and changed ones start
-    /// afresh (a changed group's backends are checked again before use).
-    /// The returned step swaps them in.
-    pub fn prepare_reload(&self, configs: &[UpstreamGroup]) -> impl FnOnce() + Send + '_ {
-        let old = self.groups.load_full();
-        let mut next = BTreeMap::new();
-        let mut fresh = Vec::new();
-        for config in configs {
-            let kept = old
-                .get(&config.name)
-                .filter(|g| Group::fingerprint(&g.config) == Group::fingerprint(config));
-            let group = match kept {
-                Some(group) => Arc::clone(group),
-                None => {
-                    let group =
-                        Group::new(config, Arc::clone(&self.clock), Arc::clone(&self.metrics));
-                    fresh.push(Arc::clone(&group));
-                    group
-                }
-            };
-            next.insert(config.name.clone(), group);
-        }
-        move || {
-            for group in fresh {
-                let _ = self.start.send(group);
+impl GroupLoops {
+    /// Starts the loops of the groups of `next` that `previous` did not
+    /// have (new or changed ones); kept groups' loops run on.
+    pub fn start_new(&self, next: &UpstreamGroups, previous: Option<&UpstreamGroups>) {
+        for group in next.groups.values() {
+            let kept = previous
+                .and_then(|p| p.groups.get(group.name()))
+                .is_some_and(|old| Arc::ptr_eq(old, group));
+            if !kept {
+                let _ = self.start.send(Arc::clone(group));
             }
-            self.groups.store(Arc::new(next));
         }
     }
+}
 
-    pub fn get(&self, name: &str) -> Option<Arc<Group>> {
-        self.groups.load().get(name).cloned()
+impl UpstreamGroups {
+    /// The groups of a config: unchanged ones of `previous` are kept with
+    /// their health, breakers and in-flight counts; new and changed ones
+    /// start afresh (a changed group's backends are checked again before
+    /// use) once [`GroupLoops::start_new`] is given them.
+    pub fn build(
+        configs: &[UpstreamGroup],
+        previous: Option<&UpstreamGroups>,
+        clock: &Arc<dyn Clock>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let groups = configs
+            .iter()
+            .map(|config| {
+                let kept = previous
+                    .and_then(|p| p.groups.get(&config.name))
+                    .filter(|g| g.config == *config);
+                let group = match kept {
+                    Some(group) => Arc::clone(group),
+                    None => Group::new(config, Arc::clone(clock), Arc::clone(metrics)),
+                };
+                (config.name.clone(), group)
+            })
+            .collect();
+        Self { groups }
     }
 
-    pub fn all(&self) -> Vec<Arc<Group>> {
-        self.groups.load().values().cloned().collect()
+    pub fn get(&self, name: &str) -> Option<&Arc<Group>> {
+        self.groups.get(name)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.groups.values()
     }
 
     pub fn summary(&self) -> serde_json::Value {
         let groups: serde_json::Map<String, serde_json::Value> = self
             .groups
-            .load()
             .iter()
             .map(|(name, group)| (name.clone(), group.summary()))
             .collect();

@@ -11,9 +11,17 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 use super::extract::extract;
 use super::verify::{self, Inbound, Scheme};
 use crate::config::webhooks::{VerifyKind, Webhook};
-use crate::metrics::Metrics;
+use crate::metrics::{DeadLetterReason, Metrics, ReceivedOutcome, RejectionReason};
 use crate::problem::{ErrorCode, Problem};
 use crate::store::{Acceptance, OwnedEvent, Store};
+
+/// A webhook the config describes but the sidecar cannot build.
+#[derive(Debug, thiserror::Error)]
+#[error("webhooks.{webhook}: {problem}")]
+pub struct WebhookError {
+    pub webhook: String,
+    pub problem: verify::BuildError,
+}
 
 pub struct IngressWebhook {
     pub config: Webhook,
@@ -27,21 +35,24 @@ pub struct IngressWebhook {
 }
 
 impl IngressWebhook {
-    pub fn new(config: &Webhook, metrics: &Metrics) -> Result<Self, String> {
+    pub fn new(config: &Webhook, metrics: &Metrics) -> Result<Self, WebhookError> {
         let name = config.name.as_str();
-        let outcome = |o: &str| {
+        let outcome = |o: ReceivedOutcome| {
             metrics
                 .webhooks_received_total
-                .with_label_values(&[name, o])
+                .with_label_values(&[name, o.as_str()])
         };
         Ok(Self {
-            scheme: verify::build(&config.verify).map_err(|e| format!("webhooks.{name}: {e}"))?,
-            accepted: outcome("accepted"),
+            scheme: verify::build(&config.verify).map_err(|problem| WebhookError {
+                webhook: name.to_string(),
+                problem,
+            })?,
+            accepted: outcome(ReceivedOutcome::Accepted),
             unrouted: metrics
                 .dead_lettered_total
-                .with_label_values(&[name, "unrouted"]),
-            duplicate: outcome("duplicate"),
-            rejected: outcome("rejected"),
+                .with_label_values(&[name, DeadLetterReason::Unrouted.as_str()]),
+            duplicate: outcome(ReceivedOutcome::Duplicate),
+            rejected: outcome(ReceivedOutcome::Rejected),
             rejections: metrics.webhook_rejections_total.clone(),
             ack_duration: metrics
                 .webhook_ack_duration_seconds
@@ -50,10 +61,10 @@ impl IngressWebhook {
         })
     }
 
-    pub fn rejected(&self, reason: &str) {
+    pub fn rejected(&self, reason: RejectionReason) {
         self.rejected.inc();
         self.rejections
-            .with_label_values(&[self.config.name.as_str(), reason])
+            .with_label_values(&[self.config.name.as_str(), reason.as_str()])
             .inc();
     }
 
@@ -73,7 +84,7 @@ impl IngressWebhook {
             now: now.as_secs(),
         };
         if let Err(rejection) = self.scheme.verify(&request) {
-            self.rejected(rejection.as_str());
+            self.rejected(rejection.reason());
             return Problem::new(ErrorCode::SignatureInvalid, rejection.as_str())
                 .into_http_response();
         }

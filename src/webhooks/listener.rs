@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use super::IngressApp;
 use crate::config::Ingress;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::{RejectionReason, NO_WEBHOOK};
 use crate::problem::{ErrorCode, Problem};
 
 /// The largest header section read; Pingora would take a megabyte.
@@ -41,9 +42,6 @@ pub const MAX_HEAD: usize = 16 << 10;
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How long a refusal may take to write before the connection is dropped.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
-/// The label of refusals that came before any webhook was named.
-const NO_WEBHOOK: &str = "-";
-
 pub struct IngressListener {
     app: Arc<IngressApp>,
     connections: Arc<Semaphore>,
@@ -77,9 +75,9 @@ impl IngressListener {
         }
     }
 
-    fn refused(&self, code: ErrorCode, detail: String) -> Problem {
+    fn refused(&self, reason: RejectionReason, code: ErrorCode, detail: String) -> Problem {
         self.rejections
-            .with_label_values(&[NO_WEBHOOK, code.as_str()])
+            .with_label_values(&[NO_WEBHOOK, reason.as_str()])
             .inc();
         Problem::new(code, detail)
     }
@@ -105,6 +103,7 @@ impl IngressListener {
                 Ok(Ok(None)) => return,
                 Ok(Err(error)) => {
                     let problem = self.refused(
+                        RejectionReason::BadRequest,
                         ErrorCode::BadRequest,
                         format!("the request could not be read: {}", error.etype().as_str()),
                     );
@@ -128,6 +127,7 @@ impl IngressListener {
 
     fn timed_out(&self) -> Problem {
         self.refused(
+            RejectionReason::RequestTimeout,
             ErrorCode::RequestTimeout,
             format!(
                 "the request's headers and body must arrive within {} of its first byte",
@@ -164,6 +164,7 @@ impl IngressListener {
                 Some(end) if end <= MAX_HEAD => return Head::Ready(buffer, started),
                 _ if buffer.len() > MAX_HEAD => {
                     return Head::Refused(self.refused(
+                        RejectionReason::HeadersTooLarge,
                         ErrorCode::HeadersTooLarge,
                         format!("the request's header section is over {MAX_HEAD} bytes"),
                     ))
@@ -218,6 +219,7 @@ impl ServerApp for IngressListener {
             self.make_room.notify_waiters();
             let problem = self
                 .refused(
+                    RejectionReason::Overloaded,
                     ErrorCode::Overloaded,
                     "the webhook listener is at its connection limit; retry".into(),
                 )

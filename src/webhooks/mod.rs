@@ -14,7 +14,7 @@ pub mod verify;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::access::DynAccess;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v1::server::HttpSession;
@@ -22,16 +22,18 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::webhooks::Webhook;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RejectionReason, NO_WEBHOOK};
 use crate::problem::{ErrorCode, Problem};
 use crate::store::Store;
 use crate::time::unix_time;
 use ack::IngressWebhook;
+pub use ack::WebhookError;
 use budget::{BodyBudget, Reservation};
 
 pub struct IngressApp {
-    /// As the latest config made them; a request keeps the set it started with.
-    webhooks: Arc<ArcSwap<Vec<Arc<IngressWebhook>>>>,
+    /// The running config's webhooks (the runtime snapshot's); a request
+    /// keeps the one it matched.
+    webhooks: Box<dyn DynAccess<Webhooks> + Send + Sync>,
     metrics: Arc<Metrics>,
     store: Option<Arc<dyn Store>>,
     /// Told of every accepted event, so that delivery starts at once.
@@ -42,7 +44,7 @@ pub struct IngressApp {
 /// A refusal, and the rejection reason it counts under (when it is one).
 struct Refusal {
     problem: Problem,
-    reason: Option<&'static str>,
+    reason: Option<RejectionReason>,
 }
 
 impl From<Problem> for Refusal {
@@ -55,7 +57,7 @@ impl From<Problem> for Refusal {
 }
 
 impl Refusal {
-    fn counted(problem: Problem, reason: &'static str) -> Self {
+    fn counted(problem: Problem, reason: RejectionReason) -> Self {
         Self {
             problem,
             reason: Some(reason),
@@ -65,26 +67,18 @@ impl Refusal {
 
 impl IngressApp {
     pub fn new(
-        webhooks: &[Webhook],
+        webhooks: Box<dyn DynAccess<Webhooks> + Send + Sync>,
         store: Option<Arc<dyn Store>>,
         metrics: &Arc<Metrics>,
         accepted: Arc<Notify>,
         max_buffered: u64,
-    ) -> Result<Self, String> {
-        Ok(Self {
-            webhooks: Arc::new(ArcSwap::from_pointee(build(webhooks, metrics)?)),
+    ) -> Self {
+        Self {
+            webhooks,
             metrics: Arc::clone(metrics),
             store,
             accepted,
             budget: BodyBudget::new(max_buffered),
-        })
-    }
-
-    /// What a config reload swaps in the ingress.
-    pub fn reload_handle(&self) -> IngressReload {
-        IngressReload {
-            webhooks: Arc::clone(&self.webhooks),
-            metrics: Arc::clone(&self.metrics),
         }
     }
 
@@ -100,7 +94,7 @@ impl IngressApp {
                         None => self
                             .metrics
                             .webhook_rejections_total
-                            .with_label_values(&["-", reason])
+                            .with_label_values(&[NO_WEBHOOK, reason.as_str()])
                             .inc(),
                     }
                 }
@@ -140,12 +134,7 @@ impl IngressApp {
             return Err((problem.into(), None));
         }
         let path = request.uri.path();
-        let webhook = self
-            .webhooks
-            .load()
-            .iter()
-            .find(|w| w.config.path == path)
-            .cloned();
+        let webhook = self.webhooks.load().at(path).cloned();
         let Some(webhook) = webhook else {
             let problem = Problem::new(
                 ErrorCode::NotFound,
@@ -188,7 +177,10 @@ impl IngressApp {
         let request = session.req_header();
         let limit = webhook.config.max_body;
         if declared_length(session).is_some_and(|length| length > limit) {
-            return Err(Refusal::counted(too_large(limit), "payload_too_large"));
+            return Err(Refusal::counted(
+                too_large(limit),
+                RejectionReason::PayloadTooLarge,
+            ));
         }
         let head = verify::Head {
             headers: &request.headers,
@@ -198,7 +190,7 @@ impl IngressApp {
         webhook.scheme.check_headers(&head).map_err(|rejection| {
             Refusal::counted(
                 Problem::new(ErrorCode::SignatureInvalid, rejection.as_str()),
-                rejection.as_str(),
+                rejection.reason(),
             )
         })
     }
@@ -220,7 +212,7 @@ impl IngressApp {
                     "the webhook listener is reading as many bodies as it may hold; retry",
                 )
                 .with_header("retry-after", "1"),
-                "overloaded",
+                RejectionReason::Overloaded,
             )
         };
         let mut reservation = self
@@ -239,7 +231,7 @@ impl IngressApp {
                         ErrorCode::RequestTimeout,
                         "the request's body did not arrive in time",
                     );
-                    return Err(Refusal::counted(problem, "request_timeout"));
+                    return Err(Refusal::counted(problem, RejectionReason::RequestTimeout));
                 }
                 Ok(Err(error)) => {
                     return Err(Problem::new(
@@ -253,7 +245,10 @@ impl IngressApp {
             };
             let size = body.len() as u64 + chunk.len() as u64;
             if size > limit {
-                return Err(Refusal::counted(too_large(limit), "payload_too_large"));
+                return Err(Refusal::counted(
+                    too_large(limit),
+                    RejectionReason::PayloadTooLarge,
+                ));
             }
             if size > reservation.bytes() && !reservation.grow(size - reservation.bytes()) {
                 return Err(overloaded());
@@ -318,25 +313,22 @@ async fn write_response(session: &mut HttpSession, response: http::Response<Vec<
     }
 }
 
-/// The ingress side of a config reload.
-pub struct IngressReload {
-    webhooks: Arc<ArcSwap<Vec<Arc<IngressWebhook>>>>,
-    metrics: Arc<Metrics>,
-}
+/// The webhooks of one config, built (secrets, routes, priorities, ack
+/// answers); part of the runtime snapshot.
+#[derive(Default)]
+pub struct Webhooks(Vec<Arc<IngressWebhook>>);
 
-impl IngressReload {
-    /// Builds the webhooks of a new config (secrets, routes, priorities,
-    /// ack answers); the returned step swaps them in for new requests.
-    pub fn prepare(&self, webhooks: &[Webhook]) -> Result<impl FnOnce() + Send + 'static, String> {
-        let next = build(webhooks, &self.metrics)?;
-        let current = Arc::clone(&self.webhooks);
-        Ok(move || current.store(Arc::new(next)))
+impl Webhooks {
+    pub fn build(webhooks: &[Webhook], metrics: &Metrics) -> Result<Self, WebhookError> {
+        webhooks
+            .iter()
+            .map(|w| IngressWebhook::new(w, metrics).map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
-}
 
-fn build(webhooks: &[Webhook], metrics: &Arc<Metrics>) -> Result<Vec<Arc<IngressWebhook>>, String> {
-    webhooks
-        .iter()
-        .map(|w| IngressWebhook::new(w, metrics).map(Arc::new))
-        .collect()
+    /// The webhook configured at `path`.
+    pub fn at(&self, path: &str) -> Option<&Arc<IngressWebhook>> {
+        self.0.iter().find(|w| w.config.path == path)
+    }
 }

@@ -73,7 +73,8 @@ fn rank(priority: Priority) -> u8 {
 }
 
 pub struct LocalStore {
-    path: PathBuf,
+    /// The file, or None for a database held in memory (tests).
+    path: Option<PathBuf>,
     /// None only while `reopen` replaces it. After an I/O error (a full
     /// disk) redb refuses every later operation until the file is closed
     /// and opened again; every use holds the read lock for its whole
@@ -94,31 +95,53 @@ impl LocalStore {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
+        Self::with_database(Some(path), db).map_err(|e| open_error(e.to_string()))
+    }
+
+    /// A store held in memory: the same engine without a file, for tests of
+    /// the code above the store.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot create a store in memory: {e}"))
+            })?;
+        Self::with_database(None, db)
+    }
+
+    fn with_database(path: Option<PathBuf>, db: Database) -> Result<Self, StoreError> {
         let store = Self {
             path,
             db: RwLock::new(Some(db)),
             last_durable_ms: AtomicU64::new(0),
         };
-        store
-            .create_tables_and_release_leases()
-            .map_err(|e| open_error(e.to_string()))?;
+        store.create_tables_and_release_leases()?;
         Ok(store)
     }
 
     /// Closes the file and opens it again, after an I/O error. Leases held
     /// by this process's deliveries stay theirs.
     pub fn reopen(&self) -> Result<(), StoreError> {
+        let Some(path) = &self.path else {
+            // Memory has no I/O to fail.
+            return Ok(());
+        };
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         // The old handle must be closed first: redb locks the file.
         drop(slot.take());
-        let db = Database::create(&self.path).map_err(|e| {
+        let db = Database::create(path).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot reopen the store at {}: {e}",
-                self.path.display()
+                path.display()
             ))
         })?;
         *slot = Some(db);
         Ok(())
+    }
+
+    /// The file; None for a store in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// The open database, held for one transaction.
@@ -130,10 +153,6 @@ impl LocalStore {
             ));
         }
         Ok(DatabaseGuard(guard))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn create_tables_and_release_leases(&self) -> Result<(), StoreError> {

@@ -33,6 +33,13 @@ impl EmbeddedStore {
         Ok(Self { engine, committer })
     }
 
+    /// The same store held in memory, for tests of the code above it.
+    pub fn in_memory(dedup_horizon: Duration) -> Result<Self, StoreError> {
+        let engine = Arc::new(LocalStore::in_memory()?);
+        let committer = GroupCommitter::start(Arc::clone(&engine), dedup_horizon);
+        Ok(Self { engine, committer })
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         call: impl FnOnce(&LocalStore) -> Result<T, StoreError> + Send + 'static,
@@ -147,7 +154,9 @@ impl Store for EmbeddedStore {
 
     async fn inspect(&self) -> Result<StoreReport, StoreError> {
         let path = self.engine.path();
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let size = path
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len());
         let writer = match self.committer.health().failure() {
             None => "committing".to_string(),
             Some((since, reason)) => {
@@ -157,7 +166,10 @@ impl Store for EmbeddedStore {
         Ok(StoreReport {
             kind: "embedded",
             settings: vec![
-                ("path".into(), path.display().to_string()),
+                (
+                    "path".into(),
+                    path.map_or("(in memory)".into(), |p| p.display().to_string()),
+                ),
                 ("file size".into(), format!("{size} bytes")),
                 (
                     "durability".into(),

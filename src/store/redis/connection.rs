@@ -53,8 +53,8 @@ impl RedisStore {
         prefix: &str,
         clock: Arc<dyn Clock>,
         errors: IntCounterVec,
-    ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("store.url: {e}"))?;
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
         Ok(Self {
             client,
             connection: RwLock::new(None),

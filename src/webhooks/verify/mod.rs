@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::config::webhooks::{secret_key_bytes, Verify, VerifyKind};
+use crate::config::webhooks::{secret_key_bytes, SecretError, Verify, VerifyKind};
+use crate::metrics::RejectionReason;
 
 /// Which check failed; `as_str` is the problem `detail` and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,16 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The rejection reason it counts under.
+    pub fn reason(self) -> RejectionReason {
+        match self {
+            Self::MissingSignature => RejectionReason::MissingSignature,
+            Self::MalformedSignature => RejectionReason::MalformedSignature,
+            Self::TimestampOutOfTolerance => RejectionReason::TimestampOutOfTolerance,
+            Self::SignatureMismatch => RejectionReason::SignatureMismatch,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MissingSignature => "missing_signature",
@@ -109,7 +120,17 @@ pub trait Scheme: Send + Sync {
 
 /// The verifier a webhook's config describes. Secrets are decoded here
 /// (config loading has already checked them).
-pub fn build(verify: &Verify) -> Result<Box<dyn Scheme>, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("verify.public_url is required for twilio")]
+    NoPublicUrl,
+    #[error("verify.header is required for kind: hmac")]
+    NoHmacScheme,
+}
+
+pub fn build(verify: &Verify) -> Result<Box<dyn Scheme>, BuildError> {
     let keys = verify
         .secrets
         .iter()
@@ -127,18 +148,12 @@ pub fn build(verify: &Verify) -> Result<Box<dyn Scheme>, String> {
         VerifyKind::Slack => Box::new(slack::Slack { keys, tolerance }),
         VerifyKind::Twilio => Box::new(twilio::Twilio {
             keys,
-            public_url: verify
-                .public_url
-                .clone()
-                .ok_or("verify.public_url is required for twilio")?,
+            public_url: verify.public_url.clone().ok_or(BuildError::NoPublicUrl)?,
         }),
         VerifyKind::Hmac => Box::new(hmac::Generic {
             keys,
             tolerance,
-            scheme: verify
-                .hmac
-                .clone()
-                .ok_or("verify.header is required for kind: hmac")?,
+            scheme: verify.hmac.clone().ok_or(BuildError::NoHmacScheme)?,
         }),
     })
 }
@@ -249,13 +264,14 @@ mod tests {
 
     #[test]
     fn twilio_and_hmac_need_their_settings() {
-        assert_eq!(
-            build(&verify(VerifyKind::Twilio, "0123456789abcdef"))
-                .err()
-                .as_deref(),
-            Some("verify.public_url is required for twilio")
-        );
-        assert!(build(&verify(VerifyKind::Hmac, "0123456789abcdef")).is_err());
+        assert!(matches!(
+            build(&verify(VerifyKind::Twilio, "0123456789abcdef")),
+            Err(BuildError::NoPublicUrl)
+        ));
+        assert!(matches!(
+            build(&verify(VerifyKind::Hmac, "0123456789abcdef")),
+            Err(BuildError::NoHmacScheme)
+        ));
     }
 
     #[test]

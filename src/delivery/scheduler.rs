@@ -1,0 +1,200 @@
+//! The scheduler: leases jobs as workers come free, lane by lane and
+//! within each target's room, and runs each job's attempt as its own task.
+//! The ingress wakes it when it accepts an event, so an idle queue
+//! delivers at once; otherwise it polls, which is also how it finds
+//! retries falling due and jobs other replicas accepted or left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::access::DynAccess;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::attempt::{now_ms, Deliverer};
+use super::gauges;
+use super::lanes::{Lanes, TargetSlot, TargetSlots};
+use super::outcome::Decision;
+use super::settings::Plan;
+use crate::event::Priority;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::DeadLetterReason;
+use crate::store::{Attempt, Job, LeaseRequest, StoreError};
+
+/// How often the queue is looked at when nothing woke the service.
+const POLL: Duration = Duration::from_millis(100);
+/// The pause after the store failed to answer a lease.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How often the queue gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+/// Jobs leased in one store call at most.
+const LEASE_BATCH: usize = 64;
+
+/// The running config's delivery plan (the runtime snapshot's).
+pub type PlanSource = Box<dyn DynAccess<Arc<Plan>> + Send + Sync>;
+
+pub struct DeliveryService {
+    deliverer: Arc<Deliverer>,
+    plan: PlanSource,
+    lanes: Lanes,
+    slots: Arc<TargetSlots>,
+    workers: Arc<Semaphore>,
+    worker_count: u32,
+    wake: Arc<Notify>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl DeliveryService {
+    /// `workers` deliveries at most at once; `wake` is told of every
+    /// accepted event. `delivery.workers` takes a restart to change.
+    pub fn new(
+        deliverer: Deliverer,
+        plan: PlanSource,
+        workers: u32,
+        lifecycle: Arc<Lifecycle>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            deliverer: Arc::new(deliverer),
+            plan,
+            lanes: Lanes::default(),
+            slots: Arc::default(),
+            workers: Arc::new(Semaphore::new(workers as usize)),
+            worker_count: workers,
+            wake,
+            lifecycle,
+        }
+    }
+
+    fn plan(&self) -> Arc<Plan> {
+        Arc::clone(&self.plan.load())
+    }
+
+    /// Leases up to `max` jobs: from the lane whose turn it is first, then
+    /// from the others in precedence order, within each target's room.
+    async fn lease_batch(&self, max: usize) -> Result<Vec<Job>, StoreError> {
+        let plan = self.plan();
+        let mut request = LeaseRequest {
+            priority: Priority::High, // each lane's in turn below
+            now_ms: now_ms(),
+            visibility: plan.settings.visibility,
+            room: self.slots.room(&plan.settings.caps),
+            max,
+        };
+        let mut jobs: Vec<Job> = Vec::new();
+        for priority in self.lanes.order() {
+            request.priority = priority;
+            request.max = max - jobs.len();
+            let leased = self.deliverer.store.lease(&request).await?;
+            // What this lane took is no longer room for the next.
+            for job in &leased {
+                if let Some((_, left)) = request.room.iter_mut().find(|(t, _)| *t == job.target) {
+                    *left = left.saturating_sub(1);
+                }
+            }
+            jobs.extend(leased);
+            if jobs.len() == max {
+                break;
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn run(&self, mut shutdown: ShutdownWatch) {
+        // The process exits once nothing is in flight: delivery counts as
+        // in flight until its store is closed cleanly.
+        let _running = self.lifecycle.enter();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let mut permits = tokio::select! {
+                permit = Arc::clone(&self.workers).acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = shutdown.changed() => break,
+            };
+            // Every free worker's job comes in the same store call.
+            let extra = self.workers.available_permits().min(LEASE_BATCH - 1) as u32;
+            if let Ok(more) = Arc::clone(&self.workers).try_acquire_many_owned(extra) {
+                permits.merge(more);
+            }
+            let pause = match self.lease_batch(permits.num_permits()).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    for job in jobs {
+                        self.start_delivery(job, permits.split(1).expect("one permit per job"));
+                    }
+                    continue;
+                }
+                Ok(_) => POLL,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot lease delivery jobs; trying again");
+                    STORE_RETRY
+                }
+            };
+            drop(permits);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        tracing::info!("delivery stopped leasing; deliveries in flight finish");
+        // Every permit back means no delivery is running.
+        let _ = self.workers.acquire_many(self.worker_count).await;
+        match self.deliverer.store.flush().await {
+            Ok(()) => tracing::info!("deliveries finished; the store is flushed"),
+            Err(error) => tracing::warn!(%error, "cannot flush the store at shutdown"),
+        }
+    }
+
+    /// Runs one job's delivery as its own task, holding a worker permit.
+    /// The target's slot and the permit come back however the task ends;
+    /// an attempt that panics dead-letters its job (`internal_error`)
+    /// instead of leaving it to be leased, and to panic, again forever.
+    fn start_delivery(&self, job: Job, permit: OwnedSemaphorePermit) {
+        let slot = TargetSlot::take(Arc::clone(&self.slots), &job.target);
+        let (deliverer, wake) = (Arc::clone(&self.deliverer), Arc::clone(&self.wake));
+        let plan = self.plan();
+        let in_flight = self.lifecycle.enter();
+        tokio::spawn(async move {
+            let attempt = tokio::spawn({
+                let (deliverer, job) = (Arc::clone(&deliverer), job.clone());
+                async move { deliverer.deliver(job, &plan).await }
+            });
+            if let Err(failure) = attempt.await {
+                tracing::error!(
+                    job = job.id, webhook = %job.webhook, target = %job.target, error = %failure,
+                    "a delivery attempt failed inside the sidecar; the job becomes a dead letter"
+                );
+                let attempt = Attempt {
+                    at_ms: now_ms(),
+                    duration_ms: 0,
+                    backend: None,
+                    status: None,
+                    error: Some("the sidecar failed while delivering (internal error)".into()),
+                };
+                let decision = Decision::DeadLetter(DeadLetterReason::InternalError);
+                deliverer.settle(&job, Some(attempt), decision).await;
+            }
+            drop((slot, permit, in_flight));
+            // A target below its cap again may have jobs waiting.
+            wake.notify_one();
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for DeliveryService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let gauges = async {
+            loop {
+                gauges::refresh(&self.deliverer, &self.plan()).await;
+                tokio::time::sleep(GAUGES_EVERY).await;
+            }
+        };
+        tokio::select! {
+            _ = self.run(shutdown) => {}
+            _ = gauges => {}
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The egress's Pingora callbacks, in the order a request meets them; each
+//! hands the decision to the request's [`Exchange`] and does only the I/O:
+//!
+//! ```text
+//! request_filter          route, request id, admit        -> 404 no_route, 429, 503, 502 credentials
+//! upstream_peer           next attempt (backoff, shared limit), resolve, TLS, timeouts
+//! upstream_request_filter path, Host, request id, idempotency key, credentials
+//! upstream_response_filter the provider's answer: token, pause, retry?, RateLimit headers
+//! body filters            the whole-response deadline    -> 504 upstream_timeout
+//! fail_to_connect / error_while_proxy   retry, or the answer for the failure
+//! fail_to_proxy           writes the sidecar's answer, when it has one
+//! logging                 the breaker's outcome, metrics, one access-log line
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::access::DynAccess;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use tokio::time::Instant;
+
+use super::exchange::{Exchange, Step};
+use super::request_id::RequestIds;
+use super::{guard, routing, EgressRoutes, REQUEST_ID_HEADER};
+use crate::access_log;
+use crate::lifecycle::{InFlightGuard, Lifecycle};
+use crate::metrics::{Metrics, StatusCounters};
+use crate::problem::{ErrorCode, Problem};
+use crate::resilience::retry::IDEMPOTENCY_KEY;
+
+pub struct EgressProxy {
+    /// The services of the running config (the runtime snapshot's).
+    routes: Box<dyn DynAccess<EgressRoutes> + Send + Sync>,
+    /// Metrics of requests that matched no service, labelled `service="-"`.
+    unrouted_requests: StatusCounters,
+    unrouted_duration: prometheus::Histogram,
+    lifecycle: Arc<Lifecycle>,
+    request_ids: RequestIds,
+}
+
+pub struct EgressCtx {
+    started: Instant,
+    request_id: http::HeaderValue,
+    /// None until a route matched (and for requests that matched none).
+    exchange: Option<Exchange>,
+    upstream_path: Bytes,
+    /// A problem decided in a sync callback, written by `fail_to_proxy`.
+    pending_answer: Option<Problem>,
+    /// Set when the sidecar answered for itself, for the access log.
+    sidecar_error: Option<ErrorCode>,
+    /// A provider status turned into an error only to be retried.
+    retrying_status: bool,
+    _in_flight: InFlightGuard,
+}
+
+impl EgressProxy {
+    pub fn new(
+        routes: Box<dyn DynAccess<EgressRoutes> + Send + Sync>,
+        metrics: &Metrics,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
+        Self {
+            routes,
+            unrouted_requests: StatusCounters::new(&metrics.egress_requests_total, "-"),
+            unrouted_duration: metrics
+                .egress_request_duration_seconds
+                .with_label_values(&["-"]),
+            lifecycle,
+            request_ids: RequestIds::default(),
+        }
+    }
+}
+
+impl EgressCtx {
+    /// Request ids are checked to be printable when taken, so this is exact.
+    fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// Writes the sidecar's own answer, with the request id.
+    async fn answer(&mut self, session: &mut Session, problem: Problem) -> pingora::Result<bool> {
+        self.sidecar_error = Some(problem.code);
+        problem
+            .with_header(REQUEST_ID_HEADER, self.request_id_str())
+            .write_to(session)
+            .await?;
+        Ok(true)
+    }
+
+    /// An error that ends the exchange with `problem` as its answer.
+    fn refuse(&mut self, problem: Problem) -> Box<Error> {
+        let mut error = Error::explain(
+            ErrorType::HTTPStatus(problem.status()),
+            "answered by the sidecar",
+        );
+        error.set_retry(false);
+        self.pending_answer = Some(problem);
+        error
+    }
+}
+
+fn body_truncated(session: &Session) -> bool {
+    session.as_ref().retry_buffer_truncated()
+}
+
+#[async_trait]
+impl ProxyHttp for EgressProxy {
+    type CTX = EgressCtx;
+
+    fn new_ctx(&self) -> EgressCtx {
+        EgressCtx {
+            started: Instant::now(),
+            request_id: http::HeaderValue::from_static(""),
+            exchange: None,
+            upstream_path: Bytes::new(),
+            pending_answer: None,
+            sidecar_error: None,
+            retrying_status: false,
+            _in_flight: self.lifecycle.enter(),
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<bool> {
+        let request = session.req_header();
+        ctx.request_id = self
+            .request_ids
+            .for_request(request.headers.get(REQUEST_ID_HEADER));
+        let Some((service, rest)) = self
+            .routes
+            .load()
+            .find(request.uri.path())
+            .map(|(s, rest)| (Arc::clone(s), rest.to_string()))
+        else {
+            let detail = format!("no service route matches {}", request.uri.path());
+            return ctx
+                .answer(session, Problem::new(ErrorCode::NoRoute, detail))
+                .await;
+        };
+        ctx.upstream_path =
+            routing::upstream_path(&service.target.url.base_path, &rest, request.uri.query())
+                .into();
+        let mut exchange = Exchange::new(service, ctx.started, &request.method, &request.headers);
+        let step = exchange.admit(&session.req_header().headers).await;
+        if exchange.may_buffer_body() {
+            // Pingora keeps up to 64 KiB of the body to send again; a longer
+            // body is marked truncated and never retried.
+            session.enable_retry_buffering();
+        }
+        ctx.exchange = Some(exchange);
+        match step {
+            Step::Go => Ok(false),
+            Step::Wait(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(false)
+            }
+            Step::Answer(problem) => ctx.answer(session, problem).await,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let exchange = ctx
+            .exchange
+            .as_mut()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
+        match exchange.next_attempt(&session.req_header().headers).await {
+            Step::Go => {}
+            Step::Wait(delay) => tokio::time::sleep(delay).await,
+            Step::Answer(problem) => return Err(ctx.refuse(problem)),
+        }
+        let exchange = ctx
+            .exchange
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
+        let service = exchange.service();
+        let addr = service.target.resolve().await.map_err(|e| {
+            let mut error = Error::explain(ErrorType::ConnectNoRoute, e.to_string());
+            error.esource = ErrorSource::Upstream;
+            error
+        })?;
+        let remaining = exchange.time_left().max(Duration::from_millis(1));
+        Ok(Box::new(service.target.peer(
+            addr,
+            service.connect_timeout,
+            remaining,
+        )))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<()> {
+        let Some(exchange) = &ctx.exchange else {
+            return Ok(());
+        };
+        // Cloned, not taken: a retried attempt builds its request again.
+        let uri = http::Uri::from_maybe_shared(ctx.upstream_path.clone()).map_err(|e| {
+            Error::because(ErrorType::InternalError, "building the upstream path", e)
+        })?;
+        request.set_uri(uri);
+        let service = exchange.service();
+        request.insert_header(http::header::HOST, service.host.clone())?;
+        request.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
+        if let Some(key) = exchange.idempotency_key() {
+            request.insert_header(IDEMPOTENCY_KEY, key.clone())?;
+        }
+        service.auth.apply(request, exchange.token())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<()> {
+        if let Some(exchange) = ctx.exchange.as_mut() {
+            let status = response.status.as_u16();
+            let service = Arc::clone(exchange.service());
+            let tokens = service.tokens.as_deref().zip(exchange.token());
+            service
+                .guard
+                .after_response(
+                    status,
+                    response.headers.get(http::header::RETRY_AFTER),
+                    tokens,
+                )
+                .await;
+            if let Step::Wait(_) = exchange.on_status(
+                status,
+                &session.req_header().headers,
+                body_truncated(session),
+            ) {
+                // Dropping this answer unread makes Pingora try again.
+                ctx.retrying_status = true;
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(status),
+                    "provider status to be retried",
+                );
+            }
+            if let Some((policy, current)) = exchange.rate_headers() {
+                response.insert_header(guard::RATELIMIT_POLICY, policy)?;
+                response.insert_header(guard::RATELIMIT, current)?;
+            }
+        }
+        response.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut EgressCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        // `timeout` bounds the whole response, not only each read.
+        let late = ctx
+            .exchange
+            .as_ref()
+            .is_some_and(|e| e.time_left().is_zero());
+        if !end && late {
+            return Error::e_explain(ErrorType::ReadTimedout, "whole-response timeout");
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut EgressCtx,
+        mut error: Box<Error>,
+    ) -> Box<Error> {
+        let Some(exchange) = ctx.exchange.as_mut() else {
+            return error;
+        };
+        match exchange.on_connect_failure(
+            &error,
+            &session.req_header().headers,
+            body_truncated(session),
+        ) {
+            Step::Wait(_) => error.set_retry(true),
+            Step::Answer(problem) => {
+                ctx.pending_answer = Some(problem);
+                error.set_retry(false);
+            }
+            Step::Go => error.set_retry(false),
+        }
+        error
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        error: Box<Error>,
+        ctx: &mut EgressCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut error = error.more_context(format!("Peer: {peer}"));
+        let Some(exchange) = ctx.exchange.as_mut() else {
+            error.set_retry(false);
+            return error;
+        };
+        if std::mem::take(&mut ctx.retrying_status) {
+            error.set_retry(true);
+            return error;
+        }
+        let truncated = body_truncated(session);
+        let is_timeout = matches!(
+            error.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) && error.esource() == &ErrorSource::Upstream;
+        if is_timeout {
+            match exchange.on_broken(&error, &session.req_header().headers, truncated) {
+                Step::Wait(_) => error.set_retry(true),
+                Step::Answer(problem) => {
+                    ctx.pending_answer = Some(problem);
+                    error.set_retry(false);
+                }
+                Step::Go => error.set_retry(false),
+            }
+        } else if exchange.may_reconnect(truncated) {
+            // Pingora's own rule: a safe request whose pooled connection
+            // turned out to be closed is sent again on a new one.
+            error.retry.decide_reuse(client_reused);
+        } else {
+            error.set_retry(false);
+        }
+        error
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        ctx: &mut EgressCtx,
+    ) -> FailToProxy {
+        let problem = match ctx.pending_answer.take() {
+            Some(problem) => Some(problem),
+            None => match ctx.exchange.as_mut() {
+                Some(exchange) => exchange.failure_answer(error),
+                None => super::failure::problem_for(error, "the provider", Duration::ZERO),
+            },
+        };
+        let Some(problem) = problem else {
+            // The app went away: nobody to answer.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let code = problem.status();
+        // Once the provider's answer has started, only closing the connection is left.
+        if session.response_written().is_none() {
+            if let Err(e) = ctx.answer(session, problem).await {
+                tracing::debug!(error = %e, "could not send the error answer");
+            }
+        } else {
+            ctx.sidecar_error = Some(problem.code);
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut EgressCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let elapsed = ctx.started.elapsed();
+        let service = match ctx.exchange.as_mut() {
+            Some(exchange) => {
+                exchange.finish(status);
+                Some(Arc::clone(exchange.service()))
+            }
+            None => None,
+        };
+        let (requests, duration) = match service.as_deref() {
+            Some(s) => (&s.requests, &s.duration),
+            None => (&self.unrouted_requests, &self.unrouted_duration),
+        };
+        requests.inc(status);
+        duration.observe(elapsed.as_secs_f64());
+        let request = session.req_header();
+        access_log::record(&access_log::Entry {
+            request_id: ctx.request_id_str(),
+            service: service.as_deref().map_or("-", |s| s.name.as_str()),
+            method: request.method.as_str(),
+            path: request.uri.path(),
+            status,
+            duration: elapsed,
+            sidecar_error: ctx.sidecar_error.map(ErrorCode::as_str),
+            error: error.map(|e| e.etype().as_str()),
+        });
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &EgressCtx, _error: &Error) -> bool {
+        // The access-log line above already records every failure once.
+        true
+    }
+}
