@@ -18,7 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+use pingora::http::RequestHeader;
 use pingora::Error;
 use tokio::time::Instant;
 
@@ -104,6 +106,31 @@ impl Exchange {
 
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
+    }
+
+    /// The provider's request: its path, Host, the request id, the
+    /// idempotency key and the credentials. Every attempt builds it again
+    /// from the same parts (`path` is cloned, not taken).
+    pub fn write_request(
+        &self,
+        request: &mut RequestHeader,
+        path: &Bytes,
+        request_id: &HeaderValue,
+    ) -> pingora::Result<()> {
+        let uri = http::Uri::from_maybe_shared(path.clone()).map_err(|e| {
+            Error::because(
+                pingora::ErrorType::InternalError,
+                "building the upstream path",
+                e,
+            )
+        })?;
+        request.set_uri(uri);
+        request.insert_header(http::header::HOST, self.service.host.clone())?;
+        request.insert_header(super::REQUEST_ID_HEADER, request_id.clone())?;
+        if let Some(key) = &self.idempotency_key {
+            request.insert_header(IDEMPOTENCY_KEY, key.clone())?;
+        }
+        self.service.auth.apply(request, self.token())
     }
 
     /// What the sidecar answered itself, if it did.

@@ -6,6 +6,7 @@
 //! ```text
 //! routing      the route table: which service, the path the provider sees
 //! proxy        Pingora's ProxyHttp callbacks, a few lines each
+//! context      what a request keeps between the callbacks
 //! exchange     one request's state machine: admit, retry, answer (tested on paused time)
 //! guard        a service's pause, breaker and limits before, its provider's answer after
 //! retrying     whether a failed attempt is tried again
@@ -17,6 +18,7 @@
 //! Bodies stream both ways; nothing is buffered whole.
 
 pub mod auth;
+pub mod context;
 pub mod exchange;
 pub mod failure;
 pub mod guard;

@@ -22,16 +22,15 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
-use tokio::time::Instant;
 
+use super::context::{exchange_of, EgressCtx};
 use super::exchange::{Exchange, Step};
 use super::request_id::RequestIds;
 use super::{guard, routing, EgressRoutes, REQUEST_ID_HEADER};
 use crate::access_log;
-use crate::lifecycle::{InFlightGuard, Lifecycle};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, StatusCounters};
 use crate::problem::{ErrorCode, Problem};
-use crate::resilience::retry::IDEMPOTENCY_KEY;
 
 pub struct EgressProxy {
     /// The services of the running config (the runtime snapshot's).
@@ -41,21 +40,6 @@ pub struct EgressProxy {
     unrouted_duration: prometheus::Histogram,
     lifecycle: Arc<Lifecycle>,
     request_ids: RequestIds,
-}
-
-pub struct EgressCtx {
-    started: Instant,
-    request_id: http::HeaderValue,
-    /// None until a route matched (and for requests that matched none).
-    exchange: Option<Exchange>,
-    upstream_path: Bytes,
-    /// A problem decided in a sync callback, written by `fail_to_proxy`.
-    pending_answer: Option<Problem>,
-    /// Set when the sidecar answered for itself, for the access log.
-    sidecar_error: Option<ErrorCode>,
-    /// A provider status turned into an error only to be retried.
-    retrying_status: bool,
-    _in_flight: InFlightGuard,
 }
 
 impl EgressProxy {
@@ -76,34 +60,6 @@ impl EgressProxy {
     }
 }
 
-impl EgressCtx {
-    /// Request ids are checked to be printable when taken, so this is exact.
-    fn request_id_str(&self) -> &str {
-        self.request_id.to_str().unwrap_or("-")
-    }
-
-    /// Writes the sidecar's own answer, with the request id.
-    async fn answer(&mut self, session: &mut Session, problem: Problem) -> pingora::Result<bool> {
-        self.sidecar_error = Some(problem.code);
-        problem
-            .with_header(REQUEST_ID_HEADER, self.request_id_str())
-            .write_to(session)
-            .await?;
-        Ok(true)
-    }
-
-    /// An error that ends the exchange with `problem` as its answer.
-    fn refuse(&mut self, problem: Problem) -> Box<Error> {
-        let mut error = Error::explain(
-            ErrorType::HTTPStatus(problem.status()),
-            "answered by the sidecar",
-        );
-        error.set_retry(false);
-        self.pending_answer = Some(problem);
-        error
-    }
-}
-
 fn body_truncated(session: &Session) -> bool {
     session.as_ref().retry_buffer_truncated()
 }
@@ -113,16 +69,7 @@ impl ProxyHttp for EgressProxy {
     type CTX = EgressCtx;
 
     fn new_ctx(&self) -> EgressCtx {
-        EgressCtx {
-            started: Instant::now(),
-            request_id: http::HeaderValue::from_static(""),
-            exchange: None,
-            upstream_path: Bytes::new(),
-            pending_answer: None,
-            sidecar_error: None,
-            retrying_status: false,
-            _in_flight: self.lifecycle.enter(),
-        }
+        EgressCtx::new(self.lifecycle.enter())
     }
 
     async fn request_filter(
@@ -171,19 +118,13 @@ impl ProxyHttp for EgressProxy {
         session: &mut Session,
         ctx: &mut EgressCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let exchange = ctx
-            .exchange
-            .as_mut()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
+        let exchange = exchange_of(ctx)?;
         match exchange.next_attempt(&session.req_header().headers).await {
             Step::Go => {}
             Step::Wait(delay) => tokio::time::sleep(delay).await,
             Step::Answer(problem) => return Err(ctx.refuse(problem)),
         }
-        let exchange = ctx
-            .exchange
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no service chosen"))?;
+        let exchange = exchange_of(ctx)?;
         let service = exchange.service();
         let addr = service.target.resolve().await.map_err(|e| {
             let mut error = Error::explain(ErrorType::ConnectNoRoute, e.to_string());
@@ -204,21 +145,10 @@ impl ProxyHttp for EgressProxy {
         request: &mut RequestHeader,
         ctx: &mut EgressCtx,
     ) -> pingora::Result<()> {
-        let Some(exchange) = &ctx.exchange else {
-            return Ok(());
-        };
-        // Cloned, not taken: a retried attempt builds its request again.
-        let uri = http::Uri::from_maybe_shared(ctx.upstream_path.clone()).map_err(|e| {
-            Error::because(ErrorType::InternalError, "building the upstream path", e)
-        })?;
-        request.set_uri(uri);
-        let service = exchange.service();
-        request.insert_header(http::header::HOST, service.host.clone())?;
-        request.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
-        if let Some(key) = exchange.idempotency_key() {
-            request.insert_header(IDEMPOTENCY_KEY, key.clone())?;
+        match &ctx.exchange {
+            Some(exchange) => exchange.write_request(request, &ctx.upstream_path, &ctx.request_id),
+            None => Ok(()),
         }
-        service.auth.apply(request, exchange.token())
     }
 
     async fn upstream_response_filter(
@@ -287,18 +217,9 @@ impl ProxyHttp for EgressProxy {
         let Some(exchange) = ctx.exchange.as_mut() else {
             return error;
         };
-        match exchange.on_connect_failure(
-            &error,
-            &session.req_header().headers,
-            body_truncated(session),
-        ) {
-            Step::Wait(_) => error.set_retry(true),
-            Step::Answer(problem) => {
-                ctx.pending_answer = Some(problem);
-                error.set_retry(false);
-            }
-            Step::Go => error.set_retry(false),
-        }
+        let headers = &session.req_header().headers;
+        let step = exchange.on_connect_failure(&error, headers, body_truncated(session));
+        ctx.after_failure(step, &mut error);
         error
     }
 
@@ -325,14 +246,8 @@ impl ProxyHttp for EgressProxy {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         ) && error.esource() == &ErrorSource::Upstream;
         if is_timeout {
-            match exchange.on_broken(&error, &session.req_header().headers, truncated) {
-                Step::Wait(_) => error.set_retry(true),
-                Step::Answer(problem) => {
-                    ctx.pending_answer = Some(problem);
-                    error.set_retry(false);
-                }
-                Step::Go => error.set_retry(false),
-            }
+            let step = exchange.on_broken(&error, &session.req_header().headers, truncated);
+            ctx.after_failure(step, &mut error);
         } else if exchange.may_reconnect(truncated) {
             // Pingora's own rule: a safe request whose pooled connection
             // turned out to be closed is sent again on a new one.
