@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::pattern::{Glob, PayloadTemplate};
 use crate::config::webhooks::{
     Field, HmacAlgorithm, HmacScheme, PriorityRules, Route, SignatureEncoding, VerifyKind, Webhook,
 };
@@ -105,7 +106,11 @@ fn scheme(kind: VerifyKind, payload: &str) -> Box<dyn Scheme> {
                 encoding: SignatureEncoding::Base64,
                 prefix: "v1=".into(),
                 timestamp_header: Some("x-timestamp".into()),
-                payload: payload.into(),
+                // A template without {body} is refused at load; the body
+                // is appended so that any fuzzed text still compiles.
+                payload: PayloadTemplate::parse(payload)
+                    .or_else(|_| PayloadTemplate::parse(&format!("{payload}{{body}}")))
+                    .expect("a template with {body} compiles"),
             },
         }),
     }
@@ -224,16 +229,16 @@ pub fn event_extraction(data: &[u8]) {
     let pointer = format!("/{}", fields.text());
     let header = fields.text();
     let headers = fields.headers();
-    let _ = crate::webhooks::extract::glob(&pattern, &text);
+    let _ = Glob::new(&pattern).matches(&text);
     let mut webhook = sample_webhook(kind);
     webhook.event_type = Some(Field::Pointer(pointer.clone()));
     webhook.context = vec![("wedding_id".into(), Field::Pointer(pointer))];
     if HeaderName::from_bytes(header.as_bytes()).is_ok() {
         webhook.event_id = Some(Field::Header(header));
     }
-    webhook.priority.high = vec![pattern.clone()];
+    webhook.priority.high = vec![Glob::new(&pattern)];
     webhook.routes = vec![Route {
-        events: vec![pattern, "*".into()],
+        events: vec![Glob::new(&pattern), Glob::new("*")],
         targets: vec!["notify".into()],
     }];
     let signed = verify::SignedIdentity {

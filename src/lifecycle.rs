@@ -29,6 +29,25 @@ pub struct StoreState {
     pub refusal: Option<String>,
 }
 
+/// Why the pod should not receive traffic now (`/readyz`'s `reason`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("shutting down")]
+    Draining,
+    #[error("listeners are not bound yet")]
+    Starting,
+    /// A store setting under which acknowledged events can vanish.
+    #[error("{0}")]
+    StoreRefused(String),
+    #[error("the event store has not answered yet{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    StoreUnanswered(Option<String>),
+    #[error("the event store has failed for {} s: {reason}", .failing_for.as_secs())]
+    StoreFailing {
+        failing_for: Duration,
+        reason: String,
+    },
+}
+
 /// Counts one request in flight until dropped.
 pub struct InFlightGuard(Arc<Lifecycle>);
 
@@ -66,7 +85,7 @@ impl Lifecycle {
     /// sidecar's readiness gates the whole pod, and a one-second Redis blip
     /// must not take every replica (and the app) out of its Services.
     /// Webhooks get 503 meanwhile anyway, and providers retry.
-    pub fn record_store_check(&self, outcome: Result<(), String>) {
+    pub fn record_store_check<E: std::fmt::Display>(&self, outcome: Result<(), E>) {
         self.record_store_check_at(outcome, Instant::now());
     }
 
@@ -75,7 +94,11 @@ impl Lifecycle {
         self.store_unchecked.store(true, Ordering::Release);
     }
 
-    pub fn record_store_check_at(&self, outcome: Result<(), String>, now: Instant) {
+    pub fn record_store_check_at<E: std::fmt::Display>(
+        &self,
+        outcome: Result<(), E>,
+        now: Instant,
+    ) {
         if outcome.is_ok() {
             self.store_unchecked.store(false, Ordering::Release);
         }
@@ -84,7 +107,7 @@ impl Lifecycle {
             Ok(()) => None,
             Err(reason) => Some((
                 store.failing.as_ref().map_or(now, |(since, _)| *since),
-                reason,
+                reason.to_string(),
             )),
         };
     }
@@ -100,36 +123,34 @@ impl Lifecycle {
     }
 
     /// Ok when the pod should receive traffic; otherwise why not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         self.readiness_at(Instant::now())
     }
 
-    pub fn readiness_at(&self, now: Instant) -> Result<(), String> {
+    pub fn readiness_at(&self, now: Instant) -> Result<(), NotReady> {
         if self.is_draining() {
-            return Err("shutting down".into());
+            return Err(NotReady::Draining);
         }
         if !self.listeners_bound.load(Ordering::Acquire) {
-            return Err("listeners are not bound yet".into());
+            return Err(NotReady::Starting);
         }
         let store = self.store_state();
         if let Some(refusal) = store.refusal {
-            return Err(refusal);
+            return Err(NotReady::StoreRefused(refusal));
         }
         if self.store_unchecked.load(Ordering::Acquire) {
-            let why = store.failing.map_or_else(
-                || "the event store has not answered yet".to_string(),
-                |(_, reason)| format!("the event store has not answered yet: {reason}"),
-            );
-            return Err(why);
+            return Err(NotReady::StoreUnanswered(
+                store.failing.map(|(_, reason)| reason),
+            ));
         }
         if let Some((since, reason)) = store.failing {
             let after = *self.unready_after.lock().unwrap_or_else(|e| e.into_inner());
             let failing_for = now.saturating_duration_since(since);
             if failing_for >= after {
-                return Err(format!(
-                    "the event store has failed for {} s: {reason}",
-                    failing_for.as_secs()
-                ));
+                return Err(NotReady::StoreFailing {
+                    failing_for,
+                    reason,
+                });
             }
         }
         Ok(())
@@ -152,14 +173,11 @@ mod tests {
     #[test]
     fn readiness_needs_bound_listeners_and_fails_once_draining() {
         let lifecycle = Lifecycle::new();
-        assert_eq!(
-            lifecycle.readiness(),
-            Err("listeners are not bound yet".into())
-        );
+        assert_eq!(lifecycle.readiness(), Err(NotReady::Starting));
         lifecycle.mark_listeners_bound();
         assert_eq!(lifecycle.readiness(), Ok(()));
         lifecycle.start_draining();
-        assert_eq!(lifecycle.readiness(), Err("shutting down".into()));
+        assert_eq!(lifecycle.readiness(), Err(NotReady::Draining));
     }
 
     #[test]
@@ -172,7 +190,7 @@ mod tests {
         lifecycle.record_store_check_at(down(), at(0));
         lifecycle.record_store_check_at(down(), at(5));
         assert_eq!(lifecycle.readiness_at(at(9)), Ok(()), "a blip of 9 s");
-        lifecycle.record_store_check_at(Ok(()), at(9));
+        lifecycle.record_store_check_at(Ok::<(), String>(()), at(9));
         lifecycle.record_store_check_at(down(), at(12));
         assert_eq!(
             lifecycle.readiness_at(at(21)),
@@ -180,10 +198,10 @@ mod tests {
             "failing anew since 12 s"
         );
         assert_eq!(
-            lifecycle.readiness_at(at(22)),
-            Err("the event store has failed for 10 s: Redis: connection refused".into())
+            lifecycle.readiness_at(at(22)).unwrap_err().to_string(),
+            "the event store has failed for 10 s: Redis: connection refused"
         );
-        lifecycle.record_store_check_at(Ok(()), at(23));
+        lifecycle.record_store_check_at(Ok::<(), String>(()), at(23));
         assert_eq!(lifecycle.readiness_at(at(23)), Ok(()));
     }
 
@@ -194,7 +212,9 @@ mod tests {
         lifecycle.set_store_refusal(Some("maxmemory-policy is allkeys-lru".into()));
         assert_eq!(
             lifecycle.readiness(),
-            Err("maxmemory-policy is allkeys-lru".into())
+            Err(NotReady::StoreRefused(
+                "maxmemory-policy is allkeys-lru".into()
+            ))
         );
         lifecycle.set_store_refusal(None);
         assert_eq!(lifecycle.readiness(), Ok(()));

@@ -228,8 +228,8 @@ fn inject(
         let listeners = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
             .and_then(|text| {
-                wedsync_sidecar::cli::inject::Listeners::from_config(&text)
-                    .map_err(|e| format!("{}: {e}", path.display()))
+                wedsync_sidecar::config::Listen::from_yaml(&text, &path.display().to_string())
+                    .map_err(|e| e.to_string())
             });
         match listeners {
             Ok(listeners) => listeners,
@@ -239,7 +239,7 @@ fn inject(
             }
         }
     } else {
-        wedsync_sidecar::cli::inject::Listeners::default()
+        wedsync_sidecar::config::Listen::default()
     };
     if listeners.admin.ip().is_loopback() {
         eprintln!(
@@ -264,7 +264,7 @@ fn inject(
             return ExitCode::from(1);
         }
     };
-    let mut options = wedsync_sidecar::cli::inject::Options::new(listeners);
+    let mut options = wedsync_sidecar::cli::inject::Options::new(&listeners);
     if let Some(image) = image {
         options.image = image;
     }

@@ -550,7 +550,8 @@ async fn each_kind_names_each_failed_check() {
         encoding: SignatureEncoding::Hex,
         prefix: String::new(),
         timestamp_header: Some("x-timestamp".into()),
-        payload: "{timestamp}.{body}".into(),
+        payload: wedsync_sidecar::config::pattern::PayloadTemplate::parse("{timestamp}.{body}")
+            .unwrap(),
     };
     // (name, kind, secret, signature header, timestamped, config line)
     let kinds = [

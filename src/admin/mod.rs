@@ -116,7 +116,7 @@ impl AdminApp {
                 Ok(()) => json(200, &serde_json::json!({ "status": "ready" })),
                 Err(reason) => json(
                     503,
-                    &serde_json::json!({ "status": "not_ready", "reason": reason }),
+                    &serde_json::json!({ "status": "not_ready", "reason": reason.to_string() }),
                 ),
             },
             _ if path.starts_with("/admin/") => {

@@ -15,7 +15,7 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
-use std::net::SocketAddr;
+use crate::config::Listen;
 
 pub const CONTAINER: &str = "wedsync-sidecar";
 const CONFIG_VOLUME: &str = "wedsync-sidecar-config";
@@ -36,50 +36,9 @@ pub struct Options {
     pub admin_port: u16,
 }
 
-/// The listeners a sidecar config names (defaults where it names none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Listeners {
-    pub egress: SocketAddr,
-    pub ingress: SocketAddr,
-    pub admin: SocketAddr,
-}
-
-impl Default for Listeners {
-    fn default() -> Self {
-        Self {
-            egress: ([127, 0, 0, 1], 15001).into(),
-            ingress: ([0, 0, 0, 0], 8080).into(),
-            admin: ([127, 0, 0, 1], 9901).into(),
-        }
-    }
-}
-
-impl Listeners {
-    /// Reads `listen` from a config's text. Only the listeners: the
-    /// secrets a config reads from files exist inside the pod, not where
-    /// manifests are edited.
-    pub fn from_config(text: &str) -> Result<Self, String> {
-        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
-        let mut listeners = Self::default();
-        for (name, slot) in [
-            ("egress", &mut listeners.egress),
-            ("ingress", &mut listeners.ingress),
-            ("admin", &mut listeners.admin),
-        ] {
-            if let Some(addr) = value["listen"].get(name) {
-                let text = addr.as_str().unwrap_or_default();
-                *slot = text
-                    .parse()
-                    .map_err(|_| format!("listen.{name}: {text:?} is not an IP:port"))?;
-            }
-        }
-        Ok(listeners)
-    }
-}
-
 impl Options {
     /// The defaults of the contract, with the ports of `listeners`.
-    pub fn new(listeners: Listeners) -> Self {
+    pub fn new(listeners: &Listen) -> Self {
         Self {
             image: format!("wedsync-sidecar:{}", env!("CARGO_PKG_VERSION")),
             config_map: CONTAINER.into(),
@@ -92,28 +51,53 @@ impl Options {
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("document {document}: {message}")]
+#[error("document {document}: {problem}")]
 pub struct InjectError {
     /// 1 for the first document of the input.
     pub document: usize,
-    pub message: String,
+    pub problem: DocumentError,
+}
+
+/// What is wrong with one document.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("not valid YAML: {0}")]
+    Yaml(String),
+    #[error("`{0}` is not a mapping")]
+    NotAMapping(String),
+    #[error("`{0}` is not a list")]
+    NotAList(String),
+    #[error("a List without `items`")]
+    ListWithoutItems,
+    #[error("items[{index}]: {problem}")]
+    Item {
+        index: usize,
+        problem: Box<DocumentError>,
+    },
+    #[error("a {kind} without `{path}`")]
+    NoTemplate { kind: String, path: String },
+    #[error("the pod already has a container named {CONTAINER} with image {found:?}, not {wanted:?}; remove it or inject with --image {found}")]
+    OtherImage { found: String, wanted: String },
 }
 
 /// Injects into every document of `input` (YAML, `---`-separated).
 pub fn inject(input: &str, options: &Options) -> Result<String, InjectError> {
     let mut out = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
-        let fail = |message: String| InjectError {
+        let fail = |problem: DocumentError| InjectError {
             document: index + 1,
-            message,
+            problem,
         };
         let mut value: Value = serde::Deserialize::deserialize(document)
-            .map_err(|e| fail(format!("not valid YAML: {e}")))?;
+            .map_err(|e| fail(DocumentError::Yaml(e.to_string())))?;
         if value.is_null() {
             continue;
         }
         inject_document(&mut value, options).map_err(fail)?;
-        out.push(serde_yaml_ng::to_string(&value).map_err(|e| fail(e.to_string()))?);
+        out.push(
+            serde_yaml_ng::to_string(&value)
+                .map_err(|e| fail(DocumentError::Yaml(e.to_string())))?,
+        );
     }
     Ok(out.join("---\n"))
 }
@@ -132,7 +116,7 @@ fn mapping_at<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Mapping
 }
 
 /// The mapping under `name`, created empty when missing.
-fn child<'a>(mapping: &'a mut Mapping, name: &str) -> Result<&'a mut Mapping, String> {
+fn child<'a>(mapping: &'a mut Mapping, name: &str) -> Result<&'a mut Mapping, DocumentError> {
     let entry = mapping
         .entry(key(name))
         .or_insert_with(|| Value::Mapping(Mapping::new()));
@@ -141,11 +125,11 @@ fn child<'a>(mapping: &'a mut Mapping, name: &str) -> Result<&'a mut Mapping, St
     }
     entry
         .as_mapping_mut()
-        .ok_or_else(|| format!("`{name}` is not a mapping"))
+        .ok_or_else(|| DocumentError::NotAMapping(name.into()))
 }
 
 /// The sequence under `name`, created empty when missing.
-fn list<'a>(mapping: &'a mut Mapping, name: &str) -> Result<&'a mut Vec<Value>, String> {
+fn list<'a>(mapping: &'a mut Mapping, name: &str) -> Result<&'a mut Vec<Value>, DocumentError> {
     let entry = mapping
         .entry(key(name))
         .or_insert_with(|| Value::Sequence(Vec::new()));
@@ -154,10 +138,10 @@ fn list<'a>(mapping: &'a mut Mapping, name: &str) -> Result<&'a mut Vec<Value>, 
     }
     entry
         .as_sequence_mut()
-        .ok_or_else(|| format!("`{name}` is not a list"))
+        .ok_or_else(|| DocumentError::NotAList(name.into()))
 }
 
-fn inject_document(document: &mut Value, options: &Options) -> Result<(), String> {
+fn inject_document(document: &mut Value, options: &Options) -> Result<(), DocumentError> {
     let kind = document
         .get("kind")
         .and_then(Value::as_str)
@@ -171,16 +155,22 @@ fn inject_document(document: &mut Value, options: &Options) -> Result<(), String
             let items = document
                 .get_mut("items")
                 .and_then(Value::as_sequence_mut)
-                .ok_or("a List without `items`")?;
-            for (i, item) in items.iter_mut().enumerate() {
-                inject_document(item, options).map_err(|e| format!("items[{i}]: {e}"))?;
+                .ok_or(DocumentError::ListWithoutItems)?;
+            for (index, item) in items.iter_mut().enumerate() {
+                inject_document(item, options).map_err(|problem| DocumentError::Item {
+                    index,
+                    problem: Box::new(problem),
+                })?;
             }
             return Ok(());
         }
         _ => return Ok(()),
     };
-    let template = mapping_at(document, template_path)
-        .ok_or_else(|| format!("a {kind} without `{}`", template_path.join(".")))?;
+    let template =
+        mapping_at(document, template_path).ok_or_else(|| DocumentError::NoTemplate {
+            kind: kind.clone(),
+            path: template_path.join("."),
+        })?;
     let annotations = child(child(template, "metadata")?, "annotations")?;
     for (name, value) in [
         ("prometheus.io/scrape", "true".to_string()),
@@ -193,7 +183,7 @@ fn inject_document(document: &mut Value, options: &Options) -> Result<(), String
     inject_pod_spec(spec, options)
 }
 
-fn inject_pod_spec(spec: &mut Mapping, options: &Options) -> Result<(), String> {
+fn inject_pod_spec(spec: &mut Mapping, options: &Options) -> Result<(), DocumentError> {
     for field in ["containers", "initContainers"] {
         let Some(containers) = spec.get(field).and_then(Value::as_sequence) else {
             continue;
@@ -204,10 +194,10 @@ fn inject_pod_spec(spec: &mut Mapping, options: &Options) -> Result<(), String> 
             }
             let image = container.get("image").and_then(Value::as_str).unwrap_or("");
             if image != options.image {
-                return Err(format!(
-                    "the pod already has a container named {CONTAINER} with image {image:?}, not {:?}; remove it or inject with --image {image}",
-                    options.image
-                ));
+                return Err(DocumentError::OtherImage {
+                    found: image.into(),
+                    wanted: options.image.clone(),
+                });
             }
         }
     }
@@ -313,7 +303,7 @@ mod tests {
     fn options() -> Options {
         Options {
             image: "registry.example/wedsync-sidecar:1.0".into(),
-            ..Options::new(Listeners::default())
+            ..Options::new(&Listen::default())
         }
     }
 
@@ -336,13 +326,16 @@ mod tests {
 
     #[test]
     fn ports_come_from_the_configs_listeners() {
-        let listeners = Listeners::from_config("listen:\n  admin: 0.0.0.0:9999\n").unwrap();
-        assert_eq!(listeners.admin, SocketAddr::from(([0, 0, 0, 0], 9999)));
-        assert_eq!(listeners.ingress, Listeners::default().ingress);
-        assert_eq!(
-            Listeners::from_config("listen: { admin: nowhere }").unwrap_err(),
-            "listen.admin: \"nowhere\" is not an IP:port"
-        );
+        // Only `listen` is read: the secret file exists only in the pod.
+        let text = "listen:\n  admin: 0.0.0.0:9999\nadmin: { token: \"${file:/in/the/pod}\" }\n";
+        let listeners = Listen::from_yaml(text, "sidecar.yaml").unwrap();
+        assert_eq!(listeners.admin, ([0, 0, 0, 0], 9999).into());
+        assert_eq!(listeners.ingress, Listen::default().ingress);
+        let error = Listen::from_yaml("listen: { admin: nowhere }", "sidecar.yaml").unwrap_err();
+        assert_eq!(error.errors[0].path, "listen.admin");
+        assert!(error.errors[0]
+            .message
+            .starts_with("invalid address \"nowhere\""));
     }
 
     #[test]
@@ -360,11 +353,12 @@ mod tests {
         };
         let error = inject(&once, &other).unwrap_err();
         assert_eq!(error.document, 1);
-        assert!(
-            error
-                .message
-                .contains("registry.example/wedsync-sidecar:1.0"),
-            "{error}"
+        assert_eq!(
+            error.problem,
+            DocumentError::OtherImage {
+                found: "registry.example/wedsync-sidecar:1.0".into(),
+                wanted: "wedsync-sidecar:0.0.1".into(),
+            }
         );
     }
 
@@ -375,6 +369,9 @@ mod tests {
         let error = inject(&format!("{service}---\nkind: [unclosed\n"), &options()).unwrap_err();
         assert_eq!(error.document, 2);
         let error = inject("kind: Deployment\nspec: {}\n", &options()).unwrap_err();
-        assert_eq!(error.message, "a Deployment without `spec.template`");
+        assert_eq!(
+            error.problem.to_string(),
+            "a Deployment without `spec.template`"
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_yaml_ng::{Mapping, Value};
 
+use super::error::ValueError;
 use super::interpolate::{self, Lookup};
 use super::path::YamlPath;
 use super::secret::Secret;
@@ -184,8 +185,8 @@ impl<'l> Decoder<'l> {
         };
         match interpolate::resolve(&text, self.lookup) {
             Ok(resolved) => Some(resolved),
-            Err(message) => {
-                self.error(&node.path, message);
+            Err(error) => {
+                self.error(&node.path, error.to_string());
                 None
             }
         }
@@ -205,13 +206,13 @@ impl<'l> Decoder<'l> {
     pub fn parsed<T>(
         &mut self,
         node: &Node,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&str) -> Result<T, ValueError>,
     ) -> Option<T> {
         let resolved = self.resolved(node)?;
         match parse(&resolved.value) {
             Ok(value) => Some(value),
-            Err(message) => {
-                self.error(&node.path, resolved.redact(&message));
+            Err(error) => {
+                self.error(&node.path, resolved.redact(&error.to_string()));
                 None
             }
         }
@@ -232,7 +233,7 @@ impl<'l> Decoder<'l> {
     pub fn socket_addr(&mut self, node: &Node) -> Option<SocketAddr> {
         self.parsed(node, |text| {
             text.parse::<SocketAddr>()
-                .map_err(|_| format!("invalid address \"{text}\": expected IP:port (e.g. 127.0.0.1:15001 or [::1]:15001)"))
+                .map_err(|_| ValueError::SocketAddr(text.into()))
         })
     }
 
@@ -271,6 +272,32 @@ impl<'l> Decoder<'l> {
         }
     }
 
+    /// The value under `key` decoded by `decode`, or `default` when the
+    /// key is absent (or `null`).
+    pub fn or<'a, T>(
+        &mut self,
+        fields: &Fields<'a>,
+        key: &str,
+        default: T,
+        decode: impl FnOnce(&mut Self, &Node<'a>) -> Option<T>,
+    ) -> Option<T> {
+        match fields.get(key) {
+            Some(node) => decode(self, &node),
+            None => Some(default),
+        }
+    }
+
+    /// One of a fixed set of words under `key`, or `default` when absent.
+    pub fn choice_or<T: Copy>(
+        &mut self,
+        fields: &Fields,
+        key: &str,
+        options: &[(&str, T)],
+        default: T,
+    ) -> Option<T> {
+        self.or(fields, key, default, |d, node| d.choice(node, options))
+    }
+
     /// One of a fixed set of words.
     pub fn choice<T: Copy>(&mut self, node: &Node, options: &[(&str, T)]) -> Option<T> {
         self.parsed(node, |text| {
@@ -278,10 +305,10 @@ impl<'l> Decoder<'l> {
                 Some((_, value)) => Ok(*value),
                 None => {
                     let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                    Err(format!(
-                        "unknown value \"{text}\": expected one of {}",
-                        names.join(", ")
-                    ))
+                    Err(ValueError::Choice {
+                        value: text.into(),
+                        expected: names.join(", "),
+                    })
                 }
             }
         })

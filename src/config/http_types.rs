@@ -4,24 +4,20 @@
 
 use http::uri::PathAndQuery;
 
+use super::error::ValueError;
+
 /// An absolute request path, optionally with a query: `/events/stripe`.
 /// Spaces, control characters and other bytes a request line cannot carry
 /// are refused here, with the path in the error, rather than met by the
 /// first delivery.
-pub fn request_path(text: &str) -> Result<PathAndQuery, String> {
+pub fn request_path(text: &str) -> Result<PathAndQuery, ValueError> {
     if !text.starts_with('/') {
-        return Err(format!("invalid path \"{text}\": it must start with /"));
+        return Err(ValueError::PathNotAbsolute(text.into()));
     }
     if text.contains('#') {
-        return Err(format!(
-            "invalid path \"{text}\": a fragment (#) is never sent to a server"
-        ));
+        return Err(ValueError::PathFragment(text.into()));
     }
-    let unsendable = || {
-        format!(
-            "invalid path \"{text}\": only characters allowed in a URL path may appear (percent-encode others, e.g. %20 for a space)"
-        )
-    };
+    let unsendable = || ValueError::PathCharacters(text.into());
     if !text.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(unsendable());
     }
@@ -29,20 +25,17 @@ pub fn request_path(text: &str) -> Result<PathAndQuery, String> {
 }
 
 /// An absolute path without a query, as a listener matches it.
-pub fn plain_path(text: &str) -> Result<String, String> {
+pub fn plain_path(text: &str) -> Result<String, ValueError> {
     let path = request_path(text)?;
     if path.query().is_some() {
-        return Err(format!(
-            "invalid path \"{text}\": a query string is not allowed here"
-        ));
+        return Err(ValueError::PathQuery(text.into()));
     }
     Ok(text.to_string())
 }
 
 /// A header value: visible ASCII, spaces and tabs inside.
-pub fn header_value(text: &str) -> Result<http::HeaderValue, String> {
-    http::HeaderValue::from_str(text)
-        .map_err(|_| format!("invalid header value \"{text}\": use visible ASCII characters"))
+pub fn header_value(text: &str) -> Result<http::HeaderValue, ValueError> {
+    http::HeaderValue::from_str(text).map_err(|_| ValueError::HeaderValue(text.into()))
 }
 
 #[cfg(test)]

@@ -96,8 +96,25 @@ fn shares_a_piece(text: &str, secret: &str) -> bool {
         .any(|piece| text.as_bytes().windows(window).any(|t| t == piece))
 }
 
+/// A reference that cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("unterminated reference \"${{{0}\": expected a closing }}")]
+    Unterminated(String),
+    #[error("invalid environment variable name \"{0}\" in ${{env:{0}}}")]
+    EnvName(String),
+    #[error("environment variable {0} is not set (referenced as ${{env:{0}}}; use ${{env:{0}:-default}} for a default)")]
+    EnvUnset(String),
+    #[error("empty path in ${{file:}}")]
+    EmptyPath,
+    #[error("cannot read {path} (referenced as ${{file:{path}}}): {reason}")]
+    File { path: String, reason: String },
+    #[error("unknown reference \"${{{0}}}\": expected ${{env:NAME}}, ${{env:NAME:-default}} or ${{file:/path}}")]
+    Unknown(String),
+}
+
 /// Replaces every reference in `text`. `$${` stands for a literal `${`.
-pub fn resolve(text: &str, lookup: &dyn Lookup) -> Result<Resolved, String> {
+pub fn resolve(text: &str, lookup: &dyn Lookup) -> Result<Resolved, ReferenceError> {
     let mut value = String::with_capacity(text.len());
     let mut substitutions = Vec::new();
     let mut referenced = false;
@@ -111,9 +128,9 @@ pub fn resolve(text: &str, lookup: &dyn Lookup) -> Result<Resolved, String> {
         }
         value.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| {
-            format!("unterminated reference \"${{{after}\": expected a closing }}")
-        })?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| ReferenceError::Unterminated(after.into()))?;
         let (resolved, from_file_text) = resolve_reference(&after[..end], lookup)?;
         value.push_str(&resolved);
         referenced = true;
@@ -134,29 +151,28 @@ pub fn resolve(text: &str, lookup: &dyn Lookup) -> Result<Resolved, String> {
 
 /// The value of one reference, and whether it is the default written in
 /// the file itself.
-fn resolve_reference(reference: &str, lookup: &dyn Lookup) -> Result<(String, bool), String> {
+fn resolve_reference(
+    reference: &str,
+    lookup: &dyn Lookup,
+) -> Result<(String, bool), ReferenceError> {
     if let Some(spec) = reference.strip_prefix("env:") {
         let (name, default) = match spec.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (spec, None),
         };
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!(
-                "invalid environment variable name \"{name}\" in ${{env:{name}}}"
-            ));
+            return Err(ReferenceError::EnvName(name.into()));
         }
         return match (lookup.env(name), default) {
             (Some(value), None) => Ok((value, false)),
             (Some(value), Some(_)) if !value.is_empty() => Ok((value, false)),
             (_, Some(default)) => Ok((default.to_string(), true)),
-            (None, None) => Err(format!(
-                "environment variable {name} is not set (referenced as ${{env:{name}}}; use ${{env:{name}:-default}} for a default)"
-            )),
+            (None, None) => Err(ReferenceError::EnvUnset(name.into())),
         };
     }
     if let Some(path) = reference.strip_prefix("file:") {
         if path.is_empty() {
-            return Err("empty path in ${file:}".to_string());
+            return Err(ReferenceError::EmptyPath);
         }
         return match lookup.file(path) {
             // Secret files usually end with one newline that is not part of the secret.
@@ -168,14 +184,13 @@ fn resolve_reference(reference: &str, lookup: &dyn Lookup) -> Result<(String, bo
                     .to_string(),
                 false,
             )),
-            Err(err) => Err(format!(
-                "cannot read {path} (referenced as ${{file:{path}}}): {err}"
-            )),
+            Err(err) => Err(ReferenceError::File {
+                path: path.into(),
+                reason: err.to_string(),
+            }),
         };
     }
-    Err(format!(
-        "unknown reference \"${{{reference}}}\": expected ${{env:NAME}}, ${{env:NAME:-default}} or ${{file:/path}}"
-    ))
+    Err(ReferenceError::Unknown(reference.into()))
 }
 
 #[cfg(test)]
@@ -260,15 +275,17 @@ mod tests {
     fn names_the_missing_variable_and_file() {
         let l = lookup();
         let err = resolve("${env:NOPE}", &l).err().unwrap();
+        assert_eq!(err, ReferenceError::EnvUnset("NOPE".into()));
         assert!(
-            err.starts_with("environment variable NOPE is not set"),
+            err.to_string()
+                .starts_with("environment variable NOPE is not set"),
             "{err}"
         );
         let err = resolve("${file:/nope}", &l).err().unwrap();
-        assert!(err.starts_with("cannot read /nope"), "{err}");
+        assert!(err.to_string().starts_with("cannot read /nope"), "{err}");
         let err = resolve("${vault:x}", &l).err().unwrap();
-        assert!(err.starts_with("unknown reference"), "{err}");
+        assert_eq!(err, ReferenceError::Unknown("vault:x".into()));
         let err = resolve("${env:X", &l).err().unwrap();
-        assert!(err.starts_with("unterminated reference"), "{err}");
+        assert!(matches!(err, ReferenceError::Unterminated(_)), "{err}");
     }
 }

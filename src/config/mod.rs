@@ -4,10 +4,12 @@
 
 mod decode;
 pub mod error;
+use error::ValueError;
 pub mod http_types;
 pub mod interpolate;
 mod locate;
 pub mod path;
+pub mod pattern;
 pub mod secret;
 mod ser;
 pub mod services;
@@ -135,44 +137,76 @@ impl Config {
     }
 
     pub fn from_yaml(source: &str, file: &str, lookup: &dyn Lookup) -> Result<Self, ConfigErrors> {
-        let value: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(source).map_err(|err| ConfigErrors {
-                file: file.to_string(),
-                errors: vec![syntax_error(source, &err)],
-            })?;
-        let mut decoder = Decoder::new(lookup);
-        let config = decode_document(&mut decoder, &Node::root(&value));
-        if let Some(config) = config.as_ref() {
-            validate::check(&mut decoder, config);
-        }
-        let errors = decoder.into_errors();
-        if errors.is_empty() {
-            if let Some(config) = config {
-                return Ok(config);
-            }
-        }
-        let mut errors: Vec<ConfigError> = errors
-            .into_iter()
-            .map(|(path, message)| ConfigError {
-                location: locate::locate(source, path.segments()),
-                path: path.to_string(),
-                message,
-            })
-            .collect();
-        errors.sort_by_key(|e| {
-            e.location
-                .map(|l| (l.line, l.column))
-                .unwrap_or((usize::MAX, 0))
-        });
-        Err(ConfigErrors {
-            file: file.to_string(),
-            errors,
+        decode_with(source, file, lookup, |decoder, root| {
+            let config = decode_document(decoder, root)?;
+            validate::check(decoder, &config);
+            Some(config)
         })
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
+}
+
+impl Listen {
+    /// Only `listen` of a config's text, with the defaults and checks of a
+    /// whole load. `inject` needs the ports where manifests are edited,
+    /// where the secrets the rest of the config reads do not exist.
+    pub fn from_yaml(source: &str, file: &str) -> Result<Self, ConfigErrors> {
+        decode_with(source, file, &ProcessLookup, |decoder, root| {
+            match root.value.get("listen").filter(|v| !v.is_null()) {
+                Some(value) => decode_listen(
+                    decoder,
+                    &Node {
+                        value,
+                        path: root.path.key("listen"),
+                    },
+                ),
+                None => Some(default_listen()),
+            }
+        })
+    }
+}
+
+/// Parses `source` and decodes it with `decode`, reporting every error
+/// the decoder collected, each with its line and column.
+fn decode_with<T>(
+    source: &str,
+    file: &str,
+    lookup: &dyn Lookup,
+    decode: impl FnOnce(&mut Decoder, &Node) -> Option<T>,
+) -> Result<T, ConfigErrors> {
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(source).map_err(|err| ConfigErrors {
+            file: file.to_string(),
+            errors: vec![syntax_error(source, &err)],
+        })?;
+    let mut decoder = Decoder::new(lookup);
+    let decoded = decode(&mut decoder, &Node::root(&value));
+    let errors = decoder.into_errors();
+    if errors.is_empty() {
+        if let Some(decoded) = decoded {
+            return Ok(decoded);
+        }
+    }
+    let mut errors: Vec<ConfigError> = errors
+        .into_iter()
+        .map(|(path, message)| ConfigError {
+            location: locate::locate(source, path.segments()),
+            path: path.to_string(),
+            message,
+        })
+        .collect();
+    errors.sort_by_key(|e| {
+        e.location
+            .map(|l| (l.line, l.column))
+            .unwrap_or((usize::MAX, 0))
+    });
+    Err(ConfigErrors {
+        file: file.to_string(),
+        errors,
+    })
 }
 
 fn syntax_error(source: &str, err: &serde_yaml_ng::Error) -> ConfigError {
@@ -220,26 +254,17 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
         return None;
     }
     let f = d.fields(root, TOP_LEVEL_KEYS)?;
-    let listen = match f.get("listen") {
-        Some(n) => decode_listen(d, &n),
-        None => Some(default_listen()),
-    };
-    let ingress = match f.get("ingress") {
-        Some(n) => decode_ingress(d, &n),
-        None => Some(Ingress::default()),
-    };
-    let admin = match f.get("admin") {
-        Some(n) => decode_admin(d, &n),
-        None => Some(Admin::default()),
-    };
-    let drain_delay = match f.get("drain_delay") {
-        Some(n) => d.duration(&n),
-        None => Some(Duration::from_secs(5)),
-    };
-    let shutdown_grace = match f.get("shutdown_grace") {
-        Some(n) => d.duration(&n),
-        None => Some(Duration::from_secs(25)),
-    };
+    let listen = d.or(&f, "listen", default_listen(), |d, n| decode_listen(d, n));
+    let ingress = d.or(&f, "ingress", Ingress::default(), |d, n| {
+        decode_ingress(d, n)
+    });
+    let admin = d.or(&f, "admin", Admin::default(), |d, n| decode_admin(d, n));
+    let drain_delay = d.or(&f, "drain_delay", Duration::from_secs(5), |d, n| {
+        d.duration(n)
+    });
+    let shutdown_grace = d.or(&f, "shutdown_grace", Duration::from_secs(25), |d, n| {
+        d.duration(n)
+    });
     let store = match f.get("store") {
         Some(n) => decode_store(d, &n),
         None => Some(Store::with_kind(StoreKind::Local {
@@ -292,6 +317,12 @@ fn named_entries<T>(
         .collect()
 }
 
+impl Default for Listen {
+    fn default() -> Self {
+        default_listen()
+    }
+}
+
 fn default_listen() -> Listen {
     Listen {
         egress: SocketAddr::from(([127, 0, 0, 1], 15001)),
@@ -323,10 +354,9 @@ fn decode_ingress(d: &mut Decoder, node: &Node) -> Option<Ingress> {
         &["max_connections", "request_timeout", "max_buffered"],
     )?;
     let defaults = Ingress::default();
-    let max_connections = match f.get("max_connections") {
-        Some(n) => d.integer(&n, 1, 1_000_000).map(|v| v as u32),
-        None => Some(defaults.max_connections),
-    };
+    let max_connections = d.or(&f, "max_connections", defaults.max_connections, |d, n| {
+        d.integer(n, 1, 1_000_000).map(|v| v as u32)
+    });
     let request_timeout =
         services::positive_duration(d, &f, "request_timeout", defaults.request_timeout);
     let max_buffered = match f.get("max_buffered") {
@@ -393,10 +423,9 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
     let defaults = Store::with_kind(StoreKind::Local {
         path: PathBuf::from("./data"),
     });
-    let replicas = match f.get("replicas") {
-        Some(n) => d.integer(&n, 0, 16).map(|v| v as u32),
-        None => Some(defaults.replicas),
-    };
+    let replicas = d.or(&f, "replicas", defaults.replicas, |d, n| {
+        d.integer(n, 0, 16).map(|v| v as u32)
+    });
     // WAIT with a timeout of 0 would block forever; a long one holds acks
     // past every provider's budget.
     let replica_timeout =
@@ -413,10 +442,7 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             },
         );
     let unready_after = services::positive_duration(d, &f, "unready_after", defaults.unready_after);
-    let kind = match f.get("kind") {
-        Some(n) => d.choice(&n, &[("local", false), ("redis", true)])?,
-        None => false,
-    };
+    let kind = d.choice_or(&f, "kind", &[("local", false), ("redis", true)], false)?;
     let prefix = match f.get("prefix") {
         Some(n) => d.parsed(&n, |p| {
             if !p.is_empty()
@@ -425,9 +451,7 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             {
                 Ok(p.to_string())
             } else {
-                Err(format!(
-                    "invalid prefix \"{p}\": use letters, digits, '-', '_' and ':'"
-                ))
+                Err(ValueError::Prefix(p.into()))
             }
         }),
         None => Some("sidecar".to_string()),
@@ -445,7 +469,7 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
                     if usable {
                         Ok(Secret::new(u))
                     } else {
-                        Err("invalid Redis URL: expected redis://[user:password@]host:port[/db] or rediss:// for TLS".to_string())
+                        Err(ValueError::RedisUrl)
                     }
                 })
             };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::decode::{Decoder, Fields, Node};
+use super::error::ValueError;
 use super::secret::Secret;
 use super::ser;
 
@@ -46,35 +47,25 @@ pub struct UpstreamUrl {
 }
 
 impl UpstreamUrl {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text.parse().map_err(|_| {
-            format!("invalid URL \"{text}\": expected http(s)://host[:port][/path]")
-        })?;
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
+        let uri: http::Uri = text.parse().map_err(|_| ValueError::Url(text.into()))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "invalid URL \"{text}\": the scheme must be http or https"
-                ))
-            }
+            _ => return Err(ValueError::UrlScheme(text.into())),
         };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("invalid URL \"{text}\": a host is required"))?
+            .ok_or_else(|| ValueError::UrlHost(text.into()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
         if uri.query().is_some() {
-            return Err(format!(
-                "invalid URL \"{text}\": a query string is not allowed here"
-            ));
+            return Err(ValueError::UrlQuery(text.into()));
         }
         if text.contains('@') {
-            return Err(format!(
-                "invalid URL \"{text}\": credentials belong in `auth`, not in the URL"
-            ));
+            return Err(ValueError::UrlCredentials(text.into()));
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let base_path = uri.path().trim_end_matches('/').to_string();
@@ -288,13 +279,12 @@ pub fn decode_service(d: &mut Decoder, name: &str, node: &Node) -> Option<Servic
         .map(|n| decode_rate_limit(d, &n, timeout.unwrap_or_default()));
     let circuit_breaker = f.get("circuit_breaker").map(|n| decode_breaker(d, &n));
     let retry = f.get("retry").map(|n| decode_retry(d, &n));
-    let idempotency_key = match f.get("idempotency_key") {
-        Some(n) => d.choice(
-            &n,
-            &[("auto", IdempotencyKey::Auto), ("off", IdempotencyKey::Off)],
-        ),
-        None => Some(IdempotencyKey::Off),
-    };
+    let idempotency_key = d.choice_or(
+        &f,
+        "idempotency_key",
+        &[("auto", IdempotencyKey::Auto), ("off", IdempotencyKey::Off)],
+        IdempotencyKey::Off,
+    );
     let max_pause = positive_duration(d, &f, "max_pause", DEFAULT_MAX_PAUSE).filter(|pause| {
         let ok = *pause <= Duration::from_secs(86_400);
         if !ok {
@@ -323,20 +313,16 @@ pub fn decode_service(d: &mut Decoder, name: &str, node: &Node) -> Option<Servic
 fn route_prefix(d: &mut Decoder, node: &Node) -> Option<String> {
     d.parsed(node, |text| {
         if !text.starts_with('/') {
-            return Err(format!("invalid route \"{text}\": it must start with /"));
+            return Err(ValueError::RouteNotAbsolute(text.into()));
         }
         if text.len() > 1 && text.ends_with('/') {
-            return Err(format!(
-                "invalid route \"{text}\": drop the trailing / (routes match whole path segments)"
-            ));
+            return Err(ValueError::RouteTrailingSlash(text.into()));
         }
         if text.contains("//")
             || text.contains(['*', '?'])
             || super::http_types::plain_path(text).is_err()
         {
-            return Err(format!(
-                "invalid route \"{text}\": a route is a plain path prefix such as /stripe"
-            ));
+            return Err(ValueError::Route(text.into()));
         }
         Ok(text.to_string())
     })
@@ -450,10 +436,10 @@ fn non_empty_secret(d: &mut Decoder, node: &Node) -> Option<Secret> {
     d.non_empty_string(node).map(Secret::new)
 }
 
-pub(crate) fn header_name(text: &str) -> Result<String, String> {
+pub(crate) fn header_name(text: &str) -> Result<String, ValueError> {
     http::HeaderName::from_bytes(text.as_bytes())
         .map(|_| text.to_string())
-        .map_err(|_| format!("invalid header name \"{text}\""))
+        .map_err(|_| ValueError::HeaderName(text.into()))
 }
 
 fn decode_oauth2(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> Option<OAuth2> {
@@ -481,10 +467,9 @@ fn decode_oauth2(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> 
     let client_secret = d
         .required(&f, "client_secret")
         .and_then(|n| non_empty_secret(d, &n));
-    let scopes = match f.get("scopes") {
-        Some(n) => d.list(&n, |d, item| d.non_empty_string(item)),
-        None => Some(Vec::new()),
-    };
+    let scopes = d.or(&f, "scopes", Vec::new(), |d, n| {
+        d.list(n, |d, item| d.non_empty_string(item))
+    });
     let audience = f.get("audience").and_then(|n| d.non_empty_string(&n));
     let params = match f.get("params") {
         Some(n) => {
@@ -496,17 +481,15 @@ fn decode_oauth2(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> 
         }
         None => Some(Vec::new()),
     };
-    let client_auth = match f.get("client_auth") {
-        Some(n) => d.choice(
-            &n,
-            &[("basic", ClientAuth::Basic), ("body", ClientAuth::Body)],
-        ),
-        None => Some(ClientAuth::Basic),
-    };
-    let refresh_before = match f.get("refresh_before") {
-        Some(n) => d.duration(&n),
-        None => Some(Duration::from_secs(60)),
-    };
+    let client_auth = d.choice_or(
+        &f,
+        "client_auth",
+        &[("basic", ClientAuth::Basic), ("body", ClientAuth::Body)],
+        ClientAuth::Basic,
+    );
+    let refresh_before = d.or(&f, "refresh_before", Duration::from_secs(60), |d, n| {
+        d.duration(n)
+    });
     let ca_file = match f.get("ca_file") {
         Some(n) => d.non_empty_string(&n).map(PathBuf::from),
         None => service_ca.cloned(),
@@ -550,13 +533,12 @@ fn decode_rate_limit(d: &mut Decoder, node: &Node, service_timeout: Duration) ->
         Some(n) => d.integer(&n, 1, u32::MAX as u64).map(|v| v as u32),
         None => requests,
     };
-    let scope = match f.get("scope") {
-        Some(n) => d.choice(
-            &n,
-            &[("local", LimitScope::Local), ("global", LimitScope::Global)],
-        ),
-        None => Some(LimitScope::Local),
-    };
+    let scope = d.choice_or(
+        &f,
+        "scope",
+        &[("local", LimitScope::Local), ("global", LimitScope::Global)],
+        LimitScope::Local,
+    );
     let key = match f.get("key") {
         Some(n) if n.value.is_sequence() => d.list(&n, |d, item| d.parsed(item, limit_key)),
         Some(n) => d.parsed(&n, limit_key).map(|k| vec![k]),
@@ -578,17 +560,16 @@ fn decode_rate_limit(d: &mut Decoder, node: &Node, service_timeout: Duration) ->
         },
         None => Some(OnLimit::Reject),
     };
-    let on_store_error = match f.get("on_store_error") {
-        Some(n) => d.choice(
-            &n,
-            &[
-                ("local", OnStoreError::Local),
-                ("allow", OnStoreError::Allow),
-                ("deny", OnStoreError::Deny),
-            ],
-        ),
-        None => Some(OnStoreError::Local),
-    };
+    let on_store_error = d.choice_or(
+        &f,
+        "on_store_error",
+        &[
+            ("local", OnStoreError::Local),
+            ("allow", OnStoreError::Allow),
+            ("deny", OnStoreError::Deny),
+        ],
+        OnStoreError::Local,
+    );
     Some(RateLimit {
         requests: requests?,
         per: per.filter(|p| !p.is_zero())?,
@@ -600,15 +581,13 @@ fn decode_rate_limit(d: &mut Decoder, node: &Node, service_timeout: Duration) ->
     })
 }
 
-fn limit_key(text: &str) -> Result<LimitKey, String> {
+fn limit_key(text: &str) -> Result<LimitKey, ValueError> {
     if text == "service" {
         return Ok(LimitKey::Service);
     }
     match text.strip_prefix("header:") {
         Some(name) => header_name(name).map(LimitKey::Header),
-        None => Err(format!(
-            "invalid limit key \"{text}\": expected service or header:<Name>"
-        )),
+        None => Err(ValueError::LimitKey(text.into())),
     }
 }
 
@@ -632,16 +611,12 @@ pub fn decode_breaker(d: &mut Decoder, node: &Node) -> Option<CircuitBreaker> {
     let failure_threshold = count(d, "failure_threshold", 5);
     let min_requests = count(d, "min_requests", 20);
     let half_open_probes = count(d, "half_open_probes", 1);
-    let error_rate = match f.get("error_rate") {
-        Some(n) => d.percent(&n),
-        None => Some(0.5),
-    };
+    let error_rate = d.or(&f, "error_rate", 0.5, |d, n| d.percent(n));
     let window = positive_duration(d, &f, "window", Duration::from_secs(10));
     let open_for = positive_duration(d, &f, "open_for", Duration::from_secs(30));
-    let failure_statuses = match f.get("failure_statuses") {
-        Some(n) => d.list(&n, |d, item| d.integer(item, 100, 599).map(|v| v as u16)),
-        None => Some(vec![500, 502, 503, 504]),
-    };
+    let failure_statuses = d.or(&f, "failure_statuses", vec![500, 502, 503, 504], |d, n| {
+        d.list(n, |d, item| d.integer(item, 100, 599).map(|v| v as u16))
+    });
     Some(CircuitBreaker {
         failure_threshold: failure_threshold?,
         error_rate: error_rate?,
@@ -655,10 +630,9 @@ pub fn decode_breaker(d: &mut Decoder, node: &Node) -> Option<CircuitBreaker> {
 
 fn decode_retry(d: &mut Decoder, node: &Node) -> Option<Retry> {
     let f = d.fields(node, &["attempts", "retry_on", "budget", "backoff"])?;
-    let attempts = match f.get("attempts") {
-        Some(n) => d.integer(&n, 1, 10).map(|v| v as u32),
-        None => Some(2),
-    };
+    let attempts = d.or(&f, "attempts", 2, |d, n| {
+        d.integer(n, 1, 10).map(|v| v as u32)
+    });
     let retry_on = match f.get("retry_on") {
         Some(n) => d.list(&n, |d, item| d.parsed(item, retry_condition)),
         None => Some(vec![
@@ -668,10 +642,7 @@ fn decode_retry(d: &mut Decoder, node: &Node) -> Option<Retry> {
             RetryOn::Status(504),
         ]),
     };
-    let budget = match f.get("budget") {
-        Some(n) => d.percent(&n),
-        None => Some(0.2),
-    };
+    let budget = d.or(&f, "budget", 0.2, |d, n| d.percent(n));
     let backoff = match f.get("backoff") {
         Some(n) => decode_backoff(d, &n, Duration::from_millis(100), Duration::from_secs(2)),
         None => Some(Backoff {
@@ -687,13 +658,13 @@ fn decode_retry(d: &mut Decoder, node: &Node) -> Option<Retry> {
     })
 }
 
-fn retry_condition(text: &str) -> Result<RetryOn, String> {
+fn retry_condition(text: &str) -> Result<RetryOn, ValueError> {
     match text {
         "connect_error" => Ok(RetryOn::ConnectError),
         "timeout" => Ok(RetryOn::Timeout),
         status => match status.parse::<u16>() {
             Ok(code) if (400..=599).contains(&code) => Ok(RetryOn::Status(code)),
-            _ => Err(format!("invalid retry condition \"{text}\": expected connect_error, timeout or a status from 400 to 599")),
+            _ => Err(ValueError::RetryCondition(text.into())),
         },
     }
 }
@@ -751,7 +722,7 @@ mod tests {
             ("https://x.example/?a=1", "query"),
         ] {
             let err = UpstreamUrl::parse(bad).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
         }
     }
 }

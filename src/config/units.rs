@@ -1,17 +1,15 @@
 //! Parsers for the human units the configuration accepts: durations (`250ms`,
-//! `1h30m`), byte sizes (`1MiB`) and percentages (`50%`). Each returns a message
-//! that says what was expected, never a bare "invalid".
+//! `1h30m`), byte sizes (`1MiB`) and percentages (`50%`). Each error says
+//! what was expected, never a bare "invalid".
 
 use std::time::Duration;
 
-const DURATION_UNITS: &str = "ms, s, m, h or d";
+use super::error::ValueError;
 
 /// `250ms`, `30s`, `5m`, `1h`, `1d`, or several of them in a row (`1h30m`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     let text = text.trim();
-    let expected = || {
-        format!("invalid duration \"{text}\": expected a number followed by {DURATION_UNITS} (e.g. 250ms, 30s, 1h30m)")
-    };
+    let expected = || ValueError::Duration(text.to_string());
     if text.is_empty() {
         return Err(expected());
     }
@@ -66,11 +64,9 @@ pub fn format_duration(duration: Duration) -> String {
 }
 
 /// `1MiB`, `512KiB`, `2MB`, `1048576` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, ValueError> {
     let text = text.trim();
-    let expected = || {
-        format!("invalid size \"{text}\": expected a number of bytes, optionally with B, KB, KiB, MB, MiB, GB or GiB (e.g. 1MiB)")
-    };
+    let expected = || ValueError::Size(text.to_string());
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return Err(expected());
@@ -90,11 +86,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// `50%` or `12.5%`, as a fraction in 0..=1.
-pub fn parse_percent(text: &str) -> Result<f64, String> {
+pub fn parse_percent(text: &str) -> Result<f64, ValueError> {
     let text = text.trim();
-    let expected = || {
-        format!("invalid percentage \"{text}\": expected a number from 0 to 100 followed by % (e.g. 50%)")
-    };
+    let expected = || ValueError::Percent(text.to_string());
     let number = text.strip_suffix('%').ok_or_else(expected)?;
     let value: f64 = number.trim().parse().map_err(|_| expected())?;
     if !(0.0..=100.0).contains(&value) {
@@ -131,7 +125,7 @@ mod tests {
             "99999999999999999999d",
         ] {
             let err = parse_duration(bad).unwrap_err();
-            assert!(err.starts_with("invalid duration"), "{bad}: {err}");
+            assert!(matches!(err, ValueError::Duration(_)), "{bad}: {err}");
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::decode::{Decoder, Node};
+use super::error::ValueError;
 use super::ser;
 use super::services::{decode_breaker, positive_duration, CircuitBreaker};
 
@@ -109,27 +110,24 @@ pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<Upstr
             None
         }
     };
-    let balance = match f.get("balance") {
-        Some(n) => d.choice(
-            &n,
-            &[
-                ("round_robin", Balance::RoundRobin),
-                ("least_connections", Balance::LeastConnections),
-                ("weighted", Balance::Weighted),
-                ("random", Balance::Random),
-            ],
-        ),
-        None => Some(Balance::RoundRobin),
-    };
+    let balance = d.choice_or(
+        &f,
+        "balance",
+        &[
+            ("round_robin", Balance::RoundRobin),
+            ("least_connections", Balance::LeastConnections),
+            ("weighted", Balance::Weighted),
+            ("random", Balance::Random),
+        ],
+        Balance::RoundRobin,
+    );
     let health_check = f.get("health_check").map(|n| decode_health_check(d, &n));
-    let max_in_flight = match f.get("max_in_flight") {
-        Some(n) => d.integer(&n, 1, 10_000).map(|v| v as u32),
-        None => Some(16),
-    };
-    let circuit_breaker = match f.get("circuit_breaker") {
-        Some(n) => decode_breaker(d, &n),
-        None => Some(default_backend_breaker()),
-    };
+    let max_in_flight = d.or(&f, "max_in_flight", 16, |d, n| {
+        d.integer(n, 1, 10_000).map(|v| v as u32)
+    });
+    let circuit_breaker = d.or(&f, "circuit_breaker", default_backend_breaker(), |d, n| {
+        decode_breaker(d, n)
+    });
     Some(UpstreamGroup {
         name: name.to_string(),
         backends: backends?,
@@ -144,10 +142,9 @@ fn decode_backend(d: &mut Decoder, node: &Node) -> Option<WeightedBackend> {
     if node.value.is_mapping() {
         let f = d.fields(node, &["addr", "weight"])?;
         let addr = d.required(&f, "addr").and_then(|n| d.socket_addr(&n));
-        let weight = match f.get("weight") {
-            Some(n) => d.integer(&n, 1, 1000).map(|w| w as u32),
-            None => Some(1),
-        };
+        let weight = d.or(&f, "weight", 1, |d, n| {
+            d.integer(n, 1, 1000).map(|w| w as u32)
+        });
         return Some(WeightedBackend {
             addr: addr?,
             weight: weight?,
@@ -164,7 +161,7 @@ fn decode_discovery(d: &mut Decoder, node: &Node) -> Option<Backends> {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(text.to_string())
             }
-            _ => Err(format!("invalid DNS target \"{text}\": expected name:port")),
+            _ => Err(ValueError::DnsTarget(text.into())),
         })
     });
     let refresh = positive_duration(d, &f, "refresh", Duration::from_secs(10));
@@ -187,24 +184,24 @@ fn decode_health_check(d: &mut Decoder, node: &Node) -> Option<HealthCheck> {
             "unhealthy_after",
         ],
     )?;
-    let kind = match f.get("kind") {
-        Some(n) => d.choice(
-            &n,
-            &[
-                ("http", HealthCheckKind::Http),
-                ("tcp", HealthCheckKind::Tcp),
-            ],
-        ),
-        None => Some(HealthCheckKind::Http),
-    };
-    let path = match f.get("path") {
-        Some(n) => d.parsed(&n, super::http_types::request_path),
-        None => Some(http::uri::PathAndQuery::from_static("/healthz")),
-    };
-    let expect = match f.get("expect") {
-        Some(n) => d.list(&n, |d, item| d.integer(item, 100, 599).map(|v| v as u16)),
-        None => Some(vec![200]),
-    };
+    let kind = d.choice_or(
+        &f,
+        "kind",
+        &[
+            ("http", HealthCheckKind::Http),
+            ("tcp", HealthCheckKind::Tcp),
+        ],
+        HealthCheckKind::Http,
+    );
+    let path = d.or(
+        &f,
+        "path",
+        http::uri::PathAndQuery::from_static("/healthz"),
+        |d, n| d.parsed(n, super::http_types::request_path),
+    );
+    let expect = d.or(&f, "expect", vec![200], |d, n| {
+        d.list(n, |d, item| d.integer(item, 100, 599).map(|v| v as u16))
+    });
     let interval = positive_duration(d, &f, "interval", Duration::from_secs(5));
     let timeout = positive_duration(d, &f, "timeout", Duration::from_secs(1));
     let count = |d: &mut Decoder, key: &str, default: u32| match f.get(key) {

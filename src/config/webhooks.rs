@@ -9,7 +9,9 @@ use serde::Serialize;
 use http::uri::PathAndQuery;
 
 use super::decode::{Decoder, Node};
+use super::error::ValueError;
 use super::http_types::{header_value, plain_path, request_path};
+use super::pattern::{Glob, PayloadTemplate};
 use super::secret::Secret;
 use super::ser;
 use super::services::{decode_backoff, header_name, positive_duration, Backoff};
@@ -69,7 +71,7 @@ pub struct HmacScheme {
     pub prefix: String,
     pub timestamp_header: Option<String>,
     /// What is signed, e.g. `{timestamp}.{body}`.
-    pub payload: String,
+    pub payload: PayloadTemplate,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,13 +97,13 @@ pub enum Field {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PriorityRules {
-    pub high: Vec<String>,
-    pub low: Vec<String>,
+    pub high: Vec<Glob>,
+    pub low: Vec<Glob>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Route {
-    pub events: Vec<String>,
+    pub events: Vec<Glob>,
     pub targets: Vec<String>,
 }
 
@@ -186,17 +188,15 @@ pub fn decode_webhook(
             .collect::<Option<Vec<_>>>(),
         None => Some(Vec::new()),
     };
-    let priority = match f.get("priority") {
-        Some(n) => decode_priority(d, &n),
-        None => Some(PriorityRules::default()),
-    };
+    let priority = d.or(&f, "priority", PriorityRules::default(), |d, n| {
+        decode_priority(d, n)
+    });
     let routes = d
         .required(&f, "routes")
         .and_then(|n| d.list(&n, |d, item| decode_route(d, item, upstreams)));
-    let delivery = match f.get("delivery") {
-        Some(n) => decode_delivery(d, &n, name),
-        None => Some(default_delivery(name)),
-    };
+    let delivery = d.or(&f, "delivery", default_delivery(name), |d, n| {
+        decode_delivery(d, n, name)
+    });
     let dedup_window = positive_duration(d, &f, "dedup_window", Duration::from_secs(72 * 3600))
         .filter(|w| {
             let ok = *w <= Duration::from_secs(30 * 86400);
@@ -272,7 +272,7 @@ fn decode_verify(d: &mut Decoder, node: &Node) -> Option<Verify> {
             if url.starts_with("https://") || url.starts_with("http://") {
                 Ok(Some(url.to_string()))
             } else {
-                Err(format!("invalid URL \"{url}\": expected the full public URL Twilio calls, e.g. https://hooks.example.com/webhooks/twilio"))
+                Err(ValueError::PublicUrl(url.into()))
             }
         }),
         (VerifyKind::Twilio, None) => {
@@ -307,27 +307,25 @@ fn decode_hmac(d: &mut Decoder, f: &super::decode::Fields) -> Option<HmacScheme>
     let header = d
         .required(f, "header")
         .and_then(|n| d.parsed(&n, header_name));
-    let algorithm = match f.get("algorithm") {
-        Some(n) => d.choice(
-            &n,
-            &[
-                ("sha1", HmacAlgorithm::Sha1),
-                ("sha256", HmacAlgorithm::Sha256),
-                ("sha512", HmacAlgorithm::Sha512),
-            ],
-        ),
-        None => Some(HmacAlgorithm::Sha256),
-    };
-    let encoding = match f.get("encoding") {
-        Some(n) => d.choice(
-            &n,
-            &[
-                ("hex", SignatureEncoding::Hex),
-                ("base64", SignatureEncoding::Base64),
-            ],
-        ),
-        None => Some(SignatureEncoding::Hex),
-    };
+    let algorithm = d.choice_or(
+        f,
+        "algorithm",
+        &[
+            ("sha1", HmacAlgorithm::Sha1),
+            ("sha256", HmacAlgorithm::Sha256),
+            ("sha512", HmacAlgorithm::Sha512),
+        ],
+        HmacAlgorithm::Sha256,
+    );
+    let encoding = d.choice_or(
+        f,
+        "encoding",
+        &[
+            ("hex", SignatureEncoding::Hex),
+            ("base64", SignatureEncoding::Base64),
+        ],
+        SignatureEncoding::Hex,
+    );
     let prefix = f
         .get("prefix")
         .and_then(|n| d.string(&n))
@@ -336,18 +334,11 @@ fn decode_hmac(d: &mut Decoder, f: &super::decode::Fields) -> Option<HmacScheme>
         .get("timestamp_header")
         .and_then(|n| d.parsed(&n, header_name));
     let payload = match f.get("payload") {
-        Some(n) => d.parsed(&n, |template| {
-            if !template.contains("{body}") {
-                return Err(format!(
-                    "invalid payload template \"{template}\": it must contain {{body}}"
-                ));
-            }
-            Ok(template.to_string())
-        }),
-        None => Some("{body}".to_string()),
+        Some(n) => d.parsed(&n, PayloadTemplate::parse),
+        None => PayloadTemplate::parse("{body}").ok(),
     };
     let payload = payload?;
-    if payload.contains("{timestamp}") && timestamp_header.is_none() {
+    if payload.uses_timestamp() && timestamp_header.is_none() {
         d.error(
             &f.path.key("timestamp_header"),
             "is required when payload contains {timestamp}",
@@ -404,22 +395,20 @@ pub fn secret_key_bytes(kind: VerifyKind, secret: &str) -> Result<Vec<u8>, Secre
     }
 }
 
-fn field(text: &str) -> Result<Field, String> {
+fn field(text: &str) -> Result<Field, ValueError> {
     if let Some(name) = text.strip_prefix("header:") {
         return header_name(name).map(Field::Header);
     }
     if text.starts_with('/') {
         return Ok(Field::Pointer(text.to_string()));
     }
-    Err(format!(
-        "invalid field \"{text}\": expected a JSON pointer such as /data/object/id or header:Name"
-    ))
+    Err(ValueError::Field(text.into()))
 }
 
 fn decode_priority(d: &mut Decoder, node: &Node) -> Option<PriorityRules> {
     let f = d.fields(node, &["high", "low"])?;
     let globs = |d: &mut Decoder, key: &str| match f.get(key) {
-        Some(n) => d.list(&n, |d, item| d.non_empty_string(item)),
+        Some(n) => d.list(&n, glob),
         None => Some(Vec::new()),
     };
     let high = globs(d, "high");
@@ -430,11 +419,13 @@ fn decode_priority(d: &mut Decoder, node: &Node) -> Option<PriorityRules> {
     })
 }
 
+fn glob(d: &mut Decoder, node: &Node) -> Option<Glob> {
+    d.non_empty_string(node).map(|text| Glob::new(&text))
+}
+
 fn decode_route(d: &mut Decoder, node: &Node, upstreams: &[String]) -> Option<Route> {
     let f = d.fields(node, &["events", "targets"])?;
-    let events = d
-        .required(&f, "events")
-        .and_then(|n| d.list(&n, |d, item| d.non_empty_string(item)));
+    let events = d.required(&f, "events").and_then(|n| d.list(&n, glob));
     let targets = d.required(&f, "targets").and_then(|n| {
         let targets = d.list(&n, |d, item| {
             let target = d.non_empty_string(item)?;
@@ -485,19 +476,15 @@ fn decode_delivery(d: &mut Decoder, node: &Node, name: &str) -> Option<WebhookDe
         node,
         &["path", "timeout", "max_attempts", "backoff", "max_age"],
     )?;
-    let path = match f.get("path") {
-        Some(n) => d.parsed(&n, request_path),
-        None => Some(defaults.path),
-    };
+    let path = d.or(&f, "path", defaults.path, |d, n| d.parsed(n, request_path));
     let timeout = positive_duration(d, &f, "timeout", defaults.timeout);
-    let max_attempts = match f.get("max_attempts") {
-        Some(n) => d.integer(&n, 1, 1000).map(|v| v as u32),
-        None => Some(defaults.max_attempts),
-    };
-    let backoff = match f.get("backoff") {
-        Some(n) => decode_backoff(d, &n, defaults.backoff.initial, defaults.backoff.max),
-        None => Some(defaults.backoff),
-    };
+    let max_attempts = d.or(&f, "max_attempts", defaults.max_attempts, |d, n| {
+        d.integer(n, 1, 1000).map(|v| v as u32)
+    });
+    let (initial, max) = (defaults.backoff.initial, defaults.backoff.max);
+    let backoff = d.or(&f, "backoff", defaults.backoff, |d, n| {
+        decode_backoff(d, n, initial, max)
+    });
     let max_age = positive_duration(d, &f, "max_age", defaults.max_age);
     Some(WebhookDelivery {
         path: path?,
@@ -519,7 +506,7 @@ fn decode_ack(d: &mut Decoder, node: &Node) -> Option<Ack> {
     let content_type = match f.get("content_type") {
         Some(n) => d.parsed(&n, |text| match header_value(text) {
             Ok(value) if !text.is_empty() => Ok(value),
-            _ => Err(format!("invalid content type \"{text}\"")),
+            _ => Err(ValueError::ContentType(text.into())),
         }),
         None => Some(http::HeaderValue::from_static("text/plain")),
     };

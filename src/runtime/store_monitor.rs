@@ -83,7 +83,7 @@ impl BackgroundService for StoreMonitor {
                 self.inspect().await;
                 since_inspection = Duration::ZERO;
             }
-            let outcome = self.store.check().await.map_err(|e| e.to_string());
+            let outcome = self.store.check().await;
             self.lifecycle.record_store_check(outcome);
             tokio::select! {
                 _ = tokio::time::sleep(CHECK_EVERY) => since_inspection += CHECK_EVERY,

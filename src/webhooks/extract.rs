@@ -85,16 +85,16 @@ pub fn extract(
         .iter()
         .filter_map(|(key, field)| Some((key.clone(), sources.field(field)?)))
         .collect();
-    let priority = if webhook.priority.high.iter().any(|g| glob(g, &event_type)) {
+    let priority = if webhook.priority.high.iter().any(|g| g.matches(&event_type)) {
         Priority::High
-    } else if webhook.priority.low.iter().any(|g| glob(g, &event_type)) {
+    } else if webhook.priority.low.iter().any(|g| g.matches(&event_type)) {
         Priority::Low
     } else {
         Priority::Normal
     };
     let mut targets: Vec<String> = Vec::new();
     for route in &webhook.routes {
-        if route.events.iter().any(|g| glob(g, &event_type)) {
+        if route.events.iter().any(|g| g.matches(&event_type)) {
             for target in &route.targets {
                 if !targets.contains(target) {
                     targets.push(target.clone());
@@ -199,32 +199,12 @@ fn default_type(kind: VerifyKind, sources: &Sources<'_>) -> Option<String> {
     }
 }
 
-/// `*` matches any run of characters (dots included); everything else is
-/// literal. `payment_intent.*`, `*.updated`, `*`.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(at) => rest = &rest[at + middle.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
+    use crate::config::pattern::Glob;
     use crate::config::services::Backoff;
     use crate::config::webhooks::{PriorityRules, Route, Verify, WebhookDelivery};
     use crate::config::Secret;
@@ -264,19 +244,6 @@ mod tests {
     }
 
     #[test]
-    fn globs() {
-        assert!(glob("*", "anything.at.all"));
-        assert!(glob("payment_intent.*", "payment_intent.succeeded"));
-        assert!(!glob("payment_intent.*", "charge.succeeded"));
-        assert!(glob("*.updated", "customer.subscription.updated"));
-        assert!(glob("a*c*e", "abcde"));
-        assert!(!glob("a*c*e", "abde"));
-        assert!(glob("exact", "exact"));
-        assert!(!glob("exact", "exactly"));
-        assert!(!glob("ab*ba", "aba"), "the ends may not overlap");
-    }
-
-    #[test]
     fn stripe_defaults_context_priority_and_fan_out() {
         let mut stripe = webhook(VerifyKind::Stripe);
         stripe.context = vec![(
@@ -284,16 +251,16 @@ mod tests {
             Field::Pointer("/data/object/metadata/wedding_id".into()),
         )];
         stripe.priority = PriorityRules {
-            high: vec!["payment_intent.succeeded".into()],
-            low: vec!["*.updated".into()],
+            high: vec![Glob::new("payment_intent.succeeded")],
+            low: vec![Glob::new("*.updated")],
         };
         stripe.routes = vec![
             Route {
-                events: vec!["payment_intent.*".into()],
+                events: vec![Glob::new("payment_intent.*")],
                 targets: vec!["notify".into(), "analytics".into()],
             },
             Route {
-                events: vec!["*".into()],
+                events: vec![Glob::new("*")],
                 targets: vec!["analytics".into(), "audit".into()],
             },
         ];

@@ -23,28 +23,6 @@ impl Generic {
             HmacAlgorithm::Sha512 => Algorithm::Sha512,
         }
     }
-
-    /// The template with `{timestamp}` and `{body}` filled in.
-    fn content<'a>(&'a self, timestamp: &'a str, body: &'a [u8]) -> Vec<&'a [u8]> {
-        let mut parts = Vec::new();
-        let mut rest = self.scheme.payload.as_str();
-        while let Some(start) = rest.find('{') {
-            let (literal, tail) = rest.split_at(start);
-            parts.push(literal.as_bytes());
-            if let Some(after) = tail.strip_prefix("{body}") {
-                parts.push(body);
-                rest = after;
-            } else if let Some(after) = tail.strip_prefix("{timestamp}") {
-                parts.push(timestamp.as_bytes());
-                rest = after;
-            } else {
-                parts.push(b"{");
-                rest = &tail[1..];
-            }
-        }
-        parts.push(rest.as_bytes());
-        parts
-    }
 }
 
 impl Generic {
@@ -93,7 +71,10 @@ impl Scheme for Generic {
     fn verify(&self, request: &Inbound<'_>) -> Result<(), Rejection> {
         let (received, timestamp) = self.parse(&request.head())?;
         self.check_time(timestamp, request.now)?;
-        let content = self.content(timestamp.unwrap_or(""), request.body);
+        let content = self
+            .scheme
+            .payload
+            .fill(timestamp.unwrap_or(""), request.body);
         check_signature(self.algorithm(), &self.keys, &content, &[received])
     }
 
@@ -102,7 +83,7 @@ impl Scheme for Generic {
         let mac = hmac(
             self.algorithm(),
             &self.keys[0],
-            &self.content(&timestamp, body),
+            &self.scheme.payload.fill(&timestamp, body),
         );
         let encoded = match self.scheme.encoding {
             SignatureEncoding::Hex => encode_hex(&mac),
@@ -122,6 +103,7 @@ impl Scheme for Generic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::pattern::PayloadTemplate;
     use crate::webhooks::verify::testing::{headers, signed_headers};
 
     const SECRET: &str = "convoy-webhook-secret";
@@ -142,7 +124,7 @@ mod tests {
                 encoding,
                 prefix: prefix.into(),
                 timestamp_header: timestamp.map(Into::into),
-                payload: payload.into(),
+                payload: PayloadTemplate::parse(payload).unwrap(),
             },
         }
     }
@@ -266,8 +248,8 @@ mod tests {
             "{v}{timestamp}:{body}",
         );
         assert_eq!(
-            scheme.content("17", b"B"),
-            [b"".as_slice(), b"{", b"v}", b"17", b":", b"B", b""]
+            scheme.scheme.payload.fill("17", b"B"),
+            [b"{v}".as_slice(), b"17", b":", b"B"]
         );
         let signed = scheme.sign(BODY, 1_700_000_000);
         let request = Inbound {
