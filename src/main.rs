@@ -36,7 +36,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the sidecar (the default).
-    Run,
+    Run {
+        /// Once ready, write the listeners' bound addresses here as JSON,
+        /// `{"egress": "IP:port", "ingress": "IP:port", "admin": "IP:port"}`
+        /// (useful with port 0).
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
+    },
     /// Validate the configuration: list every error and exit 1, or summarize it and exit 0.
     Check,
     /// Print the headers (and for Twilio the URL) that make the body on stdin a
@@ -138,7 +144,7 @@ fn config_path(cli: &Cli) -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli);
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run { ready_file: None }) {
         Command::Check => match Config::load(&path) {
             Ok(config) => match wedsync_sidecar::runtime::server::build_check(&config) {
                 Ok(()) => {
@@ -167,7 +173,7 @@ fn main() -> ExitCode {
             config_map,
             secret,
         } => inject(cli.config.is_some(), &path, file, image, config_map, secret),
-        Command::Run => {
+        Command::Run { ready_file } => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -177,7 +183,7 @@ fn main() -> ExitCode {
             };
             logging::init(cli.log_format);
             tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting wedsync-sidecar");
-            match wedsync_sidecar::runtime::server::run(config, path) {
+            match wedsync_sidecar::runtime::server::run(config, path, ready_file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("wedsync-sidecar: {error}");

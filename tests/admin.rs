@@ -175,7 +175,7 @@ async fn json_logs_are_one_object_per_line_and_the_access_log_can_be_turned_off(
 
     let quiet = Sidecar::start_with_env(&body, &[("RUST_LOG", "info,access=off")]);
     get(&quiet.egress_url("/stripe/v1/charges")).await;
-    quiet.log_containing("ready").await;
+    quiet.log_containing("listening").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!quiet.logs().contains("access: egress"), "{}", quiet.logs());
 }
@@ -229,7 +229,7 @@ async fn without_a_token_an_admin_post_must_say_it_sends_json() {
     assert_eq!(answer.json()["replayed"], 0);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
         .args(["dlq", "replay", "--all", "-c"])
-        .arg(sidecar.dir.join("sidecar.yaml"))
+        .arg(sidecar.config_with_bound_ports())
         .output()
         .unwrap();
     assert!(

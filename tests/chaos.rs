@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const SECRET: &str = "whsec_test_secret_0123456789";
-
 /// What the target answered 2xx to, per event id.
 #[derive(Clone, Default)]
 struct Deliveries(Arc<Mutex<HashMap<String, u32>>>);
@@ -60,10 +58,22 @@ async fn target_on(addr: SocketAddr, down: Arc<AtomicBool>) -> (MockServer, Deli
 /// A sidecar delivering to `target`; `store: None` is the embedded store in
 /// the sidecar's own directory.
 fn config(store: Option<&str>, target: SocketAddr) -> String {
-    let store = store.map(|s| format!("store: {s}\n")).unwrap_or_default();
-    format!(
-        "drain_delay: 0s\nshutdown_grace: 5s\n{store}upstreams:\n  notify: {{ backends: [{target}], max_in_flight: 32, circuit_breaker: {{ failure_threshold: 1000 }} }}\ndelivery: {{ workers: 32 }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n    delivery: {{ timeout: 2s, max_attempts: 1000, backoff: {{ initial: 100ms, max: 500ms }} }}\n"
-    )
+    let mut yaml = Yaml::new()
+        .with("drain_delay: 0s")
+        .with("shutdown_grace: 5s")
+        .with("delivery: { workers: 32 }")
+        .upstream(
+            "notify",
+            format!("{{ backends: [{target}], max_in_flight: 32, circuit_breaker: {{ failure_threshold: 1000 }} }}"),
+        )
+        .stripe_webhook(&[
+            "routes: [{ events: [\"*\"], targets: [notify] }]",
+            "delivery: { timeout: 2s, max_attempts: 1000, backoff: { initial: 100ms, max: 500ms } }",
+        ]);
+    if let Some(store) = store {
+        yaml = yaml.with(format!("store: {store}"));
+    }
+    yaml.build()
 }
 
 /// The rate events are sent at, so that every fault lands mid-stream.

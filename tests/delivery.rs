@@ -16,7 +16,6 @@ use bytes::Bytes;
 use support::*;
 use wedsync_sidecar::webhooks::verify::Inbound;
 
-const SECRET: &str = "whsec_test_secret_0123456789";
 const DELIVERY_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 
@@ -45,10 +44,24 @@ async fn post_event(sidecar: &Sidecar, id: &str, event_type: &str) -> u16 {
 
 /// `upstreams` and extra YAML, with a Stripe webhook whose `routes` and
 /// `delivery` are given.
+/// `upstreams` is the body of the `upstreams:` section (indented entries).
 fn config(upstreams: &str, routes: &str, extra: &str) -> String {
-    format!(
-        "admin: {{ token: {ADMIN_TOKEN} }}\n{extra}upstreams:\n{upstreams}webhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    context: {{ wedding_id: /data/object/metadata/wedding_id }}\n    priority: {{ high: [booking.confirmed], low: [\"*.updated\"] }}\n    routes: {routes}\n    delivery: {{ path: /events/stripe, timeout: 1s, max_attempts: 100, backoff: {{ initial: 100ms, max: 400ms }} }}\n"
-    )
+    let routes = format!("routes: {routes}");
+    let yaml = Yaml::new()
+        .with(format!("admin: {{ token: {ADMIN_TOKEN} }}"))
+        .with(format!("upstreams:\n{}", upstreams.trim_end()))
+        .stripe_webhook(&[
+            "context: { wedding_id: /data/object/metadata/wedding_id }",
+            "priority: { high: [booking.confirmed], low: [\"*.updated\"] }",
+            &routes,
+            "delivery: { path: /events/stripe, timeout: 1s, max_attempts: 100, backoff: { initial: 100ms, max: 400ms } }",
+        ]);
+    let yaml = if extra.is_empty() {
+        yaml
+    } else {
+        yaml.with(extra)
+    };
+    yaml.build()
 }
 
 fn event_id(seen: &Seen) -> String {
@@ -537,7 +550,7 @@ async fn retries_back_off_honour_retry_after_and_rejections_dead_letter_until_re
             .args(["dlq"])
             .args(args)
             .arg("-c")
-            .arg(sidecar.dir.join("sidecar.yaml"))
+            .arg(sidecar.config_with_bound_ports())
             .output()
             .unwrap()
     };

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::*;
 
-const SECRET: &str = "whsec_test_secret_0123456789";
-
 fn config(store: &str) -> String {
-    format!(
-        "store: {store}\nupstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n"
-    )
+    Yaml::new()
+        .with(format!("store: {store}"))
+        .upstream("notify", "{ backends: [127.0.0.1:9] }")
+        .stripe_webhook(&["routes: [{ events: [\"*\"], targets: [notify] }]"])
+        .build()
 }
 
 async fn post(sidecar: &Sidecar, id: &str) -> Answer {

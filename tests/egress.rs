@@ -9,25 +9,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use support::*;
 
-fn service(name: &str, route: &str, upstream: &str, extra: &str) -> String {
-    format!("  {name}:\n    route: {route}\n    upstream: {upstream}\n{extra}")
-}
-
 #[tokio::test]
 async fn routes_by_prefix_strips_it_keeps_the_query_and_injects_a_bearer_token() {
     let upstream =
         MockServer::start(|_| MockAnswer::ok("charged").header("x-provider", "yes")).await;
     let other = MockServer::start(|_| MockAnswer::ok("other")).await;
-    let body = format!(
-        "services:\n{}{}",
-        service(
+    let body = Yaml::new()
+        .service(
             "stripe",
             "/stripe",
             &format!("{}/base", upstream.url()),
-            "    auth: { kind: bearer, token: \"${env:TEST_STRIPE_KEY}\" }\n"
-        ),
-        service("stripe-connect", "/stripe-connect", &other.url(), ""),
-    );
+            &["auth: { kind: bearer, token: \"${env:TEST_STRIPE_KEY}\" }"],
+        )
+        .service("stripe-connect", "/stripe-connect", &other.url(), &[])
+        .build();
     let sidecar = Sidecar::start_with_env(&body, &[("TEST_STRIPE_KEY", "sk_test_secret_value")]);
 
     let answer = send(
@@ -90,27 +85,26 @@ async fn unknown_routes_answer_404_problem_json() {
 #[tokio::test]
 async fn injects_api_keys_in_headers_and_queries_and_basic_credentials() {
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
-    let body = format!(
-        "services:\n{}{}{}",
-        service(
+    let body = Yaml::new()
+        .service(
             "resend",
             "/resend",
             &upstream.url(),
-            "    auth: { kind: api_key, header: X-Api-Key, value: re_key_1 }\n"
-        ),
-        service(
+            &["auth: { kind: api_key, header: X-Api-Key, value: re_key_1 }"],
+        )
+        .service(
             "maps",
             "/maps",
             &upstream.url(),
-            "    auth: { kind: api_key, query: key, value: \"k&1\" }\n"
-        ),
-        service(
+            &["auth: { kind: api_key, query: key, value: \"k&1\" }"],
+        )
+        .service(
             "twilio",
             "/twilio",
             &upstream.url(),
-            "    auth: { kind: basic, username: AC123, password: tok }\n"
-        ),
-    );
+            &["auth: { kind: basic, username: AC123, password: tok }"],
+        )
+        .build();
     let sidecar = Sidecar::start(&body);
     get_with(
         &sidecar,
@@ -152,22 +146,20 @@ async fn token_server(expires_in: u64, delay: Duration) -> MockServer {
 }
 
 fn oauth_body(upstream: &MockServer, tokens: &MockServer) -> String {
-    service(
-        "suppliers",
-        "/suppliers",
-        &upstream.url(),
-        &format!(
-            "    auth:\n      kind: oauth2\n      token_url: {}/oauth/token\n      client_id: wedsync\n      client_secret: s3cret-value\n      scopes: [suppliers.read]\n      audience: suppliers-api\n      refresh_before: 1s\n",
-            tokens.url()
-        ),
-    )
+    let auth = format!(
+        "auth:\n  kind: oauth2\n  token_url: {}/oauth/token\n  client_id: wedsync\n  client_secret: s3cret-value\n  scopes: [suppliers.read]\n  audience: suppliers-api\n  refresh_before: 1s",
+        tokens.url()
+    );
+    Yaml::new()
+        .service("suppliers", "/suppliers", &upstream.url(), &[&auth])
+        .build()
 }
 
 #[tokio::test]
 async fn oauth2_fetches_one_token_for_fifty_concurrent_requests_and_caches_it() {
     let tokens = token_server(3600, Duration::from_millis(200)).await;
     let upstream = MockServer::start(|_| MockAnswer::ok("suppliers")).await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
+    let sidecar = Sidecar::start(&oauth_body(&upstream, &tokens));
 
     let requests: Vec<_> = (0..50)
         .map(|_| tokio::spawn(get(&sidecar.egress_url("/suppliers/v1/vendors"))))
@@ -210,7 +202,7 @@ async fn oauth2_fetches_one_token_for_fifty_concurrent_requests_and_caches_it() 
 async fn oauth2_refreshes_before_expiry() {
     let tokens = token_server(2, Duration::ZERO).await;
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
+    let sidecar = Sidecar::start(&oauth_body(&upstream, &tokens));
     get(&sidecar.egress_url("/suppliers/a")).await;
     // Lifetime 2s, refresh_before 1s: after 1.2s the token is in its refresh window.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -242,7 +234,7 @@ async fn oauth2_endpoint_down_answers_502_without_forwarding_and_recovers() {
     })
     .await;
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
+    let sidecar = Sidecar::start(&oauth_body(&upstream, &tokens));
     let answer = get(&sidecar.egress_url("/suppliers/x")).await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.headers["x-sidecar-error"], "credentials_unavailable");
@@ -279,7 +271,7 @@ async fn an_upstream_401_invalidates_the_cached_token() {
         }
     })
     .await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
+    let sidecar = Sidecar::start(&oauth_body(&upstream, &tokens));
     assert_eq!(
         get(&sidecar.egress_url("/suppliers/x")).await.status,
         401,
@@ -293,16 +285,15 @@ async fn an_upstream_401_invalidates_the_cached_token() {
 async fn slow_providers_time_out_with_504_and_closed_ports_answer_502() {
     let slow = MockServer::start(|_| MockAnswer::ok("late").delayed(Duration::from_secs(3))).await;
     let closed = free_port();
-    let body = format!(
-        "services:\n{}{}",
-        service("slow", "/slow", &slow.url(), "    timeout: 300ms\n"),
-        service(
+    let body = Yaml::new()
+        .service("slow", "/slow", &slow.url(), &["timeout: 300ms"])
+        .service(
             "gone",
             "/gone",
             &format!("http://127.0.0.1:{closed}"),
-            "    connect_timeout: 200ms\n"
-        ),
-    );
+            &["connect_timeout: 200ms"],
+        )
+        .build();
     let sidecar = Sidecar::start(&body);
     let started = std::time::Instant::now();
     let answer = get(&sidecar.egress_url("/slow/x")).await;
@@ -332,11 +323,10 @@ async fn unresolvable_names_and_providers_that_hang_up_answer_502_with_the_reaso
             drop(stream);
         }
     });
-    let body = format!(
-        "services:\n{}{}",
-        service("nowhere", "/nowhere", "http://no-such-host.invalid", ""),
-        service("hangup", "/hangup", &format!("http://{hangup_addr}"), ""),
-    );
+    let body = Yaml::new()
+        .service("nowhere", "/nowhere", "http://no-such-host.invalid", &[])
+        .service("hangup", "/hangup", &format!("http://{hangup_addr}"), &[])
+        .build();
     let sidecar = Sidecar::start(&body);
 
     let answer = get(&sidecar.egress_url("/nowhere/x")).await;
@@ -376,27 +366,26 @@ async fn tls_upstreams_are_verified_against_a_private_ca_with_sni() {
     let dir = tempdir();
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let body = format!(
-        "services:\n{}{}{}",
-        service(
+    let body = Yaml::new()
+        .service(
             "trusted",
             "/trusted",
             &format!("https://localhost:{port}"),
-            &format!("    ca_file: {}\n", ca.display())
-        ),
-        service(
+            &[&format!("ca_file: {}", ca.display())],
+        )
+        .service(
             "untrusted",
             "/untrusted",
             &format!("https://localhost:{port}"),
-            ""
-        ),
-        service(
+            &[],
+        )
+        .service(
             "wrongname",
             "/wrongname",
             &format!("https://127.0.0.1:{port}"),
-            &format!("    ca_file: {}\n", ca.display())
-        ),
-    );
+            &[&format!("ca_file: {}", ca.display())],
+        )
+        .build();
     let sidecar = Sidecar::start(&body);
     let answer = get(&sidecar.egress_url("/trusted/x")).await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "secure"));
@@ -436,10 +425,11 @@ async fn streams_50_mib_both_ways_without_buffering_it() {
         }
     })
     .await;
-    let sidecar = Sidecar::start(&format!(
-        "services:\n{}",
-        service("files", "/files", &upstream.url(), "")
-    ));
+    let sidecar = Sidecar::start(
+        &Yaml::new()
+            .service("files", "/files", &upstream.url(), &[])
+            .build(),
+    );
     get(&sidecar.egress_url("/files/warmup")).await;
     let (_, peak_before) = sidecar.rss_kib();
 
@@ -467,7 +457,7 @@ async fn streams_50_mib_both_ways_without_buffering_it() {
 async fn an_oauth2_expires_in_near_u64_max_is_served_and_cached() {
     let tokens = token_server(u64::MAX - 1, Duration::ZERO).await;
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
-    let sidecar = Sidecar::start(&format!("services:\n{}", oauth_body(&upstream, &tokens)));
+    let sidecar = Sidecar::start(&oauth_body(&upstream, &tokens));
     for path in ["/suppliers/a", "/suppliers/b"] {
         get_with(&sidecar, path, &[]).await;
     }
@@ -484,10 +474,11 @@ async fn an_oauth2_expires_in_near_u64_max_is_served_and_cached() {
 #[tokio::test]
 async fn a_request_id_that_could_forge_log_fields_is_replaced() {
     let upstream = MockServer::start(|_| MockAnswer::ok("ok")).await;
-    let sidecar = Sidecar::start(&format!(
-        "services:\n{}",
-        service("stripe", "/stripe", &upstream.url(), "")
-    ));
+    let sidecar = Sidecar::start(
+        &Yaml::new()
+            .service("stripe", "/stripe", &upstream.url(), &[])
+            .build(),
+    );
     let kept = get_with(
         &sidecar,
         "/stripe/a",

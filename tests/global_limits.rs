@@ -10,11 +10,20 @@ use std::time::Duration;
 use support::*;
 
 fn config(redis: &RedisServer, upstream: &MockServer, limit: &str) -> String {
-    format!(
-        "store: {{ kind: redis, url: {}, prefix: test }}\nservices:\n  stripe:\n    route: /stripe\n    upstream: {}\n    rate_limit: {{ requests: {limit}, per: 1m, scope: global }}\n",
-        redis.url(),
-        upstream.url()
-    )
+    Yaml::new()
+        .with(format!(
+            "store: {{ kind: redis, url: {}, prefix: test }}",
+            redis.url()
+        ))
+        .service(
+            "stripe",
+            "/stripe",
+            &upstream.url(),
+            &[&format!(
+                "rate_limit: {{ requests: {limit}, per: 1m, scope: global }}"
+            )],
+        )
+        .build()
 }
 
 async fn statuses(sidecar: &Sidecar, count: usize) -> Vec<u16> {

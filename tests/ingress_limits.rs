@@ -12,12 +12,15 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const SECRET: &str = "whsec_test_secret_0123456789";
-
 fn config(ingress: &str) -> String {
-    format!(
-        "ingress: {ingress}\nupstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    max_body: 1MiB\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n"
-    )
+    Yaml::new()
+        .with(format!("ingress: {ingress}"))
+        .upstream("notify", "{ backends: [127.0.0.1:9] }")
+        .stripe_webhook(&[
+            "max_body: 1MiB",
+            "routes: [{ events: [\"*\"], targets: [notify] }]",
+        ])
+        .build()
 }
 
 fn now() -> u64 {

@@ -123,10 +123,9 @@ async fn sighup_reloads_and_a_new_route_serves_while_listeners_stay() {
         .metrics_containing(&["sidecar_config_reloads_total{outcome=\"applied\"} 1"])
         .await;
     let other_port = free_port();
-    let egress = sidecar.egress;
     sidecar.edit_config(|text| {
         text.replace(
-            &format!("egress: {egress}"),
+            "egress: 127.0.0.1:0",
             &format!("egress: 127.0.0.1:{other_port}"),
         ) + &format!(
             "  resend:\n    route: /resend\n    upstream: {}\n",

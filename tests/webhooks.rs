@@ -12,12 +12,18 @@ use support::*;
 use wedsync_sidecar::webhooks::verify::stripe::Stripe;
 use wedsync_sidecar::webhooks::verify::Scheme;
 
-const SECRET: &str = "whsec_test_secret_0123456789";
-
+/// `extra`: more YAML after the stripe webhook (usually more webhooks,
+/// indented under `webhooks:`).
 fn config(extra: &str) -> String {
-    format!(
-        "upstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    max_body: 1KiB\n    priority: {{ high: [payment_intent.succeeded] }}\n    routes: [{{ events: [\"payment_intent.*\"], targets: [notify] }}]\n{extra}"
-    )
+    let yaml = Yaml::new()
+        .upstream("notify", "{ backends: [127.0.0.1:9] }")
+        .stripe_webhook(&[
+            "max_body: 1KiB",
+            "priority: { high: [payment_intent.succeeded] }",
+            "routes: [{ events: [\"payment_intent.*\"], targets: [notify] }]",
+        ])
+        .build();
+    format!("{yaml}{extra}")
 }
 
 fn now() -> u64 {
@@ -190,7 +196,7 @@ async fn the_sign_command_makes_a_request_the_sidecar_accepts() {
     let sidecar = Sidecar::start(&config(""));
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
         .args(["sign", "--webhook", "stripe", "-c"])
-        .arg(sidecar.dir.join("sidecar.yaml"))
+        .arg(sidecar.config_with_bound_ports())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -206,7 +212,7 @@ async fn the_sign_command_makes_a_request_the_sidecar_accepts() {
 
     let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
         .args(["sign", "--webhook", "nope", "-c"])
-        .arg(sidecar.dir.join("sidecar.yaml"))
+        .arg(sidecar.config_with_bound_ports())
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -464,7 +470,7 @@ async fn sign_output_is_accepted_for_every_kind() {
         };
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
             .args(["sign", "--webhook", name, "-c"])
-            .arg(sidecar.dir.join("sidecar.yaml"))
+            .arg(sidecar.config_with_bound_ports())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()

@@ -19,13 +19,15 @@ pub fn check(d: &mut Decoder, config: &Config) {
 fn check_listeners(d: &mut Decoder, config: &Config) {
     let listen = YamlPath::root().key("listen");
     let l = &config.listen;
-    if l.ingress == l.egress {
+    // Port 0 asks the kernel for a port, a different one for each listener.
+    let same = |a: std::net::SocketAddr, b: std::net::SocketAddr| a == b && a.port() != 0;
+    if same(l.ingress, l.egress) {
         d.error(
             &listen.key("ingress"),
             format!("{} is already the egress listener", l.ingress),
         );
     }
-    if l.admin == l.egress || l.admin == l.ingress {
+    if same(l.admin, l.egress) || same(l.admin, l.ingress) {
         d.error(
             &listen.key("admin"),
             format!("{} is already used by another listener", l.admin),

@@ -3,6 +3,7 @@
 //! (`lifecycle`), listener ownership checks, the store monitor and log
 //! set-up. The only place that knows every direction.
 
+pub mod bind;
 pub mod listen_owner;
 pub mod logging;
 pub mod reload;

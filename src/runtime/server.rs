@@ -1,11 +1,11 @@
 //! Builds the Pingora server from a validated `Config`: the egress proxy, the
 //! ingress and admin listeners, readiness, and graceful shutdown.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora::listeners::ListenerConfig;
+use pingora::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -25,6 +25,7 @@ use crate::egress::EgressProxy;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::net::client::SmallClient;
+use crate::runtime::bind::{self, Settled};
 use crate::runtime::listen_owner::held_by_this_process;
 use crate::runtime::reload::Reloader;
 use crate::runtime::shutdown::{exit_when_idle, DrainingShutdown};
@@ -67,19 +68,19 @@ pub enum StartError {
 
 /// Runs the sidecar until it is told to stop; the process exits from within.
 /// `path` is where `config` came from: reloads read it again.
-pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
+/// `ready_file`, if given, receives the listeners' bound addresses as JSON
+/// once the sidecar is ready.
+pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), StartError> {
     let started = Instant::now();
     let config = Arc::new(config);
-    let listeners = [
-        ("egress", config.listen.egress),
-        ("ingress", config.listen.ingress),
-        ("admin", config.listen.admin),
-    ];
     // Pingora binds inside its service threads and panics there on failure;
-    // checking first turns a taken port into one clear error and exit code.
-    for (role, addr) in listeners {
-        TcpListener::bind(addr).map_err(|source| StartError::Bind { role, addr, source })?;
-    }
+    // settling first turns a taken port into one clear error and exit code,
+    // and gives port 0 a port of its own.
+    let listeners = [
+        bind::settle("egress", config.listen.egress)?,
+        bind::settle("ingress", config.listen.ingress)?,
+        bind::settle("admin", config.listen.admin)?,
+    ];
 
     let metrics = Arc::new(Metrics::new());
     let lifecycle = Lifecycle::new();
@@ -146,7 +147,10 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
 
     let mut egress_service =
         pingora::proxy::http_proxy_service_with_name(&server_conf, egress, "egress");
-    egress_service.add_tcp(&config.listen.egress.to_string());
+    egress_service.add_tcp_with_settings(
+        &listeners[0].addr.to_string(),
+        socket_options(&listeners[0]),
+    );
     egress_service.threads = Some(egress_threads());
 
     let mut ingress_service = Service::new(
@@ -157,7 +161,8 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     // by every idle or slow client; the ingress reads its header sections
     // and bodies into buffers of its own.
     ingress_service.add_listener(
-        ListenerConfig::tcp(config.listen.ingress.to_string())
+        ListenerConfig::tcp(listeners[1].addr.to_string())
+            .tcp_socket_options(socket_options(&listeners[1]))
             .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
     );
     let mut admin_service = Service::new(
@@ -170,7 +175,10 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
             store_report,
         ),
     );
-    admin_service.add_tcp(&config.listen.admin.to_string());
+    admin_service.add_tcp_with_settings(
+        &listeners[2].addr.to_string(),
+        socket_options(&listeners[2]),
+    );
     ingress_service.threads = Some(1);
     admin_service.threads = Some(1);
 
@@ -194,7 +202,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         server.watch_execution_phase(),
         config.shutdown_grace,
     );
-    watch_listeners(Arc::clone(&lifecycle), listeners, started);
+    watch_listeners(Arc::clone(&lifecycle), listeners, started, ready_file);
 
     let shutdown = DrainingShutdown {
         lifecycle,
@@ -294,15 +302,25 @@ fn egress_threads() -> usize {
         .clamp(1, 4)
 }
 
+fn socket_options(settled: &Settled) -> TcpSocketOptions {
+    let mut options = TcpSocketOptions::default();
+    options.so_reuseport = settled.reuse_port().then_some(true);
+    options
+}
+
 /// Marks the sidecar ready once every listener accepts connections on a
-/// socket of this process; exits with a clear error if one never does.
+/// socket of this process (then lets go of the port reservations); exits
+/// with a clear error if one never does. Writes `ready_file` once the
+/// sidecar is first ready.
 fn watch_listeners(
     lifecycle: Arc<Lifecycle>,
-    listeners: [(&'static str, SocketAddr); 3],
+    listeners: [Settled; 3],
     started: Instant,
+    ready_file: Option<PathBuf>,
 ) {
     std::thread::spawn(move || {
-        for (role, addr) in listeners {
+        for settled in &listeners {
+            let (role, addr) = (settled.role, settled.addr);
             let probe = loopback_for(addr);
             loop {
                 let answers =
@@ -324,12 +342,40 @@ fn watch_listeners(
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        let addresses = serde_json::json!({
+            "egress": listeners[0].addr.to_string(),
+            "ingress": listeners[1].addr.to_string(),
+            "admin": listeners[2].addr.to_string(),
+        });
+        drop(listeners);
         lifecycle.mark_listeners_bound();
         tracing::info!(
             startup_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "ready"
+            egress = %addresses["egress"].as_str().unwrap_or_default(),
+            ingress = %addresses["ingress"].as_str().unwrap_or_default(),
+            admin = %addresses["admin"].as_str().unwrap_or_default(),
+            "listening"
         );
+        let Some(path) = ready_file else { return };
+        while lifecycle.readiness().is_err() {
+            if lifecycle.is_draining() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Err(error) = write_ready_file(&path, &addresses) {
+            tracing::error!(path = %path.display(), "cannot write the ready file: {error}");
+        }
     });
+}
+
+/// Written beside and renamed into place, so a reader never sees half a file.
+fn write_ready_file(path: &std::path::Path, addresses: &serde_json::Value) -> std::io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, format!("{addresses}\n"))?;
+    std::fs::rename(&partial, path)
 }
 
 /// A wildcard listen address is probed on loopback.
