@@ -27,12 +27,14 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("store-cycle-{}", std::process::id()));
     let store = LocalStore::open(&dir).expect("open the store");
     let body = vec![b'x'; 2048];
-    let targets = vec!["notify".to_string()];
-    let room = vec![("notify".to_string(), BATCH as u32)];
+    let targets: Vec<wedsync_sidecar::names::UpstreamName> = vec!["notify".into()];
+    let room: Vec<(wedsync_sidecar::names::UpstreamName, u32)> =
+        vec![("notify".into(), BATCH as u32)];
+    let webhook = wedsync_sidecar::names::WebhookName::new("stripe");
     for round in 0..rounds {
         let metas: Vec<EventMeta> = (0..BATCH)
             .map(|i| EventMeta {
-                id: format!("evt_{round}_{i}"),
+                id: format!("evt_{round}_{i}").into(),
                 dedup: format!("evt_{round}_{i}"),
                 event_type: "payment_intent.succeeded".into(),
                 context: vec![("wedding_id".into(), "w-1".into())],
@@ -45,7 +47,7 @@ fn main() {
             .iter()
             .map(|meta| {
                 let event = NewEvent {
-                    webhook: "stripe",
+                    webhook: &webhook,
                     meta,
                     content_type: Some("application/json"),
                     body: &body,

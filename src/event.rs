@@ -2,6 +2,7 @@
 //! and delivery reads: its priority lane and what was extracted from it.
 //! Nothing here knows where an event came from or where it goes.
 
+use crate::names::{EventId, UpstreamName};
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -28,7 +29,7 @@ impl Priority {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
     /// The provider's id: the answer's `id` and the deliveries' `x-event-id`.
-    pub id: String,
+    pub id: EventId,
     /// What deduplicates the event: the id when signed bytes carry it,
     /// otherwise a digest of what the signature covers (`sha256:<hex>`),
     /// so an unsigned id header never makes a replay a new event.
@@ -39,5 +40,5 @@ pub struct EventMeta {
     pub context: Vec<(String, String)>,
     pub priority: Priority,
     /// Upstream groups, in route order, each once; empty: unrouted.
-    pub targets: Vec<String>,
+    pub targets: Vec<UpstreamName>,
 }

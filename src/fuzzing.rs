@@ -325,8 +325,8 @@ pub fn request_building(data: &[u8]) {
     let query = fields.text();
     let name = fields.text();
     let event = StoredEvent {
-        webhook: fields.text(),
-        id: fields.text(),
+        webhook: fields.text().into(),
+        id: fields.text().into(),
         event_type: fields.text(),
         content_type: Some(fields.text()),
         context: vec![("wedding_id".into(), fields.text())],

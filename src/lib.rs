@@ -22,6 +22,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod lifecycle;
 pub mod metrics;
+pub mod names;
 pub mod net;
 pub mod problem;
 pub mod resilience;

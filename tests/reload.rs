@@ -58,7 +58,10 @@ async fn a_changed_rate_limit_applies_without_dropping_a_connection() {
             ))
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(10), "load under way", || {
+        statuses.lock().unwrap().len() >= 50
+    })
+    .await;
     assert!(statuses.lock().unwrap().iter().all(|s| *s == 200));
     sidecar.edit_config(|text| {
         text.replace("{ requests: 10000, per: 1s }", "{ requests: 5, per: 1m }")
@@ -67,7 +70,10 @@ async fn a_changed_rate_limit_applies_without_dropping_a_connection() {
         .metrics_containing(&["sidecar_config_reloads_total{outcome=\"applied\"} 1"])
         .await;
     let at_reload = statuses.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(Duration::from_secs(10), "load after the reload", || {
+        statuses.lock().unwrap().len() >= at_reload + 50
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     for connection in connections {
         connection.await.expect("no connection failed");
@@ -275,7 +281,7 @@ async fn sigterm_under_load_drains_without_a_connection_error_and_keeps_every_ac
     let stored: std::collections::BTreeSet<String> = waiting_jobs(&store)
         .await
         .into_iter()
-        .map(|(_, event, _)| event.id)
+        .map(|(_, event, _)| event.id.to_string())
         .collect();
     for id in &accepted {
         assert!(

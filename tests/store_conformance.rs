@@ -105,7 +105,7 @@ fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
         event_type: "payment_intent.succeeded".into(),
         context: vec![("wedding_id".into(), "w-1".into())],
         priority,
-        targets: targets.iter().map(|t| t.to_string()).collect(),
+        targets: targets.iter().map(|t| (*t).into()).collect(),
     }
 }
 
@@ -152,7 +152,7 @@ fn lease_request(
         priority,
         now_ms,
         visibility: VISIBILITY,
-        room: room.to_vec(),
+        room: room.iter().map(|(t, n)| (t.as_str().into(), *n)).collect(),
         max,
     }
 }
@@ -204,7 +204,7 @@ async fn an_event_is_stored_with_one_job_per_target_leased_in_priority_order(sub
     let leased: Vec<_> = drain(store, T0)
         .await
         .into_iter()
-        .map(|job| (job.target, job.priority, job.attempts))
+        .map(|job| (job.target.to_string(), job.priority, job.attempts))
         .collect();
     assert_eq!(
         leased,

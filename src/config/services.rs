@@ -1,6 +1,7 @@
 //! `services.<name>`: one egress route per provider, with its credentials,
 //! timeouts and resilience policies.
 
+use crate::names::ServiceName;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use super::ser;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
-    pub name: String,
+    pub name: ServiceName,
     pub route: String,
     pub upstream: UpstreamUrl,
     pub ca_file: Option<PathBuf>,
@@ -293,7 +294,7 @@ pub fn decode_service(d: &mut Decoder, name: &str, node: &Node) -> Option<Servic
         ok
     });
     Some(Service {
-        name: name.to_string(),
+        name: name.into(),
         route: route?,
         upstream: upstream?,
         ca_file,

@@ -1,5 +1,6 @@
 //! `upstreams.<name>`: the internal services that receive delivered events.
 
+use crate::names::UpstreamName;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use super::services::{decode_breaker, positive_duration, CircuitBreaker};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamGroup {
-    pub name: String,
+    pub name: UpstreamName,
     pub backends: Backends,
     pub balance: Balance,
     pub health_check: Option<HealthCheck>,
@@ -129,7 +130,7 @@ pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<Upstr
         decode_breaker(d, n)
     });
     Some(UpstreamGroup {
-        name: name.to_string(),
+        name: name.into(),
         backends: backends?,
         balance: balance?,
         health_check: health_check.flatten(),

@@ -1,6 +1,7 @@
 //! `webhooks.<name>` and `delivery`: what the ingress accepts, how it verifies
 //! it, and where the delivery workers send it.
 
+use crate::names::WebhookName;
 use std::time::Duration;
 
 use base64::Engine;
@@ -21,7 +22,7 @@ pub const MIN_SECRET_BYTES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Webhook {
-    pub name: String,
+    pub name: WebhookName,
     pub path: String,
     pub verify: Verify,
     pub max_body: u64,
@@ -207,7 +208,7 @@ pub fn decode_webhook(
         });
     let ack = f.get("ack").and_then(|n| decode_ack(d, &n));
     Some(Webhook {
-        name: name.to_string(),
+        name: name.into(),
         path: path?,
         verify: verify?,
         max_body: max_body?,

@@ -227,3 +227,229 @@ impl Deliverer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! One attempt end to end against an in-memory store and a fake
+    //! transport that answers as each test says: what was sent, and what
+    //! the store holds afterwards.
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::event::{EventMeta, Priority};
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{Acceptance, DeadLetterFilter, LeaseRequest, OwnedEvent};
+    use crate::time::MonotonicClock;
+    use crate::upstreams::UpstreamGroups;
+
+    /// Answers from a script, one per call; records every request.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<ClientResponse, ClientError>>>,
+        sent: Mutex<Vec<(String, RequestHeader, Bytes)>>,
+    }
+
+    fn status(code: u16, retry_after: Option<&str>) -> Result<ClientResponse, ClientError> {
+        let mut headers = http::HeaderMap::new();
+        if let Some(value) = retry_after {
+            headers.insert(http::header::RETRY_AFTER, value.parse().unwrap());
+        }
+        Ok(ClientResponse {
+            status: code,
+            headers,
+            body: Bytes::new(),
+        })
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for Arc<Scripted> {
+        async fn send(
+            &self,
+            backend: &str,
+            request: RequestHeader,
+            body: Bytes,
+            _timeout: Duration,
+        ) -> Result<ClientResponse, ClientError> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push((backend.to_string(), request, body));
+            self.answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("an answer scripted")
+        }
+    }
+
+    const CONFIG: &str = "
+upstreams:
+  notify: { backends: [127.0.0.1:9] }
+webhooks:
+  stripe:
+    path: /webhooks/stripe
+    verify: { kind: stripe, secrets: [whsec_test_secret_0123456789] }
+    routes: [{ events: [\"*\"], targets: [notify] }]
+    delivery: { path: /events/stripe, max_attempts: 3, backoff: { initial: 1s, max: 4s } }
+";
+
+    struct Bench {
+        deliverer: Deliverer,
+        transport: Arc<Scripted>,
+        store: Arc<EmbeddedStore>,
+        plan: Plan,
+    }
+
+    fn bench(answers: Vec<Result<ClientResponse, ClientError>>) -> Bench {
+        let config = Config::from_yaml(
+            CONFIG,
+            "test.yaml",
+            &crate::config::interpolate::ProcessLookup,
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let upstreams = Arc::new(UpstreamGroups::build(
+            &config.upstreams,
+            None,
+            &MonotonicClock::shared(),
+            &metrics,
+        ));
+        let plan = Plan {
+            settings: super::super::Settings::new(&config).unwrap(),
+            upstreams,
+        };
+        let transport = Arc::new(Scripted {
+            answers: Mutex::new(answers.into()),
+            ..Scripted::default()
+        });
+        let store = Arc::new(EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap());
+        Bench {
+            deliverer: Deliverer {
+                store: store.clone(),
+                transport: Box::new(Arc::clone(&transport)),
+                metrics,
+            },
+            transport,
+            store,
+            plan,
+        }
+    }
+
+    async fn accept_and_lease(store: &EmbeddedStore, id: &str) -> Job {
+        let meta = EventMeta {
+            id: id.into(),
+            dedup: id.into(),
+            event_type: "payment_intent.succeeded".into(),
+            priority: Priority::Normal,
+            targets: vec!["notify".into()],
+            context: vec![("wedding_id".into(), "w_1".into())],
+        };
+        let accepted = store
+            .accept(OwnedEvent {
+                webhook: "stripe".into(),
+                meta,
+                content_type: Some("application/json".into()),
+                body: Bytes::from_static(b"{\"id\":\"evt_1\"}"),
+                now_ms: now_ms(),
+                dedup_window: Duration::from_secs(3600),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(accepted, Acceptance::Accepted(_)));
+        lease(store).await.expect("the job is due")
+    }
+
+    async fn lease(store: &EmbeddedStore) -> Option<Job> {
+        store
+            .lease(&LeaseRequest {
+                priority: Priority::Normal,
+                now_ms: now_ms() + 3_600_000,
+                visibility: Duration::from_secs(30),
+                room: Vec::new(),
+                max: 1,
+            })
+            .await
+            .unwrap()
+            .pop()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_2xx_sends_the_event_to_the_path_and_acks_the_job() {
+        let bench = bench(vec![status(204, None)]);
+        let job = accept_and_lease(&bench.store, "evt_1").await;
+        let decision = bench.deliverer.deliver(job, &bench.plan).await;
+        assert_eq!(decision, Decision::Delivered);
+        {
+            let sent = bench.transport.sent.lock().unwrap();
+            let (backend, request, body) = &sent[0];
+            assert_eq!(backend, "127.0.0.1:9");
+            assert_eq!(request.uri.path(), "/events/stripe");
+            assert_eq!(request.headers["x-event-id"], "evt_1");
+            assert_eq!(request.headers["x-delivery-attempt"], "1");
+            assert_eq!(&body[..], b"{\"id\":\"evt_1\"}");
+        }
+        assert!(
+            lease(&bench.store).await.is_none(),
+            "nothing left to deliver"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_503_with_retry_after_schedules_the_retry_then_and_counts_the_attempt() {
+        let bench = bench(vec![status(503, Some("2")), status(204, None)]);
+        let job = accept_and_lease(&bench.store, "evt_1").await;
+        let before = now_ms();
+        let Decision::Retry { due_ms } = bench.deliverer.deliver(job, &bench.plan).await else {
+            panic!("a 503 is retried");
+        };
+        assert!(
+            (before + 1_900..=now_ms() + 2_100).contains(&due_ms),
+            "due in 2 s, as asked"
+        );
+        let again = lease(&bench.store).await.expect("due again");
+        assert_eq!(again.attempts, 1);
+        assert_eq!(
+            bench.deliverer.deliver(again, &bench.plan).await,
+            Decision::Delivered
+        );
+        let sent = bench.transport.sent.lock().unwrap();
+        assert_eq!(sent[1].1.headers["x-delivery-attempt"], "2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_400_is_a_dead_letter_with_its_attempt_at_once() {
+        let bench = bench(vec![status(400, None)]);
+        let job = accept_and_lease(&bench.store, "evt_1").await;
+        assert_eq!(
+            bench.deliverer.deliver(job, &bench.plan).await,
+            Decision::DeadLetter(DeadLetterReason::Rejected)
+        );
+        let page = bench
+            .store
+            .dead_letters(&DeadLetterFilter::default(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].reason, "rejected");
+        assert_eq!(page.items[0].job.attempts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_failure_on_the_last_attempt_is_a_dead_letter() {
+        let refused = || Err(ClientError::Connection("ConnectRefused"));
+        let bench = bench(vec![refused(), refused(), refused()]);
+        let mut job = accept_and_lease(&bench.store, "evt_1").await;
+        for _ in 0..2 {
+            let decision = bench.deliverer.deliver(job, &bench.plan).await;
+            assert!(matches!(decision, Decision::Retry { .. }), "{decision:?}");
+            job = lease(&bench.store).await.expect("retried");
+        }
+        assert_eq!(
+            bench.deliverer.deliver(job, &bench.plan).await,
+            Decision::DeadLetter(DeadLetterReason::MaxAttempts)
+        );
+    }
+}

@@ -24,7 +24,7 @@ pub async fn refresh(deliverer: &Deliverer, plan: &Plan) {
         for webhook in &plan.settings.webhooks {
             let count = counts
                 .iter()
-                .find(|(w, _)| w == webhook)
+                .find(|(w, _)| webhook == w)
                 .map_or(0, |(_, c)| *c);
             metrics
                 .dead_letters

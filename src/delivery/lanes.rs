@@ -7,6 +7,7 @@
 //! A target with `max_in_flight` deliveries running is skipped, so one slow
 //! target never holds the workers the others need.
 
+use crate::names::UpstreamName;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -58,11 +59,11 @@ pub struct TargetSlots {
 impl TargetSlots {
     /// How many more deliveries each target may start now: its cap minus
     /// what runs.
-    pub fn room(&self, caps: &HashMap<String, u32>) -> Vec<(String, u32)> {
+    pub fn room(&self, caps: &HashMap<UpstreamName, u32>) -> Vec<(UpstreamName, u32)> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         caps.iter()
             .map(|(target, cap)| {
-                let busy = running.get(target).copied().unwrap_or(0);
+                let busy = running.get(target.as_str()).copied().unwrap_or(0);
                 (target.clone(), cap.saturating_sub(busy))
             })
             .collect()
@@ -140,7 +141,7 @@ mod tests {
     #[test]
     fn a_target_has_room_up_to_its_cap_and_again_when_one_finishes() {
         let slots = TargetSlots::default();
-        let caps: HashMap<String, u32> = [("slow".to_string(), 2)].into();
+        let caps: HashMap<UpstreamName, u32> = [("slow".into(), 2)].into();
         let room = |slots: &TargetSlots| slots.room(&caps)[0].1;
         slots.take("slow");
         assert_eq!(room(&slots), 1);
@@ -153,7 +154,7 @@ mod tests {
     #[test]
     fn a_slot_comes_back_even_when_its_task_panics() {
         let slots = Arc::new(TargetSlots::default());
-        let caps: HashMap<String, u32> = [("t".to_string(), 1)].into();
+        let caps: HashMap<UpstreamName, u32> = [("t".into(), 1)].into();
         let held = Arc::clone(&slots);
         let outcome = std::thread::spawn(move || {
             let _slot = TargetSlot::take(held, "t");

@@ -3,6 +3,7 @@
 //! in-flight cap and the lease's length. With the upstream groups it makes
 //! the [`Plan`], delivery's part of the runtime snapshot.
 
+use crate::names::{UpstreamName, WebhookName};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,13 +27,13 @@ pub enum SettingsError {
 }
 
 pub struct Settings {
-    policies: HashMap<String, WebhookDelivery>,
+    policies: HashMap<WebhookName, WebhookDelivery>,
     pub signer: Option<Signer>,
-    pub caps: HashMap<String, u32>,
+    pub caps: HashMap<UpstreamName, u32>,
     /// How long a leased job stays with this replica.
     pub visibility: Duration,
     /// Every webhook's name, for the per-webhook gauges.
-    pub webhooks: Vec<String>,
+    pub webhooks: Vec<WebhookName>,
 }
 
 impl Settings {
@@ -45,7 +46,7 @@ impl Settings {
                 secret.expose(),
             )?)),
         };
-        let policies: HashMap<String, WebhookDelivery> = config
+        let policies: HashMap<WebhookName, WebhookDelivery> = config
             .webhooks
             .iter()
             .map(|w| (w.name.clone(), w.delivery.clone()))

@@ -5,6 +5,7 @@
 //! when there is a Redis store). Plain functions over the resilience types,
 //! tested without a network; only the shared limit needs Redis.
 
+use crate::names::ServiceName;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -54,7 +55,7 @@ struct Limit {
 }
 
 pub struct Guard {
-    name: String,
+    name: ServiceName,
     cooldown: Cooldown,
     breaker: Option<Breaker>,
     failure_statuses: Vec<u16>,

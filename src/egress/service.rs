@@ -2,6 +2,7 @@
 //! about a service, prepared once (peer target, credentials, token source,
 //! Host value, metrics handles, resilience guard, retry policy).
 
+use crate::names::ServiceName;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::time::Clock;
 #[derive(Debug, thiserror::Error)]
 #[error("services.{service}: {problem}")]
 pub struct ServiceError {
-    pub service: String,
+    pub service: ServiceName,
     pub problem: ServiceProblem,
 }
 
@@ -36,7 +37,7 @@ pub enum ServiceProblem {
 
 /// One provider as the proxy uses it, built once from the config.
 pub struct EgressService {
-    pub name: String,
+    pub name: ServiceName,
     pub(super) target: UpstreamTarget,
     pub(super) auth: PreparedAuth,
     pub(super) tokens: Option<Arc<TokenSource>>,

@@ -13,7 +13,14 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::runtime::server::StartError;
+/// A listen address this process cannot have.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({role} listener): {source}")]
+pub struct BindError {
+    pub role: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
 
 /// One listener's settled address.
 #[derive(Debug)]
@@ -33,8 +40,8 @@ impl Settled {
 }
 
 /// Settles `addr` for the `role` listener.
-pub fn settle(role: &'static str, addr: SocketAddr) -> Result<Settled, StartError> {
-    let bind_error = |source| StartError::Bind { role, addr, source };
+pub fn settle(role: &'static str, addr: SocketAddr) -> Result<Settled, BindError> {
+    let bind_error = |source| BindError { role, addr, source };
     if addr.port() != 0 {
         TcpListener::bind(addr).map_err(bind_error)?;
         return Ok(Settled {

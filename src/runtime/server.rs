@@ -25,7 +25,7 @@ use crate::egress::EgressProxy;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::net::client::SmallClient;
-use crate::runtime::bind::{self, Settled};
+use crate::runtime::bind::{self, BindError, Settled};
 use crate::runtime::listen_owner::held_by_this_process;
 use crate::runtime::reload::Reloader;
 use crate::runtime::shutdown::{exit_when_idle, DrainingShutdown};
@@ -42,12 +42,8 @@ use crate::webhooks::IngressApp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} ({role} listener): {source}")]
-    Bind {
-        role: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error("store.url: {0}")]

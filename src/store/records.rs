@@ -3,6 +3,7 @@
 //! Records are JSON in either store, so a dead letter reads the same
 //! whichever store wrote it.
 
+use crate::names::{EventId, UpstreamName, WebhookName};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ pub const UNROUTED: &str = "";
 /// A verified request, as the ack path hands it over.
 #[derive(Clone, Copy)]
 pub struct NewEvent<'a> {
-    pub webhook: &'a str,
+    pub webhook: &'a WebhookName,
     pub meta: &'a EventMeta,
     pub content_type: Option<&'a str>,
     pub body: &'a [u8],
@@ -28,7 +29,7 @@ impl NewEvent<'_> {
     /// The metadata either store keeps for this event.
     pub fn stored(&self, received_at_ms: u64) -> StoredEvent {
         StoredEvent {
-            webhook: self.webhook.to_string(),
+            webhook: self.webhook.clone(),
             id: self.meta.id.clone(),
             event_type: self.meta.event_type.clone(),
             content_type: self.content_type.map(str::to_string),
@@ -38,14 +39,14 @@ impl NewEvent<'_> {
     }
 
     /// The job for one target of this event, before it has a number.
-    pub fn job(&self, id: u64, event: u64, target: &str, received_at_ms: u64) -> Job {
+    pub fn job(&self, id: u64, event: u64, target: &UpstreamName, received_at_ms: u64) -> Job {
         Job {
             id,
             event,
-            webhook: self.webhook.to_string(),
+            webhook: self.webhook.clone(),
             event_id: self.meta.id.clone(),
             event_type: self.meta.event_type.clone(),
-            target: target.to_string(),
+            target: target.clone(),
             priority: self.meta.priority,
             received_at_ms,
             due_ms: received_at_ms,
@@ -60,7 +61,7 @@ impl NewEvent<'_> {
 /// An event handed over by value (to a writer thread or a task).
 #[derive(Clone)]
 pub struct OwnedEvent {
-    pub webhook: String,
+    pub webhook: WebhookName,
     pub meta: EventMeta,
     pub content_type: Option<String>,
     pub body: bytes::Bytes,
@@ -90,8 +91,8 @@ pub enum Acceptance {
 /// An event's metadata as stored (its body is kept beside it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEvent {
-    pub webhook: String,
-    pub id: String,
+    pub webhook: WebhookName,
+    pub id: EventId,
     pub event_type: String,
     pub content_type: Option<String>,
     pub context: Vec<(String, String)>,
@@ -121,7 +122,7 @@ pub struct LeaseRequest {
     pub visibility: Duration,
     /// How many more jobs of a target may be leased now (its in-flight cap
     /// minus what runs); targets not listed are not capped.
-    pub room: Vec<(String, u32)>,
+    pub room: Vec<(UpstreamName, u32)>,
     pub max: usize,
 }
 
@@ -131,11 +132,11 @@ pub struct LeaseRequest {
 pub struct Job {
     pub id: u64,
     pub event: u64,
-    pub webhook: String,
+    pub webhook: WebhookName,
     /// The event's id and type, kept with each job for the dead-letter list.
-    pub event_id: String,
+    pub event_id: EventId,
     pub event_type: String,
-    pub target: String,
+    pub target: UpstreamName,
     pub priority: Priority,
     pub received_at_ms: u64,
     /// When it may next be leased: now for a new job, the retry time after
@@ -240,8 +241,8 @@ pub struct DeadLetterFilter {
 
 impl DeadLetterFilter {
     pub fn matches(&self, dead: &DeadLetter) -> bool {
-        self.webhook.as_ref().is_none_or(|w| *w == dead.job.webhook)
-            && self.target.as_ref().is_none_or(|t| *t == dead.job.target)
+        self.webhook.as_ref().is_none_or(|w| dead.job.webhook == *w)
+            && self.target.as_ref().is_none_or(|t| dead.job.target == *t)
     }
 }
 
@@ -320,10 +321,10 @@ pub fn set_aside(
     let mut job = Job {
         id,
         event: number("event"),
-        webhook,
-        event_id: text("event_id"),
+        webhook: webhook.into(),
+        event_id: text("event_id").into(),
         event_type: text("event_type"),
-        target: target.to_string(),
+        target: target.into(),
         priority,
         received_at_ms: number("received_at_ms"),
         due_ms: now_ms,

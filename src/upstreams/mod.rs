@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod health;
 pub mod selection;
 
+use crate::names::UpstreamName;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -322,7 +323,7 @@ impl Drop for Group {
 /// runtime snapshot.
 #[derive(Default)]
 pub struct UpstreamGroups {
-    groups: BTreeMap<String, Arc<Group>>,
+    groups: BTreeMap<UpstreamName, Arc<Group>>,
 }
 
 /// Where the groups a snapshot adds are sent for their loops to start:
@@ -403,7 +404,7 @@ impl UpstreamGroups {
         let groups: serde_json::Map<String, serde_json::Value> = self
             .groups
             .iter()
-            .map(|(name, group)| (name.clone(), group.summary()))
+            .map(|(name, group)| (name.to_string(), group.summary()))
             .collect();
         serde_json::Value::Object(groups)
     }

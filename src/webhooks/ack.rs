@@ -199,3 +199,141 @@ fn respond(
     *response.body_mut() = body;
     response
 }
+
+#[cfg(test)]
+mod tests {
+    //! The acknowledge path against an in-memory store: what is answered,
+    //! and what was stored before the answer.
+
+    use super::*;
+    use crate::config::interpolate::ProcessLookup;
+    use crate::config::Config;
+    use crate::event::Priority;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::LeaseRequest;
+    use crate::webhooks::verify::stripe::Stripe;
+    use crate::webhooks::verify::testing::signed_headers;
+
+    const SECRET: &str = "whsec_test_secret_0123456789";
+    const NOW: Duration = Duration::from_secs(1_800_000_000);
+
+    fn webhook(extra: &str) -> IngressWebhook {
+        let yaml = format!(
+            "upstreams:\n  notify: {{ backends: [127.0.0.1:9] }}\nwebhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [{SECRET}] }}\n    priority: {{ high: [payment_intent.succeeded] }}\n    routes: [{{ events: [\"payment_intent.*\"], targets: [notify] }}]\n{extra}"
+        );
+        let config = Config::from_yaml(&yaml, "test.yaml", &ProcessLookup).unwrap();
+        IngressWebhook::new(&config.webhooks[0], &Metrics::new()).unwrap()
+    }
+
+    fn signed(body: &[u8]) -> HeaderMap {
+        let mut headers = signed_headers(
+            &Stripe {
+                keys: vec![SECRET.as_bytes().to_vec()],
+                tolerance: Duration::from_secs(300),
+            }
+            .sign(body, NOW.as_secs()),
+        );
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        headers
+    }
+
+    const EVENT: &[u8] = br#"{"id":"evt_1","type":"payment_intent.succeeded"}"#;
+
+    async fn ack(
+        webhook: &IngressWebhook,
+        store: Option<&dyn Store>,
+        headers: &HeaderMap,
+        body: &'static [u8],
+    ) -> http::Response<Vec<u8>> {
+        let accepted = tokio::sync::Notify::new();
+        webhook
+            .acknowledge(
+                store,
+                headers,
+                Bytes::from_static(body),
+                None,
+                NOW,
+                &accepted,
+            )
+            .await
+    }
+
+    fn body_json(response: &http::Response<Vec<u8>>) -> serde_json::Value {
+        serde_json::from_slice(response.body()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_verified_event_is_stored_with_its_route_and_priority_before_the_202() {
+        let store = EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap();
+        let webhook = webhook("");
+        let answer = ack(&webhook, Some(&store), &signed(EVENT), EVENT).await;
+        assert_eq!(answer.status(), http::StatusCode::ACCEPTED);
+        assert_eq!(
+            body_json(&answer),
+            serde_json::json!({"status": "accepted", "id": "evt_1"})
+        );
+        let jobs = store
+            .lease(&LeaseRequest {
+                priority: Priority::High,
+                now_ms: u64::MAX / 4,
+                visibility: Duration::from_secs(30),
+                room: Vec::new(),
+                max: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            (jobs[0].target.as_str(), jobs[0].event_id.as_str()),
+            ("notify", "evt_1")
+        );
+        let (event, body) = store.event(jobs[0].event).await.unwrap().unwrap();
+        assert_eq!(body, EVENT);
+        assert_eq!(event.content_type.as_deref(), Some("application/json"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_event_again_is_a_200_duplicate() {
+        let store = EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap();
+        let webhook = webhook("");
+        ack(&webhook, Some(&store), &signed(EVENT), EVENT).await;
+        let again = ack(&webhook, Some(&store), &signed(EVENT), EVENT).await;
+        assert_eq!(again.status(), http::StatusCode::OK);
+        assert_eq!(body_json(&again)["status"], "duplicate");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgery_is_refused_and_nothing_is_stored() {
+        let store = EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap();
+        let webhook = webhook("");
+        let mut headers = signed(EVENT);
+        headers.insert(
+            "stripe-signature",
+            http::HeaderValue::from_static("t=1800000000,v1=00"),
+        );
+        let answer = ack(&webhook, Some(&store), &headers, EVENT).await;
+        assert_eq!(answer.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(store.queue_depth().await.unwrap().total(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_store_nothing_is_acknowledged() {
+        let answer = ack(&webhook(""), None, &signed(EVENT), EVENT).await;
+        assert_eq!(answer.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.headers()["retry-after"], "1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_configured_ack_is_answered_as_written() {
+        let store = EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap();
+        let webhook =
+            webhook("    ack: { status: 200, content_type: text/xml, body: \"<Response/>\" }\n");
+        let answer = ack(&webhook, Some(&store), &signed(EVENT), EVENT).await;
+        assert_eq!(answer.status(), http::StatusCode::OK);
+        assert_eq!(answer.headers()["content-type"], "text/xml");
+        assert_eq!(answer.body(), b"<Response/>");
+    }
+}

@@ -5,6 +5,7 @@
 //! JSON pointer or `header:Name`. Without an id the body's SHA-256 is the
 //! id, so a replayed body still deduplicates.
 
+use crate::names::UpstreamName;
 use http::HeaderMap;
 use serde_json::Value;
 
@@ -92,18 +93,18 @@ pub fn extract(
     } else {
         Priority::Normal
     };
-    let mut targets: Vec<String> = Vec::new();
+    let mut targets: Vec<UpstreamName> = Vec::new();
     for route in &webhook.routes {
         if route.events.iter().any(|g| g.matches(&event_type)) {
             for target in &route.targets {
-                if !targets.contains(target) {
-                    targets.push(target.clone());
+                if !targets.iter().any(|t| t == target) {
+                    targets.push(target.as_str().into());
                 }
             }
         }
     }
     EventMeta {
-        id,
+        id: id.into(),
         dedup,
         event_type,
         context,

@@ -24,7 +24,7 @@ pub async fn waiting_jobs(
         };
         while let Some(job) = store.lease(&request).await.unwrap().pop() {
             let (event, body) = store.event(job.event).await.unwrap().expect("its event");
-            jobs.push((job.target, event, body));
+            jobs.push((job.target.to_string(), event, body));
         }
     }
     jobs

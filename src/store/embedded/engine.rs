@@ -812,7 +812,7 @@ impl<'t> Tables<'t> {
         let refs = event.meta.targets.len().max(1) as u64;
         self.refs.insert(sequence, refs).map_err(failed)?;
         if event.meta.targets.is_empty() {
-            let job = event.job(sequence + 1, sequence, UNROUTED, now_ms);
+            let job = event.job(sequence + 1, sequence, &UNROUTED.into(), now_ms);
             self.insert_dead(&DeadLetter {
                 job,
                 reason: "unrouted".into(),
@@ -897,7 +897,7 @@ mod tests {
             targets: vec!["notify".into()],
         };
         let event = NewEvent {
-            webhook: "stripe",
+            webhook: &"stripe".into(),
             meta: &meta,
             content_type: None,
             body: b"{}",

@@ -509,7 +509,7 @@ impl Store for RedisEventStore {
             invocation.key(self.queue_key(event.meta.priority, target));
         }
         if event.meta.targets.is_empty() {
-            invocation.arg(record_tail(&new.job(0, 0, UNROUTED, now_ms)));
+            invocation.arg(record_tail(&new.job(0, 0, &UNROUTED.into(), now_ms)));
         }
         for target in &event.meta.targets {
             invocation
@@ -933,9 +933,9 @@ mod tests {
             now_ms: 7,
             dedup_window: Duration::from_secs(1),
         };
-        let tail = record_tail(&event.borrowed().job(0, 0, "notify", 7));
+        let tail = record_tail(&event.borrowed().job(0, 0, &"notify".into(), 7));
         let spliced: Job = parse(&format!(r#"{{"id":12,"event":11,{tail}"#)).unwrap();
-        assert_eq!(spliced, event.borrowed().job(12, 11, "notify", 7));
+        assert_eq!(spliced, event.borrowed().job(12, 11, &"notify".into(), 7));
         assert_eq!(
             order_key(7, 12).len(),
             41,
