@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::access::DynAccess;
+use arc_swap::access::{Access, DynAccess};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -32,9 +32,11 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, StatusCounters};
 use crate::problem::{ErrorCode, Problem};
 
-pub struct EgressProxy {
-    /// The services of the running config (the runtime snapshot's).
-    routes: Box<dyn DynAccess<EgressRoutes> + Send + Sync>,
+/// `R` reads the services of the running config (the runtime snapshot's).
+/// A concrete type, not `Box<dyn DynAccess>`: its `load` is on every
+/// request, and the boxed one allocates a guard each time.
+pub struct EgressProxy<R = Box<dyn DynAccess<EgressRoutes> + Send + Sync>> {
+    routes: R,
     /// Metrics of requests that matched no service, labelled `service="-"`.
     unrouted_requests: StatusCounters,
     unrouted_duration: prometheus::Histogram,
@@ -42,12 +44,8 @@ pub struct EgressProxy {
     request_ids: RequestIds,
 }
 
-impl EgressProxy {
-    pub fn new(
-        routes: Box<dyn DynAccess<EgressRoutes> + Send + Sync>,
-        metrics: &Metrics,
-        lifecycle: Arc<Lifecycle>,
-    ) -> Self {
+impl<R: Access<EgressRoutes> + Send + Sync + 'static> EgressProxy<R> {
+    pub fn new(routes: R, metrics: &Metrics, lifecycle: Arc<Lifecycle>) -> Self {
         Self {
             routes,
             unrouted_requests: StatusCounters::new(&metrics.egress_requests_total, "-"),
@@ -65,7 +63,7 @@ fn body_truncated(session: &Session) -> bool {
 }
 
 #[async_trait]
-impl ProxyHttp for EgressProxy {
+impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<R> {
     type CTX = EgressCtx;
 
     fn new_ctx(&self) -> EgressCtx {

@@ -91,7 +91,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
     group_loops.start_new(&snapshot.load().upstreams, None);
 
     let egress = EgressProxy::new(
-        snapshot::part(&snapshot, |s| &s.egress),
+        snapshot::concrete_part(&snapshot, |s| &s.egress),
         &metrics,
         Arc::clone(&lifecycle),
     );

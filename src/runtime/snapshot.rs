@@ -89,6 +89,14 @@ impl Snapshot {
     }
 }
 
+/// A part of the running snapshot as a concrete type, for the request path
+/// (loading it allocates nothing).
+pub type Part<T> = Map<SnapshotHandle, Snapshot, fn(&Snapshot) -> &T>;
+
+pub fn concrete_part<T: 'static>(handle: &SnapshotHandle, project: fn(&Snapshot) -> &T) -> Part<T> {
+    Map::new(Arc::clone(handle), project)
+}
+
 /// A direction's view of the running snapshot: its own part, as of the
 /// latest swap.
 pub fn part<T: 'static>(
