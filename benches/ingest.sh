@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Webhook ingest benchmark: the sidecar's ingress with the embedded store and
-# with a private Redis, 64 senders posting Stripe-signed 2 KiB events with
-# fresh ids (examples/ingest_load.rs), loopback only, bounded in time.
+# Webhook ingest benchmark, loopback only, bounded in time. SENDERS
+# keep-alive connections post Stripe-signed 2 KiB events with fresh ids
+# (examples/ingest_load.rs) to
+#   floor    - a bare Pingora ServeHttp app that reads the body and answers
+#              202, nothing else (examples/ingest_floor.rs), in the same run
+#   embedded - the sidecar's ingress with the embedded store
+#   redis    - the same with a private Redis
+# first closed loop (each sender waits for its answer: saturation, accepted/s
+# and the ratio to the floor), then, for the embedded store, open loop at
+# 25%, 50% and 75% of its own saturation (events due at a fixed rate, each
+# latency counted from when it was due, so queueing shows).
 # Usage: benches/ingest.sh [seconds] [senders]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 SENDERS=${2:-64}
-cargo build --release --locked --bin wedsync-sidecar --example ingest_load 2>&1 | tail -1
+cargo build --release --locked --bin wedsync-sidecar --example ingest_load --example ingest_floor 2>&1 | tail -1
 . benches/common.sh
 SECRET=whsec_benchmark_secret_0123456789
 
-run() { # name store-yaml
+start() { # name store-yaml -> sets URL and PID
   local eg in ad
   eg=$(port); in=$(port); ad=$(port)
   cat > "$WORK/$1.yaml" <<YAML
@@ -26,13 +34,34 @@ webhooks:
     routes: [{ events: ["*"], targets: [notify] }]
 YAML
   RUST_LOG=warn ./target/release/wedsync-sidecar run -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
-  local pid=$!
+  PID=$!
   wait_ready "$ad"
-  echo "$1: $(./target/release/examples/ingest_load "http://127.0.0.1:$in/webhooks/stripe" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN")"
-  kill -9 $pid
+  URL="http://127.0.0.1:$in/webhooks/stripe"
 }
+load() { ./target/release/examples/ingest_load "$1" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN" "${@:2}"; }
+rate_of() { sed -E 's/.*= ([0-9]+)\/s.*/\1/'; }
 
-run embedded "store: { path: $WORK/data }"
+FLOOR_PORT=$(port)
+./target/release/examples/ingest_floor "127.0.0.1:$FLOOR_PORT" 2>/dev/null &
+FLOOR_PID=$!
+sleep 0.5
+FLOOR=$(./target/release/examples/ingest_load "http://127.0.0.1:$FLOOR_PORT/webhooks/stripe" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN")
+kill -9 $FLOOR_PID
+echo "floor (202, no verification, no store): $FLOOR"
+
+start embedded "store: { path: $WORK/data }"
+EMBEDDED=$(load "$URL")
+echo "embedded: $EMBEDDED"
+SATURATION=$(echo "$EMBEDDED" | rate_of)
+echo "embedded/floor accepted/s: $(awk -v a="$SATURATION" -v b="$(echo "$FLOOR" | rate_of)" 'BEGIN {printf "%.2f", a/b}') (target >= 0.6)"
+for share in 25 50 75; do
+  rate=$((SATURATION * share / 100))
+  echo "embedded, open loop at ${share}% of saturation ($rate/s): $(load "$URL" 0 "$rate")"
+done
+kill -9 $PID
+
 start_redis
-run redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }"
+start redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }"
+echo "redis: $(load "$URL")"
+kill -9 $PID
 echo "(redis without AOF: see README for the persistence settings durability needs)"

@@ -15,8 +15,12 @@
 # ratios sidecar/bare and sidecar/bare_je; then the sidecar's idle RSS and its RSS under 256
 # keep-alive connections. Loopback only, bounded in time.
 # Usage: benches/load.sh [seconds per run] [connections] [rounds]
+#        benches/load.sh pinned [seconds] [rounds] [rate]   (benches/pinned.sh:
+#        proxy and upstream on one core, load generator on the other, CPU per
+#        request against bare Pingora and open-loop added latency)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = pinned ]; then shift; exec benches/pinned.sh "$@"; fi
 DURATION=${1:-5}
 CONNS=${2:-64}
 ROUNDS=${3:-5}

@@ -2,8 +2,12 @@
 //! 2 KiB events, each with a fresh id, for SECONDS; prints accepted/s and ack
 //! latency p50/p99. Loopback only. With COUNT, each sender stops after
 //! COUNT events (SECONDS still bounds it): a fixed amount of work, for
-//! instruction counts.
-//! Usage: ingest_load URL SECRET [SENDERS] [SECONDS] [COUNT]
+//! instruction counts (0: no limit). With RATE, the load is open: events
+//! are due at RATE per second in all, spread over the senders, and each
+//! latency counts from when its event was due, not from when a sender got
+//! round to it, so queueing shows (a closed loop waits for each answer
+//! before sending again and hides it).
+//! Usage: ingest_load URL SECRET [SENDERS] [SECONDS] [COUNT] [RATE]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,9 +24,14 @@ async fn main() {
     let secret = args.next().expect("SECRET");
     let senders: usize = args.next().map_or(64, |a| a.parse().expect("SENDERS"));
     let seconds: u64 = args.next().map_or(5, |a| a.parse().expect("SECONDS"));
-    let count: u64 = args.next().map_or(u64::MAX, |a| a.parse().expect("COUNT"));
+    let count: u64 = match args.next().map(|a| a.parse().expect("COUNT")) {
+        None | Some(0) => u64::MAX,
+        Some(count) => count,
+    };
+    let rate: Option<f64> = args.next().map(|a| a.parse().expect("RATE"));
     let events = Arc::new(SignedEvents::new(secret));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let run = SystemTime::now()
@@ -39,13 +48,27 @@ async fn main() {
             let mut mine = Vec::new();
             let mut n = 0u64;
             while Instant::now() < deadline && n < count {
+                // Open loop: this sender's n-th event is due at
+                // (n * senders + sender) / rate seconds from the start.
+                let due = rate.map(|rate| {
+                    start
+                        + Duration::from_secs_f64(
+                            (n * senders as u64 + sender as u64) as f64 / rate,
+                        )
+                });
+                if let Some(due) = due {
+                    if due >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 n += 1;
                 let request = events.request(url.path(), &format!("evt_{run}_{sender}_{n}"));
                 if connection.ready().await.is_err() {
                     reconnects += 1;
                     connection = connect(&url).await;
                 }
-                let started = Instant::now();
+                let started = due.unwrap_or_else(Instant::now);
                 let response = connection.send_request(request).await.unwrap();
                 let status = response.status();
                 let _ = response.into_body().collect().await;
@@ -72,12 +95,19 @@ async fn main() {
             .copied()
             .unwrap_or_default()
     };
+    let per_mille = |p: usize| {
+        latencies
+            .get(latencies.len() * p / 1000)
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
-        "accepted {} in {seconds}s = {:.0}/s, refused {}, ack p50 {:.2} ms, p99 {:.2} ms",
+        "accepted {} in {seconds}s = {:.0}/s, refused {}, ack p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
         latencies.len(),
         latencies.len() as f64 / seconds as f64,
         refused.load(std::sync::atomic::Ordering::Relaxed),
         percentile(50).as_secs_f64() * 1000.0,
         percentile(99).as_secs_f64() * 1000.0,
+        per_mille(999).as_secs_f64() * 1000.0,
     );
 }

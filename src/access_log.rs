@@ -89,6 +89,7 @@ pub fn flush() {
 }
 
 fn write_out_forever() {
+    crate::os::lower_this_thread();
     let Some(sink) = SINK.get() else { return };
     loop {
         let pending = {

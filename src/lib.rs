@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod names;
 pub mod net;
+pub mod os;
 pub mod problem;
 pub mod resilience;
 pub mod runtime;

@@ -20,10 +20,18 @@ use super::settings::Plan;
 use crate::event::Priority;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::DeadLetterReason;
-use crate::store::{Attempt, Job, LeaseRequest, StoreError};
+use crate::store::{Attempt, Job, LeaseRequest, NextDue, StoreError};
 
 /// How often the queue is looked at when nothing woke the service.
 const POLL: Duration = Duration::from_millis(100);
+/// The longest idle wait when the store knows its next due job.
+const IDLE_MAX: Duration = Duration::from_secs(1);
+
+/// Until `at_ms`, within `POLL` (a due job a lease did not take: its
+/// target is at its cap) and `IDLE_MAX`.
+fn idle_wait_until(at_ms: u64, now_ms: u64) -> Duration {
+    Duration::from_millis(at_ms.saturating_sub(now_ms)).clamp(POLL, IDLE_MAX)
+}
 /// The pause after the store failed to answer a lease.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How often the queue gauges are refreshed.
@@ -101,6 +109,19 @@ impl DeliveryService {
         Ok(jobs)
     }
 
+    /// How long to wait for work after a lease found none, unless woken by
+    /// an accepted event or a finished delivery: until the next job falls
+    /// due where the store knows it (at most `IDLE_MAX`, for what else may
+    /// add jobs, such as a replay), otherwise `POLL`. An idle sidecar with
+    /// the embedded store then leases once a second instead of ten times.
+    async fn idle_wait(&self) -> Duration {
+        match self.deliverer.store.next_due().await {
+            Ok(NextDue::Nothing) => IDLE_MAX,
+            Ok(NextDue::At(at_ms)) => idle_wait_until(at_ms, now_ms()),
+            Ok(NextDue::Unknown) | Err(_) => POLL,
+        }
+    }
+
     async fn run(&self, mut shutdown: ShutdownWatch) {
         // The process exits once nothing is in flight: delivery counts as
         // in flight until its store is closed cleanly.
@@ -125,7 +146,7 @@ impl DeliveryService {
                     }
                     continue;
                 }
-                Ok(_) => POLL,
+                Ok(_) => self.idle_wait().await,
                 Err(error) => {
                     tracing::warn!(%error, "cannot lease delivery jobs; trying again");
                     STORE_RETRY
@@ -196,5 +217,18 @@ impl BackgroundService for DeliveryService {
             _ = self.run(shutdown) => {}
             _ = gauges => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_wait_lasts_until_the_next_due_job_within_bounds() {
+        assert_eq!(idle_wait_until(10_400, 10_000), Duration::from_millis(400));
+        assert_eq!(idle_wait_until(10_000, 10_000), POLL, "due now: at its cap");
+        assert_eq!(idle_wait_until(5_000, 10_000), POLL, "overdue");
+        assert_eq!(idle_wait_until(u64::MAX, 10_000), IDLE_MAX);
     }
 }

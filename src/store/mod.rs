@@ -14,6 +14,17 @@ pub use records::{
     OwnedEvent, QueueDepth, StoredEvent,
 };
 
+/// What a store knows of its next due job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextDue {
+    /// Another process may add one at any time.
+    Unknown,
+    /// Nothing is queued; a new event wakes delivery when it is accepted.
+    Nothing,
+    /// The earliest due time (Unix ms) of a queued job.
+    At(u64),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or could not commit; nothing changed.
@@ -110,6 +121,13 @@ pub trait Store: Send + Sync {
 
     /// An event's metadata and body; None when either is missing.
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError>;
+
+    /// When a lease could next find a job: delivery sleeps until then
+    /// instead of polling. `Unknown` (the default) where other processes
+    /// add jobs too (a shared Redis).
+    async fn next_due(&self) -> Result<NextDue, StoreError> {
+        Ok(NextDue::Unknown)
+    }
 
     /// Makes every change so far durable, at shutdown: acks and retries
     /// may be committed without an fsync while running.

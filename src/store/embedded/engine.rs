@@ -371,6 +371,31 @@ impl LocalStore {
         })
     }
 
+    /// When the next job falls due (leased ones included: their lease
+    /// ends), or None when nothing is queued.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(failed)?;
+        let queued = txn.open_table(QUEUED).map_err(failed)?;
+        let queue = txn.open_table(QUEUE).map_err(failed)?;
+        let mut next: Option<u64> = None;
+        for entry in queued.iter().map_err(failed)? {
+            let (key, _) = entry.map_err(failed)?;
+            let (rank, target) = key.value();
+            let first = queue
+                .range((rank, target, 0, 0)..=(rank, target, u64::MAX, u64::MAX))
+                .map_err(failed)?
+                .next()
+                .transpose()
+                .map_err(failed)?;
+            if let Some((key, _)) = first {
+                let due = key.value().2;
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        Ok(next)
+    }
+
     pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
@@ -913,6 +938,18 @@ mod tests {
             room: Vec::new(),
             max: 1,
         }
+    }
+
+    #[test]
+    fn the_next_due_time_is_the_earliest_queued_job_leased_or_not() {
+        let store = LocalStore::open(&dir("next-due")).unwrap();
+        assert_eq!(store.next_due_ms().unwrap(), None, "nothing queued");
+        accept(&store, "evt_1", 1_000);
+        accept(&store, "evt_2", 2_000);
+        assert_eq!(store.next_due_ms().unwrap(), Some(1_000));
+        // Leased: due again when its lease ends, after the other one.
+        store.lease(&one_high_job(1_500)).unwrap();
+        assert_eq!(store.next_due_ms().unwrap(), Some(2_000));
     }
 
     #[test]

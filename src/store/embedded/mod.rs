@@ -15,7 +15,7 @@ use crate::store::records::{
     Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
     OwnedEvent, QueueDepth, StoredEvent,
 };
-use crate::store::{Store, StoreError, StoreReport};
+use crate::store::{NextDue, Store, StoreError, StoreReport};
 use engine::{LocalStore, Written};
 use group_commit::{GroupCommitter, OwnedWrite};
 
@@ -133,6 +133,15 @@ impl Store for EmbeddedStore {
 
     async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
         self.blocking(LocalStore::oldest_pending_ms).await
+    }
+
+    /// Only this process adds jobs to its own file: the next due time is
+    /// known exactly.
+    async fn next_due(&self) -> Result<NextDue, StoreError> {
+        Ok(match self.blocking(LocalStore::next_due_ms).await? {
+            Some(at_ms) => NextDue::At(at_ms),
+            None => NextDue::Nothing,
+        })
     }
 
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
