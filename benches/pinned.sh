@@ -4,7 +4,8 @@
 # `benches/load.sh pinned [seconds] [rounds] [rate]` runs this.
 #
 # Targets, interleaved in ROUNDS rounds (order rotated every round):
-#   direct  - the upstream itself (examples/bench_upstream.rs)
+#   direct  - the upstream itself: nginx answering 64 bytes from its config
+#             (examples/bench_upstream.rs when nginx is not installed)
 #   bare    - a bare Pingora passthrough proxy, one worker
 #             (examples/bare_proxy.rs), the floor for any Pingora sidecar
 #   sidecar - the sidecar's egress with every feature on: bearer injection,
@@ -39,11 +40,39 @@ cargo build --release --locked --bin wedsync-sidecar --example bare_proxy --exam
 
 . benches/common.sh
 UP=$(port); BARE=$(port); EG=$(port); IN=$(port); AD=$(port); NGX=$(port)
-pin() { taskset -c "$SUT_CPU" "$@"; }
 load() { taskset -c "$LOADGEN_CPU" "$@"; }
 
-pin ./target/release/examples/bench_upstream "127.0.0.1:$UP" &
-pin ./target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 2>/dev/null &
+# taskset itself, not a shell function: `$!` must be the server's own pid
+# (a function in the background is a subshell, which the exit trap would
+# kill while the server ran on).
+# The upstream: nginx answering a 64-byte body from its config when nginx is
+# installed (as the shared harness does: known to be fast and steady, so
+# direct's own latency is a clean reference), else examples/bench_upstream.
+if command -v nginx >/dev/null; then
+  mkdir -p "$WORK/upstream"
+  cat > "$WORK/upstream.conf" <<NGINX
+worker_processes 1;
+daemon off;
+error_log $WORK/upstream/error.log warn;
+pid $WORK/upstream/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/upstream; proxy_temp_path $WORK/upstream;
+  fastcgi_temp_path $WORK/upstream; uwsgi_temp_path $WORK/upstream; scgi_temp_path $WORK/upstream;
+  server {
+    listen 127.0.0.1:$UP;
+    keepalive_requests 1000000;
+    location / { default_type application/json; return 200 '{"id":"ch_0123456789","object":"charge","amount":100,"currency":"eur"}'; }
+  }
+}
+NGINX
+  taskset -c "$SUT_CPU" nginx -c "$WORK/upstream.conf" &
+  UPSTREAM_NGINX_PID=$!
+else
+  taskset -c "$SUT_CPU" ./target/release/examples/bench_upstream "127.0.0.1:$UP" &
+fi
+taskset -c "$SUT_CPU" ./target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 2>/dev/null &
 BARE_PID=$!
 cat > "$WORK/sidecar.yaml" <<YAML
 listen: { egress: 127.0.0.1:$EG, ingress: 127.0.0.1:$IN, admin: 127.0.0.1:$AD }
@@ -76,11 +105,12 @@ http {
   upstream app { server 127.0.0.1:$UP; keepalive 64; }
   server {
     listen 127.0.0.1:$NGX;
+    keepalive_requests 1000000;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
 NGINX
-  pin nginx -c "$WORK/nginx.conf" &
+  taskset -c "$SUT_CPU" nginx -c "$WORK/nginx.conf" &
   NGINX_PID=$!
   TARGETS="$TARGETS nginx"
   URL[nginx]="http://127.0.0.1:$NGX/v1/charges"
@@ -89,7 +119,13 @@ fi
 wait_ready "$AD"
 sleep 1
 rss() { local total=0; for p in "$@"; do total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $((total / 1024)); }
-children() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+# A process and all its descendants (`pin` runs in a subshell, nginx forks
+# its worker).
+# The subshell itself (bash) is not the proxy's and is left out.
+children() {
+  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = bash ] || echo "$1"
+  local c; for c in $(pgrep -P "$1"); do children "$c"; done
+}
 declare -A IDLE_RSS=()
 for t in $TARGETS; do [ "${PID[$t]}" = 0 ] || IDLE_RSS[$t]=$(rss $(children "${PID[$t]}")); done
 
@@ -159,3 +195,6 @@ for t in $TARGETS; do
     "$(added "$t" 5)" "$(added "$t" 6)" "$(added "$t" 7)" "$(stat "$t" 8)" "${IDLE_RSS[$t]}" "$LOADED"
 done
 echo "(direct's row: its own open-loop latency; other rows: added over direct in the same round, median of rounds)"
+# nginx's worker outlives a SIGKILLed master: stop it the way nginx means.
+for p in ${NGINX_PID:-} ${UPSTREAM_NGINX_PID:-}; do kill -TERM "$p" 2>/dev/null; done
+sleep 0.5
