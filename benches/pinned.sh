@@ -195,6 +195,12 @@ for t in $TARGETS; do
     "$(added "$t" 5)" "$(added "$t" 6)" "$(added "$t" 7)" "$(stat "$t" 8)" "${IDLE_RSS[$t]}" "$LOADED"
 done
 echo "(direct's row: its own open-loop latency; other rows: added over direct in the same round, median of rounds)"
+# Where direct's own tail is noisy (a shared machine), the proxies against
+# each other say more: each one's p99 over bare Pingora's, per round.
+vs_bare() { awk -v t="$1" '$2=="bare" {b[$1]=$6} $2==t {v[$1]=$6} END {for (r in v) printf "%.2f\n", v[r]/b[r]}' "$WORK/rows" | median; }
+for t in $TARGETS; do
+  case $t in direct|bare) ;; *) echo "$t open-loop p99 / bare's p99 (median of rounds): $(vs_bare "$t")" ;; esac
+done
 # nginx's worker outlives a SIGKILLed master: stop it the way nginx means.
 for p in ${NGINX_PID:-} ${UPSTREAM_NGINX_PID:-}; do kill -TERM "$p" 2>/dev/null; done
 sleep 0.5
