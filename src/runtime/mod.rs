@@ -4,6 +4,7 @@
 //! set-up. The only place that knows every direction.
 
 pub mod bind;
+pub mod housekeeping;
 pub mod listen_owner;
 pub mod logging;
 pub mod reload;

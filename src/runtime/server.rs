@@ -26,6 +26,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::net::client::SmallClient;
 use crate::runtime::bind::{self, BindError, Settled};
+use crate::runtime::housekeeping::Housekeeping;
 use crate::runtime::listen_owner::held_by_this_process;
 use crate::runtime::reload::Reloader;
 use crate::runtime::shutdown::{exit_when_idle, DrainingShutdown};
@@ -178,14 +179,16 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
     ingress_service.threads = Some(1);
     admin_service.threads = Some(1);
 
+    let mut housekeeping = Housekeeping::default();
     if let Some(listener) = pause_listener {
-        server.add_service(background_service("provider pauses", listener));
+        housekeeping.add("provider pauses", listener);
     }
     if let Some(monitor) = store_monitor {
-        server.add_service(background_service("store monitor", monitor));
+        housekeeping.add("store monitor", monitor);
     }
-    server.add_service(background_service("upstreams", upstreams_service));
-    server.add_service(background_service("config reload", reloader));
+    housekeeping.add("upstreams", upstreams_service);
+    housekeeping.add("config reload", reloader);
+    server.add_service(background_service("housekeeping", housekeeping));
     if let Some(delivery) = delivery {
         server.add_service(background_service("delivery", delivery));
     }
