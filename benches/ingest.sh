@@ -45,7 +45,7 @@ FLOOR_PORT=$(port)
 ./target/release/examples/ingest_floor "127.0.0.1:$FLOOR_PORT" 2>/dev/null &
 FLOOR_PID=$!
 sleep 0.5
-FLOOR=$(./target/release/examples/ingest_load "http://127.0.0.1:$FLOOR_PORT/webhooks/stripe" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN")
+FLOOR=$(load "http://127.0.0.1:$FLOOR_PORT/webhooks/stripe")
 kill -9 $FLOOR_PID
 echo "floor (202, no verification, no store): $FLOOR"
 

@@ -42,32 +42,40 @@ cargo build --release --locked --bin wedsync-sidecar --example bare_proxy --exam
 UP=$(port); BARE=$(port); EG=$(port); IN=$(port); AD=$(port); NGX=$(port)
 load() { taskset -c "$LOADGEN_CPU" "$@"; }
 
-# taskset itself, not a shell function: `$!` must be the server's own pid
-# (a function in the background is a subshell, which the exit trap would
-# kill while the server ran on).
+# nginx_conf NAME HTTP: writes $WORK/NAME.conf, one worker in the
+# foreground with its files under $WORK/NAME and HTTP inside `http { }`;
+# prints its path.
+nginx_conf() {
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1.conf" <<NGINX
+worker_processes 1;
+daemon off;
+error_log $WORK/$1/error.log warn;
+pid $WORK/$1/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$1; proxy_temp_path $WORK/$1;
+  fastcgi_temp_path $WORK/$1; uwsgi_temp_path $WORK/$1; scgi_temp_path $WORK/$1;
+$2
+}
+NGINX
+  echo "$WORK/$1.conf"
+}
+
+# Servers start under taskset itself, not a shell function: `$!` must be the
+# server's own pid (a function in the background is a subshell, which the
+# exit trap would kill while the server ran on).
 # The upstream: nginx answering a 64-byte body from its config when nginx is
 # installed (as the shared harness does: known to be fast and steady, so
 # direct's own latency is a clean reference), else examples/bench_upstream.
 if command -v nginx >/dev/null; then
-  mkdir -p "$WORK/upstream"
-  cat > "$WORK/upstream.conf" <<NGINX
-worker_processes 1;
-daemon off;
-error_log $WORK/upstream/error.log warn;
-pid $WORK/upstream/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/upstream; proxy_temp_path $WORK/upstream;
-  fastcgi_temp_path $WORK/upstream; uwsgi_temp_path $WORK/upstream; scgi_temp_path $WORK/upstream;
-  server {
+  conf=$(nginx_conf upstream "  server {
     listen 127.0.0.1:$UP;
     keepalive_requests 1000000;
-    location / { default_type application/json; return 200 '{"id":"ch_0123456789","object":"charge","amount":100,"currency":"eur"}'; }
-  }
-}
-NGINX
-  taskset -c "$SUT_CPU" nginx -c "$WORK/upstream.conf" &
+    location / { default_type application/json; return 200 '{\"id\":\"ch_0123456789\",\"object\":\"charge\",\"amount\":100,\"currency\":\"eur\"}'; }
+  }")
+  taskset -c "$SUT_CPU" nginx -c "$conf" &
   UPSTREAM_NGINX_PID=$!
 else
   taskset -c "$SUT_CPU" ./target/release/examples/bench_upstream "127.0.0.1:$UP" &
@@ -91,26 +99,13 @@ TARGETS="direct bare sidecar"
 declare -A URL=([direct]="http://127.0.0.1:$UP/v1/charges" [bare]="http://127.0.0.1:$BARE/v1/charges" [sidecar]="http://127.0.0.1:$EG/v1/charges")
 declare -A PID=([direct]=0 [bare]=$BARE_PID [sidecar]=$SIDECAR_PID)
 if command -v nginx >/dev/null; then
-  mkdir -p "$WORK/nginx"
-  cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-error_log $WORK/nginx/error.log warn;
-pid $WORK/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  upstream app { server 127.0.0.1:$UP; keepalive 64; }
+  conf=$(nginx_conf nginx "  upstream app { server 127.0.0.1:$UP; keepalive 64; }
   server {
     listen 127.0.0.1:$NGX;
     keepalive_requests 1000000;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
-  taskset -c "$SUT_CPU" nginx -c "$WORK/nginx.conf" &
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }")
+  taskset -c "$SUT_CPU" nginx -c "$conf" &
   NGINX_PID=$!
   TARGETS="$TARGETS nginx"
   URL[nginx]="http://127.0.0.1:$NGX/v1/charges"

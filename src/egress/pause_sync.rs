@@ -79,8 +79,6 @@ impl PauseListener {
 #[async_trait]
 impl BackgroundService for PauseListener {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Its own runtime thread: no request waits for it.
-        crate::os::lower_this_thread();
         let mut reported = false;
         loop {
             tokio::select! {

@@ -126,8 +126,6 @@ impl Reloader {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Its own runtime thread: no request waits for it.
-        crate::os::lower_this_thread();
         use tokio::signal::unix::{signal, SignalKind};
         let mut hangup = match signal(SignalKind::hangup()) {
             Ok(hangup) => Some(hangup),

@@ -341,20 +341,20 @@ fn watch_listeners(
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        let addresses = serde_json::json!({
-            "egress": listeners[0].addr.to_string(),
-            "ingress": listeners[1].addr.to_string(),
-            "admin": listeners[2].addr.to_string(),
-        });
-        drop(listeners);
+        let [egress, ingress, admin] = listeners.map(|settled| settled.addr);
         lifecycle.mark_listeners_bound();
         tracing::info!(
             startup_ms = started.elapsed().as_secs_f64() * 1000.0,
-            egress = %addresses["egress"].as_str().unwrap_or_default(),
-            ingress = %addresses["ingress"].as_str().unwrap_or_default(),
-            admin = %addresses["admin"].as_str().unwrap_or_default(),
+            %egress,
+            %ingress,
+            %admin,
             "listening"
         );
+        let addresses = serde_json::json!({
+            "egress": egress.to_string(),
+            "ingress": ingress.to_string(),
+            "admin": admin.to_string(),
+        });
         let Some(path) = ready_file else { return };
         while lifecycle.readiness().is_err() {
             if lifecycle.is_draining() {

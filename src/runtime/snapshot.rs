@@ -103,5 +103,5 @@ pub fn part<T: 'static>(
     handle: &SnapshotHandle,
     project: fn(&Snapshot) -> &T,
 ) -> Box<dyn DynAccess<T> + Send + Sync> {
-    Box::new(Map::new(Arc::clone(handle), project))
+    Box::new(concrete_part(handle, project))
 }

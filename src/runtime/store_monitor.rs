@@ -75,8 +75,6 @@ impl StoreMonitor {
 #[async_trait]
 impl BackgroundService for StoreMonitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Its own runtime thread: no request waits for it.
-        crate::os::lower_this_thread();
         let mut since_inspection = INSPECT_EVERY;
         loop {
             // Until one inspection worked (Redis down at start), every round

@@ -413,8 +413,6 @@ impl UpstreamGroups {
 #[async_trait::async_trait]
 impl BackgroundService for UpstreamsService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Its own runtime thread: no request waits for it.
-        crate::os::lower_this_thread();
         let Some(mut started) = self.started.lock().expect("upstreams service").take() else {
             return;
         };

@@ -141,9 +141,7 @@ impl Sidecar {
     pub fn respawn(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let text = std::fs::read_to_string(self.dir.join("sidecar.yaml")).unwrap();
-        let pinned = self.with_bound_ports(&text);
-        self.edit_config(|_| pinned);
+        self.edit_config(|text| self.with_bound_ports(&text));
         let log = self.dir.join("sidecar.restarted.log");
         self.child = launch(
             &self.dir.join("sidecar.yaml"),
