@@ -17,7 +17,7 @@ use wedsync_sidecar::metrics::Metrics;
 use wedsync_sidecar::resilience::breaker::{Breaker, Outcome};
 use wedsync_sidecar::resilience::global::GlobalLimiter;
 use wedsync_sidecar::resilience::ratelimit::LocalLimiter;
-use wedsync_sidecar::store::redis::RedisStore;
+use wedsync_sidecar::store::redis::{RedisStore, RedisTarget};
 use wedsync_sidecar::time::MonotonicClock;
 
 fn generous_limit(key: Vec<LimitKey>, scope: LimitScope) -> RateLimit {
@@ -118,7 +118,7 @@ fn shared_limiter(c: &mut Criterion) {
         .unwrap();
     let store = Arc::new(
         RedisStore::new(
-            &format!("redis://127.0.0.1:{port}"),
+            RedisTarget::single(&format!("redis://127.0.0.1:{port}")),
             "bench",
             MonotonicClock::shared(),
             Metrics::new().store_errors_total.clone(),

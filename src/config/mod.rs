@@ -91,8 +91,27 @@ pub struct Admin {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StoreKind {
     Local { path: PathBuf },
-    Redis { urls: Vec<Secret> },
+    Redis(RedisStoreConfig),
 }
+
+/// `store` with `kind: redis`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedisStoreConfig {
+    /// One node's URL, or a cluster's seed nodes.
+    pub urls: Vec<Secret>,
+    /// `store.url` is a list: the seeds of a Redis Cluster.
+    pub cluster: bool,
+    /// The queue's hash-tagged parts, spread over a cluster's masters.
+    pub shards: u32,
+    /// The CA that signed the servers' certificates (`rediss://`).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// The most queue parts: job ids carry their part in their last ten bits.
+pub const MAX_SHARDS: u64 = 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Store {
@@ -418,6 +437,10 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             "replicas",
             "replica_timeout",
             "unready_after",
+            "shards",
+            "ca_file",
+            "cert_file",
+            "key_file",
         ],
     )?;
     let defaults = Store::with_kind(StoreKind::Local {
@@ -460,12 +483,12 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         if let Some(n) = f.get("path") {
             d.error(&n.path, "only applies to kind: local");
         }
-        let urls = d.required(&f, "url").and_then(|n| {
+        let urls_and_cluster = d.required(&f, "url").and_then(|n| {
             let url = |d: &mut Decoder, item: &Node| {
                 d.parsed(item, |u| {
                     // Parsed here, so the store never meets a URL it cannot use.
-                    let usable = (u.starts_with("redis://") && redis::Client::open(u).is_ok())
-                        || u.starts_with("rediss://");
+                    let usable = (u.starts_with("redis://") || u.starts_with("rediss://"))
+                        && redis::Client::open(u).is_ok();
                     if usable {
                         Ok(Secret::new(u))
                     } else {
@@ -474,15 +497,65 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
                 })
             };
             if n.value.is_sequence() {
-                d.list(&n, url)
+                d.list(&n, url).map(|urls| (urls, true))
             } else {
-                url(d, &n).map(|u| vec![u])
+                url(d, &n).map(|u| (vec![u], false))
             }
         });
-        StoreKind::Redis { urls: urls? }
+        let shards = d.or(&f, "shards", 16, |d, n| {
+            d.integer(n, 1, MAX_SHARDS).map(|v| v as u32)
+        });
+        let file = |d: &mut Decoder, key: &str| match f.get(key) {
+            Some(n) => d.non_empty_string(&n).map(|p| Some(PathBuf::from(p))),
+            None => Some(None),
+        };
+        let (ca_file, cert_file, key_file) = (
+            file(d, "ca_file"),
+            file(d, "cert_file"),
+            file(d, "key_file"),
+        );
+        if let (Some(cert), Some(key)) = (&cert_file, &key_file) {
+            if cert.is_some() != key.is_some() {
+                let missing = if cert.is_some() {
+                    "key_file"
+                } else {
+                    "cert_file"
+                };
+                d.error(
+                    &f.path.key(missing),
+                    "mutual TLS needs both cert_file and key_file",
+                );
+            }
+        }
+        let (urls, cluster) = urls_and_cluster?;
+        let plain = urls.iter().any(|u| !u.expose().starts_with("rediss://"));
+        if plain && urls.iter().any(|u| u.expose().starts_with("rediss://")) {
+            d.error(
+                &f.path.key("url"),
+                "mixes redis:// and rediss://: every node is reached the same way",
+            );
+        }
+        for key in ["ca_file", "cert_file", "key_file"] {
+            if plain && f.get(key).is_some() {
+                d.error(
+                    &f.path.key(key),
+                    "only applies to rediss:// URLs (Redis over TLS)",
+                );
+            }
+        }
+        StoreKind::Redis(RedisStoreConfig {
+            urls,
+            cluster,
+            shards: shards?,
+            ca_file: ca_file?,
+            cert_file: cert_file?,
+            key_file: key_file?,
+        })
     } else {
-        if let Some(n) = f.get("url") {
-            d.error(&n.path, "only applies to kind: redis");
+        for key in ["url", "shards", "ca_file", "cert_file", "key_file"] {
+            if let Some(n) = f.get(key) {
+                d.error(&n.path, "only applies to kind: redis");
+            }
         }
         let path = match f.get("path") {
             Some(n) => d.non_empty_string(&n).map(PathBuf::from)?,
@@ -490,7 +563,7 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         };
         StoreKind::Local { path }
     };
-    if replicas.is_some_and(|r| r > 0) && !matches!(kind, StoreKind::Redis { .. }) {
+    if replicas.is_some_and(|r| r > 0) && !matches!(kind, StoreKind::Redis(_)) {
         d.error(
             &f.path.key("replicas"),
             "only applies to kind: redis (the embedded store has no replicas)",

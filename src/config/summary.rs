@@ -136,7 +136,12 @@ pub fn summary(config: &Config) -> String {
     out.push(format!("admin    {} ({token})", config.listen.admin));
     let store = match &config.store.kind {
         StoreKind::Local { path } => format!("local, {}", path.display()),
-        StoreKind::Redis { urls } => format!("redis, {} node(s)", urls.len()),
+        StoreKind::Redis(redis) if redis.cluster => format!(
+            "redis cluster, {} seed(s), {} shard(s)",
+            redis.urls.len(),
+            redis.shards
+        ),
+        StoreKind::Redis(redis) => format!("redis, {} shard(s)", redis.shards),
     };
     out.push(format!("store    {store}, prefix {}", config.store.prefix));
     out.join("\n")

@@ -179,14 +179,78 @@ webhooks:
 }
 
 #[test]
-fn features_not_built_yet_are_refused_not_ignored() {
-    let yaml = "store: { kind: redis, url: \"rediss://cache.example:6380\" }\n";
-    let errs = errors(yaml);
-    assert!(
-        errs.iter()
-            .any(|e| e.starts_with("store.url: rediss:// (Redis over TLS) is not supported yet")),
-        "{errs:?}"
+fn a_redis_store_takes_a_cluster_shards_and_tls() {
+    let yaml = r#"
+store:
+  kind: redis
+  url: ["rediss://${file:/secrets/sup}@a.example:6379", "rediss://b.example:6379"]
+  shards: 32
+  ca_file: /etc/redis/ca.pem
+  cert_file: /etc/redis/client.pem
+  key_file: /etc/redis/client.key
+"#;
+    let config = load(yaml).unwrap();
+    let StoreKind::Redis(redis) = &config.store.kind else {
+        panic!("a redis store")
+    };
+    assert!(redis.cluster, "a list of URLs is a cluster's seeds");
+    assert_eq!(redis.urls.len(), 2);
+    assert_eq!(
+        redis.urls[0].expose(),
+        "rediss://client-secret-value@a.example:6379"
     );
+    assert!(!format!("{config:?}").contains("client-secret-value"));
+    assert!(!serde_json::to_string(&config)
+        .unwrap()
+        .contains("client-secret-value"));
+    assert_eq!(redis.shards, 32);
+    assert_eq!(
+        redis.ca_file.as_deref(),
+        Some(Path::new("/etc/redis/ca.pem"))
+    );
+    assert!(redis.cert_file.is_some() && redis.key_file.is_some());
+
+    let single = load("store: { kind: redis, url: redis://a:6379 }\n").unwrap();
+    let StoreKind::Redis(single) = &single.store.kind else {
+        panic!("a redis store")
+    };
+    assert!(!single.cluster);
+    assert_eq!(single.shards, 16, "the default");
+    let one_seed = load("store: { kind: redis, url: [redis://a:6379] }\n").unwrap();
+    assert!(matches!(&one_seed.store.kind, StoreKind::Redis(r) if r.cluster));
+}
+
+#[test]
+fn redis_store_settings_are_checked() {
+    let cases = [
+        ("url: redis://a:6379, shards: 0", "store.shards: "),
+        ("url: redis://a:6379, shards: 1025", "store.shards: "),
+        (
+            "url: redis://a:6379, ca_file: /ca.pem",
+            "store.ca_file: only applies to rediss:// URLs (Redis over TLS)",
+        ),
+        (
+            "url: rediss://a:6379, cert_file: /c.pem",
+            "store.key_file: mutual TLS needs both cert_file and key_file",
+        ),
+        (
+            "url: [redis://a:6379, rediss://b:6379]",
+            "store.url: mixes redis:// and rediss://",
+        ),
+        (
+            "url: [redis://a:6379, http://b]",
+            "store.url[1]: invalid Redis URL",
+        ),
+    ];
+    for (fields, expected) in cases {
+        let errs = errors(&format!("store: {{ kind: redis, {fields} }}\n"));
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "{fields}: {errs:?}"
+        );
+    }
+    let local = errors("store: { kind: local, shards: 4 }\n");
+    assert!(local[0].starts_with("store.shards: only applies to kind: redis"));
 }
 
 #[test]
@@ -213,12 +277,9 @@ fn global_rate_limits_need_the_redis_store() {
     assert!(load(&with_redis).is_ok());
     let cluster =
         format!("store: {{ kind: redis, url: [redis://a:6379, redis://b:6379] }}\n{yaml}");
-    assert!(errors(&cluster)[0]
-        .starts_with("store.url: several URLs (Redis Cluster) are not supported yet"));
+    assert!(load(&cluster).is_ok(), "a cluster shares limits too");
     let tls = format!("store: {{ kind: redis, url: rediss://a:6379 }}\n{yaml}");
-    assert!(
-        errors(&tls)[0].starts_with("store.url: rediss:// (Redis over TLS) is not supported yet")
-    );
+    assert!(load(&tls).is_ok());
 }
 
 #[test]

@@ -13,7 +13,6 @@ pub fn check(d: &mut Decoder, config: &Config) {
     check_routes(d, config);
     check_webhooks(d, config);
     check_global_limits(d, config);
-    check_not_supported_yet(d, config);
 }
 
 fn check_listeners(d: &mut Decoder, config: &Config) {
@@ -113,26 +112,6 @@ fn check_global_limits(d: &mut Decoder, config: &Config) {
             d.error(
                 &YamlPath::root().key("services").key(&service.name).key("rate_limit").key("scope"),
                 "scope: global needs store.kind: redis so that replicas share one budget; with the local store use scope: local",
-            );
-        }
-    }
-}
-
-const NOT_YET: &str = "not supported yet by this version of wedsync-sidecar; remove it (it would otherwise be silently ignored)";
-
-fn check_not_supported_yet(d: &mut Decoder, config: &Config) {
-    if let StoreKind::Redis { urls } = &config.store.kind {
-        // One Redis node for now; a cluster client and TLS come later.
-        let url = YamlPath::root().key("store").key("url");
-        if urls.len() > 1 {
-            d.error(
-                &url,
-                format!("several URLs (Redis Cluster) are {NOT_YET}; give one redis:// URL"),
-            );
-        } else if urls.iter().any(|u| u.expose().starts_with("rediss://")) {
-            d.error(
-                &url,
-                format!("rediss:// (Redis over TLS) is {NOT_YET}; use redis://"),
             );
         }
     }

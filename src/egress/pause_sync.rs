@@ -41,12 +41,11 @@ impl PauseListener {
 
     /// Listens until the connection drops.
     async fn listen(&self) -> Result<(), RedisCallError> {
-        // Its own connections: the request path's store connection and its
-        // failure handling stay out of this.
-        let client = self.store.client();
+        // Its own connection to one node: on a cluster, PUBLISH reaches
+        // every node, so any seed hears every announcement.
+        let client = self.store.node_client()?;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(pause_channel(&self.store)).await?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
         let guards: Vec<Arc<Guard>> = self
             .routes
             .load()
@@ -55,11 +54,10 @@ impl PauseListener {
             .map(|s| Arc::clone(&s.guard))
             .collect();
         for guard in guards {
-            if let Some(left) = remaining_pause(&self.store, &mut connection, guard.name()).await? {
+            if let Some(left) = remaining_pause(&self.store, guard.name()).await? {
                 guard.pause(left);
             }
         }
-        drop(connection);
         tracing::info!("listening for provider pauses announced by other replicas");
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {

@@ -62,16 +62,20 @@ pub fn parse_pause_message(payload: &str) -> Option<(&str, Duration)> {
     Some((service, Duration::from_millis(millis.parse().ok()?)))
 }
 
-/// What is left of a service's shared pause, read on `connection`, for a
-/// replica that was not listening when it was announced.
+/// What is left of a service's shared pause, for a replica that was not
+/// listening when it was announced.
 pub async fn remaining_pause(
     store: &RedisStore,
-    connection: &mut redis::aio::MultiplexedConnection,
     service: &str,
 ) -> Result<Option<Duration>, RedisCallError> {
-    let millis: i64 = redis::cmd("PTTL")
-        .arg(pause_key(store, service))
-        .query_async(connection)
+    let key = pause_key(store, service);
+    let millis: i64 = store
+        .run("pause", |mut connection| async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
+        })
         .await?;
     Ok((millis > 0).then(|| Duration::from_millis(millis as u64)))
 }

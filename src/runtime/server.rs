@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, RedisStoreConfig, StoreKind};
 use crate::delivery::{Deliverer, DeliveryService};
 use crate::egress::pause_sync::PauseListener;
 use crate::egress::EgressProxy;
@@ -34,7 +34,7 @@ use crate::runtime::snapshot::{self, BuildError, Foundation, Snapshot, SnapshotH
 use crate::runtime::store_monitor::StoreMonitor;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::events::RedisEventStore;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisStore, RedisTarget};
 use crate::store::{Store, StoreError};
 use crate::time::MonotonicClock;
 use crate::upstreams::UpstreamsService;
@@ -49,6 +49,12 @@ pub enum StartError {
     Build(#[from] BuildError),
     #[error("store.url: {0}")]
     Redis(redis::RedisError),
+    #[error("store.{key}: cannot read {path}: {error}")]
+    RedisTls {
+        key: &'static str,
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("the {role} listener on {addr} did not come up within 10s")]
@@ -229,9 +235,9 @@ pub fn build_check(config: &Config) -> Result<(), StartError> {
 fn foundation(config: &Config, metrics: &Arc<Metrics>) -> Result<Foundation, StartError> {
     let clock = MonotonicClock::shared();
     let redis = match &config.store.kind {
-        StoreKind::Redis { urls } => Some(Arc::new(
+        StoreKind::Redis(redis) => Some(Arc::new(
             RedisStore::new(
-                urls[0].expose(),
+                redis_target(redis)?,
                 &config.store.prefix,
                 Arc::clone(&clock),
                 metrics.store_errors_total.clone(),
@@ -247,6 +253,34 @@ fn foundation(config: &Config, metrics: &Arc<Metrics>) -> Result<Foundation, Sta
     })
 }
 
+/// The Redis a `kind: redis` store names, with its TLS files read.
+fn redis_target(config: &RedisStoreConfig) -> Result<RedisTarget, StartError> {
+    let read = |key: &'static str, path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|error| StartError::RedisTls {
+                    key,
+                    path: path.clone(),
+                    error,
+                })
+            })
+            .transpose()
+    };
+    let client_cert = match (
+        read("cert_file", &config.cert_file)?,
+        read("key_file", &config.key_file)?,
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        _ => None,
+    };
+    Ok(RedisTarget {
+        urls: config.urls.iter().map(|u| u.expose().to_string()).collect(),
+        cluster: config.cluster,
+        ca: read("ca_file", &config.ca_file)?,
+        client_cert,
+    })
+}
+
 /// The store webhooks are accepted into; none without webhooks, so an
 /// egress-only sidecar creates no files.
 fn event_store(
@@ -258,12 +292,14 @@ fn event_store(
         return Ok(None);
     }
     Ok(Some(match (&config.store.kind, redis) {
-        (_, Some(redis)) => Arc::new(RedisEventStore::new(redis).with_replicas(
-            config.store.replicas,
-            config.store.replica_timeout,
-            metrics.store_replica_wait_seconds.clone(),
-        )),
-        (StoreKind::Local { path }, None) => {
+        (StoreKind::Redis(settings), Some(redis)) => {
+            Arc::new(RedisEventStore::new(redis, settings.shards).with_replicas(
+                config.store.replicas,
+                config.store.replica_timeout,
+                metrics.store_replica_wait_seconds.clone(),
+            ))
+        }
+        (StoreKind::Local { path }, _) => {
             let horizon = config
                 .webhooks
                 .iter()
@@ -272,7 +308,7 @@ fn event_store(
                 .unwrap_or_default();
             Arc::new(EmbeddedStore::open(path, horizon)?)
         }
-        (StoreKind::Redis { .. }, None) => unreachable!("the foundation holds the Redis store"),
+        (StoreKind::Redis(_), None) => unreachable!("the foundation holds the Redis store"),
     }))
 }
 

@@ -1,6 +1,6 @@
 //! Test support, one module per kind of real part: the sidecar binary
 //! (`sidecar`), mock HTTP servers (`mock`) and a client (`client`), Redis
-//! servers (`redis`), stores read directly (`store`), a private CA (`pki`),
+//! servers and a Redis Cluster (`redis_server`, `redis_cluster`), stores read directly (`store`), a private CA (`pki`),
 //! a tmpfs (`fs`) and the one config builder (`config`).
 //!
 //! Each test binary compiles this whole tree and uses a part of it, so the
@@ -12,6 +12,7 @@ pub mod config;
 pub mod fs;
 pub mod mock;
 pub mod pki;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sidecar;
 pub mod store;
@@ -21,6 +22,7 @@ pub use config::*;
 pub use fs::*;
 pub use mock::*;
 pub use pki::*;
+pub use redis_cluster::*;
 pub use redis_server::*;
 pub use sidecar::*;
 pub use store::*;

@@ -49,6 +49,10 @@ impl RedisServer {
         redis_event_store(&self.url())
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -161,10 +165,19 @@ fn redis_dir() -> PathBuf {
     unique_dir("redis")
 }
 
-/// An event store on the Redis at `url`, with the prefix test sidecars use.
+/// An event store on the Redis at `url`, with the prefix test sidecars use
+/// and the default 16 parts.
 pub fn redis_event_store(url: &str) -> wedsync_sidecar::store::redis::events::RedisEventStore {
+    event_store_on(wedsync_sidecar::store::redis::RedisTarget::single(url))
+}
+
+/// An event store on `target`, with the prefix test sidecars use and the
+/// default 16 parts.
+pub fn event_store_on(
+    target: wedsync_sidecar::store::redis::RedisTarget,
+) -> wedsync_sidecar::store::redis::events::RedisEventStore {
     let store = wedsync_sidecar::store::redis::RedisStore::new(
-        url,
+        target,
         "test",
         wedsync_sidecar::time::MonotonicClock::shared(),
         wedsync_sidecar::metrics::Metrics::new()
@@ -172,5 +185,5 @@ pub fn redis_event_store(url: &str) -> wedsync_sidecar::store::redis::events::Re
             .clone(),
     )
     .unwrap();
-    wedsync_sidecar::store::redis::events::RedisEventStore::new(std::sync::Arc::new(store))
+    wedsync_sidecar::store::redis::events::RedisEventStore::new(std::sync::Arc::new(store), 16)
 }

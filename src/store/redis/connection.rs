@@ -5,13 +5,20 @@
 //! bounded in time: [`CALL_TIMEOUT`] on the request path of the egress,
 //! [`EVENT_CALL_TIMEOUT`] for the event store. Callers decide what a failure
 //! means (`on_store_error`, 503 `store_unavailable`).
+//!
+//! One node or a Redis Cluster ([`RedisTarget`]): a cluster connection
+//! follows MOVED/ASK redirects, refreshes its slot map and reconnects to
+//! a promoted replica by itself; both speak TLS (`rediss://`) with our own
+//! CA and, for mutual TLS, a client certificate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::RwLock;
 
 use crate::time::Clock;
@@ -35,10 +42,117 @@ pub enum RedisCallError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Where the store is and how to reach it.
+#[derive(Clone, Default)]
+pub struct RedisTarget {
+    /// One node's URL, or a cluster's seed nodes.
+    pub urls: Vec<String>,
+    /// The seeds are a Redis Cluster's (`store.url` is a list).
+    pub cluster: bool,
+    /// PEM: the CA that signed the servers' certificates (`store.ca_file`);
+    /// None trusts the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// PEM: a client certificate and its key, for mutual TLS.
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisTarget {
+    /// One node at `url`, without TLS material.
+    pub fn single(url: &str) -> Self {
+        Self {
+            urls: vec![url.to_string()],
+            ..Self::default()
+        }
+    }
+
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca.is_none() && self.client_cert.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client_cert
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        })
+    }
+
+    /// A client for one node (the `index`th URL, wrapping).
+    fn node_client(&self, index: usize) -> Result<redis::Client, redis::RedisError> {
+        let url = self.urls[index % self.urls.len()].as_str();
+        match self.certificates() {
+            Some(certs) if url.starts_with("rediss://") => {
+                redis::Client::build_with_tls(url, certs)
+            }
+            _ => redis::Client::open(url),
+        }
+    }
+
+    fn cluster_client(&self) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(self.urls.clone())
+            .connection_timeout(EVENT_CALL_TIMEOUT)
+            .response_timeout(EVENT_CALL_TIMEOUT)
+            .retries(2);
+        if let Some(certs) = self.certificates() {
+            builder = builder.certs(certs);
+        }
+        builder.build()
+    }
+}
+
+/// A connection to one node or to a cluster: whatever a command or a
+/// script is sent on.
+#[derive(Clone)]
+pub enum Connection {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Node(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Client {
+    Node(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 pub struct RedisStore {
-    client: redis::Client,
+    target: RedisTarget,
+    client: Client,
     /// None until the first call, and again after a failed one.
-    connection: RwLock<Option<ConnectionManager>>,
+    connection: RwLock<Option<Connection>>,
+    /// Which seed the next subscription connects to: a pause announced on
+    /// any node of a cluster reaches every node, and a dead seed is skipped.
+    next_seed: std::sync::atomic::AtomicUsize,
     prefix: String,
     clock: Arc<dyn Clock>,
     /// Clock milliseconds before which no call is tried.
@@ -47,17 +161,24 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// `url` is checked at config load; `errors` is `sidecar_store_errors_total`.
+    /// The URLs are checked at config load; `errors` is
+    /// `sidecar_store_errors_total`. Nothing connects yet.
     pub fn new(
-        url: &str,
+        target: RedisTarget,
         prefix: &str,
         clock: Arc<dyn Clock>,
         errors: IntCounterVec,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        let client = if target.cluster {
+            Client::Cluster(target.cluster_client()?)
+        } else {
+            Client::Node(target.node_client(0)?)
+        };
         Ok(Self {
+            target,
             client,
             connection: RwLock::new(None),
+            next_seed: std::sync::atomic::AtomicUsize::new(0),
             prefix: prefix.to_string(),
             clock,
             quiet_until: AtomicU64::new(0),
@@ -65,9 +186,16 @@ impl RedisStore {
         })
     }
 
-    /// A new client for a dedicated connection (subscriptions).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// Whether the store is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.target.cluster
+    }
+
+    /// A client of one node for a dedicated connection (subscriptions):
+    /// each call the next seed, so a dead one is passed over.
+    pub fn node_client(&self) -> Result<redis::Client, redis::RedisError> {
+        let index = self.next_seed.fetch_add(1, Ordering::Relaxed);
+        self.target.node_client(index)
     }
 
     /// `<prefix>:<kind>:{<tag>}<rest>`: the braces make Redis Cluster place
@@ -81,7 +209,7 @@ impl RedisStore {
     /// names the operation in `sidecar_store_errors_total`.
     pub async fn run<T, F, Fut>(&self, op: &str, call: F) -> Result<T, RedisCallError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         self.run_within(op, CALL_TIMEOUT, call).await
@@ -96,7 +224,7 @@ impl RedisStore {
         call: F,
     ) -> Result<T, RedisCallError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let result = tokio::time::timeout(deadline, self.try_run(call))
@@ -121,7 +249,7 @@ impl RedisStore {
 
     async fn try_run<T, F, Fut>(&self, call: F) -> Result<T, RedisCallError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if self.clock.now_millis() < self.quiet_until.load(Ordering::Acquire) {
@@ -131,7 +259,7 @@ impl RedisStore {
         call(connection).await.map_err(RedisCallError::from)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, RedisCallError> {
+    async fn connection(&self) -> Result<Connection, RedisCallError> {
         if let Some(manager) = self.connection.read().await.as_ref() {
             return Ok(manager.clone());
         }
@@ -139,15 +267,20 @@ impl RedisStore {
         if let Some(manager) = slot.as_ref() {
             return Ok(manager.clone());
         }
-        // Each call brings its own deadline; the manager's bounds are only
-        // the longest of them.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(EVENT_CALL_TIMEOUT)
-            .set_response_timeout(EVENT_CALL_TIMEOUT)
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
-        *slot = Some(manager.clone());
-        Ok(manager)
+        // Each call brings its own deadline; the connection's bounds are
+        // only the longest of them.
+        let connection = match &self.client {
+            Client::Node(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(EVENT_CALL_TIMEOUT)
+                    .set_response_timeout(EVENT_CALL_TIMEOUT)
+                    .set_number_of_retries(1)
+                    .set_max_delay(1000);
+                Connection::Node(ConnectionManager::new_with_config(client.clone(), config).await?)
+            }
+            Client::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
+        };
+        *slot = Some(connection.clone());
+        Ok(connection)
     }
 }

@@ -4,12 +4,17 @@
 //! not at all, and a lease, ack or retry is checked against the job's
 //! current lease token in the same step that changes it.
 //!
-//! Every key carries the hash tag `{q}`: a script's keys must share a
-//! Cluster slot, and the queue is one unit. Keys (after `<prefix>:`):
-//! `dedup:{q}:<webhook>\x1f<id>` (expires with the window), `sequence`,
+//! The queue is split into `store.shards` parts. Every key of a part
+//! carries the part's hash tag (`{q<n>.<m>}`, see `slots`), so that a
+//! script's keys share a Cluster slot and the parts spread over the
+//! masters. An event goes to the part its dedup key hashes to, with its
+//! dedup key, body and jobs; event numbers and job ids end in their part
+//! (`local * 1024 + part`), so every later step finds it from the id alone.
+//! Leases take from the parts in turn. Keys of a part (after `<prefix>:`):
+//! `dedup:{tag}:<webhook>\x1f<id>` (expires with the window), `sequence`,
 //! `events`/`bodies`/`refs` (hashes by event number), `jobs` (job records),
 //! `targets` and `leases` (job id → target, lease token),
-//! `queue:{q}:<priority>` (sorted by due time), `age` (sorted by receipt),
+//! `queue:{tag}:<priority>:<target>` (sorted by due time), `age` (sorted by receipt),
 //! `dead` (records), `dead_order` (lexically sorted list keys) and
 //! `dead_counts` (per webhook, kept by the scripts). Job ids
 //! are written zero-padded to 20 digits wherever they are a field or a
@@ -20,8 +25,11 @@
 //! replica leases it; replicas' clocks only need to agree to well within
 //! the visibility timeout.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::future::try_join_all;
 
 use super::connection::{RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
 use crate::event::Priority;
@@ -32,36 +40,40 @@ use crate::store::records::{
 use crate::store::{Store, StoreError, StoreReport};
 
 /// KEYS: dedup, sequence, events, bodies, refs, jobs, targets, queued, age,
-/// dead, dead_order, dead_counts, then each target's queue. ARGV: window ms,
-/// metadata, now ms, body, webhook, then per target its name and its job
-/// record without the leading `{"id":0,"event":0,` (or, unrouted, just
-/// that record).
+/// dead, dead_order, dead_counts, then each target's queue (all of one
+/// part). ARGV: window ms, metadata, now ms, body, webhook, the part's
+/// number, then per target its name and its job record without the leading
+/// `{"id":0,"event":0,` (or, unrouted, just that record). Numbers are
+/// counted per part and written `local * 1024 + part`.
 const ACCEPT: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[1]) then return -1 end
-local targets = math.floor((#ARGV - 5) / 2)
+local part = tonumber(ARGV[6])
+local function global(n) return n * 1024 + part end
+local targets = math.floor((#ARGV - 6) / 2)
 local jobs = math.max(targets, 1)
 local seq = redis.call('INCRBY', KEYS[2], 1 + jobs) - jobs
-redis.call('HSET', KEYS[3], seq, ARGV[2])
-redis.call('HSET', KEYS[4], seq, ARGV[4])
-redis.call('HSET', KEYS[5], seq, jobs)
+local event = string.format('%d', global(seq))
+redis.call('HSET', KEYS[3], event, ARGV[2])
+redis.call('HSET', KEYS[4], event, ARGV[4])
+redis.call('HSET', KEYS[5], event, jobs)
 if targets == 0 then
-  local id = seq + 1
-  local record = '{"job":{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[6] .. ',"reason":"unrouted","dead_at_ms":' .. ARGV[3] .. '}'
+  local id = global(seq + 1)
+  local record = '{"job":{"id":' .. string.format('%d', id) .. ',"event":' .. event .. ',' .. ARGV[7] .. ',"reason":"unrouted","dead_at_ms":' .. ARGV[3] .. '}'
   redis.call('HSET', KEYS[10], string.format('%020d', id), record)
   redis.call('ZADD', KEYS[11], 0, string.format('%020d.%020d', tonumber(ARGV[3]), id))
   redis.call('HINCRBY', KEYS[12], ARGV[5], 1)
 else
   for i = 1, targets do
-    local id = seq + i
+    local id = global(seq + i)
     local member = string.format('%020d', id)
-    redis.call('HSET', KEYS[6], member, '{"id":' .. id .. ',"event":' .. seq .. ',' .. ARGV[5 + 2 * i])
-    redis.call('HSET', KEYS[7], member, ARGV[4 + 2 * i])
-    redis.call('HINCRBY', KEYS[8], ARGV[4 + 2 * i], 1)
+    redis.call('HSET', KEYS[6], member, '{"id":' .. string.format('%d', id) .. ',"event":' .. event .. ',' .. ARGV[6 + 2 * i])
+    redis.call('HSET', KEYS[7], member, ARGV[5 + 2 * i])
+    redis.call('HINCRBY', KEYS[8], ARGV[5 + 2 * i], 1)
     redis.call('ZADD', KEYS[12 + i], ARGV[3], member)
     redis.call('ZADD', KEYS[9], ARGV[3], member)
   end
 end
-return seq
+return event
 "#;
 
 /// KEYS: queued, leases, jobs. ARGV: now ms, lease end ms, most jobs, the
@@ -220,9 +232,16 @@ fn guarded(removes: bool, body: &str) -> redis::Script {
     redis::Script::new(&format!("{HOLDS_LEASE}{remove}{body}"))
 }
 
+/// Job ids and event numbers end in their part: `local * SHARD_SPACE + part`.
+const SHARD_SPACE: u64 = crate::config::MAX_SHARDS;
+
 pub struct RedisEventStore {
     store: Arc<RedisStore>,
     scripts: Scripts,
+    /// Each part's hash tag, by part number.
+    shards: Vec<String>,
+    /// The part the next lease starts from: parts are taken in turn.
+    next_lease: AtomicUsize,
     /// Replicas that must have a write that must survive before it counts.
     replicas: u32,
     replica_timeout: Duration,
@@ -258,9 +277,13 @@ fn record_tail(job: &Job) -> String {
 }
 
 impl RedisEventStore {
-    pub fn new(store: Arc<RedisStore>) -> Self {
+    /// The queue in `shards` parts (1 to 1024; `store.shards`).
+    pub fn new(store: Arc<RedisStore>, shards: u32) -> Self {
+        let shards = shards.clamp(1, SHARD_SPACE as u32);
         Self {
             store,
+            shards: (0..shards).map(super::slots::shard_tag).collect(),
+            next_lease: AtomicUsize::new(0),
             scripts: Scripts {
                 accept: redis::Script::new(ACCEPT),
                 lease: redis::Script::new(LEASE),
@@ -295,24 +318,58 @@ impl RedisEventStore {
         self
     }
 
-    fn key(&self, kind: &str) -> String {
-        self.store.key(kind, "q", "")
+    /// The hash tag of each part, by number: how the keys spread.
+    pub fn shard_tags(&self) -> &[String] {
+        &self.shards
+    }
+
+    fn key(&self, shard: usize, kind: &str) -> String {
+        self.store.key(kind, &self.shards[shard], "")
     }
 
     /// A lane's queue for one target: job ids scored by due time.
-    fn queue_key(&self, priority: Priority, target: &str) -> String {
-        format!("{}{target}", self.queue_prefix(priority))
+    fn queue_key(&self, shard: usize, priority: Priority, target: &str) -> String {
+        format!("{}{target}", self.queue_prefix(shard, priority))
     }
 
-    fn queue_prefix(&self, priority: Priority) -> String {
-        self.store
-            .key("queue", "q", &format!(":{}:", priority.as_str()))
+    fn queue_prefix(&self, shard: usize, priority: Priority) -> String {
+        self.store.key(
+            "queue",
+            &self.shards[shard],
+            &format!(":{}:", priority.as_str()),
+        )
     }
 
     /// A lane's targets with jobs queued, and how many each.
-    fn queued_key(&self, priority: Priority) -> String {
-        self.store
-            .key("queued", "q", &format!(":{}", priority.as_str()))
+    fn queued_key(&self, shard: usize, priority: Priority) -> String {
+        self.store.key(
+            "queued",
+            &self.shards[shard],
+            &format!(":{}", priority.as_str()),
+        )
+    }
+
+    /// The part an event, a job or a dead letter is in, from its number;
+    /// None for a number no part of this layout gave out.
+    fn shard_of(&self, number: u64) -> Option<usize> {
+        let shard = (number % SHARD_SPACE) as usize;
+        (shard < self.shards.len()).then_some(shard)
+    }
+
+    fn shard_of_job(&self, id: u64) -> Result<usize, StoreError> {
+        self.shard_of(id).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "job {id} belongs to queue part {} but store.shards is {}",
+                id % SHARD_SPACE,
+                self.shards.len()
+            ))
+        })
+    }
+
+    /// The part an event goes to: its dedup key's, so that copies of one
+    /// event meet in the same part (and the same script).
+    fn shard_of_dedup(&self, dedup: &str) -> usize {
+        usize::from(super::slots::crc16(dedup.as_bytes())) % self.shards.len()
     }
 
     async fn invoke<T: redis::FromRedisValue + Send + 'static>(
@@ -402,6 +459,7 @@ impl RedisEventStore {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let id: u64 = member.parse().map_err(corrupt)?;
+        let shard = self.shard_of_job(id)?;
         let letter = crate::store::records::set_aside(
             id,
             raw.map(str::as_bytes),
@@ -413,15 +471,15 @@ impl RedisEventStore {
         tracing::error!(job = id, %reason, "a job's record cannot be read; it is set aside as a dead letter (corrupt)");
         let mut invocation = self.scripts.set_aside.prepare_invoke();
         invocation
-            .key(self.key("jobs"))
-            .key(self.queue_key(priority, target))
-            .key(self.key("targets"))
-            .key(self.key("age"))
-            .key(self.queued_key(priority))
-            .key(self.key("dead"))
-            .key(self.key("dead_order"))
-            .key(self.key("dead_counts"))
-            .key(self.key("leases"))
+            .key(self.key(shard, "jobs"))
+            .key(self.queue_key(shard, priority, target))
+            .key(self.key(shard, "targets"))
+            .key(self.key(shard, "age"))
+            .key(self.queued_key(shard, priority))
+            .key(self.key(shard, "dead"))
+            .key(self.key(shard, "dead_order"))
+            .key(self.key(shard, "dead_counts"))
+            .key(self.key(shard, "leases"))
             .arg(member)
             .arg(target)
             .arg(encode(&letter))
@@ -433,24 +491,26 @@ impl RedisEventStore {
     }
 
     /// A lease-guarded script with the keys and arguments they all start
-    /// with: leases, jobs, queue, targets, age; the job id, its lease token.
+    /// with: leases, jobs, queue, targets, age, queued of the job's part;
+    /// the job id, its lease token, its target. Also the part.
     fn guarded_invocation<'a>(
         &self,
         script: &'a redis::Script,
         job: &Job,
-    ) -> redis::ScriptInvocation<'a> {
+    ) -> Result<(redis::ScriptInvocation<'a>, usize), StoreError> {
+        let shard = self.shard_of_job(job.id)?;
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.key("leases"))
-            .key(self.key("jobs"))
-            .key(self.queue_key(job.priority, &job.target))
-            .key(self.key("targets"))
-            .key(self.key("age"))
-            .key(self.queued_key(job.priority))
+            .key(self.key(shard, "leases"))
+            .key(self.key(shard, "jobs"))
+            .key(self.queue_key(shard, job.priority, &job.target))
+            .key(self.key(shard, "targets"))
+            .key(self.key(shard, "age"))
+            .key(self.queued_key(shard, job.priority))
             .arg(member(job.id))
             .arg(job.lease)
             .arg(&job.target);
-        invocation
+        Ok((invocation, shard))
     }
 
     /// Runs a lease-guarded script; a refusal means the lease was lost.
@@ -467,80 +527,27 @@ impl RedisEventStore {
             Err(StoreError::LeaseLost(job.id))
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Store for RedisEventStore {
-    async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
-        if let Some(refusal) = self
-            .refusal
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            return Err(StoreError::Unavailable(refusal));
-        }
-        let new = event.borrowed();
-        let now_ms = event.now_ms;
-        let mut invocation = self.scripts.accept.prepare_invoke();
-        invocation
-            .key(self.store.key(
-                "dedup",
-                "q",
-                &format!(":{}", dedup_key(&event.webhook, &event.meta.dedup)),
-            ))
-            .key(self.key("sequence"))
-            .key(self.key("events"))
-            .key(self.key("bodies"))
-            .key(self.key("refs"))
-            .key(self.key("jobs"))
-            .key(self.key("targets"))
-            .key(self.queued_key(event.meta.priority))
-            .key(self.key("age"))
-            .key(self.key("dead"))
-            .key(self.key("dead_order"))
-            .key(self.key("dead_counts"))
-            .arg(event.dedup_window.as_millis().max(1) as u64)
-            .arg(encode(&new.stored(now_ms)))
-            .arg(now_ms)
-            .arg(&event.body[..])
-            .arg(&event.webhook);
-        for target in &event.meta.targets {
-            invocation.key(self.queue_key(event.meta.priority, target));
-        }
-        if event.meta.targets.is_empty() {
-            invocation.arg(record_tail(&new.job(0, 0, &UNROUTED.into(), now_ms)));
-        }
-        for target in &event.meta.targets {
-            invocation
-                .arg(target)
-                .arg(record_tail(&new.job(0, 0, target, now_ms)));
-        }
-        let sequence: i64 = self.invoke_durable("accept", invocation).await?;
-        Ok(match u64::try_from(sequence) {
-            Ok(sequence) => Acceptance::Accepted(sequence),
-            Err(_) => Acceptance::Duplicate,
-        })
-    }
-
-    async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
-        let LeaseRequest {
-            priority,
-            now_ms,
-            visibility,
-            ref room,
-            max,
-        } = *request;
-        let until = now_ms + visibility.as_millis() as u64;
+    /// Leases from one part what `request` asks for, within `room`, `most`
+    /// jobs at most.
+    async fn lease_from(
+        &self,
+        shard: usize,
+        request: &LeaseRequest,
+        room: &[(crate::names::UpstreamName, u32)],
+        most: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let (priority, now_ms) = (request.priority, request.now_ms);
+        let until = now_ms + request.visibility.as_millis() as u64;
         let mut invocation = self.scripts.lease.prepare_invoke();
         invocation
-            .key(self.queued_key(priority))
-            .key(self.key("leases"))
-            .key(self.key("jobs"))
+            .key(self.queued_key(shard, priority))
+            .key(self.key(shard, "leases"))
+            .key(self.key(shard, "jobs"))
             .arg(now_ms)
             .arg(until)
-            .arg(max)
-            .arg(self.queue_prefix(priority));
+            .arg(most)
+            .arg(self.queue_prefix(shard, priority));
         for (target, left) in room {
             invocation.arg(target).arg(*left);
         }
@@ -577,19 +584,182 @@ impl Store for RedisEventStore {
         Ok(jobs)
     }
 
-    async fn ack(&self, job: &Job) -> Result<(), StoreError> {
-        let mut invocation = self.guarded_invocation(&self.scripts.ack, job);
+    /// Runs `read` on every part at once (one round trip each, in
+    /// parallel on the multiplexed connection); the answers by part.
+    async fn each_shard<T, F>(&self, read: F) -> Result<Vec<T>, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+        F: Fn(usize) -> redis::Pipeline,
+    {
+        try_join_all((0..self.shards.len()).map(|shard| self.query("read", read(shard)))).await
+    }
+
+    /// One batch of dead-letter order keys of every part, newest first,
+    /// below `below`; the keys that are certainly the newest of all (down
+    /// to the oldest key of a part that may have more), and whether any
+    /// part may have more.
+    async fn dead_order_batch(&self, below: &str) -> Result<(Vec<String>, bool), StoreError> {
+        let batches: Vec<(Vec<String>,)> = self
+            .each_shard(|shard| {
+                let mut range = redis::pipe();
+                range
+                    .cmd("ZREVRANGEBYLEX")
+                    .arg(self.key(shard, "dead_order"))
+                    .arg(below)
+                    .arg("-")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(LIST_BATCH);
+                range
+            })
+            .await?;
+        // A part that filled its batch may hold keys older than its last:
+        // only keys down to the newest such last key are complete.
+        let horizon = batches
+            .iter()
+            .filter(|(keys,)| keys.len() == LIST_BATCH)
+            .filter_map(|(keys,)| keys.last().cloned())
+            .max();
+        let mut keys: Vec<String> = batches
+            .into_iter()
+            .flat_map(|(keys,)| keys)
+            .filter(|key| horizon.as_ref().is_none_or(|h| key >= h))
+            .collect();
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        Ok((keys, horizon.is_some()))
+    }
+
+    /// The dead-letter records of `keys` (order keys), in their order.
+    async fn dead_records(&self, keys: &[String]) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
+        for key in keys {
+            let member = id_of(key).ok_or_else(|| corrupt(format!("dead-letter key {key:?}")))?;
+            let id: u64 = member.parse().map_err(corrupt)?;
+            by_shard
+                .entry(self.shard_of_job(id)?)
+                .or_default()
+                .push(member);
+        }
+        let reads = by_shard.iter().map(|(shard, members)| {
+            let mut read = redis::pipe();
+            read.cmd("HMGET").arg(self.key(*shard, "dead")).arg(members);
+            self.query::<(Vec<Option<String>>,)>("read", read)
+        });
+        let mut records: std::collections::HashMap<String, DeadLetter> = Default::default();
+        for ((_, members), (texts,)) in by_shard.iter().zip(try_join_all(reads).await?) {
+            for (member, text) in members.iter().zip(texts) {
+                if let Some(text) = text {
+                    records.insert(member.clone(), parse(&text)?);
+                }
+            }
+        }
+        Ok(keys
+            .iter()
+            .filter_map(|key| records.remove(&id_of(key)?))
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisEventStore {
+    async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+        if let Some(refusal) = self
+            .refusal
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(StoreError::Unavailable(refusal));
+        }
+        let new = event.borrowed();
+        let now_ms = event.now_ms;
+        let dedup = dedup_key(&event.webhook, &event.meta.dedup);
+        let shard = self.shard_of_dedup(&dedup);
+        let mut invocation = self.scripts.accept.prepare_invoke();
         invocation
-            .key(self.key("refs"))
-            .key(self.key("events"))
-            .key(self.key("bodies"))
+            .key(
+                self.store
+                    .key("dedup", &self.shards[shard], &format!(":{dedup}")),
+            )
+            .key(self.key(shard, "sequence"))
+            .key(self.key(shard, "events"))
+            .key(self.key(shard, "bodies"))
+            .key(self.key(shard, "refs"))
+            .key(self.key(shard, "jobs"))
+            .key(self.key(shard, "targets"))
+            .key(self.queued_key(shard, event.meta.priority))
+            .key(self.key(shard, "age"))
+            .key(self.key(shard, "dead"))
+            .key(self.key(shard, "dead_order"))
+            .key(self.key(shard, "dead_counts"))
+            .arg(event.dedup_window.as_millis().max(1) as u64)
+            .arg(encode(&new.stored(now_ms)))
+            .arg(now_ms)
+            .arg(&event.body[..])
+            .arg(&event.webhook)
+            .arg(shard);
+        for target in &event.meta.targets {
+            invocation.key(self.queue_key(shard, event.meta.priority, target));
+        }
+        if event.meta.targets.is_empty() {
+            invocation.arg(record_tail(&new.job(0, 0, &UNROUTED.into(), now_ms)));
+        }
+        for target in &event.meta.targets {
+            invocation
+                .arg(target)
+                .arg(record_tail(&new.job(0, 0, target, now_ms)));
+        }
+        let sequence: i64 = self.invoke_durable("accept", invocation).await?;
+        Ok(match u64::try_from(sequence) {
+            Ok(sequence) => Acceptance::Accepted(sequence),
+            Err(_) => Acceptance::Duplicate,
+        })
+    }
+
+    /// From the parts in turn, starting one further each call, until `max`
+    /// jobs are leased or every part was asked: within a part the oldest
+    /// due come first, across parts there is no order.
+    async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
+        let parts = self.shards.len();
+        let start = self.next_lease.fetch_add(1, Ordering::Relaxed) % parts;
+        let mut room = request.room.clone();
+        let mut jobs: Vec<Job> = Vec::new();
+        for step in 0..parts {
+            if jobs.len() >= request.max {
+                break;
+            }
+            let leased = self
+                .lease_from(
+                    (start + step) % parts,
+                    request,
+                    &room,
+                    request.max - jobs.len(),
+                )
+                .await?;
+            // What this part gave is no longer room for the next.
+            for job in &leased {
+                if let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == job.target) {
+                    *left = left.saturating_sub(1);
+                }
+            }
+            jobs.extend(leased);
+        }
+        Ok(jobs)
+    }
+
+    async fn ack(&self, job: &Job) -> Result<(), StoreError> {
+        let (mut invocation, shard) = self.guarded_invocation(&self.scripts.ack, job)?;
+        invocation
+            .key(self.key(shard, "refs"))
+            .key(self.key(shard, "events"))
+            .key(self.key(shard, "bodies"))
             .arg(job.event);
         self.guarded_call("ack", job, invocation).await
     }
 
     async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
         let retried = job.clone().retried(attempt, due_ms);
-        let mut invocation = self.guarded_invocation(&self.scripts.retry, job);
+        let (mut invocation, _) = self.guarded_invocation(&self.scripts.retry, job)?;
         invocation.arg(encode(&retried)).arg(due_ms);
         self.guarded_call("retry", job, invocation).await
     }
@@ -611,11 +781,11 @@ impl Store for RedisEventStore {
             reason: reason.to_string(),
             dead_at_ms: now_ms,
         };
-        let mut invocation = self.guarded_invocation(&self.scripts.dead_letter, job);
+        let (mut invocation, shard) = self.guarded_invocation(&self.scripts.dead_letter, job)?;
         invocation
-            .key(self.key("dead"))
-            .key(self.key("dead_order"))
-            .key(self.key("dead_counts"))
+            .key(self.key(shard, "dead"))
+            .key(self.key(shard, "dead_order"))
+            .key(self.key(shard, "dead_counts"))
             .arg(encode(&letter))
             .arg(letter.order_key())
             .arg(&job.webhook);
@@ -627,6 +797,8 @@ impl Store for RedisEventStore {
         }
     }
 
+    /// Merges the parts' lists: each round reads a batch of every part
+    /// below the cursor and takes the keys that are surely the newest.
     async fn dead_letters(
         &self,
         filter: &DeadLetterFilter,
@@ -642,26 +814,12 @@ impl Store for RedisEventStore {
         };
         let mut items: Vec<DeadLetter> = Vec::new();
         loop {
-            let mut range = redis::pipe();
-            range
-                .cmd("ZREVRANGEBYLEX")
-                .arg(self.key("dead_order"))
-                .arg(&below)
-                .arg("-")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(LIST_BATCH);
-            let (keys,): (Vec<String>,) = self.query("read", range).await?;
+            let (keys, more) = self.dead_order_batch(&below).await?;
             let Some(last) = keys.last() else {
                 return Ok(DeadLetterPage { items, next: None });
             };
             below = format!("({last}");
-            let ids: Vec<String> = keys.iter().filter_map(|k| id_of(k)).collect();
-            let mut read = redis::pipe();
-            read.cmd("HMGET").arg(self.key("dead")).arg(&ids);
-            let (records,): (Vec<Option<String>>,) = self.query("read", read).await?;
-            for record in records.into_iter().flatten() {
-                let letter: DeadLetter = parse(&record)?;
+            for letter in self.dead_records(&keys).await? {
                 if !filter.matches(&letter) {
                     continue;
                 }
@@ -671,15 +829,18 @@ impl Store for RedisEventStore {
                 }
                 items.push(letter);
             }
-            if keys.len() < LIST_BATCH {
+            if !more {
                 return Ok(DeadLetterPage { items, next: None });
             }
         }
     }
 
     async fn dead_letter_by_id(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let Some(shard) = self.shard_of(id) else {
+            return Ok(None);
+        };
         let mut read = redis::pipe();
-        read.hget(self.key("dead"), member(id));
+        read.hget(self.key(shard, "dead"), member(id));
         let (record,): (Option<String>,) = self.query("read", read).await?;
         record.map(|r| parse(&r)).transpose()
     }
@@ -691,18 +852,19 @@ impl Store for RedisEventStore {
         if letter.job.target == UNROUTED {
             return Ok(false);
         }
+        let shard = self.shard_of_job(id)?;
         let order = letter.order_key();
         let job = letter.job.replayed(now_ms);
         let mut invocation = self.scripts.replay.prepare_invoke();
         invocation
-            .key(self.key("dead"))
-            .key(self.key("dead_order"))
-            .key(self.key("jobs"))
-            .key(self.key("targets"))
-            .key(self.queue_key(job.priority, &job.target))
-            .key(self.key("age"))
-            .key(self.key("dead_counts"))
-            .key(self.queued_key(job.priority))
+            .key(self.key(shard, "dead"))
+            .key(self.key(shard, "dead_order"))
+            .key(self.key(shard, "jobs"))
+            .key(self.key(shard, "targets"))
+            .key(self.queue_key(shard, job.priority, &job.target))
+            .key(self.key(shard, "age"))
+            .key(self.key(shard, "dead_counts"))
+            .key(self.queued_key(shard, job.priority))
             .arg(member(id))
             .arg(order)
             .arg(encode(&job))
@@ -718,15 +880,16 @@ impl Store for RedisEventStore {
         let Some(letter) = self.dead_letter_by_id(id).await? else {
             return Ok(false);
         };
+        let shard = self.shard_of_job(id)?;
         let mut invocation = self.scripts.delete.prepare_invoke();
         invocation
-            .key(self.key("dead"))
-            .key(self.key("dead_order"))
-            .key(self.key("leases"))
-            .key(self.key("refs"))
-            .key(self.key("events"))
-            .key(self.key("bodies"))
-            .key(self.key("dead_counts"))
+            .key(self.key(shard, "dead"))
+            .key(self.key(shard, "dead_order"))
+            .key(self.key(shard, "leases"))
+            .key(self.key(shard, "refs"))
+            .key(self.key(shard, "events"))
+            .key(self.key(shard, "bodies"))
+            .key(self.key(shard, "dead_counts"))
             .arg(member(id))
             .arg(letter.order_key())
             .arg(letter.job.event)
@@ -737,48 +900,78 @@ impl Store for RedisEventStore {
 
     async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         // Counted by the scripts that add and remove dead letters, so this
-        // stays one small read however many there are.
-        let mut read = redis::pipe();
-        read.hgetall(self.key("dead_counts"));
-        let (counts,): (std::collections::BTreeMap<String, u64>,) =
-            self.query("read", read).await?;
+        // stays one small read per part however many there are.
+        let parts: Vec<(std::collections::BTreeMap<String, u64>,)> = self
+            .each_shard(|shard| {
+                let mut read = redis::pipe();
+                read.hgetall(self.key(shard, "dead_counts"));
+                read
+            })
+            .await?;
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for (part,) in parts {
+            for (webhook, n) in part {
+                *counts.entry(webhook).or_default() += n;
+            }
+        }
         Ok(counts.into_iter().filter(|(_, n)| *n > 0).collect())
     }
 
     async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
-        let mut read = redis::pipe();
-        for priority in Priority::ALL {
-            read.hvals(self.queued_key(priority));
+        let parts: Vec<(Vec<u64>, Vec<u64>, Vec<u64>)> = self
+            .each_shard(|shard| {
+                let mut read = redis::pipe();
+                for priority in Priority::ALL {
+                    read.hvals(self.queued_key(shard, priority));
+                }
+                read
+            })
+            .await?;
+        let mut depth = QueueDepth::default();
+        for (high, normal, low) in parts {
+            depth.high += high.iter().sum::<u64>();
+            depth.normal += normal.iter().sum::<u64>();
+            depth.low += low.iter().sum::<u64>();
         }
-        let (high, normal, low): (Vec<u64>, Vec<u64>, Vec<u64>) = self.query("read", read).await?;
-        Ok(QueueDepth {
-            high: high.iter().sum(),
-            normal: normal.iter().sum(),
-            low: low.iter().sum(),
-        })
+        Ok(depth)
     }
 
     async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
-        let mut read = redis::pipe();
-        read.cmd("ZRANGE")
-            .arg(self.key("age"))
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES");
-        let (oldest,): (Vec<(u64, u64)>,) = self.query("read", read).await?;
-        Ok(oldest.first().map(|(_, received)| *received))
+        let parts: Vec<(Vec<(u64, u64)>,)> = self
+            .each_shard(|shard| {
+                let mut read = redis::pipe();
+                read.cmd("ZRANGE")
+                    .arg(self.key(shard, "age"))
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+                read
+            })
+            .await?;
+        Ok(parts
+            .iter()
+            .filter_map(|(oldest,)| oldest.first().map(|(_, received)| *received))
+            .min())
     }
 
     /// The server's settings that decide what survives: eviction, AOF and
     /// snapshots, replicas. A managed Redis may forbid CONFIG: then the
     /// settings show as unknown and only a warning says so.
     async fn inspect(&self) -> Result<StoreReport, StoreError> {
-        let mut read = redis::pipe();
-        read.cmd("INFO")
-            .arg("server")
-            .cmd("INFO")
-            .arg("replication");
-        let (server, replication): (String, String) = self.query("check", read).await?;
+        // On a cluster INFO goes to every master and comes back per master.
+        let info = |section: &'static str| async move {
+            self.store
+                .run_within("check", EVENT_CALL_TIMEOUT, |mut connection| async move {
+                    redis::cmd("INFO")
+                        .arg(section)
+                        .query_async::<redis::Value>(&mut connection)
+                        .await
+                })
+                .await
+                .map_err(unavailable)
+                .map(info_texts)
+        };
+        let (server, replication) = (info("server").await?, info("replication").await?);
         let config = |name: &'static str| async move {
             let mut get = redis::pipe();
             get.cmd("CONFIG").arg("GET").arg(name);
@@ -786,13 +979,17 @@ impl Store for RedisEventStore {
             result.ok().and_then(|(pair,)| pair.get(1).cloned())
         };
         let settings = RedisSettings {
-            version: info_field(&server, "redis_version"),
+            version: server.iter().find_map(|s| info_field(s, "redis_version")),
             maxmemory_policy: config("maxmemory-policy").await,
             appendonly: config("appendonly").await,
             appendfsync: config("appendfsync").await,
             save: config("save").await,
-            connected_replicas: info_field(&replication, "connected_slaves")
-                .and_then(|n| n.parse().ok()),
+            // The weakest master decides what a write can wait for.
+            connected_replicas: replication
+                .iter()
+                .filter_map(|r| info_field(r, "connected_slaves")?.parse().ok())
+                .min(),
+            masters: (self.store.is_cluster()).then_some(replication.len()),
         };
         let report = settings.report(self.replicas);
         *self.refusal.write().unwrap_or_else(|e| e.into_inner()) = report.refusal.clone();
@@ -800,15 +997,29 @@ impl Store for RedisEventStore {
     }
 
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
+        let Some(shard) = self.shard_of(sequence) else {
+            return Ok(None);
+        };
         let mut read = redis::pipe();
-        read.hget(self.key("events"), sequence)
-            .hget(self.key("bodies"), sequence);
+        read.hget(self.key(shard, "events"), sequence)
+            .hget(self.key(shard, "bodies"), sequence);
         let (metadata, body): (Option<String>, Option<Vec<u8>>) = self.query("read", read).await?;
         // An event without its body is as good as gone: never delivered empty.
         match (metadata, body) {
             (Some(metadata), Some(body)) => Ok(Some((parse(&metadata)?, body))),
             _ => Ok(None),
         }
+    }
+}
+
+/// INFO's text, or each master's on a cluster.
+fn info_texts(value: redis::Value) -> Vec<String> {
+    match value {
+        redis::Value::Map(nodes) => nodes
+            .into_iter()
+            .filter_map(|(_, text)| redis::from_redis_value(&text).ok())
+            .collect(),
+        other => redis::from_redis_value(&other).into_iter().collect(),
     }
 }
 
@@ -828,6 +1039,8 @@ pub struct RedisSettings {
     pub appendfsync: Option<String>,
     pub save: Option<String>,
     pub connected_replicas: Option<u32>,
+    /// A cluster's masters (None: one node).
+    pub masters: Option<usize>,
 }
 
 impl RedisSettings {
@@ -850,6 +1063,11 @@ impl RedisSettings {
                 ("appendonly".into(), shown(&self.appendonly)),
                 ("appendfsync".into(), shown(&self.appendfsync)),
                 ("save".into(), shown(&self.save)),
+                (
+                    "cluster masters".into(),
+                    self.masters
+                        .map_or_else(|| "not a cluster".into(), |n| n.to_string()),
+                ),
                 (
                     "connected replicas".into(),
                     self.connected_replicas

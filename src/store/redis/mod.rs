@@ -3,8 +3,10 @@
 
 pub mod connection;
 pub mod events;
+pub mod slots;
 
 pub use connection::{
-    RedisCallError, RedisStore, CALL_TIMEOUT, EVENT_CALL_TIMEOUT, QUIET_AFTER_FAILURE,
+    Connection, RedisCallError, RedisStore, RedisTarget, CALL_TIMEOUT, EVENT_CALL_TIMEOUT,
+    QUIET_AFTER_FAILURE,
 };
 pub use events::RedisEventStore;
