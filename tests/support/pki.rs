@@ -32,3 +32,50 @@ pub fn test_pki(host: &str) -> TestPki {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
     }
 }
+
+/// PEM files for a TLS server and a client of it: a private CA, a server
+/// certificate for 127.0.0.1 and localhost, and a client certificate for
+/// mutual TLS, all written to `dir`.
+pub struct PemFiles {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+}
+
+pub fn pem_files(dir: &std::path::Path) -> PemFiles {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // OpenSSL (redis-server) takes a certificate whose subject is its
+    // issuer's for self-signed: every name differs.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wedsync test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names[names.len() - 1].clone());
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_cert, client_key) = leaf(vec!["sidecar".into()]);
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    PemFiles {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &server_cert),
+        server_key: write("server.key", &server_key),
+        client_cert: write("client.pem", &client_cert),
+        client_key: write("client.key", &client_key),
+    }
+}

@@ -29,6 +29,11 @@ impl RedisCluster {
             // is replaced by its replica.
             "--cluster-node-timeout",
             "1000",
+            // A master that lost its replica waits 5 s by default before
+            // the full sync of a new one (for others to join it), and with
+            // `replicas: 1` its writes are refused until then.
+            "--repl-diskless-sync-delay",
+            "0",
         ];
         common.extend_from_slice(args);
         let nodes: Vec<RedisServer> = (0..6)
@@ -66,16 +71,17 @@ impl RedisCluster {
     }
 
     /// Waits until every running node reports the cluster healthy and
-    /// knows three masters that each have a replica or not (after a
-    /// failover).
+    /// every running replica's link to its master is up (a write can wait
+    /// for it).
     pub fn wait_until_ok(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let ok = self
-                .nodes
-                .iter()
-                .filter(|n| n.is_running())
-                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            let ok = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                let replication = n.info("replication");
+                n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            });
             if ok {
                 return;
             }

@@ -115,6 +115,45 @@ impl RedisServer {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The keys matching `pattern` (`redis-cli --scan`).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.cli(&["--scan", "--pattern", pattern])
+            .lines()
+            .map(str::to_string)
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    /// Fields in all the hashes matching `pattern`: the event store keeps
+    /// each kind of record in one hash per queue part.
+    pub fn hlen_all(&self, pattern: &str) -> u64 {
+        self.keys(pattern)
+            .iter()
+            .map(|key| self.cli(&["HLEN", key]).trim().parse::<u64>().unwrap_or(0))
+            .sum()
+    }
+
+    /// The (hash, field, value) of every field of the hashes matching
+    /// `pattern` whose value contains `needle`.
+    pub fn hash_fields_containing(
+        &self,
+        pattern: &str,
+        needle: &str,
+    ) -> Vec<(String, String, String)> {
+        let mut found = Vec::new();
+        for key in self.keys(pattern) {
+            let fields = self.cli(&["HKEYS", &key]);
+            for field in fields.lines().filter(|f| !f.is_empty()) {
+                let value = self.cli(&["HGET", &key, field]);
+                let value = value.trim_end_matches('\n');
+                if value.contains(needle) {
+                    found.push((key.clone(), field.to_string(), value.to_string()));
+                }
+            }
+        }
+        found
+    }
+
     /// Starts it (again) on the same port, empty, and waits for PING.
     pub fn restart(&mut self) {
         self.kill();

@@ -96,7 +96,13 @@ impl RedisTarget {
         let mut builder = redis::cluster::ClusterClientBuilder::new(self.urls.clone())
             .connection_timeout(EVENT_CALL_TIMEOUT)
             .response_timeout(EVENT_CALL_TIMEOUT)
-            .retries(2);
+            // Redirects and a failover's refresh are retried after 20 to
+            // 400 ms, within the caller's deadline (the crate's default
+            // waits at least 1.28 s between tries).
+            .retries(6)
+            .min_retry_wait(20)
+            .max_retry_wait(400)
+            .retry_wait_formula(20, 2);
         if let Some(certs) = self.certificates() {
             builder = builder.certs(certs);
         }
