@@ -1,8 +1,8 @@
 //! Black-box tests of the sidecar on a private Redis Cluster (three masters,
 //! three replicas) and on Redis over TLS: two sidecars share one queue and
 //! one rate limit, a master killed under load loses nothing that was
-//! answered 202, and `rediss://` works with a CA (and a client
-//! certificate) made here.
+//! answered 202, `rediss://` works with a CA (and a client certificate)
+//! made here, and through Redis Sentinel the store follows a failover.
 
 mod support;
 
@@ -366,4 +366,68 @@ async fn a_redis_over_tls_with_our_ca_and_a_client_certificate() {
     assert_eq!(post(&untrusting, "evt_wrong_ca").await, 503);
     assert!(!deliveries(&target).contains_key("evt_no_cert"));
     assert!(!deliveries(&target).contains_key("evt_wrong_ca"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_the_store_follows_a_failover() {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::replica_of(&primary);
+    let sentinel = RedisSentinel::watching(&primary);
+    let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let store = format!(
+        "{{ kind: redis, sentinel: {{ master: mymaster, nodes: [\"127.0.0.1:{}\"] }}, prefix: test }}",
+        sentinel.port
+    );
+    let sidecar = Sidecar::start(&webhook_config(&store, &target));
+    let mut accepted = BTreeSet::new();
+    for i in 0..10 {
+        let id = format!("evt_before_{i}");
+        assert_eq!(post(&sidecar, &id).await, 202);
+        accepted.insert(id);
+    }
+    primary.kill();
+    let killed = Instant::now();
+    // Refused (503) until the sentinel has promoted the replica and the
+    // sidecar asked it again; then accepted on the new master.
+    let mut n = 0;
+    loop {
+        let id = format!("evt_during_{n}");
+        n += 1;
+        if post(&sidecar, &id).await == 202 {
+            accepted.insert(id);
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "never accepted again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sentinel.master_port(),
+        Some(replica.port),
+        "the replica was promoted"
+    );
+    for i in 0..10 {
+        let id = format!("evt_after_{i}");
+        assert_eq!(post(&sidecar, &id).await, 202);
+        accepted.insert(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let delivered: BTreeSet<String> = deliveries(&target).into_keys().collect();
+        let after: Vec<_> = accepted
+            .iter()
+            .filter(|id| !id.starts_with("evt_before_"))
+            .filter(|id| !delivered.contains(*id))
+            .collect();
+        if after.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "undelivered after the failover: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -117,6 +117,8 @@ pub enum ValueError {
         "invalid Redis URL: expected redis://[user:password@]host:port[/db] or rediss:// for TLS"
     )]
     RedisUrl,
+    #[error("invalid sentinel address {0:?}: expected host:port")]
+    SentinelNode(String),
     #[error("invalid glob \"{0}\": {1}")]
     Glob(String, &'static str),
     #[error("{0}")]

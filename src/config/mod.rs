@@ -101,6 +101,8 @@ pub struct RedisStoreConfig {
     pub urls: Vec<Secret>,
     /// `store.url` is a list: the seeds of a Redis Cluster.
     pub cluster: bool,
+    /// The master as Redis Sentinel names it (instead of `urls`).
+    pub sentinel: Option<SentinelConfig>,
     /// The queue's hash-tagged parts, spread over a cluster's masters.
     pub shards: u32,
     /// The CA that signed the servers' certificates (`rediss://`).
@@ -108,6 +110,18 @@ pub struct RedisStoreConfig {
     /// A client certificate and its key, for mutual TLS.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+/// `store.sentinel`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the master by.
+    pub master: String,
+    /// The sentinels: `host:port`, reached over plain TCP.
+    pub nodes: Vec<(String, u16)>,
+    /// The master's credentials (not the sentinels').
+    pub username: Option<Secret>,
+    pub password: Option<Secret>,
 }
 
 /// The most queue parts: job ids carry their part in their last ten bits.
@@ -426,6 +440,46 @@ fn decode_admin(d: &mut Decoder, node: &Node) -> Option<Admin> {
     Some(Admin { token })
 }
 
+/// `store.sentinel`; None after an error (reported).
+fn decode_sentinel(d: &mut Decoder, node: &Node) -> Option<SentinelConfig> {
+    let f = d.fields(node, &["master", "nodes", "username", "password"])?;
+    let master = d
+        .required(&f, "master")
+        .and_then(|n| d.non_empty_string(&n));
+    let nodes = d.required(&f, "nodes").and_then(|n| {
+        d.list(&n, |d, item| {
+            d.parsed(item, |text| {
+                let (host, port) = text
+                    .rsplit_once(':')
+                    .ok_or_else(|| ValueError::SentinelNode(text.into()))?;
+                match port.parse::<u16>() {
+                    Ok(port) if !host.is_empty() && port > 0 => Ok((host.to_string(), port)),
+                    _ => Err(ValueError::SentinelNode(text.into())),
+                }
+            })
+        })
+    });
+    let nodes = nodes.filter(|nodes| {
+        if nodes.is_empty() {
+            d.error(&f.path.key("nodes"), "name at least one sentinel");
+        }
+        !nodes.is_empty()
+    });
+    let username = f.get("username").map(|n| d.secret(&n));
+    let password = f.get("password").map(|n| d.secret(&n));
+    // Some(None): given but unreadable (reported).
+    let (username, password) = match (username, password) {
+        (Some(None), _) | (_, Some(None)) => return None,
+        (username, password) => (username.flatten(), password.flatten()),
+    };
+    Some(SentinelConfig {
+        master: master?,
+        nodes: nodes?,
+        username,
+        password,
+    })
+}
+
 fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
     let f = d.fields(
         node,
@@ -433,6 +487,7 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             "kind",
             "path",
             "url",
+            "sentinel",
             "prefix",
             "replicas",
             "replica_timeout",
@@ -483,25 +538,35 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         if let Some(n) = f.get("path") {
             d.error(&n.path, "only applies to kind: local");
         }
-        let urls_and_cluster = d.required(&f, "url").and_then(|n| {
-            let url = |d: &mut Decoder, item: &Node| {
-                d.parsed(item, |u| {
-                    // Parsed here, so the store never meets a URL it cannot use.
-                    let usable = (u.starts_with("redis://") || u.starts_with("rediss://"))
-                        && redis::Client::open(u).is_ok();
-                    if usable {
-                        Ok(Secret::new(u))
-                    } else {
-                        Err(ValueError::RedisUrl)
-                    }
-                })
-            };
-            if n.value.is_sequence() {
-                d.list(&n, url).map(|urls| (urls, true))
-            } else {
-                url(d, &n).map(|u| (vec![u], false))
-            }
-        });
+        let sentinel = f.get("sentinel").map(|n| decode_sentinel(d, &n));
+        if let (Some(_), Some(url)) = (&sentinel, f.get("url")) {
+            d.error(
+                &url.path,
+                "url and sentinel exclude each other: with sentinel the sentinels name the master",
+            );
+        }
+        let urls_and_cluster = match &sentinel {
+            Some(_) => Some((Vec::new(), false)),
+            None => d.required(&f, "url").and_then(|n| {
+                let url = |d: &mut Decoder, item: &Node| {
+                    d.parsed(item, |u| {
+                        // Parsed here, so the store never meets a URL it cannot use.
+                        let usable = (u.starts_with("redis://") || u.starts_with("rediss://"))
+                            && redis::Client::open(u).is_ok();
+                        if usable {
+                            Ok(Secret::new(u))
+                        } else {
+                            Err(ValueError::RedisUrl)
+                        }
+                    })
+                };
+                if n.value.is_sequence() {
+                    d.list(&n, url).map(|urls| (urls, true))
+                } else {
+                    url(d, &n).map(|u| (vec![u], false))
+                }
+            }),
+        };
         let shards = d.or(&f, "shards", 16, |d, n| {
             d.integer(n, 1, MAX_SHARDS).map(|v| v as u32)
         });
@@ -528,7 +593,13 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             }
         }
         let (urls, cluster) = urls_and_cluster?;
-        let plain = urls.iter().any(|u| !u.expose().starts_with("rediss://"));
+        // Some(None): given but invalid (reported).
+        let sentinel = match sentinel {
+            Some(None) => return None,
+            other => other.flatten(),
+        };
+        // Through Sentinel, the CA file is what turns TLS on.
+        let plain = sentinel.is_none() && urls.iter().any(|u| !u.expose().starts_with("rediss://"));
         if plain && urls.iter().any(|u| u.expose().starts_with("rediss://")) {
             d.error(
                 &f.path.key("url"),
@@ -546,13 +617,21 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         StoreKind::Redis(RedisStoreConfig {
             urls,
             cluster,
+            sentinel,
             shards: shards?,
             ca_file: ca_file?,
             cert_file: cert_file?,
             key_file: key_file?,
         })
     } else {
-        for key in ["url", "shards", "ca_file", "cert_file", "key_file"] {
+        for key in [
+            "url",
+            "sentinel",
+            "shards",
+            "ca_file",
+            "cert_file",
+            "key_file",
+        ] {
             if let Some(n) = f.get(key) {
                 d.error(&n.path, "only applies to kind: redis");
             }

@@ -136,6 +136,11 @@ pub fn summary(config: &Config) -> String {
     out.push(format!("admin    {} ({token})", config.listen.admin));
     let store = match &config.store.kind {
         StoreKind::Local { path } => format!("local, {}", path.display()),
+        StoreKind::Redis(redis) if redis.sentinel.is_some() => format!(
+            "redis via sentinel, master {}, {} shard(s)",
+            redis.sentinel.as_ref().map_or("", |s| s.master.as_str()),
+            redis.shards
+        ),
         StoreKind::Redis(redis) if redis.cluster => format!(
             "redis cluster, {} seed(s), {} shard(s)",
             redis.urls.len(),

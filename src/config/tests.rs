@@ -249,6 +249,39 @@ fn redis_store_settings_are_checked() {
             "{fields}: {errs:?}"
         );
     }
+    let sentinel = load("store: { kind: redis, sentinel: { master: mymaster, nodes: [\"10.0.0.1:26379\", \"s2:26379\"], password: \"${file:/secrets/sup}\" } }\n").unwrap();
+    let StoreKind::Redis(redis) = &sentinel.store.kind else {
+        panic!("a redis store")
+    };
+    let found = redis.sentinel.as_ref().unwrap();
+    assert_eq!(found.master, "mymaster");
+    assert_eq!(found.nodes[1], ("s2".to_string(), 26379));
+    assert_eq!(
+        found.password.as_ref().unwrap().expose(),
+        "client-secret-value"
+    );
+    assert!(!format!("{sentinel:?}").contains("client-secret-value"));
+    for (fields, expected) in [
+        (
+            "url: redis://a:6379, sentinel: { master: m, nodes: [\"a:1\"] }",
+            "store.url: url and sentinel exclude each other",
+        ),
+        (
+            "sentinel: { master: m, nodes: [a] }",
+            "store.sentinel.nodes[0]: invalid sentinel address \"a\": expected host:port",
+        ),
+        (
+            "sentinel: { master: m, nodes: [] }",
+            "store.sentinel.nodes: name at least one sentinel",
+        ),
+        ("sentinel: { nodes: [\"a:1\"] }", "store.sentinel.master: "),
+    ] {
+        let errs = errors(&format!("store: {{ kind: redis, {fields} }}\n"));
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "{fields}: {errs:?}"
+        );
+    }
     let local = errors("store: { kind: local, shards: 4 }\n");
     assert!(local[0].starts_with("store.shards: only applies to kind: redis"));
 }

@@ -43,7 +43,7 @@ impl PauseListener {
     async fn listen(&self) -> Result<(), RedisCallError> {
         // Its own connection to one node: on a cluster, PUBLISH reaches
         // every node, so any seed hears every announcement.
-        let client = self.store.node_client()?;
+        let client = self.store.node_client().await?;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(pause_channel(&self.store)).await?;
         let guards: Vec<Arc<Guard>> = self

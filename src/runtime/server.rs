@@ -34,7 +34,7 @@ use crate::runtime::snapshot::{self, BuildError, Foundation, Snapshot, SnapshotH
 use crate::runtime::store_monitor::StoreMonitor;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::events::RedisEventStore;
-use crate::store::redis::{RedisStore, RedisTarget};
+use crate::store::redis::{RedisStore, RedisTarget, SentinelTarget};
 use crate::store::{Store, StoreError};
 use crate::time::MonotonicClock;
 use crate::upstreams::UpstreamsService;
@@ -275,6 +275,12 @@ fn redis_target(config: &RedisStoreConfig) -> Result<RedisTarget, StartError> {
     };
     Ok(RedisTarget {
         urls: config.urls.iter().map(|u| u.expose().to_string()).collect(),
+        sentinel: config.sentinel.as_ref().map(|s| SentinelTarget {
+            master: s.master.clone(),
+            nodes: s.nodes.clone(),
+            username: s.username.as_ref().map(|u| u.expose().to_string()),
+            password: s.password.as_ref().map(|p| p.expose().to_string()),
+        }),
         cluster: config.cluster,
         ca: read("ca_file", &config.ca_file)?,
         client_cert,

@@ -226,3 +226,69 @@ pub fn event_store_on(
     .unwrap();
     wedsync_sidecar::store::redis::events::RedisEventStore::new(std::sync::Arc::new(store), 16)
 }
+
+/// A private Redis Sentinel (`redis-server <file> --sentinel`) watching
+/// `master` as `mymaster`, quorum 1, that calls a master down after a
+/// second without an answer. Killed when dropped.
+pub struct RedisSentinel {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisSentinel {
+    pub fn watching(master: &RedisServer) -> Self {
+        let port = free_port();
+        let dir = unique_dir("sentinel");
+        let file = dir.join("sentinel.conf");
+        std::fs::write(
+            &file,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                dir.display(),
+                master.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&file)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)");
+        let sentinel = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sentinel.master_port().is_some_and(|p| p == master.port) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel never saw its master"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(["SENTINEL", "get-master-addr-by-name", "mymaster"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -42,11 +42,26 @@ pub enum RedisCallError {
     Redis(#[from] redis::RedisError),
 }
 
+/// A master found through Redis Sentinel.
+#[derive(Clone, Default)]
+pub struct SentinelTarget {
+    /// The name the sentinels monitor it by.
+    pub master: String,
+    /// The sentinels, as (host, port).
+    pub nodes: Vec<(String, u16)>,
+    /// Credentials of the master (and its replicas), not of the sentinels.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
 /// Where the store is and how to reach it.
 #[derive(Clone, Default)]
 pub struct RedisTarget {
-    /// One node's URL, or a cluster's seed nodes.
+    /// One node's URL, or a cluster's seed nodes; empty with `sentinel`.
     pub urls: Vec<String>,
+    /// The master is the one the sentinels name, asked again after every
+    /// failed call (a failover).
+    pub sentinel: Option<SentinelTarget>,
     /// The seeds are a Redis Cluster's (`store.url` is a list).
     pub cluster: bool,
     /// PEM: the CA that signed the servers' certificates (`store.ca_file`);
@@ -90,6 +105,34 @@ impl RedisTarget {
             }
             _ => redis::Client::open(url),
         }
+    }
+
+    fn sentinel_client(
+        &self,
+        sentinel: &SentinelTarget,
+    ) -> Result<redis::sentinel::SentinelClient, redis::RedisError> {
+        use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+        let sentinels = sentinel
+            .nodes
+            .iter()
+            .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+        let mut builder = SentinelClientBuilder::new(
+            sentinels,
+            sentinel.master.clone(),
+            SentinelServerType::Master,
+        )?;
+        if let Some(username) = &sentinel.username {
+            builder = builder.set_client_to_redis_username(username.clone());
+        }
+        if let Some(password) = &sentinel.password {
+            builder = builder.set_client_to_redis_password(password.clone());
+        }
+        if let Some(certs) = self.certificates() {
+            builder = builder
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_redis_certificates(certs);
+        }
+        builder.build()
     }
 
     fn cluster_client(&self) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
@@ -149,6 +192,8 @@ impl ConnectionLike for Connection {
 enum Client {
     Node(redis::Client),
     Cluster(redis::cluster::ClusterClient),
+    /// Asks the sentinels for the master at every (re)connection.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
 }
 
 pub struct RedisStore {
@@ -175,7 +220,9 @@ impl RedisStore {
         clock: Arc<dyn Clock>,
         errors: IntCounterVec,
     ) -> Result<Self, redis::RedisError> {
-        let client = if target.cluster {
+        let client = if let Some(sentinel) = &target.sentinel {
+            Client::Sentinel(tokio::sync::Mutex::new(target.sentinel_client(sentinel)?))
+        } else if target.cluster {
             Client::Cluster(target.cluster_client()?)
         } else {
             Client::Node(target.node_client(0)?)
@@ -198,8 +245,12 @@ impl RedisStore {
     }
 
     /// A client of one node for a dedicated connection (subscriptions):
-    /// each call the next seed, so a dead one is passed over.
-    pub fn node_client(&self) -> Result<redis::Client, redis::RedisError> {
+    /// each call the next seed, so a dead one is passed over; the current
+    /// master with Sentinel.
+    pub async fn node_client(&self) -> Result<redis::Client, redis::RedisError> {
+        if let Client::Sentinel(sentinel) = &self.client {
+            return sentinel.lock().await.async_get_client().await;
+        }
         let index = self.next_seed.fetch_add(1, Ordering::Relaxed);
         self.target.node_client(index)
     }
@@ -275,14 +326,20 @@ impl RedisStore {
         }
         // Each call brings its own deadline; the connection's bounds are
         // only the longest of them.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(EVENT_CALL_TIMEOUT)
+            .set_response_timeout(EVENT_CALL_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
         let connection = match &self.client {
             Client::Node(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(EVENT_CALL_TIMEOUT)
-                    .set_response_timeout(EVENT_CALL_TIMEOUT)
-                    .set_number_of_retries(1)
-                    .set_max_delay(1000);
                 Connection::Node(ConnectionManager::new_with_config(client.clone(), config).await?)
+            }
+            // A failed call drops the connection, so the next one asks the
+            // sentinels again and follows a failover.
+            Client::Sentinel(sentinel) => {
+                let master = sentinel.lock().await.async_get_client().await?;
+                Connection::Node(ConnectionManager::new_with_config(master, config).await?)
             }
             Client::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
         };

@@ -728,14 +728,22 @@ impl Store for RedisEventStore {
             if jobs.len() >= request.max {
                 break;
             }
-            let leased = self
+            let leased = match self
                 .lease_from(
                     (start + step) % parts,
                     request,
                     &room,
                     request.max - jobs.len(),
                 )
-                .await?;
+                .await
+            {
+                Ok(leased) => leased,
+                // Jobs already leased from other parts are delivered now,
+                // not when their leases expire; the failed part (a master
+                // failing over) is asked again on the next lease.
+                Err(error) if jobs.is_empty() => return Err(error),
+                Err(_) => break,
+            };
             // What this part gave is no longer room for the next.
             for job in &leased {
                 if let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == job.target) {

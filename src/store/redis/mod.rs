@@ -6,7 +6,7 @@ pub mod events;
 pub mod slots;
 
 pub use connection::{
-    Connection, RedisCallError, RedisStore, RedisTarget, CALL_TIMEOUT, EVENT_CALL_TIMEOUT,
-    QUIET_AFTER_FAILURE,
+    Connection, RedisCallError, RedisStore, RedisTarget, SentinelTarget, CALL_TIMEOUT,
+    EVENT_CALL_TIMEOUT, QUIET_AFTER_FAILURE,
 };
 pub use events::RedisEventStore;
