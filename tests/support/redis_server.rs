@@ -259,7 +259,7 @@ impl RedisSentinel {
             .expect("redis-server (scripts/test installs it)");
         let sentinel = Self { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sentinel.master_port().is_some_and(|p| p == master.port) {
+        while sentinel.master_port() != Some(master.port) {
             assert!(
                 Instant::now() < deadline,
                 "the sentinel never saw its master"
