@@ -24,6 +24,43 @@ start_redis() {
   sleep 0.5
 }
 
+# A private Redis Cluster: three masters with a replica each on free ports
+# (CLUSTER_PORTS, CLUSTER_URLS as a YAML list), once every node says ok.
+start_cluster() {
+  CLUSTER_PORTS=()
+  local p dir
+  for _ in 1 2 3 4 5 6; do
+    p=$(port); dir="$WORK/cluster-$p"; mkdir -p "$dir"
+    redis-server --port "$p" --cluster-port "$(port)" --bind 127.0.0.1 --save "" --appendonly no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --dir "$dir" \
+      --repl-diskless-sync-delay 0 >/dev/null &
+    CLUSTER_PORTS+=("$p")
+  done
+  sleep 0.5
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") \
+    --cluster-replicas 1 --cluster-yes >/dev/null
+  for _ in $(seq 100); do
+    local ok=1
+    for p in "${CLUSTER_PORTS[@]}"; do
+      redis-cli -p "$p" CLUSTER INFO | grep -q cluster_state:ok || ok=0
+    done
+    [ $ok = 1 ] && break
+    sleep 0.1
+  done
+  CLUSTER_URLS="[$(printf 'redis://127.0.0.1:%s,' "${CLUSTER_PORTS[@]}" | sed 's/,$//')]"
+}
+
+# Redis's count of a server's commands, those its scripts run included
+# (INFO stats), and of the scripts (EVALSHA calls: round trips, as a script
+# cannot call another).
+redis_commands() { redis-cli -p "$1" INFO stats | awk -F: '/^total_commands_processed/ { print $2+0 }'; }
+redis_script_usec() {
+  redis-cli -p "$1" INFO commandstats | sed -nE 's/^cmdstat_evalsha:calls=[0-9]+,usec=([0-9]+),.*/\1/p' | grep . || echo 0
+}
+redis_scripts() {
+  redis-cli -p "$1" INFO commandstats | sed -nE 's/^cmdstat_evalsha:calls=([0-9]+),.*/\1/p' | grep . || echo 0
+}
+
 WORK=$(mktemp -d)
 # Pingora drains for minutes on SIGTERM; nothing here needs a graceful end.
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT

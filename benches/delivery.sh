@@ -10,6 +10,11 @@
 #      8,000/s): does delivery keep up, and at what latency;
 #   4. idle queue: one sender at 50 events/s, 202 -> target latency.
 # Loopback only, bounded in time. Usage: benches/delivery.sh [seconds] [senders]
+# STORE=embedded, redis or cluster runs one store (default: embedded and
+# redis). STORE=cluster runs a private 3-master/3-replica Redis Cluster and a
+# single Redis side by side, and reports accepted/s and delivered/s of each,
+# Redis commands (round trips) per event, and how the keys spread over the
+# masters.
 # SIDECAR=path runs another build of the sidecar (e.g. an older commit's) for an
 # A/B comparison on the same machine.
 set -euo pipefail
@@ -64,7 +69,50 @@ bench() { # name store-yaml target-rate
   stop "$1-idle"
 }
 
-bench embedded "store: { path: $WORK/data-RUN }" 3000
-start_redis
-bench redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }" 8000
+# Saturation only, with Redis's command counts: name store-yaml ports...
+saturate() {
+  local name=$1 store=$2 target url line p delivered
+  local commands=0 scripts=0 usec=0
+  shift 2
+  for p in "$@"; do
+    commands=$((commands - $(redis_commands "$p"))); scripts=$((scripts - $(redis_scripts "$p")))
+    usec=$((usec - $(redis_script_usec "$p")))
+  done
+  target=$(port); url=$(start "$name" "$store" "$target")
+  line=$(./target/release/examples/delivery_load "$url" "$SECRET" "127.0.0.1:$target" "$SENDERS" "$SECONDS_PER_RUN" 0)
+  sleep 1
+  stop "$name"
+  for p in "$@"; do
+    commands=$((commands + $(redis_commands "$p"))); scripts=$((scripts + $(redis_scripts "$p")))
+    usec=$((usec + $(redis_script_usec "$p")))
+  done
+  delivered=$(echo "$line" | sed -E 's/.*delivered ([0-9]+) .*/\1/')
+  echo "$name saturation: $line"
+  awk -v n="$name" -v c=$commands -v s=$scripts -v u=$usec -v d="$delivered" 'BEGIN { if (d > 0)
+    printf "%s per delivered event: %.2f scripts (EVALSHA round trips), %.1f Redis commands inside and out, %.1f us of Redis time in scripts\n", n, s / d, c / d, u / d }'
+}
+
+case "${STORE:-both}" in
+  embedded) bench embedded "store: { path: $WORK/data-RUN }" 3000 ;;
+  redis)
+    start_redis
+    bench redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }" 8000 ;;
+  cluster)
+    start_redis
+    start_cluster
+    saturate single "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT, prefix: RUN }" "$REDIS_PORT"
+    masters=()
+    for p in "${CLUSTER_PORTS[@]}"; do
+      redis-cli -p "$p" INFO replication | grep -q role:master && masters+=("$p")
+    done
+    saturate cluster "store: { kind: redis, url: $CLUSTER_URLS, prefix: RUN }" "${masters[@]}"
+    # Each event leaves its dedup key (kept for dedup_window) on its part's master.
+    for p in "${masters[@]}"; do
+      echo "master :$p holds $(redis-cli -p "$p" --scan --pattern 'cluster:dedup:*' | wc -l) events' dedup keys, $(redis-cli -p "$p" DBSIZE) keys"
+    done ;;
+  *)
+    bench embedded "store: { path: $WORK/data-RUN }" 3000
+    start_redis
+    bench redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }" 8000 ;;
+esac
 echo "(redis without AOF: see README for the persistence settings durability needs)"

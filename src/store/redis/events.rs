@@ -25,7 +25,7 @@
 //! replica leases it; replicas' clocks only need to agree to well within
 //! the visibility timeout.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,19 +80,29 @@ return event
 /// lane's queue key prefix (a target's name completes it), then pairs of
 /// (capped target, room left). Each target with room gives its oldest due
 /// jobs (at most its room), so a full target's backlog costs nothing; the
-/// oldest of all are leased. Returns a flat list of (token, record).
+/// oldest of all are leased. Returns 1 if a target was passed over for
+/// want of room (0 otherwise), the earliest due time of a target with room
+/// that had nothing due (-1: none), then a flat list of (token, id,
+/// target, record).
 const LEASE: &str = r#"
 local most = tonumber(ARGV[3])
 local room = {}
 for i = 5, #ARGV, 2 do room[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local candidates = {}
+local skipped = 0
+local earliest = -1
 for _, target in ipairs(redis.call('HKEYS', KEYS[1])) do
   local take = most
   if room[target] ~= nil then take = math.min(room[target], most) end
+  if take <= 0 then skipped = 1 end
   if take > 0 then
     local due = redis.call('ZRANGEBYSCORE', ARGV[4] .. target, '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, take)
     for i = 1, #due, 2 do
       candidates[#candidates + 1] = { tonumber(due[i + 1]), due[i], target }
+    end
+    if #due == 0 then
+      local first = redis.call('ZRANGE', ARGV[4] .. target, 0, 0, 'WITHSCORES')
+      if #first == 2 and (earliest < 0 or tonumber(first[2]) < earliest) then earliest = tonumber(first[2]) end
     end
   end
 end
@@ -100,7 +110,7 @@ table.sort(candidates, function(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return a[2] < b[2]
 end)
-local leased = {}
+local leased = { skipped, string.format('%d', earliest) }
 for i = 1, math.min(most, #candidates) do
   local id = candidates[i][2]
   redis.call('ZADD', ARGV[4] .. candidates[i][3], ARGV[2], id)
@@ -232,6 +242,11 @@ fn guarded(removes: bool, body: &str) -> redis::Script {
     redis::Script::new(&format!("{HOLDS_LEASE}{remove}{body}"))
 }
 
+/// How long a lease passes over a part's lane that had nothing due: what
+/// another replica queues there (or a retry falling due) waits at most this
+/// much longer; what this process queues clears it at once.
+const NOTHING_DUE_FOR_MS: u64 = 250;
+
 /// Job ids and event numbers end in their part: `local * SHARD_SPACE + part`.
 const SHARD_SPACE: u64 = crate::config::MAX_SHARDS;
 
@@ -242,6 +257,10 @@ pub struct RedisEventStore {
     shards: Vec<String>,
     /// The part the next lease starts from: parts are taken in turn.
     next_lease: AtomicUsize,
+    /// Per part and lane, the time (Unix ms) before which a lease skips it:
+    /// it had nothing due when last asked. Without it every lease of an
+    /// empty lane would cost a round trip per part.
+    nothing_due_until: Vec<[AtomicU64; 3]>,
     /// Replicas that must have a write that must survive before it counts.
     replicas: u32,
     replica_timeout: Duration,
@@ -284,6 +303,7 @@ impl RedisEventStore {
             store,
             shards: (0..shards).map(super::slots::shard_tag).collect(),
             next_lease: AtomicUsize::new(0),
+            nothing_due_until: (0..shards).map(|_| Default::default()).collect(),
             scripts: Scripts {
                 accept: redis::Script::new(ACCEPT),
                 lease: redis::Script::new(LEASE),
@@ -536,7 +556,7 @@ impl RedisEventStore {
         request: &LeaseRequest,
         room: &[(crate::names::UpstreamName, u32)],
         most: usize,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<(Vec<Job>, Option<u64>), StoreError> {
         let (priority, now_ms) = (request.priority, request.now_ms);
         let until = now_ms + request.visibility.as_millis() as u64;
         let mut invocation = self.scripts.lease.prepare_invoke();
@@ -551,7 +571,17 @@ impl RedisEventStore {
         for (target, left) in room {
             invocation.arg(target).arg(*left);
         }
-        let leased: Vec<redis::Value> = self.invoke("lease", invocation).await?;
+        let answer: Vec<redis::Value> = self.invoke("lease", invocation).await?;
+        let [skipped, earliest, leased @ ..] = &answer[..] else {
+            return Err(StoreError::Corrupt("a lease answer of the wrong shape".into()));
+        };
+        let skipped = redis::from_redis_value::<u8>(skipped).map_err(corrupt)? == 1;
+        let earliest: i64 = redis::from_redis_value(earliest).map_err(corrupt)?;
+        // Nothing due here before then, unless another process adds it.
+        let nothing_due_until = (!skipped).then(|| {
+            let soon = now_ms + NOTHING_DUE_FOR_MS;
+            u64::try_from(earliest).map_or(soon, |at| at.min(soon))
+        });
         let mut jobs = Vec::with_capacity(leased.len() / 4);
         for entry in leased.chunks(4) {
             let [token, id, target, record] = entry else {
@@ -581,7 +611,11 @@ impl RedisEventStore {
                 }
             }
         }
-        Ok(jobs)
+        Ok((jobs, nothing_due_until))
+    }
+
+    fn lane_slot(&self, shard: usize, priority: Priority) -> &AtomicU64 {
+        &self.nothing_due_until[shard][priority as usize]
     }
 
     /// Runs `read` on every part at once (one round trip each, in
@@ -710,6 +744,8 @@ impl Store for RedisEventStore {
                 .arg(record_tail(&new.job(0, 0, target, now_ms)));
         }
         let sequence: i64 = self.invoke_durable("accept", invocation).await?;
+        self.lane_slot(shard, event.meta.priority)
+            .store(0, Ordering::Relaxed);
         Ok(match u64::try_from(sequence) {
             Ok(sequence) => Acceptance::Accepted(sequence),
             Err(_) => Acceptance::Duplicate,
@@ -728,9 +764,14 @@ impl Store for RedisEventStore {
             if jobs.len() >= request.max {
                 break;
             }
-            let leased = match self
+            let shard = (start + step) % parts;
+            let quiet = self.lane_slot(shard, request.priority);
+            if quiet.load(Ordering::Relaxed) > request.now_ms {
+                continue;
+            }
+            let (leased, nothing_due_until) = match self
                 .lease_from(
-                    (start + step) % parts,
+                    shard,
                     request,
                     &room,
                     request.max - jobs.len(),
@@ -744,6 +785,12 @@ impl Store for RedisEventStore {
                 Err(error) if jobs.is_empty() => return Err(error),
                 Err(_) => break,
             };
+            // A lane that gave nothing, with no target passed over for want
+            // of room, is skipped until its next job falls due (at most
+            // `NOTHING_DUE_FOR_MS`).
+            if let (true, Some(until)) = (leased.is_empty(), nothing_due_until) {
+                quiet.store(until, Ordering::Relaxed);
+            }
             // What this part gave is no longer room for the next.
             for job in &leased {
                 if let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == job.target) {
@@ -767,9 +814,11 @@ impl Store for RedisEventStore {
 
     async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
         let retried = job.clone().retried(attempt, due_ms);
-        let (mut invocation, _) = self.guarded_invocation(&self.scripts.retry, job)?;
+        let (mut invocation, shard) = self.guarded_invocation(&self.scripts.retry, job)?;
         invocation.arg(encode(&retried)).arg(due_ms);
-        self.guarded_call("retry", job, invocation).await
+        self.guarded_call("retry", job, invocation).await?;
+        self.lane_slot(shard, job.priority).store(0, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn dead_letter(
@@ -881,6 +930,7 @@ impl Store for RedisEventStore {
             .arg(job.received_at_ms)
             .arg(&job.webhook);
         let replayed: i64 = self.invoke_durable("replay", invocation).await?;
+        self.lane_slot(shard, job.priority).store(0, Ordering::Relaxed);
         Ok(replayed == 1)
     }
 
