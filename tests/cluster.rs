@@ -431,3 +431,71 @@ async fn through_sentinel_the_store_follows_a_failover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_pause_is_announced_across_a_cluster_and_read_by_late_starters() {
+    let cluster = RedisCluster::start();
+    let upstream =
+        MockServer::start(|_| MockAnswer::status(503, "maintenance").header("retry-after", "30"))
+            .await;
+    let body = Yaml::new()
+        .with(format!(
+            "store: {{ kind: redis, url: {}, prefix: test }}",
+            seeds(&cluster)
+        ))
+        .service("stripe", "/stripe", &upstream.url(), &[])
+        .build();
+    let (a, b) = (Sidecar::start(&body), Sidecar::start(&body));
+    b.log_containing("listening for provider pauses").await;
+    assert_eq!(get(&a.egress_url("/stripe/x")).await.status, 503);
+    // Published on one node, heard on whichever node the other subscribed to.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        let answer = get(&b.egress_url("/stripe/x")).await;
+        if answer.headers.contains_key("x-sidecar-error") || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        answer.headers.get("x-sidecar-error").map(String::as_str),
+        Some("provider_throttled")
+    );
+    // A sidecar that starts later reads the pause from the key's master.
+    let late = Sidecar::start(&body);
+    late.log_containing("listening for provider pauses").await;
+    let answer = get(&late.egress_url("/stripe/x")).await;
+    assert_eq!(answer.headers["x-sidecar-error"], "provider_throttled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_from_a_file_reaches_redis_and_is_shown_nowhere() {
+    const PASSWORD: &str = "redis-password-from-a-file-0123";
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let dir = unique_dir("redis-secret");
+    let secret = dir.join("password");
+    std::fs::write(&secret, format!("{PASSWORD}\n")).unwrap();
+    let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let store = format!(
+        "{{ kind: redis, url: \"redis://:${{file:{}}}@127.0.0.1:{}\", prefix: test }}",
+        secret.display(),
+        redis.port
+    );
+    let sidecar = Sidecar::start(&webhook_config(&store, &target));
+    assert_eq!(post(&sidecar, "evt_authenticated").await, 202);
+    eventually(Duration::from_secs(10), "delivery", || {
+        deliveries(&target).contains_key("evt_authenticated")
+    })
+    .await;
+    for path in ["/admin/config", "/admin/store"] {
+        let shown = get(&sidecar.admin_url(path)).await.text();
+        assert!(!shown.contains(PASSWORD), "{path}: {shown}");
+    }
+    assert!(!sidecar.logs().contains(PASSWORD));
+
+    // A wrong password: refused, and the error does not echo it.
+    std::fs::write(&secret, "not-the-password-0123456789\n").unwrap();
+    let wrong = Sidecar::start_unready(&webhook_config(&store, &target));
+    assert_eq!(post(&wrong, "evt_wrong_password").await, 503);
+    assert!(!wrong.logs().contains("not-the-password"));
+}

@@ -182,7 +182,7 @@ impl RedisServer {
                 let _ = stream.write_all(b"PING\r\n");
                 let mut answer = [0u8; 7];
                 if std::io::Read::read(&mut stream, &mut answer).is_ok()
-                    && answer.starts_with(b"+PONG")
+                    && (answer.starts_with(b"+PONG") || answer.starts_with(b"-NOAUTH"))
                 {
                     return;
                 }

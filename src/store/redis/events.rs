@@ -573,7 +573,9 @@ impl RedisEventStore {
         }
         let answer: Vec<redis::Value> = self.invoke("lease", invocation).await?;
         let [skipped, earliest, leased @ ..] = &answer[..] else {
-            return Err(StoreError::Corrupt("a lease answer of the wrong shape".into()));
+            return Err(StoreError::Corrupt(
+                "a lease answer of the wrong shape".into(),
+            ));
         };
         let skipped = redis::from_redis_value::<u8>(skipped).map_err(corrupt)? == 1;
         let earliest: i64 = redis::from_redis_value(earliest).map_err(corrupt)?;
@@ -770,12 +772,7 @@ impl Store for RedisEventStore {
                 continue;
             }
             let (leased, nothing_due_until) = match self
-                .lease_from(
-                    shard,
-                    request,
-                    &room,
-                    request.max - jobs.len(),
-                )
+                .lease_from(shard, request, &room, request.max - jobs.len())
                 .await
             {
                 Ok(leased) => leased,
@@ -817,7 +814,8 @@ impl Store for RedisEventStore {
         let (mut invocation, shard) = self.guarded_invocation(&self.scripts.retry, job)?;
         invocation.arg(encode(&retried)).arg(due_ms);
         self.guarded_call("retry", job, invocation).await?;
-        self.lane_slot(shard, job.priority).store(0, Ordering::Relaxed);
+        self.lane_slot(shard, job.priority)
+            .store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -930,7 +928,8 @@ impl Store for RedisEventStore {
             .arg(job.received_at_ms)
             .arg(&job.webhook);
         let replayed: i64 = self.invoke_durable("replay", invocation).await?;
-        self.lane_slot(shard, job.priority).store(0, Ordering::Relaxed);
+        self.lane_slot(shard, job.priority)
+            .store(0, Ordering::Relaxed);
         Ok(replayed == 1)
     }
 
