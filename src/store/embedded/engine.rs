@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use redb::{
@@ -29,6 +29,8 @@ use crate::store::records::{
 };
 use crate::store::StoreError;
 use crate::time::unix_time;
+
+use super::leases::{Leases, Place};
 
 const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -72,6 +74,14 @@ fn rank(priority: Priority) -> u8 {
     }
 }
 
+fn priority_of(rank: u8) -> Priority {
+    match rank {
+        0 => Priority::High,
+        2 => Priority::Low,
+        _ => Priority::Normal,
+    }
+}
+
 pub struct LocalStore {
     /// The file, or None for a database held in memory (tests).
     path: Option<PathBuf>,
@@ -82,6 +92,9 @@ pub struct LocalStore {
     db: RwLock<Option<Database>>,
     /// Unix ms of the last fsynced commit.
     last_durable_ms: AtomicU64,
+    /// The leases this process holds (`leases`): changed by the writer's
+    /// batches once they commit.
+    leases: Mutex<Leases>,
 }
 
 impl LocalStore {
@@ -114,6 +127,7 @@ impl LocalStore {
             path,
             db: RwLock::new(Some(db)),
             last_durable_ms: AtomicU64::new(0),
+            leases: Mutex::default(),
         };
         store.create_tables_and_release_leases()?;
         Ok(store)
@@ -227,10 +241,14 @@ impl LocalStore {
         writes: &[Write<'_>],
     ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let durable = writes.iter().any(Write::needs_fsync);
-        self.write(durable, |tables| {
+        // The batch works on a copy of the leases, kept only if it commits:
+        // a lease granted in a batch that failed was never answered.
+        let mut held = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leases = held.clone();
+        let answers = self.write(durable, |tables| {
             writes
                 .iter()
-                .map(|write| match write.apply(tables) {
+                .map(|write| match write.apply(tables, &mut leases) {
                     // Refused on its own: every write reads (and decodes)
                     // what it changes before changing anything, so a lost
                     // lease or an unreadable record fails only its write.
@@ -239,7 +257,9 @@ impl LocalStore {
                     other => other.map(Ok),
                 })
                 .collect()
-        })
+        })?;
+        *held = leases;
+        Ok(answers)
     }
 
     /// One write in its own transaction.
@@ -371,26 +391,32 @@ impl LocalStore {
         })
     }
 
-    /// When the next job falls due (leased ones included: their lease
+    /// When the next job falls due (leased ones included: when their lease
     /// ends), or None when nothing is queued.
     pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        let leases = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let queued = txn.open_table(QUEUED).map_err(failed)?;
         let queue = txn.open_table(QUEUE).map_err(failed)?;
-        let mut next: Option<u64> = None;
+        let mut next: Option<u64> = leases.first_end();
         for entry in queued.iter().map_err(failed)? {
             let (key, _) = entry.map_err(failed)?;
             let (rank, target) = key.value();
-            let first = queue
+            let range = queue
                 .range((rank, target, 0, 0)..=(rank, target, u64::MAX, u64::MAX))
-                .map_err(failed)?
-                .next()
-                .transpose()
                 .map_err(failed)?;
-            if let Some((key, _)) = first {
-                let due = key.value().2;
-                next = Some(next.map_or(due, |n| n.min(due)));
+            for entry in range {
+                let (key, _) = entry.map_err(failed)?;
+                let (_, _, due, id) = key.value();
+                if !leases.holds(id) {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    break;
+                }
             }
         }
         Ok(next)
@@ -473,26 +499,28 @@ impl Write<'_> {
     /// Accepts are acknowledged to providers and dead letters to
     /// operators: both wait for the fsync. Leases, acks and retries may be
     /// lost in a crash at the cost of a repeated delivery.
-    fn needs_fsync(&self) -> bool {
+    pub fn needs_fsync(&self) -> bool {
         matches!(self, Self::Accept(..) | Self::DeadLetter { .. })
     }
 
-    fn apply(&self, tables: &mut Tables<'_>) -> Result<Written, StoreError> {
+    fn apply(&self, tables: &mut Tables<'_>, leases: &mut Leases) -> Result<Written, StoreError> {
         match self {
             Self::Accept(event, now_ms, window) => tables
                 .insert(event, *now_ms, *window)
                 .map(Written::Accepted),
-            Self::Lease(request) => tables.lease(request).map(Written::Leased),
+            Self::Lease(request) => tables.lease(request, leases).map(Written::Leased),
             Self::Ack(held) => {
-                let current = tables.held_job(held)?;
-                tables.remove_job(&current)?;
-                tables.release_event(current.event)?;
+                let place = leases.check(held)?.place.clone();
+                tables.remove_job_at(held.id, &place)?;
+                tables.release_event(place.event)?;
+                leases.release(held.id);
                 Ok(Written::Done)
             }
             Self::Retry(held, attempt, due_ms) => {
-                let current = tables.held_job(held)?;
+                let current = tables.held_job(held, leases)?;
                 let retried = current.clone().retried(attempt.clone(), *due_ms);
                 tables.replace_job(&current, &retried)?;
+                leases.release(held.id);
                 Ok(Written::Done)
             }
             Self::DeadLetter {
@@ -501,8 +529,9 @@ impl Write<'_> {
                 reason,
                 now_ms,
             } => {
-                let current = tables.held_job(held)?;
+                let current = tables.held_job(held, leases)?;
                 tables.remove_job(&current)?;
+                leases.release(held.id);
                 let mut job = current;
                 if let Some(attempt) = attempt {
                     job.record(attempt.clone());
@@ -556,7 +585,11 @@ impl<'t> Tables<'t> {
     /// The `max` oldest due jobs of a lane among every target with room,
     /// each target giving at most its room: targets are looked at one by
     /// one, so a full target's backlog costs nothing.
-    fn lease(&mut self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
+    fn lease(
+        &mut self,
+        request: &LeaseRequest,
+        leases: &mut Leases,
+    ) -> Result<Vec<Job>, StoreError> {
         let LeaseRequest {
             priority,
             now_ms,
@@ -580,10 +613,19 @@ impl<'t> Tables<'t> {
                 .queue
                 .range((r, target, 0, 0)..=(r, target, now_ms, u64::MAX))
                 .map_err(failed)?;
-            for entry in range.take(take) {
+            // Jobs leased and not yet settled keep their place: passed over.
+            let mut taken = 0;
+            for entry in range {
                 let (key, _) = entry.map_err(failed)?;
                 let (_, target, due_ms, id) = key.value();
+                if leases.blocks(id, now_ms) {
+                    continue;
+                }
                 due.push((due_ms, id, target.to_string()));
+                taken += 1;
+                if taken == take {
+                    break;
+                }
             }
         }
         due.sort_unstable();
@@ -604,8 +646,18 @@ impl<'t> Tables<'t> {
                 }
                 Err(error) => return Err(error),
             };
-            let taken = job.clone().leased_at(now_ms, visibility);
-            self.replace_job(&job, &taken)?;
+            let until_ms = now_ms + visibility.as_millis() as u64;
+            let place = Place {
+                rank: r,
+                target,
+                due_ms,
+                received_at_ms: job.received_at_ms,
+                event: job.event,
+            };
+            let mut taken = job;
+            taken.lease = leases.grant(id, until_ms, place);
+            taken.leased = true;
+            taken.due_ms = until_ms;
             leased.push(taken);
         }
         Ok(leased)
@@ -688,11 +740,9 @@ impl<'t> Tables<'t> {
     }
 
     /// The job as stored, if `held` is still its current lease.
-    fn held_job(&self, held: &Job) -> Result<Job, StoreError> {
-        match self.job(held.id)? {
-            Some(current) if current.lease == held.lease => Ok(current),
-            _ => Err(StoreError::LeaseLost(held.id)),
-        }
+    fn held_job(&self, held: &Job, leases: &Leases) -> Result<Job, StoreError> {
+        leases.check(held)?;
+        self.job(held.id)?.ok_or(StoreError::LeaseLost(held.id))
     }
 
     /// Adds `delta` to a counter of the COUNTERS table.
@@ -732,6 +782,20 @@ impl<'t> Tables<'t> {
             .insert((job.received_at_ms, job.id), ())
             .map_err(failed)?;
         Ok(())
+    }
+
+    /// Removes a leased job from where its lease found it, without reading
+    /// its record.
+    fn remove_job_at(&mut self, id: u64, place: &Place) -> Result<(), StoreError> {
+        self.jobs.remove(id).map_err(failed)?;
+        self.queue
+            .remove((place.rank, place.target.as_str(), place.due_ms, id))
+            .map_err(failed)?;
+        self.age
+            .remove((place.received_at_ms, id))
+            .map_err(failed)?;
+        add_count(&mut self.queued, (place.rank, place.target.as_str()), -1)?;
+        self.bump(&depth_key(priority_of(place.rank)), -1)
     }
 
     fn remove_job_records(&mut self, job: &Job) -> Result<(), StoreError> {
@@ -974,7 +1038,7 @@ mod tests {
         let again = store
             .lease(&one_high_job(unix_time().as_millis() as u64))
             .unwrap();
-        assert_eq!(again[0].lease, 2, "released on open");
+        assert_eq!(again.len(), 1, "released on open");
     }
 
     #[test]
