@@ -78,6 +78,9 @@ async fn main() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let acks: Times = Arc::default();
+    // Send to 202, from when the send was due (paced senders: open loop,
+    // so a queue in front of the sidecar counts), in ms.
+    let ack_latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -85,6 +88,7 @@ async fn main() {
     let mut tasks = Vec::new();
     for sender in 0..senders {
         let (url, events, acks) = (url.clone(), Arc::clone(&events), Arc::clone(&acks));
+        let ack_latencies = Arc::clone(&ack_latencies);
         tasks.push(tokio::spawn(async move {
             let mut connection = connect(&url).await;
             // Paced senders start spread over one interval.
@@ -95,10 +99,14 @@ async fn main() {
                 });
             let mut n = 0u64;
             while Instant::now() < deadline {
-                if let Some(interval) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += interval;
-                }
+                let due = match interval {
+                    Some(interval) => {
+                        tokio::time::sleep_until(next.into()).await;
+                        next += interval;
+                        next - interval
+                    }
+                    None => Instant::now(),
+                };
                 n += 1;
                 let id = format!("evt_{run}_{sender}_{n}");
                 let request = events.request(url.path(), &id);
@@ -109,7 +117,12 @@ async fn main() {
                 let status = response.status();
                 let _ = response.into_body().collect().await;
                 if status == 202 {
-                    acks.lock().unwrap().insert(id, Instant::now());
+                    let now = Instant::now();
+                    acks.lock().unwrap().insert(id, now);
+                    ack_latencies
+                        .lock()
+                        .unwrap()
+                        .push(now.duration_since(due).as_secs_f64() * 1000.0);
                 }
             }
         }));
@@ -143,12 +156,17 @@ async fn main() {
             .unwrap_or(f64::NAN)
     };
     let delivered = latencies.len();
+    let mut ack = ack_latencies.lock().unwrap().clone();
+    ack.sort_by(f64::total_cmp);
+    let ack_at = |p: usize| ack.get(ack.len() * p / 100).copied().unwrap_or(f64::NAN);
     println!(
-        "accepted {accepted} = {:.0}/s, delivered {delivered} ({} missing) = {:.0}/s, 202->target p50 {:.2} ms, p99 {:.2} ms",
+        "accepted {accepted} = {:.0}/s, delivered {delivered} ({} missing) = {:.0}/s, 202->target p50 {:.2} ms, p99 {:.2} ms, ack p50 {:.2} ms, p99 {:.2} ms",
         accepted as f64 / sent_for.as_secs_f64(),
         accepted - delivered,
         delivered as f64 / last_arrival.duration_since(started).as_secs_f64().max(sent_for.as_secs_f64()),
         percentile(50),
         percentile(99),
+        ack_at(50),
+        ack_at(99),
     );
 }

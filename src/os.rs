@@ -12,6 +12,20 @@
 /// keeps up at any load the egress leaves room for. Linux only; elsewhere
 /// nothing changes. A refusal (a seccomp profile) is logged and ignored.
 pub fn lower_this_thread() {
+    set_this_thread(true);
+}
+
+/// Marks the calling thread (the webhook ingress) as work that may wait
+/// when the core is contended: nice 10, its policy unchanged, so it still
+/// preempts batch work when a request arrives. Delivery keeps nice 0: at
+/// saturation it gets the CPU to deliver what the ingress accepts, and the
+/// acks slow down instead of a backlog growing without bound. Below
+/// saturation the core has room for both and nothing changes.
+pub fn yield_to_delivery() {
+    set_this_thread(false);
+}
+
+fn set_this_thread(batch: bool) {
     #[cfg(target_os = "linux")]
     {
         use thread_priority::{
@@ -22,14 +36,21 @@ pub fn lower_this_thread() {
         let Ok(value) = ThreadPriorityValue::try_from(22u8) else {
             return;
         };
+        let policy = if batch {
+            NormalThreadSchedulePolicy::Batch
+        } else {
+            NormalThreadSchedulePolicy::Other
+        };
         if let Err(error) = set_thread_priority_and_policy(
             thread_native_id(),
             ThreadPriority::Crossplatform(value),
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
+            ThreadSchedulePolicy::Normal(policy),
         ) {
-            tracing::debug!(?error, "cannot lower a background thread's priority");
+            tracing::debug!(?error, "cannot change a thread's priority");
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = batch;
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -71,5 +92,12 @@ mod tests {
         .unwrap();
         assert_eq!(lowered, (SCHED_BATCH, 10));
         assert_eq!(policy_and_nice(own_tid()), (SCHED_OTHER, 0));
+        let ingress = std::thread::spawn(|| {
+            yield_to_delivery();
+            policy_and_nice(own_tid())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ingress, (SCHED_OTHER, 10));
     }
 }

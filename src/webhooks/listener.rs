@@ -215,6 +215,13 @@ impl ServerApp for IngressListener {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The ingress's own runtime thread yields to delivery under
+        // contention (`os::yield_to_delivery`); set once per thread.
+        thread_local!(static YIELDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        if !YIELDS.get() {
+            crate::os::yield_to_delivery();
+            YIELDS.set(true);
+        }
         let Ok(_connection) = Arc::clone(&self.connections).try_acquire_owned() else {
             self.make_room.notify_waiters();
             let problem = self
