@@ -3,6 +3,8 @@
 
 pub mod connection;
 pub mod events;
+pub mod scripts;
+pub mod settings;
 pub mod slots;
 
 pub use connection::{
