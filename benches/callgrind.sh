@@ -10,7 +10,8 @@
 # Each runs under callgrind twice, for N1 then N2 sequential keep-alive
 # requests; (instructions(N2) - instructions(N1)) / (N2 - N1) is the cost of
 # one request, start-up and shutdown excluded. Compare builds with
-# SIDECAR=<binary>. Usage: benches/callgrind.sh [N1] [N2]
+# SIDECAR=<binary> (and BARE_PROXY=<binary> for the baseline built the same
+# way, e.g. another profile). Usage: benches/callgrind.sh [N1] [N2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${1:-500}
@@ -18,6 +19,7 @@ N2=${2:-2500}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 cargo build --release --locked --bin wedsync-sidecar --example bare_proxy --example bench_upstream --example ingest_load 2>&1 | tail -1
 SIDECAR=${SIDECAR:-./target/release/wedsync-sidecar}
+BARE_PROXY=${BARE_PROXY:-./target/release/examples/bare_proxy}
 . benches/common.sh
 SECRET=whsec_benchmark_secret_0123456789
 UP=$(port)
@@ -74,8 +76,8 @@ YAML
 ready_ingest() { for _ in $(seq 300); do curl -sf "http://127.0.0.1:$IAD/readyz" >/dev/null && return; sleep 0.1; done; }
 send_ingest() { ./target/release/examples/ingest_load "http://127.0.0.1:$IIN/webhooks/stripe" "$SECRET" 1 600 "$1" >/dev/null; }
 
-b1=$(instructions bare "$N1" ./target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP")
-b2=$(instructions bare "$N2" ./target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP")
+b1=$(instructions bare "$N1" "$BARE_PROXY" "127.0.0.1:$BARE" "127.0.0.1:$UP")
+b2=$(instructions bare "$N2" "$BARE_PROXY" "127.0.0.1:$BARE" "127.0.0.1:$UP")
 # (The environment is set here, not with env(1): valgrind does not follow
 # an exec, so `valgrind env X=y prog` would measure nothing.)
 export RUST_LOG=info
