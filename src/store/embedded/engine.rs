@@ -499,7 +499,7 @@ impl Write<'_> {
     /// Accepts are acknowledged to providers and dead letters to
     /// operators: both wait for the fsync. Leases, acks and retries may be
     /// lost in a crash at the cost of a repeated delivery.
-    pub fn needs_fsync(&self) -> bool {
+    fn needs_fsync(&self) -> bool {
         matches!(self, Self::Accept(..) | Self::DeadLetter { .. })
     }
 

@@ -198,53 +198,34 @@ fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>, health:
                 Err(_) => break,
             }
         }
-        // Leases, acks and retries commit first, without waiting for the
-        // fsync that the accepts and dead letters of the same batch need:
-        // a delivery worker then waits for a commit, not for the disk.
-        let (durable, fast): (Vec<Request>, Vec<Request>) = batch
-            .into_iter()
-            .partition(|r| r.write.borrowed().needs_fsync());
-        let mut parts = [fast, durable].into_iter().filter(|p| !p.is_empty());
-        while let Some(part) = parts.next() {
-            if let Err((failure, part)) = commit(store, part) {
-                // Failing before anyone hears of it: a sender answered now
-                // must not queue a write behind the recovery.
-                health.fail(failure.clone());
-                let unanswered: Vec<Request> = part.into_iter().chain(parts.flatten()).collect();
-                tracing::error!(%failure, writes = unanswered.len(), "an embedded store batch failed; nothing in it was acknowledged");
-                for request in unanswered {
-                    let _ = request
-                        .answer
-                        .send(Err(StoreError::Unavailable(failure.clone())));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let writes: Vec<Write<'_>> = batch.iter().map(|r| r.write.borrowed()).collect();
+            store.apply(&writes)
+        }));
+        let failure = match outcome {
+            Ok(Ok(answers)) => {
+                for (request, answer) in batch.into_iter().zip(answers) {
+                    let _ = request.answer.send(answer);
                 }
-                recover(store, health, incoming, failure);
-                break;
+                continue;
             }
+            Ok(Err(error)) => format!("the event store cannot commit: {error}"),
+            Err(panic) => format!(
+                "the event store failed inside its database engine: {}",
+                panic_message(panic.as_ref())
+            ),
+        };
+        // Failing before anyone hears of it: a sender answered now must not
+        // queue a write behind the recovery.
+        health.fail(failure.clone());
+        tracing::error!(%failure, writes = batch.len(), "an embedded store batch failed; nothing in it was acknowledged");
+        for request in batch {
+            let _ = request
+                .answer
+                .send(Err(StoreError::Unavailable(failure.clone())));
         }
+        recover(store, health, incoming, failure);
     }
-}
-
-/// Applies `part` in one transaction and answers each sender; on failure
-/// the reason and the unanswered requests.
-fn commit(store: &LocalStore, part: Vec<Request>) -> Result<(), (String, Vec<Request>)> {
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let writes: Vec<Write<'_>> = part.iter().map(|r| r.write.borrowed()).collect();
-        store.apply(&writes)
-    }));
-    let failure = match outcome {
-        Ok(Ok(answers)) => {
-            for (request, answer) in part.into_iter().zip(answers) {
-                let _ = request.answer.send(answer);
-            }
-            return Ok(());
-        }
-        Ok(Err(error)) => format!("the event store cannot commit: {error}"),
-        Err(panic) => format!(
-            "the event store failed inside its database engine: {}",
-            panic_message(panic.as_ref())
-        ),
-    };
-    Err((failure, part))
 }
 
 /// Closes and opens the database again until a probe commit (fsynced)
