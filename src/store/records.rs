@@ -164,14 +164,6 @@ impl Job {
         self.history.drain(..excess);
     }
 
-    /// The job as leased at `now_ms` for `visibility`.
-    pub fn leased_at(mut self, now_ms: u64, visibility: Duration) -> Self {
-        self.lease += 1;
-        self.leased = true;
-        self.due_ms = now_ms + visibility.as_millis() as u64;
-        self
-    }
-
     /// The job as a retry due at `due_ms` after `attempt`.
     pub fn retried(mut self, attempt: Attempt, due_ms: u64) -> Self {
         self.record(attempt);
