@@ -4,9 +4,10 @@
 # with the embedded store and with a private Redis. Per store:
 #   1. saturation: SENDERS senders as fast as they are acknowledged; the
 #      ratio delivered/s : accepted/s says whether delivery keeps up;
-#   2. half load: 50% of the rate run 1 sustained end to end (the lower of
-#      its accepted/s and delivered/s), reporting 202 -> target p50/p99;
-#   3. at the ingest target of the webhook issue (embedded 3,000/s, Redis
+#   2. open loop at 25%, 50% and 75% of the rate run 1 sustained end to end
+#      (the lower of its accepted/s and delivered/s): paced senders, ack
+#      latency from when each send was due, and 202 -> target p50/p99;
+#   3. at the webhook ingest targets (embedded 3,000/s, Redis
 #      8,000/s): does delivery keep up, and at what latency;
 #   4. idle queue: one sender at 50 events/s, 202 -> target latency.
 # Loopback only, bounded in time. Usage: benches/delivery.sh [seconds] [senders]
@@ -58,9 +59,13 @@ bench() { # name store-yaml target-rate
   echo "$line" | awk -v n="$1" '{ for (i=1;i<=NF;i++) { if ($i=="accepted") a=$(i+3); if ($i=="delivered") d=$(i+5) } }
     END { gsub("/s,?","",a); gsub("/s,?","",d); printf "%s delivered/accepted ratio: %.2f\n", n, d/a }'
   stop "$1-max"
-  target=$(port); url=$(start "$1-half" "$2" "$target")
-  echo "$1 half load ($((rate / 2))/s): $(./target/release/examples/delivery_load "$url" "$SECRET" "127.0.0.1:$target" 16 "$SECONDS_PER_RUN" $((rate / 2)))"
-  stop "$1-half"
+  # Open loop: paced senders, latencies from when each send was due.
+  local share
+  for share in 25 50 75; do
+    target=$(port); url=$(start "$1-$share" "$2" "$target")
+    echo "$1 at $share% ($((rate * share / 100))/s): $(./target/release/examples/delivery_load "$url" "$SECRET" "127.0.0.1:$target" 16 "$SECONDS_PER_RUN" $((rate * share / 100)))"
+    stop "$1-$share"
+  done
   target=$(port); url=$(start "$1-target" "$2" "$target")
   echo "$1 at the ingest target ($3/s): $(./target/release/examples/delivery_load "$url" "$SECRET" "127.0.0.1:$target" 16 "$SECONDS_PER_RUN" "$3")"
   stop "$1-target"
