@@ -241,7 +241,7 @@ impl RedisStore {
 
     /// Whether the store is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        self.target.cluster
+        matches!(self.client, Client::Cluster(_))
     }
 
     /// A client of one node for a dedicated connection (subscriptions):

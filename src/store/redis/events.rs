@@ -131,11 +131,6 @@ impl RedisEventStore {
         self
     }
 
-    /// The hash tag of each part, by number: how the keys spread.
-    pub fn shard_tags(&self) -> &[String] {
-        &self.shards
-    }
-
     fn key(&self, shard: usize, kind: &str) -> String {
         self.store.key(kind, &self.shards[shard], "")
     }

@@ -8,7 +8,7 @@
 /// number, then per target its name and its job record without the leading
 /// `{"id":0,"event":0,` (or, unrouted, just that record). Numbers are
 /// counted per part and written `local * 1024 + part`.
-pub const ACCEPT: &str = r#"
+const ACCEPT: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[1]) then return -1 end
 local part = tonumber(ARGV[6])
 local function global(n) return n * 1024 + part end
@@ -47,7 +47,7 @@ return event
 /// want of room (0 otherwise), the earliest due time of a target with room
 /// that had nothing due (-1: none), then a flat list of (token, id,
 /// target, record).
-pub const LEASE: &str = r#"
+const LEASE: &str = r#"
 local most = tonumber(ARGV[3])
 local room = {}
 for i = 5, #ARGV, 2 do room[ARGV[i]] = tonumber(ARGV[i + 1]) end
@@ -89,7 +89,7 @@ return leased
 /// KEYS: jobs, the job's queue, targets, age, queued, dead, dead_order,
 /// dead_counts, leases. ARGV: id, target, dead-letter record, its order
 /// key, webhook.
-pub const SET_ASIDE: &str = r#"
+const SET_ASIDE: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
   if redis.call('HINCRBY', KEYS[5], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[5], ARGV[2]) end
@@ -107,13 +107,13 @@ return 1
 /// job's current one. Their first keys are always leases, jobs, the job's
 /// queue, targets, age, queued; ARGV[1] the job id, ARGV[2] the lease
 /// token, ARGV[3] the target.
-pub const HOLDS_LEASE: &str = r#"
+const HOLDS_LEASE: &str = r#"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
 "#;
 
 /// Takes the job off the queue (its lease token stays for a replay to
 /// continue from).
-pub const REMOVE_JOB: &str = r#"
+const REMOVE_JOB: &str = r#"
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
@@ -122,34 +122,40 @@ if redis.call('HINCRBY', KEYS[6], ARGV[3], -1) <= 0 then redis.call('HDEL', KEYS
 "#;
 
 /// ARGV[4]: the new record, ARGV[5]: when it is due.
-pub const RETRY: &str = r#"
+const RETRY: &str = r#"
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 return 1
 "#;
 
 /// KEYS[7..9]: refs, events, bodies. ARGV[4]: the event number.
-pub const ACK: &str = r#"
+const ACK: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('HINCRBY', KEYS[7], ARGV[4], -1) <= 0 then
-  redis.call('HDEL', KEYS[7], ARGV[4])
-  redis.call('HDEL', KEYS[8], ARGV[4])
-  redis.call('HDEL', KEYS[9], ARGV[4])
-end
+RELEASE
 return 1
 "#;
 
 /// KEYS[7..9]: dead, dead_order, dead_counts. ARGV[4]: the dead-letter
 /// record, ARGV[5]: its order key, ARGV[6]: its webhook.
-pub const DEAD_LETTER: &str = r#"
+const DEAD_LETTER: &str = r#"
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[8], 0, ARGV[5])
 redis.call('HINCRBY', KEYS[9], ARGV[6], 1)
 return 1
 "#;
 
+/// One job or dead letter fewer refers to the event ARGV[`event_arg`]; the
+/// last one takes the event and its body with it. KEYS[`refs`] and the two
+/// after it: refs, events, bodies.
+fn release_event(refs: usize, event_arg: usize) -> String {
+    let (events, bodies) = (refs + 1, refs + 2);
+    format!(
+        "if redis.call('HINCRBY', KEYS[{refs}], ARGV[{event_arg}], -1) <= 0 then\n  redis.call('HDEL', KEYS[{refs}], ARGV[{event_arg}])\n  redis.call('HDEL', KEYS[{events}], ARGV[{event_arg}])\n  redis.call('HDEL', KEYS[{bodies}], ARGV[{event_arg}])\nend\n"
+    )
+}
+
 /// One dead letter fewer for a webhook (KEYS[n], ARGV[m] in the caller).
-pub fn uncount(counts_key: usize, webhook_arg: usize) -> String {
+fn uncount(counts_key: usize, webhook_arg: usize) -> String {
     format!(
         "if redis.call('HINCRBY', KEYS[{counts_key}], ARGV[{webhook_arg}], -1) <= 0 then redis.call('HDEL', KEYS[{counts_key}], ARGV[{webhook_arg}]) end\n"
     )
@@ -157,7 +163,7 @@ pub fn uncount(counts_key: usize, webhook_arg: usize) -> String {
 
 /// KEYS: dead, dead_order, jobs, targets, queue, age, dead_counts, queued.
 /// ARGV: id, order key, job record, target, due ms, received ms, webhook.
-pub const REPLAY: &str = r#"
+const REPLAY: &str = r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])
 UNCOUNT
@@ -171,16 +177,12 @@ return 1
 
 /// KEYS: dead, dead_order, leases, refs, events, bodies, dead_counts.
 /// ARGV: id, order key, event number, webhook.
-pub const DELETE: &str = r#"
+const DELETE: &str = r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])
 UNCOUNT
 redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
-  redis.call('HDEL', KEYS[4], ARGV[3])
-  redis.call('HDEL', KEYS[5], ARGV[3])
-  redis.call('HDEL', KEYS[6], ARGV[3])
-end
+RELEASE
 return 1
 "#;
 
@@ -203,10 +205,14 @@ impl Default for Scripts {
             accept: redis::Script::new(ACCEPT),
             lease: redis::Script::new(LEASE),
             retry: guarded(false, RETRY),
-            ack: guarded(true, ACK),
+            ack: guarded(true, &ACK.replace("RELEASE", &release_event(7, 4))),
             dead_letter: guarded(true, DEAD_LETTER),
             replay: redis::Script::new(&REPLAY.replace("UNCOUNT", &uncount(7, 7))),
-            delete: redis::Script::new(&DELETE.replace("UNCOUNT", &uncount(7, 4))),
+            delete: redis::Script::new(
+                &DELETE
+                    .replace("UNCOUNT", &uncount(7, 4))
+                    .replace("RELEASE", &release_event(4, 3)),
+            ),
             set_aside: redis::Script::new(SET_ASIDE),
         }
     }
