@@ -29,19 +29,9 @@ fn webhook_config(store: &str, target: &MockServer) -> String {
         .build()
 }
 
+/// The status a Stripe event got (0 for a refused or broken connection).
 async fn post(sidecar: &Sidecar, id: &str) -> u16 {
-    let body = format!(r#"{{"id":"{id}","type":"payment_intent.succeeded"}}"#);
-    let signature = stripe_signature_with(SECRET, body.as_bytes());
-    try_send(
-        &format!("http://{}/webhooks/stripe", sidecar.ingress),
-        &[
-            ("stripe-signature", signature.as_str()),
-            ("content-type", "application/json"),
-        ],
-        body.into_bytes(),
-    )
-    .await
-    .unwrap_or(0)
+    try_post_stripe(sidecar, id).await.map_or(0, |a| a.status)
 }
 
 /// How many times the target received each event id.

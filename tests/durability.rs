@@ -19,21 +19,6 @@ fn config(store: &str) -> String {
         .build()
 }
 
-async fn post(sidecar: &Sidecar, id: &str) -> Answer {
-    let body = format!(r#"{{"id":"{id}","type":"payment_intent.succeeded"}}"#);
-    let signature = stripe_signature_with(SECRET, body.as_bytes());
-    send(
-        "POST",
-        &format!("http://{}/webhooks/stripe", sidecar.ingress),
-        &[
-            ("stripe-signature", signature.as_str()),
-            ("content-type", "application/json"),
-        ],
-        Bytes::from(body),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn with_replicas_1_an_ack_waits_for_the_replica_and_a_silent_one_means_503() {
     let primary = RedisServer::start();
@@ -42,7 +27,7 @@ async fn with_replicas_1_an_ack_waits_for_the_replica_and_a_silent_one_means_503
         "{{ kind: redis, url: {}, prefix: test, replicas: 1, replica_timeout: 300ms }}",
         primary.url()
     )));
-    let answer = post(&sidecar, "evt_replicated").await;
+    let answer = post_stripe(&sidecar, "evt_replicated").await;
     assert_eq!(answer.status, 202, "{}", answer.text());
     // The replica has the event the moment the provider has its 202.
     assert_eq!(replica.hlen_all("test:events:*"), 1);
@@ -53,7 +38,7 @@ async fn with_replicas_1_an_ack_waits_for_the_replica_and_a_silent_one_means_503
     // A replica that does not answer: no 202 for a write it may not have.
     replica.freeze();
     let started = Instant::now();
-    let answer = post(&sidecar, "evt_unreplicated").await;
+    let answer = post_stripe(&sidecar, "evt_unreplicated").await;
     assert_eq!(answer.status, 503, "{}", answer.text());
     assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -62,13 +47,13 @@ async fn with_replicas_1_an_ack_waits_for_the_replica_and_a_silent_one_means_503
         .await;
     replica.thaw();
     // The write did reach the primary: the provider's retry is a duplicate.
-    let mut retry = post(&sidecar, "evt_unreplicated").await;
+    let mut retry = post_stripe(&sidecar, "evt_unreplicated").await;
     for _ in 0..20 {
         if retry.status != 503 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        retry = post(&sidecar, "evt_unreplicated").await;
+        retry = post_stripe(&sidecar, "evt_unreplicated").await;
     }
     assert_eq!(retry.status, 200, "{}", retry.text());
     assert_eq!(retry.json()["status"], "duplicate");
@@ -81,7 +66,7 @@ async fn with_replicas_configured_and_none_connected_nothing_is_acknowledged() {
         "{{ kind: redis, url: {}, prefix: test, replicas: 1, replica_timeout: 200ms }}",
         primary.url()
     )));
-    let answer = post(&sidecar, "evt_alone").await;
+    let answer = post_stripe(&sidecar, "evt_alone").await;
     assert_eq!(answer.status, 503, "{}", answer.text());
     assert!(answer.json()["detail"]
         .as_str()
@@ -111,7 +96,7 @@ async fn a_redis_that_may_evict_the_queue_keeps_the_sidecar_unready_and_refuses_
         readiness.1
     );
     assert!(readiness.1.contains("noeviction"), "{}", readiness.1);
-    let answer = post(&sidecar, "evt_evictable").await;
+    let answer = post_stripe(&sidecar, "evt_evictable").await;
     assert_eq!(answer.status, 503, "{}", answer.text());
     let store = get(&sidecar.admin_url("/admin/store")).await.json();
     assert_eq!(store["kind"], "redis");
@@ -156,7 +141,7 @@ async fn a_store_blip_shorter_than_unready_after_keeps_the_pod_ready_and_a_longe
     redis.kill();
     let down_at = Instant::now();
     // Webhooks are refused at once: nothing is acknowledged without a store.
-    assert_eq!(post(&sidecar, "evt_blip").await.status, 503);
+    assert_eq!(post_stripe(&sidecar, "evt_blip").await.status, 503);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         sidecar.readiness().await.0,
@@ -188,7 +173,7 @@ async fn a_store_blip_shorter_than_unready_after_keeps_the_pod_ready_and_a_longe
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "ready again once the store answers");
-    assert_eq!(post(&sidecar, "evt_after").await.status, 202);
+    assert_eq!(post_stripe(&sidecar, "evt_after").await.status, 202);
 }
 
 #[tokio::test]
@@ -253,7 +238,11 @@ async fn a_full_disk_means_503_never_202_and_acceptance_resumes_when_space_retur
     // No restart: the writer finds the space again by itself.
     let mut resumed = false;
     for n in 0..100 {
-        if post(&sidecar, &format!("evt_after_{n}")).await.status == 202 {
+        if post_stripe(&sidecar, &format!("evt_after_{n}"))
+            .await
+            .status
+            == 202
+        {
             acknowledged.push(format!("evt_after_{n}"));
             resumed = true;
             break;
@@ -337,7 +326,7 @@ async fn a_job_whose_body_is_gone_becomes_a_dead_letter_event_missing() {
         target.addr
     );
     let sidecar = Sidecar::start(&body);
-    assert_eq!(post(&sidecar, "evt_vanishing").await.status, 202);
+    assert_eq!(post_stripe(&sidecar, "evt_vanishing").await.status, 202);
     eventually(Duration::from_secs(5), "a first attempt", || {
         !target.requests().is_empty()
     })
@@ -388,7 +377,7 @@ async fn an_unreadable_job_record_is_set_aside_and_the_others_are_delivered() {
     );
     let sidecar = Sidecar::start(&body);
     for id in ["evt_a", "evt_b", "evt_c"] {
-        assert_eq!(post(&sidecar, id).await.status, 202);
+        assert_eq!(post_stripe(&sidecar, id).await.status, 202);
     }
     // After a first failed attempt each job waits 1.5 to 3 s for its retry:
     // then job 2, evt_a's, has its record cut short.

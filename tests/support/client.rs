@@ -30,6 +30,31 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes
     send_body(method, url, headers, Full::new(body)).await
 }
 
+/// The Stripe event `id` (`payment_intent.succeeded`), signed with `SECRET`
+/// and posted to the sidecar's `/webhooks/stripe` on a fresh connection.
+pub async fn post_stripe(sidecar: &super::Sidecar, id: &str) -> Answer {
+    try_post_stripe(sidecar, id)
+        .await
+        .unwrap_or_else(|error| panic!("POST /webhooks/stripe: {error}"))
+}
+
+/// Like `post_stripe`, but a refused or broken connection is an error, not
+/// a panic (a sidecar mid-failover, at its connection limit).
+pub async fn try_post_stripe(sidecar: &super::Sidecar, id: &str) -> Result<Answer, String> {
+    let body = format!(r#"{{"id":"{id}","type":"payment_intent.succeeded"}}"#);
+    let signature = super::stripe_signature_with(super::SECRET, body.as_bytes());
+    try_send_body(
+        "POST",
+        &format!("http://{}/webhooks/stripe", sidecar.ingress),
+        &[
+            ("stripe-signature", signature.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Full::new(Bytes::from(body)),
+    )
+    .await
+}
+
 /// Like `send`, but a refused or broken connection is `None`, not a panic.
 pub async fn try_send(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Option<u16> {
     try_send_body("POST", url, headers, Full::new(Bytes::from(body)))
