@@ -7,10 +7,14 @@
 //! - `weighted`: smooth weighted round robin (nginx's): weights 3:1 give
 //!   A,A,B,A rather than Pingora's A,A,A,B, so a heavy backend never takes
 //!   a burst.
-//! - `least_connections`: fewest deliveries in flight first, ties rotating.
-//!   The counters live in an [`InFlight`] table outside the selector, so
-//!   they survive the selector being rebuilt when discovery changes the
-//!   backends.
+//! - `least_connections`: fewest calls in flight first, ties rotating.
+//! - `ewma`: power of two choices over each backend's peak-EWMA latency
+//!   weighted by its calls in flight ([`super::ewma`]): two backends drawn
+//!   at random, the cheaper first.
+//!
+//! The counters and estimates live in a [`Loads`] table outside the
+//! selector, so they survive the selector being rebuilt when discovery
+//! changes the backends.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,55 +23,90 @@ use std::sync::{Arc, Mutex, RwLock};
 use pingora::lb::selection::{BackendIter, BackendSelection};
 use pingora::lb::Backend;
 
+use super::ewma::{self, PeakEwma};
 use crate::config::upstreams::Balance;
+use crate::time::Clock;
 
-/// Deliveries in flight per backend address, shared by every selector a
-/// group builds.
+/// What one backend is carrying: its calls in flight and its latency
+/// estimate.
 #[derive(Default)]
-pub struct InFlight {
-    counters: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+pub struct BackendLoad {
+    pub in_flight: AtomicUsize,
+    ewma: Mutex<PeakEwma>,
 }
 
-impl InFlight {
-    pub fn counter(&self, backend: &Backend) -> Arc<AtomicUsize> {
+impl BackendLoad {
+    pub fn count(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// An answer (or, as a penalty, a failure) seen at `now`.
+    pub fn observe(&self, latency_micros: f64, now: u64) {
+        self.ewma
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(latency_micros, now);
+    }
+
+    pub fn score(&self, now: u64) -> f64 {
+        let ewma = *self.ewma.lock().unwrap_or_else(|e| e.into_inner());
+        ewma::score(&ewma, self.count(), now)
+    }
+
+    /// The latency estimate at `now`, in micros (0 before any answer).
+    pub fn latency(&self, now: u64) -> f64 {
+        self.ewma
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cost(now)
+    }
+}
+
+/// The load of every backend address, shared by every selector a group
+/// builds.
+#[derive(Default)]
+pub struct Loads {
+    loads: RwLock<HashMap<String, Arc<BackendLoad>>>,
+}
+
+impl Loads {
+    pub fn of(&self, backend: &Backend) -> Arc<BackendLoad> {
         let addr = backend.addr.to_string();
-        if let Some(counter) = self
-            .counters
+        if let Some(load) = self
+            .loads
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&addr)
         {
-            return Arc::clone(counter);
+            return Arc::clone(load);
         }
-        let mut counters = self.counters.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(counters.entry(addr).or_default())
+        let mut loads = self.loads.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(loads.entry(addr).or_default())
     }
 
     pub fn count(&self, backend: &Backend) -> usize {
-        self.counter(backend).load(Ordering::Acquire)
+        self.of(backend).count()
     }
 
-    /// Forgets the counters of backends that left, once nothing runs on
-    /// them (a delivery in flight keeps its own handle either way).
+    /// Forgets the backends that left, once nothing runs on them (a call
+    /// in flight keeps its own handle either way).
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
-        self.counters
+        self.loads
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|addr, count| live.contains(addr) || count.load(Ordering::Acquire) > 0);
+            .retain(|addr, load| live.contains(addr) || load.count() > 0);
     }
 
     pub fn tracked(&self) -> usize {
-        self.counters
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.loads.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
 /// What every selector of a group is built with.
 pub struct SelectionConfig {
     pub balance: Balance,
-    pub in_flight: Arc<InFlight>,
+    pub loads: Arc<Loads>,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub struct Selector {
@@ -76,7 +115,8 @@ pub struct Selector {
     cursor: AtomicUsize,
     /// Smooth weighted round robin's current weights, per backend.
     current_weights: Mutex<Vec<i64>>,
-    in_flight: Arc<InFlight>,
+    loads: Arc<Loads>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Selector {
@@ -86,7 +126,8 @@ impl Selector {
             balance: config.balance,
             cursor: AtomicUsize::new(0),
             current_weights: Mutex::new(vec![0; backends.len()]),
-            in_flight: Arc::clone(&config.in_flight),
+            loads: Arc::clone(&config.loads),
+            clock: Arc::clone(&config.clock),
         }
     }
 
@@ -111,12 +152,39 @@ impl Selector {
             Balance::LeastConnections => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
                 let mut order: Vec<(usize, usize)> = rotated(start)
-                    .map(|i| (self.in_flight.count(&self.backends[i]), i))
+                    .map(|i| (self.loads.count(&self.backends[i]), i))
                     .collect();
                 // Stable: equal counts keep the rotated order.
                 order.sort_by_key(|(count, _)| *count);
                 order.into_iter().map(|(_, i)| i).collect()
             }
+            Balance::Ewma => {
+                let (first, second) = self.two_choices();
+                let mut order = vec![first];
+                if second != first {
+                    order.push(second);
+                }
+                order.extend(rotated(first + 1).filter(|&i| i != first && i != second));
+                order
+            }
+        }
+    }
+
+    /// Power of two choices: two distinct backends at random, the one with
+    /// the lower score first.
+    fn two_choices(&self) -> (usize, usize) {
+        let n = self.backends.len();
+        let a = random_below(n);
+        if n == 1 {
+            return (a, a);
+        }
+        let b = (a + 1 + random_below(n - 1)) % n;
+        let now = self.clock.now_micros();
+        let score = |i: usize| self.loads.of(&self.backends[i]).score(now);
+        if score(b) < score(a) {
+            (b, a)
+        } else {
+            (a, b)
         }
     }
 
@@ -154,7 +222,8 @@ impl BackendSelection for Selector {
             backends,
             &SelectionConfig {
                 balance: Balance::RoundRobin,
-                in_flight: Arc::default(),
+                loads: Arc::default(),
+                clock: crate::time::MonotonicClock::shared(),
             },
         )
     }
@@ -186,6 +255,7 @@ impl BackendIter for Preference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::ManualClock;
 
     fn backends(weights: &[usize]) -> BTreeSet<Backend> {
         weights
@@ -200,7 +270,8 @@ mod tests {
             &backends(weights),
             &SelectionConfig {
                 balance,
-                in_flight: Arc::default(),
+                loads: Arc::default(),
+                clock: crate::time::MonotonicClock::shared(),
             },
         ))
     }
@@ -231,15 +302,16 @@ mod tests {
 
     #[test]
     fn least_connections_prefers_the_idle_backend_and_survives_a_rebuild() {
-        let in_flight = Arc::new(InFlight::default());
+        let loads = Arc::new(Loads::default());
         let config = SelectionConfig {
             balance: Balance::LeastConnections,
-            in_flight: Arc::clone(&in_flight),
+            loads: Arc::clone(&loads),
+            clock: crate::time::MonotonicClock::shared(),
         };
         let set = backends(&[1, 1, 1]);
         let busy: Vec<Backend> = set.iter().take(2).cloned().collect();
         for backend in &busy {
-            in_flight.counter(backend).fetch_add(3, Ordering::AcqRel);
+            loads.of(backend).in_flight.fetch_add(3, Ordering::AcqRel);
         }
         let rebuilt = Arc::new(Selector::build_with_config(&set, &config));
         assert_eq!(first_ports(&rebuilt, 4), [3, 3, 3, 3]);
@@ -255,6 +327,7 @@ mod tests {
             Balance::Random,
             Balance::Weighted,
             Balance::LeastConnections,
+            Balance::Ewma,
         ] {
             let selector = selector(balance, &[2, 1, 1]);
             let mut iter = selector.iter(b"");
@@ -264,5 +337,119 @@ mod tests {
             }
             assert_eq!(seen.len(), 3, "{balance:?}");
         }
+    }
+
+    /// Calls arriving every 2 ms of virtual time to an `ewma` group, each
+    /// taking its backend's latency: completions are observed when due, so
+    /// calls in flight weigh as they do for real.
+    struct Simulation {
+        clock: Arc<ManualClock>,
+        loads: Arc<Loads>,
+        selector: Arc<Selector>,
+        /// (due micros, backend index, latency micros)
+        pending: Vec<(u64, usize, u64)>,
+    }
+
+    impl Simulation {
+        fn new(backend_count: usize) -> Self {
+            let clock = Arc::new(ManualClock::default());
+            let loads = Arc::new(Loads::default());
+            let selector = Self::build(backend_count, &clock, &loads);
+            Self {
+                clock,
+                loads,
+                selector,
+                pending: Vec::new(),
+            }
+        }
+
+        fn build(count: usize, clock: &Arc<ManualClock>, loads: &Arc<Loads>) -> Arc<Selector> {
+            let clock: Arc<dyn Clock> = Arc::clone(clock) as Arc<dyn Clock>;
+            Arc::new(Selector::build_with_config(
+                &backends(&vec![1; count]),
+                &SelectionConfig {
+                    balance: Balance::Ewma,
+                    loads: Arc::clone(loads),
+                    clock,
+                },
+            ))
+        }
+
+        /// Runs `seconds` of calls; `latency_ms(backend)` is each call's
+        /// latency. Returns the calls each backend took.
+        fn run(&mut self, seconds: u64, latency_ms: impl Fn(usize) -> u64) -> Vec<usize> {
+            let mut taken = vec![0; self.selector.backends.len()];
+            for _ in 0..seconds * 500 {
+                self.clock.advance(std::time::Duration::from_millis(2));
+                let now = self.clock.now_micros();
+                let set = self.selector.backends.clone();
+                self.pending.retain(|&(due, index, latency)| {
+                    if due > now {
+                        return true;
+                    }
+                    let load = self.loads.of(&set[index]);
+                    load.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    load.observe(latency as f64, due);
+                    false
+                });
+                let chosen = self.selector.iter(b"").next().unwrap().clone();
+                let index = set.iter().position(|b| *b == chosen).unwrap();
+                taken[index] += 1;
+                self.loads
+                    .of(&chosen)
+                    .in_flight
+                    .fetch_add(1, Ordering::AcqRel);
+                let latency = latency_ms(index) * 1000;
+                self.pending.push((now + latency, index, latency));
+            }
+            taken
+        }
+    }
+
+    fn share(taken: &[usize], index: usize) -> f64 {
+        taken[index] as f64 / taken.iter().sum::<usize>() as f64
+    }
+
+    #[test]
+    fn ewma_takes_traffic_off_a_backend_that_turns_slow_within_seconds() {
+        let mut sim = Simulation::new(3);
+        let even = sim.run(10, |_| 2);
+        assert!(share(&even, 0) > 0.25, "even at first: {even:?}");
+        let slow = |i: usize| if i == 0 { 152 } else { 2 };
+        sim.run(2, slow);
+        let after = sim.run(3, slow);
+        assert!(
+            share(&after, 0) < 0.03,
+            "two seconds after turning slow: {after:?}"
+        );
+    }
+
+    #[test]
+    fn ewma_gives_a_recovered_backend_its_share_back_within_ten_seconds() {
+        let mut sim = Simulation::new(3);
+        sim.run(10, |i| if i == 0 { 152 } else { 2 });
+        sim.run(8, |_| 2);
+        let recovered = sim.run(2, |_| 2);
+        assert!(
+            share(&recovered, 0) > 0.25,
+            "8 to 10 s after recovering: {recovered:?}"
+        );
+    }
+
+    #[test]
+    fn ewma_tries_a_new_backend() {
+        let mut sim = Simulation::new(2);
+        sim.run(5, |_| 2);
+        sim.selector = Simulation::build(3, &sim.clock, &sim.loads);
+        let first_second = sim.run(1, |_| 2);
+        assert!(share(&first_second, 2) > 0.2, "{first_second:?}");
+    }
+
+    #[test]
+    fn ewma_prefers_the_faster_of_two_and_still_uses_the_slower() {
+        let mut sim = Simulation::new(2);
+        let taken = sim.run(20, |i| if i == 0 { 4 } else { 8 });
+        assert!(share(&taken, 0) > 0.55, "{taken:?}");
+        assert!(share(&taken, 1) > 0.1, "{taken:?}");
     }
 }
