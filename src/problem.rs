@@ -21,6 +21,9 @@ pub enum ErrorCode {
     /// The provider asked for a pause (429/503 with Retry-After).
     ProviderThrottled,
     CircuitOpen,
+    /// Every backend of the service's upstream group is unhealthy or has
+    /// its breaker open.
+    NoHealthyBackend,
     /// The Redis store could not be reached and the config says to refuse.
     StoreUnavailable,
     /// A webhook whose signature did not verify; `detail` names the check.
@@ -49,6 +52,7 @@ impl ErrorCode {
             Self::NoRoute => "no_route",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::NoHealthyBackend => "no_healthy_backend",
             Self::UpstreamFailed => "upstream_failed",
             Self::CredentialsUnavailable => "credentials_unavailable",
             Self::RateLimited => "rate_limited",
@@ -76,7 +80,7 @@ impl ErrorCode {
             Self::UpstreamUnreachable | Self::UpstreamFailed | Self::CredentialsUnavailable => 502,
             Self::UpstreamTimeout => 504,
             Self::RateLimited | Self::ProviderThrottled => 429,
-            Self::CircuitOpen | Self::StoreUnavailable => 503,
+            Self::CircuitOpen | Self::StoreUnavailable | Self::NoHealthyBackend => 503,
             Self::SignatureInvalid => 401,
             Self::PayloadTooLarge => 413,
             Self::MethodNotAllowed => 405,
@@ -101,6 +105,7 @@ impl ErrorCode {
             Self::RateLimited => "Rate limit reached for this provider",
             Self::ProviderThrottled => "The provider asked for a pause",
             Self::CircuitOpen => "The provider is failing; requests are paused",
+            Self::NoHealthyBackend => "No backend of the upstream group can take the request",
             Self::StoreUnavailable => "The store is unavailable",
             Self::SignatureInvalid => "The webhook signature is invalid",
             Self::PayloadTooLarge => "The body is larger than this webhook accepts",

@@ -116,6 +116,7 @@ impl Exchange {
         request: &mut RequestHeader,
         path: &Bytes,
         request_id: &HeaderValue,
+        group_host: Option<&HeaderValue>,
     ) -> pingora::Result<()> {
         let uri = http::Uri::from_maybe_shared(path.clone()).map_err(|e| {
             Error::because(
@@ -125,7 +126,9 @@ impl Exchange {
             )
         })?;
         request.set_uri(uri);
-        request.insert_header(http::header::HOST, self.service.host.clone())?;
+        if let Some(host) = self.service.host.as_ref().or(group_host) {
+            request.insert_header(http::header::HOST, host.clone())?;
+        }
         request.insert_header(super::REQUEST_ID_HEADER, request_id.clone())?;
         if let Some(key) = &self.idempotency_key {
             request.insert_header(IDEMPOTENCY_KEY, key.clone())?;
@@ -323,12 +326,23 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::time::ManualClock;
+    use crate::upstreams::UpstreamGroups;
     use pingora::ErrorType;
 
     fn service(extra: &str) -> Arc<EgressService> {
         let config = super::super::guard::stripe_service(extra);
         let clock: Arc<dyn crate::time::Clock> = Arc::new(ManualClock::default());
-        Arc::new(EgressService::new(&config, &Metrics::new(), &clock, None, None).unwrap())
+        Arc::new(
+            EgressService::new(
+                &config,
+                &UpstreamGroups::default(),
+                &Metrics::new(),
+                &clock,
+                None,
+                None,
+            )
+            .unwrap(),
+        )
     }
 
     fn exchange(service: &Arc<EgressService>, method: http::Method) -> Exchange {

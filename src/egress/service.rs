@@ -10,12 +10,13 @@ use super::auth::{CredentialError, PreparedAuth};
 use super::guard::Guard;
 use super::oauth2::{HttpTokenEndpoint, RefreshCounters, TokenSource};
 use super::retrying::ServiceRetry;
-use crate::config::services::{IdempotencyKey, Service};
+use crate::config::services::{IdempotencyKey, Service, ServiceUpstream};
 use crate::config::Auth;
 use crate::metrics::{Metrics, RefreshOutcome, StatusCounters};
 use crate::net::target::{CaError, UpstreamTarget};
 use crate::store::redis::RedisStore;
 use crate::time::Clock;
+use crate::upstreams::{Group, UpstreamGroups};
 
 /// A service the config describes but the sidecar cannot build.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub struct ServiceError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceProblem {
+    #[error("group {0} is not an upstream group")]
+    UnknownGroup(String),
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error(transparent)]
@@ -35,14 +38,24 @@ pub enum ServiceProblem {
     Host,
 }
 
+/// Where the service's calls go.
+pub enum Destination {
+    /// One provider's URL, resolved by DNS.
+    Provider(UpstreamTarget),
+    /// A backend of an upstream group, chosen per attempt by the group's
+    /// balancer among its healthy backends with a closed breaker.
+    Group(Arc<Group>),
+}
+
 /// One provider as the proxy uses it, built once from the config.
 pub struct EgressService {
     pub name: ServiceName,
-    pub(super) target: UpstreamTarget,
+    pub(super) destination: Destination,
     pub(super) auth: PreparedAuth,
     pub(super) tokens: Option<Arc<TokenSource>>,
-    /// The upstream's authority, built once: the Host of every request.
-    pub(super) host: http::HeaderValue,
+    /// The provider's authority, built once: the Host of every request
+    /// (None for a group: the chosen backend's).
+    pub(super) host: Option<http::HeaderValue>,
     pub(super) connect_timeout: Duration,
     pub(super) timeout: Duration,
     pub(super) requests: StatusCounters,
@@ -59,6 +72,7 @@ pub struct EgressService {
 impl EgressService {
     pub fn new(
         service: &Service,
+        groups: &UpstreamGroups,
         metrics: &Metrics,
         clock: &Arc<dyn Clock>,
         store: Option<&Arc<RedisStore>>,
@@ -68,8 +82,17 @@ impl EgressService {
             service: service.name.clone(),
             problem: e,
         };
-        let target = UpstreamTarget::new(service.upstream.clone(), service.ca_file.as_deref())
-            .map_err(|e| context(e.into()))?;
+        let destination = match &service.upstream {
+            ServiceUpstream::Upstream(url) => Destination::Provider(
+                UpstreamTarget::new(url.clone(), service.ca_file.as_deref())
+                    .map_err(|e| context(e.into()))?,
+            ),
+            ServiceUpstream::Group(name) => Destination::Group(Arc::clone(
+                groups
+                    .get(name)
+                    .ok_or_else(|| context(ServiceProblem::UnknownGroup(name.to_string())))?,
+            )),
+        };
         let auth = PreparedAuth::new(service.auth.as_ref()).map_err(|e| context(e.into()))?;
         let tokens = match &service.auth {
             Some(Auth::OAuth2(oauth)) => {
@@ -92,11 +115,16 @@ impl EgressService {
             }
             _ => None,
         };
-        let host = http::HeaderValue::try_from(target.url.authority())
-            .map_err(|_| context(ServiceProblem::Host))?;
+        let host = match &destination {
+            Destination::Provider(target) => Some(
+                http::HeaderValue::try_from(target.url.authority())
+                    .map_err(|_| context(ServiceProblem::Host))?,
+            ),
+            Destination::Group(_) => None,
+        };
         Ok(Self {
             name: service.name.clone(),
-            target,
+            destination,
             auth,
             tokens,
             host,

@@ -138,7 +138,7 @@ impl UpstreamTarget {
     }
 }
 
-fn hash_path(path: &Path) -> u64 {
+pub(crate) fn hash_path(path: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     path.hash(&mut hasher);

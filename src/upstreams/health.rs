@@ -106,10 +106,22 @@ pub struct TrackedCheck {
     table: std::sync::Arc<HealthTable>,
 }
 
+/// How an HTTP probe reaches the group: its Host, and TLS when the
+/// group's calls use it.
+pub struct ProbeReach {
+    pub host: String,
+    pub tls: bool,
+    pub ca: Option<std::sync::Arc<pingora::protocols::tls::CaType>>,
+}
+
 impl TrackedCheck {
-    pub fn new(config: &HealthCheckConfig, table: std::sync::Arc<HealthTable>) -> Self {
+    pub fn new(
+        config: &HealthCheckConfig,
+        reach: ProbeReach,
+        table: std::sync::Arc<HealthTable>,
+    ) -> Self {
         Self {
-            probe: probe(config),
+            probe: probe(config, reach),
             table,
         }
     }
@@ -117,7 +129,7 @@ impl TrackedCheck {
 
 /// An HTTP GET of `path` expecting one of `expect`, or a TCP connect, each
 /// bounded by `timeout`. Pingora's own thresholds stay at one: ours decide.
-fn probe(config: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+fn probe(config: &HealthCheckConfig, reach: ProbeReach) -> Box<dyn HealthCheck + Send + Sync> {
     match config.kind {
         HealthCheckKind::Tcp => {
             let mut check = TcpHealthCheck::new();
@@ -126,7 +138,8 @@ fn probe(config: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
             check
         }
         HealthCheckKind::Http => {
-            let mut check = HttpHealthCheck::new("localhost", false);
+            let mut check = HttpHealthCheck::new(&reach.host, reach.tls);
+            check.peer_template.options.ca = reach.ca;
             check.req.set_uri(http::Uri::from(config.path.clone()));
             check.peer_template.options.connection_timeout = Some(config.timeout);
             check.peer_template.options.read_timeout = Some(config.timeout);

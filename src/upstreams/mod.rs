@@ -9,13 +9,14 @@
 //! breaker admits it.
 
 pub mod discovery;
+pub mod ewma;
 pub mod health;
 pub mod selection;
 
 use crate::names::UpstreamName;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::FutureExt;
@@ -27,54 +28,79 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::upstreams::{Backends as BackendsConfig, UpstreamGroup};
 use crate::metrics::Metrics;
+use crate::net::target::{hash_path, load_ca, CaError};
 use crate::resilience::breaker::{Admission, Breaker, Outcome};
 use crate::time::Clock;
 use discovery::DnsDiscovery;
-use health::{HealthTable, TrackedCheck};
-use selection::{InFlight, SelectionConfig, Selector};
+use health::{HealthTable, ProbeReach, TrackedCheck};
+use pingora::protocols::tls::CaType;
+use pingora::upstreams::peer::HttpPeer;
+use selection::{BackendLoad, Loads, SelectionConfig, Selector};
+use std::time::Duration;
 
 /// Backends tried per selection at most.
 const MAX_TRIES: usize = 256;
 
 pub struct Group {
     pub config: UpstreamGroup,
+    /// The group's private CA, when `tls` with `ca_file`.
+    ca: Option<Arc<CaType>>,
     lb: Arc<LoadBalancer<Selector>>,
     /// Ends the group's background loop when the group is dropped (a reload
     /// removed or replaced it).
     stop: watch::Sender<bool>,
     health: Option<Arc<HealthTable>>,
-    in_flight: Arc<InFlight>,
+    loads: Arc<Loads>,
     breakers: RwLock<HashMap<String, Arc<Breaker>>>,
     /// Backends whose health gauge this group set without a check.
     published: Mutex<HashSet<String>>,
+    /// (backend, code) series of `sidecar_upstream_requests_total`, removed
+    /// when their backend leaves.
+    counted: Mutex<HashSet<(String, String)>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
 
-/// A backend chosen for one delivery; counts as in flight until dropped.
+/// A backend chosen for one call; counts as in flight until dropped.
 pub struct Chosen {
     pub addr: String,
+    pub socket: std::net::SocketAddr,
     admission: Admission,
     breaker: Arc<Breaker>,
-    in_flight: Arc<AtomicUsize>,
+    load: Arc<BackendLoad>,
+    clock: Arc<dyn Clock>,
+    started: u64,
 }
 
 impl Chosen {
-    /// Tells the backend's passive breaker how the delivery went.
+    /// Tells the backend's passive breaker and its latency estimate how
+    /// the call went; a failure counts as a slow answer.
     pub fn finish(self, outcome: Outcome) {
+        let now = self.clock.now_micros();
+        match outcome {
+            Outcome::Success => self
+                .load
+                .observe(now.saturating_sub(self.started) as f64, now),
+            Outcome::Failure => self.load.observe(ewma::FAILURE_PENALTY_MICROS, now),
+            Outcome::Unknown => {}
+        }
         self.breaker.record(self.admission, outcome);
     }
 }
 
 impl Drop for Chosen {
     fn drop(&mut self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Group {
     /// The group; its loop starts when [`UpstreamsService`] gets it.
-    fn new(config: &UpstreamGroup, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Arc<Self> {
+    fn new(
+        config: &UpstreamGroup,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, GroupError> {
         let (backends, refresh) = match &config.backends {
             BackendsConfig::Static(list) => {
                 let set: BTreeSet<Backend> = list
@@ -94,22 +120,53 @@ impl Group {
                 Some(*refresh),
             ),
         };
-        Self::with_backends(config, backends, refresh, clock, metrics)
+        let ca = match &config.ca_file {
+            Some(path) => Some(load_ca(path).map_err(|source| GroupError {
+                group: config.name.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Self::with_backends(
+            config, backends, refresh, ca, clock, metrics,
+        ))
+    }
+
+    /// The peer for one call to `chosen`: plain or TLS (with the group's
+    /// CA), its Host and server name the group's.
+    pub fn peer(&self, chosen: &Chosen, connect_timeout: Duration, timeout: Duration) -> HttpPeer {
+        let mut peer = HttpPeer::new(chosen.socket, self.config.tls, self.host_for(chosen));
+        peer.options.connection_timeout = Some(connect_timeout);
+        peer.options.total_connection_timeout = Some(connect_timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        if let Some(ca) = &self.ca {
+            peer.options.ca = Some(Arc::clone(ca));
+            peer.group_key = self.config.ca_file.as_deref().map_or(0, hash_path);
+        }
+        peer
+    }
+
+    /// The Host header (and TLS server name) of a call to `chosen`.
+    pub fn host_for(&self, chosen: &Chosen) -> String {
+        self.config.host_for(&chosen.addr)
     }
 
     fn with_backends(
         config: &UpstreamGroup,
         backends: Backends,
         refresh: Option<std::time::Duration>,
+        ca: Option<Arc<CaType>>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let in_flight = Arc::new(InFlight::default());
+        let loads = Arc::new(Loads::default());
         let mut lb = LoadBalancer::from_backends_with_config(
             backends,
             Some(SelectionConfig {
                 balance: config.balance,
-                in_flight: Arc::clone(&in_flight),
+                loads: Arc::clone(&loads),
+                clock: Arc::clone(&clock),
             }),
         );
         lb.update_frequency = refresh;
@@ -120,7 +177,16 @@ impl Group {
                 check,
                 metrics.upstream_backend_healthy.clone(),
             ));
-            lb.set_health_check(Box::new(TrackedCheck::new(check, Arc::clone(&table))));
+            let reach = ProbeReach {
+                host: config.host_for("localhost"),
+                tls: config.tls,
+                ca: ca.clone(),
+            };
+            lb.set_health_check(Box::new(TrackedCheck::new(
+                check,
+                reach,
+                Arc::clone(&table),
+            )));
             lb.health_check_frequency = Some(health::check_interval(check));
             table
         });
@@ -132,12 +198,14 @@ impl Group {
         let (stop, _) = watch::channel(false);
         Arc::new(Self {
             config: config.clone(),
+            ca,
             lb: Arc::new(lb),
             stop,
             health,
-            in_flight,
+            loads,
             breakers: RwLock::default(),
             published: Mutex::default(),
+            counted: Mutex::default(),
             clock,
             metrics,
         })
@@ -182,19 +250,33 @@ impl Group {
     /// backend then costs it its turn rather than handing that turn to its
     /// neighbour, so the usable ones share evenly.
     pub fn choose(&self) -> Option<Chosen> {
-        let turns = self.lb.backends().get_backend().len();
-        (0..turns)
-            .find_map(|_| self.select(1))
-            .or_else(|| self.select(MAX_TRIES))
+        self.choose_excluding(&[])
     }
 
-    fn select(&self, tries: usize) -> Option<Chosen> {
+    /// As [`Group::choose`], avoiding the backends in `tried` (a retry
+    /// goes to another backend) unless no other one is usable.
+    pub fn choose_excluding(&self, tried: &[String]) -> Option<Chosen> {
+        let turns = self.lb.backends().get_backend().len();
+        (0..turns)
+            .find_map(|_| self.select(1, tried))
+            .or_else(|| self.select(MAX_TRIES, tried))
+            .or_else(|| match tried {
+                [] => None,
+                _ => self.select(MAX_TRIES, &[]),
+            })
+    }
+
+    fn select(&self, tries: usize, tried: &[String]) -> Option<Chosen> {
         let admitted = Cell::new(None);
         let backend = self.lb.select_with(b"", tries, |backend, _| {
             if !self.is_healthy(backend) {
                 return false;
             }
-            let breaker = self.breaker(&backend.addr.to_string());
+            let addr = backend.addr.to_string();
+            if tried.contains(&addr) {
+                return false;
+            }
+            let breaker = self.breaker(&addr);
             match breaker.admit() {
                 Ok(admission) => {
                     admitted.set(Some((admission, breaker)));
@@ -204,14 +286,31 @@ impl Group {
             }
         })?;
         let (admission, breaker) = admitted.take()?;
-        let in_flight = self.in_flight.counter(&backend);
-        in_flight.fetch_add(1, Ordering::AcqRel);
+        let socket = backend.addr.as_inet().copied()?;
+        let load = self.loads.of(&backend);
+        load.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(Chosen {
             addr: backend.addr.to_string(),
+            socket,
             admission,
             breaker,
-            in_flight,
+            load,
+            clock: Arc::clone(&self.clock),
+            started: self.clock.now_micros(),
         })
+    }
+
+    /// Counts one call to `backend` in `sidecar_upstream_requests_total`
+    /// (`code` is the status, or `error` when none came back).
+    pub fn count_call(&self, backend: &str, code: &str) {
+        self.metrics
+            .upstream_requests_total
+            .with_label_values(&[self.config.name.as_str(), backend, code])
+            .inc();
+        self.counted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((backend.to_string(), code.to_string()));
     }
 
     /// Deliveries in flight to the whole group.
@@ -220,7 +319,7 @@ impl Group {
             .backends()
             .get_backend()
             .iter()
-            .map(|b| self.in_flight.count(b))
+            .map(|b| self.loads.count(b))
             .sum()
     }
 
@@ -240,7 +339,21 @@ impl Group {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|addr, _| live.contains(addr));
-        self.in_flight.retain(&live);
+        self.loads.retain(&live);
+        self.counted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(backend, code)| {
+                let keep = live.contains(backend);
+                if !keep {
+                    let _ = self.metrics.upstream_requests_total.remove_label_values(&[
+                        self.config.name.as_str(),
+                        backend,
+                        code,
+                    ]);
+                }
+                keep
+            });
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
         published.retain(|addr| {
             let keep = live.contains(addr);
@@ -274,7 +387,7 @@ impl Group {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .len(),
-            self.in_flight.tracked(),
+            self.loads.tracked(),
             self.health.as_ref().map_or(0, |h| h.tracked()),
         )
     }
@@ -301,7 +414,7 @@ impl Group {
                     "weight": backend.weight,
                     "health": health,
                     "breaker": self.breaker(&addr).state().as_str(),
-                    "in_flight": self.in_flight.count(backend),
+                    "in_flight": self.loads.count(backend),
                 })
             })
             .collect();
@@ -317,6 +430,14 @@ impl Drop for Group {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// A group the config describes but the sidecar cannot build.
+#[derive(Debug, thiserror::Error)]
+#[error("upstreams.{group}: {source}")]
+pub struct GroupError {
+    pub group: UpstreamName,
+    pub source: CaError,
 }
 
 /// Every upstream group by name, as one config made them; part of the
@@ -375,21 +496,19 @@ impl UpstreamGroups {
         previous: Option<&UpstreamGroups>,
         clock: &Arc<dyn Clock>,
         metrics: &Arc<Metrics>,
-    ) -> Self {
-        let groups = configs
-            .iter()
-            .map(|config| {
-                let kept = previous
-                    .and_then(|p| p.groups.get(&config.name))
-                    .filter(|g| g.config == *config);
-                let group = match kept {
-                    Some(group) => Arc::clone(group),
-                    None => Group::new(config, Arc::clone(clock), Arc::clone(metrics)),
-                };
-                (config.name.clone(), group)
-            })
-            .collect();
-        Self { groups }
+    ) -> Result<Self, GroupError> {
+        let mut groups = BTreeMap::new();
+        for config in configs {
+            let kept = previous
+                .and_then(|p| p.groups.get(&config.name))
+                .filter(|g| g.config == *config);
+            let group = match kept {
+                Some(group) => Arc::clone(group),
+                None => Group::new(config, Arc::clone(clock), Arc::clone(metrics))?,
+            };
+            groups.insert(config.name.clone(), group);
+        }
+        Ok(Self { groups })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Group>> {
@@ -470,9 +589,12 @@ mod tests {
             health_check: None,
             max_in_flight: 16,
             circuit_breaker: default_backend_breaker(),
+            tls: false,
+            ca_file: None,
+            host: None,
         };
         let clock = Arc::new(ManualClock::default());
-        let group = Group::new(&config, clock.clone(), Arc::new(Metrics::new()));
+        let group = Group::new(&config, clock.clone(), Arc::new(Metrics::new())).unwrap();
         (group, clock)
     }
 
@@ -528,11 +650,15 @@ mod tests {
             health_check: None,
             max_in_flight: 16,
             circuit_breaker: default_backend_breaker(),
+            tls: false,
+            ca_file: None,
+            host: None,
         };
         let metrics = Arc::new(Metrics::new());
         let group = Group::with_backends(
             &config,
             Backends::new(Box::new(Shifting(Arc::clone(&answer)))),
+            None,
             None,
             Arc::new(ManualClock::default()),
             Arc::clone(&metrics),
