@@ -40,6 +40,7 @@ fn main() {
                 context: vec![("wedding_id".into(), "w-1".into())],
                 priority: Priority::Normal,
                 targets: targets.clone(),
+                trace: None,
             })
             .collect();
         let now_ms = 1_000 + round as u64;

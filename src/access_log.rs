@@ -30,6 +30,10 @@ pub enum LogFormat {
 pub struct Entry<'a> {
     pub request_id: &'a str,
     pub service: &'a str,
+    /// The upstream group's backend that served the last attempt.
+    pub backend: Option<&'a str>,
+    /// The W3C trace id of the exchange (32 hex digits).
+    pub trace_id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     /// 0 when no answer was written.
@@ -124,8 +128,14 @@ pub fn format_line(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, entry:
             push_timestamp(out, now);
             out.extend_from_slice(b"  INFO access: egress request_id=");
             out.extend_from_slice(entry.request_id.as_bytes());
+            out.extend_from_slice(b" trace_id=");
+            out.extend_from_slice(entry.trace_id.as_bytes());
             out.extend_from_slice(b" service=");
             out.extend_from_slice(entry.service.as_bytes());
+            if let Some(backend) = entry.backend {
+                out.extend_from_slice(b" backend=");
+                out.extend_from_slice(backend.as_bytes());
+            }
             out.extend_from_slice(b" method=");
             out.extend_from_slice(entry.method.as_bytes());
             out.extend_from_slice(b" path=");
@@ -148,7 +158,11 @@ pub fn format_line(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, entry:
             push_timestamp(out, now);
             out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"egress\"");
             push_json_field(out, "request_id", entry.request_id);
+            push_json_field(out, "trace_id", entry.trace_id);
             push_json_field(out, "service", entry.service);
+            if let Some(backend) = entry.backend {
+                push_json_field(out, "backend", backend);
+            }
             push_json_field(out, "method", entry.method);
             push_json_field(out, "path", entry.path);
             out.extend_from_slice(b",\"status\":");
@@ -240,6 +254,8 @@ mod tests {
         Entry {
             request_id: "req-\"1\"",
             service: "stripe",
+            backend: None,
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
             method: "POST",
             path: "/v1/charges",
             status: 502,
@@ -259,7 +275,8 @@ mod tests {
         format_line(&mut out, LogFormat::Text, at(1_795_775_405, 42), &entry());
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "2026-11-27T10:30:05.000042Z  INFO access: egress request_id=req-\"1\" service=stripe \
+            "2026-11-27T10:30:05.000042Z  INFO access: egress request_id=req-\"1\" \
+             trace_id=4bf92f3577b34da6a3ce929d0e0e4736 service=stripe \
              method=POST path=/v1/charges status=502 duration_ms=12.345 \
              sidecar_error=upstream_unreachable error=ConnectRefused\n"
         );
@@ -280,6 +297,7 @@ mod tests {
             serde_json::json!({
                 "timestamp": "1970-01-01T00:00:00.000000Z", "level": "INFO",
                 "message": "egress", "target": "access", "request_id": "req-\"1\"",
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
                 "service": "stripe", "method": "POST", "path": "/v1/charges",
                 "status": 200, "duration_ms": 12.345
             })

@@ -26,6 +26,10 @@ impl Priority {
     }
 }
 
+/// The context key that marks a wedding-day event: delivered as the
+/// `x-wedding-day: true` header.
+pub const WEDDING_DAY_CONTEXT: &str = "wedding_day";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
     /// The provider's id: the answer's `id` and the deliveries' `x-event-id`.
@@ -41,4 +45,7 @@ pub struct EventMeta {
     pub priority: Priority,
     /// Upstream groups, in route order, each once; empty: unrouted.
     pub targets: Vec<UpstreamName>,
+    /// The `traceparent` of the span that accepted the event: every
+    /// delivery attempt is a child of it.
+    pub trace: Option<String>,
 }

@@ -97,6 +97,7 @@ fn scheme(kind: VerifyKind, payload: &str) -> Box<dyn Scheme> {
             keys: vec![key],
             public_url: "https://hooks.example.net:8443/webhooks/twilio".into(),
         }),
+        VerifyKind::App => Box::new(verify::app::App),
         VerifyKind::Hmac => Box::new(verify::hmac::Generic {
             keys: vec![key],
             tolerance,
@@ -331,6 +332,7 @@ pub fn request_building(data: &[u8]) {
         content_type: Some(fields.text()),
         context: vec![("wedding_id".into(), fields.text())],
         received_at_ms: fields.number(),
+        trace: None,
     };
     let table = RouteTable::new(prefixes.iter().map(String::as_str));
     let (_, rest) = table.find(&path).expect("`/` matches every path");
@@ -339,10 +341,11 @@ pub fn request_building(data: &[u8]) {
     let delivery_path = http::uri::PathAndQuery::from_static("/events");
     let delivery = Delivery {
         path: &delivery_path,
-        backend: "127.0.0.1:7001",
+        host: "127.0.0.1:7001",
         event: &event,
         attempt: 1,
         now_secs: 0,
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     };
     build(&delivery, None, b"{}").expect("any stored event makes a request");
 }

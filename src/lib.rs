@@ -31,5 +31,7 @@ pub mod runtime;
 pub mod signing;
 pub mod store;
 pub mod time;
+pub mod trace;
 pub mod upstreams;
 pub mod webhooks;
+pub mod wedding_day;

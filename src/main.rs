@@ -66,6 +66,15 @@ enum Command {
         #[arg(long, default_value = "wedsync-sidecar")]
         secret: String,
     },
+    /// Publish the JSON event on stdin to `events.<NAME>` of the running
+    /// sidecar (its egress listener), as the app would; prints the answer.
+    Publish {
+        /// The event source's name under `events`.
+        name: String,
+        /// The event's id when the body carries none (sent as Idempotency-Key).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
     /// Dead letters of the running sidecar, through its admin listener.
     Dlq {
         #[command(subcommand)]
@@ -167,6 +176,10 @@ fn main() -> ExitCode {
         },
         Command::Sign { webhook } => sign(&path, &webhook),
         Command::Dlq { command } => dlq(&path, command.into()),
+        Command::Publish {
+            name,
+            idempotency_key,
+        } => publish(&path, &name, idempotency_key.as_deref()),
         Command::Inject {
             file,
             image,
@@ -285,6 +298,40 @@ fn inject(
         Err(error) => {
             eprintln!("wedsync-sidecar: inject: {error}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn publish(path: &std::path::Path, name: &str, idempotency_key: Option<&str>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut body = Vec::new();
+    if let Err(error) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut body) {
+        eprintln!("wedsync-sidecar: cannot read the event from stdin: {error}");
+        return ExitCode::from(1);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded runtime starts");
+    match runtime.block_on(wedsync_sidecar::cli::publish::publish(
+        &config,
+        name,
+        body,
+        idempotency_key,
+    )) {
+        Ok(text) => {
+            print_out(&text);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("wedsync-sidecar: publish: {}", error.message);
+            ExitCode::from(error.exit_code)
         }
     }
 }

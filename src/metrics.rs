@@ -33,6 +33,11 @@ pub struct Metrics {
     pub dead_letters: IntGaugeVec,
     pub event_age_seconds: Gauge,
     pub upstream_backend_healthy: IntGaugeVec,
+    pub upstream_requests_total: IntCounterVec,
+    pub wedding_day_events_total: IntCounterVec,
+    pub wedding_day_dead_letters_total: IntCounterVec,
+    pub trace_spans_exported_total: IntCounter,
+    pub trace_spans_dropped_total: IntCounter,
     pub config_reloads_total: IntCounterVec,
 }
 
@@ -163,6 +168,40 @@ impl Metrics {
             &["upstream", "backend"],
         )
         .expect("static metric definition");
+        let upstream_requests_total = IntCounterVec::new(
+            Opts::new(
+                "sidecar_upstream_requests_total",
+                "Calls to the backends of upstream groups (egress services on a group, and deliveries), by upstream, backend and code (the HTTP status, or error when none came back).",
+            ),
+            &["upstream", "backend", "code"],
+        )
+        .expect("static metric definition");
+        let wedding_day_events_total = IntCounterVec::new(
+            Opts::new(
+                "sidecar_wedding_day_events_total",
+                "Events accepted whose wedding is today (priority.wedding_day): sent in the high lane, by webhook (or published event source).",
+            ),
+            &["webhook"],
+        )
+        .expect("static metric definition");
+        let wedding_day_dead_letters_total = IntCounterVec::new(
+            Opts::new(
+                "sidecar_wedding_day_dead_letters_total",
+                "Jobs of wedding-day events that became dead letters, by webhook and target.",
+            ),
+            &["webhook", "target"],
+        )
+        .expect("static metric definition");
+        let trace_spans_exported_total = IntCounter::new(
+            "sidecar_trace_spans_exported_total",
+            "Spans sent to the OTLP collector (tracing.otlp).",
+        )
+        .expect("static metric definition");
+        let trace_spans_dropped_total = IntCounter::new(
+            "sidecar_trace_spans_dropped_total",
+            "Spans dropped: the export queue was full, or the collector failed or was too slow.",
+        )
+        .expect("static metric definition");
         let config_reloads_total = IntCounterVec::new(
             Opts::new(
                 "sidecar_config_reloads_total",
@@ -190,6 +229,11 @@ impl Metrics {
             Box::new(dead_letters.clone()),
             Box::new(event_age_seconds.clone()),
             Box::new(upstream_backend_healthy.clone()),
+            Box::new(upstream_requests_total.clone()),
+            Box::new(wedding_day_events_total.clone()),
+            Box::new(wedding_day_dead_letters_total.clone()),
+            Box::new(trace_spans_exported_total.clone()),
+            Box::new(trace_spans_dropped_total.clone()),
             Box::new(config_reloads_total.clone()),
         ] {
             registry
@@ -216,6 +260,11 @@ impl Metrics {
             dead_letters,
             event_age_seconds,
             upstream_backend_healthy,
+            upstream_requests_total,
+            wedding_day_events_total,
+            wedding_day_dead_letters_total,
+            trace_spans_exported_total,
+            trace_spans_dropped_total,
             config_reloads_total,
         }
     }

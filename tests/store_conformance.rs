@@ -132,6 +132,7 @@ fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
         context: vec![("wedding_id".into(), "w-1".into())],
         priority,
         targets: targets.iter().map(|t| (*t).into()).collect(),
+        trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     }
 }
 
@@ -253,6 +254,11 @@ async fn an_event_is_stored_with_one_job_per_target_leased_in_priority_order(sub
         [("wedding_id".to_string(), "w-1".to_string())]
     );
     assert_eq!(stored.received_at_ms, T0);
+    assert_eq!(
+        stored.trace.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        "the trace that accepted it is kept for its deliveries"
+    );
     assert_eq!(
         body, b"{\"id\":\"evt\"}\xff",
         "bodies are kept byte for byte"

@@ -3,4 +3,5 @@
 
 pub mod dlq;
 pub mod inject;
+pub mod publish;
 pub mod sign;

@@ -14,6 +14,7 @@ pub mod secret;
 mod ser;
 pub mod services;
 mod summary;
+pub mod telemetry;
 #[cfg(test)]
 mod tests;
 pub mod units;
@@ -49,7 +50,19 @@ pub struct Config {
     pub services: Vec<Service>,
     pub upstreams: Vec<UpstreamGroup>,
     pub webhooks: Vec<Webhook>,
+    /// `events.<name>`: events the pod's own app publishes on the egress
+    /// listener; delivered as webhook events are (their `verify` is
+    /// `kind: app`, which no webhook may use).
+    pub events: Vec<Webhook>,
     pub delivery: Option<Delivery>,
+    pub tracing: telemetry::Tracing,
+}
+
+impl Config {
+    /// Every source of stored events: the webhooks, then the app's events.
+    pub fn event_sources(&self) -> impl Iterator<Item = &Webhook> {
+        self.webhooks.iter().chain(&self.events)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -278,7 +291,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "services",
     "upstreams",
     "webhooks",
+    "events",
     "delivery",
+    "tracing",
 ];
 
 fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
@@ -321,6 +336,12 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
     let webhooks = named_entries(d, f.get("webhooks"), |d, name, node| {
         webhooks::decode_webhook(d, name, node, &upstream_names)
     });
+    let tracing = d.or(&f, "tracing", telemetry::Tracing::default(), |d, n| {
+        telemetry::decode_tracing(d, n)
+    });
+    let events = named_entries(d, f.get("events"), |d, name, node| {
+        webhooks::decode_published(d, name, node, &upstream_names)
+    });
     let delivery = f
         .get("delivery")
         .map(|n| webhooks::decode_delivery_section(d, &n));
@@ -334,7 +355,9 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
         services,
         upstreams,
         webhooks,
+        events,
         delivery: delivery.flatten(),
+        tracing: tracing?,
     })
 }
 

@@ -1,7 +1,7 @@
 //! `services.<name>`: one egress route per provider, with its credentials,
 //! timeouts and resilience policies.
 
-use crate::names::ServiceName;
+use crate::names::{ServiceName, UpstreamName};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ use super::ser;
 pub struct Service {
     pub name: ServiceName,
     pub route: String,
-    pub upstream: UpstreamUrl,
+    #[serde(flatten)]
+    pub upstream: ServiceUpstream,
     pub ca_file: Option<PathBuf>,
     #[serde(serialize_with = "ser::duration")]
     pub connect_timeout: Duration,
@@ -31,6 +32,35 @@ pub struct Service {
     /// (through Redis) on every replica.
     #[serde(serialize_with = "ser::duration")]
     pub max_pause: Duration,
+}
+
+/// Where a service's calls go: one provider's base URL, or a backend of
+/// an upstream group (the groups delivery uses, with their balancer,
+/// health checks, passive breakers and discovery).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceUpstream {
+    Upstream(UpstreamUrl),
+    Group(UpstreamName),
+}
+
+impl ServiceUpstream {
+    /// The path prefix the provider's URL adds ("" for a group).
+    pub fn base_path(&self) -> &str {
+        match self {
+            Self::Upstream(url) => &url.base_path,
+            Self::Group(_) => "",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Upstream(url) => url.fmt(f),
+            Self::Group(name) => write!(f, "group {name}"),
+        }
+    }
 }
 
 /// A provider asking for a longer pause is most likely broken or hostile:
@@ -251,6 +281,7 @@ pub enum IdempotencyKey {
 const SERVICE_KEYS: &[&str] = &[
     "route",
     "upstream",
+    "group",
     "ca_file",
     "connect_timeout",
     "timeout",
@@ -265,9 +296,28 @@ const SERVICE_KEYS: &[&str] = &[
 pub fn decode_service(d: &mut Decoder, name: &str, node: &Node) -> Option<Service> {
     let f = d.fields(node, SERVICE_KEYS)?;
     let route = d.required(&f, "route").and_then(|n| route_prefix(d, &n));
-    let upstream = d
-        .required(&f, "upstream")
-        .and_then(|n| d.parsed(&n, UpstreamUrl::parse));
+    let upstream = match (f.get("upstream"), f.get("group")) {
+        (Some(n), None) => d
+            .parsed(&n, UpstreamUrl::parse)
+            .map(ServiceUpstream::Upstream),
+        (None, Some(n)) => d
+            .non_empty_string(&n)
+            .map(|name| ServiceUpstream::Group(name.as_str().into())),
+        (Some(_), Some(_)) => {
+            d.error(
+                &f.path,
+                "set exactly one of `upstream` (a provider's URL) or `group` (an upstream group)",
+            );
+            None
+        }
+        (None, None) => {
+            d.error(
+                &f.path.key("upstream"),
+                "is required (or `group: <upstream group>`)",
+            );
+            None
+        }
+    };
     let ca_file = f
         .get("ca_file")
         .and_then(|n| d.non_empty_string(&n))

@@ -67,7 +67,14 @@ pub fn summary(config: &Config) -> String {
         config.listen.ingress,
         config.webhooks.len()
     ));
-    for webhook in &config.webhooks {
+    if !config.events.is_empty() {
+        out.push(format!(
+            "events   {} with {} published event source(s)",
+            config.listen.egress,
+            config.events.len()
+        ));
+    }
+    for webhook in config.event_sources() {
         let targets: std::collections::BTreeSet<&str> = webhook
             .routes
             .iter()
@@ -86,7 +93,7 @@ pub fn summary(config: &Config) -> String {
             }
         ));
     }
-    if !config.webhooks.is_empty() {
+    if config.event_sources().next().is_some() {
         let delivery = config.delivery.clone().unwrap_or_default();
         out.push(format!(
             "delivery {} worker(s), {}",

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::interpolate::MapLookup;
 use super::services::{ApiKeyPlacement, ClientAuth};
+use super::webhooks::VerifyKind;
 use super::*;
 
 fn lookup() -> MapLookup {
@@ -104,7 +105,7 @@ services:
     assert_eq!(oauth.client_auth, ClientAuth::Body);
     assert_eq!(oauth.refresh_before, Duration::from_secs(60));
     assert_eq!(
-        config.service("suppliers").unwrap().upstream.base_path,
+        config.service("suppliers").unwrap().upstream.base_path(),
         "/v2"
     );
 }
@@ -113,7 +114,7 @@ services:
 fn unknown_keys_are_errors_with_a_suggestion_and_position() {
     assert_eq!(
         errors("services:\n  stripe:\n    route: /stripe\n    upstream: https://api.stripe.com\n    conect_timeout: 5s\n"),
-        ["services.stripe.conect_timeout: unknown key \"conect_timeout\"; did you mean \"connect_timeout\"? (expected one of: route, upstream, ca_file, connect_timeout, timeout, auth, rate_limit, circuit_breaker, retry, idempotency_key, max_pause) (line 5, column 21)"]
+        ["services.stripe.conect_timeout: unknown key \"conect_timeout\"; did you mean \"connect_timeout\"? (expected one of: route, upstream, group, ca_file, connect_timeout, timeout, auth, rate_limit, circuit_breaker, retry, idempotency_key, max_pause) (line 5, column 21)"]
     );
 }
 
@@ -323,7 +324,7 @@ fn every_error_is_reported_not_only_the_first() {
     assert!(errs[0].starts_with("listen.admin: invalid address"));
     assert_eq!(
         errs[1],
-        "services.a.upstream: is required (line 5, column 5)"
+        "services.a.upstream: is required (or `group: <upstream group>`) (line 5, column 5)"
     );
     assert!(errs[2].starts_with("services.b.auth.kind: unknown value \"magic\": expected one of bearer, api_key, basic, oauth2"));
     assert!(errs[3].starts_with("shutdown_grace: invalid duration \"forever\""));
@@ -453,4 +454,95 @@ fn oauth2_params_are_redacted_in_the_effective_config() {
     let shown = serde_json::to_string(&config).unwrap();
     assert!(!shown.contains("eyJhbGciOi"), "{shown}");
     assert!(shown.contains("client_assertion"), "{shown}");
+}
+
+#[test]
+fn a_service_targets_a_url_or_an_existing_group_and_nothing_else() {
+    let config = load(
+        "upstreams:\n  notify: { backends: [127.0.0.1:7001], balance: ewma, tls: true, host: notify.internal }\nservices:\n  notify:\n    route: /notify\n    group: notify\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.services[0].upstream,
+        crate::config::services::ServiceUpstream::Group("notify".into())
+    );
+    assert_eq!(
+        config.upstreams[0].host_for("10.0.0.1:80"),
+        "notify.internal"
+    );
+    let both = errors("upstreams:\n  notify: { backends: [127.0.0.1:7001] }\nservices:\n  a:\n    route: /a\n    upstream: http://127.0.0.1:1\n    group: notify\n");
+    assert!(
+        both[0].contains("set exactly one of `upstream`"),
+        "{both:?}"
+    );
+    let unknown = errors("services:\n  a:\n    route: /a\n    group: nowhere\n");
+    assert!(
+        unknown[0].starts_with("services.a.group: \"nowhere\" names no entry under upstreams"),
+        "{unknown:?}"
+    );
+    let ca = errors("upstreams:\n  n: { backends: [127.0.0.1:7001], ca_file: /ca.pem }\n");
+    assert!(
+        ca[0].starts_with("upstreams.n.ca_file: needs tls: true"),
+        "{ca:?}"
+    );
+}
+
+#[test]
+fn published_events_share_the_webhook_keys_but_verify_and_their_names() {
+    let base = "upstreams:\n  notify: { backends: [127.0.0.1:7001] }\n";
+    let config = load(&format!(
+        "{base}events:\n  wedding:\n    path: /events/wedding\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n    priority: {{ wedding_day: {{ date: /wedding_date, timezone: Europe/London }} }}\n"
+    ))
+    .unwrap();
+    let event = &config.events[0];
+    assert_eq!(event.verify.kind, VerifyKind::App);
+    let rule = event.priority.wedding_day.as_ref().unwrap();
+    assert_eq!(
+        (rule.date.as_str(), rule.timezone.as_str(), rule.within),
+        (
+            "/wedding_date",
+            "Europe/London",
+            Duration::from_secs(86_400)
+        )
+    );
+    let verify = errors(&format!(
+        "{base}events:\n  e:\n    path: /e\n    verify: {{ kind: stripe, secrets: [whsec_0123456789abcdef] }}\n    routes: []\n"
+    ));
+    assert!(
+        verify[0].starts_with("events.e.verify: unknown key"),
+        "{verify:?}"
+    );
+    let clash = errors(&format!(
+        "{base}webhooks:\n  stripe:\n    path: /webhooks/stripe\n    verify: {{ kind: stripe, secrets: [whsec_0123456789abcdef] }}\n    routes: []\nevents:\n  stripe:\n    path: /events/stripe\n    routes: []\n"
+    ));
+    assert!(
+        clash[0].starts_with("events.stripe: stripe is already the name of webhooks.stripe"),
+        "{clash:?}"
+    );
+    let shadowed = errors(&format!(
+        "{base}services:\n  api:\n    route: /events\n    upstream: http://127.0.0.1:1\nevents:\n  e:\n    path: /events/e\n    routes: []\n"
+    ));
+    assert!(
+        shadowed[0].starts_with("events.e.path: path /events/e lies under route /events"),
+        "{shadowed:?}"
+    );
+    let zone = errors(&format!(
+        "{base}events:\n  e:\n    path: /e\n    routes: []\n    priority: {{ wedding_day: {{ date: /d, timezone: Mars/Olympus }} }}\n"
+    ));
+    assert!(zone[0].contains("is not an IANA time zone"), "{zone:?}");
+}
+
+#[test]
+fn tracing_exports_to_an_otlp_endpoint_with_a_ratio() {
+    let config =
+        load("tracing: { otlp: { endpoint: http://collector:4318, sample_ratio: 10% } }\n")
+            .unwrap();
+    let otlp = config.tracing.otlp.unwrap();
+    assert_eq!(otlp.endpoint.to_string(), "http://collector:4318");
+    assert_eq!(
+        (otlp.sample_ratio, otlp.service_name.as_str()),
+        (0.1, "wedsync-sidecar")
+    );
+    let bad = errors("tracing: { otlp: { endpoint: http://c:4318, sample_ratio: 2 } }\n");
+    assert!(bad[0].starts_with("tracing.otlp.sample_ratio:"), "{bad:?}");
 }

@@ -2,6 +2,7 @@
 
 use crate::names::UpstreamName;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -21,6 +22,29 @@ pub struct UpstreamGroup {
     pub max_in_flight: u32,
     /// The passive breaker each backend gets.
     pub circuit_breaker: CircuitBreaker,
+    /// Calls to the backends use TLS (health checks too).
+    pub tls: bool,
+    /// A private CA the backends' certificates are checked against.
+    pub ca_file: Option<PathBuf>,
+    /// The Host header and TLS server name of calls to the group; by
+    /// default the discovery name, else the backend's address.
+    pub host: Option<String>,
+}
+
+impl UpstreamGroup {
+    /// The Host (and TLS server name) a call to `backend` carries.
+    pub fn host_for(&self, backend: &str) -> String {
+        if let Some(host) = &self.host {
+            return host.clone();
+        }
+        match &self.backends {
+            Backends::Dns { dns, .. } => dns
+                .rsplit_once(':')
+                .map_or(dns.as_str(), |(host, _)| host)
+                .to_string(),
+            Backends::Static(_) => backend.to_string(),
+        }
+    }
 }
 
 /// A backend's passive breaker unless the group sets one: five failed
@@ -62,6 +86,7 @@ pub enum Balance {
     LeastConnections,
     Weighted,
     Random,
+    Ewma,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,6 +120,9 @@ pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<Upstr
             "health_check",
             "max_in_flight",
             "circuit_breaker",
+            "tls",
+            "ca_file",
+            "host",
         ],
     )?;
     let backends = match (f.get("backends"), f.get("discovery")) {
@@ -119,6 +147,7 @@ pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<Upstr
             ("least_connections", Balance::LeastConnections),
             ("weighted", Balance::Weighted),
             ("random", Balance::Random),
+            ("ewma", Balance::Ewma),
         ],
         Balance::RoundRobin,
     );
@@ -129,7 +158,27 @@ pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<Upstr
     let circuit_breaker = d.or(&f, "circuit_breaker", default_backend_breaker(), |d, n| {
         decode_breaker(d, n)
     });
+    let tls = d.or(&f, "tls", false, |d, n| d.boolean(n));
+    let ca_file = f
+        .get("ca_file")
+        .and_then(|n| d.non_empty_string(&n))
+        .map(PathBuf::from);
+    if ca_file.is_some() && tls != Some(true) {
+        d.error(&f.path.key("ca_file"), "needs tls: true");
+    }
+    let host = f.get("host").and_then(|n| {
+        d.non_empty_string(&n).filter(|h| {
+            let ok = http::HeaderValue::from_str(h).is_ok() && !h.contains(['/', ' ']);
+            if !ok {
+                d.error(&n.path, "must be a host name, optionally with :port");
+            }
+            ok
+        })
+    });
     Some(UpstreamGroup {
+        tls: tls?,
+        ca_file,
+        host,
         name: name.into(),
         backends: backends?,
         balance: balance?,

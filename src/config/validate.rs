@@ -5,12 +5,13 @@
 
 use super::decode::Decoder;
 use super::path::YamlPath;
-use super::services::LimitScope;
+use super::services::{LimitScope, ServiceUpstream};
 use super::{Config, StoreKind};
 
 pub fn check(d: &mut Decoder, config: &Config) {
     check_listeners(d, config);
     check_routes(d, config);
+    check_service_groups(d, config);
     check_webhooks(d, config);
     check_global_limits(d, config);
 }
@@ -84,6 +85,35 @@ fn check_routes(d: &mut Decoder, config: &Config) {
     }
 }
 
+/// A service that targets an upstream group names one that exists, and
+/// leaves TLS trust to the group (its `tls` and `ca_file`).
+fn check_service_groups(d: &mut Decoder, config: &Config) {
+    for service in &config.services {
+        let ServiceUpstream::Group(group) = &service.upstream else {
+            continue;
+        };
+        let path = YamlPath::root().key("services").key(&service.name);
+        if !config.upstreams.iter().any(|u| &u.name == group) {
+            let known: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+            let known = if known.is_empty() {
+                "none are defined".to_string()
+            } else {
+                format!("defined: {}", known.join(", "))
+            };
+            d.error(
+                &path.key("group"),
+                format!("\"{group}\" names no entry under upstreams ({known})"),
+            );
+        }
+        if service.ca_file.is_some() {
+            d.error(
+                &path.key("ca_file"),
+                format!("a service on an upstream group uses the group's trust: set upstreams.{group}.ca_file (with tls: true)"),
+            );
+        }
+    }
+}
+
 fn check_webhooks(d: &mut Decoder, config: &Config) {
     for (i, webhook) in config.webhooks.iter().enumerate() {
         let base = YamlPath::root().key("webhooks").key(&webhook.name);
@@ -93,6 +123,42 @@ fn check_webhooks(d: &mut Decoder, config: &Config) {
                 format!(
                     "path {} is already used by webhooks.{}",
                     webhook.path, earlier.name
+                ),
+            );
+        }
+    }
+    for (i, event) in config.events.iter().enumerate() {
+        let base = YamlPath::root().key("events").key(&event.name);
+        // Jobs, dead letters and metrics name their source: one namespace.
+        if config.webhooks.iter().any(|w| w.name == event.name) {
+            d.error(
+                &base,
+                format!(
+                    "{} is already the name of webhooks.{}: a delivered event names its source in x-webhook-source",
+                    event.name, event.name
+                ),
+            );
+        }
+        if let Some(earlier) = config.events[..i].iter().find(|e| e.path == event.path) {
+            d.error(
+                &base.key("path"),
+                format!(
+                    "path {} is already used by events.{}",
+                    event.path, earlier.name
+                ),
+            );
+        }
+        // The path is served on the egress listener, before its routes.
+        if let Some(service) = config
+            .services
+            .iter()
+            .find(|s| route_covers(&s.route, &event.path))
+        {
+            d.error(
+                &base.key("path"),
+                format!(
+                    "path {} lies under route {} of services.{}: the app could not reach that part of the service",
+                    event.path, service.route, service.name
                 ),
             );
         }

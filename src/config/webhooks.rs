@@ -47,6 +47,9 @@ pub enum VerifyKind {
     Slack,
     Twilio,
     Hmac,
+    /// `events.<name>`: published by the pod's own app on the egress
+    /// listener, which only the pod reaches; nothing to verify.
+    App,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,6 +103,29 @@ pub enum Field {
 pub struct PriorityRules {
     pub high: Vec<Glob>,
     pub low: Vec<Glob>,
+    pub wedding_day: Option<WeddingDay>,
+}
+
+/// `priority.wedding_day`: where the event's wedding date is, and in which
+/// zone "today" is reckoned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeddingDay {
+    /// A JSON pointer to a `YYYY-MM-DD` or RFC 3339 value.
+    pub date: String,
+    /// An IANA zone name, checked at load.
+    pub timezone: String,
+    #[serde(serialize_with = "ser::duration")]
+    pub within: Duration,
+}
+
+impl WeddingDay {
+    /// The rule, ready to match; the zone was checked when the config loaded.
+    pub fn rule(&self) -> crate::wedding_day::WeddingDayRule {
+        crate::wedding_day::WeddingDayRule {
+            zone: jiff::tz::TimeZone::get(&self.timezone).unwrap_or(jiff::tz::TimeZone::UTC),
+            within: self.within,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -158,17 +184,69 @@ const WEBHOOK_KEYS: &[&str] = &[
     "ack",
 ];
 
+/// The keys of `events.<name>`: a webhook's, without `verify` and `ack`.
+const PUBLISHED_KEYS: &[&str] = &[
+    "path",
+    "max_body",
+    "event_id",
+    "event_type",
+    "context",
+    "priority",
+    "routes",
+    "delivery",
+    "dedup_window",
+];
+
 pub fn decode_webhook(
     d: &mut Decoder,
     name: &str,
     node: &Node,
     upstreams: &[String],
 ) -> Option<Webhook> {
-    let f = d.fields(node, WEBHOOK_KEYS)?;
+    decode_source(d, name, node, upstreams, false)
+}
+
+/// `events.<name>`: an event the app publishes; a webhook without a
+/// signature to check.
+pub fn decode_published(
+    d: &mut Decoder,
+    name: &str,
+    node: &Node,
+    upstreams: &[String],
+) -> Option<Webhook> {
+    decode_source(d, name, node, upstreams, true)
+}
+
+fn decode_source(
+    d: &mut Decoder,
+    name: &str,
+    node: &Node,
+    upstreams: &[String],
+    published: bool,
+) -> Option<Webhook> {
+    let f = d.fields(
+        node,
+        if published {
+            PUBLISHED_KEYS
+        } else {
+            WEBHOOK_KEYS
+        },
+    )?;
     let path = d
         .required(&f, "path")
         .and_then(|n| d.parsed(&n, plain_path));
-    let verify = d.required(&f, "verify").and_then(|n| decode_verify(d, &n));
+    let verify = if published {
+        Some(Verify {
+            kind: VerifyKind::App,
+            secrets: Vec::new(),
+            tolerance: Duration::ZERO,
+            allow_sha1: false,
+            public_url: None,
+            hmac: None,
+        })
+    } else {
+        d.required(&f, "verify").and_then(|n| decode_verify(d, &n))
+    };
     let max_body = match f.get("max_body") {
         Some(n) => d.size(&n).filter(|size| {
             let ok = (1..=64 << 20).contains(size);
@@ -407,16 +485,58 @@ fn field(text: &str) -> Result<Field, ValueError> {
 }
 
 fn decode_priority(d: &mut Decoder, node: &Node) -> Option<PriorityRules> {
-    let f = d.fields(node, &["high", "low"])?;
+    let f = d.fields(node, &["high", "low", "wedding_day"])?;
     let globs = |d: &mut Decoder, key: &str| match f.get(key) {
         Some(n) => d.list(&n, glob),
         None => Some(Vec::new()),
     };
     let high = globs(d, "high");
     let low = globs(d, "low");
+    let wedding_day = match f.get("wedding_day") {
+        Some(n) => decode_wedding_day(d, &n).map(Some),
+        None => Some(None),
+    };
     Some(PriorityRules {
         high: high?,
         low: low?,
+        wedding_day: wedding_day?,
+    })
+}
+
+fn decode_wedding_day(d: &mut Decoder, node: &Node) -> Option<WeddingDay> {
+    let f = d.fields(node, &["date", "timezone", "within"])?;
+    let date = d.required(&f, "date").and_then(|n| {
+        d.parsed(&n, |text| match field(text) {
+            Ok(Field::Pointer(pointer)) => Ok(pointer),
+            _ => Err(ValueError::Field(text.into())),
+        })
+    });
+    let timezone = match f.get("timezone") {
+        Some(n) => d.non_empty_string(&n).filter(|name| {
+            let ok = jiff::tz::TimeZone::get(name).is_ok();
+            if !ok {
+                d.error(
+                    &n.path,
+                    format!("{name:?} is not an IANA time zone (e.g. Europe/London)"),
+                );
+            }
+            ok
+        }),
+        None => Some("UTC".to_string()),
+    };
+    let within = d.or(&f, "within", Duration::from_secs(86_400), |d, n| {
+        d.duration(n).filter(|w| {
+            let ok = *w <= Duration::from_secs(30 * 86_400);
+            if !ok {
+                d.error(&n.path, "must be at most 30d");
+            }
+            ok
+        })
+    });
+    Some(WeddingDay {
+        date: date?,
+        timezone: timezone?,
+        within: within?,
     })
 }
 

@@ -10,6 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
+
+use crate::event::WEDDING_DAY_CONTEXT;
+use crate::trace::export::{Span, SpanKind};
+use crate::trace::{self, TraceContext};
 use tokio::time::Instant;
 
 use super::outcome::{decide, Answer, Decision};
@@ -29,11 +33,11 @@ pub fn now_ms() -> u64 {
 /// How an attempt reaches a backend.
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync {
-    /// Sends `request` and `body` to `backend` (`IP:port`) and reads the
-    /// whole answer, all within `timeout`.
+    /// Sends `request` and `body` to `peer` (a backend of the target's
+    /// group) and reads the whole answer, all within `timeout`.
     async fn send(
         &self,
-        backend: &str,
+        peer: &HttpPeer,
         request: RequestHeader,
         body: Bytes,
         timeout: Duration,
@@ -44,14 +48,12 @@ pub trait Transport: Send + Sync {
 impl Transport for SmallClient {
     async fn send(
         &self,
-        backend: &str,
+        peer: &HttpPeer,
         request: RequestHeader,
         body: Bytes,
         timeout: Duration,
     ) -> Result<ClientResponse, ClientError> {
-        let mut peer = HttpPeer::new(backend, false, String::new());
-        peer.options.connection_timeout = Some(timeout.min(Duration::from_secs(5)));
-        self.exchange(&peer, request, body, timeout).await
+        self.exchange(peer, request, body, timeout).await
     }
 }
 
@@ -113,16 +115,28 @@ impl Deliverer {
         let started = Instant::now();
         let at_ms = now_ms();
         let attempt_number = job.attempts + 1;
+        // Each attempt is a span under the one that accepted the event.
+        let (trace, trace_parent) = match stored
+            .trace
+            .as_deref()
+            .and_then(|t| TraceContext::parse(t.as_bytes()))
+        {
+            Some(parent) => (parent.child(), Some(parent.span_id)),
+            None => (TraceContext::root(trace::sample()), None),
+        };
+        let traceparent = trace.header();
         let chosen = group.choose();
         let answer = match &chosen {
             None => Answer::NoBackend,
             Some(chosen) => {
+                let host = group.host_for(chosen);
                 let delivery = request::Delivery {
                     path: &policy.path,
-                    backend: &chosen.addr,
+                    host: &host,
                     event: &stored,
                     attempt: attempt_number,
                     now_secs: at_ms / 1000,
+                    traceparent: &traceparent,
                 };
                 match request::build(&delivery, plan.settings.signer.as_ref(), &body) {
                     Err(error) => Answer::Internal(format!(
@@ -130,7 +144,16 @@ impl Deliverer {
                     )),
                     Ok(request) => match self
                         .transport
-                        .send(&chosen.addr, request, Bytes::from(body), policy.timeout)
+                        .send(
+                            &group.peer(
+                                chosen,
+                                policy.timeout.min(Duration::from_secs(5)),
+                                policy.timeout,
+                            ),
+                            request,
+                            Bytes::from(body),
+                            policy.timeout,
+                        )
                         .await
                     {
                         Ok(response) => Answer::Status {
@@ -149,6 +172,13 @@ impl Deliverer {
         let elapsed = started.elapsed();
         let backend = chosen.as_ref().map(|c| c.addr.clone());
         if let Some(chosen) = chosen {
+            match &answer {
+                Answer::Status { status, .. } => {
+                    group.count_call(&chosen.addr, &status.to_string())
+                }
+                Answer::Failed(_) => group.count_call(&chosen.addr, "error"),
+                Answer::NoBackend | Answer::Internal(_) => {}
+            }
             chosen.finish(answer.breaker_outcome());
             self.metrics
                 .delivery_duration_seconds
@@ -170,9 +200,47 @@ impl Deliverer {
             now_ms(),
             unit_random(),
         );
+        if trace::export::enabled() {
+            trace::export::record(Span {
+                context: trace,
+                parent: trace_parent,
+                name: "delivery.attempt",
+                kind: SpanKind::Client,
+                start: std::time::UNIX_EPOCH + Duration::from_millis(at_ms),
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    ("webhook.source", job.webhook.to_string()),
+                    ("event.id", stored.id.to_string()),
+                    ("delivery.target", job.target.to_string()),
+                    ("delivery.attempt", attempt_number.to_string()),
+                    (
+                        "http.response.status_code",
+                        attempt.status.map_or_else(String::new, |s| s.to_string()),
+                    ),
+                ],
+                error: decision != Decision::Delivered,
+            });
+        }
+        if let Decision::DeadLetter(_) = decision {
+            if stored
+                .context
+                .iter()
+                .any(|(key, _)| key == WEDDING_DAY_CONTEXT)
+            {
+                self.metrics
+                    .wedding_day_dead_letters_total
+                    .with_label_values(&[job.webhook.as_str(), job.target.as_str()])
+                    .inc();
+                tracing::error!(
+                    webhook = %job.webhook, target = %job.target, event_id = %stored.id,
+                    trace_id = %trace.trace_id_hex(), "a wedding-day event became a dead letter"
+                );
+            }
+        }
         if decision != Decision::Delivered {
             tracing::info!(
                 webhook = %job.webhook, target = %job.target, event_id = %stored.id,
+                trace_id = %trace.trace_id_hex(),
                 attempt = attempt_number, status = ?attempt.status, error = ?attempt.error,
                 decision = ?decision, "delivery attempt failed"
             );
@@ -268,7 +336,7 @@ mod tests {
     impl Transport for Arc<Scripted> {
         async fn send(
             &self,
-            backend: &str,
+            peer: &HttpPeer,
             request: RequestHeader,
             body: Bytes,
             _timeout: Duration,
@@ -276,7 +344,7 @@ mod tests {
             self.sent
                 .lock()
                 .unwrap()
-                .push((backend.to_string(), request, body));
+                .push((peer._address.to_string(), request, body));
             self.answers
                 .lock()
                 .unwrap()
@@ -311,12 +379,10 @@ webhooks:
         )
         .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let upstreams = Arc::new(UpstreamGroups::build(
-            &config.upstreams,
-            None,
-            &MonotonicClock::shared(),
-            &metrics,
-        ));
+        let upstreams = Arc::new(
+            UpstreamGroups::build(&config.upstreams, None, &MonotonicClock::shared(), &metrics)
+                .unwrap(),
+        );
         let plan = Plan {
             settings: super::super::Settings::new(&config).unwrap(),
             upstreams,
@@ -345,6 +411,7 @@ webhooks:
             event_type: "payment_intent.succeeded".into(),
             priority: Priority::Normal,
             targets: vec!["notify".into()],
+            trace: None,
             context: vec![("wedding_id".into(), "w_1".into())],
         };
         let accepted = store

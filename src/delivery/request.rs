@@ -12,12 +12,16 @@ use crate::store::StoredEvent;
 /// What a delivery request is made of, besides its body.
 pub struct Delivery<'a> {
     pub path: &'a PathAndQuery,
-    pub backend: &'a str,
+    /// The Host header: the group's name for its backends.
+    pub host: &'a str,
     pub event: &'a StoredEvent,
     /// This attempt's number, from 1.
     pub attempt: u32,
     /// Unix seconds, for the signature's timestamp.
     pub now_secs: u64,
+    /// This attempt's `traceparent`: a child of the span that accepted
+    /// the event.
+    pub traceparent: &'a str,
 }
 
 /// A header value from text that may hold anything: bytes outside visible
@@ -50,13 +54,14 @@ pub fn build(
         .as_deref()
         .unwrap_or("application/octet-stream");
     let mut headers: Vec<(String, String)> = vec![
-        ("host".into(), header_safe(delivery.backend)),
+        ("host".into(), header_safe(delivery.host)),
         // Records come back from the store: even what was a header value
         // once is made safe again, never trusted to be.
         ("content-type".into(), header_safe(content_type)),
         ("x-webhook-source".into(), header_safe(&event.webhook)),
         ("x-event-id".into(), header_safe(&event.id)),
         ("x-delivery-attempt".into(), delivery.attempt.to_string()),
+        ("traceparent".into(), header_safe(delivery.traceparent)),
     ];
     if !event.event_type.is_empty() {
         headers.push(("x-event-type".into(), header_safe(&event.event_type)));
@@ -96,6 +101,7 @@ mod tests {
             content_type: Some("application/json".into()),
             context: vec![("wedding_id".into(), "w-42".into())],
             received_at_ms: 0,
+            trace: None,
         }
     }
 
@@ -109,10 +115,11 @@ mod tests {
         let path = PathAndQuery::from_static("/events/stripe");
         let delivery = Delivery {
             path: &path,
-            backend: "127.0.0.1:7001",
+            host: "127.0.0.1:7001",
             event: &event,
             attempt: 3,
             now_secs: 1_700_000_000,
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         };
         let request = build(&delivery, None, b"{}").unwrap();
         assert_eq!(request.method, "POST");
@@ -144,10 +151,11 @@ mod tests {
         let path = PathAndQuery::from_static("/events");
         let delivery = Delivery {
             path: &path,
-            backend: "127.0.0.1:7001",
+            host: "127.0.0.1:7001",
             event: &event,
             attempt: 1,
             now_secs: now,
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         };
         let body = br#"{"id":"evt_1"}"#;
         let request = build(&delivery, Some(&signer), body).unwrap();

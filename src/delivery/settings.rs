@@ -47,8 +47,7 @@ impl Settings {
             )?)),
         };
         let policies: HashMap<WebhookName, WebhookDelivery> = config
-            .webhooks
-            .iter()
+            .event_sources()
             .map(|w| (w.name.clone(), w.delivery.clone()))
             .collect();
         let longest = policies
@@ -65,7 +64,7 @@ impl Settings {
                 .map(|u| (u.name.clone(), u.max_in_flight))
                 .collect(),
             visibility: longest + LEASE_MARGIN,
-            webhooks: config.webhooks.iter().map(|w| w.name.clone()).collect(),
+            webhooks: config.event_sources().map(|w| w.name.clone()).collect(),
         })
     }
 

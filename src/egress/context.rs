@@ -7,10 +7,12 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use tokio::time::Instant;
 
+use super::backend::GroupAttempts;
 use super::exchange::{Exchange, Step};
 use super::REQUEST_ID_HEADER;
 use crate::lifecycle::InFlightGuard;
 use crate::problem::{ErrorCode, Problem};
+use crate::trace::TraceContext;
 
 pub struct EgressCtx {
     pub(super) started: Instant,
@@ -24,6 +26,14 @@ pub struct EgressCtx {
     pub(super) sidecar_error: Option<ErrorCode>,
     /// A provider status turned into an error only to be retried.
     pub(super) retrying_status: bool,
+    /// This exchange's span: a child of the app's `traceparent`, or the
+    /// root of a new trace; and the app's span id, when it sent one.
+    pub(super) trace: TraceContext,
+    pub(super) trace_parent: Option<[u8; 8]>,
+    /// The `events.<name>` this request published to.
+    pub(super) published: Option<crate::names::WebhookName>,
+    /// The backends of a service on an upstream group.
+    pub(super) backends: GroupAttempts,
     _in_flight: InFlightGuard,
 }
 
@@ -37,6 +47,10 @@ impl EgressCtx {
             pending_answer: None,
             sidecar_error: None,
             retrying_status: false,
+            trace: TraceContext::root(false),
+            trace_parent: None,
+            published: None,
+            backends: GroupAttempts::default(),
             _in_flight: in_flight,
         }
     }

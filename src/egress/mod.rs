@@ -12,12 +12,15 @@
 //! retrying     whether a failed attempt is tried again
 //! failure      the answer for a failure (502, 504)
 //! auth/oauth2  credentials injected into the upstream request
-//! service      one provider, built once from its config
+//! service      one provider or upstream group, built once from its config
+//! backend      the group backend of each attempt, and what it answered
 //! pause_sync   provider pauses heard from other replicas (Redis pub/sub)
+//! publish      `events.<name>`: the app's own events, stored for delivery
 //! ```
 //! Bodies stream both ways; nothing is buffered whole.
 
 pub mod auth;
+pub mod backend;
 pub mod context;
 pub mod exchange;
 pub mod failure;
@@ -25,6 +28,7 @@ pub mod guard;
 pub mod oauth2;
 pub mod pause_sync;
 pub mod proxy;
+pub mod publish;
 pub mod request_id;
 pub mod retrying;
 pub mod routing;
@@ -36,8 +40,10 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::redis::RedisStore;
 use crate::time::Clock;
+use crate::upstreams::UpstreamGroups;
 use guard::Guard;
 pub use proxy::EgressProxy;
+use publish::PublishedPaths;
 use routing::RouteTable;
 use service::{EgressService, ServiceError};
 
@@ -48,6 +54,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct EgressRoutes {
     pub services: Vec<Arc<EgressService>>,
     routes: RouteTable,
+    /// `events.<name>`: the paths the app publishes its own events on.
+    pub published: PublishedPaths,
 }
 
 impl EgressRoutes {
@@ -56,6 +64,7 @@ impl EgressRoutes {
     /// and breaker are unchanged.
     pub fn build(
         config: &Config,
+        groups: &UpstreamGroups,
         metrics: &Metrics,
         clock: &Arc<dyn Clock>,
         store: Option<&Arc<RedisStore>>,
@@ -69,12 +78,13 @@ impl EgressRoutes {
                 .find(|old| old.keeps_guard_of(service))
                 .map(|old| Arc::clone(&old.guard));
             services.push(Arc::new(EgressService::new(
-                service, metrics, clock, store, kept_guard,
+                service, groups, metrics, clock, store, kept_guard,
             )?));
         }
         Ok(Self {
             services,
             routes: RouteTable::new(config.services.iter().map(|s| s.route.as_str())),
+            published: PublishedPaths::new(config),
         })
     }
 

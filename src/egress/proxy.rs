@@ -25,12 +25,16 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use super::context::{exchange_of, EgressCtx};
 use super::exchange::{Exchange, Step};
+use super::publish::EventSink;
 use super::request_id::RequestIds;
+use super::service::Destination;
 use super::{guard, routing, EgressRoutes, REQUEST_ID_HEADER};
 use crate::access_log;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, StatusCounters};
 use crate::problem::{ErrorCode, Problem};
+use crate::trace::export::{Span, SpanKind};
+use crate::trace::{self, TraceContext, TRACEPARENT};
 
 /// `R` reads the services of the running config (the runtime snapshot's).
 /// A concrete type, not `Box<dyn DynAccess>`: its `load` is on every
@@ -42,10 +46,16 @@ pub struct EgressProxy<R = Box<dyn DynAccess<EgressRoutes> + Send + Sync>> {
     unrouted_duration: prometheus::Histogram,
     lifecycle: Arc<Lifecycle>,
     request_ids: RequestIds,
+    publisher: Box<dyn EventSink>,
 }
 
 impl<R: Access<EgressRoutes> + Send + Sync + 'static> EgressProxy<R> {
-    pub fn new(routes: R, metrics: &Metrics, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(
+        routes: R,
+        metrics: &Metrics,
+        lifecycle: Arc<Lifecycle>,
+        publisher: Box<dyn EventSink>,
+    ) -> Self {
         Self {
             routes,
             unrouted_requests: StatusCounters::new(&metrics.egress_requests_total, "-"),
@@ -54,8 +64,19 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> EgressProxy<R> {
                 .with_label_values(&["-"]),
             lifecycle,
             request_ids: RequestIds::default(),
+            publisher,
         }
     }
+}
+
+/// Every backend of the service's group is unhealthy or has its breaker
+/// open: Envoy's "no healthy upstream", retried after a second.
+fn no_backend(group: &str) -> Problem {
+    Problem::new(
+        ErrorCode::NoHealthyBackend,
+        format!("no healthy backend in upstream {group}"),
+    )
+    .with_header("retry-after", "1")
 }
 
 fn body_truncated(session: &Session) -> bool {
@@ -79,20 +100,39 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         ctx.request_id = self
             .request_ids
             .for_request(request.headers.get(REQUEST_ID_HEADER));
-        let Some((service, rest)) = self
-            .routes
-            .load()
-            .find(request.uri.path())
-            .map(|(s, rest)| (Arc::clone(s), rest.to_string()))
-        else {
+        (ctx.trace, ctx.trace_parent) = TraceContext::continue_or_start(
+            request.headers.get(TRACEPARENT).map(|v| v.as_bytes()),
+            trace::sample,
+        );
+        let (published, found) = {
+            let routes = self.routes.load();
+            match routes.published.at(request.uri.path()) {
+                Some(source) => (Some(source.clone()), None),
+                None => (
+                    None,
+                    routes
+                        .find(request.uri.path())
+                        .map(|(s, rest)| (Arc::clone(s), rest.to_string())),
+                ),
+            }
+        };
+        if let Some(source) = published {
+            self.publisher.serve(session, &source).await;
+            ctx.published = Some(source);
+            return Ok(true);
+        }
+        let Some((service, rest)) = found else {
             let detail = format!("no service route matches {}", request.uri.path());
             return ctx
                 .answer(session, Problem::new(ErrorCode::NoRoute, detail))
                 .await;
         };
-        ctx.upstream_path =
-            routing::upstream_path(&service.target.url.base_path, &rest, request.uri.query())
-                .into();
+        ctx.upstream_path = routing::upstream_path(
+            service.config.upstream.base_path(),
+            &rest,
+            request.uri.query(),
+        )
+        .into();
         let mut exchange = Exchange::new(service, ctx.started, &request.method, &request.headers);
         let step = exchange.admit(&session.req_header().headers).await;
         if exchange.may_buffer_body() {
@@ -123,18 +163,31 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
             Step::Answer(problem) => return Err(ctx.refuse(problem)),
         }
         let exchange = exchange_of(ctx)?;
-        let service = exchange.service();
-        let addr = service.target.resolve().await.map_err(|e| {
-            let mut error = Error::explain(ErrorType::ConnectNoRoute, e.to_string());
-            error.esource = ErrorSource::Upstream;
-            error
-        })?;
+        let service = Arc::clone(exchange.service());
         let remaining = exchange.time_left().max(Duration::from_millis(1));
-        Ok(Box::new(service.target.peer(
-            addr,
-            service.connect_timeout,
-            remaining,
-        )))
+        match &service.destination {
+            Destination::Provider(target) => {
+                let addr = target.resolve().await.map_err(|e| {
+                    let mut error = Error::explain(ErrorType::ConnectNoRoute, e.to_string());
+                    error.esource = ErrorSource::Upstream;
+                    error
+                })?;
+                Ok(Box::new(target.peer(
+                    addr,
+                    service.connect_timeout,
+                    remaining,
+                )))
+            }
+            Destination::Group(group) => {
+                match ctx
+                    .backends
+                    .next_peer(group, service.connect_timeout, remaining)
+                {
+                    Some(peer) => Ok(Box::new(peer)),
+                    None => Err(ctx.refuse(no_backend(group.name()))),
+                }
+            }
+        }
     }
 
     async fn upstream_request_filter(
@@ -143,8 +196,16 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         request: &mut RequestHeader,
         ctx: &mut EgressCtx,
     ) -> pingora::Result<()> {
+        // The provider sees this exchange's span as its parent; the app's
+        // `tracestate` passes through untouched.
+        request.insert_header(TRACEPARENT, ctx.trace.header())?;
         match &ctx.exchange {
-            Some(exchange) => exchange.write_request(request, &ctx.upstream_path, &ctx.request_id),
+            Some(exchange) => exchange.write_request(
+                request,
+                &ctx.upstream_path,
+                &ctx.request_id,
+                ctx.backends.host(),
+            ),
             None => Ok(()),
         }
     }
@@ -157,6 +218,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
     ) -> pingora::Result<()> {
         if let Some(exchange) = ctx.exchange.as_mut() {
             let status = response.status.as_u16();
+            ctx.backends.answered(status);
             let service = Arc::clone(exchange.service());
             let tokens = service.tokens.as_deref().zip(exchange.token());
             service
@@ -212,6 +274,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         ctx: &mut EgressCtx,
         mut error: Box<Error>,
     ) -> Box<Error> {
+        ctx.backends.failed();
         let Some(exchange) = ctx.exchange.as_mut() else {
             return error;
         };
@@ -230,6 +293,11 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         client_reused: bool,
     ) -> Box<Error> {
         let mut error = error.more_context(format!("Peer: {peer}"));
+        if error.esource() == &ErrorSource::Upstream {
+            ctx.backends.failed();
+        } else {
+            ctx.backends.end();
+        }
         let Some(exchange) = ctx.exchange.as_mut() else {
             error.set_retry(false);
             return error;
@@ -297,6 +365,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
+        ctx.backends.end();
         let service = match ctx.exchange.as_mut() {
             Some(exchange) => {
                 exchange.finish(status);
@@ -304,16 +373,49 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
             }
             None => None,
         };
-        let (requests, duration) = match service.as_deref() {
-            Some(s) => (&s.requests, &s.duration),
-            None => (&self.unrouted_requests, &self.unrouted_duration),
-        };
-        requests.inc(status);
-        duration.observe(elapsed.as_secs_f64());
+        // A published event is counted by its source's webhook metrics.
+        if ctx.published.is_none() {
+            let (requests, duration) = match service.as_deref() {
+                Some(s) => (&s.requests, &s.duration),
+                None => (&self.unrouted_requests, &self.unrouted_duration),
+            };
+            requests.inc(status);
+            duration.observe(elapsed.as_secs_f64());
+        }
         let request = session.req_header();
+        let source = ctx.published.as_ref().map(|name| name.as_str());
+        let trace_id = ctx.trace.trace_id_hex();
+        if trace::export::enabled() && ctx.published.is_none() {
+            trace::export::record(Span {
+                context: ctx.trace,
+                parent: ctx.trace_parent,
+                name: "egress",
+                kind: SpanKind::Client,
+                start: std::time::SystemTime::now() - elapsed,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    (
+                        "egress.service",
+                        service
+                            .as_deref()
+                            .map_or("-", |s| s.name.as_str())
+                            .to_string(),
+                    ),
+                    ("http.request.method", request.method.to_string()),
+                    ("http.response.status_code", status.to_string()),
+                ],
+                error: status == 0 || status >= 500,
+            });
+        }
         access_log::record(&access_log::Entry {
             request_id: ctx.request_id_str(),
-            service: service.as_deref().map_or("-", |s| s.name.as_str()),
+            service: service
+                .as_deref()
+                .map(|s| s.name.as_str())
+                .or(source)
+                .unwrap_or("-"),
+            backend: ctx.backends.last(),
+            trace_id: &trace_id,
             method: request.method.as_str(),
             path: request.uri.path(),
             status,

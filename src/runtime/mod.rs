@@ -7,6 +7,7 @@ pub mod bind;
 pub mod housekeeping;
 pub mod listen_owner;
 pub mod logging;
+pub mod publish;
 pub mod reload;
 pub mod server;
 pub mod shutdown;

@@ -81,7 +81,7 @@ impl Reloader {
             next.ingress = was.ingress.clone();
             next.store = was.store.clone();
         }
-        if !self.has_store && !next.webhooks.is_empty() {
+        if !self.has_store && next.event_sources().next().is_some() {
             return Err(ReloadError::NoStore);
         }
         let workers = |c: &Config| c.delivery.clone().unwrap_or_default().workers;

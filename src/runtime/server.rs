@@ -28,6 +28,7 @@ use crate::net::client::SmallClient;
 use crate::runtime::bind::{self, BindError, Settled};
 use crate::runtime::housekeeping::Housekeeping;
 use crate::runtime::listen_owner::held_by_this_process;
+use crate::runtime::publish::PublishedEvents;
 use crate::runtime::reload::Reloader;
 use crate::runtime::shutdown::{exit_when_idle, DrainingShutdown};
 use crate::runtime::snapshot::{self, BuildError, Foundation, Snapshot, SnapshotHandle};
@@ -37,8 +38,11 @@ use crate::store::redis::events::RedisEventStore;
 use crate::store::redis::{RedisStore, RedisTarget, SentinelTarget};
 use crate::store::{Store, StoreError};
 use crate::time::MonotonicClock;
+use crate::trace;
+use crate::trace::export::ExportService;
 use crate::upstreams::UpstreamsService;
 use crate::webhooks::listener::IngressListener;
+use crate::webhooks::publish::Publisher;
 use crate::webhooks::IngressApp;
 
 #[derive(Debug, thiserror::Error)]
@@ -97,22 +101,29 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
     let (upstreams_service, group_loops) = UpstreamsService::new();
     group_loops.start_new(&snapshot.load().upstreams, None);
 
+    let store = event_store(&config, foundation.redis.clone(), &metrics)?;
+    let accepted = Arc::new(Notify::new());
     let egress = EgressProxy::new(
         snapshot::concrete_part(&snapshot, |s| &s.egress),
         &metrics,
         Arc::clone(&lifecycle),
+        Box::new(PublishedEvents {
+            snapshot: Arc::clone(&snapshot),
+            publisher: Publisher {
+                store: store.clone(),
+                accepted: Arc::clone(&accepted),
+            },
+        }),
     );
     let pause_listener = foundation
         .redis
         .clone()
         .map(|redis| PauseListener::new(redis, snapshot::part(&snapshot, |s| &s.egress)));
-    let store = event_store(&config, foundation.redis.clone(), &metrics)?;
     let store_monitor = store.as_ref().map(|store| {
         lifecycle.expect_store();
         StoreMonitor::new(Arc::clone(store), Arc::clone(&lifecycle))
     });
     let store_report = store_monitor.as_ref().map(StoreMonitor::report);
-    let accepted = Arc::new(Notify::new());
     let ingress = Arc::new(IngressApp::new(
         snapshot::part(&snapshot, |s| &s.webhooks),
         store.clone(),
@@ -193,6 +204,20 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
         housekeeping.add("store monitor", monitor);
     }
     housekeeping.add("upstreams", upstreams_service);
+    if let Some(otlp) = &config.tracing.otlp {
+        match trace::export::install(
+            &otlp.endpoint,
+            otlp.sample_ratio,
+            &otlp.service_name,
+            metrics.trace_spans_exported_total.clone(),
+            metrics.trace_spans_dropped_total.clone(),
+        ) {
+            Some(export) => housekeeping.add("span export", ExportService::new(export)),
+            None => tracing::warn!(
+                "span export is already installed in this process; not exporting again"
+            ),
+        }
+    }
     housekeeping.add("config reload", reloader);
     server.add_service(background_service("housekeeping", housekeeping));
     if let Some(delivery) = delivery {
@@ -294,7 +319,7 @@ fn event_store(
     redis: Option<Arc<RedisStore>>,
     metrics: &Metrics,
 ) -> Result<Option<Arc<dyn Store>>, StartError> {
-    if config.webhooks.is_empty() {
+    if config.event_sources().next().is_none() {
         return Ok(None);
     }
     Ok(Some(match (&config.store.kind, redis) {
@@ -307,8 +332,7 @@ fn event_store(
         }
         (StoreKind::Local { path }, _) => {
             let horizon = config
-                .webhooks
-                .iter()
+                .event_sources()
                 .map(|w| w.dedup_window)
                 .max()
                 .unwrap_or_default();

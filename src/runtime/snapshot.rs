@@ -18,13 +18,15 @@ use crate::egress::EgressRoutes;
 use crate::metrics::Metrics;
 use crate::store::redis::RedisStore;
 use crate::time::Clock;
-use crate::upstreams::UpstreamGroups;
+use crate::upstreams::{GroupError, UpstreamGroups};
 use crate::webhooks::{WebhookError, Webhooks};
 
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub egress: EgressRoutes,
     pub webhooks: Webhooks,
+    /// `events.<name>`: the app's own event sources.
+    pub published: Webhooks,
     pub delivery: Arc<Plan>,
     pub upstreams: Arc<UpstreamGroups>,
 }
@@ -49,6 +51,8 @@ pub enum BuildError {
     Webhook(#[from] WebhookError),
     #[error(transparent)]
     Delivery(#[from] SettingsError),
+    #[error(transparent)]
+    Upstream(#[from] GroupError),
 }
 
 impl Snapshot {
@@ -61,20 +65,22 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         foundation: &Foundation,
     ) -> Result<Self, BuildError> {
-        let egress = EgressRoutes::build(
-            &config,
-            &foundation.metrics,
-            &foundation.clock,
-            foundation.redis.as_ref(),
-            previous.map(|p| &p.egress),
-        )?;
-        let webhooks = Webhooks::build(&config.webhooks, &foundation.metrics)?;
         let upstreams = Arc::new(UpstreamGroups::build(
             &config.upstreams,
             previous.map(|p| &*p.upstreams),
             &foundation.clock,
             &foundation.metrics,
-        ));
+        )?);
+        let egress = EgressRoutes::build(
+            &config,
+            &upstreams,
+            &foundation.metrics,
+            &foundation.clock,
+            foundation.redis.as_ref(),
+            previous.map(|p| &p.egress),
+        )?;
+        let published = Webhooks::build(&config.events, &foundation.metrics)?;
+        let webhooks = Webhooks::build(&config.webhooks, &foundation.metrics)?;
         let delivery = Arc::new(Plan {
             settings: Settings::new(&config)?,
             upstreams: Arc::clone(&upstreams),
@@ -83,6 +89,7 @@ impl Snapshot {
             config,
             egress,
             webhooks,
+            published,
             delivery,
             upstreams,
         })

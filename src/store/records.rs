@@ -35,6 +35,7 @@ impl NewEvent<'_> {
             content_type: self.content_type.map(str::to_string),
             context: self.meta.context.clone(),
             received_at_ms,
+            trace: self.meta.trace.clone(),
         }
     }
 
@@ -97,6 +98,10 @@ pub struct StoredEvent {
     pub content_type: Option<String>,
     pub context: Vec<(String, String)>,
     pub received_at_ms: u64,
+    /// The `traceparent` of the span that accepted it (absent in records
+    /// written before traces were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// One delivery attempt, as the dead-letter view shows it.

@@ -11,9 +11,13 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 use super::extract::extract;
 use super::verify::{self, Inbound, Scheme};
 use crate::config::webhooks::{VerifyKind, Webhook};
+use crate::event::{EventMeta, Priority, WEDDING_DAY_CONTEXT};
 use crate::metrics::{DeadLetterReason, Metrics, ReceivedOutcome, RejectionReason};
 use crate::problem::{ErrorCode, Problem};
 use crate::store::{Acceptance, OwnedEvent, Store};
+use crate::trace::export::{Span, SpanKind};
+use crate::trace::{self, TraceContext, TRACEPARENT};
+use crate::wedding_day::WeddingDayRule;
 
 /// A webhook the config describes but the sidecar cannot build.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,9 @@ pub struct IngressWebhook {
     rejected: IntCounter,
     rejections: IntCounterVec,
     pub ack_duration: Histogram,
+    /// `priority.wedding_day`: the JSON pointer to the date, and the rule.
+    wedding_day: Option<(String, WeddingDayRule)>,
+    wedding_day_events: IntCounter,
 }
 
 impl IngressWebhook {
@@ -57,6 +64,12 @@ impl IngressWebhook {
             ack_duration: metrics
                 .webhook_ack_duration_seconds
                 .with_label_values(&[name]),
+            wedding_day: config
+                .priority
+                .wedding_day
+                .as_ref()
+                .map(|w| (w.date.clone(), w.rule())),
+            wedding_day_events: metrics.wedding_day_events_total.with_label_values(&[name]),
             config: config.clone(),
         })
     }
@@ -94,12 +107,39 @@ impl IngressWebhook {
                 &serde_json::json!({ "challenge": challenge }),
             );
         }
-        let meta = extract(
+        let mut meta = extract(
             &self.config,
             headers,
             &body,
             &self.scheme.identity(&request),
         );
+        // This acknowledgement is a span of the provider's (or the app's)
+        // trace, or the root of a new one; deliveries are its children.
+        let (trace, parent) = TraceContext::continue_or_start(
+            headers.get(TRACEPARENT).map(|v| v.as_bytes()),
+            trace::sample,
+        );
+        meta.trace = Some(trace.header());
+        let span = |status: u16, event_id: &str| {
+            if !trace::export::enabled() {
+                return;
+            }
+            trace::export::record(Span {
+                context: trace,
+                parent,
+                name: "webhook.ack",
+                kind: SpanKind::Server,
+                start: std::time::UNIX_EPOCH + now,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    ("webhook.source", self.config.name.to_string()),
+                    ("event.id", event_id.to_string()),
+                    ("http.response.status_code", status.to_string()),
+                ],
+                error: status >= 500,
+            });
+        };
+        let wedding_day = self.mark_wedding_day(&mut meta, &body, now);
         let Some(store) = store else {
             return Problem::new(ErrorCode::StoreUnavailable, "no event store is configured")
                 .with_header("retry-after", "1")
@@ -125,6 +165,10 @@ impl IngressWebhook {
             Ok(Acceptance::Accepted(_)) => {
                 accepted.notify_one();
                 self.accepted.inc();
+                if wedding_day {
+                    self.wedding_day_events.inc();
+                }
+                span(202, &id);
                 if unrouted {
                     self.unrouted.inc();
                 }
@@ -132,10 +176,12 @@ impl IngressWebhook {
             }
             Ok(Acceptance::Duplicate) => {
                 self.duplicate.inc();
+                span(200, &id);
                 self.answer(http::StatusCode::OK, "duplicate", &id)
             }
             Err(error) => {
-                tracing::warn!(webhook = %self.config.name, %error, "could not store a webhook event");
+                span(503, &id);
+                tracing::warn!(webhook = %self.config.name, trace_id = %trace.trace_id_hex(), %error, "could not store a webhook event");
                 // Nothing was acknowledged: the provider retries.
                 Problem::new(
                     ErrorCode::StoreUnavailable,
@@ -145,6 +191,32 @@ impl IngressWebhook {
                 .into_http_response()
             }
         }
+    }
+
+    /// An event whose wedding is today (or within the rule's reach) goes to
+    /// the high lane whatever its type, and its deliveries carry
+    /// `x-wedding-day: true` (a context value).
+    fn mark_wedding_day(&self, meta: &mut EventMeta, body: &[u8], now: Duration) -> bool {
+        let Some((pointer, rule)) = &self.wedding_day else {
+            return false;
+        };
+        let Ok(document) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return false;
+        };
+        let Some(value) = document.pointer(pointer).and_then(|v| v.as_str()) else {
+            return false;
+        };
+        let Ok(now) = jiff::Timestamp::from_millisecond(now.as_millis() as i64) else {
+            return false;
+        };
+        if !rule.matches(value, now) {
+            return false;
+        }
+        meta.priority = Priority::High;
+        meta.context.retain(|(key, _)| key != WEDDING_DAY_CONTEXT);
+        meta.context
+            .push((WEDDING_DAY_CONTEXT.to_string(), "true".to_string()));
+        true
     }
 
     /// The configured ack body, or the contract's JSON.

@@ -110,6 +110,7 @@ pub fn extract(
         context,
         priority,
         targets,
+        trace: None,
     }
 }
 
@@ -126,6 +127,17 @@ fn identity(
 ) -> (String, String) {
     let kind = webhook.verify.kind;
     let signed_id = signed.id.clone().filter(|id| !id.is_empty());
+    if kind == VerifyKind::App {
+        // The pod's own app is trusted with its ids: the configured field,
+        // else its Idempotency-Key, else a new id (no dedup possible).
+        let id = webhook
+            .event_id
+            .as_ref()
+            .and_then(|field| sources.field(field))
+            .or(signed_id)
+            .unwrap_or_else(|| format!("evt_{}", uuid::Uuid::new_v4().simple()));
+        return (id.clone(), id);
+    }
     let (found, id_is_signed) = match &webhook.event_id {
         Some(Field::Pointer(pointer)) => (sources.pointer(pointer), true),
         Some(Field::Header(name)) => (sources.header(name), false),
@@ -172,13 +184,13 @@ fn default_id(kind: VerifyKind, sources: &Sources<'_>) -> Option<String> {
                 .unwrap_or_default();
             Some(format!("{sid}:{status}"))
         }),
-        VerifyKind::Hmac => None,
+        VerifyKind::Hmac | VerifyKind::App => None,
     }
 }
 
 fn default_type(kind: VerifyKind, sources: &Sources<'_>) -> Option<String> {
     match kind {
-        VerifyKind::Stripe | VerifyKind::Standard => sources.pointer("/type"),
+        VerifyKind::Stripe | VerifyKind::Standard | VerifyKind::App => sources.pointer("/type"),
         VerifyKind::Github => {
             let event = sources.header("x-github-event")?;
             Some(match sources.pointer("/action") {
@@ -254,6 +266,7 @@ mod tests {
         stripe.priority = PriorityRules {
             high: vec![Glob::new("payment_intent.succeeded")],
             low: vec![Glob::new("*.updated")],
+            wedding_day: None,
         };
         stripe.routes = vec![
             Route {

@@ -10,6 +10,7 @@ pub mod ack;
 pub mod budget;
 pub mod extract;
 pub mod listener;
+pub mod publish;
 pub mod verify;
 
 use std::sync::Arc;
@@ -325,6 +326,11 @@ impl Webhooks {
             .map(|w| IngressWebhook::new(w, metrics).map(Arc::new))
             .collect::<Result<_, _>>()
             .map(Self)
+    }
+
+    /// The source named `name`.
+    pub fn named(&self, name: &str) -> Option<&Arc<IngressWebhook>> {
+        self.0.iter().find(|w| w.config.name == name)
     }
 
     /// The webhook configured at `path`.

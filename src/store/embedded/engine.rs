@@ -984,6 +984,7 @@ mod tests {
             context: Vec::new(),
             priority: Priority::High,
             targets: vec!["notify".into()],
+            trace: None,
         };
         let event = NewEvent {
             webhook: &"stripe".into(),

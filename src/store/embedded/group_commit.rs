@@ -291,6 +291,7 @@ mod tests {
                 context: Vec::new(),
                 priority: Priority::Normal,
                 targets: vec!["notify".into()],
+                trace: None,
             },
             content_type: None,
             body: bytes::Bytes::from_static(b"{}"),

@@ -883,6 +883,7 @@ mod tests {
             context: Vec::new(),
             priority: Priority::High,
             targets: vec!["notify".into()],
+            trace: None,
         };
         let event = OwnedEvent {
             webhook: "stripe".into(),

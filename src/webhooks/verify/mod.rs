@@ -7,6 +7,7 @@
 //! Each scheme can also sign, which `wedsync-sidecar sign` uses to make a
 //! realistic test request.
 
+pub mod app;
 pub mod github;
 pub mod hmac;
 pub mod shopify;
@@ -155,6 +156,7 @@ pub fn build(verify: &Verify) -> Result<Box<dyn Scheme>, BuildError> {
             tolerance,
             scheme: verify.hmac.clone().ok_or(BuildError::NoHmacScheme)?,
         }),
+        VerifyKind::App => Box::new(app::App),
     })
 }
 

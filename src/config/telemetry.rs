@@ -1,0 +1,75 @@
+//! `tracing`: trace context is always propagated (W3C `traceparent`);
+//! `tracing.otlp` also exports spans to an OpenTelemetry collector.
+
+use serde::Serialize;
+
+use super::decode::{Decoder, Node};
+use super::error::ValueError;
+use super::services::UpstreamUrl;
+use super::units::parse_percent;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Tracing {
+    pub otlp: Option<Otlp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Otlp {
+    /// The collector's OTLP/HTTP base URL; spans go to `<endpoint>/v1/traces`.
+    pub endpoint: UpstreamUrl,
+    /// The share of new traces sampled (a trace that arrives keeps its
+    /// caller's decision).
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
+pub fn decode_tracing(d: &mut Decoder, node: &Node) -> Option<Tracing> {
+    let f = d.fields(node, &["otlp"])?;
+    let otlp = match f.get("otlp") {
+        Some(n) => decode_otlp(d, &n).map(Some),
+        None => Some(None),
+    };
+    Some(Tracing { otlp: otlp? })
+}
+
+fn decode_otlp(d: &mut Decoder, node: &Node) -> Option<Otlp> {
+    let f = d.fields(node, &["endpoint", "sample_ratio", "service_name"])?;
+    let endpoint = d
+        .required(&f, "endpoint")
+        .and_then(|n| d.parsed(&n, UpstreamUrl::parse));
+    let sample_ratio = d.or(&f, "sample_ratio", 1.0, |d, n| d.parsed(n, ratio));
+    let service_name = d.or(&f, "service_name", "wedsync-sidecar".to_string(), |d, n| {
+        d.non_empty_string(n)
+    });
+    Some(Otlp {
+        endpoint: endpoint?,
+        sample_ratio: sample_ratio?,
+        service_name: service_name?,
+    })
+}
+
+/// `0.25` or `25%`.
+fn ratio(text: &str) -> Result<f64, ValueError> {
+    if text.trim().ends_with('%') {
+        return parse_percent(text);
+    }
+    match text.trim().parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(ValueError::Percent(text.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ratio_is_a_fraction_or_a_percentage() {
+        assert_eq!(ratio("0.25"), Ok(0.25));
+        assert_eq!(ratio("25%"), Ok(0.25));
+        assert_eq!(ratio("1"), Ok(1.0));
+        assert!(ratio("1.5").is_err());
+        assert!(ratio("-0.1").is_err());
+        assert!(ratio("often").is_err());
+    }
+}
