@@ -5,9 +5,10 @@
 #   egress  - the sidecar's egress with bearer injection, request ids, the
 #             access log, a per-pod rate limit that never refuses and a
 #             breaker (every egress feature on)
+#   untraced- the same egress with tracing.propagate: false
 #   traced  - the same egress with spans exported over OTLP/HTTP (to the
 #             bench upstream, which answers every POST), sample ratio 1
-#             (trace context is propagated in every row but bare)
+#             (egress propagates trace context: a child traceparent)
 #   ingest  - the sidecar's webhook ingress: a Stripe-signed 2 KiB event
 #             verified and stored (embedded store, fsync included)
 # Each runs under callgrind twice, for N1 then N2 sequential keep-alive
@@ -59,11 +60,16 @@ services:
     rate_limit: { requests: 1000000000, per: 1s }
     circuit_breaker: { failure_threshold: 5, open_for: 30s }
 YAML
+cp "$WORK/egress.yaml" "$WORK/untraced.yaml"
+echo "tracing: { propagate: false }" >> "$WORK/untraced.yaml"
+sed -i -e "s#egress-data#untraced-data#" "$WORK/untraced.yaml"
 cp "$WORK/egress.yaml" "$WORK/traced.yaml"
 echo "tracing: { otlp: { endpoint: \"http://127.0.0.1:$UP\" } }" >> "$WORK/traced.yaml"
 sed -i -e "s#egress-data#traced-data#" "$WORK/traced.yaml"
 ready_egress() { for _ in $(seq 300); do curl -sf "http://127.0.0.1:$AD/readyz" >/dev/null && return; sleep 0.1; done; }
 send_egress() { curl -s "http://127.0.0.1:$EG/stripe/v1/charges?i=[1-$1]" -o /dev/null; }
+ready_untraced() { ready_egress; }
+send_untraced() { send_egress "$1"; }
 ready_traced() { ready_egress; }
 send_traced() { send_egress "$1"; }
 
@@ -92,6 +98,9 @@ export RUST_LOG=info
 e1=$(instructions egress "$N1" "$SIDECAR" run -c "$WORK/egress.yaml")
 rm -rf "$WORK/egress-data"
 e2=$(instructions egress "$N2" "$SIDECAR" run -c "$WORK/egress.yaml")
+u1=$(instructions untraced "$N1" "$SIDECAR" run -c "$WORK/untraced.yaml")
+rm -rf "$WORK/untraced-data"
+u2=$(instructions untraced "$N2" "$SIDECAR" run -c "$WORK/untraced.yaml")
 t1=$(instructions traced "$N1" "$SIDECAR" run -c "$WORK/traced.yaml")
 rm -rf "$WORK/traced-data"
 t2=$(instructions traced "$N2" "$SIDECAR" run -c "$WORK/traced.yaml")
@@ -100,9 +109,10 @@ i1=$(instructions ingest "$N1" "$SIDECAR" run -c "$WORK/ingest.yaml")
 rm -rf "$WORK/ingest-data"
 i2=$(instructions ingest "$N2" "$SIDECAR" run -c "$WORK/ingest.yaml")
 bare=$(( (b2 - b1) / (N2 - N1) )); egress=$(( (e2 - e1) / (N2 - N1) )); ingest=$(( (i2 - i1) / (N2 - N1) ))
-traced=$(( (t2 - t1) / (N2 - N1) ))
+traced=$(( (t2 - t1) / (N2 - N1) )); untraced=$(( (u2 - u1) / (N2 - N1) ))
 echo "instructions per request (callgrind, $N1 and $N2 requests):"
 echo "  bare Pingora   $bare"
+echo "  egress, no trace context  $untraced   ($(python3 -c "print(round($untraced/$bare, 3))") x bare)"
 echo "  egress         $egress   ($(python3 -c "print(round($egress/$bare, 3))") x bare)"
 echo "  egress, spans exported  $traced   ($(python3 -c "print(round($traced/$bare, 3))") x bare)"
 echo "  ingest         $ingest"

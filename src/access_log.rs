@@ -32,8 +32,9 @@ pub struct Entry<'a> {
     pub service: &'a str,
     /// The upstream group's backend that served the last attempt.
     pub backend: Option<&'a str>,
-    /// The W3C trace id of the exchange (32 hex digits).
-    pub trace_id: &'a str,
+    /// The W3C trace id of the exchange (32 hex digits); None when
+    /// `tracing.propagate` is off.
+    pub trace_id: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
     /// 0 when no answer was written.
@@ -128,8 +129,10 @@ pub fn format_line(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, entry:
             push_timestamp(out, now);
             out.extend_from_slice(b"  INFO access: egress request_id=");
             out.extend_from_slice(entry.request_id.as_bytes());
-            out.extend_from_slice(b" trace_id=");
-            out.extend_from_slice(entry.trace_id.as_bytes());
+            if let Some(trace_id) = entry.trace_id {
+                out.extend_from_slice(b" trace_id=");
+                out.extend_from_slice(trace_id.as_bytes());
+            }
             out.extend_from_slice(b" service=");
             out.extend_from_slice(entry.service.as_bytes());
             if let Some(backend) = entry.backend {
@@ -158,7 +161,9 @@ pub fn format_line(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, entry:
             push_timestamp(out, now);
             out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"egress\"");
             push_json_field(out, "request_id", entry.request_id);
-            push_json_field(out, "trace_id", entry.trace_id);
+            if let Some(trace_id) = entry.trace_id {
+                push_json_field(out, "trace_id", trace_id);
+            }
             push_json_field(out, "service", entry.service);
             if let Some(backend) = entry.backend {
                 push_json_field(out, "backend", backend);
@@ -255,7 +260,7 @@ mod tests {
             request_id: "req-\"1\"",
             service: "stripe",
             backend: None,
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             method: "POST",
             path: "/v1/charges",
             status: 502,

@@ -311,6 +311,54 @@ async fn the_apps_trace_reaches_the_provider_as_a_child_span_and_the_access_log(
     .await;
 }
 
+/// A span as the collector stand-in received it (ids in hex).
+#[derive(Debug)]
+struct Exported {
+    name: String,
+    trace: String,
+    span: String,
+    parent: String,
+    service: String,
+}
+
+/// Every span of every post: each is an OTLP ExportTraceServiceRequest in
+/// protobuf, read with the OpenTelemetry project's types.
+fn exported_spans(collector: &MockServer) -> Vec<Exported> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut spans = Vec::new();
+    for seen in collector.requests() {
+        let request = ExportTraceServiceRequest::decode(seen.body.clone()).expect("OTLP protobuf");
+        for resource in request.resource_spans {
+            let service = resource
+                .resource
+                .into_iter()
+                .flat_map(|r| r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value?.value)
+                .map(|v| match v {
+                    Value::StringValue(text) => text,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    spans.push(Exported {
+                        name: span.name,
+                        trace: hex(&span.trace_id),
+                        span: hex(&span.span_id),
+                        parent: hex(&span.parent_span_id),
+                        service: service.clone(),
+                    });
+                }
+            }
+        }
+    }
+    spans
+}
+
 #[tokio::test]
 async fn spans_are_posted_to_the_otlp_collector() {
     let collector = MockServer::start(|_| MockAnswer::ok("{}")).await;
@@ -336,29 +384,37 @@ async fn spans_are_posted_to_the_otlp_collector() {
         Duration::from_secs(10),
         "egress, ack and delivery spans exported",
         || {
-            let bodies: String = collector
-                .requests()
+            let spans = exported_spans(&collector);
+            ["egress", "webhook.ack", "delivery.attempt"]
                 .iter()
-                .map(|s| String::from_utf8_lossy(&s.body).into_owned())
-                .collect();
-            [
-                "\"egress\"",
-                "\"webhook.ack\"",
-                "\"delivery.attempt\"",
-                TRACE_ID,
-                "wedding-app",
-            ]
-            .iter()
-            .all(|part| bodies.contains(part))
+                .all(|name| spans.iter().any(|s| s.name == *name))
         },
     )
     .await;
+    let spans = exported_spans(&collector);
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "egress" && s.trace == TRACE_ID),
+        "the app's trace id on its egress span: {spans:?}"
+    );
+    let ack = spans.iter().find(|s| s.name == "webhook.ack").unwrap();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "delivery.attempt" && s.trace == ack.trace && s.parent == ack.span),
+        "the delivery attempt is a child of the acknowledgement: {spans:?}"
+    );
+    assert!(
+        spans.iter().all(|s| s.service == "wedding-app"),
+        "{spans:?}"
+    );
     let seen = &collector.requests()[0];
     assert_eq!(
         (seen.method.as_str(), seen.uri.as_str()),
         ("POST", "/v1/traces")
     );
-    assert_eq!(seen.headers["content-type"], "application/json");
+    assert_eq!(seen.headers["content-type"], "application/x-protobuf");
     let metrics = get(&sidecar.admin_url("/metrics")).await.text();
     assert!(
         metrics.contains("sidecar_trace_spans_exported_total"),
@@ -480,4 +536,32 @@ async fn a_wedding_day_event_overtakes_a_backlog_of_low_priority_ones() {
         metrics.contains("sidecar_wedding_day_events_total{webhook=\"stripe\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn with_propagation_off_the_sidecar_adds_no_trace_context() {
+    let provider = MockServer::start(|_| MockAnswer::ok("{}")).await;
+    let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let yaml = Yaml::new()
+        .with("tracing: { propagate: false }")
+        .upstream("notify", group(&[&target], ""))
+        .service("stripe", "/stripe", &provider.url(), &[])
+        .stripe_webhook(&["routes: [{ events: [\"*\"], targets: [notify] }]"]);
+    let sidecar = Sidecar::start(&yaml.build());
+    assert_eq!(call(&sidecar, "/stripe/v1/x", &[]).await.status, 200);
+    assert_eq!(
+        call(&sidecar, "/stripe/v1/x", &[("traceparent", TRACEPARENT)])
+            .await
+            .status,
+        200
+    );
+    let seen = provider.requests();
+    assert!(!seen[0].headers.contains_key("traceparent"));
+    assert_eq!(
+        seen[1].headers["traceparent"], TRACEPARENT,
+        "the app's own passes as it is"
+    );
+    assert_eq!(post_stripe(&sidecar, "evt_untraced").await.status, 202);
+    eventually(SETTLE, "delivered", || target.requests().len() == 1).await;
+    assert!(!target.requests()[0].headers.contains_key("traceparent"));
 }

@@ -8,9 +8,21 @@ use super::error::ValueError;
 use super::services::UpstreamUrl;
 use super::units::parse_percent;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tracing {
+    /// Trace context is read, continued and sent on (off: the sidecar
+    /// neither adds nor stores any; an app's own header passes through).
+    pub propagate: bool,
     pub otlp: Option<Otlp>,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            propagate: true,
+            otlp: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -24,12 +36,23 @@ pub struct Otlp {
 }
 
 pub fn decode_tracing(d: &mut Decoder, node: &Node) -> Option<Tracing> {
-    let f = d.fields(node, &["otlp"])?;
+    let f = d.fields(node, &["propagate", "otlp"])?;
+    let propagate = d.or(&f, "propagate", true, |d, n| d.boolean(n));
     let otlp = match f.get("otlp") {
         Some(n) => decode_otlp(d, &n).map(Some),
         None => Some(None),
     };
-    Some(Tracing { otlp: otlp? })
+    if propagate == Some(false) && otlp.as_ref().is_some_and(|o| o.is_some()) {
+        d.error(
+            &f.path.key("otlp"),
+            "exporting spans needs propagate: true (a span without its trace context is an orphan)",
+        );
+        return None;
+    }
+    Some(Tracing {
+        propagate: propagate?,
+        otlp: otlp?,
+    })
 }
 
 fn decode_otlp(d: &mut Decoder, node: &Node) -> Option<Otlp> {

@@ -546,3 +546,14 @@ fn tracing_exports_to_an_otlp_endpoint_with_a_ratio() {
     let bad = errors("tracing: { otlp: { endpoint: http://c:4318, sample_ratio: 2 } }\n");
     assert!(bad[0].starts_with("tracing.otlp.sample_ratio:"), "{bad:?}");
 }
+
+#[test]
+fn exporting_spans_needs_propagation() {
+    let off = load("tracing: { propagate: false }\n").unwrap();
+    assert!(!off.tracing.propagate);
+    let both = errors("tracing: { propagate: false, otlp: { endpoint: http://c:4318 } }\n");
+    assert!(
+        both[0].starts_with("tracing.otlp: exporting spans needs propagate: true"),
+        "{both:?}"
+    );
+}

@@ -115,16 +115,15 @@ impl Deliverer {
         let started = Instant::now();
         let at_ms = now_ms();
         let attempt_number = job.attempts + 1;
-        // Each attempt is a span under the one that accepted the event.
-        let (trace, trace_parent) = match stored
+        // Each attempt is a span under the one that accepted the event; an
+        // event kept without one (tracing.propagate off, or stored before
+        // traces were kept) is delivered without.
+        let trace = stored
             .trace
             .as_deref()
             .and_then(|t| TraceContext::parse(t.as_bytes()))
-        {
-            Some(parent) => (parent.child(), Some(parent.span_id)),
-            None => (TraceContext::root(trace::sample()), None),
-        };
-        let traceparent = trace.header();
+            .map(|parent| (parent.child(), parent.span_id));
+        let traceparent = trace.map(|(t, _)| t.header());
         let chosen = group.choose();
         let answer = match &chosen {
             None => Answer::NoBackend,
@@ -136,7 +135,7 @@ impl Deliverer {
                     event: &stored,
                     attempt: attempt_number,
                     now_secs: at_ms / 1000,
-                    traceparent: &traceparent,
+                    traceparent: traceparent.as_deref(),
                 };
                 match request::build(&delivery, plan.settings.signer.as_ref(), &body) {
                     Err(error) => Answer::Internal(format!(
@@ -200,10 +199,11 @@ impl Deliverer {
             now_ms(),
             unit_random(),
         );
-        if trace::export::enabled() {
+        let trace_id = trace.map(|(t, _)| t.trace_id_hex()).unwrap_or_default();
+        if let Some((context, parent)) = trace.filter(|_| trace::export::enabled()) {
             trace::export::record(Span {
-                context: trace,
-                parent: trace_parent,
+                context,
+                parent: Some(parent),
                 name: "delivery.attempt",
                 kind: SpanKind::Client,
                 start: std::time::UNIX_EPOCH + Duration::from_millis(at_ms),
@@ -233,14 +233,14 @@ impl Deliverer {
                     .inc();
                 tracing::error!(
                     webhook = %job.webhook, target = %job.target, event_id = %stored.id,
-                    trace_id = %trace.trace_id_hex(), "a wedding-day event became a dead letter"
+                    trace_id = %trace_id, "a wedding-day event became a dead letter"
                 );
             }
         }
         if decision != Decision::Delivered {
             tracing::info!(
                 webhook = %job.webhook, target = %job.target, event_id = %stored.id,
-                trace_id = %trace.trace_id_hex(),
+                trace_id = %trace_id,
                 attempt = attempt_number, status = ?attempt.status, error = ?attempt.error,
                 decision = ?decision, "delivery attempt failed"
             );

@@ -20,8 +20,8 @@ pub struct Delivery<'a> {
     /// Unix seconds, for the signature's timestamp.
     pub now_secs: u64,
     /// This attempt's `traceparent`: a child of the span that accepted
-    /// the event.
-    pub traceparent: &'a str,
+    /// the event (none when the event has no trace context).
+    pub traceparent: Option<&'a str>,
 }
 
 /// A header value from text that may hold anything: bytes outside visible
@@ -61,8 +61,10 @@ pub fn build(
         ("x-webhook-source".into(), header_safe(&event.webhook)),
         ("x-event-id".into(), header_safe(&event.id)),
         ("x-delivery-attempt".into(), delivery.attempt.to_string()),
-        ("traceparent".into(), header_safe(delivery.traceparent)),
     ];
+    if let Some(traceparent) = delivery.traceparent {
+        headers.push(("traceparent".into(), header_safe(traceparent)));
+    }
     if !event.event_type.is_empty() {
         headers.push(("x-event-type".into(), header_safe(&event.event_type)));
     }
@@ -119,7 +121,7 @@ mod tests {
             event: &event,
             attempt: 3,
             now_secs: 1_700_000_000,
-            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         };
         let request = build(&delivery, None, b"{}").unwrap();
         assert_eq!(request.method, "POST");
@@ -155,7 +157,7 @@ mod tests {
             event: &event,
             attempt: 1,
             now_secs: now,
-            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         };
         let body = br#"{"id":"evt_1"}"#;
         let request = build(&delivery, Some(&signer), body).unwrap();

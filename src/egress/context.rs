@@ -28,7 +28,8 @@ pub struct EgressCtx {
     pub(super) retrying_status: bool,
     /// This exchange's span: a child of the app's `traceparent`, or the
     /// root of a new trace; and the app's span id, when it sent one.
-    pub(super) trace: TraceContext,
+    /// None with `tracing.propagate: false`.
+    pub(super) trace: Option<TraceContext>,
     pub(super) trace_parent: Option<[u8; 8]>,
     /// The `events.<name>` this request published to.
     pub(super) published: Option<crate::names::WebhookName>,
@@ -47,7 +48,7 @@ impl EgressCtx {
             pending_answer: None,
             sidecar_error: None,
             retrying_status: false,
-            trace: TraceContext::root(false),
+            trace: None,
             trace_parent: None,
             published: None,
             backends: GroupAttempts::default(),

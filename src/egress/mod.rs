@@ -56,6 +56,8 @@ pub struct EgressRoutes {
     routes: RouteTable,
     /// `events.<name>`: the paths the app publishes its own events on.
     pub published: PublishedPaths,
+    /// `tracing.propagate`.
+    pub propagate: bool,
 }
 
 impl EgressRoutes {
@@ -85,6 +87,7 @@ impl EgressRoutes {
             services,
             routes: RouteTable::new(config.services.iter().map(|s| s.route.as_str())),
             published: PublishedPaths::new(config),
+            propagate: config.tracing.propagate,
         })
     }
 

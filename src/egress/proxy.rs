@@ -100,22 +100,27 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         ctx.request_id = self
             .request_ids
             .for_request(request.headers.get(REQUEST_ID_HEADER));
-        (ctx.trace, ctx.trace_parent) = TraceContext::continue_or_start(
-            request.headers.get(TRACEPARENT).map(|v| v.as_bytes()),
-            trace::sample,
-        );
-        let (published, found) = {
+        let (published, found, propagate) = {
             let routes = self.routes.load();
             match routes.published.at(request.uri.path()) {
-                Some(source) => (Some(source.clone()), None),
+                Some(source) => (Some(source.clone()), None, routes.propagate),
                 None => (
                     None,
                     routes
                         .find(request.uri.path())
                         .map(|(s, rest)| (Arc::clone(s), rest.to_string())),
+                    routes.propagate,
                 ),
             }
         };
+        if propagate {
+            let (trace, parent) = TraceContext::continue_or_start(
+                request.headers.get(TRACEPARENT).map(|v| v.as_bytes()),
+                trace::sample,
+            );
+            ctx.trace = Some(trace);
+            ctx.trace_parent = parent;
+        }
         if let Some(source) = published {
             self.publisher.serve(session, &source).await;
             ctx.published = Some(source);
@@ -198,7 +203,9 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
     ) -> pingora::Result<()> {
         // The provider sees this exchange's span as its parent; the app's
         // `tracestate` passes through untouched.
-        request.insert_header(TRACEPARENT, ctx.trace.header())?;
+        if let Some(trace) = &ctx.trace {
+            request.insert_header(TRACEPARENT, trace.header())?;
+        }
         match &ctx.exchange {
             Some(exchange) => exchange.write_request(
                 request,
@@ -384,10 +391,13 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         }
         let request = session.req_header();
         let source = ctx.published.as_ref().map(|name| name.as_str());
-        let trace_id = ctx.trace.trace_id_hex();
-        if trace::export::enabled() && ctx.published.is_none() {
+        let trace_id = ctx.trace.map(|t| t.trace_id_hex());
+        if let Some(trace) = ctx
+            .trace
+            .filter(|_| trace::export::enabled() && ctx.published.is_none())
+        {
             trace::export::record(Span {
-                context: ctx.trace,
+                context: trace,
                 parent: ctx.trace_parent,
                 name: "egress",
                 kind: SpanKind::Client,
@@ -415,7 +425,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
                 .or(source)
                 .unwrap_or("-"),
             backend: ctx.backends.last(),
-            trace_id: &trace_id,
+            trace_id: trace_id.as_deref(),
             method: request.method.as_str(),
             path: request.uri.path(),
             status,

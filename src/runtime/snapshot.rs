@@ -79,8 +79,9 @@ impl Snapshot {
             foundation.redis.as_ref(),
             previous.map(|p| &p.egress),
         )?;
-        let published = Webhooks::build(&config.events, &foundation.metrics)?;
-        let webhooks = Webhooks::build(&config.webhooks, &foundation.metrics)?;
+        let propagate = config.tracing.propagate;
+        let published = Webhooks::build(&config.events, propagate, &foundation.metrics)?;
+        let webhooks = Webhooks::build(&config.webhooks, propagate, &foundation.metrics)?;
         let delivery = Arc::new(Plan {
             settings: Settings::new(&config)?,
             upstreams: Arc::clone(&upstreams),

@@ -1,4 +1,5 @@
-//! Spans exported over OTLP/HTTP (JSON encoding, `POST <endpoint>/v1/traces`)
+//! Spans exported over OTLP/HTTP (protobuf, `POST <endpoint>/v1/traces`,
+//! the OpenTelemetry project's message types from `opentelemetry-proto`)
 //! when `tracing.otlp.endpoint` is set: one per egress exchange, one per
 //! ingress acknowledgement, one per delivery attempt. Recording a span
 //! never waits and never fails a request: spans go into a bounded queue
@@ -14,7 +15,7 @@ use pingora::http::RequestHeader;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
-use super::context::{push_hex, unit_random, TraceContext};
+use super::context::{unit_random, TraceContext};
 use crate::config::services::UpstreamUrl;
 use crate::net::client::SmallClient;
 use crate::net::target::UpstreamTarget;
@@ -163,7 +164,7 @@ impl ExportLoop {
             let mut request =
                 RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| e.to_string())?;
             request
-                .insert_header("content-type", "application/json")
+                .insert_header("content-type", "application/x-protobuf")
                 .map_err(|e| e.to_string())?;
             let answer = client
                 .send(&self.target, request, Bytes::from(body), EXPORT_TIMEOUT)
@@ -207,61 +208,78 @@ impl pingora::services::background::BackgroundService for ExportService {
     }
 }
 
-fn nanos(at: SystemTime) -> String {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos()
-        .to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    out
-}
-
-/// An OTLP `ExportTraceServiceRequest` in its JSON encoding (ids in hex,
-/// times as decimal strings of Unix nanoseconds).
+/// An OTLP `ExportTraceServiceRequest`, protobuf-encoded (OTLP/HTTP's
+/// default encoding), with the OpenTelemetry project's message types.
 pub fn encode(service_name: &str, spans: &[Span]) -> Vec<u8> {
-    let spans: Vec<serde_json::Value> = spans
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value, AnyValue, InstrumentationScope, KeyValue,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
+    use prost::Message;
+
+    let text = |key: &str, value: &str| KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    };
+    let nanos = |at: SystemTime| {
+        at.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .min(u128::from(u64::MAX)) as u64
+    };
+    let spans = spans
         .iter()
-        .map(|span| {
-            let attributes: Vec<serde_json::Value> = span
-                .attributes
-                .iter()
-                .map(
-                    |(key, value)| serde_json::json!({"key": key, "value": {"stringValue": value}}),
-                )
-                .collect();
-            let mut value = serde_json::json!({
-                "traceId": hex(&span.context.trace_id),
-                "spanId": hex(&span.context.span_id),
-                "name": span.name,
-                "kind": span.kind as u8,
-                "startTimeUnixNano": nanos(span.start),
-                "endTimeUnixNano": nanos(span.end),
-                "attributes": attributes,
-                "status": {"code": if span.error { 2 } else { 1 }},
-            });
-            if let Some(parent) = span.parent {
-                value["parentSpanId"] = hex(&parent).into();
-            }
-            value
+        .map(|s| opentelemetry_proto::tonic::trace::v1::Span {
+            trace_id: s.context.trace_id.to_vec(),
+            span_id: s.context.span_id.to_vec(),
+            parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            flags: u32::from(s.context.flags),
+            name: s.name.to_string(),
+            kind: match s.kind {
+                SpanKind::Server => span::SpanKind::Server,
+                SpanKind::Client => span::SpanKind::Client,
+            } as i32,
+            start_time_unix_nano: nanos(s.start),
+            end_time_unix_nano: nanos(s.end),
+            attributes: s.attributes.iter().map(|(k, v)| text(k, v)).collect(),
+            status: Some(Status {
+                code: if s.error {
+                    status::StatusCode::Error
+                } else {
+                    status::StatusCode::Ok
+                } as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
         })
         .collect();
-    let request = serde_json::json!({
-        "resourceSpans": [{
-            "resource": {"attributes": [
-                {"key": "service.name", "value": {"stringValue": service_name}},
-                {"key": "service.version", "value": {"stringValue": env!("CARGO_PKG_VERSION")}},
-            ]},
-            "scopeSpans": [{
-                "scope": {"name": "wedsync-sidecar", "version": env!("CARGO_PKG_VERSION")},
-                "spans": spans,
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    text("service.name", service_name),
+                    text("service.version", env!("CARGO_PKG_VERSION")),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "wedsync-sidecar".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans,
+                ..Default::default()
             }],
+            ..Default::default()
         }],
-    });
-    serde_json::to_vec(&request).unwrap_or_default()
+    }
+    .encode_to_vec()
 }
 
 #[cfg(test)]
@@ -269,7 +287,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spans_encode_as_otlp_json() {
+    fn spans_encode_as_an_otlp_export_request() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        use prost::Message;
         let context =
             TraceContext::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
                 .unwrap();
@@ -283,18 +304,36 @@ mod tests {
             attributes: vec![("http.response.status_code", "200".into())],
             error: false,
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(&encode("wedsync-sidecar", &[span])).unwrap();
-        let encoded = &value["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
-        assert_eq!(encoded["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(encoded["spanId"], "00f067aa0ba902b7");
-        assert_eq!(encoded["parentSpanId"], "0102030405060708");
-        assert_eq!(encoded["kind"], 3);
-        assert_eq!(encoded["startTimeUnixNano"], "1000000000");
-        assert_eq!(encoded["endTimeUnixNano"], "1500000000");
+        let request =
+            ExportTraceServiceRequest::decode(&encode("wedsync-sidecar", &[span])[..]).unwrap();
+        let resource = &request.resource_spans[0];
+        let service = &resource.resource.as_ref().unwrap().attributes[0];
+        assert_eq!(service.key, "service.name");
         assert_eq!(
-            value["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
-            "wedsync-sidecar"
+            service.value.as_ref().unwrap().value,
+            Some(Value::StringValue("wedsync-sidecar".into()))
         );
+        let encoded = &resource.scope_spans[0].spans[0];
+        assert_eq!(
+            encoded.trace_id,
+            [
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+                0x47, 0x36
+            ]
+        );
+        assert_eq!(
+            encoded.span_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert_eq!(encoded.parent_span_id, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            (encoded.name.as_str(), encoded.kind, encoded.flags),
+            ("egress", 3, 1)
+        );
+        assert_eq!(
+            (encoded.start_time_unix_nano, encoded.end_time_unix_nano),
+            (1_000_000_000, 1_500_000_000)
+        );
+        assert_eq!(encoded.attributes[0].key, "http.response.status_code");
     }
 }

@@ -39,6 +39,8 @@ pub struct IngressWebhook {
     /// `priority.wedding_day`: the JSON pointer to the date, and the rule.
     wedding_day: Option<(String, WeddingDayRule)>,
     wedding_day_events: IntCounter,
+    /// `tracing.propagate`: each accepted event keeps its trace context.
+    propagate: bool,
 }
 
 impl IngressWebhook {
@@ -70,8 +72,15 @@ impl IngressWebhook {
                 .as_ref()
                 .map(|w| (w.date.clone(), w.rule())),
             wedding_day_events: metrics.wedding_day_events_total.with_label_values(&[name]),
+            propagate: true,
             config: config.clone(),
         })
+    }
+
+    /// With `propagate` off, no trace context is kept or made.
+    pub fn propagating(mut self, propagate: bool) -> Self {
+        self.propagate = propagate;
+        self
     }
 
     pub fn rejected(&self, reason: RejectionReason) {
@@ -119,9 +128,11 @@ impl IngressWebhook {
             headers.get(TRACEPARENT).map(|v| v.as_bytes()),
             trace::sample,
         );
-        meta.trace = Some(trace.header());
+        if self.propagate {
+            meta.trace = Some(trace.header());
+        }
         let span = |status: u16, event_id: &str| {
-            if !trace::export::enabled() {
+            if !self.propagate || !trace::export::enabled() {
                 return;
             }
             trace::export::record(Span {

@@ -320,10 +320,16 @@ async fn write_response(session: &mut HttpSession, response: http::Response<Vec<
 pub struct Webhooks(Vec<Arc<IngressWebhook>>);
 
 impl Webhooks {
-    pub fn build(webhooks: &[Webhook], metrics: &Metrics) -> Result<Self, WebhookError> {
+    /// `propagate` is `tracing.propagate`: whether accepted events keep a
+    /// trace context for their deliveries.
+    pub fn build(
+        webhooks: &[Webhook],
+        propagate: bool,
+        metrics: &Metrics,
+    ) -> Result<Self, WebhookError> {
         webhooks
             .iter()
-            .map(|w| IngressWebhook::new(w, metrics).map(Arc::new))
+            .map(|w| IngressWebhook::new(w, metrics).map(|w| Arc::new(w.propagating(propagate))))
             .collect::<Result<_, _>>()
             .map(Self)
     }
