@@ -204,7 +204,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         // The provider sees this exchange's span as its parent; the app's
         // `tracestate` passes through untouched.
         if let Some(trace) = &ctx.trace {
-            request.insert_header(TRACEPARENT, trace.header())?;
+            request.insert_header(TRACEPARENT, trace.header_value())?;
         }
         match &ctx.exchange {
             Some(exchange) => exchange.write_request(
@@ -391,7 +391,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         }
         let request = session.req_header();
         let source = ctx.published.as_ref().map(|name| name.as_str());
-        let trace_id = ctx.trace.map(|t| t.trace_id_hex());
+        let trace_id = ctx.trace.map(|t| t.trace_id_text());
         if let Some(trace) = ctx
             .trace
             .filter(|_| trace::export::enabled() && ctx.published.is_none())
@@ -425,7 +425,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
                 .or(source)
                 .unwrap_or("-"),
             backend: ctx.backends.last(),
-            trace_id: trace_id.as_deref(),
+            trace_id: trace_id.as_ref().map(|t| t.as_str()),
             method: request.method.as_str(),
             path: request.uri.path(),
             status,

@@ -6,7 +6,6 @@
 //! syscall per request would show in the egress's cost.
 
 use std::cell::Cell;
-use std::fmt::Write;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
@@ -92,25 +91,34 @@ impl TraceContext {
 
     /// The `traceparent` value, version 00.
     pub fn header(&self) -> String {
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push('-');
-        push_hex(&mut out, &self.span_id);
-        let _ = write!(out, "-{:02x}", self.flags);
+        String::from_utf8_lossy(&self.header_bytes()).into_owned()
+    }
+
+    /// The `traceparent` value as a header, made on the stack: this is on
+    /// every egress request.
+    pub fn header_value(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.header_bytes())
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    }
+
+    fn header_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.span_id);
+        write_hex(&mut out[53..55], &[self.flags]);
         out
+    }
+
+    /// The trace id in hex, on the stack (for log lines).
+    pub fn trace_id_text(&self) -> TraceIdText {
+        let mut out = [0; 32];
+        write_hex(&mut out, &self.trace_id);
+        TraceIdText(out)
     }
 
     pub fn trace_id_hex(&self) -> String {
-        let mut out = String::with_capacity(32);
-        push_hex(&mut out, &self.trace_id);
-        out
-    }
-
-    pub fn span_id_hex(&self) -> String {
-        let mut out = String::with_capacity(16);
-        push_hex(&mut out, &self.span_id);
-        out
+        self.trace_id_text().as_str().to_string()
     }
 }
 
@@ -129,11 +137,29 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(DIGITS[(byte >> 4) as usize] as char);
-        out.push(DIGITS[(byte & 15) as usize] as char);
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[(byte >> 4) as usize];
+        pair[1] = HEX[(byte & 15) as usize];
+    }
+}
+
+/// A trace id as 32 hex digits, without a heap allocation.
+#[derive(Clone, Copy)]
+pub struct TraceIdText([u8; 32]);
+
+impl TraceIdText {
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+}
+
+impl std::fmt::Display for TraceIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -189,6 +215,11 @@ mod tests {
         let context = TraceContext::parse(VALID.as_bytes()).unwrap();
         assert!(context.sampled());
         assert_eq!(context.header(), VALID);
+        assert_eq!(context.header_value(), VALID);
+        assert_eq!(
+            context.trace_id_text().as_str(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
