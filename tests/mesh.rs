@@ -565,3 +565,39 @@ async fn with_propagation_off_the_sidecar_adds_no_trace_context() {
     eventually(SETTLE, "delivered", || target.requests().len() == 1).await;
     assert!(!target.requests()[0].headers.contains_key("traceparent"));
 }
+
+#[tokio::test]
+async fn a_tls_group_is_reached_over_tls_with_its_ca_and_host() {
+    let pki = test_pki("localhost");
+    let secure =
+        MockServer::start_with_tls(|_| MockAnswer::ok("secure"), Some(pki.acceptor.clone())).await;
+    let dir = unique_dir("tls-group");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let backend = format!("127.0.0.1:{}", secure.addr.port());
+    let yaml = Yaml::new()
+        .upstream(
+            "payments",
+            format!(
+                "{{ backends: [{backend}], tls: true, ca_file: {}, host: localhost }}",
+                ca.display()
+            ),
+        )
+        .with("services:\n  payments:\n    route: /payments\n    group: payments\n");
+    let sidecar = Sidecar::start(&yaml.build());
+    let answer = call(&sidecar, "/payments/v1/ping", &[]).await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "secure"));
+    assert_eq!(secure.requests()[0].headers["host"], "localhost");
+
+    // The same group without the CA: the certificate is refused.
+    let untrusted = Yaml::new()
+        .upstream(
+            "payments",
+            format!("{{ backends: [{backend}], tls: true, host: localhost }}"),
+        )
+        .with("services:\n  payments:\n    route: /payments\n    group: payments\n");
+    let sidecar = Sidecar::start(&untrusted.build());
+    let answer = call(&sidecar, "/payments/v1/ping", &[]).await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(secure.requests().len(), 1);
+}
