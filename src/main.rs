@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// jemalloc instead of the system allocator: a proxied request makes dozens
 /// of small short-lived allocations on several threads, where glibc's malloc
@@ -25,9 +25,15 @@ use wedsync_sidecar::runtime::logging::{self, LogFormat};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Configuration file (default: $SIDECAR_CONFIG, then conf/sidecar.yaml).
-    #[arg(short, long, global = true)]
-    config: Option<PathBuf>,
+    /// Configuration file (default: conf/sidecar.yaml).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "SIDECAR_CONFIG",
+        default_value = "conf/sidecar.yaml"
+    )]
+    config: PathBuf,
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -75,11 +81,26 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         idempotency_key: Option<String>,
     },
+    /// Print the config's JSON Schema (draft 2020-12), for editors and CI.
+    Schema,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `wedsync-sidecar man | man -l -`.
+    Man,
     /// Dead letters of the running sidecar, through its admin listener.
     Dlq {
         #[command(subcommand)]
         command: Dlq,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -93,9 +114,12 @@ enum Dlq {
         /// Rows per page (1 to 500, default 50).
         #[arg(long)]
         limit: Option<usize>,
-        /// Continue after a previous page (its `more:` line).
+        /// Continue after a previous page (its `more:` line, or `next` in JSON).
         #[arg(long)]
         cursor: Option<String>,
+        /// Output format: a table, or the admin API's JSON page.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: ListFormat,
     },
     /// Show one dead letter with every attempt.
     Show { id: String },
@@ -123,11 +147,13 @@ impl From<Dlq> for DlqCommand {
                 target,
                 limit,
                 cursor,
+                output,
             } => Self::List {
                 webhook,
                 target,
                 limit,
                 cursor,
+                json: matches!(output, ListFormat::Json),
             },
             Dlq::Show { id } => Self::Show { id },
             Dlq::Replay {
@@ -143,16 +169,16 @@ impl From<Dlq> for DlqCommand {
     }
 }
 
-fn config_path(cli: &Cli) -> PathBuf {
-    cli.config
-        .clone()
-        .or_else(|| std::env::var_os("SIDECAR_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("conf/sidecar.yaml"))
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let path = config_path(&cli);
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    // Whether -c or $SIDECAR_CONFIG named a file (inject reads one only then).
+    let config_named =
+        matches.value_source("config") != Some(clap::parser::ValueSource::DefaultValue);
+    let path = cli.config.clone();
     match cli.command.unwrap_or(Command::Run { ready_file: None }) {
         Command::Check => match Config::load(&path) {
             Ok(config) => match wedsync_sidecar::runtime::server::build_check(&config) {
@@ -185,7 +211,31 @@ fn main() -> ExitCode {
             image,
             config_map,
             secret,
-        } => inject(cli.config.is_some(), &path, file, image, config_map, secret),
+        } => inject(config_named, &path, file, image, config_map, secret),
+        Command::Schema => {
+            print_out(wedsync_sidecar::config::SCHEMA.trim_end());
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "wedsync-sidecar",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(Cli::command());
+            match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("wedsync-sidecar: man: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run { ready_file } => {
             let config = match Config::load(&path) {
                 Ok(config) => config,

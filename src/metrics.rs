@@ -1,6 +1,9 @@
 //! Every metric the sidecar exports, with its help text, in one place. Names
 //! are part of the contract. Labels stay low-cardinality: a service name and a
-//! status code, never an id.
+//! status code, never an id. No label is named like one the Prometheus
+//! Operator puts on every scraped series (`service`, `namespace`, `pod`,
+//! `container`, `endpoint`, `job`, `instance`): it would rename ours to
+//! `exported_*`. The egress service is `egress_service`.
 
 use std::sync::OnceLock;
 
@@ -39,6 +42,7 @@ pub struct Metrics {
     pub trace_spans_exported_total: IntCounter,
     pub trace_spans_dropped_total: IntCounter,
     pub config_reloads_total: IntCounterVec,
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -46,49 +50,49 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let egress_requests_total = IntCounterVec::new(
-            Opts::new("sidecar_egress_requests_total", "Egress requests answered, by service and HTTP status code (the provider's or the sidecar's own)."),
-            &["service", "code"],
+            Opts::new("sidecar_egress_requests_total", "Egress requests answered, by egress_service and HTTP status code (the provider's or the sidecar's own)."),
+            &["egress_service", "code"],
         )
         .expect("static metric definition");
         let egress_request_duration_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "sidecar_egress_request_duration_seconds",
-                "Time from receiving an egress request to the end of its response, by service.",
+                "Time from receiving an egress request to the end of its response, by egress_service.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["service"],
+            &["egress_service"],
         )
         .expect("static metric definition");
         let oauth2_token_refreshes_total = IntCounterVec::new(
-            Opts::new("sidecar_oauth2_token_refreshes_total", "OAuth2 token requests to a service's token endpoint, by outcome (success, failure)."),
-            &["service", "outcome"],
+            Opts::new("sidecar_oauth2_token_refreshes_total", "OAuth2 token requests to a service's token endpoint, by egress_service and outcome (success, failure)."),
+            &["egress_service", "outcome"],
         )
         .expect("static metric definition");
         let egress_rejected_total = IntCounterVec::new(
-            Opts::new("sidecar_egress_rejected_total", "Egress requests the sidecar answered without calling the provider, by service and reason (rate_limited, provider_throttled, circuit_open)."),
-            &["service", "reason"],
+            Opts::new("sidecar_egress_rejected_total", "Egress requests the sidecar answered without calling the provider, by egress_service and reason (rate_limited, provider_throttled, circuit_open)."),
+            &["egress_service", "reason"],
         )
         .expect("static metric definition");
         let circuit_state = IntGaugeVec::new(
             Opts::new(
                 "sidecar_circuit_state",
-                "Circuit breaker state per service: 0 closed, 1 half-open, 2 open.",
+                "Circuit breaker state per egress_service: 0 closed, 1 half-open, 2 open.",
             ),
-            &["service"],
+            &["egress_service"],
         )
         .expect("static metric definition");
         let circuit_transitions_total = IntCounterVec::new(
             Opts::new(
                 "sidecar_circuit_transitions_total",
-                "Circuit breaker state changes per service, by the state entered.",
+                "Circuit breaker state changes per egress_service, by the state entered (closed, open, half_open).",
             ),
-            &["service", "to"],
+            &["egress_service", "to"],
         )
         .expect("static metric definition");
         let store_errors_total = IntCounterVec::new(
             Opts::new(
                 "sidecar_store_errors_total",
-                "Failed calls to the Redis store, by operation (rate_limit, provider_pause, accept, read, lease, ack, retry, dead_letter, replay, delete, replica_wait, check).",
+                "Failed calls to the Redis store, by op: rate_limit, provider_pause (announcing one), pause (reading one), accept, read, lease, ack, retry, dead_letter, replay, delete, replica_wait, check (the readiness probe).",
             ),
             &["op"],
         )
@@ -210,6 +214,25 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "sidecar_build_info",
+                "Always 1; the version of the running sidecar in its label (a rollout shows as two versions).",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds ... (Linux /proc), as every exporter has them.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
         for collector in [
             Box::new(egress_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(egress_request_duration_seconds.clone()),
@@ -235,6 +258,7 @@ impl Metrics {
             Box::new(trace_spans_exported_total.clone()),
             Box::new(trace_spans_dropped_total.clone()),
             Box::new(config_reloads_total.clone()),
+            Box::new(build_info.clone()),
         ] {
             registry
                 .register(collector)
@@ -266,6 +290,55 @@ impl Metrics {
             trace_spans_exported_total,
             trace_spans_dropped_total,
             config_reloads_total,
+            build_info,
+        }
+    }
+
+    /// Drops every series of an egress service a reload removed, so that a
+    /// dashboard or alert does not show it forever.
+    pub fn forget_service(&self, service: &str) {
+        // The codes it was counted under, from the family itself: a service
+        // rebuilt by an earlier reload counts into the same series.
+        let codes: Vec<String> = prometheus::core::Collector::collect(&self.egress_requests_total)
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == "egress_service" && l.value() == service)
+            })
+            .filter_map(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "code")
+                    .map(|l| l.value().to_string())
+            })
+            .collect();
+        for code in &codes {
+            let _ = self
+                .egress_requests_total
+                .remove_label_values(&[service, code]);
+        }
+        let _ = self
+            .egress_request_duration_seconds
+            .remove_label_values(&[service]);
+        let _ = self.circuit_state.remove_label_values(&[service]);
+        for to in ["closed", "open", "half_open"] {
+            let _ = self
+                .circuit_transitions_total
+                .remove_label_values(&[service, to]);
+        }
+        for reason in EgressRejection::ALL {
+            let _ = self
+                .egress_rejected_total
+                .remove_label_values(&[service, reason.as_str()]);
+        }
+        for outcome in RefreshOutcome::ALL {
+            let _ = self
+                .oauth2_token_refreshes_total
+                .remove_label_values(&[service, outcome.as_str()]);
         }
     }
 
@@ -442,8 +515,100 @@ mod tests {
         counters.inc(200);
         counters.inc(0);
         let text = String::from_utf8(metrics.render()).unwrap();
-        assert!(text.contains("sidecar_egress_requests_total{code=\"200\",service=\"stripe\"} 2"));
-        assert!(text.contains("sidecar_egress_requests_total{code=\"0\",service=\"stripe\"} 1"));
+        assert!(text
+            .contains("sidecar_egress_requests_total{code=\"200\",egress_service=\"stripe\"} 2"));
+        assert!(
+            text.contains("sidecar_egress_requests_total{code=\"0\",egress_service=\"stripe\"} 1")
+        );
         assert!(!text.contains("code=\"404\""));
+    }
+
+    /// Every closed set of label values is listed in its metric's help
+    /// text: an operator reading `# HELP` learns every value it can take.
+    #[test]
+    fn help_texts_list_every_label_value() {
+        let metrics = Metrics::new();
+        // From the collectors' descriptions: a family without series yet is
+        // not gathered.
+        let helps: std::collections::HashMap<String, String> = [
+            &metrics.dead_lettered_total as &dyn prometheus::core::Collector,
+            &metrics.deliveries_total,
+            &metrics.webhooks_received_total,
+            &metrics.webhook_rejections_total,
+            &metrics.egress_rejected_total,
+            &metrics.oauth2_token_refreshes_total,
+            &metrics.config_reloads_total,
+            &metrics.circuit_transitions_total,
+            &metrics.store_errors_total,
+        ]
+        .iter()
+        .flat_map(|collector| collector.desc())
+        .map(|desc| (desc.fq_name.clone(), desc.help.clone()))
+        .collect();
+        let help = |name: &str| -> String {
+            helps
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} is described"))
+        };
+        let cases: [(&str, Vec<&str>); 7] = [
+            (
+                "sidecar_dead_lettered_total",
+                DeadLetterReason::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "sidecar_deliveries_total",
+                DeliveryOutcome::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "sidecar_webhooks_received_total",
+                ReceivedOutcome::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "sidecar_webhook_rejections_total",
+                RejectionReason::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "sidecar_egress_rejected_total",
+                EgressRejection::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "sidecar_oauth2_token_refreshes_total",
+                RefreshOutcome::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "sidecar_config_reloads_total",
+                ReloadOutcome::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+        ];
+        for (name, values) in cases {
+            let text = help(name);
+            for value in values {
+                assert!(text.contains(value), "{name}'s help lacks {value}: {text}");
+            }
+        }
+        // The breaker's states, and the Redis store's operations.
+        let transitions = help("sidecar_circuit_transitions_total");
+        for state in ["closed", "open", "half_open"] {
+            assert!(transitions.contains(state), "{transitions}");
+        }
+        let store = help("sidecar_store_errors_total");
+        for op in [
+            "rate_limit",
+            "provider_pause",
+            "pause",
+            "accept",
+            "read",
+            "lease",
+            "ack",
+            "retry",
+            "dead_letter",
+            "replay",
+            "delete",
+            "replica_wait",
+            "check",
+        ] {
+            assert!(store.contains(op), "{store}");
+        }
     }
 }

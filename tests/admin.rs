@@ -28,10 +28,10 @@ async fn metrics_count_known_traffic_by_service_and_code() {
     get(&sidecar.egress_url("/unknown")).await;
     sidecar
         .metrics_containing(&[
-            "sidecar_egress_requests_total{code=\"200\",service=\"stripe\"} 3",
-            "sidecar_egress_requests_total{code=\"503\",service=\"stripe\"} 1",
-            "sidecar_egress_requests_total{code=\"404\",service=\"-\"} 1",
-            "sidecar_egress_request_duration_seconds_count{service=\"stripe\"} 4",
+            "sidecar_egress_requests_total{code=\"200\",egress_service=\"stripe\"} 3",
+            "sidecar_egress_requests_total{code=\"503\",egress_service=\"stripe\"} 1",
+            "sidecar_egress_requests_total{code=\"404\",egress_service=\"-\"} 1",
+            "sidecar_egress_request_duration_seconds_count{egress_service=\"stripe\"} 4",
         ])
         .await;
 }

@@ -192,7 +192,7 @@ async fn oauth2_fetches_one_token_for_fifty_concurrent_requests_and_caches_it() 
     assert_eq!(tokens.requests().len(), 1, "the cached token is reused");
     sidecar
         .metrics_containing(&[
-            "sidecar_oauth2_token_refreshes_total{outcome=\"success\",service=\"suppliers\"} 1",
+            "sidecar_oauth2_token_refreshes_total{egress_service=\"suppliers\",outcome=\"success\"} 1",
         ])
         .await;
     assert!(!sidecar.logs().contains("at-1"), "a token reached the log");
@@ -351,8 +351,8 @@ async fn unresolvable_names_and_providers_that_hang_up_answer_502_with_the_reaso
         .starts_with("the connection to hangup failed"));
     sidecar
         .metrics_containing(&[
-            "sidecar_egress_requests_total{code=\"502\",service=\"hangup\"} 1",
-            "sidecar_egress_requests_total{code=\"502\",service=\"nowhere\"} 1",
+            "sidecar_egress_requests_total{code=\"502\",egress_service=\"hangup\"} 1",
+            "sidecar_egress_requests_total{code=\"502\",egress_service=\"nowhere\"} 1",
         ])
         .await;
 }

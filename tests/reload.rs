@@ -307,7 +307,7 @@ async fn an_open_breaker_stays_open_across_a_reload_that_leaves_its_service_alon
     }
     // Outcomes are recorded after the answer has gone out.
     sidecar
-        .metrics_containing(&["sidecar_circuit_state{service=\"stripe\"} 2"])
+        .metrics_containing(&["sidecar_circuit_state{egress_service=\"stripe\"} 2"])
         .await;
     let open = get(&sidecar.egress_url("/stripe/v1/charges")).await;
     assert_eq!(open.headers["x-sidecar-error"], "circuit_open");

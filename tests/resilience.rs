@@ -40,7 +40,7 @@ async fn the_breaker_opens_after_failures_fails_fast_then_a_probe_closes_it() {
     }
     // The breaker hears of the third failure once the request is logged.
     sidecar
-        .metrics_containing(&["sidecar_circuit_state{service=\"stripe\"} 2"])
+        .metrics_containing(&["sidecar_circuit_state{egress_service=\"stripe\"} 2"])
         .await;
     let answer = get(&sidecar.egress_url("/stripe/x")).await;
     assert_eq!(answer.status, 503);
@@ -58,11 +58,11 @@ async fn the_breaker_opens_after_failures_fails_fast_then_a_probe_closes_it() {
     assert_eq!((probe.status, probe.text().as_str()), (200, "up"));
     sidecar
         .metrics_containing(&[
-            "sidecar_circuit_state{service=\"stripe\"} 0",
-            "sidecar_circuit_transitions_total{service=\"stripe\",to=\"open\"} 1",
-            "sidecar_circuit_transitions_total{service=\"stripe\",to=\"half_open\"} 1",
-            "sidecar_circuit_transitions_total{service=\"stripe\",to=\"closed\"} 1",
-            "sidecar_egress_rejected_total{reason=\"circuit_open\",service=\"stripe\"} 1",
+            "sidecar_circuit_state{egress_service=\"stripe\"} 0",
+            "sidecar_circuit_transitions_total{egress_service=\"stripe\",to=\"open\"} 1",
+            "sidecar_circuit_transitions_total{egress_service=\"stripe\",to=\"half_open\"} 1",
+            "sidecar_circuit_transitions_total{egress_service=\"stripe\",to=\"closed\"} 1",
+            "sidecar_egress_rejected_total{egress_service=\"stripe\",reason=\"circuit_open\"} 1",
         ])
         .await;
     for _ in 0..3 {
@@ -84,14 +84,14 @@ async fn a_failed_probe_reopens_the_breaker() {
     ));
     assert_eq!(get(&sidecar.egress_url("/stripe/x")).await.status, 500);
     sidecar
-        .metrics_containing(&["sidecar_circuit_state{service=\"stripe\"} 2"])
+        .metrics_containing(&["sidecar_circuit_state{egress_service=\"stripe\"} 2"])
         .await;
     tokio::time::sleep(Duration::from_millis(550)).await;
     assert_eq!(get(&sidecar.egress_url("/stripe/x")).await.status, 500);
     sidecar
         .metrics_containing(&[
-            "sidecar_circuit_state{service=\"stripe\"} 2",
-            "sidecar_circuit_transitions_total{service=\"stripe\",to=\"open\"} 2",
+            "sidecar_circuit_state{egress_service=\"stripe\"} 2",
+            "sidecar_circuit_transitions_total{egress_service=\"stripe\",to=\"open\"} 2",
         ])
         .await;
     let answer = get(&sidecar.egress_url("/stripe/x")).await;
@@ -125,8 +125,8 @@ async fn the_rate_limit_refuses_at_the_exact_count_with_ratelimit_fields() {
     assert_eq!(upstream.requests().len(), 3);
     sidecar
         .metrics_containing(&[
-            "sidecar_egress_rejected_total{reason=\"rate_limited\",service=\"stripe\"} 1",
-            "sidecar_egress_requests_total{code=\"429\",service=\"stripe\"} 1",
+            "sidecar_egress_rejected_total{egress_service=\"stripe\",reason=\"rate_limited\"} 1",
+            "sidecar_egress_requests_total{code=\"429\",egress_service=\"stripe\"} 1",
         ])
         .await;
 }

@@ -19,6 +19,8 @@ pub enum DlqCommand {
         target: Option<String>,
         limit: Option<usize>,
         cursor: Option<String>,
+        /// The admin API's JSON page (items and next cursor) instead of a table.
+        json: bool,
     },
     Show {
         id: String,
@@ -73,6 +75,7 @@ impl DlqCommand {
                 target,
                 limit,
                 cursor,
+                ..
             } => (
                 "GET",
                 format!(
@@ -147,6 +150,9 @@ pub async fn run(config: &Config, command: &DlqCommand) -> Result<String, DlqErr
         });
     }
     Ok(match command {
+        DlqCommand::List { json: true, .. } => {
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        }
         DlqCommand::List { .. } => table(&body),
         DlqCommand::Show { .. } => serde_json::to_string_pretty(&body).unwrap_or_default(),
         DlqCommand::Replay { id } => format!("replayed dead letter {id}"),
@@ -212,6 +218,7 @@ mod tests {
             target: None,
             limit: Some(10),
             cursor: None,
+            json: false,
         };
         assert_eq!(
             list.request(),

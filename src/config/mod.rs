@@ -58,6 +58,11 @@ pub struct Config {
     pub tracing: telemetry::Tracing,
 }
 
+/// The config's JSON Schema (draft 2020-12), as `wedsync-sidecar schema`
+/// prints it; `scripts/check-schema` holds every config of the repository
+/// to it, and a unit test its key lists to the decoder's.
+pub const SCHEMA: &str = include_str!("../../conf/sidecar.schema.json");
+
 impl Config {
     /// Every source of stored events: the webhooks, then the app's events.
     pub fn event_sources(&self) -> impl Iterator<Item = &Webhook> {

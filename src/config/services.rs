@@ -278,7 +278,7 @@ pub enum IdempotencyKey {
     Auto,
 }
 
-const SERVICE_KEYS: &[&str] = &[
+pub(super) const SERVICE_KEYS: &[&str] = &[
     "route",
     "upstream",
     "group",

@@ -557,3 +557,56 @@ fn exporting_spans_needs_propagation() {
         "{both:?}"
     );
 }
+
+#[test]
+fn the_json_schema_knows_exactly_the_keys_the_decoder_takes() {
+    let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+    let keys = |pointer: &str| -> Vec<String> {
+        let mut keys: Vec<String> = schema
+            .pointer(pointer)
+            .and_then(|v| v.as_object())
+            .unwrap_or_else(|| panic!("{pointer} in the schema"))
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    let sorted = |list: &[&str]| {
+        let mut list: Vec<String> = list.iter().map(|k| k.to_string()).collect();
+        list.sort();
+        list
+    };
+    let verify: Vec<&str> = webhooks::VERIFY_KEYS
+        .iter()
+        .chain(webhooks::HMAC_KEYS)
+        .copied()
+        .collect();
+    for (pointer, decoded) in [
+        ("/properties", TOP_LEVEL_KEYS),
+        (
+            "/properties/services/additionalProperties/properties",
+            services::SERVICE_KEYS,
+        ),
+        (
+            "/properties/webhooks/additionalProperties/properties",
+            webhooks::WEBHOOK_KEYS,
+        ),
+        (
+            "/properties/events/additionalProperties/properties",
+            webhooks::PUBLISHED_KEYS,
+        ),
+        (
+            "/properties/webhooks/additionalProperties/properties/verify/properties",
+            &verify,
+        ),
+    ] {
+        assert_eq!(keys(pointer), sorted(decoded), "{pointer}");
+    }
+    // Unknown keys are refused, as the decoder refuses them.
+    assert_eq!(schema["additionalProperties"], false);
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+}

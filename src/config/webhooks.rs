@@ -170,7 +170,7 @@ impl Default for Delivery {
     }
 }
 
-const WEBHOOK_KEYS: &[&str] = &[
+pub(super) const WEBHOOK_KEYS: &[&str] = &[
     "path",
     "verify",
     "max_body",
@@ -185,7 +185,7 @@ const WEBHOOK_KEYS: &[&str] = &[
 ];
 
 /// The keys of `events.<name>`: a webhook's, without `verify` and `ack`.
-const PUBLISHED_KEYS: &[&str] = &[
+pub(super) const PUBLISHED_KEYS: &[&str] = &[
     "path",
     "max_body",
     "event_id",
@@ -301,9 +301,10 @@ fn decode_source(
     })
 }
 
-const VERIFY_KEYS: &[&str] = &["kind", "secrets", "tolerance", "allow_sha1", "public_url"];
+pub(super) const VERIFY_KEYS: &[&str] =
+    &["kind", "secrets", "tolerance", "allow_sha1", "public_url"];
 /// Keys of the generic `hmac` kind only.
-const HMAC_KEYS: &[&str] = &[
+pub(super) const HMAC_KEYS: &[&str] = &[
     "header",
     "algorithm",
     "encoding",

@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(header(&problem, RATELIMIT_POLICY), "\"stripe\";q=2;w=10");
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains(
-            "sidecar_egress_rejected_total{reason=\"rate_limited\",service=\"stripe\"} 1"
+            "sidecar_egress_rejected_total{egress_service=\"stripe\",reason=\"rate_limited\"} 1"
         ));
     }
 
@@ -513,10 +513,10 @@ mod tests {
         assert_eq!(problem.status(), 503);
         assert_eq!(header(&problem, "retry-after"), "20");
         let text = String::from_utf8(metrics.render()).unwrap();
-        assert!(text.contains("sidecar_circuit_state{service=\"stripe\"} 2"));
-        assert!(
-            text.contains("sidecar_circuit_transitions_total{service=\"stripe\",to=\"open\"} 1")
-        );
+        assert!(text.contains("sidecar_circuit_state{egress_service=\"stripe\"} 2"));
+        assert!(text.contains(
+            "sidecar_circuit_transitions_total{egress_service=\"stripe\",to=\"open\"} 1"
+        ));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::Duration;
 use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 
 use crate::config::services::UpstreamUrl;
@@ -37,11 +39,8 @@ pub enum CaError {
         path: String,
         source: std::io::Error,
     },
-    #[error("CA file {path} is not valid PEM: {source}")]
-    Pem {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("CA file {path} is not valid PEM: {reason}")]
+    Pem { path: String, reason: String },
     #[error("CA file {path} holds a certificate that cannot be parsed: {reason}")]
     Certificate { path: String, reason: String },
     #[error("CA file {0} holds no PEM certificate")]
@@ -153,12 +152,11 @@ pub fn load_ca(path: &Path) -> Result<Arc<CaType>, CaError> {
         path: shown(),
         source,
     })?;
-    let mut reader = pem.as_slice();
     let mut certs = Vec::new();
-    for item in rustls_pemfile::certs(&mut reader) {
-        let der = item.map_err(|source| CaError::Pem {
+    for item in CertificateDer::pem_slice_iter(&pem) {
+        let der = item.map_err(|error| CaError::Pem {
             path: shown(),
-            source,
+            reason: error.to_string(),
         })?;
         x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| CaError::Certificate {
             path: shown(),

@@ -8,10 +8,17 @@ use tracing_subscriber::EnvFilter;
 pub use crate::access_log::LogFormat;
 
 pub fn init(format: LogFormat) {
-    // Pingora logs through the `log` crate at warn/error; its per-connection
-    // chatter stays off unless asked for.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    // Pingora logs through the `log` crate; `try_init` also installs the
+    // `log` bridge (tracing-subscriber's tracing-log feature), so its
+    // records arrive here as events of their module's target. Its
+    // per-connection chatter stays off unless RUST_LOG asks for it.
+    // An empty RUST_LOG (a manifest's `value: ""`) means the default, not
+    // "errors only".
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|_| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -98,7 +98,28 @@ impl Reloader {
         let snapshot = Snapshot::build(Arc::new(next), Some(&running), &self.foundation)?;
         self.loops
             .start_new(&snapshot.upstreams, Some(&running.upstreams));
+        let gone_services: Vec<_> = running
+            .egress
+            .services
+            .iter()
+            .filter(|old| !snapshot.egress.services.iter().any(|s| s.name == old.name))
+            .cloned()
+            .collect();
+        let gone_groups: Vec<_> = running
+            .upstreams
+            .all()
+            .filter(|old| snapshot.upstreams.get(old.name()).is_none())
+            .cloned()
+            .collect();
         self.snapshot.store(Arc::new(snapshot));
+        // Their series go with them: a removed service or group must not
+        // show on a dashboard (or keep an alert firing) forever.
+        for service in gone_services {
+            self.foundation.metrics.forget_service(&service.name);
+        }
+        for group in gone_groups {
+            group.forget_series();
+        }
         Ok(())
     }
 

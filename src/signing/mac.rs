@@ -35,7 +35,10 @@ pub fn sha256(bytes: &[u8]) -> Vec<u8> {
 /// Lowercase or uppercase hex; None for anything else (empty or odd
 /// length included).
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if text.is_empty()
+        || !text.len().is_multiple_of(2)
+        || !text.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
     (0..text.len())

@@ -128,7 +128,7 @@ fn is_lower_hex(text: &str) -> bool {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !is_lower_hex(text) || text.len() % 2 != 0 {
+    if !is_lower_hex(text) || !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -335,11 +335,31 @@ impl Group {
             .iter()
             .map(|b| b.addr.to_string())
             .collect();
+        self.prune(&live);
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        if self.health.is_none() {
+            for addr in &live {
+                self.metrics
+                    .upstream_backend_healthy
+                    .with_label_values(&[self.config.name.as_str(), addr.as_str()])
+                    .set(1);
+                published.insert(addr.clone());
+            }
+        }
+    }
+
+    /// Drops every series of this group: a reload removed it.
+    pub fn forget_series(&self) {
+        self.prune(&HashSet::new());
+    }
+
+    /// Forgets the state and metric series of every backend not in `live`.
+    fn prune(&self, live: &HashSet<String>) {
         self.breakers
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|addr, _| live.contains(addr));
-        self.loads.retain(&live);
+        self.loads.retain(live);
         self.counted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -354,28 +374,21 @@ impl Group {
                 }
                 keep
             });
-        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        published.retain(|addr| {
-            let keep = live.contains(addr);
-            if !keep {
-                let _ = self
-                    .metrics
-                    .upstream_backend_healthy
-                    .remove_label_values(&[self.config.name.as_str(), addr.as_str()]);
-            }
-            keep
-        });
-        match &self.health {
-            Some(table) => table.retain(&live),
-            None => {
-                for addr in &live {
-                    self.metrics
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|addr| {
+                let keep = live.contains(addr);
+                if !keep {
+                    let _ = self
+                        .metrics
                         .upstream_backend_healthy
-                        .with_label_values(&[self.config.name.as_str(), addr.as_str()])
-                        .set(1);
-                    published.insert(addr.clone());
+                        .remove_label_values(&[self.config.name.as_str(), addr.as_str()]);
                 }
-            }
+                keep
+            });
+        if let Some(table) = &self.health {
+            table.retain(live);
         }
     }
 

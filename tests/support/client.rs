@@ -56,6 +56,14 @@ pub async fn try_post_stripe(sidecar: &super::Sidecar, id: &str) -> Result<Answe
 }
 
 /// Like `send`, but a refused or broken connection is `None`, not a panic.
+/// A GET that may find nothing listening yet: its status, or None.
+pub async fn try_get(url: &str) -> Option<u16> {
+    try_send_body("GET", url, &[], Full::new(Bytes::new()))
+        .await
+        .ok()
+        .map(|answer| answer.status)
+}
+
 pub async fn try_send(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Option<u16> {
     try_send_body("POST", url, headers, Full::new(Bytes::from(body)))
         .await
