@@ -14,6 +14,9 @@ use crate::event::{EventMeta, Priority};
 use crate::signing::mac::{encode_hex, sha256};
 use crate::webhooks::verify::SignedIdentity;
 
+/// The longest id an app's event keeps as it is.
+const MAX_APP_ID_BYTES: usize = 255;
+
 /// The parts of a request the defaults look in.
 struct Sources<'a> {
     headers: &'a HeaderMap,
@@ -129,12 +132,21 @@ fn identity(
     let signed_id = signed.id.clone().filter(|id| !id.is_empty());
     if kind == VerifyKind::App {
         // The pod's own app is trusted with its ids: the configured field,
-        // else its Idempotency-Key, else a new id (no dedup possible).
+        // else its Idempotency-Key, else a new id (no dedup possible). An id
+        // longer than a key should be stands as its SHA-256: still the same
+        // for the same id, and bounded.
         let id = webhook
             .event_id
             .as_ref()
             .and_then(|field| sources.field(field))
             .or(signed_id)
+            .map(|id| {
+                if id.len() > MAX_APP_ID_BYTES {
+                    format!("sha256:{}", encode_hex(&sha256(id.as_bytes())))
+                } else {
+                    id
+                }
+            })
             .unwrap_or_else(|| format!("evt_{}", uuid::Uuid::new_v4().simple()));
         return (id.clone(), id);
     }
@@ -489,5 +501,32 @@ mod tests {
         );
         assert_eq!(lower.id, "SM1:sent");
         assert_eq!((lower.id, lower.dedup), (mixed.id, mixed.dedup));
+    }
+
+    #[test]
+    fn an_apps_event_id_is_its_field_or_key_bounded_else_new() {
+        let mut app = webhook(VerifyKind::App);
+        app.event_id = Some(Field::Pointer("/event_id".into()));
+        let meta = extract(&app, &headers(&[]), br#"{"event_id":"pay-1"}"#, &unsigned());
+        assert_eq!((meta.id.as_str(), meta.dedup.as_str()), ("pay-1", "pay-1"));
+        let keyed = SignedIdentity {
+            id: Some("key-7".into()),
+            digest: None,
+        };
+        let meta = extract(&app, &headers(&[]), b"{}", &keyed);
+        assert_eq!(meta.id.as_str(), "key-7");
+        let long = format!(r#"{{"event_id":"{}"}}"#, "x".repeat(300));
+        let first = extract(&app, &headers(&[]), long.as_bytes(), &unsigned());
+        let again = extract(&app, &headers(&[]), long.as_bytes(), &unsigned());
+        assert!(
+            first.id.starts_with("sha256:") && first.id.len() < 80,
+            "{}",
+            first.id
+        );
+        assert_eq!(first.dedup, again.dedup, "the same long id deduplicates");
+        let fresh = extract(&app, &headers(&[]), b"{}", &unsigned());
+        let other = extract(&app, &headers(&[]), b"{}", &unsigned());
+        assert!(fresh.id.starts_with("evt_"));
+        assert_ne!(fresh.id, other.id, "no id: each event is new");
     }
 }
