@@ -2,6 +2,7 @@
 //! provider only ever sees the sidecar's. Header values are built once at
 //! startup and marked sensitive; nothing here logs.
 
+use super::headers::set_request;
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -81,11 +82,11 @@ impl PreparedAuth {
         match self {
             Self::None => {}
             Self::Authorization(value) => {
-                request.insert_header(http::header::AUTHORIZATION, value.clone())?;
+                set_request(request, http::header::AUTHORIZATION, value.clone())?;
             }
             Self::ApiKeyHeader(name, value) => {
                 request.remove_header(&http::header::AUTHORIZATION);
-                request.insert_header(name.clone(), value.clone())?;
+                set_request(request, name.clone(), value.clone())?;
             }
             Self::ApiKeyQuery {
                 name,
@@ -116,7 +117,7 @@ impl PreparedAuth {
                     )
                 })?;
                 value.set_sensitive(true);
-                request.insert_header(http::header::AUTHORIZATION, value)?;
+                set_request(request, http::header::AUTHORIZATION, value)?;
             }
         }
         Ok(())

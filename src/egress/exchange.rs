@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::failure;
 use super::guard::{Pass, Verdict};
+use super::headers::set_request;
 use super::retrying::Attempt;
 use super::service::EgressService;
 use crate::config::services::RetryOn;
@@ -127,11 +128,11 @@ impl Exchange {
         })?;
         request.set_uri(uri);
         if let Some(host) = self.service.host.as_ref().or(group_host) {
-            request.insert_header(http::header::HOST, host.clone())?;
+            set_request(request, http::header::HOST, host.clone())?;
         }
-        request.insert_header(super::REQUEST_ID_HEADER, request_id.clone())?;
+        set_request(request, super::REQUEST_ID_HEADER, request_id.clone())?;
         if let Some(key) = &self.idempotency_key {
-            request.insert_header(IDEMPOTENCY_KEY, key.clone())?;
+            set_request(request, IDEMPOTENCY_KEY, key.clone())?;
         }
         self.service.auth.apply(request, self.token())
     }

@@ -301,7 +301,16 @@ impl Guard {
     pub fn rate_headers(&self, pass: &Pass) -> Option<(HeaderValue, HeaderValue)> {
         let limit = self.limit.as_ref()?;
         let (remaining, reset) = pass.rate?;
-        let current = HeaderValue::try_from(format!("\"{}\";r={remaining};t={reset}", self.name))
+        // Written by hand: `format!` was a tenth of the egress's own cost
+        // per request.
+        let mut current = Vec::with_capacity(self.name.len() + 32);
+        current.push(b'"');
+        current.extend_from_slice(self.name.as_bytes());
+        current.extend_from_slice(b"\";r=");
+        push_decimal(&mut current, remaining);
+        current.extend_from_slice(b";t=");
+        push_decimal(&mut current, reset);
+        let current = HeaderValue::from_maybe_shared(bytes::Bytes::from(current))
             .expect("service names are header-safe");
         Some((limit.policy.clone(), current))
     }
@@ -385,6 +394,22 @@ fn policy_text(policy: &HeaderValue) -> String {
 }
 
 /// A `stripe` service for unit tests, with `extra` YAML lines under it.
+/// `n` in decimal, appended.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 #[cfg(test)]
 pub(crate) fn stripe_service(extra: &str) -> Service {
     let yaml = format!(

@@ -25,6 +25,7 @@ pub mod context;
 pub mod exchange;
 pub mod failure;
 pub mod guard;
+pub mod headers;
 pub mod oauth2;
 pub mod pause_sync;
 pub mod proxy;

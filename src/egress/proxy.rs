@@ -25,6 +25,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use super::context::{exchange_of, EgressCtx};
 use super::exchange::{Exchange, Step};
+use super::headers::{set_request, set_response};
 use super::publish::EventSink;
 use super::request_id::RequestIds;
 use super::service::Destination;
@@ -204,7 +205,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         // The provider sees this exchange's span as its parent; the app's
         // `tracestate` passes through untouched.
         if let Some(trace) = &ctx.trace {
-            request.insert_header(TRACEPARENT, trace.header_value())?;
+            set_request(request, TRACEPARENT, trace.header_value())?;
         }
         match &ctx.exchange {
             Some(exchange) => exchange.write_request(
@@ -249,11 +250,11 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
                 );
             }
             if let Some((policy, current)) = exchange.rate_headers() {
-                response.insert_header(guard::RATELIMIT_POLICY, policy)?;
-                response.insert_header(guard::RATELIMIT, current)?;
+                set_response(response, guard::RATELIMIT_POLICY, policy)?;
+                set_response(response, guard::RATELIMIT, current)?;
             }
         }
-        response.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())
+        set_response(response, REQUEST_ID_HEADER, ctx.request_id.clone())
     }
 
     fn upstream_response_body_filter(
