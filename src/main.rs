@@ -13,6 +13,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use wedsync_sidecar::cli::dlq::DlqCommand;
+use wedsync_sidecar::cli::CommandError;
 use wedsync_sidecar::config::{self, Config};
 use wedsync_sidecar::runtime::logging::{self, LogFormat};
 
@@ -237,12 +238,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { ready_file } => {
-            let config = match Config::load(&path) {
+            let config = match load_config(&path) {
                 Ok(config) => config,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             logging::init(cli.log_format);
             tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting wedsync-sidecar");
@@ -258,18 +256,14 @@ fn main() -> ExitCode {
 }
 
 fn sign(path: &std::path::Path, name: &str) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
-    let mut body = Vec::new();
-    if let Err(error) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut body) {
-        eprintln!("wedsync-sidecar: cannot read the body from stdin: {error}");
-        return ExitCode::from(1);
-    }
+    let body = match read_stdin("the body") {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
     let now = wedsync_sidecar::time::unix_time().as_secs();
     match wedsync_sidecar::cli::sign::sign(&config, name, &body, now) {
         Ok(lines) => {
@@ -353,58 +347,64 @@ fn inject(
 }
 
 fn publish(path: &std::path::Path, name: &str, idempotency_key: Option<&str>) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
-    let mut body = Vec::new();
-    if let Err(error) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut body) {
-        eprintln!("wedsync-sidecar: cannot read the event from stdin: {error}");
-        return ExitCode::from(1);
+    let body = match read_stdin("the event") {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    talk(
+        "publish: ",
+        wedsync_sidecar::cli::publish::publish(&config, name, body, idempotency_key),
+    )
+}
+
+fn dlq(path: &std::path::Path, command: DlqCommand) -> ExitCode {
+    match load_config(path) {
+        Ok(config) => talk("", wedsync_sidecar::cli::dlq::run(&config, &command)),
+        Err(code) => code,
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a single-threaded runtime starts");
-    match runtime.block_on(wedsync_sidecar::cli::publish::publish(
-        &config,
-        name,
-        body,
-        idempotency_key,
-    )) {
-        Ok(text) => {
-            print_out(&text);
-            ExitCode::SUCCESS
-        }
+}
+
+/// The config at `path`, or every error in it printed (exit 1).
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(1)
+    })
+}
+
+/// Standard input whole (`what` names it in the error), or exit 1.
+fn read_stdin(what: &str) -> Result<Vec<u8>, ExitCode> {
+    let mut body = Vec::new();
+    match std::io::Read::read_to_end(&mut std::io::stdin(), &mut body) {
+        Ok(_) => Ok(body),
         Err(error) => {
-            eprintln!("wedsync-sidecar: publish: {}", error.message);
-            ExitCode::from(error.exit_code)
+            eprintln!("wedsync-sidecar: cannot read {what} from stdin: {error}");
+            Err(ExitCode::from(1))
         }
     }
 }
 
-fn dlq(path: &std::path::Path, command: DlqCommand) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(1);
-        }
-    };
+/// Runs a command that talks to the running sidecar and prints its answer
+/// (or its error, `context` first, with the error's exit code).
+fn talk(
+    context: &str,
+    command: impl std::future::Future<Output = Result<String, CommandError>>,
+) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a single-threaded runtime starts");
-    match runtime.block_on(wedsync_sidecar::cli::dlq::run(&config, &command)) {
+    match runtime.block_on(command) {
         Ok(text) => {
             print_out(&text);
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("wedsync-sidecar: {}", error.message);
+            eprintln!("wedsync-sidecar: {context}{}", error.message);
             ExitCode::from(error.exit_code)
         }
     }

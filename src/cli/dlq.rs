@@ -8,6 +8,7 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
+use super::{reachable, CommandError};
 use crate::config::Config;
 use crate::net::client::SmallClient;
 
@@ -35,14 +36,6 @@ pub enum DlqCommand {
     Purge {
         id: String,
     },
-}
-
-/// What went wrong, with the exit code it deserves: 1 for a request the
-/// sidecar refused, 2 when it could not be asked.
-#[derive(Debug)]
-pub struct DlqError {
-    pub exit_code: u8,
-    pub message: String,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,15 +97,11 @@ impl DlqCommand {
 
 /// Runs the command against the sidecar `config` describes; returns what
 /// to print.
-pub async fn run(config: &Config, command: &DlqCommand) -> Result<String, DlqError> {
-    let mut admin = config.listen.admin;
-    if admin.ip().is_unspecified() {
-        admin.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+pub async fn run(config: &Config, command: &DlqCommand) -> Result<String, CommandError> {
+    let admin = reachable(config.listen.admin);
     let (method, path) = command.request();
-    let invalid = |error: pingora::BError| DlqError {
-        exit_code: 1,
-        message: format!("cannot make the request {method} {path}: {error}"),
+    let invalid = |error: pingora::BError| {
+        CommandError::refused(format!("cannot make the request {method} {path}: {error}"))
     };
     let mut request = RequestHeader::build(method, path.as_bytes(), None).map_err(invalid)?;
     request
@@ -137,14 +126,14 @@ pub async fn run(config: &Config, command: &DlqCommand) -> Result<String, DlqErr
     let response = SmallClient::default()
         .exchange(&peer, request, body, TIMEOUT)
         .await
-        .map_err(|error| DlqError {
+        .map_err(|error| CommandError {
             exit_code: 2,
             message: format!("cannot reach the sidecar's admin listener at {admin}: {error}"),
         })?;
     let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
     if response.status >= 400 {
         let detail = body["detail"].as_str().unwrap_or("no detail").to_string();
-        return Err(DlqError {
+        return Err(CommandError {
             exit_code: if response.status >= 500 { 2 } else { 1 },
             message: format!("the sidecar answered {}: {detail}", response.status),
         });

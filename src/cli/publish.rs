@@ -8,27 +8,11 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
+use super::{reachable, CommandError};
 use crate::config::Config;
 use crate::net::client::SmallClient;
 
 const TIMEOUT: Duration = Duration::from_secs(35);
-
-/// What went wrong, with its exit code: 1 for a request refused (or not
-/// made), 2 when the sidecar could not be reached or failed.
-#[derive(Debug)]
-pub struct PublishError {
-    pub exit_code: u8,
-    pub message: String,
-}
-
-impl PublishError {
-    fn input(message: String) -> Self {
-        Self {
-            exit_code: 1,
-            message,
-        }
-    }
-}
 
 /// Publishes `body` to `events.<name>`; `idempotency_key` becomes the
 /// event's id when the body does not carry one. Returns the answer's body.
@@ -37,10 +21,10 @@ pub async fn publish(
     name: &str,
     body: Vec<u8>,
     idempotency_key: Option<&str>,
-) -> Result<String, PublishError> {
+) -> Result<String, CommandError> {
     let Some(event) = config.events.iter().find(|e| e.name == name) else {
         let known: Vec<&str> = config.events.iter().map(|e| e.name.as_str()).collect();
-        return Err(PublishError::input(format!(
+        return Err(CommandError::refused(format!(
             "no events.{name} in the config (defined: {})",
             if known.is_empty() {
                 "none".to_string()
@@ -50,16 +34,13 @@ pub async fn publish(
         )));
     };
     if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-        return Err(PublishError::input(
+        return Err(CommandError::refused(
             "the body on stdin is not a JSON document".into(),
         ));
     }
-    let mut egress = config.listen.egress;
-    if egress.ip().is_unspecified() {
-        egress.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let egress = reachable(config.listen.egress);
     let invalid =
-        |error: pingora::BError| PublishError::input(format!("cannot make the request: {error}"));
+        |error: pingora::BError| CommandError::refused(format!("cannot make the request: {error}"));
     let mut request = RequestHeader::build("POST", event.path.as_bytes(), None).map_err(invalid)?;
     request
         .insert_header("host", egress.to_string())
@@ -76,14 +57,14 @@ pub async fn publish(
     let response = SmallClient::default()
         .exchange(&peer, request, Bytes::from(body), TIMEOUT)
         .await
-        .map_err(|error| PublishError {
+        .map_err(|error| CommandError {
             exit_code: 2,
             message: format!("cannot reach the sidecar's egress listener at {egress}: {error}"),
         })?;
     let text = String::from_utf8_lossy(&response.body).into_owned();
     match response.status {
         200..=299 => Ok(text),
-        status => Err(PublishError {
+        status => Err(CommandError {
             exit_code: if status >= 500 { 2 } else { 1 },
             message: format!("the sidecar answered {status}: {text}"),
         }),
