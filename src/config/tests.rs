@@ -594,7 +594,7 @@ fn the_json_schema_knows_exactly_the_keys_the_decoder_takes() {
         ),
         (
             "/properties/events/additionalProperties/properties",
-            webhooks::PUBLISHED_KEYS,
+            &webhooks::published_keys(),
         ),
         (
             "/properties/webhooks/additionalProperties/properties/verify/properties",

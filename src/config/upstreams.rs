@@ -110,6 +110,18 @@ pub struct HealthCheck {
     pub unhealthy_after: u32,
 }
 
+/// The error for `name` where an upstream group is wanted but none is
+/// called so, with the names there are.
+pub(super) fn unknown_group<S: AsRef<str>>(name: &str, known: &[S]) -> String {
+    let known = if known.is_empty() {
+        "none are defined".to_string()
+    } else {
+        let names: Vec<&str> = known.iter().map(AsRef::as_ref).collect();
+        format!("defined: {}", names.join(", "))
+    };
+    format!("\"{name}\" names no entry under upstreams ({known})")
+}
+
 pub fn decode_upstream(d: &mut Decoder, name: &str, node: &Node) -> Option<UpstreamGroup> {
     let f = d.fields(
         node,

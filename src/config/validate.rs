@@ -6,6 +6,7 @@
 use super::decode::Decoder;
 use super::path::YamlPath;
 use super::services::{LimitScope, ServiceUpstream};
+use super::upstreams::unknown_group;
 use super::{Config, StoreKind};
 
 pub fn check(d: &mut Decoder, config: &Config) {
@@ -95,15 +96,7 @@ fn check_service_groups(d: &mut Decoder, config: &Config) {
         let path = YamlPath::root().key("services").key(&service.name);
         if !config.upstreams.iter().any(|u| &u.name == group) {
             let known: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-            let known = if known.is_empty() {
-                "none are defined".to_string()
-            } else {
-                format!("defined: {}", known.join(", "))
-            };
-            d.error(
-                &path.key("group"),
-                format!("\"{group}\" names no entry under upstreams ({known})"),
-            );
+            d.error(&path.key("group"), unknown_group(group, &known));
         }
         if service.ca_file.is_some() {
             d.error(
@@ -114,20 +107,25 @@ fn check_service_groups(d: &mut Decoder, config: &Config) {
     }
 }
 
-fn check_webhooks(d: &mut Decoder, config: &Config) {
-    for (i, webhook) in config.webhooks.iter().enumerate() {
-        let base = YamlPath::root().key("webhooks").key(&webhook.name);
-        if let Some(earlier) = config.webhooks[..i].iter().find(|w| w.path == webhook.path) {
+/// No two entries of `section` share a path.
+fn check_unique_paths(d: &mut Decoder, section: &str, sources: &[super::Webhook]) {
+    for (i, source) in sources.iter().enumerate() {
+        if let Some(earlier) = sources[..i].iter().find(|s| s.path == source.path) {
             d.error(
-                &base.key("path"),
+                &YamlPath::root().key(section).key(&source.name).key("path"),
                 format!(
-                    "path {} is already used by webhooks.{}",
-                    webhook.path, earlier.name
+                    "path {} is already used by {section}.{}",
+                    source.path, earlier.name
                 ),
             );
         }
     }
-    for (i, event) in config.events.iter().enumerate() {
+}
+
+fn check_webhooks(d: &mut Decoder, config: &Config) {
+    check_unique_paths(d, "webhooks", &config.webhooks);
+    check_unique_paths(d, "events", &config.events);
+    for event in &config.events {
         let base = YamlPath::root().key("events").key(&event.name);
         // Jobs, dead letters and metrics name their source: one namespace.
         if config.webhooks.iter().any(|w| w.name == event.name) {
@@ -136,15 +134,6 @@ fn check_webhooks(d: &mut Decoder, config: &Config) {
                 format!(
                     "{} is already the name of webhooks.{}: a delivered event names its source in x-webhook-source",
                     event.name, event.name
-                ),
-            );
-        }
-        if let Some(earlier) = config.events[..i].iter().find(|e| e.path == event.path) {
-            d.error(
-                &base.key("path"),
-                format!(
-                    "path {} is already used by events.{}",
-                    event.path, earlier.name
                 ),
             );
         }

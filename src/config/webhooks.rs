@@ -16,6 +16,7 @@ use super::pattern::{Glob, PayloadTemplate};
 use super::secret::Secret;
 use super::ser;
 use super::services::{decode_backoff, header_name, positive_duration, Backoff};
+use super::upstreams::unknown_group;
 
 /// Shorter keys make brute-forcing a signature realistic.
 pub const MIN_SECRET_BYTES: usize = 16;
@@ -184,18 +185,18 @@ pub(super) const WEBHOOK_KEYS: &[&str] = &[
     "ack",
 ];
 
+/// What only a provider's webhook has: an app's own events are not signed
+/// and take no custom answer.
+const WEBHOOK_ONLY_KEYS: &[&str] = &["verify", "ack"];
+
 /// The keys of `events.<name>`: a webhook's, without `verify` and `ack`.
-pub(super) const PUBLISHED_KEYS: &[&str] = &[
-    "path",
-    "max_body",
-    "event_id",
-    "event_type",
-    "context",
-    "priority",
-    "routes",
-    "delivery",
-    "dedup_window",
-];
+pub(super) fn published_keys() -> Vec<&'static str> {
+    WEBHOOK_KEYS
+        .iter()
+        .filter(|key| !WEBHOOK_ONLY_KEYS.contains(key))
+        .copied()
+        .collect()
+}
 
 pub fn decode_webhook(
     d: &mut Decoder,
@@ -224,14 +225,11 @@ fn decode_source(
     upstreams: &[String],
     published: bool,
 ) -> Option<Webhook> {
-    let f = d.fields(
-        node,
-        if published {
-            PUBLISHED_KEYS
-        } else {
-            WEBHOOK_KEYS
-        },
-    )?;
+    let f = if published {
+        d.fields(node, &published_keys())?
+    } else {
+        d.fields(node, WEBHOOK_KEYS)?
+    };
     let path = d
         .required(&f, "path")
         .and_then(|n| d.parsed(&n, plain_path));
@@ -552,14 +550,9 @@ fn decode_route(d: &mut Decoder, node: &Node, upstreams: &[String]) -> Option<Ro
         let targets = d.list(&n, |d, item| {
             let target = d.non_empty_string(item)?;
             if !upstreams.contains(&target) {
-                let known = if upstreams.is_empty() {
-                    "none are defined".to_string()
-                } else {
-                    format!("defined: {}", upstreams.join(", "))
-                };
                 d.error(
                     &item.path,
-                    format!("target \"{target}\" names no entry under upstreams ({known})"),
+                    format!("target {}", unknown_group(&target, upstreams)),
                 );
                 return None;
             }
