@@ -21,7 +21,8 @@ impl WeddingDayRule {
     /// within `within` of `now` (before or after). A value that is no date
     /// never matches: a malformed field must not jump the queue.
     pub fn matches(&self, value: &str, now: Timestamp) -> bool {
-        let Some((start, end)) = self.span(value.trim()) else {
+        let value = value.trim();
+        let Some(when) = self.when(value) else {
             return false;
         };
         let within =
@@ -29,28 +30,43 @@ impl WeddingDayRule {
         let (Ok(from), Ok(to)) = (now.checked_sub(within), now.checked_add(within)) else {
             return false;
         };
-        let today = now.to_zoned(self.zone.clone()).date();
-        let on_today = value
-            .trim()
-            .parse::<Date>()
-            .is_ok_and(|date| date == today && value.trim().len() == 10);
-        on_today || (start <= to && end >= from)
+        // Only a plain `YYYY-MM-DD` names a day that can be "today".
+        let on_today = when
+            .day
+            .filter(|_| value.len() == 10)
+            .is_some_and(|date| date == now.to_zoned(self.zone.clone()).date());
+        on_today || (when.start <= to && when.end >= from)
     }
 
-    /// The instants the value covers: a whole day in the zone for a date,
-    /// one instant for an RFC 3339 time.
-    fn span(&self, value: &str) -> Option<(Timestamp, Timestamp)> {
+    /// What the value names: one RFC 3339 instant, or a date's whole day
+    /// in the zone.
+    fn when(&self, value: &str) -> Option<When> {
         if value.len() > 64 {
             return None;
         }
         if let Ok(instant) = value.parse::<Timestamp>() {
-            return Some((instant, instant));
+            return Some(When {
+                day: None,
+                start: instant,
+                end: instant,
+            });
         }
         let date: Date = value.parse().ok()?;
         let start = date.to_zoned(self.zone.clone()).ok()?;
         let end = date.tomorrow().ok()?.to_zoned(self.zone.clone()).ok()?;
-        Some((start.timestamp(), end.timestamp()))
+        Some(When {
+            day: Some(date),
+            start: start.timestamp(),
+            end: end.timestamp(),
+        })
     }
+}
+
+/// The instants a wedding value covers, and its day when it names one.
+struct When {
+    day: Option<Date>,
+    start: Timestamp,
+    end: Timestamp,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
-use super::extract::extract;
+use super::extract::{extract_all, Extracted};
 use super::verify::{self, Inbound, Scheme};
 use crate::config::webhooks::{VerifyKind, Webhook};
 use crate::event::{EventMeta, Priority, WEDDING_DAY_CONTEXT};
@@ -36,8 +36,9 @@ pub struct IngressWebhook {
     rejected: IntCounter,
     rejections: IntCounterVec,
     pub ack_duration: Histogram,
-    /// `priority.wedding_day`: the JSON pointer to the date, and the rule.
-    wedding_day: Option<(String, WeddingDayRule)>,
+    /// `priority.wedding_day`, ready to match (the date is read by
+    /// `extract_all`).
+    wedding_day: Option<WeddingDayRule>,
     wedding_day_events: IntCounter,
     /// `tracing.propagate`: each accepted event keeps its trace context.
     propagate: bool,
@@ -66,11 +67,7 @@ impl IngressWebhook {
             ack_duration: metrics
                 .webhook_ack_duration_seconds
                 .with_label_values(&[name]),
-            wedding_day: config
-                .priority
-                .wedding_day
-                .as_ref()
-                .map(|w| (w.date.clone(), w.rule())),
+            wedding_day: config.priority.wedding_day.as_ref().map(|w| w.rule()),
             wedding_day_events: metrics.wedding_day_events_total.with_label_values(&[name]),
             propagate: true,
             config: config.clone(),
@@ -116,7 +113,10 @@ impl IngressWebhook {
                 &serde_json::json!({ "challenge": challenge }),
             );
         }
-        let mut meta = extract(
+        let Extracted {
+            mut meta,
+            wedding_date,
+        } = extract_all(
             &self.config,
             headers,
             &body,
@@ -150,7 +150,7 @@ impl IngressWebhook {
                 error: status >= 500,
             });
         };
-        let wedding_day = self.mark_wedding_day(&mut meta, &body, now);
+        let wedding_day = self.mark_wedding_day(&mut meta, wedding_date.as_deref(), now);
         let Some(store) = store else {
             return Problem::new(ErrorCode::StoreUnavailable, "no event store is configured")
                 .with_header("retry-after", "1")
@@ -207,14 +207,8 @@ impl IngressWebhook {
     /// An event whose wedding is today (or within the rule's reach) goes to
     /// the high lane whatever its type, and its deliveries carry
     /// `x-wedding-day: true` (a context value).
-    fn mark_wedding_day(&self, meta: &mut EventMeta, body: &[u8], now: Duration) -> bool {
-        let Some((pointer, rule)) = &self.wedding_day else {
-            return false;
-        };
-        let Ok(document) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return false;
-        };
-        let Some(value) = document.pointer(pointer).and_then(|v| v.as_str()) else {
+    fn mark_wedding_day(&self, meta: &mut EventMeta, date: Option<&str>, now: Duration) -> bool {
+        let (Some(rule), Some(value)) = (&self.wedding_day, date) else {
             return false;
         };
         let Ok(now) = jiff::Timestamp::from_millisecond(now.as_millis() as i64) else {

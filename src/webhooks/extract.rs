@@ -65,6 +65,23 @@ pub fn extract(
     body: &[u8],
     signed: &SignedIdentity,
 ) -> EventMeta {
+    extract_all(webhook, headers, body, signed).meta
+}
+
+/// What [`extract_all`] reads: the event's metadata, and the wedding date
+/// its `priority.wedding_day` points at (a JSON string), read from the
+/// document already parsed for the rest.
+pub struct Extracted {
+    pub meta: EventMeta,
+    pub wedding_date: Option<String>,
+}
+
+pub fn extract_all(
+    webhook: &Webhook,
+    headers: &HeaderMap,
+    body: &[u8],
+    signed: &SignedIdentity,
+) -> Extracted {
     let is_form = crate::webhooks::verify::twilio::is_form(headers);
     let sources = Sources {
         headers,
@@ -106,14 +123,25 @@ pub fn extract(
             }
         }
     }
-    EventMeta {
-        id: id.into(),
-        dedup,
-        event_type,
-        context,
-        priority,
-        targets,
-        trace: None,
+    let wedding_date = webhook.priority.wedding_day.as_ref().and_then(|rule| {
+        sources
+            .json
+            .as_ref()?
+            .pointer(&rule.date)?
+            .as_str()
+            .map(str::to_string)
+    });
+    Extracted {
+        meta: EventMeta {
+            id: id.into(),
+            dedup,
+            event_type,
+            context,
+            priority,
+            targets,
+            trace: None,
+        },
+        wedding_date,
     }
 }
 

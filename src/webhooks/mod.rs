@@ -269,7 +269,11 @@ fn too_large(limit: u64) -> Problem {
 /// The body's declared length; none for a chunked body (Pingora has
 /// already refused a request whose lengths disagree or do not parse).
 fn declared_length(session: &HttpSession) -> Option<u64> {
-    let headers = &session.req_header().headers;
+    declared_body_length(&session.req_header().headers)
+}
+
+/// The same for a request's headers, whichever listener read them.
+fn declared_body_length(headers: &http::HeaderMap) -> Option<u64> {
     if headers.contains_key(http::header::TRANSFER_ENCODING) {
         return None;
     }

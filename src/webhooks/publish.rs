@@ -92,12 +92,7 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Problem> 
             format!("this event source accepts bodies of at most {limit} bytes"),
         )
     };
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = super::declared_body_length(&session.req_header().headers);
     if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
