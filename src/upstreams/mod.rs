@@ -56,7 +56,7 @@ pub struct Group {
     published: Mutex<HashSet<String>>,
     /// (backend, code) series of `sidecar_upstream_requests_total`, removed
     /// when their backend leaves.
-    counted: Mutex<HashSet<(String, String)>>,
+    counted: Mutex<HashMap<String, HashSet<String>>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -307,10 +307,18 @@ impl Group {
             .upstream_requests_total
             .with_label_values(&[self.config.name.as_str(), backend, code])
             .inc();
-        self.counted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((backend.to_string(), code.to_string()));
+        // Looked up by reference: a call allocates only for a series new
+        // to this group.
+        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        match counted.get_mut(backend) {
+            Some(codes) if codes.contains(code) => {}
+            Some(codes) => {
+                codes.insert(code.to_string());
+            }
+            None => {
+                counted.insert(backend.to_string(), HashSet::from([code.to_string()]));
+            }
+        }
     }
 
     /// Deliveries in flight to the whole group.
@@ -363,14 +371,16 @@ impl Group {
         self.counted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(backend, code)| {
+            .retain(|backend, codes| {
                 let keep = live.contains(backend);
                 if !keep {
-                    let _ = self.metrics.upstream_requests_total.remove_label_values(&[
-                        self.config.name.as_str(),
-                        backend,
-                        code,
-                    ]);
+                    for code in codes.iter() {
+                        let _ = self.metrics.upstream_requests_total.remove_label_values(&[
+                            self.config.name.as_str(),
+                            backend,
+                            code,
+                        ]);
+                    }
                 }
                 keep
             });
