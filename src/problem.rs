@@ -175,12 +175,7 @@ impl Problem {
     pub async fn write_to(&self, session: &mut Session) -> pingora::Result<()> {
         let body = self.body();
         let header = self.response_header(body.len())?;
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await
+        write_whole(session, header, body).await
     }
 
     /// The whole answer as HTTP/1.1 bytes that close the connection, for a
@@ -222,6 +217,21 @@ impl Problem {
             .body(body)
             .unwrap_or_else(|_| http::Response::new(Vec::new()))
     }
+}
+
+/// Writes a whole answer the sidecar made itself (header, then body) on a
+/// proxy session.
+pub async fn write_whole(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Vec<u8>,
+) -> pingora::Result<()> {
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
 }
 
 #[cfg(test)]

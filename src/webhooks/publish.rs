@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use tokio::sync::Notify;
 
 use super::ack::IngressWebhook;
-use crate::problem::{ErrorCode, Problem};
+use crate::problem::{write_whole, ErrorCode, Problem};
 use crate::store::Store;
 use crate::time::unix_time;
 
@@ -125,11 +124,5 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Problem> 
 
 async fn write(session: &mut Session, response: http::Response<Vec<u8>>) -> pingora::Result<()> {
     let (parts, body) = response.into_parts();
-    let header: ResponseHeader = parts.into();
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await
+    write_whole(session, parts.into(), body).await
 }
