@@ -48,18 +48,7 @@ ready_bare() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$BARE/x" >/dev
 send_bare() { curl -s "http://127.0.0.1:$BARE/x?i=[1-$1]" -o /dev/null; }
 
 EG=$(port); IN=$(port); AD=$(port)
-cat > "$WORK/egress.yaml" <<YAML
-listen: { egress: 127.0.0.1:$EG, ingress: 127.0.0.1:$IN, admin: 127.0.0.1:$AD }
-drain_delay: 0s
-store: { path: $WORK/egress-data }
-services:
-  stripe:
-    route: /stripe
-    upstream: http://127.0.0.1:$UP
-    auth: { kind: bearer, token: sk_test_benchmark_key }
-    rate_limit: { requests: 1000000000, per: 1s }
-    circuit_breaker: { failure_threshold: 5, open_for: 30s }
-YAML
+egress_yaml "$EG" "$IN" "$AD" "$WORK/egress-data" "$UP" > "$WORK/egress.yaml"
 cp "$WORK/egress.yaml" "$WORK/untraced.yaml"
 echo "tracing: { propagate: false }" >> "$WORK/untraced.yaml"
 sed -i -e "s#egress-data#untraced-data#" "$WORK/untraced.yaml"

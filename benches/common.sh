@@ -64,3 +64,21 @@ redis_scripts() {
 WORK=$(mktemp -d)
 # Pingora drains for minutes on SIGTERM; nothing here needs a graceful end.
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+
+# The sidecar's egress with every feature on (bearer injection, request ids,
+# the access log, a per-pod rate limit that never refuses, a breaker), as
+# YAML on stdout: egress_yaml EGRESS_PORT INGRESS_PORT ADMIN_PORT DATA_DIR UPSTREAM_PORT
+egress_yaml() {
+  cat <<YAML
+listen: { egress: 127.0.0.1:$1, ingress: 127.0.0.1:$2, admin: 127.0.0.1:$3 }
+drain_delay: 0s
+store: { path: $4 }
+services:
+  stripe:
+    route: /stripe
+    upstream: http://127.0.0.1:$5
+    auth: { kind: bearer, token: sk_test_benchmark_key }
+    rate_limit: { requests: 1000000000, per: 1s }
+    circuit_breaker: { failure_threshold: 5, open_for: 30s }
+YAML
+}

@@ -47,17 +47,7 @@ services:
 YAML
 env -u RUST_LOG ./target/release/wedsync-sidecar run -c "$WORK/sidecar.yaml" 2>"$WORK/sidecar.log" &
 SIDECAR_PID=$!
-cat > "$WORK/guarded.yaml" <<YAML
-listen: { egress: 127.0.0.1:$G_EG, ingress: 127.0.0.1:$G_IN, admin: 127.0.0.1:$G_AD }
-store: { path: $WORK/guarded-data }
-services:
-  stripe:
-    route: /stripe
-    upstream: http://127.0.0.1:$UP
-    auth: { kind: bearer, token: sk_test_benchmark_key }
-    rate_limit: { requests: 1000000000, per: 1s }
-    circuit_breaker: { failure_threshold: 5, open_for: 30s }
-YAML
+egress_yaml "$G_EG" "$G_IN" "$G_AD" "$WORK/guarded-data" "$UP" > "$WORK/guarded.yaml"
 env -u RUST_LOG ./target/release/wedsync-sidecar run -c "$WORK/guarded.yaml" 2>"$WORK/guarded.log" &
 GUARDED_PID=$!
 for a in $AD $G_AD; do wait_ready "$a"; done

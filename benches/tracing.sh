@@ -27,19 +27,7 @@ sleep 0.3
 start() { # name tracing-yaml -> EG, PID
   local in ad
   EG=$(port); in=$(port); ad=$(port)
-  cat > "$WORK/$1.yaml" <<YAML
-listen: { egress: 127.0.0.1:$EG, ingress: 127.0.0.1:$in, admin: 127.0.0.1:$ad }
-drain_delay: 0s
-store: { path: $WORK/$1-data }
-services:
-  stripe:
-    route: /stripe
-    upstream: http://127.0.0.1:$UP
-    auth: { kind: bearer, token: sk_test_benchmark_key }
-    rate_limit: { requests: 1000000000, per: 1s }
-    circuit_breaker: { failure_threshold: 5, open_for: 30s }
-$2
-YAML
+  { egress_yaml "$EG" "$in" "$ad" "$WORK/$1-data" "$UP"; echo "$2"; } > "$WORK/$1.yaml"
   RUST_LOG=warn ./target/release/wedsync-sidecar run -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
   PID=$!
   wait_ready "$ad"
