@@ -199,7 +199,9 @@ impl Deliverer {
             now_ms(),
             unit_random(),
         );
-        let trace_id = trace.map(|(t, _)| t.trace_id_hex()).unwrap_or_default();
+        // On the stack: only a failed attempt's log line shows it.
+        let trace_id = trace.map(|(t, _)| t.trace_id_text());
+        let trace_id = trace_id.as_ref().map_or("", |t| t.as_str());
         if let Some((context, parent)) = trace.filter(|_| trace::export::enabled()) {
             trace::export::record(Span {
                 context,

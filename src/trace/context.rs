@@ -116,10 +116,6 @@ impl TraceContext {
         write_hex(&mut out, &self.trace_id);
         TraceIdText(out)
     }
-
-    pub fn trace_id_hex(&self) -> String {
-        self.trace_id_text().as_str().to_string()
-    }
 }
 
 fn is_lower_hex(text: &str) -> bool {
@@ -220,7 +216,6 @@ mod tests {
             context.trace_id_text().as_str(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl IngressWebhook {
             }
             Err(error) => {
                 span(503, &id);
-                tracing::warn!(webhook = %self.config.name, trace_id = %trace.trace_id_hex(), %error, "could not store a webhook event");
+                tracing::warn!(webhook = %self.config.name, trace_id = %trace.trace_id_text(), %error, "could not store a webhook event");
                 // Nothing was acknowledged: the provider retries.
                 Problem::new(
                     ErrorCode::StoreUnavailable,
