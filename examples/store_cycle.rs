@@ -17,9 +17,16 @@ use wedsync_sidecar::event::{EventMeta, Priority};
 use wedsync_sidecar::store::embedded::engine::{LocalStore, Write, Written};
 use wedsync_sidecar::store::records::{Job, LeaseRequest, NewEvent};
 
-const BATCH: usize = 64;
+/// Writes per group commit: `BATCH=16 store_cycle 40` (default 64).
+fn batch() -> usize {
+    std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(64)
+}
 
 fn main() {
+    let batch = batch();
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|n| n.parse().ok())
@@ -29,10 +36,10 @@ fn main() {
     let body = vec![b'x'; 2048];
     let targets: Vec<wedsync_sidecar::names::UpstreamName> = vec!["notify".into()];
     let room: Vec<(wedsync_sidecar::names::UpstreamName, u32)> =
-        vec![("notify".into(), BATCH as u32)];
+        vec![("notify".into(), batch as u32)];
     let webhook = wedsync_sidecar::names::WebhookName::new("stripe");
     for round in 0..rounds {
-        let metas: Vec<EventMeta> = (0..BATCH)
+        let metas: Vec<EventMeta> = (0..batch)
             .map(|i| EventMeta {
                 id: format!("evt_{round}_{i}").into(),
                 dedup: format!("evt_{round}_{i}"),
@@ -62,13 +69,13 @@ fn main() {
             now_ms,
             visibility: Duration::from_secs(30),
             room: room.clone(),
-            max: BATCH,
+            max: batch,
         };
         let leased: Vec<Job> = match store.apply(&[Write::Lease(&lease)]).expect("lease").pop() {
             Some(Ok(Written::Leased(jobs))) => jobs,
             other => panic!("a lease answers with jobs, not {other:?}"),
         };
-        assert_eq!(leased.len(), BATCH, "every job accepted is due");
+        assert_eq!(leased.len(), batch, "every job accepted is due");
         let acks: Vec<Write<'_>> = leased.iter().map(Write::Ack).collect();
         store.apply(&acks).expect("ack");
     }

@@ -5,7 +5,15 @@
 //! provider may get its 2xx.
 //!
 //! Jobs are indexed by (priority rank, target, due time, id), so the next
-//! due jobs of a lane and target are the first keys of its range. Leases,
+//! due jobs of a lane and target are the first keys of its range. Job ids
+//! grow with acceptance (a replay keeps its job's id), so the oldest job
+//! waiting is the first of the jobs table: no index of ages is kept. An
+//! event referred to by one job (or dead letter) has no reference count
+//! written; only an event with more keeps one. Counters (queue depths,
+//! dead letters per webhook, jobs per lane and target) are added up in
+//! memory and written once per transaction. Each of these took a B-tree
+//! insert and a removal per job from the single writer (removing the oldest
+//! keys of an index rebuilds and merges its leftmost leaves in redb). Leases,
 //! acks and retries commit without fsync (losing one in a crash means a
 //! delivery is made again, which at-least-once allows), but never more than
 //! [`DURABLE_EVERY`] after the last fsync; dead-lettering, replays and
@@ -44,7 +52,8 @@ const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const QUEUE: TableDefinition<(u8, &str, u64, u64), ()> = TableDefinition::new("queue");
 /// (priority rank, target) -> jobs queued: the targets a lease looks at.
 const QUEUED: TableDefinition<(u8, &str), u64> = TableDefinition::new("queued_targets");
-/// (received ms, job id) of every waiting job: the oldest is first.
+/// (received ms, job id) of every waiting job, kept by earlier versions:
+/// emptied when the file is opened (the jobs table's order is the same).
 const AGE: TableDefinition<(u64, u64), ()> = TableDefinition::new("age");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 /// (dead at ms, job id): the dead-letter list's order.
@@ -170,6 +179,7 @@ impl LocalStore {
     }
 
     fn create_tables_and_release_leases(&self) -> Result<(), StoreError> {
+        self.drop_age_index()?;
         self.write(true, |tables| {
             let now_ms = unix_time().as_millis() as u64;
             let mut leased = Vec::new();
@@ -193,6 +203,28 @@ impl LocalStore {
             }
             Ok(())
         })
+    }
+
+    /// Empties the index of ages an earlier version kept (it is no longer
+    /// updated, and a version that reads it again after a downgrade must
+    /// not find jobs long gone in it). The table stays, so that such a
+    /// version can open it.
+    fn drop_age_index(&self) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(failed)?;
+        let emptied = {
+            let mut age = txn.open_table(AGE).map_err(failed)?;
+            let stale = !age.is_empty().map_err(failed)?;
+            if stale {
+                age.retain(|_, ()| false).map_err(failed)?;
+            }
+            stale
+        };
+        if emptied {
+            self.commit(txn, true)
+        } else {
+            txn.abort().map_err(failed)
+        }
     }
 
     fn commit(&self, txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
@@ -220,7 +252,11 @@ impl LocalStore {
         let db = self.db()?;
         let txn = db.begin_write().map_err(failed)?;
         // The tables are closed before the commit, as redb requires.
-        let changed = Tables::open(&txn).and_then(|mut tables| change(&mut tables));
+        let changed = Tables::open(&txn).and_then(|mut tables| {
+            let value = change(&mut tables)?;
+            tables.write_counts()?;
+            Ok(value)
+        });
         match changed {
             Ok(value) => {
                 self.commit(txn, durable)?;
@@ -380,7 +416,7 @@ impl LocalStore {
         let counters = txn.open_table(COUNTERS).map_err(failed)?;
         let count = |priority: Priority| -> Result<u64, StoreError> {
             Ok(counters
-                .get(depth_key(priority).as_str())
+                .get(depth_key(priority))
                 .map_err(failed)?
                 .map_or(0, |v| v.value()))
         };
@@ -422,12 +458,22 @@ impl LocalStore {
         Ok(next)
     }
 
+    /// When the oldest job waiting (queued or leased) was received: the
+    /// first of the jobs table, whose ids grow with acceptance. A clock
+    /// stepped back may order a few jobs differently; the gauge is in
+    /// seconds. Records that cannot be read are passed over (the next lease
+    /// sets them aside).
     pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
-        let age = txn.open_table(AGE).map_err(failed)?;
-        let oldest = age.first().map_err(failed)?.map(|(key, _)| key.value().0);
-        Ok(oldest)
+        let jobs = txn.open_table(JOBS).map_err(failed)?;
+        for entry in jobs.iter().map_err(failed)?.take(64) {
+            let (_, value) = entry.map_err(failed)?;
+            if let Ok(job) = decode::<Job>(value.value()) {
+                return Ok(Some(job.received_at_ms));
+            }
+        }
+        Ok(None)
     }
 
     /// An event's metadata and body.
@@ -449,7 +495,10 @@ impl LocalStore {
 
     /// A small fsynced commit, to tell whether writes work again.
     pub fn probe(&self) -> Result<(), StoreError> {
-        self.write(true, |tables| tables.bump("probe", 1))
+        self.write(true, |tables| {
+            tables.bump("probe", 1);
+            Ok(())
+        })
     }
 
     /// One fsynced commit, so that every earlier commit is durable too.
@@ -559,10 +608,22 @@ struct Tables<'t> {
     jobs: Table<'t, u64, &'static [u8]>,
     queue: Table<'t, (u8, &'static str, u64, u64), ()>,
     queued: Table<'t, (u8, &'static str), u64>,
-    age: Table<'t, (u64, u64), ()>,
     dead: Table<'t, u64, &'static [u8]>,
     dead_order: Table<'t, (u64, u64), ()>,
     counters: Table<'t, &'static str, u64>,
+    /// Changes to `queued` and `counters` not written yet: added up here and
+    /// written by `write_counts`, before a lease reads them and before the
+    /// commit.
+    counts: Vec<(Count, i64)>,
+}
+
+/// A count kept in the QUEUED or COUNTERS table.
+#[derive(Debug, PartialEq, Eq)]
+enum Count {
+    /// Jobs queued in a lane for a target.
+    Queued(u8, String),
+    /// A key of the COUNTERS table.
+    Counter(String),
 }
 
 impl<'t> Tables<'t> {
@@ -575,11 +636,36 @@ impl<'t> Tables<'t> {
             jobs: txn.open_table(JOBS).map_err(failed)?,
             queue: txn.open_table(QUEUE).map_err(failed)?,
             queued: txn.open_table(QUEUED).map_err(failed)?,
-            age: txn.open_table(AGE).map_err(failed)?,
             dead: txn.open_table(DEAD).map_err(failed)?,
             dead_order: txn.open_table(DEAD_ORDER).map_err(failed)?,
             counters: txn.open_table(COUNTERS).map_err(failed)?,
+            counts: Vec::new(),
         })
+    }
+
+    /// Adds `delta` to a count, in memory until `write_counts`. A batch
+    /// touches a few counts many times: they are found by a look along.
+    fn count(&mut self, count: Count, delta: i64) {
+        match self.counts.iter_mut().find(|(c, _)| *c == count) {
+            Some((_, sum)) => *sum += delta,
+            None => self.counts.push((count, delta)),
+        }
+    }
+
+    /// Writes the counts changed since the last call.
+    fn write_counts(&mut self) -> Result<(), StoreError> {
+        for (count, delta) in std::mem::take(&mut self.counts) {
+            if delta == 0 {
+                continue;
+            }
+            match count {
+                Count::Queued(rank, target) => {
+                    add_count(&mut self.queued, (rank, target.as_str()), delta)?
+                }
+                Count::Counter(key) => add_count(&mut self.counters, key.as_str(), delta)?,
+            }
+        }
+        Ok(())
     }
 
     /// The `max` oldest due jobs of a lane among every target with room,
@@ -598,6 +684,8 @@ impl<'t> Tables<'t> {
             max,
         } = *request;
         let r = rank(priority);
+        // Jobs accepted earlier in this transaction are listed by target.
+        self.write_counts()?;
         let mut due: Vec<(u64, u64, String)> = Vec::new();
         for entry in self.queued.range((r, "")..(r + 1, "")).map_err(failed)? {
             let (key, _) = entry.map_err(failed)?;
@@ -651,7 +739,6 @@ impl<'t> Tables<'t> {
                 rank: r,
                 target,
                 due_ms,
-                received_at_ms: job.received_at_ms,
                 event: job.event,
             };
             let mut taken = job;
@@ -704,18 +791,8 @@ impl<'t> Tables<'t> {
             self.queue
                 .remove((*rank, target.as_str(), *due_ms, id))
                 .map_err(failed)?;
-            self.count_queued(&job, -1)?;
-            self.bump(&depth_key(job.priority), -1)?;
-        }
-        let ages: Vec<(u64, u64)> = self
-            .age
-            .iter()
-            .map_err(failed)?
-            .filter_map(|entry| entry.ok().map(|(key, _)| key.value()))
-            .filter(|(_, job_id)| *job_id == id)
-            .collect();
-        for age in ages {
-            self.age.remove(age).map_err(failed)?;
+            self.count_queued(&job, -1);
+            self.bump(depth_key(job.priority), -1);
         }
         tracing::error!(job = id, %reason, "a job's record cannot be read; it is set aside as a dead letter (corrupt)");
         job.due_ms = letter.job.due_ms;
@@ -746,31 +823,49 @@ impl<'t> Tables<'t> {
     }
 
     /// Adds `delta` to a counter of the COUNTERS table.
-    fn bump(&mut self, key: &str, delta: i64) -> Result<(), StoreError> {
-        add_count(&mut self.counters, key, delta)
+    fn bump(&mut self, key: &str, delta: i64) {
+        if let Some((_, sum)) = self
+            .counts
+            .iter_mut()
+            .find(|(c, _)| matches!(c, Count::Counter(k) if k == key))
+        {
+            *sum += delta;
+            return;
+        }
+        self.count(Count::Counter(key.to_string()), delta);
     }
 
     /// A new job: its records and one more in its priority's depth (kept as
     /// a counter so the gauges never scan the queue).
     fn insert_job(&mut self, job: &Job) -> Result<(), StoreError> {
         self.insert_job_records(job)?;
-        self.count_queued(job, 1)?;
-        self.bump(&depth_key(job.priority), 1)
+        self.count_queued(job, 1);
+        self.bump(depth_key(job.priority), 1);
+        Ok(())
     }
 
     fn remove_job(&mut self, job: &Job) -> Result<(), StoreError> {
         self.remove_job_records(job)?;
-        self.count_queued(job, -1)?;
-        self.bump(&depth_key(job.priority), -1)
+        self.count_queued(job, -1);
+        self.bump(depth_key(job.priority), -1);
+        Ok(())
     }
 
     /// Keeps a (lane, target) listed while it has jobs queued.
-    fn count_queued(&mut self, job: &Job, delta: i64) -> Result<(), StoreError> {
-        add_count(
-            &mut self.queued,
-            (rank(job.priority), job.target.as_str()),
-            delta,
-        )
+    fn count_queued(&mut self, job: &Job, delta: i64) {
+        self.count_queued_at(rank(job.priority), &job.target, delta);
+    }
+
+    fn count_queued_at(&mut self, rank: u8, target: &str, delta: i64) {
+        if let Some((_, sum)) = self
+            .counts
+            .iter_mut()
+            .find(|(c, _)| matches!(c, Count::Queued(r, t) if *r == rank && t == target))
+        {
+            *sum += delta;
+            return;
+        }
+        self.count(Count::Queued(rank, target.to_string()), delta);
     }
 
     fn insert_job_records(&mut self, job: &Job) -> Result<(), StoreError> {
@@ -778,9 +873,6 @@ impl<'t> Tables<'t> {
             .insert(job.id, encode(job).as_slice())
             .map_err(failed)?;
         self.queue.insert(queue_key(job), ()).map_err(failed)?;
-        self.age
-            .insert((job.received_at_ms, job.id), ())
-            .map_err(failed)?;
         Ok(())
     }
 
@@ -791,19 +883,14 @@ impl<'t> Tables<'t> {
         self.queue
             .remove((place.rank, place.target.as_str(), place.due_ms, id))
             .map_err(failed)?;
-        self.age
-            .remove((place.received_at_ms, id))
-            .map_err(failed)?;
-        add_count(&mut self.queued, (place.rank, place.target.as_str()), -1)?;
-        self.bump(&depth_key(priority_of(place.rank)), -1)
+        self.count_queued_at(place.rank, &place.target, -1);
+        self.bump(depth_key(priority_of(place.rank)), -1);
+        Ok(())
     }
 
     fn remove_job_records(&mut self, job: &Job) -> Result<(), StoreError> {
         self.jobs.remove(job.id).map_err(failed)?;
         self.queue.remove(queue_key(job)).map_err(failed)?;
-        self.age
-            .remove((job.received_at_ms, job.id))
-            .map_err(failed)?;
         Ok(())
     }
 
@@ -831,7 +918,8 @@ impl<'t> Tables<'t> {
         self.dead_order
             .insert((letter.dead_at_ms, letter.job.id), ())
             .map_err(failed)?;
-        self.bump(&dead_key(&letter.job.webhook), 1)
+        self.bump(&dead_key(&letter.job.webhook), 1);
+        Ok(())
     }
 
     fn remove_dead(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
@@ -843,25 +931,25 @@ impl<'t> Tables<'t> {
             self.dead_order
                 .remove((letter.dead_at_ms, id))
                 .map_err(failed)?;
-            self.bump(&dead_key(&letter.job.webhook), -1)?;
+            self.bump(&dead_key(&letter.job.webhook), -1);
         }
         Ok(letter)
     }
 
     /// One job or dead letter no longer refers to the event; the last one
-    /// takes the event and its body with it.
+    /// takes the event and its body with it. An event without a count has
+    /// one reference: counts are written only for events with more, and an
+    /// earlier version reads a missing count the same way.
     fn release_event(&mut self, event: u64) -> Result<(), StoreError> {
-        let left = self
-            .refs
-            .get(event)
-            .map_err(failed)?
-            .map_or(0, |v| v.value())
-            .saturating_sub(1);
-        if left > 0 {
-            self.refs.insert(event, left).map_err(failed)?;
-            return Ok(());
+        let count = self.refs.get(event).map_err(failed)?.map(|v| v.value());
+        if let Some(count) = count {
+            if count > 1 {
+                // Kept even at 1, which any version reads as one reference.
+                self.refs.insert(event, count - 1).map_err(failed)?;
+                return Ok(());
+            }
+            self.refs.remove(event).map_err(failed)?;
         }
-        self.refs.remove(event).map_err(failed)?;
         self.events.remove(event).map_err(failed)?;
         self.bodies.remove(event).map_err(failed)?;
         Ok(())
@@ -899,7 +987,9 @@ impl<'t> Tables<'t> {
             .map_err(failed)?;
         self.bodies.insert(sequence, event.body).map_err(failed)?;
         let refs = event.meta.targets.len().max(1) as u64;
-        self.refs.insert(sequence, refs).map_err(failed)?;
+        if refs > 1 {
+            self.refs.insert(sequence, refs).map_err(failed)?;
+        }
         if event.meta.targets.is_empty() {
             let job = event.job(sequence + 1, sequence, &UNROUTED.into(), now_ms);
             self.insert_dead(&DeadLetter {
@@ -953,8 +1043,12 @@ fn add_count<'k, K: redb::Key + 'static>(
     Ok(())
 }
 
-fn depth_key(priority: Priority) -> String {
-    format!("depth:{}", rank(priority))
+fn depth_key(priority: Priority) -> &'static str {
+    match rank(priority) {
+        0 => "depth:0",
+        1 => "depth:1",
+        _ => "depth:2",
+    }
 }
 
 fn dead_key(webhook: &str) -> String {
@@ -1111,6 +1205,141 @@ mod tests {
             "its place in the queue was found"
         );
         assert_eq!(store.queue_depth().unwrap().high, 0);
+    }
+
+    fn lease_all(store: &LocalStore, now_ms: u64) -> Vec<Job> {
+        let mut request = one_high_job(now_ms);
+        request.max = 100;
+        store.lease(&request).unwrap()
+    }
+
+    fn ack(store: &LocalStore, job: &Job) {
+        store.apply_one(Write::Ack(job)).unwrap();
+    }
+
+    fn counts(store: &LocalStore) -> (usize, usize, usize) {
+        let db = store.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let len = |table: TableDefinition<u64, &[u8]>| {
+            txn.open_table(table).unwrap().len().unwrap() as usize
+        };
+        let refs = txn.open_table(REFS).unwrap().len().unwrap() as usize;
+        (len(EVENTS), len(BODIES), refs)
+    }
+
+    #[test]
+    fn only_an_event_with_several_references_has_a_count_and_the_last_release_removes_it() {
+        let store = LocalStore::open(&dir("refs")).unwrap();
+        accept(&store, "evt_one", 1_000);
+        let meta = EventMeta {
+            id: "evt_two".into(),
+            dedup: "evt_two".into(),
+            event_type: "t".into(),
+            context: Vec::new(),
+            priority: Priority::High,
+            targets: vec!["notify".into(), "analytics".into()],
+            trace: None,
+        };
+        let event = NewEvent {
+            webhook: &"stripe".into(),
+            meta: &meta,
+            content_type: None,
+            body: b"{}",
+        };
+        store.accept(&event, 1_000, HOUR).unwrap();
+        assert_eq!(
+            counts(&store),
+            (2, 2, 1),
+            "a count for the two-target event only"
+        );
+        let jobs = lease_all(&store, 1_000);
+        assert_eq!(jobs.len(), 3);
+        for job in &jobs {
+            ack(&store, job);
+        }
+        assert_eq!(
+            counts(&store),
+            (0, 0, 0),
+            "every event and body gone with its last job"
+        );
+        assert_eq!(store.queue_depth().unwrap().high, 0);
+        assert_eq!(store.next_due_ms().unwrap(), None);
+    }
+
+    #[test]
+    fn a_file_written_by_an_earlier_version_with_counts_of_one_and_an_age_index_reads_the_same() {
+        let path = dir("earlier");
+        {
+            let store = LocalStore::open(&path).unwrap();
+            accept(&store, "evt_1", 1_000);
+            accept(&store, "evt_2", 2_000);
+            // What an earlier version kept: a count of one for every event
+            // and an index of ages.
+            store
+                .write(true, |tables| {
+                    tables.refs.insert(1, 1).map_err(failed)?;
+                    tables.refs.insert(3, 1).map_err(failed)?;
+                    Ok(())
+                })
+                .unwrap();
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut age = txn.open_table(AGE).unwrap();
+                age.insert((1_000, 2), ()).unwrap();
+                age.insert((2_000, 4), ()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = LocalStore::open(&path).unwrap();
+        {
+            let db = store.db().unwrap();
+            let txn = db.begin_read().unwrap();
+            assert!(
+                txn.open_table(AGE).unwrap().is_empty().unwrap(),
+                "emptied on open"
+            );
+        }
+        assert_eq!(store.oldest_pending_ms().unwrap(), Some(1_000));
+        let jobs = lease_all(&store, unix_time().as_millis() as u64);
+        ack(&store, &jobs[0]);
+        assert_eq!(store.oldest_pending_ms().unwrap(), Some(2_000));
+        ack(&store, &jobs[1]);
+        assert_eq!(counts(&store), (0, 0, 0));
+        assert_eq!(store.oldest_pending_ms().unwrap(), None);
+    }
+
+    #[test]
+    fn counts_changed_earlier_in_a_batch_are_seen_by_its_lease() {
+        let store = LocalStore::open(&dir("batch-counts")).unwrap();
+        let meta = EventMeta {
+            id: "evt_1".into(),
+            dedup: "evt_1".into(),
+            event_type: "t".into(),
+            context: Vec::new(),
+            priority: Priority::High,
+            targets: vec!["notify".into()],
+            trace: None,
+        };
+        let event = NewEvent {
+            webhook: &"stripe".into(),
+            meta: &meta,
+            content_type: None,
+            body: b"{}",
+        };
+        let request = one_high_job(1_000);
+        let answers = store
+            .apply(&[Write::Accept(event, 1_000, HOUR), Write::Lease(&request)])
+            .unwrap();
+        match &answers[1] {
+            Ok(Written::Leased(jobs)) => assert_eq!(jobs.len(), 1, "the job accepted before it"),
+            other => panic!("a lease answers with jobs, not {other:?}"),
+        }
+        assert_eq!(
+            store.queue_depth().unwrap().high,
+            1,
+            "leased jobs still count"
+        );
     }
 
     #[test]

@@ -18,7 +18,6 @@ pub struct Place {
     pub target: String,
     /// Its due time in the queue (the lease does not move it).
     pub due_ms: u64,
-    pub received_at_ms: u64,
     pub event: u64,
 }
 
@@ -92,7 +91,6 @@ mod tests {
             rank: 1,
             target: "notify".into(),
             due_ms: 10,
-            received_at_ms: 10,
             event: 1,
         }
     }
