@@ -503,6 +503,13 @@ async fn a_wedding_day_event_overtakes_a_backlog_of_low_priority_ones() {
         post("evt_wedding".into(), "customer.updated", today_utc()).await,
         202
     );
+    // The bound counts from how far the low lane had got when the wedding
+    // event was accepted: slow posting on a loaded machine must not decide.
+    let lows_seen = target.requests().len();
+    assert!(
+        lows_seen < 15,
+        "a backlog of low events was waiting ({lows_seen} of 20 delivered already)"
+    );
     eventually(
         Duration::from_secs(10),
         "the wedding-day event is delivered",
@@ -520,7 +527,11 @@ async fn a_wedding_day_event_overtakes_a_backlog_of_low_priority_ones() {
         .map(|s| s.headers["x-event-id"].clone())
         .collect();
     let position = order.iter().position(|id| id == "evt_wedding").unwrap();
-    assert!(position <= 4, "delivered {position}th of {order:?}");
+    // At most the low one in flight and one leased just before the accept.
+    assert!(
+        position <= lows_seen + 1,
+        "delivered {position}th of {order:?}, {lows_seen} low ones before it was accepted"
+    );
     let seen = target
         .requests()
         .into_iter()
