@@ -1070,23 +1070,33 @@ mod tests {
         ))
     }
 
-    fn accept(store: &LocalStore, id: &str, now_ms: u64) -> Acceptance {
-        let meta = EventMeta {
+    /// A high-priority event of `stripe` for `targets`.
+    fn meta(id: &str, targets: &[&str]) -> EventMeta {
+        EventMeta {
             id: id.into(),
             dedup: id.into(),
             event_type: "t".into(),
             context: Vec::new(),
             priority: Priority::High,
-            targets: vec!["notify".into()],
+            targets: targets.iter().map(|&t| t.into()).collect(),
             trace: None,
-        };
-        let event = NewEvent {
-            webhook: &"stripe".into(),
-            meta: &meta,
+        }
+    }
+
+    fn event<'a>(webhook: &'a crate::names::WebhookName, meta: &'a EventMeta) -> NewEvent<'a> {
+        NewEvent {
+            webhook,
+            meta,
             content_type: None,
             body: b"{}",
-        };
-        store.accept(&event, now_ms, HOUR).unwrap()
+        }
+    }
+
+    fn accept(store: &LocalStore, id: &str, now_ms: u64) -> Acceptance {
+        let meta = meta(id, &["notify"]);
+        store
+            .accept(&event(&"stripe".into(), &meta), now_ms, HOUR)
+            .unwrap()
     }
 
     fn one_high_job(now_ms: u64) -> LeaseRequest {
@@ -1231,22 +1241,10 @@ mod tests {
     fn only_an_event_with_several_references_has_a_count_and_the_last_release_removes_it() {
         let store = LocalStore::open(&dir("refs")).unwrap();
         accept(&store, "evt_one", 1_000);
-        let meta = EventMeta {
-            id: "evt_two".into(),
-            dedup: "evt_two".into(),
-            event_type: "t".into(),
-            context: Vec::new(),
-            priority: Priority::High,
-            targets: vec!["notify".into(), "analytics".into()],
-            trace: None,
-        };
-        let event = NewEvent {
-            webhook: &"stripe".into(),
-            meta: &meta,
-            content_type: None,
-            body: b"{}",
-        };
-        store.accept(&event, 1_000, HOUR).unwrap();
+        let two = meta("evt_two", &["notify", "analytics"]);
+        store
+            .accept(&event(&"stripe".into(), &two), 1_000, HOUR)
+            .unwrap();
         assert_eq!(
             counts(&store),
             (2, 2, 1),
@@ -1312,24 +1310,14 @@ mod tests {
     #[test]
     fn counts_changed_earlier_in_a_batch_are_seen_by_its_lease() {
         let store = LocalStore::open(&dir("batch-counts")).unwrap();
-        let meta = EventMeta {
-            id: "evt_1".into(),
-            dedup: "evt_1".into(),
-            event_type: "t".into(),
-            context: Vec::new(),
-            priority: Priority::High,
-            targets: vec!["notify".into()],
-            trace: None,
-        };
-        let event = NewEvent {
-            webhook: &"stripe".into(),
-            meta: &meta,
-            content_type: None,
-            body: b"{}",
-        };
+        let webhook = "stripe".into();
+        let one = meta("evt_1", &["notify"]);
         let request = one_high_job(1_000);
         let answers = store
-            .apply(&[Write::Accept(event, 1_000, HOUR), Write::Lease(&request)])
+            .apply(&[
+                Write::Accept(event(&webhook, &one), 1_000, HOUR),
+                Write::Lease(&request),
+            ])
             .unwrap();
         match &answers[1] {
             Ok(Written::Leased(jobs)) => assert_eq!(jobs.len(), 1, "the job accepted before it"),
