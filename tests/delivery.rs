@@ -632,8 +632,8 @@ async fn a_high_priority_event_overtakes_a_backlog_of_low_ones() {
         202
     );
     // How far the low lane had got when the high event was accepted: the
-    // bound below counts from there, so a slow machine (slow fsyncs while
-    // posting) does not decide the outcome.
+    // bound below counts from there, so how long the posting took (a loaded
+    // machine) does not decide the outcome.
     let lows_seen = target.requests().len();
     assert!(
         lows_seen < 30,
