@@ -19,10 +19,19 @@ use wedsync_sidecar::store::records::{Job, LeaseRequest, NewEvent};
 
 /// Writes per group commit: `BATCH=16 store_cycle 40` (default 64).
 fn batch() -> usize {
-    std::env::var("BATCH")
+    setting("BATCH", 64)
+}
+
+/// Bytes per event body: `BODY=64 store_cycle 40` (default 2048).
+fn body_size() -> usize {
+    setting("BODY", 2048)
+}
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|b| b.parse().ok())
-        .unwrap_or(64)
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -33,7 +42,7 @@ fn main() {
         .unwrap_or(100);
     let dir = std::env::temp_dir().join(format!("store-cycle-{}", std::process::id()));
     let store = LocalStore::open(&dir).expect("open the store");
-    let body = vec![b'x'; 2048];
+    let body = vec![b'x'; body_size()];
     let targets: Vec<wedsync_sidecar::names::UpstreamName> = vec!["notify".into()];
     let room: Vec<(wedsync_sidecar::names::UpstreamName, u32)> =
         vec![("notify".into(), batch as u32)];
