@@ -618,7 +618,7 @@ struct Tables<'t> {
 }
 
 /// A count kept in the QUEUED or COUNTERS table.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Count {
     /// Jobs queued in a lane for a target.
     Queued(u8, String),
@@ -643,12 +643,14 @@ impl<'t> Tables<'t> {
         })
     }
 
-    /// Adds `delta` to a count, in memory until `write_counts`. A batch
-    /// touches a few counts many times: they are found by a look along.
-    fn count(&mut self, count: Count, delta: i64) {
-        match self.counts.iter_mut().find(|(c, _)| *c == count) {
+    /// Adds `delta` to the count `is` picks out, in memory until
+    /// `write_counts`; `new` names it the first time in a transaction. A
+    /// batch touches a few counts many times: they are found by a look
+    /// along, without making their key again.
+    fn count(&mut self, is: impl Fn(&Count) -> bool, new: impl FnOnce() -> Count, delta: i64) {
+        match self.counts.iter_mut().find(|(c, _)| is(c)) {
             Some((_, sum)) => *sum += delta,
-            None => self.counts.push((count, delta)),
+            None => self.counts.push((new(), delta)),
         }
     }
 
@@ -824,15 +826,11 @@ impl<'t> Tables<'t> {
 
     /// Adds `delta` to a counter of the COUNTERS table.
     fn bump(&mut self, key: &str, delta: i64) {
-        if let Some((_, sum)) = self
-            .counts
-            .iter_mut()
-            .find(|(c, _)| matches!(c, Count::Counter(k) if k == key))
-        {
-            *sum += delta;
-            return;
-        }
-        self.count(Count::Counter(key.to_string()), delta);
+        self.count(
+            |c| matches!(c, Count::Counter(k) if k == key),
+            || Count::Counter(key.to_string()),
+            delta,
+        );
     }
 
     /// A new job: its records and one more in its priority's depth (kept as
@@ -857,15 +855,11 @@ impl<'t> Tables<'t> {
     }
 
     fn count_queued_at(&mut self, rank: u8, target: &str, delta: i64) {
-        if let Some((_, sum)) = self
-            .counts
-            .iter_mut()
-            .find(|(c, _)| matches!(c, Count::Queued(r, t) if *r == rank && t == target))
-        {
-            *sum += delta;
-            return;
-        }
-        self.count(Count::Queued(rank, target.to_string()), delta);
+        self.count(
+            |c| matches!(c, Count::Queued(r, t) if *r == rank && t == target),
+            || Count::Queued(rank, target.to_string()),
+            delta,
+        );
     }
 
     fn insert_job_records(&mut self, job: &Job) -> Result<(), StoreError> {
