@@ -69,11 +69,11 @@ async fn labels_survive_the_operator_and_process_and_build_metrics_are_there() {
         send("GET", &url, &[], bytes::Bytes::new()).await.status,
         200
     );
-    metrics_until(&sidecar, "the request counted", |m| {
-        m.contains("sidecar_egress_requests_total{code=\"200\",egress_service=\"stripe\"} 1")
-    })
-    .await;
-    let metrics = get(&sidecar.admin_url("/metrics")).await.text();
+    let metrics = sidecar
+        .metrics_until("the request counted", WITHIN, |m| {
+            m.contains("sidecar_egress_requests_total{code=\"200\",egress_service=\"stripe\"} 1")
+        })
+        .await;
     // No label of ours is one the Operator sets on every target.
     for line in metrics.lines().filter(|l| l.starts_with("sidecar_")) {
         for reserved in [
@@ -112,17 +112,8 @@ async fn labels_survive_the_operator_and_process_and_build_metrics_are_there() {
     }
 }
 
-async fn metrics_until(sidecar: &Sidecar, what: &str, done: impl Fn(&str) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = get(&sidecar.admin_url("/metrics")).await.text();
-        if done(&metrics) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}:\n{metrics}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long a metric may take to appear or go.
+const WITHIN: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_service_or_group_a_reload_removes_takes_its_series_along() {
@@ -142,26 +133,29 @@ async fn a_service_or_group_a_reload_removes_takes_its_series_along() {
             200
         );
     }
-    metrics_until(&sidecar, "every series before the reloads", |m| {
-        m.contains("sidecar_circuit_state{egress_service=\"stripe\"}")
-            && m.contains("egress_service=\"notify\"")
-            && m.contains("upstream=\"notify\"")
-    })
-    .await;
+    sidecar
+        .metrics_until("every series before the reloads", WITHIN, |m| {
+            m.contains("sidecar_circuit_state{egress_service=\"stripe\"}")
+                && m.contains("egress_service=\"notify\"")
+                && m.contains("upstream=\"notify\"")
+        })
+        .await;
     sidecar.edit_config(|text| text.replace(&stripe, ""));
-    metrics_until(&sidecar, "the removed service's series are gone", |m| {
-        !m.contains("egress_service=\"stripe\"") && m.contains("egress_service=\"notify\"")
-    })
-    .await;
+    sidecar
+        .metrics_until("the removed service's series are gone", WITHIN, |m| {
+            !m.contains("egress_service=\"stripe\"") && m.contains("egress_service=\"notify\"")
+        })
+        .await;
     sidecar.edit_config(|text| {
         text.replace(notify, "")
             .replace(&group, "")
             .replace("services:\n", "")
     });
-    metrics_until(&sidecar, "the removed group's series are gone", |m| {
-        !m.contains("upstream=\"notify\"") && !m.contains("egress_service=\"notify\"")
-    })
-    .await;
+    sidecar
+        .metrics_until("the removed group's series are gone", WITHIN, |m| {
+            !m.contains("upstream=\"notify\"") && !m.contains("egress_service=\"notify\"")
+        })
+        .await;
 }
 
 #[test]

@@ -216,16 +216,32 @@ impl Sidecar {
 
     /// The `/metrics` text once it contains every one of `lines`.
     pub async fn metrics_containing(&self, lines: &[&str]) -> String {
-        let deadline = Instant::now() + SETTLE;
+        self.metrics_until(
+            &format!("every one of {lines:?} in /metrics"),
+            SETTLE,
+            |text| lines.iter().all(|line| text.contains(line)),
+        )
+        .await
+    }
+
+    /// The `/metrics` text once `done` holds for it; after `within`, a
+    /// panic naming `what` with the last text.
+    pub async fn metrics_until(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
         loop {
             let text = get(&self.admin_url("/metrics")).await.text();
-            match lines.iter().find(|line| !text.contains(*line)) {
-                None => return text,
-                Some(missing) if Instant::now() > deadline => {
-                    panic!("missing {missing} in /metrics:\n{text}")
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            if done(&text) {
+                return text;
             }
+            if Instant::now() > deadline {
+                panic!("{what}:\n{text}")
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
