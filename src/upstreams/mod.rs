@@ -279,18 +279,19 @@ impl Group {
             let breaker = self.breaker(&addr);
             match breaker.admit() {
                 Ok(admission) => {
-                    admitted.set(Some((admission, breaker)));
+                    // The address written once: the chosen call keeps it.
+                    admitted.set(Some((admission, breaker, addr)));
                     true
                 }
                 Err(_) => false,
             }
         })?;
-        let (admission, breaker) = admitted.take()?;
+        let (admission, breaker, addr) = admitted.take()?;
         let socket = backend.addr.as_inet().copied()?;
         let load = self.loads.of(&backend);
         load.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(Chosen {
-            addr: backend.addr.to_string(),
+            addr,
             socket,
             admission,
             breaker,
