@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod engine;
 pub mod group_commit;
+pub mod journal;
 pub mod leases;
 
 use crate::store::records::{
