@@ -1,13 +1,8 @@
 //! The embedded store's engine: one redb file under `store.path`, used
 //! from one process. An event is accepted in a single write transaction
 //! that records its dedup key, its metadata and body, and one job per
-//! target (or an `unrouted` dead letter); before the provider may get its
-//! 2xx, the event is appended to the accept journal (`journal`) and that
-//! append is fsynced. The transaction itself is committed without fsync:
-//! a durable commit writes every page it dirtied, about two per event,
-//! where the journal writes one sequential record. Opening the store, and
-//! reopening it after an I/O error, applies the journal again; each fsynced
-//! commit empties it.
+//! target (or an `unrouted` dead letter); the commit is fsynced before the
+//! provider may get its 2xx.
 //!
 //! Jobs are indexed by (priority rank, target, due time, id), so the next
 //! due jobs of a lane and target are the first keys of its range. Job ids
@@ -22,8 +17,7 @@
 //! acks and retries commit without fsync (losing one in a crash means a
 //! delivery is made again, which at-least-once allows), but never more than
 //! [`DURABLE_EVERY`] after the last fsync; dead-lettering, replays and
-//! deletions are fsynced because an operator relies on them. A store held
-//! in memory has no journal and commits accepts as it did before.
+//! deletions are fsynced because an operator relies on them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,8 +30,7 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::event::{EventMeta, Priority};
-use crate::names::UpstreamName;
+use crate::event::Priority;
 use crate::store::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
     Job, LeaseRequest, NewEvent, QueueDepth, StoredEvent, UNROUTED,
@@ -45,7 +38,6 @@ use crate::store::records::{
 use crate::store::StoreError;
 use crate::time::unix_time;
 
-use super::journal::Journal;
 use super::leases::{Leases, Place};
 
 const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
@@ -109,19 +101,14 @@ pub struct LocalStore {
     db: RwLock<Option<Database>>,
     /// Unix ms of the last fsynced commit.
     last_durable_ms: AtomicU64,
-    /// Accepts made durable since the last fsynced commit; None in memory.
-    /// Locked before a write transaction begins, for all of it.
-    journal: Mutex<Option<Journal>>,
     /// The leases this process holds (`leases`): changed by the writer's
     /// batches once they commit.
     leases: Mutex<Leases>,
 }
 
 impl LocalStore {
-    /// Opens (or creates) `dir/events.redb` and its journal
-    /// `dir/events.journal`, and applies what the journal holds. Jobs
-    /// leased by a previous process are due again at once: it is gone, so
-    /// nobody holds them.
+    /// Opens (or creates) `dir/events.redb`. Jobs leased by a previous
+    /// process are due again at once: it is gone, so nobody holds them.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("events.redb");
         let shown = path.display().to_string();
@@ -130,9 +117,7 @@ impl LocalStore {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
-        let store = Self::with_database(Some(path), db).map_err(|e| open_error(e.to_string()))?;
-        store.replay_journal()?;
-        Ok(store)
+        Self::with_database(Some(path), db).map_err(|e| open_error(e.to_string()))
     }
 
     /// A store held in memory: the same engine without a file, for tests of
@@ -151,78 +136,30 @@ impl LocalStore {
             path,
             db: RwLock::new(Some(db)),
             last_durable_ms: AtomicU64::new(0),
-            journal: Mutex::new(None),
             leases: Mutex::default(),
         };
         store.create_tables_and_release_leases()?;
         Ok(store)
     }
 
-    fn journal_path(&self) -> Option<PathBuf> {
-        self.path.as_ref().map(|p| p.with_extension("journal"))
-    }
-
-    /// Reads the journal from the disk and applies every accept in it that
-    /// the database lacks, in one fsynced commit, which empties it. An
-    /// unreadable journal is moved aside, never overwritten.
-    fn replay_journal(&self) -> Result<(), StoreError> {
-        let Some(path) = self.journal_path() else {
-            return Ok(());
-        };
-        let mut slot = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        slot.take();
-        let (journal, found) = match Journal::open(&path) {
-            Ok(opened) => opened,
-            Err(super::journal::JournalError::NotAJournal(_)) => {
-                let aside =
-                    path.with_extension(format!("journal.unreadable-{}", unix_time().as_secs()));
-                tracing::error!(journal = %path.display(), moved_to = %aside.display(), "the accept journal is unreadable; it is kept aside and a new one started");
-                std::fs::rename(&path, &aside).map_err(failed)?;
-                Journal::open(&path).map_err(failed)?
-            }
-            Err(error) => return Err(failed(error)),
-        };
-        if found.torn {
-            // A crash during an append: that batch was never answered.
-            tracing::info!(journal = %path.display(), "the accept journal ends in a torn record, which was never acknowledged");
-        }
-        *slot = Some(journal);
-        let records = found.records.len();
-        let applied = self.write_locked(&mut slot, true, |tables| {
-            let mut applied = 0;
-            for payload in &found.records {
-                applied += u64::from(tables.replay(payload)?);
-            }
-            Ok(applied)
-        })?;
-        if records > 0 {
-            tracing::info!(records, applied, "applied the accept journal");
-        }
-        Ok(())
-    }
-
-    /// Closes the file and opens it again, after an I/O error, then applies
-    /// the journal: accepts committed without fsync since the last fsynced
-    /// commit may be gone from the database. Leases held by this process's
-    /// deliveries stay theirs.
+    /// Closes the file and opens it again, after an I/O error. Leases held
+    /// by this process's deliveries stay theirs.
     pub fn reopen(&self) -> Result<(), StoreError> {
         let Some(path) = &self.path else {
             // Memory has no I/O to fail.
             return Ok(());
         };
-        {
-            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
-            // The old handle must be closed first: redb locks the file.
-            drop(slot.take());
-            let db = Database::create(path).map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot reopen the store at {}: {e}",
-                    path.display()
-                ))
-            })?;
-            *slot = Some(db);
-        }
-        self.replay_journal()
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle must be closed first: redb locks the file.
+        drop(slot.take());
+        let db = Database::create(path).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot reopen the store at {}: {e}",
+                path.display()
+            ))
+        })?;
+        *slot = Some(db);
+        Ok(())
     }
 
     /// The file; None for a store in memory.
@@ -284,89 +221,45 @@ impl LocalStore {
             stale
         };
         if emptied {
-            // At opening, before the journal is read.
-            self.commit(txn, true, &mut None)
+            self.commit(txn, true)
         } else {
             txn.abort().map_err(failed)
         }
     }
 
-    /// Whether the next commit must be fsynced anyway: the last one was
-    /// longer than [`DURABLE_EVERY`] ago.
-    fn durable_overdue(&self) -> bool {
-        let now_ms = unix_time().as_millis() as u64;
-        now_ms.saturating_sub(self.last_durable_ms.load(Ordering::Relaxed))
-            >= DURABLE_EVERY.as_millis() as u64
-    }
-
-    /// Commits, fsynced if `durable`; an fsynced commit holds every accept
-    /// the journal does, so the journal is emptied.
-    fn commit(
-        &self,
-        txn: WriteTransaction,
-        durable: bool,
-        journal: &mut Option<Journal>,
-    ) -> Result<(), StoreError> {
+    fn commit(&self, txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
         let mut txn = txn;
+        let now_ms = unix_time().as_millis() as u64;
+        let overdue = now_ms.saturating_sub(self.last_durable_ms.load(Ordering::Relaxed))
+            >= DURABLE_EVERY.as_millis() as u64;
+        let durable = durable || overdue;
         if !durable {
             txn.set_durability(Durability::None).map_err(failed)?;
         }
         txn.commit().map_err(failed)?;
         if durable {
-            self.last_durable_ms
-                .store(unix_time().as_millis() as u64, Ordering::Relaxed);
-            if let Some(journal) = journal {
-                // Left as it is, the journal is applied again on opening,
-                // where every accept in it is found present and skipped.
-                if let Err(error) = journal.empty() {
-                    tracing::warn!(%error, "could not empty the accept journal");
-                }
-            }
+            self.last_durable_ms.store(now_ms, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Runs `change` in one write transaction, committed only if it
-    /// succeeds: fsynced if `durable` or overdue, otherwise after the
-    /// journal holds (fsynced) every event it accepted.
+    /// Runs `change` in one write transaction, committed only if it succeeds.
     fn write<T>(
         &self,
         durable: bool,
         change: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        self.write_locked(&mut journal, durable, change)
-    }
-
-    fn write_locked<T>(
-        &self,
-        journal: &mut Option<Journal>,
-        durable: bool,
-        change: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
         let db = self.db()?;
-        // Without a journal (in memory) an accept is only as durable as
-        // its commit.
-        let durable = durable || self.durable_overdue();
         let txn = db.begin_write().map_err(failed)?;
-        let journaling = !durable && journal.is_some();
         // The tables are closed before the commit, as redb requires.
-        let changed = Tables::open(&txn, journaling).and_then(|mut tables| {
+        let changed = Tables::open(&txn).and_then(|mut tables| {
             let value = change(&mut tables)?;
             tables.write_counts()?;
-            let durable = durable || (journal.is_none() && tables.accepted);
-            Ok((value, std::mem::take(&mut tables.journaled), durable))
+            Ok(value)
         });
-        let journaled = match (changed, journal.as_mut()) {
-            (Ok((value, records, durable)), Some(journal)) if !records.is_empty() => journal
-                .append(records.iter().map(Vec::as_slice))
-                .map(|()| (value, durable))
-                .map_err(failed),
-            (changed, _) => changed.map(|(value, _, durable)| (value, durable)),
-        };
-        match journaled {
-            Ok((value, durable)) => {
-                self.commit(txn, durable, journal)?;
+        match changed {
+            Ok(value) => {
+                self.commit(txn, durable)?;
                 Ok(value)
             }
             Err(error) => {
@@ -610,7 +503,9 @@ impl LocalStore {
 
     /// One fsynced commit, so that every earlier commit is durable too.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.write(true, |_| Ok(()))
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(failed)?;
+        self.commit(txn, true)
     }
 
     /// Forgets dedup keys older than `window`; returns how many.
@@ -650,12 +545,11 @@ pub enum Written {
 }
 
 impl Write<'_> {
-    /// Dead letters are acknowledged to operators: they wait for an
-    /// fsynced commit. Accepts wait for the journal's fsync instead (or
-    /// the commit's, in memory). Leases, acks and retries may be lost in a
-    /// crash at the cost of a repeated delivery.
+    /// Accepts are acknowledged to providers and dead letters to
+    /// operators: both wait for the fsync. Leases, acks and retries may be
+    /// lost in a crash at the cost of a repeated delivery.
     fn needs_fsync(&self) -> bool {
-        matches!(self, Self::DeadLetter { .. })
+        matches!(self, Self::Accept(..) | Self::DeadLetter { .. })
     }
 
     fn apply(&self, tables: &mut Tables<'_>, leases: &mut Leases) -> Result<Written, StoreError> {
@@ -721,12 +615,6 @@ struct Tables<'t> {
     /// written by `write_counts`, before a lease reads them and before the
     /// commit.
     counts: Vec<(Count, i64)>,
-    /// Whether accepts are journaled (the commit is not fsynced).
-    journaling: bool,
-    /// The journal records of the events accepted, when journaling.
-    journaled: Vec<Vec<u8>>,
-    /// Whether an event was accepted.
-    accepted: bool,
 }
 
 /// A count kept in the QUEUED or COUNTERS table.
@@ -739,7 +627,7 @@ enum Count {
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction, journaling: bool) -> Result<Self, StoreError> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             dedup: txn.open_table(DEDUP).map_err(failed)?,
             events: txn.open_table(EVENTS).map_err(failed)?,
@@ -752,9 +640,6 @@ impl<'t> Tables<'t> {
             dead_order: txn.open_table(DEAD_ORDER).map_err(failed)?,
             counters: txn.open_table(COUNTERS).map_err(failed)?,
             counts: Vec::new(),
-            journaling,
-            journaled: Vec::new(),
-            accepted: false,
         })
     }
 
@@ -1064,8 +949,7 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// One event's records, unless the same event was accepted within
-    /// `dedup_window`.
+    /// One event's records.
     fn insert(
         &mut self,
         event: &NewEvent<'_>,
@@ -1079,41 +963,21 @@ impl<'t> Tables<'t> {
             }
         }
         self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
-        let sequence = self.next_sequence()?;
-        let stored = event.stored(now_ms);
-        self.insert_event(event, &stored, sequence, sequence)?;
-        if self.journaling {
-            self.journaled.push(journal_record(event, stored, sequence));
-        }
-        self.accepted = true;
-        Ok(Acceptance::Accepted(sequence))
-    }
-
-    fn next_sequence(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .counters
-            .get("sequence")
-            .map_err(failed)?
-            .map_or(1, |v| v.value()))
-    }
-
-    /// Writes an accepted event under `sequence` (its jobs take the numbers
-    /// after it) and moves the next sequence, `next` now, past them.
-    fn insert_event(
-        &mut self,
-        event: &NewEvent<'_>,
-        stored: &StoredEvent,
-        sequence: u64,
-        next: u64,
-    ) -> Result<(), StoreError> {
-        let now_ms = stored.received_at_ms;
-        // One number per event and per job: a job's id never repeats.
-        let jobs = event.meta.targets.len().max(1) as u64;
-        self.counters
-            .insert("sequence", next.max(sequence + 1 + jobs))
-            .map_err(failed)?;
+        let sequence = {
+            let next = self
+                .counters
+                .get("sequence")
+                .map_err(failed)?
+                .map_or(1, |v| v.value());
+            // One number per event and per job: a job's id never repeats.
+            let jobs = event.meta.targets.len().max(1) as u64;
+            self.counters
+                .insert("sequence", next + 1 + jobs)
+                .map_err(failed)?;
+            next
+        };
         self.events
-            .insert(sequence, encode(stored).as_slice())
+            .insert(sequence, encode(&event.stored(now_ms)).as_slice())
             .map_err(failed)?;
         self.bodies.insert(sequence, event.body).map_err(failed)?;
         let refs = event.meta.targets.len().max(1) as u64;
@@ -1133,82 +997,8 @@ impl<'t> Tables<'t> {
                 self.insert_job(&event.job(id, sequence, target, now_ms))?;
             }
         }
-        Ok(())
+        Ok(Acceptance::Accepted(sequence))
     }
-
-    /// Applies one journal record again unless the database holds it:
-    /// its event is there, or its dedup key was written by it or by a later
-    /// accept (the event may have been delivered since). True when applied.
-    fn replay(&mut self, payload: &[u8]) -> Result<bool, StoreError> {
-        let (record, body) = read_journal_record(payload)?;
-        if self.events.get(record.sequence).map_err(failed)?.is_some() {
-            return Ok(false);
-        }
-        let now_ms = record.event.received_at_ms;
-        let key = dedup_key(&record.event.webhook, &record.dedup);
-        if let Some(seen_at) = self.dedup.get(key.as_str()).map_err(failed)? {
-            if seen_at.value() >= now_ms {
-                return Ok(false);
-            }
-        }
-        self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
-        let meta = EventMeta {
-            id: record.event.id.clone(),
-            dedup: record.dedup,
-            event_type: record.event.event_type.clone(),
-            context: record.event.context.clone(),
-            priority: record.priority,
-            targets: record.targets,
-            trace: record.event.trace.clone(),
-        };
-        let event = NewEvent {
-            webhook: &record.event.webhook,
-            meta: &meta,
-            content_type: record.event.content_type.as_deref(),
-            body,
-        };
-        let next = self.next_sequence()?;
-        self.insert_event(&event, &record.event, record.sequence, next)?;
-        Ok(true)
-    }
-}
-
-/// An accepted event as the journal keeps it: what `insert_event` needs to
-/// write it again, followed by its body.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct JournalRecord {
-    sequence: u64,
-    dedup: String,
-    priority: Priority,
-    targets: Vec<UpstreamName>,
-    event: StoredEvent,
-}
-
-/// The record's JSON length (u32, little-endian), its JSON, the body.
-fn journal_record(event: &NewEvent<'_>, stored: StoredEvent, sequence: u64) -> Vec<u8> {
-    let record = JournalRecord {
-        sequence,
-        dedup: event.meta.dedup.clone(),
-        priority: event.meta.priority,
-        targets: event.meta.targets.clone(),
-        event: stored,
-    };
-    let json = encode(&record);
-    let mut payload = Vec::with_capacity(4 + json.len() + event.body.len());
-    payload.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    payload.extend_from_slice(&json);
-    payload.extend_from_slice(event.body);
-    payload
-}
-
-fn read_journal_record(payload: &[u8]) -> Result<(JournalRecord, &[u8]), StoreError> {
-    let unreadable = || StoreError::Corrupt("a journal record is cut short".into());
-    let length = payload
-        .get(..4)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-        .ok_or_else(unreadable)?;
-    let json = payload.get(4..4 + length).ok_or_else(unreadable)?;
-    Ok((decode(json)?, &payload[4 + length..]))
 }
 
 /// The open database while a read lock is held.
@@ -1311,131 +1101,6 @@ mod tests {
             room: Vec::new(),
             max: 1,
         }
-    }
-
-    /// The store's files as a crash would leave them now, in a new directory.
-    fn crash_image(from: &Path, name: &str) -> PathBuf {
-        let to = dir(name);
-        std::fs::create_dir_all(&to).unwrap();
-        for file in ["events.redb", "events.journal"] {
-            std::fs::copy(from.join(file), to.join(file)).unwrap();
-        }
-        to
-    }
-
-    /// No commit is fsynced because one is overdue: every accept goes
-    /// through the journal, however slowly the test runs.
-    fn journal_every_accept(store: &LocalStore) {
-        store.last_durable_ms.store(u64::MAX / 2, Ordering::Relaxed);
-    }
-
-    fn journal_records(dir: &Path) -> usize {
-        Journal::open(&dir.join("events.journal"))
-            .unwrap()
-            .1
-            .records
-            .len()
-    }
-
-    #[test]
-    fn accepts_answered_from_the_journal_survive_a_crash_with_their_numbers() {
-        let path = dir("journal-crash");
-        let store = LocalStore::open(&path).unwrap();
-        journal_every_accept(&store);
-        let webhook = "stripe".into();
-        let first = accept(&store, "evt_1", 1_000);
-        let fanned = meta("evt_2", &["notify", "audit"]);
-        let second = store
-            .accept(&event(&webhook, &fanned), 2_000, HOUR)
-            .unwrap();
-        let unrouted = meta("evt_3", &[]);
-        store
-            .accept(&event(&webhook, &unrouted), 3_000, HOUR)
-            .unwrap();
-        let image = crash_image(&path, "journal-crash-image");
-        assert_eq!(journal_records(&image), 3);
-
-        let recovered = LocalStore::open(&image).unwrap();
-        assert_eq!(recovered.queue_depth().unwrap().high, 3);
-        assert_eq!(
-            recovered.dead_letter_counts().unwrap(),
-            vec![("stripe".to_string(), 1)]
-        );
-        for (acceptance, id) in [(first, "evt_1"), (second, "evt_2")] {
-            let Acceptance::Accepted(sequence) = acceptance else {
-                panic!("{id} was accepted")
-            };
-            let (stored, body) = recovered.event(sequence).unwrap().unwrap();
-            assert_eq!((stored.id.as_str(), body.as_slice()), (id, &b"{}"[..]));
-        }
-        assert_eq!(journal_records(&image), 0, "applied, then emptied");
-        // Still duplicates, and new events are numbered after them.
-        assert_eq!(accept(&recovered, "evt_1", 4_000), Acceptance::Duplicate);
-        let Acceptance::Accepted(next) = accept(&recovered, "evt_4", 4_000) else {
-            panic!("a new event is accepted")
-        };
-        // evt_1 and its job took 1-2, evt_2 and its jobs 3-5, evt_3 and its dead letter 6-7.
-        assert_eq!(next, 8);
-        drop(recovered);
-        let reopened = LocalStore::open(&image).unwrap();
-        assert_eq!(reopened.queue_depth().unwrap().high, 4);
-    }
-
-    #[test]
-    fn a_journal_already_committed_is_not_applied_twice_even_after_delivery() {
-        let path = dir("journal-twice");
-        let store = LocalStore::open(&path).unwrap();
-        journal_every_accept(&store);
-        accept(&store, "evt_1", 1_000);
-        accept(&store, "evt_2", 1_000);
-        let kept = std::fs::read(path.join("events.journal")).unwrap();
-        // A crash after the fsynced commit, before the journal is emptied.
-        store.flush().unwrap();
-        let job = store.lease(&one_high_job(2_000)).unwrap().remove(0);
-        ack(&store, &job);
-        store.flush().unwrap();
-        drop(store);
-        std::fs::write(path.join("events.journal"), kept).unwrap();
-        assert_eq!(journal_records(&path), 2);
-
-        let store = LocalStore::open(&path).unwrap();
-        assert_eq!(
-            store.queue_depth().unwrap().high,
-            1,
-            "the delivered one stays delivered"
-        );
-    }
-
-    #[test]
-    fn reopening_after_an_io_error_applies_the_journal_again() {
-        let path = dir("journal-reopen");
-        let store = LocalStore::open(&path).unwrap();
-        journal_every_accept(&store);
-        accept(&store, "evt_1", 1_000);
-        accept(&store, "evt_2", 1_000);
-        store.reopen().unwrap();
-        assert_eq!(store.queue_depth().unwrap().high, 2);
-        assert_eq!(journal_records(&path), 0);
-        assert_eq!(accept(&store, "evt_2", 2_000), Acceptance::Duplicate);
-    }
-
-    #[test]
-    fn an_unreadable_journal_is_kept_aside_and_the_store_opens() {
-        let path = dir("journal-foreign");
-        std::fs::create_dir_all(&path).unwrap();
-        std::fs::write(path.join("events.journal"), b"not a journal at all").unwrap();
-        let store = LocalStore::open(&path).unwrap();
-        accept(&store, "evt_1", 1_000);
-        let aside: Vec<_> = std::fs::read_dir(&path)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| name.starts_with("events.journal.unreadable-"))
-            .collect();
-        assert_eq!(aside.len(), 1);
-        assert_eq!(
-            std::fs::read(path.join(&aside[0])).unwrap(),
-            b"not a journal at all"
-        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 pub mod engine;
 pub mod group_commit;
-pub mod journal;
 pub mod leases;
 
 use crate::store::records::{
