@@ -9,7 +9,10 @@
 # first closed loop (each sender waits for its answer: saturation, accepted/s
 # and the ratio to the floor), then, for the embedded store, open loop at
 # 25%, 50% and 75% of its own saturation (events due at a fixed rate, each
-# latency counted from when it was due, so queueing shows).
+# latency counted from when it was due, so queueing shows). The closed-loop
+# runs also give CPU microseconds per event for each thread of the server and
+# for the load generator (benches/cpu_per_event.py): with every core busy,
+# CPU per event is what sets the rate.
 # Usage: benches/ingest.sh [seconds] [senders]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,21 +42,28 @@ YAML
   URL="http://127.0.0.1:$in/webhooks/stripe"
 }
 load() { ./target/release/examples/ingest_load "$1" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN" "${@:2}"; }
-rate_of() { sed -E 's/.*= ([0-9]+)\/s.*/\1/'; }
+rate_of() { head -1 | sed -E 's/.*= ([0-9]+)\/s.*/\1/'; }
+# Closed loop against the server whose pid is $1 at URL $2, with its CPU per event.
+measured() { python3 benches/cpu_per_event.py "$1" -- ./target/release/examples/ingest_load "$2" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN"; }
 
 FLOOR_PORT=$(port)
 ./target/release/examples/ingest_floor "127.0.0.1:$FLOOR_PORT" 2>/dev/null &
 FLOOR_PID=$!
 sleep 0.5
-FLOOR=$(load "http://127.0.0.1:$FLOOR_PORT/webhooks/stripe")
+FLOOR=$(measured $FLOOR_PID "http://127.0.0.1:$FLOOR_PORT/webhooks/stripe")
 kill -9 $FLOOR_PID
 echo "floor (202, no verification, no store): $FLOOR"
 
 start embedded "store: { path: $WORK/data }"
-EMBEDDED=$(load "$URL")
+EMBEDDED=$(measured $PID "$URL")
 echo "embedded: $EMBEDDED"
 SATURATION=$(echo "$EMBEDDED" | rate_of)
 echo "embedded/floor accepted/s: $(awk -v a="$SATURATION" -v b="$(echo "$FLOOR" | rate_of)" 'BEGIN {printf "%.2f", a/b}') (target >= 0.6)"
+us() { grep -F "$2" <<<"$1" | head -1 | sed -E 's/.*: ([0-9.]+) us\/event/\1/'; }
+awk -v fs="$(us "$FLOOR" "server total")" -v fl="$(us "$FLOOR" "load generator")" \
+  -v ss="$(us "$EMBEDDED" "server total")" -v sl="$(us "$EMBEDDED" "load generator")" \
+  -v w="$(us "$EMBEDDED" "thread event-store:")" 'BEGIN {
+  printf "CPU per event, server and load generator: floor %.1f us, embedded %.1f us (%.2fx; the store writer thread %.1f us)\n", fs + fl, ss + sl, (ss + sl) / (fs + fl), w }'
 for share in 25 50 75; do
   rate=$((SATURATION * share / 100))
   echo "embedded, open loop at ${share}% of saturation ($rate/s): $(load "$URL" 0 "$rate")"
