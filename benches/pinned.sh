@@ -21,6 +21,7 @@
 #                as added over direct's in the same round.
 # Prints every round, then the medians and the ratios to bare Pingora, and
 # the proxies' RSS idle and under 256 keep-alive connections.
+# SIDECAR=<binary> measures another build of the sidecar (an A/B in one hour).
 # Loopback only, bounded in time (about ROUNDS x 8 x SECONDS seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,7 +94,7 @@ services:
     rate_limit: { requests: 1000000000, per: 1s }
     circuit_breaker: { failure_threshold: 5, open_for: 30s }
 YAML
-env -u RUST_LOG taskset -c "$SUT_CPU" ./target/release/wedsync-sidecar run -c "$WORK/sidecar.yaml" 2>"$WORK/sidecar.log" &
+env -u RUST_LOG taskset -c "$SUT_CPU" "${SIDECAR:-./target/release/wedsync-sidecar}" run -c "$WORK/sidecar.yaml" 2>"$WORK/sidecar.log" &
 SIDECAR_PID=$!
 TARGETS="direct bare sidecar"
 declare -A URL=([direct]="http://127.0.0.1:$UP/v1/charges" [bare]="http://127.0.0.1:$BARE/v1/charges" [sidecar]="http://127.0.0.1:$EG/v1/charges")
