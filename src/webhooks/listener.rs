@@ -101,6 +101,12 @@ impl IngressListener {
             match tokio::time::timeout_at(deadline, session.read_request()).await {
                 Ok(Ok(Some(_))) => {}
                 Ok(Ok(None)) => return,
+                // Pingora's per-read timeout is the same `request_timeout`
+                // on a coarser timer and may fire first: still a 408.
+                Ok(Err(error)) if matches!(error.etype(), pingora::ErrorType::ReadTimedout) => {
+                    let problem = self.timed_out();
+                    return refuse(session.into_inner(), &problem).await;
+                }
                 Ok(Err(error)) => {
                     let problem = self.refused(
                         RejectionReason::BadRequest,

@@ -227,20 +227,8 @@ impl IngressApp {
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         loop {
             let chunk = match tokio::time::timeout_at(deadline, session.read_body_bytes()).await {
-                Err(_) => {
-                    let problem = Problem::new(
-                        ErrorCode::RequestTimeout,
-                        "the request's body did not arrive in time",
-                    );
-                    return Err(Refusal::counted(problem, RejectionReason::RequestTimeout));
-                }
-                Ok(Err(error)) => {
-                    return Err(Problem::new(
-                        ErrorCode::BadRequest,
-                        format!("the body could not be read: {}", error.etype().as_str()),
-                    )
-                    .into())
-                }
+                Err(_) => return Err(body_too_late()),
+                Ok(Err(error)) => return Err(body_read_failed(&error)),
                 Ok(Ok(None)) => return Ok((body.freeze(), reservation)),
                 Ok(Ok(Some(chunk))) => chunk,
             };
@@ -287,6 +275,30 @@ fn has_no_body(session: &HttpSession) -> bool {
     let headers = &session.req_header().headers;
     !headers.contains_key(http::header::TRANSFER_ENCODING)
         && declared_length(session).unwrap_or(0) == 0
+}
+
+/// Why reading the body failed, as the client hears it. Pingora's own read
+/// timeout (the same `request_timeout`, on its coarser timer wheel) may
+/// notice a late body before the deadline does: the same late body, the
+/// same 408.
+fn body_read_failed(error: &pingora::Error) -> Refusal {
+    match error.etype() {
+        pingora::ErrorType::ReadTimedout => body_too_late(),
+        other => Problem::new(
+            ErrorCode::BadRequest,
+            format!("the body could not be read: {}", other.as_str()),
+        )
+        .into(),
+    }
+}
+
+/// The body did not arrive within `request_timeout` of the request's first byte.
+fn body_too_late() -> Refusal {
+    let problem = Problem::new(
+        ErrorCode::RequestTimeout,
+        "the request's body did not arrive in time",
+    );
+    Refusal::counted(problem, RejectionReason::RequestTimeout)
 }
 
 fn expects_continue(session: &HttpSession) -> bool {
@@ -346,5 +358,26 @@ impl Webhooks {
     /// The webhook configured at `path`.
     pub fn at(&self, path: &str) -> Option<&Arc<IngressWebhook>> {
         self.0.iter().find(|w| w.config.path == path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_pingoras_read_timeout_cut_off_is_a_request_timeout_and_others_are_bad_requests()
+    {
+        let late = body_read_failed(&pingora::Error::new(pingora::ErrorType::ReadTimedout));
+        assert_eq!(late.problem.code, ErrorCode::RequestTimeout);
+        assert_eq!(late.reason, Some(RejectionReason::RequestTimeout));
+
+        let cut = body_read_failed(&pingora::Error::new(pingora::ErrorType::ConnectionClosed));
+        assert_eq!(cut.problem.code, ErrorCode::BadRequest);
+        assert!(
+            cut.problem.detail.contains("ConnectionClosed"),
+            "{}",
+            cut.problem.detail
+        );
     }
 }
