@@ -101,8 +101,10 @@ impl IngressListener {
             match tokio::time::timeout_at(deadline, session.read_request()).await {
                 Ok(Ok(Some(_))) => {}
                 Ok(Ok(None)) => return,
-                // Pingora's per-read timeout is the same `request_timeout`
-                // on a coarser timer and may fire first: still a 408.
+                // Pingora's per-read timeout is the same `request_timeout`,
+                // started a moment later; when both have expired by the time
+                // the task runs (under load), the read inside is polled first
+                // and its timeout wins: still a 408.
                 Ok(Err(error)) if matches!(error.etype(), pingora::ErrorType::ReadTimedout) => {
                     let problem = self.timed_out();
                     return refuse(session.into_inner(), &problem).await;

@@ -278,9 +278,10 @@ fn has_no_body(session: &HttpSession) -> bool {
 }
 
 /// Why reading the body failed, as the client hears it. Pingora's own read
-/// timeout (the same `request_timeout`, on its coarser timer wheel) may
-/// notice a late body before the deadline does: the same late body, the
-/// same 408.
+/// timeout is the same `request_timeout`, started a moment after the
+/// deadline's; when both have expired by the time the task runs (under
+/// load), the read inside the deadline is polled first and its timeout
+/// wins: the same late body, the same 408.
 fn body_read_failed(error: &pingora::Error) -> Refusal {
     match error.etype() {
         pingora::ErrorType::ReadTimedout => body_too_late(),
