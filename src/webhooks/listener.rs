@@ -98,29 +98,19 @@ impl IngressListener {
             session.set_pipelined_prefix(head);
             session.set_read_timeout(Some(self.request_timeout));
             session.set_write_timeout(Some(self.request_timeout));
-            match tokio::time::timeout_at(deadline, session.read_request()).await {
-                Ok(Ok(Some(_))) => {}
+            let problem = match tokio::time::timeout_at(deadline, session.read_request()).await {
+                Ok(Ok(Some(_))) => None,
                 Ok(Ok(None)) => return,
-                // Pingora's per-read timeout is the same `request_timeout`,
-                // started a moment later; when both have expired by the time
-                // the task runs (under load), the read inside is polled first
-                // and its timeout wins: still a 408.
-                Ok(Err(error)) if matches!(error.etype(), pingora::ErrorType::ReadTimedout) => {
-                    let problem = self.timed_out();
-                    return refuse(session.into_inner(), &problem).await;
-                }
-                Ok(Err(error)) => {
-                    let problem = self.refused(
-                        RejectionReason::BadRequest,
-                        ErrorCode::BadRequest,
-                        format!("the request could not be read: {}", error.etype().as_str()),
-                    );
-                    return refuse(session.into_inner(), &problem).await;
-                }
-                Err(_) => {
-                    let problem = self.timed_out();
-                    return refuse(session.into_inner(), &problem).await;
-                }
+                Ok(Err(error)) if !super::read_timed_out(&error) => Some(self.refused(
+                    RejectionReason::BadRequest,
+                    ErrorCode::BadRequest,
+                    format!("the request could not be read: {}", error.etype().as_str()),
+                )),
+                // The deadline, or Pingora's own read timeout that beat it.
+                _ => Some(self.timed_out()),
+            };
+            if let Some(problem) = problem {
+                return refuse(session.into_inner(), &problem).await;
             }
             if *shutdown.borrow() {
                 session.set_server_keepalive(None);

@@ -277,20 +277,26 @@ fn has_no_body(session: &HttpSession) -> bool {
         && declared_length(session).unwrap_or(0) == 0
 }
 
-/// Why reading the body failed, as the client hears it. Pingora's own read
-/// timeout is the same `request_timeout`, started a moment after the
-/// deadline's; when both have expired by the time the task runs (under
-/// load), the read inside the deadline is polled first and its timeout
-/// wins: the same late body, the same 408.
+/// Why reading the body failed, as the client hears it: a read timeout is
+/// the same late body as the deadline (see [`read_timed_out`]).
 fn body_read_failed(error: &pingora::Error) -> Refusal {
-    match error.etype() {
-        pingora::ErrorType::ReadTimedout => body_too_late(),
-        other => Problem::new(
-            ErrorCode::BadRequest,
-            format!("the body could not be read: {}", other.as_str()),
-        )
-        .into(),
+    if read_timed_out(error) {
+        return body_too_late();
     }
+    Problem::new(
+        ErrorCode::BadRequest,
+        format!("the body could not be read: {}", error.etype().as_str()),
+    )
+    .into()
+}
+
+/// Whether a read failed on Pingora's own per-read timeout. The listener
+/// sets it to the same `request_timeout` as the request's deadline, started
+/// a moment later; when both have expired by the time the task runs (under
+/// load), the read inside the deadline is polled first and its timeout
+/// wins. The client was as late either way: the answer is the same 408.
+fn read_timed_out(error: &pingora::Error) -> bool {
+    matches!(error.etype(), pingora::ErrorType::ReadTimedout)
 }
 
 /// The body did not arrive within `request_timeout` of the request's first byte.
