@@ -41,10 +41,11 @@ YAML
   wait_ready "$ad"
   URL="http://127.0.0.1:$in/webhooks/stripe"
 }
-load() { ./target/release/examples/ingest_load "$1" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN" "${@:2}"; }
+LOADGEN=./target/release/examples/ingest_load
+load() { "$LOADGEN" "$1" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN" "${@:2}"; }
 rate_of() { head -1 | sed -E 's/.*= ([0-9]+)\/s.*/\1/'; }
 # Closed loop against the server whose pid is $1 at URL $2, with its CPU per event.
-measured() { python3 benches/cpu_per_event.py "$1" -- ./target/release/examples/ingest_load "$2" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN"; }
+measured() { python3 benches/cpu_per_event.py "$1" -- "$LOADGEN" "$2" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN"; }
 
 FLOOR_PORT=$(port)
 ./target/release/examples/ingest_floor "127.0.0.1:$FLOOR_PORT" 2>/dev/null &
