@@ -1,0 +1,410 @@
+//! The embedded store's job cycle on two embedded engines, side by side in
+//! one run: redb (what the sidecar uses, a copy-on-write B-tree) and fjall
+//! (an LSM tree with a write-ahead journal). Both get the same records and
+//! the same transactions, so the ratio says what changing the engine could
+//! give before any of the sidecar's store is rewritten for it.
+//!
+//! A round, as the sidecar's writer does under load (and as
+//! `examples/store_cycle.rs` does on the sidecar's own store):
+//! - accept BATCH events in one durable commit: the event with its body
+//!   (keyed by its number), its dedup key (a hash of its id, so random), and
+//!   its job in the queue (keyed by lane and job number);
+//! - lease them in a second commit: the oldest BATCH jobs leave the queue
+//!   for the leases;
+//! - ack them in a third commit: lease and event removed (dedup keys stay,
+//!   as they do until the dedup horizon).
+//!
+//! Leases and acks are not fsynced unless the last fsync is a second old,
+//! as in the sidecar (a crash may repeat a delivery, never lose an event).
+//!
+//! `BACKLOG` jobs are accepted before the clock starts and sit behind the
+//! rounds' own jobs, as the backlog of an unreachable target: larger tables
+//! under every commit.
+//!
+//! From the repository (its own workspace, so the sidecar does not build
+//! fjall; data under `target/engines-data` unless `DIR` says otherwise):
+//!
+//!     cargo run --release --locked --manifest-path benches/engines/Cargo.toml -- [ROUNDS] [REPEATS]
+//!
+//! with `BATCH` (jobs per commit, 32), `BODY` (bytes, 2048), `BACKLOG` (0),
+//! `ENGINES` (`redb,fjall`) and `JOURNAL_MIB` (fjall's journal bound) in the
+//! environment.
+//!
+//! Prints, per engine and repeat: jobs/s, CPU µs per job (all the process's
+//! threads, so an engine's background flush and compaction count), bytes
+//! written to the disk per job, and the data directory's size at the end.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use redb::ReadableTable;
+
+const EVENTS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
+const DEDUP: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("dedup");
+const QUEUE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("queue");
+const LEASES: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("leases");
+
+/// The meta part of an event record (id, type, webhook, context, targets),
+/// about what the sidecar stores beside the body.
+const META_BYTES: usize = 160;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// splitmix64: an event id's hash, spread like the sidecar's dedup keys.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn dedup_key(event: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&mix(event).to_be_bytes());
+    key[8..].copy_from_slice(&mix(!event).to_be_bytes());
+    key
+}
+
+fn queue_key(job: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = 1; // the normal lane
+    key[1..].copy_from_slice(&job.to_be_bytes());
+    key
+}
+
+fn record(event: u64, body: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(META_BYTES + body.len());
+    value.extend_from_slice(&event.to_be_bytes());
+    value.resize(META_BYTES, b'm');
+    value.extend_from_slice(body);
+    value
+}
+
+/// One engine holding the four tables. Job numbers are event numbers here
+/// (one target per event).
+trait Engine {
+    fn accept(&mut self, events: std::ops::Range<u64>, body: &[u8]);
+    /// Whether the next lease or ack commit is fsynced.
+    fn set_durable(&mut self, durable: bool);
+    /// Moves the oldest `max` jobs from the queue to the leases; their
+    /// numbers. The scan starts at `head`, the queue's first key as the
+    /// writer knows it in memory: an LSM tree keeps what earlier leases
+    /// removed as tombstones, and a scan from the start would read past all
+    /// of them (quadratic; the first version of this comparison did).
+    fn lease(&mut self, max: usize, head: [u8; 9]) -> Vec<u64>;
+    fn ack(&mut self, jobs: &[u64]);
+}
+
+struct Redb(redb::Database, bool);
+
+impl Redb {
+    fn open(dir: &Path) -> Self {
+        let db = redb::Database::create(dir.join("store.redb")).expect("create redb");
+        let txn = db.begin_write().expect("begin");
+        for table in [DEDUP, QUEUE] {
+            txn.open_table(table).expect("table");
+        }
+        txn.open_table(EVENTS).expect("table");
+        txn.open_table(LEASES).expect("table");
+        txn.commit().expect("commit");
+        Redb(db, true)
+    }
+}
+
+impl Redb {
+    fn begin(&self, durable: bool) -> redb::WriteTransaction {
+        let mut txn = self.0.begin_write().expect("begin");
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .expect("durability");
+        }
+        txn
+    }
+}
+
+impl Engine for Redb {
+    fn set_durable(&mut self, durable: bool) {
+        self.1 = durable;
+    }
+
+    fn accept(&mut self, events: std::ops::Range<u64>, body: &[u8]) {
+        let txn = self.begin(true);
+        {
+            let mut records = txn.open_table(EVENTS).expect("events");
+            let mut dedup = txn.open_table(DEDUP).expect("dedup");
+            let mut queue = txn.open_table(QUEUE).expect("queue");
+            for event in events {
+                records
+                    .insert(event, record(event, body).as_slice())
+                    .expect("insert");
+                dedup
+                    .insert(dedup_key(event).as_slice(), event.to_be_bytes().as_slice())
+                    .expect("insert");
+                queue
+                    .insert(queue_key(event).as_slice(), event.to_be_bytes().as_slice())
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn lease(&mut self, max: usize, head: [u8; 9]) -> Vec<u64> {
+        let txn = self.begin(self.1);
+        let mut jobs = Vec::with_capacity(max);
+        {
+            let mut queue = txn.open_table(QUEUE).expect("queue");
+            let mut leases = txn.open_table(LEASES).expect("leases");
+            let mut keys = Vec::with_capacity(max);
+            for entry in queue.range(head.as_slice()..).expect("range").take(max) {
+                let (key, _) = entry.expect("entry");
+                keys.push(key.value().to_vec());
+            }
+            for key in keys {
+                queue.remove(key.as_slice()).expect("remove");
+                let job = u64::from_be_bytes(key[1..].try_into().expect("9-byte key"));
+                leases
+                    .insert(job, 30_000u64.to_be_bytes().as_slice())
+                    .expect("insert");
+                jobs.push(job);
+            }
+        }
+        txn.commit().expect("commit");
+        jobs
+    }
+
+    fn ack(&mut self, jobs: &[u64]) {
+        let txn = self.begin(self.1);
+        {
+            let mut leases = txn.open_table(LEASES).expect("leases");
+            let mut records = txn.open_table(EVENTS).expect("events");
+            for &job in jobs {
+                leases.remove(job).expect("remove");
+                records.remove(job).expect("remove");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+}
+
+struct Fjall {
+    keyspace: fjall::Keyspace,
+    events: fjall::PartitionHandle,
+    dedup: fjall::PartitionHandle,
+    queue: fjall::PartitionHandle,
+    leases: fjall::PartitionHandle,
+    durable: bool,
+}
+
+impl Fjall {
+    fn open(dir: &Path) -> Self {
+        // JOURNAL_MIB bounds the journals kept on disk before the
+        // memtables are flushed (fjall's default is 512 MiB): a sidecar's
+        // data volume is small, and what it pays for a smaller one is
+        // more flushes and compactions.
+        let mut config = fjall::Config::new(dir);
+        if let Some(mib) = std::env::var("JOURNAL_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            config = config
+                .max_journaling_size(mib << 20)
+                .max_write_buffer_size(mib << 19);
+        }
+        let keyspace = config.open().expect("open fjall");
+        let part = |name: &str| {
+            keyspace
+                .open_partition(name, fjall::PartitionCreateOptions::default())
+                .expect("partition")
+        };
+        Fjall {
+            events: part("events"),
+            dedup: part("dedup"),
+            queue: part("queue"),
+            leases: part("leases"),
+            durable: true,
+            keyspace,
+        }
+    }
+
+    fn commit(&self, batch: fjall::Batch, durable: bool) {
+        batch.commit().expect("commit");
+        if durable {
+            self.keyspace
+                .persist(fjall::PersistMode::SyncData)
+                .expect("fdatasync the journal");
+        }
+    }
+}
+
+impl Engine for Fjall {
+    fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
+    }
+
+    fn accept(&mut self, events: std::ops::Range<u64>, body: &[u8]) {
+        let mut batch = self.keyspace.batch();
+        for event in events {
+            batch.insert(&self.events, event.to_be_bytes(), record(event, body));
+            batch.insert(&self.dedup, dedup_key(event), event.to_be_bytes());
+            batch.insert(&self.queue, queue_key(event), event.to_be_bytes());
+        }
+        self.commit(batch, true);
+    }
+
+    fn lease(&mut self, max: usize, head: [u8; 9]) -> Vec<u64> {
+        let mut batch = self.keyspace.batch();
+        let mut jobs = Vec::with_capacity(max);
+        for entry in self.queue.range(head..).take(max) {
+            let (key, _) = entry.expect("entry");
+            let job = u64::from_be_bytes(key[1..].try_into().expect("9-byte key"));
+            batch.remove(&self.queue, key);
+            batch.insert(&self.leases, job.to_be_bytes(), 30_000u64.to_be_bytes());
+            jobs.push(job);
+        }
+        self.commit(batch, self.durable);
+        jobs
+    }
+
+    fn ack(&mut self, jobs: &[u64]) {
+        let mut batch = self.keyspace.batch();
+        for &job in jobs {
+            batch.remove(&self.leases, job.to_be_bytes());
+            batch.remove(&self.events, job.to_be_bytes());
+        }
+        self.commit(batch, self.durable);
+    }
+}
+
+/// The process's user + system CPU in microseconds, every thread counted.
+fn cpu_us() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct it is given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(rc, 0, "getrusage");
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
+}
+
+/// Bytes this process caused to be written to the disk (`/proc/self/io`).
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+struct Run {
+    jobs_per_s: f64,
+    cpu_us_per_job: f64,
+    bytes_per_job: f64,
+    dir_mib: f64,
+}
+
+fn run(engine: &mut dyn Engine, dir: &Path, rounds: usize, batch: usize, backlog: usize) -> Run {
+    let body = vec![b'x'; setting("BODY", 2048)];
+    // The backlog sits at the queue's far end (job numbers above any the
+    // rounds use), so every lease takes the rounds' own jobs first.
+    let far = 1u64 << 40;
+    for start in (0..backlog as u64).step_by(batch.max(1)) {
+        engine.accept(
+            far + start..far + (start + batch as u64).min(backlog as u64),
+            &body,
+        );
+    }
+    let (cpu0, bytes0, t0) = (cpu_us(), written_bytes(), Instant::now());
+    let mut next = 0u64;
+    let mut last_fsync = Instant::now();
+    for _ in 0..rounds {
+        engine.accept(next..next + batch as u64, &body);
+        // The accept just fsynced; leases and acks ride on it for a second.
+        let durable = last_fsync.elapsed().as_secs() >= 1;
+        engine.set_durable(durable);
+        if durable {
+            last_fsync = Instant::now();
+        }
+        next += batch as u64;
+        let jobs = engine.lease(batch, queue_key(next - batch as u64));
+        assert_eq!(jobs.len(), batch, "the round's jobs are the oldest");
+        engine.ack(&jobs);
+    }
+    let jobs = (rounds * batch) as f64;
+    Run {
+        jobs_per_s: jobs / t0.elapsed().as_secs_f64(),
+        cpu_us_per_job: (cpu_us() - cpu0) as f64 / jobs,
+        bytes_per_job: (written_bytes() - bytes0) as f64 / jobs,
+        dir_mib: dir_size(dir) as f64 / (1024.0 * 1024.0),
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let repeats: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let batch = setting("BATCH", 32);
+    let backlog = setting("BACKLOG", 0);
+    let engines = std::env::var("ENGINES").unwrap_or_else(|_| "redb,fjall".into());
+    // On the disk, not a tmpfs: what is measured is the durable write.
+    let base = std::env::var_os("DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/engines-data"));
+    println!(
+        "{rounds} rounds of {batch} jobs ({} B bodies, backlog {backlog}), 3 commits per round (the accept's fsynced), in {}",
+        setting("BODY", 2048),
+        base.display()
+    );
+    println!("engine  repeat    jobs/s  cpu_us/job  disk_KiB/job  dir_MiB");
+    for repeat in 1..=repeats {
+        // Alternating, so neither engine always runs in the machine's
+        // quieter moment.
+        let order: [&str; 2] = if repeat % 2 == 1 {
+            ["redb", "fjall"]
+        } else {
+            ["fjall", "redb"]
+        };
+        for name in order {
+            if !engines.split(',').any(|e| e == name) {
+                continue;
+            }
+            let dir = base.join(format!("{name}-{repeat}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("data dir");
+            let result = if name == "redb" {
+                run(&mut Redb::open(&dir), &dir, rounds, batch, backlog)
+            } else {
+                run(&mut Fjall::open(&dir), &dir, rounds, batch, backlog)
+            };
+            println!(
+                "{name:<7} {repeat:>6} {:>9.0} {:>11.1} {:>13.1} {:>8.1}",
+                result.jobs_per_s,
+                result.cpu_us_per_job,
+                result.bytes_per_job / 1024.0,
+                result.dir_mib
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
