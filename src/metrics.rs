@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Latency buckets from 1 ms to 60 s: provider calls are slow next to the proxy.
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub dead_letters: IntGaugeVec,
     pub event_age_seconds: Gauge,
+    pub store_used_bytes: IntGauge,
+    pub store_capacity_bytes: IntGauge,
     pub upstream_backend_healthy: IntGaugeVec,
     pub upstream_requests_total: IntCounterVec,
     pub wedding_day_events_total: IntCounterVec,
@@ -114,7 +117,7 @@ impl Metrics {
         )
         .expect("static metric definition");
         let webhook_rejections_total = IntCounterVec::new(
-            Opts::new("sidecar_webhook_rejections_total", "Refused webhook requests by reason (missing_signature, malformed_signature, timestamp_out_of_tolerance, signature_mismatch, payload_too_large, request_timeout, overloaded, headers_too_large, bad_request); webhook is - when the request named none."),
+            Opts::new("sidecar_webhook_rejections_total", "Refused webhook requests by reason (missing_signature, malformed_signature, timestamp_out_of_tolerance, signature_mismatch, payload_too_large, request_timeout, overloaded, headers_too_large, bad_request, store_full); webhook is - when the request named none."),
             &["webhook", "reason"],
         )
         .expect("static metric definition");
@@ -128,7 +131,7 @@ impl Metrics {
         )
         .expect("static metric definition");
         let deliveries_total = IntCounterVec::new(
-            Opts::new("sidecar_deliveries_total", "Delivery attempts to targets, by webhook, target and outcome (delivered, retried, dead_lettered)."),
+            Opts::new("sidecar_deliveries_total", "Delivery attempts to targets, by webhook, target and outcome (delivered, retried, dead_lettered; repeated: delivered, but the store could not record it in time, so the target gets it once more)."),
             &["webhook", "target", "outcome"],
         )
         .expect("static metric definition");
@@ -162,6 +165,16 @@ impl Metrics {
         let event_age_seconds = Gauge::new(
             "sidecar_event_age_seconds",
             "Age of the oldest event with a delivery still waiting (0 when none waits).",
+        )
+        .expect("static metric definition");
+        let store_used_bytes = IntGauge::new(
+            "sidecar_store_used_bytes",
+            "Bytes the event store holds: the embedded database's pages in use, or the Redis masters' used_memory added up.",
+        )
+        .expect("static metric definition");
+        let store_capacity_bytes = IntGauge::new(
+            "sidecar_store_capacity_bytes",
+            "Bytes the event store may hold before new events are refused (503 store_full): the embedded store's store.max_size or its volume, or the Redis masters' maxmemory times store.max_memory_ratio, less the reserve kept for draining; 0 when nothing bounds it.",
         )
         .expect("static metric definition");
         let upstream_backend_healthy = IntGaugeVec::new(
@@ -251,6 +264,8 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(dead_letters.clone()),
             Box::new(event_age_seconds.clone()),
+            Box::new(store_used_bytes.clone()),
+            Box::new(store_capacity_bytes.clone()),
             Box::new(upstream_backend_healthy.clone()),
             Box::new(upstream_requests_total.clone()),
             Box::new(wedding_day_events_total.clone()),
@@ -283,6 +298,8 @@ impl Metrics {
             queue_depth,
             dead_letters,
             event_age_seconds,
+            store_used_bytes,
+            store_capacity_bytes,
             upstream_backend_healthy,
             upstream_requests_total,
             wedding_day_events_total,
@@ -406,6 +423,7 @@ label_values! {
         Delivered => "delivered",
         Retried => "retried",
         DeadLettered => "dead_lettered",
+        Repeated => "repeated",
     }
 }
 
@@ -430,6 +448,7 @@ label_values! {
         Overloaded => "overloaded",
         HeadersTooLarge => "headers_too_large",
         BadRequest => "bad_request",
+        StoreFull => "store_full",
     }
 }
 

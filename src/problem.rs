@@ -26,6 +26,9 @@ pub enum ErrorCode {
     NoHealthyBackend,
     /// The Redis store could not be reached and the config says to refuse.
     StoreUnavailable,
+    /// The store keeps its remaining room for draining the queue: new
+    /// events are refused until deliveries free some.
+    StoreFull,
     /// A webhook whose signature did not verify; `detail` names the check.
     SignatureInvalid,
     PayloadTooLarge,
@@ -59,6 +62,7 @@ impl ErrorCode {
             Self::ProviderThrottled => "provider_throttled",
             Self::CircuitOpen => "circuit_open",
             Self::StoreUnavailable => "store_unavailable",
+            Self::StoreFull => "store_full",
             Self::SignatureInvalid => "signature_invalid",
             Self::PayloadTooLarge => "payload_too_large",
             Self::NotFound => "not_found",
@@ -80,7 +84,10 @@ impl ErrorCode {
             Self::UpstreamUnreachable | Self::UpstreamFailed | Self::CredentialsUnavailable => 502,
             Self::UpstreamTimeout => 504,
             Self::RateLimited | Self::ProviderThrottled => 429,
-            Self::CircuitOpen | Self::StoreUnavailable | Self::NoHealthyBackend => 503,
+            Self::CircuitOpen
+            | Self::StoreUnavailable
+            | Self::StoreFull
+            | Self::NoHealthyBackend => 503,
             Self::SignatureInvalid => 401,
             Self::PayloadTooLarge => 413,
             Self::MethodNotAllowed => 405,
@@ -107,6 +114,7 @@ impl ErrorCode {
             Self::CircuitOpen => "The provider is failing; requests are paused",
             Self::NoHealthyBackend => "No backend of the upstream group can take the request",
             Self::StoreUnavailable => "The store is unavailable",
+            Self::StoreFull => "The store is full; its room is kept for deliveries",
             Self::SignatureInvalid => "The webhook signature is invalid",
             Self::PayloadTooLarge => "The body is larger than this webhook accepts",
             Self::NotFound => "Not found",

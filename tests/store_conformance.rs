@@ -45,7 +45,7 @@ fn embedded() -> Subject {
     ));
     let open = {
         let dir = dir.clone();
-        move || -> Arc<dyn Store> { Arc::new(EmbeddedStore::open(&dir, HOUR).unwrap()) }
+        move || -> Arc<dyn Store> { Arc::new(EmbeddedStore::open(&dir, HOUR, None).unwrap()) }
     };
     let store = open();
     Subject {

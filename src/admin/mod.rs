@@ -157,6 +157,7 @@ impl AdminApp {
         };
         let report = report.load_full();
         let state = self.lifecycle.store_state();
+        let space = self.store.as_ref().map(|s| s.space()).unwrap_or_default();
         let settings: serde_json::Map<String, serde_json::Value> = report
             .as_deref()
             .map(|r| {
@@ -176,6 +177,9 @@ impl AdminApp {
                 "answering": state.failing.is_none(),
                 "failing_for_s": state.failing.as_ref().map(|(since, _)| since.elapsed().as_secs()),
                 "last_error": state.failing.map(|(_, reason)| reason),
+                "used_bytes": space.used_bytes,
+                "capacity_bytes": space.capacity_bytes,
+                "paused_for_space": space.paused,
             }),
         )
     }

@@ -121,6 +121,15 @@ pub enum ValueError {
     SentinelNode(String),
     #[error("invalid glob \"{0}\": {1}")]
     Glob(String, &'static str),
+    #[error("invalid ratio \"{0}\": expected a fraction from 0.1 to 0.99 or a percentage (e.g. 0.9 or 90%)")]
+    MaxMemoryRatio(String),
     #[error("{0}")]
-    Secret(#[from] super::webhooks::SecretError),
+    Secret(#[from] SecretError),
+}
+
+/// A webhook secret that cannot stand for key bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("invalid Standard Webhooks secret: expected whsec_ followed by base64")]
+    NotBase64,
 }

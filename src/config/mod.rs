@@ -34,6 +34,7 @@ use interpolate::{Lookup, ProcessLookup};
 pub use secret::Secret;
 pub use services::{Auth, Service};
 pub use summary::summary;
+use units::parse_ratio;
 pub use upstreams::UpstreamGroup;
 pub use webhooks::{Delivery, Webhook};
 
@@ -108,9 +109,20 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StoreKind {
-    Local { path: PathBuf },
+    Local {
+        path: PathBuf,
+        /// `store.max_size`: the most the database file may hold (None:
+        /// as much as its volume has room for).
+        max_size: Option<u64>,
+    },
     Redis(RedisStoreConfig),
 }
+
+/// The smallest `store.max_size`: an empty database file and the reserve
+/// the drain keeps (`store::space`) with room for a backlog above them.
+pub const MIN_STORE_MAX_SIZE: u64 = 4 << 20;
+/// `store.max_memory_ratio` when it is not set.
+pub const DEFAULT_MAX_MEMORY_RATIO: f64 = 0.9;
 
 /// `store` with `kind: redis`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -128,6 +140,9 @@ pub struct RedisStoreConfig {
     /// A client certificate and its key, for mutual TLS.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// `store.max_memory_ratio`: the share of each master's `maxmemory`
+    /// above which new events are refused; the rest is the drain's.
+    pub max_memory_ratio: f64,
 }
 
 /// `store.sentinel`.
@@ -322,6 +337,7 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
         Some(n) => decode_store(d, &n),
         None => Some(Store::with_kind(StoreKind::Local {
             path: PathBuf::from("./data"),
+            max_size: None,
         })),
     };
     let services = named_entries(d, f.get("services"), services::decode_service);
@@ -524,10 +540,13 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             "ca_file",
             "cert_file",
             "key_file",
+            "max_size",
+            "max_memory_ratio",
         ],
     )?;
     let defaults = Store::with_kind(StoreKind::Local {
         path: PathBuf::from("./data"),
+        max_size: None,
     });
     let replicas = d.or(&f, "replicas", defaults.replicas, |d, n| {
         d.integer(n, 0, 16).map(|v| v as u32)
@@ -642,6 +661,20 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
                 );
             }
         }
+        if let Some(n) = f.get("max_size") {
+            d.error(
+                &n.path,
+                "only applies to kind: local (a Redis store is bounded by maxmemory and store.max_memory_ratio)",
+            );
+        }
+        // Below a tenth the queue could hold next to nothing; at 1 the
+        // drain would have no room of its own.
+        let max_memory_ratio = d.or(&f, "max_memory_ratio", DEFAULT_MAX_MEMORY_RATIO, |d, n| {
+            d.parsed(n, |text| match parse_ratio(text) {
+                Ok(ratio) if (0.1..=0.99).contains(&ratio) => Ok(ratio),
+                _ => Err(ValueError::MaxMemoryRatio(text.to_string())),
+            })
+        });
         StoreKind::Redis(RedisStoreConfig {
             urls,
             cluster,
@@ -650,6 +683,7 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             ca_file: ca_file?,
             cert_file: cert_file?,
             key_file: key_file?,
+            max_memory_ratio: max_memory_ratio?,
         })
     } else {
         for key in [
@@ -659,6 +693,7 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             "ca_file",
             "cert_file",
             "key_file",
+            "max_memory_ratio",
         ] {
             if let Some(n) = f.get(key) {
                 d.error(&n.path, "only applies to kind: redis");
@@ -668,7 +703,23 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             Some(n) => d.non_empty_string(&n).map(PathBuf::from)?,
             None => PathBuf::from("./data"),
         };
-        StoreKind::Local { path }
+        let max_size = match f.get("max_size") {
+            Some(n) => d
+                .size(&n)
+                .filter(|size| {
+                    let ok = *size >= MIN_STORE_MAX_SIZE;
+                    if !ok {
+                        d.error(
+                            &n.path,
+                            "must be at least 4MiB (an empty store and the reserve its drain keeps take about 2MiB)",
+                        );
+                    }
+                    ok
+                })
+                .map(Some)?,
+            None => None,
+        };
+        StoreKind::Local { path, max_size }
     };
     if replicas.is_some_and(|r| r > 0) && !matches!(kind, StoreKind::Redis(_)) {
         d.error(

@@ -142,7 +142,14 @@ pub fn summary(config: &Config) -> String {
     };
     out.push(format!("admin    {} ({token})", config.listen.admin));
     let store = match &config.store.kind {
-        StoreKind::Local { path } => format!("local, {}", path.display()),
+        StoreKind::Local {
+            path,
+            max_size: None,
+        } => format!("local, {}", path.display()),
+        StoreKind::Local {
+            path,
+            max_size: Some(max),
+        } => format!("local, {}, at most {} MiB", path.display(), max >> 20),
         StoreKind::Redis(redis) if redis.sentinel.is_some() => format!(
             "redis via sentinel, master {}, {} shard(s)",
             redis.sentinel.as_ref().map_or("", |s| s.master.as_str()),

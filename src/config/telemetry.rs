@@ -4,9 +4,8 @@
 use serde::Serialize;
 
 use super::decode::{Decoder, Node};
-use super::error::ValueError;
 use super::services::UpstreamUrl;
-use super::units::parse_percent;
+use super::units::parse_ratio;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tracing {
@@ -60,7 +59,7 @@ fn decode_otlp(d: &mut Decoder, node: &Node) -> Option<Otlp> {
     let endpoint = d
         .required(&f, "endpoint")
         .and_then(|n| d.parsed(&n, UpstreamUrl::parse));
-    let sample_ratio = d.or(&f, "sample_ratio", 1.0, |d, n| d.parsed(n, ratio));
+    let sample_ratio = d.or(&f, "sample_ratio", 1.0, |d, n| d.parsed(n, parse_ratio));
     let service_name = d.or(&f, "service_name", "wedsync-sidecar".to_string(), |d, n| {
         d.non_empty_string(n)
     });
@@ -69,30 +68,4 @@ fn decode_otlp(d: &mut Decoder, node: &Node) -> Option<Otlp> {
         sample_ratio: sample_ratio?,
         service_name: service_name?,
     })
-}
-
-/// `0.25` or `25%`.
-fn ratio(text: &str) -> Result<f64, ValueError> {
-    if text.trim().ends_with('%') {
-        return parse_percent(text);
-    }
-    match text.trim().parse::<f64>() {
-        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
-        _ => Err(ValueError::Percent(text.to_string())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_ratio_is_a_fraction_or_a_percentage() {
-        assert_eq!(ratio("0.25"), Ok(0.25));
-        assert_eq!(ratio("25%"), Ok(0.25));
-        assert_eq!(ratio("1"), Ok(1.0));
-        assert!(ratio("1.5").is_err());
-        assert!(ratio("-0.1").is_err());
-        assert!(ratio("often").is_err());
-    }
 }

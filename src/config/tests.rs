@@ -42,7 +42,7 @@ fn an_empty_mapping_gets_every_default() {
     assert_eq!(config.drain_delay, Duration::from_secs(5));
     assert_eq!(config.shutdown_grace, Duration::from_secs(25));
     assert!(
-        matches!(&config.store.kind, StoreKind::Local { path } if path.to_str() == Some("./data"))
+        matches!(&config.store.kind, StoreKind::Local { path, max_size: None } if path.to_str() == Some("./data"))
     );
     assert_eq!(config.store.prefix, "sidecar");
     assert!(config.admin.token.is_none());

@@ -97,9 +97,30 @@ pub fn parse_percent(text: &str) -> Result<f64, ValueError> {
     Ok(value / 100.0)
 }
 
+/// `0.25` or `25%`.
+pub fn parse_ratio(text: &str) -> Result<f64, ValueError> {
+    if text.trim().ends_with('%') {
+        return parse_percent(text);
+    }
+    match text.trim().parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(ValueError::Percent(text.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ratio_is_a_fraction_or_a_percentage() {
+        assert_eq!(parse_ratio("0.25"), Ok(0.25));
+        assert_eq!(parse_ratio("25%"), Ok(0.25));
+        assert_eq!(parse_ratio("1"), Ok(1.0));
+        assert!(parse_ratio("1.5").is_err());
+        assert!(parse_ratio("-0.1").is_err());
+        assert!(parse_ratio("often").is_err());
+    }
 
     #[test]
     fn parses_every_duration_unit_and_compounds() {

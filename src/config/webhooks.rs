@@ -10,7 +10,7 @@ use serde::Serialize;
 use http::uri::PathAndQuery;
 
 use super::decode::{Decoder, Node};
-use super::error::ValueError;
+use super::error::{SecretError, ValueError};
 use super::http_types::{header_value, plain_path, request_path};
 use super::pattern::{Glob, PayloadTemplate};
 use super::secret::Secret;
@@ -451,12 +451,6 @@ fn signing_secret(d: &mut Decoder, node: &Node, kind: VerifyKind) -> Option<Secr
             None
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SecretError {
-    #[error("invalid Standard Webhooks secret: expected whsec_ followed by base64")]
-    NotBase64,
 }
 
 /// The key bytes a secret stands for: Standard Webhooks secrets are base64

@@ -3,7 +3,12 @@
 //! is set), the answer turned into ack, retry-at or dead letter
 //! (`outcome::decide`) and that decision recorded. The HTTP call goes
 //! through [`Transport`], so an attempt is tested with a fake one.
+//!
+//! An outcome the store cannot record (it is failing, or full) is recorded
+//! again with backoff by the task that holds the job, never by sending the
+//! event again: while any outcome waits, the scheduler leases nothing.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +67,59 @@ pub struct Deliverer {
     pub store: Arc<dyn Store>,
     pub transport: Box<dyn Transport>,
     pub metrics: Arc<Metrics>,
+    pub unrecorded: Unrecorded,
+}
+
+/// The first pause before an outcome is recorded again, doubled each time
+/// up to the last.
+const RECORD_AGAIN_FIRST: Duration = Duration::from_millis(100);
+const RECORD_AGAIN_MAX: Duration = Duration::from_secs(5);
+
+/// The pause before recording an outcome again after `failures` failed
+/// tries (1 or more).
+pub fn record_again_after(failures: u32) -> Duration {
+    RECORD_AGAIN_FIRST
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(RECORD_AGAIN_MAX)
+}
+
+/// Outcomes delivered but not yet recorded, held by their tasks.
+#[derive(Debug, Default)]
+pub struct Unrecorded {
+    waiting: AtomicUsize,
+    /// Set at shutdown: the tasks stop trying and leave their jobs to be
+    /// leased again after the restart.
+    give_up: AtomicBool,
+}
+
+impl Unrecorded {
+    /// How many outcomes wait to be recorded: none may be leased meanwhile.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    pub fn give_up(&self) {
+        self.give_up.store(true, Ordering::Release);
+    }
+
+    fn giving_up(&self) -> bool {
+        self.give_up.load(Ordering::Acquire)
+    }
+}
+
+impl Deliverer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        transport: Box<dyn Transport>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            transport,
+            metrics,
+            unrecorded: Unrecorded::default(),
+        }
+    }
 }
 
 /// An attempt that could not reach a backend because the job's event is
@@ -251,34 +309,59 @@ impl Deliverer {
         decision
     }
 
-    /// Records the decision in the store and the metrics.
+    /// Records the decision in the store and the metrics. While the store
+    /// cannot record it, tries again with backoff, holding the job: the
+    /// event is not sent again meanwhile (its lease may run out, but this
+    /// process leases nothing while an outcome waits). Given up only at
+    /// shutdown or when another holder took the job: a delivered event is
+    /// then sent once more, counted as `repeated`.
     pub async fn settle(&self, job: &Job, attempt: Option<Attempt>, decision: Decision) {
-        let (outcome, result) = match (decision, attempt) {
-            (Decision::Delivered, _) => (DeliveryOutcome::Delivered, self.store.ack(job).await),
-            (Decision::Retry { due_ms }, Some(attempt)) => (
-                DeliveryOutcome::Retried,
-                self.store.retry_at(job, attempt, due_ms).await,
-            ),
+        let outcome = match decision {
+            Decision::Delivered => DeliveryOutcome::Delivered,
+            Decision::Retry { .. } if attempt.is_some() => DeliveryOutcome::Retried,
             // A retry always follows an attempt; without one there is
             // nothing to record, and the lease runs out by itself.
-            (Decision::Retry { .. } | Decision::LeftToLease, _) => return,
-            (Decision::DeadLetter(reason), attempt) => (
-                DeliveryOutcome::DeadLettered,
-                self.store
-                    .dead_letter(job, attempt, reason.as_str(), now_ms())
-                    .await,
-            ),
+            Decision::Retry { .. } | Decision::LeftToLease => return,
+            Decision::DeadLetter(_) => DeliveryOutcome::DeadLettered,
+        };
+        let mut failures = 0;
+        let result = loop {
+            let result = self.record(job, attempt.clone(), decision).await;
+            let Err(error @ (StoreError::Unavailable(_) | StoreError::Full)) = &result else {
+                break result;
+            };
+            failures += 1;
+            if failures == 1 {
+                self.unrecorded.waiting.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(
+                    job = job.id, %error,
+                    "cannot record a delivery's outcome; trying again (the event is not sent again meanwhile)"
+                );
+            }
+            if self.unrecorded.giving_up() {
+                break result;
+            }
+            tokio::time::sleep(record_again_after(failures)).await;
+        };
+        if failures > 0 {
+            self.unrecorded.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        let count = |outcome: DeliveryOutcome| {
+            self.metrics
+                .deliveries_total
+                .with_label_values(&[job.webhook.as_str(), job.target.as_str(), outcome.as_str()])
+                .inc();
         };
         match result {
             Ok(()) => {
-                self.metrics
-                    .deliveries_total
-                    .with_label_values(&[
-                        job.webhook.as_str(),
-                        job.target.as_str(),
-                        outcome.as_str(),
-                    ])
-                    .inc();
+                count(outcome);
+                if failures > 0 {
+                    tracing::info!(
+                        job = job.id,
+                        failures,
+                        "a delivery's outcome was recorded after the store failed"
+                    );
+                }
                 if let Decision::DeadLetter(reason) = decision {
                     self.metrics
                         .dead_lettered_total
@@ -286,14 +369,44 @@ impl Deliverer {
                         .inc();
                 }
             }
-            Err(StoreError::LeaseLost(_)) => tracing::warn!(
-                job = job.id,
-                "a delivery outlived its lease; the job's new holder decides its fate"
-            ),
-            Err(error) => tracing::warn!(
-                job = job.id, %error,
-                "cannot record a delivery's outcome; the job is tried again when its lease expires"
-            ),
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(
+                    job = job.id,
+                    "a delivery outlived its lease; the job's new holder decides its fate"
+                );
+                if decision == Decision::Delivered {
+                    count(DeliveryOutcome::Repeated);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    job = job.id, %error,
+                    "cannot record a delivery's outcome; the job is tried again when its lease expires"
+                );
+                if decision == Decision::Delivered {
+                    count(DeliveryOutcome::Repeated);
+                }
+            }
+        }
+    }
+
+    async fn record(
+        &self,
+        job: &Job,
+        attempt: Option<Attempt>,
+        decision: Decision,
+    ) -> Result<(), StoreError> {
+        match (decision, attempt) {
+            (Decision::Delivered, _) => self.store.ack(job).await,
+            (Decision::Retry { due_ms }, Some(attempt)) => {
+                self.store.retry_at(job, attempt, due_ms).await
+            }
+            (Decision::DeadLetter(reason), attempt) => {
+                self.store
+                    .dead_letter(job, attempt, reason.as_str(), now_ms())
+                    .await
+            }
+            (Decision::Retry { .. } | Decision::LeftToLease, _) => Ok(()),
         }
     }
 }
@@ -395,11 +508,7 @@ webhooks:
         });
         let store = Arc::new(EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap());
         Bench {
-            deliverer: Deliverer {
-                store: store.clone(),
-                transport: Box::new(Arc::clone(&transport)),
-                metrics,
-            },
+            deliverer: Deliverer::new(store.clone(), Box::new(Arc::clone(&transport)), metrics),
             transport,
             store,
             plan,

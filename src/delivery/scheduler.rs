@@ -139,7 +139,16 @@ impl DeliveryService {
             if let Ok(more) = Arc::clone(&self.workers).try_acquire_many_owned(extra) {
                 permits.merge(more);
             }
-            let pause = match self.lease_batch(permits.num_permits()).await {
+            // Outcomes the store could not record are tried again by their
+            // tasks; leasing more would only deliver more it cannot record.
+            let unrecorded = self.deliverer.unrecorded.waiting() > 0;
+            let leased = if unrecorded {
+                Ok(Vec::new())
+            } else {
+                self.lease_batch(permits.num_permits()).await
+            };
+            let pause = match leased {
+                Ok(_) if unrecorded => STORE_RETRY,
                 Ok(jobs) if !jobs.is_empty() => {
                     for job in jobs {
                         self.start_delivery(job, permits.split(1).expect("one permit per job"));
@@ -160,6 +169,8 @@ impl DeliveryService {
             }
         }
         tracing::info!("delivery stopped leasing; deliveries in flight finish");
+        // Outcomes still waiting for the store are left to be leased again.
+        self.deliverer.unrecorded.give_up();
         // Every permit back means no delivery is running.
         let _ = self.workers.acquire_many(self.worker_count).await;
         match self.deliverer.store.flush().await {

@@ -8,9 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::webhooks::{
-    default_delivery, secret_key_bytes, SecretError, VerifyKind, WebhookDelivery,
-};
+use crate::config::error::SecretError;
+use crate::config::webhooks::{default_delivery, secret_key_bytes, VerifyKind, WebhookDelivery};
 use crate::config::Config;
 use crate::signing::standard::Signer;
 use crate::upstreams::UpstreamGroups;

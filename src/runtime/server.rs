@@ -121,7 +121,11 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
         .map(|redis| PauseListener::new(redis, snapshot::part(&snapshot, |s| &s.egress)));
     let store_monitor = store.as_ref().map(|store| {
         lifecycle.expect_store();
-        StoreMonitor::new(Arc::clone(store), Arc::clone(&lifecycle))
+        StoreMonitor::new(
+            Arc::clone(store),
+            Arc::clone(&lifecycle),
+            Arc::clone(&metrics),
+        )
     });
     let store_report = store_monitor.as_ref().map(StoreMonitor::report);
     let ingress = Arc::new(IngressApp::new(
@@ -132,11 +136,11 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
         config.ingress.max_buffered,
     ));
     let delivery = store.as_ref().map(|store| {
-        let deliverer = Deliverer {
-            store: Arc::clone(store),
-            transport: Box::new(SmallClient::default()),
-            metrics: Arc::clone(&metrics),
-        };
+        let deliverer = Deliverer::new(
+            Arc::clone(store),
+            Box::new(SmallClient::default()),
+            Arc::clone(&metrics),
+        );
         let workers = config.delivery.clone().unwrap_or_default().workers;
         DeliveryService::new(
             deliverer,
@@ -323,20 +327,22 @@ fn event_store(
         return Ok(None);
     }
     Ok(Some(match (&config.store.kind, redis) {
-        (StoreKind::Redis(settings), Some(redis)) => {
-            Arc::new(RedisEventStore::new(redis, settings.shards).with_replicas(
-                config.store.replicas,
-                config.store.replica_timeout,
-                metrics.store_replica_wait_seconds.clone(),
-            ))
-        }
-        (StoreKind::Local { path }, _) => {
+        (StoreKind::Redis(settings), Some(redis)) => Arc::new(
+            RedisEventStore::new(redis, settings.shards)
+                .with_replicas(
+                    config.store.replicas,
+                    config.store.replica_timeout,
+                    metrics.store_replica_wait_seconds.clone(),
+                )
+                .with_max_memory_ratio(settings.max_memory_ratio),
+        ),
+        (StoreKind::Local { path, max_size }, _) => {
             let horizon = config
                 .event_sources()
                 .map(|w| w.dedup_window)
                 .max()
                 .unwrap_or_default();
-            Arc::new(EmbeddedStore::open(path, horizon)?)
+            Arc::new(EmbeddedStore::open(path, horizon, *max_size)?)
         }
         (StoreKind::Redis(_), None) => unreachable!("the foundation holds the Redis store"),
     }))

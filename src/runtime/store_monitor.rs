@@ -3,6 +3,8 @@
 //! an inspection of how it keeps events (a Redis that may evict the queue,
 //! persists nothing, has too few replicas). Warnings are logged when they
 //! change; a setting that loses acknowledged events fails readiness.
+//! Every second too, the store's room: where it is measured from outside
+//! (Redis), and into the used and capacity gauges.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreReport};
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -21,15 +24,17 @@ const INSPECT_EVERY: Duration = Duration::from_secs(60);
 pub struct StoreMonitor {
     store: Arc<dyn Store>,
     lifecycle: Arc<Lifecycle>,
+    metrics: Arc<Metrics>,
     /// The latest inspection, for `/admin/store`.
     report: Arc<ArcSwapOption<StoreReport>>,
 }
 
 impl StoreMonitor {
-    pub fn new(store: Arc<dyn Store>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(store: Arc<dyn Store>, lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             lifecycle,
+            metrics,
             report: Arc::default(),
         }
     }
@@ -72,6 +77,21 @@ impl StoreMonitor {
     }
 }
 
+impl StoreMonitor {
+    /// The store's room into the gauges (capacity 0: nothing bounds it).
+    async fn measure_space(&self) {
+        if let Err(error) = self.store.measure_space().await {
+            tracing::debug!(%error, "cannot measure the event store's room now");
+        }
+        let space = self.store.space();
+        let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.metrics.store_used_bytes.set(gauge(space.used_bytes));
+        self.metrics
+            .store_capacity_bytes
+            .set(gauge(space.capacity_bytes.unwrap_or(0)));
+    }
+}
+
 #[async_trait]
 impl BackgroundService for StoreMonitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -85,6 +105,7 @@ impl BackgroundService for StoreMonitor {
             }
             let outcome = self.store.check().await;
             self.lifecycle.record_store_check(outcome);
+            self.measure_space().await;
             tokio::select! {
                 _ = tokio::time::sleep(CHECK_EVERY) => since_inspection += CHECK_EVERY,
                 _ = shutdown.changed() => return,

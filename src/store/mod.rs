@@ -8,6 +8,7 @@
 pub mod embedded;
 pub mod records;
 pub mod redis;
+pub mod space;
 
 pub use records::{
     Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest, NewEvent,
@@ -38,6 +39,9 @@ pub enum StoreError {
     InvalidCursor(String),
     #[error("unreadable record in the store: {0}")]
     Corrupt(String),
+    /// New events are refused: what is left is the drain's (`space`).
+    #[error("the store is full: new events are refused until deliveries free room")]
+    Full,
 }
 
 /// The event queue. Times are Unix milliseconds passed in by the caller, so
@@ -139,6 +143,19 @@ pub trait Store: Send + Sync {
     /// every second.
     async fn check(&self) -> Result<(), StoreError> {
         self.queue_depth().await.map(drop)
+    }
+
+    /// How much the store holds, what it may hold, and whether new events
+    /// are refused for want of room (`space`).
+    fn space(&self) -> space::SpaceStatus {
+        space::SpaceStatus::default()
+    }
+
+    /// Measures the store's room now, where it is measured from outside
+    /// (the Redis store's `INFO memory`); the embedded store's writer
+    /// measures its own. The store monitor calls it every second.
+    async fn measure_space(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// What the store is and how safely it keeps events, read from its

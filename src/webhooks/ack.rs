@@ -14,10 +14,14 @@ use crate::config::webhooks::{VerifyKind, Webhook};
 use crate::event::{EventMeta, Priority, WEDDING_DAY_CONTEXT};
 use crate::metrics::{DeadLetterReason, Metrics, ReceivedOutcome, RejectionReason};
 use crate::problem::{ErrorCode, Problem};
-use crate::store::{Acceptance, OwnedEvent, Store};
+use crate::store::{Acceptance, OwnedEvent, Store, StoreError};
 use crate::trace::export::{Span, SpanKind};
 use crate::trace::{self, TraceContext, TRACEPARENT};
 use crate::wedding_day::WeddingDayRule;
+
+/// How long a provider is asked to wait while the store is full: draining
+/// a backlog takes minutes, not a second.
+pub const STORE_FULL_RETRY_AFTER: &str = "30";
 
 /// A webhook the config describes but the sidecar cannot build.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +193,17 @@ impl IngressWebhook {
                 self.duplicate.inc();
                 span(200, &id);
                 self.answer(http::StatusCode::OK, "duplicate", &id)
+            }
+            Err(StoreError::Full) => {
+                span(503, &id);
+                // Logged by the store when it starts refusing, not per event.
+                self.rejected(RejectionReason::StoreFull);
+                Problem::new(
+                    ErrorCode::StoreFull,
+                    "the store is full; its room is kept for delivering what it holds; retry later",
+                )
+                .with_header("retry-after", STORE_FULL_RETRY_AFTER)
+                .into_http_response()
             }
             Err(error) => {
                 span(503, &id);

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 /// The embedded store a stopped sidecar left in `dir`.
 pub fn embedded_store(dir: &std::path::Path) -> wedsync_sidecar::store::embedded::EmbeddedStore {
-    wedsync_sidecar::store::embedded::EmbeddedStore::open(dir, Duration::from_secs(3600)).unwrap()
+    wedsync_sidecar::store::embedded::EmbeddedStore::open(dir, Duration::from_secs(3600), None)
+        .unwrap()
 }
 
 /// Every waiting job as (target, event, body), leased the way a worker

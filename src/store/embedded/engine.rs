@@ -162,6 +162,18 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Bytes in redb's pages in use. Its statistics walk every table, so
+    /// this reads each page of the database once: the room meter spaces
+    /// its calls by what they cost.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(failed)?;
+        let stats = txn.stats().map_err(failed);
+        txn.abort().map_err(failed)?;
+        let stats = stats?;
+        Ok(stats.allocated_pages() * stats.page_size() as u64)
+    }
+
     /// The file; None for a store in memory.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()

@@ -11,6 +11,10 @@
 //! opened again, and a probe commit (fsynced) tells when writes work again.
 //! Meanwhile writes fail at once with the reason, which `/readyz` shows.
 //! When space comes back, acceptance resumes without a restart.
+//!
+//! Between batches the writer measures the store's room (`room`) and tells
+//! the space gate; an accept the gate refuses is answered `Full` without
+//! touching the database, so the room left is the drain's.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -20,7 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::engine::{LocalStore, Write, Written};
+use super::room::{self, RoomMeter};
 use crate::store::records::{Acceptance, Attempt, Job, LeaseRequest, OwnedEvent};
+use crate::store::space::{Change, SpaceGate};
 use crate::store::StoreError;
 use crate::time::unix_time;
 
@@ -30,6 +36,11 @@ const MAX_BATCH: usize = 256;
 /// at most every second.
 const RECOVERY_FIRST: Duration = Duration::from_millis(50);
 const RECOVERY_MAX: Duration = Duration::from_secs(1);
+/// The soonest a measurement follows the last one when the gate asks for
+/// one (an estimate stopped accepting).
+const REMEASURE_MIN: Duration = Duration::from_millis(50);
+/// How long an idle writer sleeps when nothing is measured.
+const IDLE: Duration = Duration::from_secs(3600);
 
 /// Whether the writer can commit; shared with the store's health check.
 #[derive(Default)]
@@ -116,7 +127,13 @@ pub struct GroupCommitter {
 impl GroupCommitter {
     /// Starts the writer, and a cleaner that forgets dedup keys older than
     /// `dedup_horizon` (the longest `dedup_window`) every [`PRUNE_EVERY`].
-    pub fn start(store: Arc<LocalStore>, dedup_horizon: Duration) -> Self {
+    /// With a `meter` the writer measures the store's room for `gate`.
+    pub fn start(
+        store: Arc<LocalStore>,
+        dedup_horizon: Duration,
+        meter: Option<RoomMeter>,
+        gate: Arc<SpaceGate>,
+    ) -> Self {
         let (requests, incoming) = mpsc::channel::<Request>();
         let (stop_cleaner, stopped) = mpsc::channel::<()>();
         let writer = Arc::clone(&store);
@@ -124,7 +141,16 @@ impl GroupCommitter {
         let writer_health = Arc::clone(&health);
         let writer = std::thread::Builder::new()
             .name("event-store".into())
-            .spawn(move || write_batches(&writer, &incoming, &writer_health))
+            .spawn(move || {
+                let mut writer = Writer {
+                    store: &writer,
+                    health: &writer_health,
+                    meter,
+                    gate: &gate,
+                    measured_at: Instant::now(),
+                };
+                writer.run(&incoming);
+            })
             .expect("spawning the event store writer");
         let cleaner = std::thread::Builder::new()
             .name("event-store-cleanup".into())
@@ -189,25 +215,93 @@ impl Drop for GroupCommitter {
     }
 }
 
-fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>, health: &WriterHealth) {
-    while let Ok(first) = incoming.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match incoming.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+/// The writer thread's state.
+struct Writer<'a> {
+    store: &'a LocalStore,
+    health: &'a WriterHealth,
+    meter: Option<RoomMeter>,
+    gate: &'a SpaceGate,
+    measured_at: Instant,
+}
+
+impl Writer<'_> {
+    fn run(&mut self, incoming: &mpsc::Receiver<Request>) {
+        self.measure();
+        loop {
+            let first = match incoming.recv_timeout(self.until_measurement()) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.measure();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match incoming.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let batch = self.admit(batch);
+            if !batch.is_empty() {
+                if let Err(failure) = self.commit(batch) {
+                    // A full volume: the reserve file's room is the drain's now.
+                    if let Some(meter) = &mut self.meter {
+                        meter.release_reserve();
+                    }
+                    recover(self.store, self.health, incoming, failure);
+                }
+            }
+            let now = Instant::now();
+            let asked = self.gate.wants_measurement()
+                && now.duration_since(self.measured_at) >= REMEASURE_MIN;
+            if asked || self.meter.as_ref().is_some_and(|m| m.due(now)) {
+                self.measure();
             }
         }
+    }
+
+    fn until_measurement(&self) -> Duration {
+        match &self.meter {
+            Some(_) if self.gate.wants_measurement() => REMEASURE_MIN,
+            Some(meter) => meter.until_due(Instant::now()),
+            None => IDLE,
+        }
+    }
+
+    /// Answers `Full` to every accept the space gate refuses; the rest go on.
+    fn admit(&self, batch: Vec<Request>) -> Vec<Request> {
+        batch
+            .into_iter()
+            .filter_map(|request| {
+                let OwnedWrite::Accept(event) = &request.write else {
+                    return Some(request);
+                };
+                match self.gate.admit(room::estimated_bytes(event)) {
+                    Ok(()) => Some(request),
+                    Err(_) => {
+                        let _ = request.answer.send(Err(StoreError::Full));
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Applies one batch and answers every sender; on a failure to commit,
+    /// answers them all with it and returns it.
+    fn commit(&self, batch: Vec<Request>) -> Result<(), String> {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let writes: Vec<Write<'_>> = batch.iter().map(|r| r.write.borrowed()).collect();
-            store.apply(&writes)
+            self.store.apply(&writes)
         }));
         let failure = match outcome {
             Ok(Ok(answers)) => {
                 for (request, answer) in batch.into_iter().zip(answers) {
                     let _ = request.answer.send(answer);
                 }
-                continue;
+                return Ok(());
             }
             Ok(Err(error)) => format!("the event store cannot commit: {error}"),
             Err(panic) => format!(
@@ -217,14 +311,39 @@ fn write_batches(store: &LocalStore, incoming: &mpsc::Receiver<Request>, health:
         };
         // Failing before anyone hears of it: a sender answered now must not
         // queue a write behind the recovery.
-        health.fail(failure.clone());
+        self.health.fail(failure.clone());
         tracing::error!(%failure, writes = batch.len(), "an embedded store batch failed; nothing in it was acknowledged");
         for request in batch {
             let _ = request
                 .answer
                 .send(Err(StoreError::Unavailable(failure.clone())));
         }
-        recover(store, health, incoming, failure);
+        Err(failure)
+    }
+
+    /// Measures the room and tells the gate; logs when accepting stops or
+    /// resumes.
+    fn measure(&mut self) {
+        let Some(meter) = &mut self.meter else {
+            return;
+        };
+        self.measured_at = Instant::now();
+        match meter.measure(self.store) {
+            Ok(room) => match self.gate.measured(room) {
+                Change::Paused => tracing::warn!(
+                    used_bytes = room.used,
+                    capacity_bytes = room.capacity,
+                    "the event store is full: new events are refused (503 store_full) until deliveries free room"
+                ),
+                Change::Resumed => tracing::info!(
+                    used_bytes = room.used,
+                    capacity_bytes = room.capacity,
+                    "the event store has room again: new events are accepted"
+                ),
+                Change::None => {}
+            },
+            Err(error) => tracing::warn!(%error, "cannot measure the event store's room"),
+        }
     }
 }
 
@@ -311,6 +430,8 @@ mod tests {
         let committer = Arc::new(GroupCommitter::start(
             Arc::clone(&store),
             Duration::from_secs(3600),
+            None,
+            Arc::default(),
         ));
         let mut tasks = Vec::new();
         for i in 0..200 {

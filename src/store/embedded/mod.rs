@@ -11,34 +11,65 @@ use std::time::Duration;
 pub mod engine;
 pub mod group_commit;
 pub mod leases;
+pub mod room;
 
 use crate::store::records::{
     Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
     OwnedEvent, QueueDepth, StoredEvent,
 };
+use crate::store::space::{SpaceGate, SpaceStatus};
 use crate::store::{NextDue, Store, StoreError, StoreReport};
 use engine::{LocalStore, Written};
 use group_commit::{GroupCommitter, OwnedWrite};
+use room::{RoomMeter, RESERVE_BYTES};
 
 pub struct EmbeddedStore {
     engine: Arc<LocalStore>,
     committer: GroupCommitter,
+    gate: Arc<SpaceGate>,
+    max_size: Option<u64>,
 }
 
 impl EmbeddedStore {
     /// Opens `dir/events.redb`; dedup keys older than `dedup_horizon` (the
-    /// longest `dedup_window`) are forgotten in the background.
-    pub fn open(dir: &Path, dedup_horizon: Duration) -> Result<Self, StoreError> {
+    /// longest `dedup_window`) are forgotten in the background. New events
+    /// are refused while the database holds `max_size` (or what its volume
+    /// has room for) less the reserve kept for draining it.
+    pub fn open(
+        dir: &Path,
+        dedup_horizon: Duration,
+        max_size: Option<u64>,
+    ) -> Result<Self, StoreError> {
         let engine = Arc::new(LocalStore::open(dir)?);
-        let committer = GroupCommitter::start(Arc::clone(&engine), dedup_horizon);
-        Ok(Self { engine, committer })
+        let file = engine
+            .path()
+            .expect("a store opened from a file has its path");
+        let meter = RoomMeter::new(dir, file, max_size);
+        Ok(Self::start(engine, dedup_horizon, Some(meter), max_size))
     }
 
-    /// The same store held in memory, for tests of the code above it.
+    /// The same store held in memory, for tests of the code above it:
+    /// nothing bounds it.
     pub fn in_memory(dedup_horizon: Duration) -> Result<Self, StoreError> {
         let engine = Arc::new(LocalStore::in_memory()?);
-        let committer = GroupCommitter::start(Arc::clone(&engine), dedup_horizon);
-        Ok(Self { engine, committer })
+        Ok(Self::start(engine, dedup_horizon, None, None))
+    }
+
+    fn start(
+        engine: Arc<LocalStore>,
+        dedup_horizon: Duration,
+        meter: Option<RoomMeter>,
+        max_size: Option<u64>,
+    ) -> Self {
+        let gate = Arc::new(SpaceGate::default());
+        let committer =
+            GroupCommitter::start(Arc::clone(&engine), dedup_horizon, meter, Arc::clone(&gate));
+        Self {
+            engine,
+            committer,
+            gate,
+            max_size,
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -55,6 +86,10 @@ impl EmbeddedStore {
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+        // Refused at once while full; the writer decides the rest.
+        if self.gate.status().paused {
+            return Err(StoreError::Full);
+        }
         self.committer.accept(event).await
     }
 
@@ -162,6 +197,10 @@ impl Store for EmbeddedStore {
         self.queue_depth().await.map(drop)
     }
 
+    fn space(&self) -> SpaceStatus {
+        self.gate.status()
+    }
+
     async fn inspect(&self) -> Result<StoreReport, StoreError> {
         let path = self.engine.path();
         let size = path
@@ -181,6 +220,15 @@ impl Store for EmbeddedStore {
                     path.map_or("(in memory)".into(), |p| p.display().to_string()),
                 ),
                 ("file size".into(), format!("{size} bytes")),
+                (
+                    "max size".into(),
+                    self.max_size
+                        .map_or_else(|| "none (the volume)".into(), |m| format!("{m} bytes")),
+                ),
+                (
+                    "reserve".into(),
+                    format!("{RESERVE_BYTES} bytes kept for draining a full store"),
+                ),
                 (
                     "durability".into(),
                     "accepts, dead letters, replays and deletions fsynced before they are answered; leases, acks and retries within 1 s".into(),

@@ -42,6 +42,12 @@ pub enum RedisCallError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Redis refused a write because it is over `maxmemory` (`OOM command not
+/// allowed when used memory > 'maxmemory'`).
+pub fn is_out_of_memory(error: &redis::RedisError) -> bool {
+    error.code() == Some("OOM")
+}
+
 /// A master found through Redis Sentinel.
 #[derive(Clone, Default)]
 pub struct SentinelTarget {
@@ -288,7 +294,15 @@ impl RedisStore {
             .await
             .unwrap_or(Err(RedisCallError::Timeout(deadline)));
         // A call refused during the quiet period tried nothing: it neither
-        // extends the period nor counts as another failure.
+        // extends the period nor counts as another failure. A server over
+        // `maxmemory` answered: its connection is fine, and the calls that
+        // drain the queue (allowed over it) must not wait out a quiet period.
+        if let Err(RedisCallError::Redis(error)) = &result {
+            if is_out_of_memory(error) {
+                self.errors.with_label_values(&[op]).inc();
+                return result;
+            }
+        }
         if result.is_err() && !matches!(result, Err(RedisCallError::Unavailable)) {
             // A manager that lost its server may keep failing; start afresh.
             *self.connection.write().await = None;

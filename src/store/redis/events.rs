@@ -31,14 +31,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 
-use super::connection::{RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
+use super::connection::{is_out_of_memory, RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
 use super::scripts::Scripts;
 use super::settings::{info_field, info_texts, RedisSettings};
+use crate::config::DEFAULT_MAX_MEMORY_RATIO;
 use crate::event::Priority;
 use crate::store::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
     Job, LeaseRequest, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
 };
+use crate::store::space::{Change, Room, SpaceGate, SpaceStatus};
 use crate::store::{Store, StoreError, StoreReport};
 
 /// Dead letters read per round trip while filling a page.
@@ -70,14 +72,23 @@ pub struct RedisEventStore {
     /// Set by `inspect` while the server could evict the queue itself:
     /// nothing is accepted that could vanish.
     refusal: std::sync::RwLock<Option<String>>,
+    /// Refuses new events above `max_memory_ratio` of a master's
+    /// `maxmemory`, measured by `measure_space`.
+    gate: SpaceGate,
+    max_memory_ratio: f64,
 }
 
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(error.to_string())
 }
 
+/// Over `maxmemory` Redis refuses an accept (the scripts that drain may
+/// run over it): the store is full, not gone.
 fn unavailable(error: RedisCallError) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+    match &error {
+        RedisCallError::Redis(e) if is_out_of_memory(e) => StoreError::Full,
+        _ => StoreError::Unavailable(error.to_string()),
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
@@ -111,7 +122,16 @@ impl RedisEventStore {
             replica_timeout: Duration::from_millis(500),
             replica_wait: None,
             refusal: std::sync::RwLock::new(None),
+            gate: SpaceGate::default(),
+            max_memory_ratio: DEFAULT_MAX_MEMORY_RATIO,
         }
+    }
+
+    /// New events are refused once a master holds `ratio` of its
+    /// `maxmemory` (`store.max_memory_ratio`); the rest is the drain's.
+    pub fn with_max_memory_ratio(mut self, ratio: f64) -> Self {
+        self.max_memory_ratio = ratio;
+        self
     }
 
     /// Every write that must survive (accept, dead letter, replay, delete)
@@ -495,6 +515,9 @@ impl Store for RedisEventStore {
         {
             return Err(StoreError::Unavailable(refusal));
         }
+        self.gate
+            .admit(estimated_bytes(&event))
+            .map_err(|_| StoreError::Full)?;
         let new = event.borrowed();
         let now_ms = event.now_ms;
         let dedup = dedup_key(&event.webhook, &event.meta.dedup);
@@ -817,6 +840,7 @@ impl Store for RedisEventStore {
                 .map(info_texts)
         };
         let (server, replication) = (info("server").await?, info("replication").await?);
+        let memory = info("memory").await?;
         let config = |name: &'static str| async move {
             let mut get = redis::pipe();
             get.cmd("CONFIG").arg("GET").arg(name);
@@ -835,10 +859,59 @@ impl Store for RedisEventStore {
                 .filter_map(|r| info_field(r, "connected_slaves")?.parse().ok())
                 .min(),
             masters: (self.store.is_cluster()).then_some(replication.len()),
+            maxmemory: memory
+                .iter()
+                .filter_map(|m| MasterMemory::read(m))
+                .map(|m| m.maxmemory)
+                .min_by_key(|&bytes| (bytes != 0, bytes)),
         };
         let report = settings.report(self.replicas);
         *self.refusal.write().unwrap_or_else(|e| e.into_inner()) = report.refusal.clone();
         Ok(report)
+    }
+
+    fn space(&self) -> SpaceStatus {
+        self.gate.status()
+    }
+
+    /// `INFO memory` of every master: what each holds against its
+    /// `maxmemory`. The fullest master decides for all (an event's part is
+    /// not known before its dedup key is hashed, and a cluster whose one
+    /// master is full is a cluster to fix).
+    async fn measure_space(&self) -> Result<(), StoreError> {
+        let texts: Vec<String> = self
+            .store
+            .run_within("check", EVENT_CALL_TIMEOUT, |mut connection| async move {
+                redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async::<redis::Value>(&mut connection)
+                    .await
+            })
+            .await
+            .map_err(unavailable)
+            .map(info_texts)?;
+        let masters: Vec<MasterMemory> =
+            texts.iter().filter_map(|t| MasterMemory::read(t)).collect();
+        if masters.is_empty() {
+            return Err(StoreError::Unavailable(
+                "Redis INFO memory named no used_memory".into(),
+            ));
+        }
+        let room = memory_room(&masters, self.max_memory_ratio);
+        match self.gate.measured(room) {
+            Change::Paused => tracing::warn!(
+                used_bytes = room.used,
+                capacity_bytes = room.capacity,
+                "the Redis store is full: new events are refused (503 store_full) until deliveries free room"
+            ),
+            Change::Resumed => tracing::info!(
+                used_bytes = room.used,
+                capacity_bytes = room.capacity,
+                "the Redis store has room again: new events are accepted"
+            ),
+            Change::None => {}
+        }
+        Ok(())
     }
 
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {
@@ -857,6 +930,63 @@ impl Store for RedisEventStore {
     }
 }
 
+/// About what an event takes in Redis: its body and metadata once in
+/// hashes, and per job its record, its queue and age entries and a lease
+/// token, with Redis' per-field overhead.
+fn estimated_bytes(event: &OwnedEvent) -> u64 {
+    let meta = event.meta.id.len() + event.meta.event_type.len() + event.meta.dedup.len();
+    let context: usize = event
+        .meta
+        .context
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    let jobs = event.meta.targets.len().max(1) as u64;
+    (event.body.len() + 2 * (meta + context)) as u64 + 512 + 640 * jobs
+}
+
+/// One master's memory, from `INFO memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MasterMemory {
+    used: u64,
+    /// 0: no limit.
+    maxmemory: u64,
+}
+
+impl MasterMemory {
+    fn read(info: &str) -> Option<Self> {
+        Some(Self {
+            used: info_field(info, "used_memory")?.parse().ok()?,
+            maxmemory: info_field(info, "maxmemory")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// The room of a store on these masters: used and capacity added up; no
+/// capacity if any master has no `maxmemory`; the fullest master's share.
+fn memory_room(masters: &[MasterMemory], ratio: f64) -> Room {
+    let used = masters.iter().map(|m| m.used).sum();
+    if masters.iter().any(|m| m.maxmemory == 0) {
+        return Room {
+            used,
+            capacity: None,
+            fullest: 0.0,
+        };
+    }
+    let capacity_of = |m: &MasterMemory| (m.maxmemory as f64 * ratio) as u64;
+    let fullest = masters
+        .iter()
+        .map(|m| m.used as f64 / capacity_of(m).max(1) as f64)
+        .fold(0.0, f64::max);
+    Room {
+        used,
+        capacity: Some(masters.iter().map(capacity_of).sum()),
+        fullest,
+    }
+}
+
 /// A job id as the Redis records name it.
 fn member(id: u64) -> String {
     format!("{id:020}")
@@ -871,6 +1001,32 @@ fn id_of(order_key: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::event::EventMeta;
+
+    #[test]
+    fn the_fullest_master_decides_and_a_master_without_maxmemory_leaves_no_capacity() {
+        let info = "# Memory\r\nused_memory:900\r\nused_memory_human:900B\r\nmaxmemory:1000\r\nmaxmemory_human:1000B\r\n";
+        let one = MasterMemory::read(info).unwrap();
+        assert_eq!(
+            one,
+            MasterMemory {
+                used: 900,
+                maxmemory: 1000
+            }
+        );
+        let other = MasterMemory {
+            used: 100,
+            maxmemory: 1000,
+        };
+        let room = memory_room(&[one, other], 0.9);
+        assert_eq!(room.used, 1000);
+        assert_eq!(room.capacity, Some(1800));
+        assert!((room.fullest - 1.0).abs() < 1e-9, "{room:?}");
+        let unbounded = MasterMemory {
+            used: 5,
+            maxmemory: 0,
+        };
+        assert_eq!(memory_room(&[one, unbounded], 0.9).capacity, None);
+    }
     use crate::store::records::order_key;
     use std::time::Duration;
 

@@ -1,6 +1,12 @@
 //! The Lua scripts of the Redis event queue: each multi-key step is one
 //! script on one part's keys (one Cluster slot), so it happens whole or
 //! not at all.
+//!
+//! Every script but the accept drains the queue, and Redis must run it
+//! even over `maxmemory` (a full Redis that refuses acks never empties):
+//! they carry the `allow-oom` flag (Redis 7's script flags; without it a
+//! script's first `HSET` or `HINCRBY` is refused with `OOM`). The accept
+//! has none, so a Redis filled by something else still refuses new events.
 
 /// KEYS: dedup, sequence, events, bodies, refs, jobs, targets, queued, age,
 /// dead, dead_order, dead_counts, then each target's queue (all of one
@@ -203,24 +209,32 @@ impl Default for Scripts {
     fn default() -> Self {
         Self {
             accept: redis::Script::new(ACCEPT),
-            lease: redis::Script::new(LEASE),
+            lease: draining(LEASE),
             retry: guarded(false, RETRY),
             ack: guarded(true, &ACK.replace("RELEASE", &release_event(7, 4))),
             dead_letter: guarded(true, DEAD_LETTER),
-            replay: redis::Script::new(&REPLAY.replace("UNCOUNT", &uncount(7, 7))),
-            delete: redis::Script::new(
+            replay: draining(&REPLAY.replace("UNCOUNT", &uncount(7, 7))),
+            delete: draining(
                 &DELETE
                     .replace("UNCOUNT", &uncount(7, 4))
                     .replace("RELEASE", &release_event(4, 3)),
             ),
-            set_aside: redis::Script::new(SET_ASIDE),
+            set_aside: draining(SET_ASIDE),
         }
     }
 }
 
+/// The first line of a script Redis runs even over `maxmemory`.
+const ALLOW_OOM: &str = "#!lua flags=allow-oom\n";
+
+/// A script that drains the queue: allowed over `maxmemory`.
+fn draining(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{ALLOW_OOM}{body}"))
+}
+
 /// A script that first checks the lease, then (if `removes`) takes the
-/// job off the queue, then runs `body`.
+/// job off the queue, then runs `body`; it drains the queue.
 fn guarded(removes: bool, body: &str) -> redis::Script {
     let remove = if removes { REMOVE_JOB } else { "" };
-    redis::Script::new(&format!("{HOLDS_LEASE}{remove}{body}"))
+    draining(&format!("{HOLDS_LEASE}{remove}{body}"))
 }

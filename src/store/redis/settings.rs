@@ -33,6 +33,8 @@ pub struct RedisSettings {
     pub connected_replicas: Option<u32>,
     /// A cluster's masters (None: one node).
     pub masters: Option<usize>,
+    /// The smallest master's `maxmemory` (0: some master has no limit).
+    pub maxmemory: Option<u64>,
 }
 
 impl RedisSettings {
@@ -50,6 +52,14 @@ impl RedisSettings {
                 (
                     "version".into(),
                     self.version.clone().unwrap_or_else(|| "unknown".into()),
+                ),
+                (
+                    "maxmemory".into(),
+                    match self.maxmemory {
+                        None => "unknown".into(),
+                        Some(0) => "0 (no limit)".into(),
+                        Some(bytes) => format!("{bytes} bytes"),
+                    },
                 ),
                 ("maxmemory-policy".into(), shown(&self.maxmemory_policy)),
                 ("appendonly".into(), shown(&self.appendonly)),
@@ -81,6 +91,11 @@ impl RedisSettings {
         if self.maxmemory_policy.is_none() || self.appendonly.is_none() {
             report.warnings.push(
                 "Redis does not allow CONFIG GET: its eviction policy and persistence cannot be checked; make sure maxmemory-policy is noeviction and appendonly yes".into(),
+            );
+        }
+        if self.maxmemory == Some(0) {
+            report.warnings.push(
+                "Redis has no maxmemory: nothing bounds the event queue, so a long backlog grows until the host runs out of memory (Redis is then killed or swaps) and the sidecar never refuses new events for want of room; set maxmemory, with maxmemory-policy noeviction, and new events are refused (503 store_full) above store.max_memory_ratio of it while the rest is kept for draining".into(),
             );
         }
         let aof = self.appendonly.as_deref() == Some("yes");

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::config::webhooks::{secret_key_bytes, SecretError, Verify, VerifyKind};
+use crate::config::error::SecretError;
+use crate::config::webhooks::{secret_key_bytes, Verify, VerifyKind};
 use crate::metrics::RejectionReason;
 
 /// Which check failed; `as_str` is the problem `detail` and the metric label.
