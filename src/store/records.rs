@@ -169,9 +169,28 @@ impl Job {
         self.history.drain(..excess);
     }
 
-    /// The job as a retry due at `due_ms` after `attempt`.
-    pub fn retried(mut self, attempt: Attempt, due_ms: u64) -> Self {
-        self.record(attempt);
+    /// Records an attempt without growing the history: it replaces the
+    /// latest one (the count stays exact). For a store refusing new events
+    /// for want of room, whose waiting jobs must not take the drain's room
+    /// by collecting attempts through a long outage.
+    pub fn record_in_place(&mut self, attempt: Attempt) {
+        match self.history.last_mut() {
+            Some(last) => {
+                self.attempts += 1;
+                *last = attempt;
+            }
+            None => self.record(attempt),
+        }
+    }
+
+    /// The job as a retry due at `due_ms` after `attempt`; with `grow`
+    /// false, its history keeps its length (`record_in_place`).
+    pub fn retried(mut self, attempt: Attempt, due_ms: u64, grow: bool) -> Self {
+        if grow {
+            self.record(attempt);
+        } else {
+            self.record_in_place(attempt);
+        }
         self.leased = false;
         self.due_ms = due_ms;
         self
@@ -343,5 +362,55 @@ pub fn set_aside(
         job,
         reason: "corrupt".into(),
         dead_at_ms: now_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(at_ms: u64) -> Attempt {
+        Attempt {
+            at_ms,
+            duration_ms: 1,
+            backend: None,
+            status: Some(503),
+            error: None,
+        }
+    }
+
+    fn job() -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": 2, "event": 1, "webhook": "stripe", "event_id": "evt", "event_type": "t",
+            "target": "notify", "priority": "normal", "received_at_ms": 10, "due_ms": 10,
+            "attempts": 0, "lease": 1, "leased": true
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_retry_in_a_full_store_counts_the_attempt_without_growing_the_history() {
+        let grown = job()
+            .retried(attempt(1), 100, true)
+            .retried(attempt(2), 200, true);
+        assert_eq!((grown.attempts, grown.history.len()), (2, 2));
+        let kept = grown.retried(attempt(3), 300, false);
+        assert_eq!((kept.attempts, kept.history.len()), (3, 2));
+        assert_eq!(kept.history.last().unwrap().at_ms, 3, "the latest is kept");
+        assert_eq!((kept.due_ms, kept.leased), (300, false));
+        // A job with no history yet gets its first entry all the same.
+        let first = job().retried(attempt(1), 100, false);
+        assert_eq!((first.attempts, first.history.len()), (1, 1));
+    }
+
+    #[test]
+    fn the_history_keeps_the_latest_attempts_up_to_its_limit() {
+        let mut job = job();
+        for at in 0..(HISTORY_LIMIT as u64 + 5) {
+            job.record(attempt(at));
+        }
+        assert_eq!(job.history.len(), HISTORY_LIMIT);
+        assert_eq!(job.history[0].at_ms, 5);
+        assert_eq!(job.attempts as usize, HISTORY_LIMIT + 5);
     }
 }

@@ -20,7 +20,7 @@
 //! deletions are fsynced because an operator relies on them.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -104,6 +104,9 @@ pub struct LocalStore {
     /// The leases this process holds (`leases`): changed by the writer's
     /// batches once they commit.
     leases: Mutex<Leases>,
+    /// New events are refused for want of room (set by the writer from
+    /// its space gate): retries keep their jobs' histories at their length.
+    full: AtomicBool,
 }
 
 impl LocalStore {
@@ -137,6 +140,7 @@ impl LocalStore {
             db: RwLock::new(Some(db)),
             last_durable_ms: AtomicU64::new(0),
             leases: Mutex::default(),
+            full: AtomicBool::new(false),
         };
         store.create_tables_and_release_leases()?;
         Ok(store)
@@ -172,6 +176,12 @@ impl LocalStore {
         txn.abort().map_err(failed)?;
         let stats = stats?;
         Ok(stats.allocated_pages() * stats.page_size() as u64)
+    }
+
+    /// Whether new events are refused for want of room (the writer's
+    /// space gate says).
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, Ordering::Relaxed);
     }
 
     /// The file; None for a store in memory.
@@ -264,7 +274,9 @@ impl LocalStore {
         let db = self.db()?;
         let txn = db.begin_write().map_err(failed)?;
         // The tables are closed before the commit, as redb requires.
+        let full = self.full.load(Ordering::Relaxed);
         let changed = Tables::open(&txn).and_then(|mut tables| {
+            tables.full = full;
             let value = change(&mut tables)?;
             tables.write_counts()?;
             Ok(value)
@@ -579,7 +591,8 @@ impl Write<'_> {
             }
             Self::Retry(held, attempt, due_ms) => {
                 let current = tables.held_job(held, leases)?;
-                let retried = current.clone().retried(attempt.clone(), *due_ms);
+                let grow = !tables.full;
+                let retried = current.clone().retried(attempt.clone(), *due_ms, grow);
                 tables.replace_job(&current, &retried)?;
                 leases.release(held.id);
                 Ok(Written::Done)
@@ -627,6 +640,9 @@ struct Tables<'t> {
     /// written by `write_counts`, before a lease reads them and before the
     /// commit.
     counts: Vec<(Count, i64)>,
+    /// The store refuses new events for want of room: a retry does not
+    /// grow its job's history (`Job::record_in_place`).
+    full: bool,
 }
 
 /// A count kept in the QUEUED or COUNTERS table.
@@ -652,6 +668,7 @@ impl<'t> Tables<'t> {
             dead_order: txn.open_table(DEAD_ORDER).map_err(failed)?,
             counters: txn.open_table(COUNTERS).map_err(failed)?,
             counts: Vec::new(),
+            full: false,
         })
     }
 
@@ -1334,6 +1351,116 @@ mod tests {
             1,
             "leased jobs still count"
         );
+    }
+
+    /// `apply`, measuring redb's pages in use just before the commit: the
+    /// transaction's peak (what it copied is freed only by the commit).
+    fn apply_measuring_peak(store: &LocalStore, writes: &[Write<'_>]) -> u64 {
+        let db = store.db().unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut leases = store.leases.lock().unwrap().clone();
+        {
+            let mut tables = Tables::open(&txn).unwrap();
+            for write in writes {
+                write.apply(&mut tables, &mut leases).unwrap();
+            }
+            tables.write_counts().unwrap();
+        }
+        let stats = txn.stats().unwrap();
+        store
+            .commit(txn, writes.iter().any(Write::needs_fsync))
+            .unwrap();
+        *store.leases.lock().unwrap() = leases;
+        stats.allocated_pages() * stats.page_size() as u64
+    }
+
+    /// What draining a full store costs in pages beyond what it held: the
+    /// figure behind `room::RESERVE_BYTES`. 3,000 events of 2 KiB leased in
+    /// the writer's batches of 256, half acked (committed without fsync),
+    /// half dead-lettered (fsynced), each batch's peak taken inside its
+    /// transaction; then the dead letters replayed one by one.
+    #[test]
+    fn draining_a_full_store_needs_less_than_half_the_reserve() {
+        let store = LocalStore::open(&dir("drain-room")).unwrap();
+        let body = vec![b'x'; 2048];
+        let webhook = "stripe".into();
+        let metas: Vec<EventMeta> = (0..3000)
+            .map(|n| meta(&format!("evt_{n:05}_{}", "k".repeat(20)), &["notify"]))
+            .collect();
+        for chunk in metas.chunks(64) {
+            let writes: Vec<Write<'_>> = chunk
+                .iter()
+                .map(|m| {
+                    Write::Accept(
+                        NewEvent {
+                            webhook: &webhook,
+                            meta: m,
+                            content_type: None,
+                            body: &body,
+                        },
+                        1_000,
+                        HOUR,
+                    )
+                })
+                .collect();
+            store.apply(&writes).unwrap();
+        }
+        let full = store.used_bytes().unwrap();
+        let per_event = full / 3000;
+        let mut peak = full;
+        let now_ms = unix_time().as_millis() as u64;
+        let mut drained = 0;
+        loop {
+            let mut request = one_high_job(now_ms);
+            request.max = 256;
+            let jobs = store.lease(&request).unwrap();
+            if jobs.is_empty() {
+                break;
+            }
+            // Acks first (committed without fsync), then dead letters
+            // (fsynced): both kinds of drain.
+            let writes: Vec<Write<'_>> = jobs
+                .iter()
+                .map(|job| {
+                    if drained < 1500 {
+                        Write::Ack(job)
+                    } else {
+                        Write::DeadLetter {
+                            held: job,
+                            attempt: None,
+                            reason: "max_attempts",
+                            now_ms,
+                        }
+                    }
+                })
+                .collect();
+            peak = peak.max(apply_measuring_peak(&store, &writes));
+            drained += jobs.len();
+        }
+        assert_eq!(drained, 3000);
+        let dead = store
+            .dead_letters(&DeadLetterFilter::default(), None, 2000)
+            .unwrap()
+            .items;
+        let after_drain = store.used_bytes().unwrap();
+        let mut replay_peak = after_drain;
+        for letter in &dead {
+            assert!(store.replay(letter.job.id, now_ms).unwrap());
+            replay_peak = replay_peak.max(store.used_bytes().unwrap());
+        }
+        println!(
+            "ROOM | full {full} B ({per_event} B per event) | drain peak +{} B | after drain {after_drain} B | replay peak +{} B",
+            peak - full,
+            replay_peak - after_drain
+        );
+        let reserve = super::super::room::RESERVE_BYTES;
+        assert!(peak - full < reserve / 2, "drain grew by {}", peak - full);
+        assert!(
+            replay_peak - after_drain < reserve / 2,
+            "replays grew by {}",
+            replay_peak - after_drain
+        );
+        assert!(after_drain < full, "the drain freed pages");
     }
 
     #[test]

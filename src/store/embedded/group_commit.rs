@@ -244,6 +244,8 @@ impl Writer<'_> {
                 }
             }
             let batch = self.admit(batch);
+            // Retries in this batch see whether the store is full now.
+            self.store.set_full(self.gate.status().paused);
             if !batch.is_empty() {
                 if let Err(failure) = self.commit(batch) {
                     // A full volume: the reserve file's room is the drain's now.

@@ -621,7 +621,10 @@ impl Store for RedisEventStore {
     }
 
     async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError> {
-        let retried = job.clone().retried(attempt, due_ms);
+        // While full, a waiting job's history does not grow into the
+        // drain's room.
+        let grow = !self.gate.status().paused;
+        let retried = job.clone().retried(attempt, due_ms, grow);
         let (mut invocation, shard) = self.guarded_invocation(&self.scripts.retry, job)?;
         invocation.arg(encode(&retried)).arg(due_ms);
         self.guarded_call("retry", job, invocation).await?;
