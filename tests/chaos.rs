@@ -157,7 +157,9 @@ async fn send_until_acknowledged(
 }
 
 /// Waits until every acknowledged event was delivered (or `limit`), then
-/// counts; prints the scenario's row and asserts that nothing was lost.
+/// counts; prints the scenario's row (with the seconds from the call until
+/// the last acknowledged event was delivered: the fault is over by then)
+/// and asserts that nothing was lost.
 async fn count(
     scenario: &str,
     started: Instant,
@@ -166,7 +168,8 @@ async fn count(
     limit: Duration,
 ) {
     let acknowledged = &sent.acknowledged;
-    let deadline = Instant::now() + limit;
+    let waiting = Instant::now();
+    let deadline = waiting + limit;
     loop {
         let delivered = deliveries.snapshot();
         if acknowledged.iter().all(|id| delivered.contains_key(id)) || Instant::now() > deadline {
@@ -174,6 +177,7 @@ async fn count(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let drained_in = waiting.elapsed();
     let delivered = deliveries.snapshot();
     let lost: Vec<&String> = acknowledged
         .iter()
@@ -184,12 +188,14 @@ async fn count(
         .iter()
         .filter(|id| delivered.contains_key(*id))
         .count();
+    let most = delivered.values().copied().max().unwrap_or(0);
     println!(
-        "CHAOS | {scenario} | {} | {} | {} | {twice} | {} | {:.0} s",
+        "CHAOS | {scenario} | {} | {} | {} | {twice} | {most} | {} | {:.1} s | {:.0} s",
         acknowledged.len(),
         delivered_acknowledged,
         lost.len(),
         sent.refused,
+        drained_in.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -461,6 +467,166 @@ async fn the_embedded_stores_disk_fills_mid_stream() {
     )
     .await;
     drop(sidecar);
+}
+
+/// Sends new events (1 KiB each, four senders) until the sidecar refuses
+/// them for want of room (`503 store_full`, with `Retry-After`) twenty
+/// times. What it acknowledged is `Sent::acknowledged`; any other answer
+/// than 202 or store_full fails the scenario.
+async fn send_until_full(sidecar: &Sidecar, prefix: &str, give_up: Duration) -> Sent {
+    let ingress = sidecar.ingress;
+    let acknowledged = Arc::new(Mutex::new(HashSet::new()));
+    let full = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deadline = Instant::now() + give_up;
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (acknowledged, full, next, prefix) = (
+            Arc::clone(&acknowledged),
+            Arc::clone(&full),
+            Arc::clone(&next),
+            prefix.to_string(),
+        );
+        senders.spawn(async move {
+            let padding = "p".repeat(1024);
+            while full.load(Ordering::Relaxed) < 20 && Instant::now() < deadline {
+                let id = format!("{prefix}_{}", next.fetch_add(1, Ordering::Relaxed));
+                let body = format!(
+                    r#"{{"id":"{id}","type":"payment_intent.succeeded","pad":"{padding}"}}"#
+                );
+                let signature = stripe_signature_with(SECRET, body.as_bytes());
+                let answer = send(
+                    "POST",
+                    &format!("http://{ingress}/webhooks/stripe"),
+                    &[
+                        ("stripe-signature", signature.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    bytes::Bytes::from(body),
+                )
+                .await;
+                match answer.status {
+                    202 => {
+                        acknowledged.lock().unwrap().insert(id);
+                    }
+                    503 if answer.headers.get("x-sidecar-error").map(String::as_str)
+                        == Some("store_full") =>
+                    {
+                        assert_eq!(answer.headers["retry-after"], "30");
+                        full.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("{id}: {other} {}", answer.text()),
+                }
+            }
+        });
+    }
+    while let Some(sender) = senders.join_next().await {
+        sender.unwrap();
+    }
+    assert!(
+        full.load(Ordering::Relaxed) >= 20,
+        "the store never refused events for want of room"
+    );
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    Sent {
+        refused: full.load(Ordering::Relaxed),
+        acknowledged,
+    }
+}
+
+/// A gauge's value in the `/metrics` text.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// The bad Saturday: the target answers 503 while events keep coming, the
+/// backlog itself fills the store (nothing else writes to it) until the
+/// sidecar refuses new events for want of room; then the target comes
+/// back. Every acknowledged event is delivered within 60 s without a
+/// restart and none more than twice, the store's used bytes fall, new
+/// events are accepted again, and the sidecar never exits.
+async fn the_backlog_fills_the_store(scenario: &str, store: &str) {
+    let started = Instant::now();
+    let down = Arc::new(AtomicBool::new(true));
+    let (target, deliveries) = target(Arc::clone(&down)).await;
+    let mut sidecar = Sidecar::start(&config(Some(store), target.addr));
+    let sent = send_until_full(&sidecar, "full", Duration::from_secs(120)).await;
+    let store_state = get(&sidecar.admin_url("/admin/store")).await.json();
+    assert_eq!(store_state["paused_for_space"], true, "{store_state}");
+    let full = get(&sidecar.admin_url("/metrics")).await.text();
+    let (used_full, capacity) = (
+        gauge(&full, "sidecar_store_used_bytes"),
+        gauge(&full, "sidecar_store_capacity_bytes"),
+    );
+    assert!(
+        capacity > 0.0 && used_full > 0.0,
+        "{used_full} of {capacity}"
+    );
+    // Full for a while: the waiting jobs keep being retried meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    down.store(false, Ordering::SeqCst);
+    count(
+        scenario,
+        started,
+        &sent,
+        &deliveries,
+        Duration::from_secs(60),
+    )
+    .await;
+    let most = deliveries.snapshot().values().copied().max().unwrap_or(0);
+    assert!(most <= 2, "an event reached the target {most} times");
+    let drained = sidecar
+        .metrics_until(
+            "the store's used bytes fall",
+            Duration::from_secs(30),
+            |text| gauge(text, "sidecar_store_used_bytes") < used_full,
+        )
+        .await;
+    let resumed = {
+        let mut status = 0;
+        for n in 0..300 {
+            status = post_stripe(&sidecar, &format!("after_{n}")).await.status;
+            if status == 202 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        status
+    };
+    assert_eq!(resumed, 202, "new events are accepted again");
+    assert!(
+        sidecar.child.try_wait().unwrap().is_none(),
+        "the sidecar exited: {}",
+        sidecar.logs()
+    );
+    println!(
+        "{scenario}: used {used_full} of {capacity} bytes when full, {} once drained",
+        gauge(&drained, "sidecar_store_used_bytes")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backlog_fills_an_8mib_volume_then_drains_by_itself() {
+    let disk = Tmpfs::mount("8m");
+    the_backlog_fills_the_store(
+        "backlog fills the embedded store (8 MiB tmpfs), target back",
+        &format!("{{ path: {} }}", disk.dir.join("data").display()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backlog_fills_a_redis_of_4mb_then_drains_by_itself() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    the_backlog_fills_the_store(
+        "backlog fills Redis (maxmemory 4mb), target back",
+        &format!("{{ kind: redis, url: {}, prefix: chaos }}", redis.url()),
+    )
+    .await;
 }
 
 /// Redis cut off by a network partition: Redis in a network namespace of

@@ -220,7 +220,13 @@ async fn a_full_disk_means_503_never_202_and_acceptance_resumes_when_space_retur
         match answer.status {
             202 => acknowledged.push(id),
             503 => {
-                assert_eq!(answer.headers["x-sidecar-error"], "store_unavailable");
+                // The room gate sees the volume full (store_full), unless a
+                // write failed for want of space first (store_unavailable).
+                let code = answer.headers["x-sidecar-error"].as_str();
+                assert!(
+                    code == "store_full" || code == "store_unavailable",
+                    "{code}"
+                );
                 refused += 1;
                 if refused >= 5 {
                     break;
@@ -234,20 +240,21 @@ async fn a_full_disk_means_503_never_202_and_acceptance_resumes_when_space_retur
         "the disk never filled ({} accepted)",
         acknowledged.len()
     );
-    // The store check (every second) says why, for /readyz and /admin/store.
+    // /admin/store says why: paused for space, or the writer's last error.
     let mut store = serde_json::Value::Null;
     for _ in 0..30 {
         store = get(&sidecar.admin_url("/admin/store")).await.json();
-        if store["answering"] == false {
+        if store["answering"] == false || store["paused_for_space"] == true {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        store["last_error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("No space left"),
+        store["paused_for_space"] == true
+            || store["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("No space left"),
         "{store}"
     );
     std::fs::remove_file(filler).unwrap();
@@ -435,4 +442,120 @@ async fn an_unreadable_job_record_is_set_aside_and_the_others_are_delivered() {
         .as_str()
         .unwrap()
         .contains("could not be read"));
+}
+
+/// A Redis that something else filled past `maxmemory` (noeviction): new
+/// events are refused with `store_full`, and what was accepted before is
+/// still leased, delivered and acked, although Redis refuses every other
+/// write (each draining script may run over `maxmemory`).
+#[tokio::test]
+async fn a_redis_filled_past_maxmemory_by_others_refuses_new_events_and_still_drains() {
+    let redis = RedisServer::start_with(&[
+        "--enable-debug-command",
+        "yes",
+        "--maxmemory-policy",
+        "noeviction",
+    ]);
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let delivered = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let (up, seen) = (Arc::clone(&down), Arc::clone(&delivered));
+    let target = MockServer::start(move |request| {
+        if up.load(std::sync::atomic::Ordering::SeqCst) {
+            return MockAnswer::status(503, "down");
+        }
+        if let Some(id) = request.headers.get("x-event-id") {
+            seen.lock().unwrap().insert(id.clone());
+        }
+        MockAnswer::status(204, "")
+    })
+    .await;
+    let sidecar = Sidecar::start(
+        &Yaml::new()
+            .with(format!(
+                "store: {{ kind: redis, url: {}, prefix: test }}",
+                redis.url()
+            ))
+            .upstream(
+                "notify",
+                format!(
+                    "{{ backends: [{}], circuit_breaker: {{ failure_threshold: 1000 }} }}",
+                    target.addr
+                ),
+            )
+            .stripe_webhook(&[
+                "routes: [{ events: [\"*\"], targets: [notify] }]",
+                "delivery: { max_attempts: 1000, backoff: { initial: 100ms, max: 300ms } }",
+            ])
+            .build(),
+    );
+    let ids: Vec<String> = (0..20).map(|n| format!("evt_before_{n}")).collect();
+    for id in &ids {
+        assert_eq!(post_stripe(&sidecar, id).await.status, 202);
+    }
+    // Someone else's data, then a maxmemory below what Redis holds.
+    redis.cli(&["DEBUG", "POPULATE", "40000", "others", "128"]);
+    let used: u64 = redis
+        .info("memory")
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let limit = (used - 512 * 1024).to_string();
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory", &limit]).trim(),
+        "OK"
+    );
+    assert!(
+        redis.cli(&["SET", "plain", "write"]).contains("OOM"),
+        "Redis refuses ordinary writes now"
+    );
+    let mut refusal = None;
+    for n in 0..50 {
+        let answer = post_stripe(&sidecar, &format!("evt_over_{n}")).await;
+        assert_ne!(answer.status, 202, "accepted over maxmemory");
+        if answer.headers.get("x-sidecar-error").map(String::as_str) == Some("store_full") {
+            refusal = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refusal = refusal.expect("new events are refused with store_full");
+    assert_eq!(refusal.status, 503);
+    assert_eq!(refusal.headers["retry-after"], "30");
+    // Measured within a second (the first refusal may be Redis' own OOM).
+    let mut store = serde_json::Value::Null;
+    for _ in 0..30 {
+        store = get(&sidecar.admin_url("/admin/store")).await.json();
+        if store["paused_for_space"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store["paused_for_space"], true, "{store}");
+    assert!(
+        store["used_bytes"].as_u64() > store["capacity_bytes"].as_u64(),
+        "{store}"
+    );
+    // The target comes back: every event accepted before is delivered.
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    // (The target's breaker opened while it failed: up to 10 s to probe.)
+    eventually(
+        Duration::from_secs(40),
+        "every earlier event delivered",
+        || {
+            let delivered = delivered.lock().unwrap();
+            ids.iter().all(|id| delivered.contains(id))
+        },
+    )
+    .await;
+    // Acked too: nothing is left in the queue.
+    sidecar
+        .metrics_until("every delivery acked", Duration::from_secs(10), |text| {
+            text.contains("sidecar_queue_depth{priority=\"normal\"} 0")
+                && text.contains(
+                    "sidecar_deliveries_total{outcome=\"delivered\",target=\"notify\",webhook=\"stripe\"} 20",
+                )
+        })
+        .await;
+    drop(target);
 }

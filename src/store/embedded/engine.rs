@@ -107,6 +107,12 @@ pub struct LocalStore {
     /// New events are refused for want of room (set by the writer from
     /// its space gate): retries keep their jobs' histories at their length.
     full: AtomicBool,
+    /// The store is within a tenth of its capacity: every commit is
+    /// fsynced. redb reuses the pages a commit frees only once a durable
+    /// commit follows it; a second of retries committed without fsync
+    /// (a target down, hundreds a second) took more than the whole
+    /// reserve in fresh pages and filled the volume.
+    tight: AtomicBool,
 }
 
 impl LocalStore {
@@ -141,6 +147,7 @@ impl LocalStore {
             last_durable_ms: AtomicU64::new(0),
             leases: Mutex::default(),
             full: AtomicBool::new(false),
+            tight: AtomicBool::new(false),
         };
         store.create_tables_and_release_leases()?;
         Ok(store)
@@ -178,10 +185,11 @@ impl LocalStore {
         Ok(stats.allocated_pages() * stats.page_size() as u64)
     }
 
-    /// Whether new events are refused for want of room (the writer's
-    /// space gate says).
-    pub fn set_full(&self, full: bool) {
+    /// Whether new events are refused for want of room, and whether the
+    /// store is near that (the writer's space gate says).
+    pub fn set_room(&self, full: bool, tight: bool) {
         self.full.store(full, Ordering::Relaxed);
+        self.tight.store(tight, Ordering::Relaxed);
     }
 
     /// The file; None for a store in memory.
@@ -254,7 +262,7 @@ impl LocalStore {
         let now_ms = unix_time().as_millis() as u64;
         let overdue = now_ms.saturating_sub(self.last_durable_ms.load(Ordering::Relaxed))
             >= DURABLE_EVERY.as_millis() as u64;
-        let durable = durable || overdue;
+        let durable = durable || overdue || self.tight.load(Ordering::Relaxed);
         if !durable {
             txn.set_durability(Durability::None).map_err(failed)?;
         }

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use super::engine::{LocalStore, Write, Written};
 use super::room::{self, RoomMeter};
 use crate::store::records::{Acceptance, Attempt, Job, LeaseRequest, OwnedEvent};
-use crate::store::space::{Change, SpaceGate};
+use crate::store::space::{Change, SpaceGate, RESUME_AT};
 use crate::store::StoreError;
 use crate::time::unix_time;
 
@@ -244,8 +244,10 @@ impl Writer<'_> {
                 }
             }
             let batch = self.admit(batch);
-            // Retries in this batch see whether the store is full now.
-            self.store.set_full(self.gate.status().paused);
+            // This batch's retries and commit see how full the store is now.
+            let full = self.gate.status().paused;
+            self.store
+                .set_room(full, full || self.gate.fullness() >= RESUME_AT);
             if !batch.is_empty() {
                 if let Err(failure) = self.commit(batch) {
                     // A full volume: the reserve file's room is the drain's now.
