@@ -554,6 +554,176 @@ webhooks:
             .pop()
     }
 
+    /// The in-memory store, whose acks fail with `Unavailable` while
+    /// `failing` is above 0 (counting down; `u32::MAX`: always).
+    struct AcksFailing {
+        inner: EmbeddedStore,
+        failing: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for AcksFailing {
+        async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
+            self.inner.accept(event).await
+        }
+        async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
+            self.inner.lease(request).await
+        }
+        async fn ack(&self, job: &Job) -> Result<(), StoreError> {
+            let left = self.failing.load(Ordering::SeqCst);
+            if left > 0 {
+                if left != u32::MAX {
+                    self.failing.store(left - 1, Ordering::SeqCst);
+                }
+                return Err(StoreError::Unavailable("No space left on device".into()));
+            }
+            self.inner.ack(job).await
+        }
+        async fn retry_at(
+            &self,
+            job: &Job,
+            attempt: Attempt,
+            due_ms: u64,
+        ) -> Result<(), StoreError> {
+            self.inner.retry_at(job, attempt, due_ms).await
+        }
+        async fn dead_letter(
+            &self,
+            job: &Job,
+            attempt: Option<Attempt>,
+            reason: &str,
+            now_ms: u64,
+        ) -> Result<(), StoreError> {
+            self.inner.dead_letter(job, attempt, reason, now_ms).await
+        }
+        async fn dead_letters(
+            &self,
+            filter: &DeadLetterFilter,
+            cursor: Option<&str>,
+            limit: usize,
+        ) -> Result<crate::store::DeadLetterPage, StoreError> {
+            self.inner.dead_letters(filter, cursor, limit).await
+        }
+        async fn dead_letter_by_id(
+            &self,
+            id: u64,
+        ) -> Result<Option<crate::store::DeadLetter>, StoreError> {
+            self.inner.dead_letter_by_id(id).await
+        }
+        async fn replay(&self, id: u64, now_ms: u64) -> Result<bool, StoreError> {
+            self.inner.replay(id, now_ms).await
+        }
+        async fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+            self.inner.delete_dead_letter(id).await
+        }
+        async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            self.inner.dead_letter_counts().await
+        }
+        async fn queue_depth(&self) -> Result<crate::store::QueueDepth, StoreError> {
+            self.inner.queue_depth().await
+        }
+        async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+            self.inner.oldest_pending_ms().await
+        }
+        async fn event(
+            &self,
+            sequence: u64,
+        ) -> Result<Option<(crate::store::StoredEvent, Vec<u8>)>, StoreError> {
+            self.inner.event(sequence).await
+        }
+        async fn inspect(&self) -> Result<crate::store::StoreReport, StoreError> {
+            self.inner.inspect().await
+        }
+    }
+
+    /// A bench whose store fails `failing` acks.
+    fn bench_failing_acks(
+        answers: Vec<Result<ClientResponse, ClientError>>,
+        failing: u32,
+    ) -> (Bench, Arc<AcksFailing>) {
+        let mut bench = bench(answers);
+        let store = Arc::new(AcksFailing {
+            inner: EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap(),
+            failing: failing.into(),
+        });
+        let metrics = Arc::clone(&bench.deliverer.metrics);
+        bench.deliverer = Deliverer::new(
+            store.clone(),
+            Box::new(Arc::clone(&bench.transport)),
+            metrics,
+        );
+        (bench, store)
+    }
+
+    fn delivered_count(deliverer: &Deliverer, outcome: DeliveryOutcome) -> u64 {
+        deliverer
+            .metrics
+            .deliveries_total
+            .with_label_values(&["stripe", "notify", outcome.as_str()])
+            .get()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_the_store_cannot_write_is_written_again_with_backoff_never_by_sending_again() {
+        let (bench, store) = bench_failing_acks(vec![status(204, None)], 3);
+        let job = accept_and_lease(&store.inner, "evt_1").await;
+        let deliverer = Arc::new(bench.deliverer);
+        let plan = bench.plan;
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn({
+            let deliverer = Arc::clone(&deliverer);
+            async move { deliverer.deliver(job, &plan).await }
+        });
+        // Waiting on its backoff, the task holds the outcome: nothing may
+        // be leased meanwhile.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(deliverer.unrecorded.waiting(), 1);
+        assert_eq!(task.await.unwrap(), Decision::Delivered);
+        assert_eq!(deliverer.unrecorded.waiting(), 0);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100 + 200 + 400),
+            "three failed writes: three pauses"
+        );
+        assert_eq!(bench.transport.sent.lock().unwrap().len(), 1, "sent once");
+        assert_eq!(delivered_count(&deliverer, DeliveryOutcome::Delivered), 1);
+        assert_eq!(delivered_count(&deliverer, DeliveryOutcome::Repeated), 0);
+        assert_eq!(store.inner.queue_depth().await.unwrap().normal, 0, "acked");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_still_unwritten_at_shutdown_is_given_up_and_counted_as_repeated() {
+        let (bench, store) = bench_failing_acks(vec![status(204, None)], u32::MAX);
+        let job = accept_and_lease(&store.inner, "evt_1").await;
+        let deliverer = Arc::new(bench.deliverer);
+        let plan = bench.plan;
+        let task = tokio::spawn({
+            let deliverer = Arc::clone(&deliverer);
+            async move { deliverer.deliver(job, &plan).await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            deliverer.unrecorded.waiting(),
+            1,
+            "still trying after a minute"
+        );
+        deliverer.unrecorded.give_up();
+        task.await.unwrap();
+        assert_eq!(deliverer.unrecorded.waiting(), 0);
+        assert_eq!(bench.transport.sent.lock().unwrap().len(), 1);
+        assert_eq!(delivered_count(&deliverer, DeliveryOutcome::Repeated), 1);
+        assert_eq!(delivered_count(&deliverer, DeliveryOutcome::Delivered), 0);
+    }
+
+    #[test]
+    fn an_outcome_is_recorded_again_after_a_doubling_pause_of_at_most_five_seconds() {
+        let pauses: Vec<u64> = (1..=8)
+            .map(|n| record_again_after(n).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(record_again_after(u32::MAX), RECORD_AGAIN_MAX);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_2xx_sends_the_event_to_the_path_and_acks_the_job() {
         let bench = bench(vec![status(204, None)]);
