@@ -119,15 +119,32 @@ async fn admin_store_reports_persistence_and_warns_when_nothing_persists() {
     assert_eq!(store["answering"], true);
     let warnings = store["warnings"].to_string();
     assert!(warnings.contains("persists nothing"), "{warnings}");
+    assert!(warnings.contains("Redis has no maxmemory"), "{warnings}");
+    assert_eq!(store["settings"]["maxmemory"], "0 (no limit)");
+    assert_eq!(store["capacity_bytes"], serde_json::Value::Null);
     sidecar.log_containing("Redis persists nothing").await;
+    sidecar.log_containing("Redis has no maxmemory").await;
 
-    let durable = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let durable = RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--maxmemory",
+        "64mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]);
     let sidecar = Sidecar::start(&config(&format!(
         "{{ kind: redis, url: {}, prefix: test }}",
         durable.url()
     )));
     let store = get(&sidecar.admin_url("/admin/store")).await.json();
     assert_eq!(store["settings"]["appendfsync"], "always");
+    assert_eq!(
+        store["settings"]["maxmemory"],
+        format!("{} bytes", 64 << 20)
+    );
     assert_eq!(store["warnings"], serde_json::json!([]));
 }
 

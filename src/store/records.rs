@@ -71,6 +71,20 @@ pub struct OwnedEvent {
 }
 
 impl OwnedEvent {
+    /// What its records hold in bytes: the body and the metadata's strings
+    /// (each store weighs it with its own overhead), and its job count.
+    pub fn size(&self) -> (u64, u64) {
+        let meta = self.meta.id.len() + self.meta.event_type.len() + self.meta.dedup.len();
+        let context: usize = self
+            .meta
+            .context
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        let jobs = self.meta.targets.len().max(1) as u64;
+        ((self.body.len() + meta + context) as u64, jobs)
+    }
+
     pub fn borrowed(&self) -> NewEvent<'_> {
         NewEvent {
             webhook: &self.webhook,

@@ -250,9 +250,8 @@ impl Writer<'_> {
                 .set_room(full, full || self.gate.fullness() >= RESUME_AT);
             if !batch.is_empty() {
                 if let Err(failure) = self.commit(batch) {
-                    // A full volume: the reserve file's room is the drain's now.
                     if let Some(meter) = &mut self.meter {
-                        meter.release_reserve();
+                        meter.after_failed_commit();
                     }
                     recover(self.store, self.health, incoming, failure);
                 }

@@ -46,15 +46,8 @@ const MAX_EVERY: Duration = Duration::from_secs(30);
 /// events (`engine` tests); an estimate too high only stops accepting a
 /// measurement early, which the next measurement corrects.
 pub fn estimated_bytes(event: &OwnedEvent) -> u64 {
-    let meta = event.meta.id.len() + event.meta.event_type.len() + event.meta.dedup.len();
-    let context: usize = event
-        .meta
-        .context
-        .iter()
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
-    let jobs = event.meta.targets.len().max(1) as u64;
-    2 * (event.body.len() + meta + context) as u64 + 1024 + 512 * jobs
+    let (content, jobs) = event.size();
+    2 * content + 1024 + 512 * jobs
 }
 
 /// The volume under a directory: bytes an unprivileged writer may still
@@ -166,8 +159,17 @@ impl RoomMeter {
         }
     }
 
-    /// Gives the reserve file's room to the database: after a write failed
-    /// for want of space, or when the volume is nearly full.
+    /// After a commit failed: if the volume is short of the reserve's size
+    /// (another writer filled it), its file is given up so that the drain
+    /// can go on. A failure with room left is not the volume's.
+    pub fn after_failed_commit(&mut self) {
+        if volume_available(&self.dir).is_ok_and(|available| available < RESERVE_BYTES) {
+            self.release_reserve();
+        }
+    }
+
+    /// Gives the reserve file's room to the database: when a write failed
+    /// for want of space, or the volume is nearly full.
     pub fn release_reserve(&mut self) {
         if !self.holding {
             return;

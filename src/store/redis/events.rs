@@ -937,15 +937,8 @@ impl Store for RedisEventStore {
 /// hashes, and per job its record, its queue and age entries and a lease
 /// token, with Redis' per-field overhead.
 fn estimated_bytes(event: &OwnedEvent) -> u64 {
-    let meta = event.meta.id.len() + event.meta.event_type.len() + event.meta.dedup.len();
-    let context: usize = event
-        .meta
-        .context
-        .iter()
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
-    let jobs = event.meta.targets.len().max(1) as u64;
-    (event.body.len() + 2 * (meta + context)) as u64 + 512 + 640 * jobs
+    let (content, jobs) = event.size();
+    content + 512 + 640 * jobs
 }
 
 /// One master's memory, from `INFO memory`.
