@@ -497,3 +497,49 @@ async fn a_request_id_that_could_forge_log_fields_is_replaced() {
     let logs = sidecar.log_containing(id).await;
     assert!(!logs.contains("service=payments"), "{logs}");
 }
+
+/// Answers after which the sidecar closes the connection say so: an app's
+/// pool that saw `keep-alive` would send its next request into a closed
+/// socket.
+#[tokio::test]
+async fn answers_that_close_the_connection_say_connection_close() {
+    let slow = MockServer::start(|_| MockAnswer::ok("late").delayed(Duration::from_secs(3))).await;
+    let closed = free_port();
+    let hangup = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hangup_addr = hangup.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = hangup.accept().await.unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+            drop(stream);
+        }
+    });
+    let body = Yaml::new()
+        .service("slow", "/slow", &slow.url(), &["timeout: 300ms"])
+        .service(
+            "gone",
+            "/gone",
+            &format!("http://127.0.0.1:{closed}"),
+            &["connect_timeout: 200ms"],
+        )
+        .service("hangup", "/hangup", &format!("http://{hangup_addr}"), &[])
+        .build();
+    let sidecar = Sidecar::start(&body);
+    for (path, status, code) in [
+        ("/slow/x", 504, "upstream_timeout"),
+        ("/gone/x", 502, "upstream_unreachable"),
+        ("/hangup/x", 502, "upstream_failed"),
+    ] {
+        let answer = get(&sidecar.egress_url(path)).await;
+        assert_eq!(
+            (answer.status, answer.headers["x-sidecar-error"].as_str()),
+            (status, code)
+        );
+        assert_eq!(
+            answer.headers.get("connection").map(String::as_str),
+            Some("close"),
+            "{path}"
+        );
+    }
+}

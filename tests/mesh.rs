@@ -607,3 +607,66 @@ async fn a_tls_group_is_reached_over_tls_with_its_ca_and_host() {
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert_eq!(secure.requests().len(), 1);
 }
+
+/// What the app publishes must be a JSON object that reads whole, sent as
+/// JSON, with a usable `Idempotency-Key`: anything else is refused with the
+/// reason, and nothing is stored or delivered.
+#[tokio::test]
+async fn a_publish_that_is_not_a_readable_json_object_or_has_a_bad_key_is_refused() {
+    let notification = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let sidecar = Sidecar::start(&wedding_events(&[("notification", &notification)], ""));
+    let url = format!("http://{}/events/wedding", sidecar.egress);
+    let event = r#"{"type":"payment.completed","wedding_id":"w-42"}"#;
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let answer = send(
+            "POST",
+            &url,
+            &[("content-type", content_type)],
+            Bytes::from(event),
+        )
+        .await;
+        assert_eq!(answer.status, 415, "{content_type}");
+        assert_eq!(answer.headers["x-sidecar-error"], "unsupported_media_type");
+    }
+    let deep = format!(
+        r#"{{"type":"payment.completed","x":{}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let long_key = "k".repeat(300);
+    // (body, extra headers, what the refusal's detail names)
+    type Refused<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let refused: [Refused<'_>; 5] = [
+        ("42", vec![], "a JSON object"),
+        (deep.as_str(), vec![], "recursion limit"),
+        (
+            r#"{"type":"payment.completed","amount":1e400}"#,
+            vec![],
+            "number out of range",
+        ),
+        (
+            event,
+            vec![("idempotency-key", long_key.as_str())],
+            "300 bytes",
+        ),
+        (event, vec![("idempotency-key", "pay 42")], "visible ASCII"),
+    ];
+    for (body, headers, reason) in refused {
+        let answer = publish(&sidecar, body, &headers).await;
+        assert_eq!(answer.status, 400, "{reason}: {}", answer.text());
+        let detail = answer.json()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(reason), "{reason}: {detail}");
+    }
+    let answer = publish(&sidecar, event, &[("idempotency-key", "pay-42")]).await;
+    assert_eq!(answer.status, 202);
+    eventually(SETTLE, "the one valid event delivered", || {
+        !notification.requests().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        notification.requests().len(),
+        1,
+        "nothing refused was stored"
+    );
+}

@@ -357,6 +357,10 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
             };
         };
         let code = problem.status();
+        // The connection is not reused after a failure (the request's body
+        // may be half read): the answer says so, or the app's pool would
+        // send its next request into a closing connection.
+        session.set_keepalive(None);
         // Once the provider's answer has started, only closing the connection is left.
         if session.response_written().is_none() {
             if let Err(e) = ctx.answer(session, problem).await {
