@@ -670,3 +670,49 @@ async fn a_publish_that_is_not_a_readable_json_object_or_has_a_bad_key_is_refuse
         "nothing refused was stored"
     );
 }
+
+/// W3C Trace Context level 1 as the provider sees it: two `traceparent`
+/// headers are invalid (a new trace), `tracestate` goes on only with a
+/// valid `traceparent` and as one list, and of the flags only `sampled`.
+#[tokio::test]
+async fn the_provider_gets_trace_context_as_the_w3c_spec_says() {
+    let provider = MockServer::start(|_| MockAnswer::ok("{}")).await;
+    let yaml = Yaml::new().service("stripe", "/stripe", &provider.url(), &[]);
+    let sidecar = Sidecar::start(&yaml.build());
+    let other = "00-12345678901234567890123456789012-1234567890123456-01";
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("traceparent", TRACEPARENT), ("traceparent", other)],
+        &[("tracestate", "vendor=1")],
+        &[
+            ("traceparent", TRACEPARENT),
+            ("tracestate", "a=1,b=2"),
+            ("tracestate", "c=3"),
+        ],
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+        )],
+    ];
+    for headers in cases {
+        assert_eq!(
+            call(&sidecar, "/stripe/v1/charges", headers).await.status,
+            200
+        );
+    }
+    let seen = provider.requests();
+    let duplicated = trace_id_of(&seen[0].headers["traceparent"]);
+    assert!(duplicated != TRACE_ID && duplicated != "12345678901234567890123456789012");
+    assert_eq!(seen[0].headers.get("tracestate"), None);
+    assert_eq!(
+        seen[1].headers.get("tracestate"),
+        None,
+        "no traceparent, no state"
+    );
+    assert_eq!(trace_id_of(&seen[2].headers["traceparent"]), TRACE_ID);
+    assert_eq!(seen[2].headers["tracestate"], "a=1,b=2,c=3");
+    assert_eq!(trace_id_of(&seen[3].headers["traceparent"]), TRACE_ID);
+    assert!(
+        seen[3].headers["traceparent"].ends_with("-01"),
+        "only sampled"
+    );
+}

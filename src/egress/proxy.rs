@@ -35,6 +35,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, StatusCounters};
 use crate::problem::{ErrorCode, Problem};
 use crate::trace::export::{Span, SpanKind};
+use crate::trace::state::TRACESTATE;
 use crate::trace::{self, TraceContext, TRACEPARENT};
 
 /// `R` reads the services of the running config (the runtime snapshot's).
@@ -120,7 +121,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         };
         if propagate {
             let (trace, parent) = TraceContext::continue_or_start(
-                request.headers.get(TRACEPARENT).map(|v| v.as_bytes()),
+                TraceContext::from_headers(&request.headers),
                 trace::sample,
             );
             ctx.trace = Some(trace);
@@ -207,9 +208,19 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         // The provider sees this exchange's span as its parent; the app's
-        // `tracestate` passes through untouched.
+        // `tracestate` goes on with it, as one list, only when the app's
+        // `traceparent` was valid (a new trace has no state yet).
         if let Some(trace) = &ctx.trace {
             set_request(request, TRACEPARENT, trace.header_value())?;
+            if request.headers.contains_key(TRACESTATE) {
+                let state = ctx
+                    .trace_parent
+                    .and_then(|_| trace::state::forwarded(&request.headers));
+                request.remove_header(TRACESTATE);
+                if let Some(state) = state {
+                    set_request(request, TRACESTATE, state)?;
+                }
+            }
         }
         match &ctx.exchange {
             Some(exchange) => exchange.write_request(

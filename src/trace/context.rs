@@ -15,6 +15,9 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
+/// The `sampled` flag, the only one level 1 defines.
+const SAMPLED: u8 = 0x01;
+
 /// `traceparent` is 55 bytes in version 00; anything much longer is not one.
 const MAX_HEADER: usize = 512;
 
@@ -64,29 +67,43 @@ impl TraceContext {
         }
     }
 
-    /// A span of this trace under this one: same trace id and flags, a new
-    /// span id.
+    /// The request's trace context: its one `traceparent` header, read.
+    /// Two of them are invalid, as the spec says: the caller starts a new
+    /// trace rather than pick one.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
+        let mut values = headers.get_all(super::TRACEPARENT).iter();
+        let first = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        Self::parse(first.as_bytes())
+    }
+
+    /// A span of this trace under this one: same trace id, a new span id,
+    /// and of the flags only `sampled`, the one Trace Context level 1
+    /// defines (an unknown flag is not passed on as if it were ours).
     pub fn child(&self) -> Self {
         Self {
             span_id: random_span(),
+            flags: self.flags & SAMPLED,
             ..*self
         }
     }
 
-    /// The incoming header's child and the caller's span id, or a new
-    /// trace when there is none (or it is malformed).
+    /// The parent's child and the parent's span id, or a new trace when
+    /// there is no valid parent.
     pub fn continue_or_start(
-        header: Option<&[u8]>,
+        parent: Option<Self>,
         sample: impl FnOnce() -> bool,
     ) -> (Self, Option<[u8; 8]>) {
-        match header.and_then(Self::parse) {
+        match parent {
             Some(parent) => (parent.child(), Some(parent.span_id)),
             None => (Self::root(sample()), None),
         }
     }
 
     pub fn sampled(&self) -> bool {
-        self.flags & 1 == 1
+        self.flags & SAMPLED == SAMPLED
     }
 
     /// The `traceparent` value, version 00.
@@ -229,6 +246,119 @@ mod tests {
     }
 
     #[test]
+    fn a_child_carries_only_the_sampled_flag() {
+        let all = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff";
+        let child = TraceContext::parse(all.as_bytes()).unwrap().child();
+        assert!(child.header().ends_with("-01"), "{}", child.header());
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-fe";
+        let child = TraceContext::parse(unsampled.as_bytes()).unwrap().child();
+        assert!(child.header().ends_with("-00"), "{}", child.header());
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        headers
+    }
+
+    /// The `test_traceparent_*` cases of the W3C Trace Context test suite
+    /// (`test/test.py`): continued (the same trace id) or not.
+    #[test]
+    fn the_spec_suites_traceparent_cases() {
+        const ID: &str = "12345678901234567890123456789012";
+        let continued = |pairs: &[(&str, &str)]| {
+            TraceContext::from_headers(&headers(pairs))
+                .map(|t| t.trace_id_text().as_str().to_string())
+                == Some(ID.to_string())
+        };
+        let one = |value: &str| continued(&[("traceparent", value)]);
+        // Continued.
+        for name in ["traceparent", "TraceParent", "TrAcEpArEnT", "TRACEPARENT"] {
+            assert!(
+                continued(&[(
+                    name,
+                    "00-12345678901234567890123456789012-1234567890123456-01"
+                )]),
+                "{name}"
+            );
+        }
+        for value in [
+            "00-12345678901234567890123456789012-1234567890123456-01",
+            "cc-12345678901234567890123456789012-1234567890123456-01",
+            "cc-12345678901234567890123456789012-1234567890123456-01-what-the-future-will-be-like",
+            " 00-12345678901234567890123456789012-1234567890123456-01",
+            "\t00-12345678901234567890123456789012-1234567890123456-01",
+            "00-12345678901234567890123456789012-1234567890123456-01 ",
+            "00-12345678901234567890123456789012-1234567890123456-01\t",
+            "\t 00-12345678901234567890123456789012-1234567890123456-01 \t",
+        ] {
+            assert!(one(value), "{value:?} is continued");
+        }
+        // A new trace.
+        assert!(
+            !continued(&[
+                (
+                    "traceparent",
+                    "00-12345678901234567890123456789011-1234567890123456-01"
+                ),
+                (
+                    "traceparent",
+                    "00-12345678901234567890123456789012-1234567890123456-01"
+                ),
+            ]),
+            "duplicated"
+        );
+        assert!(!continued(&[(
+            "trace-parent",
+            "00-12345678901234567890123456789012-1234567890123456-01"
+        )]));
+        assert!(!continued(&[(
+            "trace.parent",
+            "00-12345678901234567890123456789012-1234567890123456-01"
+        )]));
+        for value in [
+            "00-12345678901234567890123456789012-1234567890123456-01.",
+            "00-12345678901234567890123456789012-1234567890123456-01-what-the-future-will-be-like",
+            "cc-12345678901234567890123456789012-1234567890123456-01.what-the-future-will-be-like",
+            "ff-12345678901234567890123456789012-1234567890123456-01",
+            ".0-12345678901234567890123456789012-1234567890123456-01",
+            "0.-12345678901234567890123456789012-1234567890123456-01",
+            "000-12345678901234567890123456789012-1234567890123456-01",
+            "0000-12345678901234567890123456789012-1234567890123456-01",
+            "0-12345678901234567890123456789012-1234567890123456-01",
+            "00-12345678901234567890123456789012-0000000000000000-01",
+            "00-12345678901234567890123456789012-.234567890123456-01",
+            "00-12345678901234567890123456789012-123456789012345.-01",
+            "00-12345678901234567890123456789012-12345678901234567-01",
+            "00-12345678901234567890123456789012-123456789012345-01",
+            "00-12345678901234567890123456789012-1234567890123456-.0",
+            "00-12345678901234567890123456789012-1234567890123456-0.",
+            "00-12345678901234567890123456789012-1234567890123456-001",
+            "00-12345678901234567890123456789012-1234567890123456-1",
+            "00-123456789012345678901234567890123-1234567890123456-01",
+            "00-1234567890123456789012345678901-1234567890123456-01",
+        ] {
+            assert!(!one(value), "{value:?} starts a new trace");
+        }
+        for value in [
+            "00-00000000000000000000000000000000-1234567890123456-01",
+            "00-.2345678901234567890123456789012-1234567890123456-01",
+            "00-1234567890123456789012345678901.-1234567890123456-01",
+        ] {
+            assert_eq!(
+                TraceContext::from_headers(&headers(&[("traceparent", value)])),
+                None,
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
     fn refuses_what_is_not_a_traceparent() {
         for bad in [
             "",
@@ -254,7 +384,8 @@ mod tests {
 
     #[test]
     fn a_missing_or_broken_header_starts_a_new_trace() {
-        let (started, parent) = TraceContext::continue_or_start(Some(b"garbage"), || true);
+        let garbage = TraceContext::parse(b"garbage");
+        let (started, parent) = TraceContext::continue_or_start(garbage, || true);
         assert!(started.sampled());
         assert_eq!(parent, None);
         let a = TraceContext::root(false);

@@ -1,8 +1,9 @@
 //! Trace context end to end: W3C `traceparent` read, continued and made
-//! (`context`), and spans exported over OTLP/HTTP when configured
+//! (`context`), `tracestate` passed on (`state`), and spans exported over OTLP/HTTP when configured
 //! (`export`).
 
 pub mod context;
+pub mod state;
 
 pub use context::TraceContext;
 

@@ -16,7 +16,7 @@ use crate::metrics::{DeadLetterReason, Metrics, ReceivedOutcome, RejectionReason
 use crate::problem::{ErrorCode, Problem};
 use crate::store::{Acceptance, OwnedEvent, Store, StoreError};
 use crate::trace::export::{Span, SpanKind};
-use crate::trace::{self, TraceContext, TRACEPARENT};
+use crate::trace::{self, TraceContext};
 use crate::wedding_day::WeddingDayRule;
 
 /// How long a provider is asked to wait while the store is full: draining
@@ -128,10 +128,8 @@ impl IngressWebhook {
         );
         // This acknowledgement is a span of the provider's (or the app's)
         // trace, or the root of a new one; deliveries are its children.
-        let (trace, parent) = TraceContext::continue_or_start(
-            headers.get(TRACEPARENT).map(|v| v.as_bytes()),
-            trace::sample,
-        );
+        let (trace, parent) =
+            TraceContext::continue_or_start(TraceContext::from_headers(headers), trace::sample);
         if self.propagate {
             meta.trace = Some(trace.header());
         }
