@@ -110,9 +110,15 @@ impl SpaceGate {
         let was_paused = state.pause != Pause::Accepting;
         state.room = Some(room);
         state.added = 0;
+        // Once refused, for whatever reason, accepting resumes only at the
+        // low-water mark: a pause the estimate started near the capacity
+        // and a measurement just below it would otherwise flip the ingress
+        // between 202 and 503 every measurement.
         state.pause = match (room.capacity, state.pause) {
             (None, _) => Pause::Accepting,
-            (Some(_), Pause::Measured) if room.fullest > RESUME_AT => Pause::Measured,
+            (Some(_), Pause::Measured | Pause::Estimated) if room.fullest > RESUME_AT => {
+                Pause::Measured
+            }
             (Some(_), _) if room.fullest >= 1.0 => Pause::Measured,
             (Some(_), _) => Pause::Accepting,
         };
@@ -193,13 +199,23 @@ mod tests {
     }
 
     #[test]
-    fn a_pause_from_the_estimate_alone_ends_with_a_measurement_below_the_capacity() {
+    fn a_pause_from_the_estimate_ends_only_with_a_measurement_at_the_low_water_mark() {
         let gate = SpaceGate::default();
         gate.measured(Room::single(900, Some(1_000)));
         assert_eq!(gate.admit(200), Err(Full));
-        // The estimate was too high: the store is 95% full, not 110%.
+        // The estimate was too high, but the store is 95% full: no flapping.
+        assert_eq!(gate.measured(Room::single(950, Some(1_000))), Change::None);
+        assert!(!gate.wants_measurement(), "a measurement decided");
+        assert_eq!(gate.admit(1), Err(Full));
         assert_eq!(
-            gate.measured(Room::single(950, Some(1_000))),
+            gate.measured(Room::single(900, Some(1_000))),
+            Change::Resumed
+        );
+        // Far off: a burst's estimate, not a full store.
+        gate.measured(Room::single(500, Some(1_000)));
+        assert_eq!(gate.admit(600), Err(Full));
+        assert_eq!(
+            gate.measured(Room::single(520, Some(1_000))),
             Change::Resumed
         );
         assert_eq!(gate.admit(10), Ok(()));

@@ -101,6 +101,8 @@ pub struct LocalStore {
     db: RwLock<Option<Database>>,
     /// Unix ms of the last fsynced commit.
     last_durable_ms: AtomicU64,
+    /// The last commit was not fsynced.
+    unsynced: AtomicBool,
     /// The leases this process holds (`leases`): changed by the writer's
     /// batches once they commit.
     leases: Mutex<Leases>,
@@ -145,6 +147,7 @@ impl LocalStore {
             path,
             db: RwLock::new(Some(db)),
             last_durable_ms: AtomicU64::new(0),
+            unsynced: AtomicBool::new(false),
             leases: Mutex::default(),
             full: AtomicBool::new(false),
             tight: AtomicBool::new(false),
@@ -270,7 +273,20 @@ impl LocalStore {
         if durable {
             self.last_durable_ms.store(now_ms, Ordering::Relaxed);
         }
+        self.unsynced.store(!durable, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// When the commits since the last fsync must be made durable (and the
+    /// pages they freed reusable: redb frees them only at a durable
+    /// commit), if any were made; the writer does it once it is idle.
+    pub fn sync_due_in(&self) -> Option<Duration> {
+        if !self.unsynced.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = (unix_time().as_millis() as u64)
+            .saturating_sub(self.last_durable_ms.load(Ordering::Relaxed));
+        Some(DURABLE_EVERY.saturating_sub(Duration::from_millis(since)))
     }
 
     /// Runs `change` in one write transaction, committed only if it succeeds.

@@ -228,10 +228,10 @@ impl Writer<'_> {
     fn run(&mut self, incoming: &mpsc::Receiver<Request>) {
         self.measure();
         loop {
-            let first = match incoming.recv_timeout(self.until_measurement()) {
+            let first = match incoming.recv_timeout(self.until_idle_work()) {
                 Ok(first) => first,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.measure();
+                    self.idle_work();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -262,6 +262,27 @@ impl Writer<'_> {
             if asked || self.meter.as_ref().is_some_and(|m| m.due(now)) {
                 self.measure();
             }
+        }
+    }
+
+    /// Until the next measurement, or until commits made without fsync
+    /// are due to be made durable (an idle store's last acks would stay
+    /// unsynced, and the pages they freed unusable, until the next write).
+    fn until_idle_work(&self) -> Duration {
+        let sync = self.store.sync_due_in().unwrap_or(IDLE);
+        self.until_measurement().min(sync)
+    }
+
+    fn idle_work(&mut self) {
+        if self.store.sync_due_in() == Some(Duration::ZERO) {
+            if let Err(error) = self.store.flush() {
+                tracing::warn!(%error, "cannot make the event store's last commits durable");
+            }
+        }
+        if self.meter.as_ref().is_some_and(|m| m.due(Instant::now()))
+            || self.gate.wants_measurement()
+        {
+            self.measure();
         }
     }
 
@@ -454,5 +475,41 @@ mod tests {
         }
         assert_eq!((accepted, duplicates), (100, 100));
         assert_eq!(store.queue_depth().unwrap().normal, 100);
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_makes_its_last_unsynced_commits_durable_within_a_second() {
+        let dir = std::env::temp_dir().join(format!(
+            "sidecar-group-sync-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = Arc::new(LocalStore::open(&dir).unwrap());
+        let committer = GroupCommitter::start(
+            Arc::clone(&store),
+            Duration::from_secs(3600),
+            None,
+            Arc::default(),
+        );
+        committer.accept(event("evt_1")).await.unwrap();
+        let request = LeaseRequest {
+            priority: Priority::Normal,
+            now_ms: unix_time().as_millis() as u64 + 1_000,
+            visibility: Duration::from_secs(60),
+            room: Vec::new(),
+            max: 1,
+        };
+        let jobs = match committer.write(OwnedWrite::Lease(request)).await.unwrap() {
+            Written::Leased(jobs) => jobs,
+            other => panic!("{other:?}"),
+        };
+        // Right after the fsynced accept: this ack is committed without one.
+        committer
+            .write(OwnedWrite::Ack(jobs[0].clone()))
+            .await
+            .unwrap();
+        assert!(store.sync_due_in().is_some(), "the ack is not durable yet");
+        tokio::time::sleep(super::super::engine::DURABLE_EVERY + Duration::from_millis(500)).await;
+        assert_eq!(store.sync_due_in(), None, "made durable while idle");
     }
 }
