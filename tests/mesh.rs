@@ -444,6 +444,57 @@ async fn a_collector_that_is_down_never_fails_a_request() {
         .await;
 }
 
+/// `tracing.otlp` follows a reload: spans go to the new collector from
+/// then on, none to the old; a collector that fails is warned about.
+#[tokio::test]
+async fn a_reload_moves_span_export_to_the_new_collector_and_failures_are_warned_about() {
+    let old = MockServer::start(|_| MockAnswer::ok("{}")).await;
+    let new = MockServer::start(|_| MockAnswer::status(503, "busy")).await;
+    let provider = MockServer::start(|_| MockAnswer::ok("{}")).await;
+    let yaml = Yaml::new()
+        .with(format!(
+            "tracing: {{ otlp: {{ endpoint: {} }} }}",
+            old.url()
+        ))
+        .service("stripe", "/stripe", &provider.url(), &[]);
+    let sidecar = Sidecar::start(&yaml.build());
+    assert_eq!(call(&sidecar, "/stripe/v1/x", &[]).await.status, 200);
+    eventually(
+        Duration::from_secs(10),
+        "a span at the first collector",
+        || !exported_spans(&old).is_empty(),
+    )
+    .await;
+    let (old_url, new_url) = (old.url(), new.url());
+    sidecar.edit_config(|text| text.replace(&old_url, &new_url));
+    sidecar.log_containing("configuration reloaded").await;
+    let before = old.requests().len();
+    for _ in 0..5 {
+        assert_eq!(call(&sidecar, "/stripe/v1/x", &[]).await.status, 200);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "spans at the new collector",
+        || !new.requests().is_empty(),
+    )
+    .await;
+    let logs = sidecar.log_containing("could not export spans").await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains("could not export spans"))
+        .unwrap();
+    assert!(
+        line.contains("WARN") && line.contains("the collector answered 503"),
+        "warned, not only at debug level: {line}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        old.requests().len(),
+        before,
+        "nothing more to the old collector"
+    );
+}
+
 fn today_utc() -> String {
     let output = std::process::Command::new("date")
         .args(["-u", "+%F"])

@@ -95,6 +95,7 @@ impl Reloader {
         // Built whole before anything is swapped: a reload applies whole or
         // not at all, and requests in flight finish on the snapshot they
         // started with.
+        let next_otlp = next.tracing.otlp.clone();
         let snapshot = Snapshot::build(Arc::new(next), Some(&running), &self.foundation)?;
         self.loops
             .start_new(&snapshot.upstreams, Some(&running.upstreams));
@@ -111,6 +112,11 @@ impl Reloader {
             .filter(|old| snapshot.upstreams.get(old.name()).is_none())
             .cloned()
             .collect();
+        if next_otlp != was.tracing.otlp {
+            if let Err(error) = crate::trace::export::configure(next_otlp.as_ref()) {
+                tracing::warn!(%error, "cannot export spans to the new tracing.otlp.endpoint; exporting as before");
+            }
+        }
         self.snapshot.store(Arc::new(snapshot));
         // Their series go with them: a removed service or group must not
         // show on a dashboard (or keep an alert firing) forever.

@@ -208,18 +208,15 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
         housekeeping.add("store monitor", monitor);
     }
     housekeeping.add("upstreams", upstreams_service);
-    if let Some(otlp) = &config.tracing.otlp {
-        match trace::export::install(
-            &otlp.endpoint,
-            otlp.sample_ratio,
-            &otlp.service_name,
-            metrics.trace_spans_exported_total.clone(),
-            metrics.trace_spans_dropped_total.clone(),
-        ) {
-            Some(export) => housekeeping.add("span export", ExportService::new(export)),
-            None => tracing::warn!(
-                "span export is already installed in this process; not exporting again"
-            ),
+    // Installed even without tracing.otlp, so that a reload can start it.
+    match trace::export::install(
+        config.tracing.otlp.as_ref(),
+        metrics.trace_spans_exported_total.clone(),
+        metrics.trace_spans_dropped_total.clone(),
+    ) {
+        Some(export) => housekeeping.add("span export", ExportService::new(export)),
+        None => {
+            tracing::warn!("span export is already installed in this process; not exporting again")
         }
     }
     housekeeping.add("config reload", reloader);

@@ -7,16 +7,16 @@
 //! them in batches; a collector that is down or slow costs dropped spans,
 //! nothing else.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use super::context::{unit_random, TraceContext};
-use crate::config::services::UpstreamUrl;
 use crate::net::client::SmallClient;
 use crate::net::target::UpstreamTarget;
 
@@ -50,27 +50,45 @@ pub struct Span {
     pub error: bool,
 }
 
-struct Exporter {
+/// Where spans go, and which new traces are sampled: swapped whole by a
+/// reload (`configure`).
+struct Destination {
+    target: UpstreamTarget,
     ratio: f64,
+    service_name: String,
+}
+
+struct Exporter {
+    /// None: not exporting (no `tracing.otlp`, or a reload removed it).
+    destination: ArcSwapOption<Destination>,
     queue: mpsc::Sender<Span>,
     dropped: IntCounter,
 }
 
 static EXPORTER: OnceLock<Exporter> = OnceLock::new();
 
+fn destination() -> Option<Arc<Destination>> {
+    EXPORTER.get()?.destination.load_full()
+}
+
 /// Whether a new trace is sampled: by the configured ratio when exporting,
 /// always otherwise (propagation only: the flag tells the next hop that
 /// this one would record).
 pub fn sample() -> bool {
-    match EXPORTER.get() {
-        Some(exporter) => unit_random() < exporter.ratio,
+    match EXPORTER.get().map(|e| e.destination.load()) {
+        Some(destination) => match destination.as_deref() {
+            Some(destination) => unit_random() < destination.ratio,
+            None => true,
+        },
         None => true,
     }
 }
 
 /// Whether spans are exported at all (so callers skip building them).
 pub fn enabled() -> bool {
-    EXPORTER.get().is_some()
+    EXPORTER
+        .get()
+        .is_some_and(|e| e.destination.load().is_some())
 }
 
 /// Queues a finished span for export, if exporting and it is sampled.
@@ -78,7 +96,7 @@ pub fn record(span: Span) {
     let Some(exporter) = EXPORTER.get() else {
         return;
     };
-    if !span.context.sampled() {
+    if !span.context.sampled() || exporter.destination.load().is_none() {
         return;
     }
     if exporter.queue.try_send(span).is_err() {
@@ -86,40 +104,90 @@ pub fn record(span: Span) {
     }
 }
 
+/// `tracing.otlp` as the running config has it: where spans go from now
+/// on (a batch already being sent goes to the endpoint it started with).
+/// None stops exporting. An endpoint the client cannot use is an error,
+/// and the exporter keeps its current destination.
+pub fn configure(otlp: Option<&crate::config::telemetry::Otlp>) -> Result<(), String> {
+    let Some(exporter) = EXPORTER.get() else {
+        return Ok(());
+    };
+    let destination = match otlp {
+        None => None,
+        Some(otlp) => Some(Arc::new(Destination {
+            target: UpstreamTarget::new(otlp.endpoint.clone(), None).map_err(|e| e.to_string())?,
+            ratio: otlp.sample_ratio,
+            service_name: otlp.service_name.clone(),
+        })),
+    };
+    exporter.destination.store(destination);
+    Ok(())
+}
+
 /// What the export loop needs.
 pub struct ExportLoop {
     spans: mpsc::Receiver<Span>,
-    target: UpstreamTarget,
-    service_name: String,
     exported: IntCounter,
     dropped: IntCounter,
+    failures: FailureLog,
 }
 
-/// Starts exporting: spans recorded from now on are queued; the returned
-/// loop sends them. None when an exporter was installed already.
+/// Installs the exporter for this process, exporting as `otlp` says (none:
+/// not until a reload configures it): spans recorded from now on are
+/// queued; the returned loop sends them. None when one was installed
+/// already.
 pub fn install(
-    endpoint: &UpstreamUrl,
-    ratio: f64,
-    service_name: &str,
+    otlp: Option<&crate::config::telemetry::Otlp>,
     exported: IntCounter,
     dropped: IntCounter,
 ) -> Option<ExportLoop> {
     let (queue, spans) = mpsc::channel(QUEUE);
-    let target = UpstreamTarget::new(endpoint.clone(), None).ok()?;
     EXPORTER
         .set(Exporter {
-            ratio,
+            destination: ArcSwapOption::empty(),
             queue,
             dropped: dropped.clone(),
         })
         .ok()?;
+    if let Err(error) = configure(otlp) {
+        tracing::warn!(%error, "cannot export spans to tracing.otlp.endpoint");
+    }
     Some(ExportLoop {
         spans,
-        target,
-        service_name: service_name.to_string(),
         exported,
         dropped,
+        failures: FailureLog::default(),
     })
+}
+
+/// How often a failing export is warned about at most: a collector that
+/// is down must be seen in the log, but not once per batch.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Failed exports since the last warning.
+#[derive(Default)]
+struct FailureLog {
+    last_warned: Option<tokio::time::Instant>,
+    batches: u64,
+    spans: u64,
+}
+
+impl FailureLog {
+    /// Counts a failed batch; the warning to log now, if one is due.
+    fn failed(&mut self, spans: u64, now: tokio::time::Instant) -> Option<(u64, u64)> {
+        self.batches += 1;
+        self.spans += spans;
+        let due = self
+            .last_warned
+            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY);
+        if !due {
+            return None;
+        }
+        self.last_warned = Some(now);
+        let counts = (self.batches, self.spans);
+        (self.batches, self.spans) = (0, 0);
+        Some(counts)
+    }
 }
 
 impl ExportLoop {
@@ -155,11 +223,17 @@ impl ExportLoop {
         }
     }
 
-    async fn send(&self, client: &SmallClient, batch: &mut Vec<Span>) {
+    async fn send(&mut self, client: &SmallClient, batch: &mut Vec<Span>) {
         let count = batch.len() as u64;
-        let body = encode(&self.service_name, batch);
+        let Some(destination) = destination() else {
+            // A reload stopped exporting: what was queued goes nowhere.
+            batch.clear();
+            self.dropped.inc_by(count);
+            return;
+        };
+        let body = encode(&destination.service_name, batch);
         batch.clear();
-        let path = format!("{}/v1/traces", self.target.url.base_path);
+        let path = format!("{}/v1/traces", destination.target.url.base_path);
         let sent = async {
             let mut request =
                 RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| e.to_string())?;
@@ -167,7 +241,12 @@ impl ExportLoop {
                 .insert_header("content-type", "application/x-protobuf")
                 .map_err(|e| e.to_string())?;
             let answer = client
-                .send(&self.target, request, Bytes::from(body), EXPORT_TIMEOUT)
+                .send(
+                    &destination.target,
+                    request,
+                    Bytes::from(body),
+                    EXPORT_TIMEOUT,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             match answer.status {
@@ -179,7 +258,16 @@ impl ExportLoop {
             Ok(()) => self.exported.inc_by(count),
             Err(error) => {
                 self.dropped.inc_by(count);
-                tracing::debug!(%error, spans = count, "could not export spans; dropped");
+                let endpoint = &destination.target.url;
+                match self.failures.failed(count, tokio::time::Instant::now()) {
+                    Some((batches, spans)) => tracing::warn!(
+                        %error, endpoint = %endpoint, failed_batches = batches, dropped_spans = spans,
+                        "could not export spans; dropped (warned at most once a minute, counted in sidecar_trace_spans_dropped_total)"
+                    ),
+                    None => {
+                        tracing::debug!(%error, spans = count, "could not export spans; dropped")
+                    }
+                }
             }
         }
     }
@@ -284,6 +372,20 @@ pub fn encode(service_name: &str, spans: &[Span]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn failed_exports_are_warned_at_most_once_a_minute_with_what_was_dropped_since() {
+        let mut log = super::FailureLog::default();
+        let start = tokio::time::Instant::now();
+        assert_eq!(log.failed(10, start), Some((1, 10)), "the first at once");
+        assert_eq!(log.failed(5, start + Duration::from_secs(30)), None);
+        assert_eq!(log.failed(7, start + Duration::from_secs(59)), None);
+        assert_eq!(
+            log.failed(1, start + Duration::from_secs(60)),
+            Some((3, 13)),
+            "the batches and spans since the last warning"
+        );
+    }
+
     use super::*;
 
     #[test]
