@@ -338,3 +338,69 @@ async fn an_open_breaker_stays_open_across_a_reload_that_leaves_its_service_alon
     );
     assert_eq!(failing.requests().len(), 3);
 }
+
+/// A reload that changes a health-checked group (only `unhealthy_after`
+/// here) keeps its backends' health: no request meets `503
+/// no_healthy_backend` while the new group's probes start over, and
+/// `/admin/upstreams` keeps showing the backend healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_a_health_checked_group_fails_no_request() {
+    let backend = MockServer::start(|_| MockAnswer::ok("{}")).await;
+    let yaml = format!(
+        "upstreams:\n  payments:\n    backends: [{}]\n    health_check: {{ kind: http, path: /healthz, interval: 1s, healthy_after: 2, unhealthy_after: 3 }}\nservices:\n  stripe:\n    route: /stripe\n    group: payments\n",
+        backend.addr
+    );
+    let sidecar = Sidecar::start(&yaml);
+    let healthy = |summary: &serde_json::Value| {
+        summary["upstreams"]["payments"]["backends"][0]["health"] == "healthy"
+    };
+    let mut summary = serde_json::Value::Null;
+    for _ in 0..100 {
+        summary = get(&sidecar.admin_url("/admin/upstreams")).await.json();
+        if healthy(&summary) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy(&summary), "{summary}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let connections: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(load(
+                sidecar.egress,
+                Arc::clone(&stop),
+                Arc::clone(&statuses),
+            ))
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "load under way", || {
+        statuses.lock().unwrap().len() >= 50
+    })
+    .await;
+    sidecar.edit_config(|text| text.replace("unhealthy_after: 3", "unhealthy_after: 5"));
+    sidecar
+        .metrics_containing(&["sidecar_config_reloads_total{outcome=\"applied\"} 1"])
+        .await;
+    let summary = get(&sidecar.admin_url("/admin/upstreams")).await.json();
+    assert!(
+        healthy(&summary),
+        "kept healthy across the reload: {summary}"
+    );
+    let at_reload = statuses.lock().unwrap().len();
+    // Longer than the new group needs to pass two probes from scratch.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for connection in connections {
+        connection.await.expect("no connection failed");
+    }
+    let statuses = statuses.lock().unwrap();
+    assert!(statuses.len() > at_reload + 50, "the load kept going");
+    let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        statuses.len()
+    );
+}

@@ -71,6 +71,18 @@ impl HealthTable {
         });
     }
 
+    /// Takes the states of `previous` (the same group before a reload):
+    /// a backend that stays keeps its health instead of going unchecked,
+    /// and unusable, until its next probes.
+    pub fn inherit(&self, previous: &HealthTable) {
+        let kept = previous
+            .states
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        *self.states.write().unwrap_or_else(|e| e.into_inner()) = kept;
+    }
+
     pub fn tracked(&self) -> usize {
         self.states.read().unwrap_or_else(|e| e.into_inner()).len()
     }

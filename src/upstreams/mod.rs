@@ -215,6 +215,24 @@ impl Group {
         &self.config.name
     }
 
+    /// A changed group takes over what the group of its name knew of the
+    /// backends that stay: their health (a reload must not send calls to
+    /// `no_healthy_backend` while the backends are probed again) and, when
+    /// the breaker settings did not change, their breakers.
+    fn inherit(&self, previous: &Group) {
+        if let (Some(health), Some(old)) = (&self.health, &previous.health) {
+            health.inherit(old);
+        }
+        if self.config.circuit_breaker == previous.config.circuit_breaker {
+            let breakers = previous
+                .breakers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            *self.breakers.write().unwrap_or_else(|e| e.into_inner()) = breakers;
+        }
+    }
+
     fn breaker(&self, addr: &str) -> Arc<Breaker> {
         if let Some(breaker) = self
             .breakers
@@ -528,7 +546,13 @@ impl UpstreamGroups {
                 .filter(|g| g.config == *config);
             let group = match kept {
                 Some(group) => Arc::clone(group),
-                None => Group::new(config, Arc::clone(clock), Arc::clone(metrics))?,
+                None => {
+                    let group = Group::new(config, Arc::clone(clock), Arc::clone(metrics))?;
+                    if let Some(old) = previous.and_then(|p| p.groups.get(&config.name)) {
+                        group.inherit(old);
+                    }
+                    group
+                }
             };
             groups.insert(config.name.clone(), group);
         }
