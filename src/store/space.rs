@@ -153,6 +153,21 @@ impl SpaceGate {
         Ok(())
     }
 
+    /// The store itself refused a write for want of room (Redis over
+    /// `maxmemory`): as good as a measurement that found it full, so
+    /// accepting resumes only at the low-water mark. Its memory can peak
+    /// above what the next measurement sees.
+    pub fn store_refused(&self) -> Change {
+        let mut state = self.state();
+        let was = state.pause;
+        state.pause = Pause::Measured;
+        if was == Pause::Accepting {
+            Change::Paused
+        } else {
+            Change::None
+        }
+    }
+
     /// Whether the store asks for a measurement now: the estimate alone
     /// stopped accepting.
     pub fn wants_measurement(&self) -> bool {
@@ -237,6 +252,19 @@ mod tests {
             Change::Resumed
         );
         assert_eq!(gate.admit(1), Ok(()));
+    }
+
+    #[test]
+    fn a_refusal_by_the_store_itself_holds_until_the_low_water_mark() {
+        let gate = SpaceGate::default();
+        gate.measured(Room::single(990, Some(1_000)));
+        assert_eq!(gate.store_refused(), Change::Paused);
+        assert_eq!(gate.admit(1), Err(Full));
+        assert_eq!(gate.measured(Room::single(950, Some(1_000))), Change::None);
+        assert_eq!(
+            gate.measured(Room::single(890, Some(1_000))),
+            Change::Resumed
+        );
     }
 
     #[test]

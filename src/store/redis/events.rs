@@ -556,7 +556,15 @@ impl Store for RedisEventStore {
                 .arg(target)
                 .arg(record_tail(&new.job(0, 0, target, now_ms)));
         }
-        let sequence: i64 = self.invoke_durable("accept", invocation).await?;
+        let sequence: i64 = match self.invoke_durable("accept", invocation).await {
+            Err(StoreError::Full) => {
+                if self.gate.store_refused() == Change::Paused {
+                    tracing::warn!("Redis refused an event over maxmemory: new events are refused (503 store_full) until deliveries free room");
+                }
+                return Err(StoreError::Full);
+            }
+            other => other?,
+        };
         self.lane_slot(shard, event.meta.priority)
             .store(0, Ordering::Relaxed);
         Ok(match u64::try_from(sequence) {
