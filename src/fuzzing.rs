@@ -251,6 +251,28 @@ pub fn event_extraction(data: &[u8]) {
     assert_eq!(meta.targets, ["notify"], "`*` matches every type");
 }
 
+/// The lenient JSON pointer reader on any bytes and any pointer: never a
+/// panic, and wherever serde_json reads the whole document, the same
+/// string or boolean as serde_json's own pointer.
+pub fn json_pointer(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let body = fields.bytes().to_vec();
+    let pointer = format!("/{}", fields.text());
+    let lenient = crate::webhooks::json_pointer::scalar_at(&body, &pointer);
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+        match value.pointer(&pointer) {
+            Some(serde_json::Value::String(text)) if !text.is_empty() => {
+                assert_eq!(lenient.as_deref(), Some(text.as_str()))
+            }
+            Some(serde_json::Value::Bool(flag)) => {
+                assert_eq!(lenient, Some(flag.to_string()))
+            }
+            Some(serde_json::Value::Number(_)) => assert!(lenient.is_some()),
+            _ => assert_eq!(lenient, None),
+        }
+    }
+}
+
 fn sample_webhook(kind: VerifyKind) -> Webhook {
     let yaml = "upstreams:\n  notify: { backends: [127.0.0.1:9] }\nwebhooks:\n  w:\n    path: /w\n    verify: { kind: github, secrets: [fuzzing-secret-0123456789] }\n    routes: [{ events: [\"*\"], targets: [notify] }]\n";
     let mut webhook = crate::config::Config::from_yaml(
@@ -417,6 +439,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("twilio_helpers", joined(&[b"a=1&a=1&b", b"https://[::1]:8443/x?bodySHA256=abc", b"bodySHA256"])),
         ("mac_decoders", b"757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".to_vec()),
         ("mac_decoders", b"tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=".to_vec()),
+        ("json_pointer", joined(&[br#"{"id":"evt_1","type":"t","data":{"object":{"metadata":{"wedding_id":"w-1"}},"list":[1,"two",true]}}"#, b"data/object/metadata/wedding_id"])),
+        ("json_pointer", joined(&[br#"{"x":[[[[1]]]],"n":1e400,"s":"\ud800","type":"t"}"#, b"type"])),
         ("event_extraction", joined(&[b"1", br#"{"id":"evt_1","type":"payment_intent.succeeded","data":{"object":{"metadata":{"wedding_id":"w-1"}}}}"#, b"payment_intent.*", b"payment_intent.succeeded", b"data/object/metadata/wedding_id", b"x-github-delivery", b"x-github-delivery", b"guid-1"])),
         ("event_extraction", joined(&[b"5", b"MessageSid=SM1&MessageStatus=delivered", b"*.updated", b"customer.updated", b"type", b"i-twilio-idempotency-token", b"content-type", b"Application/X-WWW-Form-Urlencoded"])),
         ("dead_letter_query", joined(&[b"webhook=stripe&target=notify&limit=500&cursor=00000000001795784645123.00000000000000000042", b"42", b"1795784645123", b"42"])),
@@ -483,6 +507,11 @@ mod tests {
         }
 
         #[test]
+        fn json_pointers_agree_with_serde_json(data in input()) {
+            json_pointer(&data);
+        }
+
+        #[test]
         fn dead_letter_queries_hold(data in input()) {
             dead_letter_query(&data);
         }
@@ -522,6 +551,7 @@ mod tests {
                 "twilio_helpers" => twilio_helpers,
                 "mac_decoders" => mac_decoders,
                 "event_extraction" => event_extraction,
+                "json_pointer" => json_pointer,
                 "dead_letter_query" => dead_letter_query,
                 "provider_numbers" => provider_numbers,
                 "request_building" => request_building,

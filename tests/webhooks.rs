@@ -908,3 +908,70 @@ async fn an_unsigned_id_header_never_makes_a_replay_a_new_event() {
         ])
         .await;
 }
+
+/// A signed event that serde_json cannot read whole (nested past 128
+/// levels, a number out of range, a lone surrogate): the provider will not
+/// send other bytes, so its id, type and context are read all the same and
+/// it is routed by its type, never delivered untyped to a `*` route or
+/// dead-lettered as unrouted.
+#[tokio::test]
+async fn a_signed_event_json_cannot_read_whole_keeps_its_type_context_and_route() {
+    let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let sidecar = Sidecar::start(
+        &Yaml::new()
+            .upstream("payments", format!("{{ backends: [{}] }}", target.addr))
+            .stripe_webhook(&[
+                "routes: [{ events: [\"payment_intent.*\"], targets: [payments] }]",
+                "context: { wedding_id: /data/object/metadata/wedding_id }",
+            ])
+            .build(),
+    );
+    let bodies = [
+        format!(
+            r#"{{"id":"evt_deep","type":"payment_intent.succeeded","data":{{"object":{{"metadata":{{"wedding_id":"w-1"}},"x":{}1{}}}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
+        r#"{"id":"evt_big","type":"payment_intent.succeeded","data":{"object":{"amount":1e400,"metadata":{"wedding_id":"w-2"}}}}"#.to_string(),
+        r#"{"id":"evt_surrogate","type":"payment_intent.succeeded","data":{"object":{"note":"\ud800","metadata":{"wedding_id":"w-3"}}}}"#.to_string(),
+    ];
+    for body in &bodies {
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_err());
+        let signature = stripe_signature_with(SECRET, body.as_bytes());
+        let answer = send(
+            "POST",
+            &format!("http://{}/webhooks/stripe", sidecar.ingress),
+            &[("stripe-signature", signature.as_str())],
+            Bytes::from(body.clone()),
+        )
+        .await;
+        assert_eq!(answer.status, 202, "{}", answer.text());
+    }
+    eventually(SETTLE, "all three delivered", || {
+        target.requests().len() == 3
+    })
+    .await;
+    let mut seen: Vec<(String, String, String)> = target
+        .requests()
+        .iter()
+        .map(|s| {
+            (
+                s.headers["x-event-id"].clone(),
+                s.headers["x-event-type"].clone(),
+                s.headers["x-wedding-id"].clone(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected = [
+        ("evt_big", "w-2"),
+        ("evt_deep", "w-1"),
+        ("evt_surrogate", "w-3"),
+    ];
+    for ((id, kind, wedding), (want_id, want_wedding)) in seen.iter().zip(expected) {
+        assert_eq!(
+            (id.as_str(), kind.as_str(), wedding.as_str()),
+            (want_id, "payment_intent.succeeded", want_wedding)
+        );
+    }
+}

@@ -21,6 +21,8 @@ const MAX_APP_ID_BYTES: usize = 255;
 struct Sources<'a> {
     headers: &'a HeaderMap,
     json: Option<Value>,
+    /// The body, for `json_pointer` when serde_json could not read it.
+    body: &'a [u8],
     form: Vec<(String, String)>,
 }
 
@@ -35,7 +37,13 @@ impl Sources<'_> {
     }
 
     fn pointer(&self, pointer: &str) -> Option<String> {
-        match self.json.as_ref()?.pointer(pointer)? {
+        let Some(json) = self.json.as_ref() else {
+            // A signed body serde_json cannot read whole (nested past 128
+            // levels, invalid UTF-8, 1e400, a lone surrogate) still has
+            // its id, type and context: never lose its routing silently.
+            return super::json_pointer::scalar_at(self.body, pointer);
+        };
+        match json.pointer(pointer)? {
             Value::String(text) if !text.is_empty() => Some(text.clone()),
             Value::Number(number) => Some(number.to_string()),
             Value::Bool(flag) => Some(flag.to_string()),
@@ -88,6 +96,7 @@ pub fn extract_all(
         // Whatever the content type claims (curl sends JSON as a form by
         // default), a body that parses as JSON is read as JSON.
         json: serde_json::from_slice(body).ok(),
+        body,
         form: if is_form {
             form_urlencoded::parse(body).into_owned().collect()
         } else {
@@ -123,14 +132,11 @@ pub fn extract_all(
             }
         }
     }
-    let wedding_date = webhook.priority.wedding_day.as_ref().and_then(|rule| {
-        sources
-            .json
-            .as_ref()?
-            .pointer(&rule.date)?
-            .as_str()
-            .map(str::to_string)
-    });
+    let wedding_date = webhook
+        .priority
+        .wedding_day
+        .as_ref()
+        .and_then(|rule| sources.pointer(&rule.date));
     Extracted {
         meta: EventMeta {
             id: id.into(),
