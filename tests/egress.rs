@@ -312,17 +312,7 @@ async fn slow_providers_time_out_with_504_and_closed_ports_answer_502() {
 
 #[tokio::test]
 async fn unresolvable_names_and_providers_that_hang_up_answer_502_with_the_reason() {
-    // A provider that reads the request and closes without answering.
-    let hangup = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hangup_addr = hangup.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = hangup.accept().await.unwrap();
-            let mut buffer = [0u8; 4096];
-            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
-            drop(stream);
-        }
-    });
+    let hangup_addr = hangup_provider().await;
     let body = Yaml::new()
         .service("nowhere", "/nowhere", "http://no-such-host.invalid", &[])
         .service("hangup", "/hangup", &format!("http://{hangup_addr}"), &[])
@@ -505,16 +495,7 @@ async fn a_request_id_that_could_forge_log_fields_is_replaced() {
 async fn answers_that_close_the_connection_say_connection_close() {
     let slow = MockServer::start(|_| MockAnswer::ok("late").delayed(Duration::from_secs(3))).await;
     let closed = free_port();
-    let hangup = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hangup_addr = hangup.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = hangup.accept().await.unwrap();
-            let mut buffer = [0u8; 4096];
-            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
-            drop(stream);
-        }
-    });
+    let hangup_addr = hangup_provider().await;
     let body = Yaml::new()
         .service("slow", "/slow", &slow.url(), &["timeout: 300ms"])
         .service(
@@ -542,4 +523,19 @@ async fn answers_that_close_the_connection_say_connection_close() {
             "{path}"
         );
     }
+}
+
+/// A provider that reads the request and closes without answering.
+async fn hangup_provider() -> std::net::SocketAddr {
+    let hangup = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hangup.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = hangup.accept().await.unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+            drop(stream);
+        }
+    });
+    addr
 }

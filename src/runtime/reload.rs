@@ -43,6 +43,9 @@ pub enum ReloadError {
 
 pub struct Reloader {
     pub path: PathBuf,
+    /// The fingerprint of the config the sidecar started with, taken when
+    /// it was loaded; the poll compares against it first.
+    pub loaded: std::sync::Mutex<Option<Vec<u8>>>,
     pub snapshot: SnapshotHandle,
     pub foundation: Arc<Foundation>,
     pub loops: GroupLoops,
@@ -161,7 +164,12 @@ impl BackgroundService for Reloader {
                 None
             }
         };
-        let mut seen = fingerprint(&self.path);
+        let mut seen = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .or_else(|| fingerprint(&self.path));
         loop {
             let sighup = async {
                 match hangup.as_mut() {

@@ -78,6 +78,10 @@ pub enum StartError {
 /// `ready_file`, if given, receives the listeners' bound addresses as JSON
 /// once the sidecar is ready.
 pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), StartError> {
+    // What was loaded, as the reloader compares it: taken now, not when its
+    // task first runs, or an edit made while the sidecar starts would be
+    // taken for the running config and never applied.
+    let loaded = crate::runtime::reload::fingerprint(&path);
     let started = Instant::now();
     let config = Arc::new(config);
     // Pingora binds inside its service threads and panics there on failure;
@@ -153,6 +157,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
 
     let reloader = Reloader {
         path,
+        loaded: std::sync::Mutex::new(loaded),
         snapshot: Arc::clone(&snapshot),
         foundation,
         loops: group_loops,

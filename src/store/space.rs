@@ -84,12 +84,21 @@ pub enum Change {
 
 #[derive(Debug)]
 pub struct SpaceGate {
+    /// `embedded` or `redis`, for the log lines.
+    store: &'static str,
     state: Mutex<State>,
 }
 
 impl Default for SpaceGate {
     fn default() -> Self {
+        Self::new("event")
+    }
+}
+
+impl SpaceGate {
+    pub fn new(store: &'static str) -> Self {
         Self {
+            store,
             state: Mutex::new(State {
                 room: None,
                 added: 0,
@@ -97,9 +106,22 @@ impl Default for SpaceGate {
             }),
         }
     }
-}
 
-impl SpaceGate {
+    /// Logs a change once, where it happens.
+    fn log(&self, change: Change, used: u64, capacity: Option<u64>) {
+        match change {
+            Change::Paused => tracing::warn!(
+                store = self.store, used_bytes = used, capacity_bytes = capacity,
+                "the event store is full: new events are refused (503 store_full) until deliveries free room"
+            ),
+            Change::Resumed => tracing::info!(
+                store = self.store, used_bytes = used, capacity_bytes = capacity,
+                "the event store has room again: new events are accepted"
+            ),
+            Change::None => {}
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -123,11 +145,14 @@ impl SpaceGate {
             (Some(_), _) => Pause::Accepting,
         };
         let paused = state.pause != Pause::Accepting;
-        match (was_paused, paused) {
+        let change = match (was_paused, paused) {
             (false, true) => Change::Paused,
             (true, false) => Change::Resumed,
             _ => Change::None,
-        }
+        };
+        drop(state);
+        self.log(change, room.used, room.capacity);
+        change
     }
 
     /// Lets in an event of about `bytes`, unless the store is (or would
@@ -161,11 +186,18 @@ impl SpaceGate {
         let mut state = self.state();
         let was = state.pause;
         state.pause = Pause::Measured;
-        if was == Pause::Accepting {
+        let (used, capacity) = (
+            state.room.map_or(0, |r| r.used) + state.added,
+            state.room.and_then(|r| r.capacity),
+        );
+        drop(state);
+        let change = if was == Pause::Accepting {
             Change::Paused
         } else {
             Change::None
-        }
+        };
+        self.log(change, used, capacity);
+        change
     }
 
     /// Whether the store asks for a measurement now: the estimate alone

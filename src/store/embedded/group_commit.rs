@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use super::engine::{LocalStore, Write, Written};
 use super::room::{self, RoomMeter};
 use crate::store::records::{Acceptance, Attempt, Job, LeaseRequest, OwnedEvent};
-use crate::store::space::{Change, SpaceGate, RESUME_AT};
+use crate::store::space::{SpaceGate, RESUME_AT};
 use crate::store::StoreError;
 use crate::time::unix_time;
 
@@ -353,19 +353,9 @@ impl Writer<'_> {
         };
         self.measured_at = Instant::now();
         match meter.measure(self.store) {
-            Ok(room) => match self.gate.measured(room) {
-                Change::Paused => tracing::warn!(
-                    used_bytes = room.used,
-                    capacity_bytes = room.capacity,
-                    "the event store is full: new events are refused (503 store_full) until deliveries free room"
-                ),
-                Change::Resumed => tracing::info!(
-                    used_bytes = room.used,
-                    capacity_bytes = room.capacity,
-                    "the event store has room again: new events are accepted"
-                ),
-                Change::None => {}
-            },
+            Ok(room) => {
+                self.gate.measured(room);
+            }
             Err(error) => tracing::warn!(%error, "cannot measure the event store's room"),
         }
     }

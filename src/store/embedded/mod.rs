@@ -61,7 +61,7 @@ impl EmbeddedStore {
         meter: Option<RoomMeter>,
         max_size: Option<u64>,
     ) -> Self {
-        let gate = Arc::new(SpaceGate::default());
+        let gate = Arc::new(SpaceGate::new("embedded"));
         let committer =
             GroupCommitter::start(Arc::clone(&engine), dedup_horizon, meter, Arc::clone(&gate));
         Self {

@@ -40,7 +40,7 @@ use crate::store::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
     Job, LeaseRequest, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
 };
-use crate::store::space::{Change, Room, SpaceGate, SpaceStatus};
+use crate::store::space::{Room, SpaceGate, SpaceStatus};
 use crate::store::{Store, StoreError, StoreReport};
 
 /// Dead letters read per round trip while filling a page.
@@ -122,7 +122,7 @@ impl RedisEventStore {
             replica_timeout: Duration::from_millis(500),
             replica_wait: None,
             refusal: std::sync::RwLock::new(None),
-            gate: SpaceGate::default(),
+            gate: SpaceGate::new("redis"),
             max_memory_ratio: DEFAULT_MAX_MEMORY_RATIO,
         }
     }
@@ -558,9 +558,8 @@ impl Store for RedisEventStore {
         }
         let sequence: i64 = match self.invoke_durable("accept", invocation).await {
             Err(StoreError::Full) => {
-                if self.gate.store_refused() == Change::Paused {
-                    tracing::warn!("Redis refused an event over maxmemory: new events are refused (503 store_full) until deliveries free room");
-                }
+                // Redis refused it over maxmemory.
+                self.gate.store_refused();
                 return Err(StoreError::Full);
             }
             other => other?,
@@ -909,19 +908,7 @@ impl Store for RedisEventStore {
             ));
         }
         let room = memory_room(&masters, self.max_memory_ratio);
-        match self.gate.measured(room) {
-            Change::Paused => tracing::warn!(
-                used_bytes = room.used,
-                capacity_bytes = room.capacity,
-                "the Redis store is full: new events are refused (503 store_full) until deliveries free room"
-            ),
-            Change::Resumed => tracing::info!(
-                used_bytes = room.used,
-                capacity_bytes = room.capacity,
-                "the Redis store has room again: new events are accepted"
-            ),
-            Change::None => {}
-        }
+        self.gate.measured(room);
         Ok(())
     }
 
