@@ -16,6 +16,10 @@ pub struct Lifecycle {
     /// Set when there is an event store, until its first check passes: a
     /// store that never answered is no blip.
     store_unchecked: AtomicBool,
+    /// Upkeep was expected and has not started yet: until the reload task
+    /// runs, a SIGHUP (whose default action ends the process) has no
+    /// handler, so the sidecar is not ready before it.
+    upkeep_pending: AtomicBool,
     /// How long the store may fail before readiness does (`store.unready_after`).
     unready_after: std::sync::Mutex<Duration>,
 }
@@ -94,6 +98,16 @@ impl Lifecycle {
         self.store_unchecked.store(true, Ordering::Release);
     }
 
+    /// Readiness waits for `upkeep_running`.
+    pub fn expect_upkeep(&self) {
+        self.upkeep_pending.store(true, Ordering::Release);
+    }
+
+    /// The reload task runs, its SIGHUP handler installed.
+    pub fn upkeep_running(&self) {
+        self.upkeep_pending.store(false, Ordering::Release);
+    }
+
     pub fn record_store_check_at<E: std::fmt::Display>(
         &self,
         outcome: Result<(), E>,
@@ -131,7 +145,9 @@ impl Lifecycle {
         if self.is_draining() {
             return Err(NotReady::Draining);
         }
-        if !self.listeners_bound.load(Ordering::Acquire) {
+        if !self.listeners_bound.load(Ordering::Acquire)
+            || self.upkeep_pending.load(Ordering::Acquire)
+        {
             return Err(NotReady::Starting);
         }
         let store = self.store_state();
@@ -169,6 +185,16 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_ready_until_the_upkeep_that_handles_sighup_runs() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.expect_upkeep();
+        lifecycle.mark_listeners_bound();
+        assert!(matches!(lifecycle.readiness(), Err(NotReady::Starting)));
+        lifecycle.upkeep_running();
+        assert!(lifecycle.readiness().is_ok());
+    }
 
     #[test]
     fn readiness_needs_bound_listeners_and_fails_once_draining() {

@@ -46,6 +46,8 @@ pub struct Reloader {
     /// The fingerprint of the config the sidecar started with, taken when
     /// it was loaded; the poll compares against it first.
     pub loaded: std::sync::Mutex<Option<Vec<u8>>>,
+    /// Told once the SIGHUP handler is installed (readiness waits for it).
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     pub snapshot: SnapshotHandle,
     pub foundation: Arc<Foundation>,
     pub loops: GroupLoops,
@@ -164,6 +166,7 @@ impl BackgroundService for Reloader {
                 None
             }
         };
+        self.lifecycle.upkeep_running();
         let mut seen = self
             .loaded
             .lock()

@@ -155,9 +155,11 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
         )
     });
 
+    lifecycle.expect_upkeep();
     let reloader = Reloader {
         path,
         loaded: std::sync::Mutex::new(loaded),
+        lifecycle: Arc::clone(&lifecycle),
         snapshot: Arc::clone(&snapshot),
         foundation,
         loops: group_loops,
