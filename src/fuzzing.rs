@@ -441,6 +441,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("mac_decoders", b"tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=".to_vec()),
         ("json_pointer", joined(&[br#"{"id":"evt_1","type":"t","data":{"object":{"metadata":{"wedding_id":"w-1"}},"list":[1,"two",true]}}"#, b"data/object/metadata/wedding_id"])),
         ("json_pointer", joined(&[br#"{"x":[[[[1]]]],"n":1e400,"s":"\ud800","type":"t"}"#, b"type"])),
+        // What the fuzz target found: `+0` is not an array index.
+        ("json_pointer", joined(&[b"[0]", b"+0"])),
         ("event_extraction", joined(&[b"1", br#"{"id":"evt_1","type":"payment_intent.succeeded","data":{"object":{"metadata":{"wedding_id":"w-1"}}}}"#, b"payment_intent.*", b"payment_intent.succeeded", b"data/object/metadata/wedding_id", b"x-github-delivery", b"x-github-delivery", b"guid-1"])),
         ("event_extraction", joined(&[b"5", b"MessageSid=SM1&MessageStatus=delivered", b"*.updated", b"customer.updated", b"type", b"i-twilio-idempotency-token", b"content-type", b"Application/X-WWW-Form-Urlencoded"])),
         ("dead_letter_query", joined(&[b"webhook=stripe&target=notify&limit=500&cursor=00000000001795784645123.00000000000000000042", b"42", b"1795784645123", b"42"])),

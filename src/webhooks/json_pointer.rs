@@ -18,7 +18,7 @@ pub fn scalar_at(document: &[u8], pointer: &str) -> Option<String> {
     for token in tokens(pointer)? {
         at = match document.get(at)? {
             b'{' => member(document, at, &token)?,
-            b'[' => element(document, at, token.parse().ok()?)?,
+            b'[' => element(document, at, array_index(&token)?)?,
             _ => return None,
         };
     }
@@ -34,6 +34,16 @@ fn tokens(pointer: &str) -> Option<Vec<String>> {
             .map(|t| t.replace("~1", "/").replace("~0", "~"))
             .collect(),
     )
+}
+
+/// An array index as RFC 6901 writes it: digits, no leading zero but in
+/// `0` itself, no sign (Rust's `usize` parser would take `+0`).
+fn array_index(token: &str) -> Option<usize> {
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    let leading_zero = token.len() > 1 && token.starts_with('0');
+    (digits && !leading_zero)
+        .then(|| token.parse().ok())
+        .flatten()
 }
 
 fn skip_ws(document: &[u8], mut at: usize) -> usize {
@@ -328,5 +338,10 @@ mod tests {
             assert_eq!(at(broken, "/5"), None, "{broken:?}");
         }
         assert_eq!(at(r#"{"a":1}"#, "a"), None, "a pointer starts with /");
+        // Found by the fuzz target: an index is digits alone, as in serde_json.
+        for index in ["+0", "00", "01", "-1", " 0", ""] {
+            assert_eq!(at("[0,1]", &format!("/{index}")), None, "{index:?}");
+        }
+        assert_eq!(at("[0,1]", "/1").as_deref(), Some("1"));
     }
 }
