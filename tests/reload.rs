@@ -43,25 +43,32 @@ async fn load(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, statuses: Arc<M
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_rate_limit_applies_without_dropping_a_connection() {
-    let upstream = MockServer::start(|_| MockAnswer::ok("{}")).await;
-    let sidecar = Sidecar::start(&service(&upstream.url(), "{ requests: 10000, per: 1s }"));
+/// Four `load` connections, once 50 answers have come back: the stop
+/// switch, the statuses so far and the connections' tasks.
+async fn load_under_way(
+    addr: std::net::SocketAddr,
+) -> (
+    Arc<AtomicBool>,
+    Arc<Mutex<Vec<u16>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let statuses: Arc<Mutex<Vec<u16>>> = Arc::default();
-    let connections: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(load(
-                sidecar.egress,
-                Arc::clone(&stop),
-                Arc::clone(&statuses),
-            ))
-        })
+    let connections = (0..4)
+        .map(|_| tokio::spawn(load(addr, Arc::clone(&stop), Arc::clone(&statuses))))
         .collect();
     eventually(Duration::from_secs(10), "load under way", || {
         statuses.lock().unwrap().len() >= 50
     })
     .await;
+    (stop, statuses, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_rate_limit_applies_without_dropping_a_connection() {
+    let upstream = MockServer::start(|_| MockAnswer::ok("{}")).await;
+    let sidecar = Sidecar::start(&service(&upstream.url(), "{ requests: 10000, per: 1s }"));
+    let (stop, statuses, connections) = load_under_way(sidecar.egress).await;
     assert!(statuses.lock().unwrap().iter().all(|s| *s == 200));
     sidecar.edit_config(|text| {
         text.replace("{ requests: 10000, per: 1s }", "{ requests: 5, per: 1m }")
@@ -363,21 +370,7 @@ async fn a_reload_that_changes_a_health_checked_group_fails_no_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(healthy(&summary), "{summary}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let statuses: Arc<Mutex<Vec<u16>>> = Arc::default();
-    let connections: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(load(
-                sidecar.egress,
-                Arc::clone(&stop),
-                Arc::clone(&statuses),
-            ))
-        })
-        .collect();
-    eventually(Duration::from_secs(10), "load under way", || {
-        statuses.lock().unwrap().len() >= 50
-    })
-    .await;
+    let (stop, statuses, connections) = load_under_way(sidecar.egress).await;
     sidecar.edit_config(|text| text.replace("unhealthy_after: 3", "unhealthy_after: 5"));
     sidecar
         .metrics_containing(&["sidecar_config_reloads_total{outcome=\"applied\"} 1"])
