@@ -256,13 +256,19 @@ impl Writer<'_> {
                     recover(self.store, self.health, incoming, failure);
                 }
             }
-            let now = Instant::now();
-            let asked = self.gate.wants_measurement()
-                && now.duration_since(self.measured_at) >= REMEASURE_MIN;
-            if asked || self.meter.as_ref().is_some_and(|m| m.due(now)) {
+            if self.measurement_due() {
                 self.measure();
             }
         }
+    }
+
+    /// The meter's time has come, or the gate asks (an estimate stopped
+    /// accepting) and the last measurement is at least `REMEASURE_MIN` old.
+    fn measurement_due(&self) -> bool {
+        let now = Instant::now();
+        let asked =
+            self.gate.wants_measurement() && now.duration_since(self.measured_at) >= REMEASURE_MIN;
+        asked || self.meter.as_ref().is_some_and(|m| m.due(now))
     }
 
     /// Until the next measurement, or until commits made without fsync
@@ -279,9 +285,7 @@ impl Writer<'_> {
                 tracing::warn!(%error, "cannot make the event store's last commits durable");
             }
         }
-        if self.meter.as_ref().is_some_and(|m| m.due(Instant::now()))
-            || self.gate.wants_measurement()
-        {
+        if self.measurement_due() {
             self.measure();
         }
     }
