@@ -1003,3 +1003,42 @@ async fn a_targets_huge_retry_after_is_capped_at_the_longest_backoff() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(target.requests().len(), 2, "delivered: no tight loop");
 }
+
+/// A delivery's `timeout` bounds its whole exchange: a target that sends
+/// its headers a byte at a time, or `100 Continue` after `100 Continue`,
+/// fails the attempt at the timeout (and the event is retried), instead of
+/// holding a worker for as long as it keeps talking.
+#[tokio::test]
+async fn a_target_that_trickles_its_headers_or_sends_endless_1xx_fails_the_attempt_at_the_timeout()
+{
+    let trickle = stalling_provider("headers").await;
+    let continues = stalling_provider("continues").await;
+    let sidecar = Sidecar::start(&config(
+        &format!(
+            "  trickle: {{ backends: [{trickle}] }}\n  continues: {{ backends: [{continues}] }}\n"
+        ),
+        "[{ events: [\"*\"], targets: [trickle, continues] }]",
+        "",
+    ));
+    assert_eq!(
+        post_event(&sidecar, "evt_slow", "payment_intent.succeeded").await,
+        202
+    );
+    // Each attempt ends at 1 s, then waits 100-400 ms: three attempts in
+    // 4.5 s. Without the whole-exchange deadline the first one alone
+    // would take 17 s (trickle) or forever (continues).
+    let started = Instant::now();
+    sidecar
+        .metrics_until("three attempts each", Duration::from_millis(4500), |text| {
+            ["trickle", "continues"].iter().all(|target| {
+                Sidecar::metric_value(
+                    text,
+                    &format!(
+                        "sidecar_deliveries_total{{outcome=\"retried\",target=\"{target}\",webhook=\"stripe\"}}"
+                    ),
+                ) >= 3.0
+            })
+        })
+        .await;
+    assert!(started.elapsed() < Duration::from_millis(4500));
+}

@@ -539,3 +539,51 @@ async fn hangup_provider() -> std::net::SocketAddr {
     });
     addr
 }
+
+/// `timeout` bounds the whole exchange, its status line, headers and any
+/// `1xx` answers included: a provider that trickles them is cut off at the
+/// deadline with `504 upstream_timeout`, and the breaker counts a failure.
+#[tokio::test]
+async fn a_provider_that_trickles_its_headers_or_sends_endless_1xx_is_cut_off_at_the_timeout() {
+    let headers = stalling_provider("headers").await;
+    let continues = stalling_provider("continues").await;
+    let breaker = "circuit_breaker: { failure_threshold: 2, open_for: 1m }";
+    let body = Yaml::new()
+        .service(
+            "trickle",
+            "/trickle",
+            &format!("http://{headers}"),
+            &["timeout: 1s", breaker],
+        )
+        .service(
+            "continues",
+            "/continues",
+            &format!("http://{continues}"),
+            &["timeout: 1s", breaker],
+        )
+        .upstream("trickling", format!("{{ backends: [{headers}] }}"))
+        .group_service("grouped", "/grouped", "trickling", &["timeout: 1s"])
+        .build();
+    let sidecar = Sidecar::start(&body);
+    for path in ["/trickle/x", "/continues/x", "/grouped/x"] {
+        let started = std::time::Instant::now();
+        let answer = get(&sidecar.egress_url(path)).await;
+        let took = started.elapsed();
+        assert_eq!(answer.status, 504, "{path}: {}", answer.text());
+        assert_eq!(
+            answer.headers["x-sidecar-error"], "upstream_timeout",
+            "{path}"
+        );
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(1800),
+            "{path} answered after {took:?}"
+        );
+    }
+    // The second failure opens each breaker: the next call is refused at once.
+    for path in ["/trickle/x", "/continues/x"] {
+        assert_eq!(get(&sidecar.egress_url(path)).await.status, 504, "{path}");
+        let answer = get(&sidecar.egress_url(path)).await;
+        assert_eq!(answer.status, 503, "{path}");
+        assert_eq!(answer.headers["x-sidecar-error"], "circuit_open", "{path}");
+    }
+}

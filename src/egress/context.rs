@@ -11,6 +11,7 @@ use super::backend::GroupAttempts;
 use super::exchange::{Exchange, Step};
 use super::REQUEST_ID_HEADER;
 use crate::lifecycle::InFlightGuard;
+use crate::net::cutoff::Cutoff;
 use crate::problem::{ErrorCode, Problem};
 use crate::trace::TraceContext;
 
@@ -35,6 +36,9 @@ pub struct EgressCtx {
     pub(super) published: Option<crate::names::WebhookName>,
     /// The backends of a service on an upstream group.
     pub(super) backends: GroupAttempts,
+    /// Holds the attempt under way to what is left of the service's
+    /// timeout, while its headers arrive too.
+    pub(super) cutoff: Option<Cutoff>,
     _in_flight: InFlightGuard,
 }
 
@@ -52,6 +56,7 @@ impl EgressCtx {
             trace_parent: None,
             published: None,
             backends: GroupAttempts::default(),
+            cutoff: None,
             _in_flight: in_flight,
         }
     }
@@ -84,6 +89,20 @@ impl EgressCtx {
         error.set_retry(false);
         self.pending_answer = Some(problem);
         error
+    }
+
+    /// The attempt's answer was read whole in time: its connection may go
+    /// back to the pool, untouched by the cutoff.
+    pub fn answer_read(&mut self) {
+        if let Some(cutoff) = self.cutoff.take() {
+            cutoff.disarm();
+        }
+    }
+
+    /// Whether the attempt that failed was cut off at the deadline (the
+    /// cutoff is done with either way).
+    pub fn cut_off(&mut self) -> bool {
+        self.cutoff.take().is_some_and(|c| c.fired())
     }
 
     /// Applies what the exchange decided about a failed attempt to the

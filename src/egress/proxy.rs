@@ -4,6 +4,7 @@
 //! ```text
 //! request_filter          route, request id, admit        -> 404 no_route, 429, 503, 502 credentials
 //! upstream_peer           next attempt (backoff, shared limit), resolve, TLS, timeouts
+//! connected_to_upstream   the cutoff at the exchange's deadline (headers and 1xx too)
 //! upstream_request_filter path, Host, request id, idempotency key, credentials
 //! upstream_response_filter the provider's answer: token, pause, retry?, RateLimit headers
 //! body filters            the whole-response deadline    -> 504 upstream_timeout
@@ -19,6 +20,7 @@ use arc_swap::access::{Access, DynAccess};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -33,6 +35,7 @@ use super::{guard, routing, EgressRoutes, REQUEST_ID_HEADER};
 use crate::access_log;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, StatusCounters};
+use crate::net::cutoff::Cutoff;
 use crate::problem::{ErrorCode, Problem};
 use crate::trace::export::{Span, SpanKind};
 use crate::trace::state::TRACESTATE;
@@ -79,6 +82,22 @@ fn no_backend(group: &str) -> Problem {
         format!("no healthy backend in upstream {group}"),
     )
     .with_header("retry-after", "1")
+}
+
+/// Whether `response` is the whole answer (no body can follow it), so its
+/// connection may be pooled as soon as the body filters would have ended.
+fn ends_with_header(request: &RequestHeader, response: &ResponseHeader) -> bool {
+    let status = response.status.as_u16();
+    if response.status.is_informational() {
+        return false;
+    }
+    request.method == http::Method::HEAD
+        || status == 204
+        || status == 304
+        || response
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
 }
 
 fn body_truncated(session: &Session) -> bool {
@@ -201,6 +220,30 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         }
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        // Pingora's read timeout restarts with every byte and bounds
+        // neither the headers nor a run of 1xx answers: the cutoff ends
+        // the attempt when the exchange's time is up, wherever it is.
+        if let Some(exchange) = &ctx.exchange {
+            ctx.cutoff = match Cutoff::arm(fd, exchange.time_left()) {
+                Ok(cutoff) => Some(cutoff),
+                Err(error) => {
+                    tracing::warn!(%error, "no deadline cutoff for an upstream connection");
+                    None
+                }
+            };
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -239,6 +282,9 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        if ends_with_header(session.req_header(), response) {
+            ctx.answer_read();
+        }
         if let Some(exchange) = ctx.exchange.as_mut() {
             let status = response.status.as_u16();
             ctx.backends.answered(status);
@@ -287,6 +333,9 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         if !end && late {
             return Error::e_explain(ErrorType::ReadTimedout, "whole-response timeout");
         }
+        if end {
+            ctx.answer_read();
+        }
         Ok(None)
     }
 
@@ -316,6 +365,16 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         client_reused: bool,
     ) -> Box<Error> {
         let mut error = error.more_context(format!("Peer: {peer}"));
+        if ctx.cut_off() {
+            // The cutoff shut the socket: whatever Pingora saw (a closed
+            // connection, a failed write), the provider ran out of time.
+            error = Error::because(
+                ErrorType::ReadTimedout,
+                "the exchange's deadline passed",
+                error,
+            )
+            .into_up();
+        }
         if error.esource() == &ErrorSource::Upstream {
             ctx.backends.failed();
         } else {
@@ -372,8 +431,12 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         // may be half read): the answer says so, or the app's pool would
         // send its next request into a closing connection.
         session.set_keepalive(None);
-        // Once the provider's answer has started, only closing the connection is left.
-        if session.response_written().is_none() {
+        // Once the provider's final answer has started, only closing the
+        // connection is left; after `1xx` answers a final one may follow.
+        let answer_started = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
+        if !answer_started {
             if let Err(e) = ctx.answer(session, problem).await {
                 tracing::debug!(error = %e, "could not send the error answer");
             }

@@ -98,11 +98,18 @@ impl SmallClient {
                     .map_err(describe)?;
             }
             session.finish_request_body().await.map_err(describe)?;
-            session.read_response_header().await.map_err(describe)?;
-            let (status, headers) = session
-                .response_header()
-                .map(|h| (h.status.as_u16(), h.headers.clone()))
-                .unwrap_or_default();
+            // `1xx` answers come before the final one, as many as the
+            // server likes: the deadline above bounds them.
+            let (status, headers) = loop {
+                session.read_response_header().await.map_err(describe)?;
+                let (status, headers) = session
+                    .response_header()
+                    .map(|h| (h.status.as_u16(), h.headers.clone()))
+                    .unwrap_or_default();
+                if !(100..200).contains(&status) || status == 101 {
+                    break (status, headers);
+                }
+            };
             let mut collected = Vec::new();
             while let Some(chunk) = session.read_response_body().await.map_err(describe)? {
                 if collected.len() + chunk.len() > MAX_RESPONSE_BODY {

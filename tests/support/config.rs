@@ -49,6 +49,18 @@ impl Yaml {
         self
     }
 
+    /// `services.<name>` on the upstream group `group`, with `keys`.
+    pub fn group_service(mut self, name: &str, route: &str, group: &str, keys: &[&str]) -> Self {
+        let mut lines = vec![
+            format!("  {name}:"),
+            format!("    route: {route}"),
+            format!("    group: {group}"),
+        ];
+        lines.extend(keys.iter().map(|k| indented(k, 4)));
+        self.services.push(lines.join("\n"));
+        self
+    }
+
     /// `webhooks.<name>` with `keys` (each a `key: value` line).
     pub fn webhook(mut self, name: &str, keys: &[&str]) -> Self {
         let mut lines = vec![format!("  {name}:")];

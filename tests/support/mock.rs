@@ -229,3 +229,35 @@ impl hyper::body::Body for ChunkedBody {
         )))))
     }
 }
+
+/// A server that reads a request, then stalls its answer the way a
+/// hostile or broken server does: `headers` sends the status line and
+/// headers a byte every 200 ms, `continues` sends `100 Continue` every
+/// 100 ms; neither ever lets a read wait long enough to time out.
+pub async fn stalling_provider(how: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\nok";
+                for step in 0..answer.len() {
+                    let sent = match how {
+                        "headers" => stream.write_all(&answer[step..step + 1]).await,
+                        _ => stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await,
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                    let pause = if how == "headers" { 200 } else { 100 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            });
+        }
+    });
+    addr
+}

@@ -226,6 +226,15 @@ impl Sidecar {
 
     /// The `/metrics` text once `done` holds for it; after `within`, a
     /// panic naming `what` with the last text.
+    /// The value of the sample `series` (name and labels, as exposed) in
+    /// a `/metrics` text; 0 when absent.
+    pub fn metric_value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn metrics_until(
         &self,
         what: &str,
