@@ -38,6 +38,7 @@ pub struct Metrics {
     pub event_age_seconds: Gauge,
     pub store_used_bytes: IntGauge,
     pub store_capacity_bytes: IntGauge,
+    pub memory_limit_bytes: IntGauge,
     pub upstream_backend_healthy: IntGaugeVec,
     pub upstream_requests_total: IntCounterVec,
     pub wedding_day_events_total: IntCounterVec,
@@ -177,6 +178,11 @@ impl Metrics {
             "Bytes the event store may hold before new events are refused (503 store_full): the embedded store's store.max_size or its volume, or the Redis masters' maxmemory times store.max_memory_ratio, less the reserve kept for draining; 0 when nothing bounds it.",
         )
         .expect("static metric definition");
+        let memory_limit_bytes = IntGauge::new(
+            "sidecar_memory_limit_bytes",
+            "The memory budget (limits.memory, or 80% of the container's limit): webhooks and published events are answered 503 overloaded while resident memory is near it.",
+        )
+        .expect("static metric definition");
         let upstream_backend_healthy = IntGaugeVec::new(
             Opts::new(
                 "sidecar_upstream_backend_healthy",
@@ -266,6 +272,7 @@ impl Metrics {
             Box::new(event_age_seconds.clone()),
             Box::new(store_used_bytes.clone()),
             Box::new(store_capacity_bytes.clone()),
+            Box::new(memory_limit_bytes.clone()),
             Box::new(upstream_backend_healthy.clone()),
             Box::new(upstream_requests_total.clone()),
             Box::new(wedding_day_events_total.clone()),
@@ -300,6 +307,7 @@ impl Metrics {
             event_age_seconds,
             store_used_bytes,
             store_capacity_bytes,
+            memory_limit_bytes,
             upstream_backend_healthy,
             upstream_requests_total,
             wedding_day_events_total,

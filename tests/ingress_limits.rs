@@ -344,3 +344,107 @@ async fn a_flood_of_held_bodies_costs_bounded_memory_and_a_genuine_webhook_gets_
     assert!(growth_mib < 24, "RSS grew by {growth_mib} MiB");
     drop(held);
 }
+
+/// A small event the app publishes to `events.wedding` with `key`.
+async fn publish_small(sidecar: &Sidecar, key: &str) -> Answer {
+    send(
+        "POST",
+        &sidecar.egress_url("/events/wedding"),
+        &[
+            ("content-type", "application/json"),
+            ("idempotency-key", key),
+        ],
+        bytes::Bytes::from_static(br#"{"type":"payment.succeeded"}"#),
+    )
+    .await
+}
+
+/// `limits.memory` is kept: the app holds publish requests with 4 MiB
+/// bodies open until the sidecar's memory nears its budget; from then on
+/// new webhooks and published events are answered `503 overloaded` with
+/// `Retry-After` while RSS is still under the budget, the egress proxy
+/// keeps serving, and once the held bodies are let go and memory falls,
+/// events are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_and_published_events_are_refused_before_memory_crosses_its_limit() {
+    let upstream = MockServer::start(|_| MockAnswer::ok("{}")).await;
+    let budget_mib = 64u64;
+    let body = Yaml::new()
+        .with(format!("limits: {{ memory: {budget_mib}MiB }}"))
+        .upstream("notify", "{ backends: [127.0.0.1:9] }")
+        .service("stripe", "/stripe", &upstream.url(), &[])
+        .stripe_webhook(&["routes: [{ events: [\"*\"], targets: [notify] }]"])
+        .with("events:\n  wedding:\n    path: /events/wedding\n    max_body: 4MiB\n    routes: [{ events: [\"*\"], targets: [notify] }]\n")
+        .build();
+    let sidecar = Sidecar::start(&body);
+    sidecar
+        .metrics_containing(&[&format!("sidecar_memory_limit_bytes {}", budget_mib << 20)])
+        .await;
+    assert_eq!(publish_small(&sidecar, "before").await.status, 202);
+
+    // Each held request has its 4 MiB body all but read.
+    let length = 4 << 20;
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(
+            held.len() < 40,
+            "never refused; RSS {:?} KiB",
+            sidecar.rss_kib()
+        );
+        let mut stream = TcpStream::connect(sidecar.egress).await.unwrap();
+        let head = format!(
+            "POST /events/wedding HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&vec![b' '; length - 1]).await.unwrap();
+        held.push(stream);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let answer = publish_small(&sidecar, &format!("during-{}", held.len())).await;
+        if answer.status != 202 {
+            break answer;
+        }
+    };
+    let (rss_kib, peak_kib) = sidecar.rss_kib();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.headers["x-sidecar-error"], "overloaded");
+    assert_eq!(refused.headers["retry-after"], "5");
+    assert!(refused.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("limits.memory"));
+    assert!(
+        peak_kib < budget_mib << 10,
+        "RSS reached {peak_kib} KiB (now {rss_kib}) against a budget of {budget_mib} MiB"
+    );
+    let webhook = post_stripe(&sidecar, "evt_during").await;
+    assert_eq!(webhook.status, 503);
+    assert_eq!(webhook.headers["x-sidecar-error"], "overloaded");
+    // The app's calls to its providers go on.
+    assert_eq!(
+        get(&sidecar.egress_url("/stripe/v1/balance")).await.status,
+        200
+    );
+    sidecar
+        .metrics_containing(&[
+            "sidecar_webhook_rejections_total{reason=\"overloaded\",webhook=\"stripe\"} 1",
+            "sidecar_webhook_rejections_total{reason=\"overloaded\",webhook=\"wedding\"} 1",
+        ])
+        .await;
+
+    drop(held);
+    let started = Instant::now();
+    loop {
+        let answer = publish_small(&sidecar, &format!("after-{:?}", started.elapsed())).await;
+        if answer.status == 202 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still refused with RSS {:?} KiB",
+            sidecar.rss_kib()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sidecar.logs().contains("memory near limits.memory"));
+    assert!(sidecar.logs().contains("memory back under limits.memory"));
+}

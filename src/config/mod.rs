@@ -57,7 +57,23 @@ pub struct Config {
     pub events: Vec<Webhook>,
     pub delivery: Option<Delivery>,
     pub tracing: telemetry::Tracing,
+    pub limits: Limits,
 }
+
+/// What the sidecar keeps itself within, whatever the load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// `limits.memory`: the resident memory the sidecar keeps under
+    /// (None: 80% of the container's cgroup limit, or 100 MiB without
+    /// one, decided at start by `resilience::memory`).
+    pub memory: Option<u64>,
+}
+
+/// The smallest `limits.memory`: the process alone takes about 20 MiB,
+/// and the app's connections to the egress hold Pingora's 64 KiB read
+/// buffer each (16 MiB for 256) whatever the budget says; a budget under
+/// this cannot absorb them (`benches/burst.sh` with 48 MiB peaked at 52).
+pub const MIN_MEMORY: u64 = 64 << 20;
 
 /// The config's JSON Schema (draft 2020-12), as `wedsync-sidecar schema`
 /// prints it; `scripts/check-schema` holds every config of the repository
@@ -314,6 +330,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "events",
     "delivery",
     "tracing",
+    "limits",
 ];
 
 fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
@@ -366,6 +383,7 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
     let delivery = f
         .get("delivery")
         .map(|n| webhooks::decode_delivery_section(d, &n));
+    let limits = d.or(&f, "limits", Limits::default(), |d, n| decode_limits(d, n));
     Some(Config {
         listen: listen?,
         ingress: ingress?,
@@ -379,7 +397,23 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
         events,
         delivery: delivery.flatten(),
         tracing: tracing?,
+        limits: limits?,
     })
+}
+
+fn decode_limits(d: &mut Decoder, node: &Node) -> Option<Limits> {
+    let f = d.fields(node, &["memory"])?;
+    let memory = match f.get("memory") {
+        Some(n) => Some(d.size(&n).filter(|size| {
+            let ok = (MIN_MEMORY..=1 << 40).contains(size);
+            if !ok {
+                d.error(&n.path, "must be between 64MiB and 1TiB");
+            }
+            ok
+        })?),
+        None => None,
+    };
+    Some(Limits { memory })
 }
 
 fn named_entries<T>(

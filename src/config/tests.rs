@@ -396,6 +396,21 @@ fn the_ingress_bounds_have_defaults_that_fit_a_small_pod() {
 }
 
 #[test]
+fn the_memory_limit_is_a_size_from_64_mib_or_left_to_the_container() {
+    assert_eq!(load("{}").unwrap().limits.memory, None);
+    assert_eq!(
+        load("limits: { memory: 128MiB }\n").unwrap().limits.memory,
+        Some(128 << 20)
+    );
+    let errors_of = |text: &str| errors(text).join("\n");
+    assert!(errors_of("limits: { memory: 32MiB }\n")
+        .contains("limits.memory: must be between 64MiB and 1TiB"));
+    assert!(errors_of("limits: { memory: 2000GiB }\n").contains("limits.memory: must be between"));
+    assert!(errors_of("limits: { memory: lots }\n").contains("limits.memory"));
+    assert!(errors_of("limits: { cpu: 1 }\n").contains("limits.cpu"));
+}
+
+#[test]
 fn an_admin_token_is_long_or_absent_and_required_off_loopback() {
     assert_eq!(
         errors("admin: { token: \"\" }\n"),

@@ -78,13 +78,22 @@ impl Reloader {
         let mut next = Config::load(&self.path)?;
         let running = self.snapshot.load_full();
         let was = &running.config;
-        if (&next.listen, &next.ingress, &next.store) != (&was.listen, &was.ingress, &was.store) {
+        let fixed = |c: &Config| {
+            (
+                c.listen.clone(),
+                c.ingress.clone(),
+                c.store.clone(),
+                c.limits.clone(),
+            )
+        };
+        if fixed(&next) != fixed(was) {
             tracing::warn!(
-                "listen addresses and store settings cannot change while running, nor the ingress bounds; keeping the running ones (restart to change them)"
+                "listen addresses, store settings, the ingress bounds and limits cannot change while running; keeping the running ones (restart to change them)"
             );
             next.listen = was.listen.clone();
             next.ingress = was.ingress.clone();
             next.store = was.store.clone();
+            next.limits = was.limits.clone();
         }
         if !self.has_store && next.event_sources().next().is_some() {
             return Err(ReloadError::NoStore);

@@ -25,6 +25,7 @@ use crate::egress::EgressProxy;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::net::client::SmallClient;
+use crate::resilience::memory::{self, MemoryGuard};
 use crate::runtime::bind::{self, BindError, Settled};
 use crate::runtime::housekeeping::Housekeeping;
 use crate::runtime::listen_owner::held_by_this_process;
@@ -105,7 +106,8 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
     let (upstreams_service, group_loops) = UpstreamsService::new();
     group_loops.start_new(&snapshot.load().upstreams, None);
 
-    let store = event_store(&config, foundation.redis.clone(), &metrics)?;
+    let memory = Arc::new(memory_guard(&config, &metrics));
+    let store = event_store(&config, foundation.redis.clone(), &metrics, memory.budget())?;
     let accepted = Arc::new(Notify::new());
     let egress = EgressProxy::new(
         snapshot::concrete_part(&snapshot, |s| &s.egress),
@@ -116,6 +118,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
             publisher: Publisher {
                 store: store.clone(),
                 accepted: Arc::clone(&accepted),
+                memory: Arc::clone(&memory),
             },
         }),
     );
@@ -138,6 +141,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
         &metrics,
         Arc::clone(&accepted),
         config.ingress.max_buffered,
+        memory,
     ));
     let delivery = store.as_ref().map(|store| {
         let deliverer = Deliverer::new(
@@ -326,6 +330,7 @@ fn event_store(
     config: &Config,
     redis: Option<Arc<RedisStore>>,
     metrics: &Metrics,
+    memory_budget: u64,
 ) -> Result<Option<Arc<dyn Store>>, StartError> {
     if config.event_sources().next().is_none() {
         return Ok(None);
@@ -346,10 +351,38 @@ fn event_store(
                 .map(|w| w.dedup_window)
                 .max()
                 .unwrap_or_default();
-            Arc::new(EmbeddedStore::open(path, horizon, *max_size)?)
+            Arc::new(EmbeddedStore::open_with_cache(
+                path,
+                horizon,
+                *max_size,
+                store_cache(memory_budget),
+            )?)
         }
         (StoreKind::Redis(_), None) => unreachable!("the foundation holds the Redis store"),
     }))
+}
+
+/// The memory budget: `limits.memory`, or 80% of the container's limit,
+/// or 100 MiB; said at start and exported as a gauge.
+fn memory_guard(config: &Config, metrics: &Metrics) -> MemoryGuard {
+    let container = memory::container_limit();
+    let budget = memory::budget(config.limits.memory, container);
+    let source = match (config.limits.memory, container) {
+        (Some(_), _) => "limits.memory",
+        (None, Some(_)) => "80% of the container's memory limit",
+        (None, None) => "the default, without a container memory limit",
+    };
+    tracing::info!(budget_mib = budget >> 20, source, "memory budget");
+    metrics.memory_limit_bytes.set(budget as i64);
+    MemoryGuard::new(budget)
+}
+
+/// redb's page cache: an eighth of the memory budget, 4 to 64 MiB. The
+/// rest is the process itself (about 20 MiB), bodies being read (the
+/// ingress's `max_buffered`) and written, connections' buffers, and the
+/// allocator's slack after a burst.
+fn store_cache(memory_budget: u64) -> usize {
+    (memory_budget / 8).clamp(4 << 20, 64 << 20) as usize
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::config::webhooks::Webhook;
 use crate::metrics::{Metrics, RejectionReason, NO_WEBHOOK};
 use crate::problem::{ErrorCode, Problem};
+use crate::resilience::memory::MemoryGuard;
 use crate::store::Store;
 use crate::time::unix_time;
 use ack::IngressWebhook;
@@ -41,6 +42,7 @@ pub struct IngressApp {
     /// Told of every accepted event, so that delivery starts at once.
     accepted: Arc<Notify>,
     budget: Arc<BodyBudget>,
+    memory: Arc<MemoryGuard>,
 }
 
 /// A refusal, and the rejection reason it counts under (when it is one).
@@ -74,6 +76,7 @@ impl IngressApp {
         metrics: &Arc<Metrics>,
         accepted: Arc<Notify>,
         max_buffered: u64,
+        memory: Arc<MemoryGuard>,
     ) -> Self {
         Self {
             webhooks,
@@ -81,6 +84,7 @@ impl IngressApp {
             store,
             accepted,
             budget: BodyBudget::new(max_buffered),
+            memory,
         }
     }
 
@@ -145,6 +149,12 @@ impl IngressApp {
             return Err((problem.into(), None));
         };
         let refuse = |refusal: Refusal| Err((refusal, Some(Arc::clone(&webhook))));
+        if self.memory.overloaded() {
+            return refuse(Refusal::counted(
+                memory_overloaded(),
+                RejectionReason::Overloaded,
+            ));
+        }
         let now = unix_time();
         if let Err(refusal) = self.check_head(&webhook, session, now.as_secs()) {
             return refuse(refusal);
@@ -246,6 +256,17 @@ impl IngressApp {
             body.extend_from_slice(&chunk);
         }
     }
+}
+
+/// The answer while resident memory is near `limits.memory`: nothing new
+/// comes in until it falls (the store's writes, the deliveries and the
+/// allocator's returns bring it down within seconds).
+pub fn memory_overloaded() -> Problem {
+    Problem::new(
+        ErrorCode::Overloaded,
+        "the sidecar is near its memory limit (limits.memory); retry",
+    )
+    .with_header("retry-after", "5")
 }
 
 fn too_large(limit: u64) -> Problem {

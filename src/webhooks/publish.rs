@@ -13,7 +13,9 @@ use pingora::proxy::Session;
 use tokio::sync::Notify;
 
 use super::ack::IngressWebhook;
+use crate::metrics::RejectionReason;
 use crate::problem::{write_whole, ErrorCode, Problem};
+use crate::resilience::memory::MemoryGuard;
 use crate::store::Store;
 use crate::time::unix_time;
 
@@ -25,18 +27,32 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Publisher {
     pub store: Option<Arc<dyn Store>>,
     pub accepted: Arc<Notify>,
+    /// The budget that refuses new events before memory runs out.
+    pub memory: Arc<MemoryGuard>,
 }
 
 impl Publisher {
     /// Answers one publish request; the status written, for the log.
     pub async fn serve(&self, session: &mut Session, event: &IngressWebhook) -> u16 {
         let started = std::time::Instant::now();
-        let response = match self.answer(session, event).await {
-            Ok(response) => response,
-            Err(problem) => {
-                // The body may be left unread: the connection cannot be reused.
+        let response = if self.memory.overloaded() {
+            event.rejected(RejectionReason::Overloaded);
+            // A small body is read away, so that the app's connection stays
+            // in its pool: a refusal that closes it brings the next request
+            // on a new connection, and a stream of those (the app retrying
+            // at once) cost the sidecar more memory than it kept out.
+            if !drain_small_body(session).await {
                 session.set_keepalive(None);
-                problem.into_http_response()
+            }
+            super::memory_overloaded().into_http_response()
+        } else {
+            match self.answer(session, event).await {
+                Ok(response) => response,
+                Err(problem) => {
+                    // The body may be left unread: the connection cannot be reused.
+                    session.set_keepalive(None);
+                    problem.into_http_response()
+                }
             }
         };
         event.ack_duration.observe(started.elapsed().as_secs_f64());
@@ -149,6 +165,22 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
+}
+
+/// The largest body read away to keep a refused request's connection.
+const DRAINED_AT_MOST: u64 = 64 << 10;
+
+/// Reads and drops the body when it declares at most [`DRAINED_AT_MOST`]
+/// bytes and arrives within a second; whether the connection may be kept.
+async fn drain_small_body(session: &mut Session) -> bool {
+    let declared = super::declared_body_length(&session.req_header().headers);
+    if declared.is_none_or(|length| length > DRAINED_AT_MOST) {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), session.drain_request_body()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// The body, at most `limit` bytes (a longer declared one is refused

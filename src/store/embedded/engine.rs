@@ -91,9 +91,15 @@ fn priority_of(rank: u8) -> Priority {
     }
 }
 
+/// The page cache of a store opened without a memory budget to size it
+/// from (tests, tools): that of the default budget.
+pub const DEFAULT_CACHE: usize = 16 << 20;
+
 pub struct LocalStore {
     /// The file, or None for a database held in memory (tests).
     path: Option<PathBuf>,
+    /// redb's page cache (read cache and write buffer together), in bytes.
+    cache: usize,
     /// None only while `reopen` replaces it. After an I/O error (a full
     /// disk) redb refuses every later operation until the file is closed
     /// and opened again; every use holds the read lock for its whole
@@ -121,14 +127,27 @@ impl LocalStore {
     /// Opens (or creates) `dir/events.redb`. Jobs leased by a previous
     /// process are due again at once: it is gone, so nobody holds them.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE)
+    }
+
+    /// [`open`](Self::open) with a page cache of `cache` bytes. redb's own
+    /// default is 1 GiB, filled as the file grows: a burst of 200,000
+    /// events took the process past 1.3 GiB and kept it there. The cache
+    /// holds what the queue's scans read again (its indexes, the jobs due
+    /// soon) and what a transaction writes until it commits; an event's
+    /// body is read once per delivery.
+    pub fn open_with_cache(dir: &Path, cache: usize) -> Result<Self, StoreError> {
         let path = dir.join("events.redb");
         let shown = path.display().to_string();
         let open_error = |message: String| {
             StoreError::Unavailable(format!("cannot open the store at {shown}: {message}"))
         };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
-        Self::with_database(Some(path), db).map_err(|e| open_error(e.to_string()))
+        let db = Database::builder()
+            .set_cache_size(cache)
+            .create(&path)
+            .map_err(|e| open_error(e.to_string()))?;
+        Self::with_database(Some(path), cache, db).map_err(|e| open_error(e.to_string()))
     }
 
     /// A store held in memory: the same engine without a file, for tests of
@@ -139,12 +158,17 @@ impl LocalStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot create a store in memory: {e}"))
             })?;
-        Self::with_database(None, db)
+        Self::with_database(None, DEFAULT_CACHE, db)
     }
 
-    fn with_database(path: Option<PathBuf>, db: Database) -> Result<Self, StoreError> {
+    fn with_database(
+        path: Option<PathBuf>,
+        cache: usize,
+        db: Database,
+    ) -> Result<Self, StoreError> {
         let store = Self {
             path,
+            cache,
             db: RwLock::new(Some(db)),
             last_durable_ms: AtomicU64::new(0),
             unsynced: AtomicBool::new(false),
@@ -166,12 +190,15 @@ impl LocalStore {
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         // The old handle must be closed first: redb locks the file.
         drop(slot.take());
-        let db = Database::create(path).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot reopen the store at {}: {e}",
-                path.display()
-            ))
-        })?;
+        let db = Database::builder()
+            .set_cache_size(self.cache)
+            .create(path)
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot reopen the store at {}: {e}",
+                    path.display()
+                ))
+            })?;
         *slot = Some(db);
         Ok(())
     }

@@ -40,7 +40,18 @@ impl EmbeddedStore {
         dedup_horizon: Duration,
         max_size: Option<u64>,
     ) -> Result<Self, StoreError> {
-        let engine = Arc::new(LocalStore::open(dir)?);
+        Self::open_with_cache(dir, dedup_horizon, max_size, engine::DEFAULT_CACHE)
+    }
+
+    /// [`open`](Self::open) with redb's page cache at `cache` bytes (see
+    /// [`LocalStore::open_with_cache`]).
+    pub fn open_with_cache(
+        dir: &Path,
+        dedup_horizon: Duration,
+        max_size: Option<u64>,
+        cache: usize,
+    ) -> Result<Self, StoreError> {
+        let engine = Arc::new(LocalStore::open_with_cache(dir, cache)?);
         let file = engine
             .path()
             .expect("a store opened from a file has its path");
