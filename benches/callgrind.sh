@@ -66,6 +66,9 @@ IEG=$(port); IIN=$(port); IAD=$(port)
 cat > "$WORK/ingest.yaml" <<YAML
 listen: { egress: 127.0.0.1:$IEG, ingress: 127.0.0.1:$IIN, admin: 127.0.0.1:$IAD }
 drain_delay: 0s
+# Valgrind's own memory counts in the sidecar's RSS: without room, the
+# memory budget refuses every webhook (and this would count refusals).
+limits: { memory: 1024GiB }
 store: { path: $WORK/ingest-data }
 upstreams:
   notify: { backends: [127.0.0.1:9] }

@@ -35,7 +35,7 @@ use super::{guard, routing, EgressRoutes, REQUEST_ID_HEADER};
 use crate::access_log;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, StatusCounters};
-use crate::net::cutoff::Cutoff;
+use crate::net::cutoff::Cutoffs;
 use crate::problem::{ErrorCode, Problem};
 use crate::trace::export::{Span, SpanKind};
 use crate::trace::state::TRACESTATE;
@@ -52,6 +52,8 @@ pub struct EgressProxy<R = Box<dyn DynAccess<EgressRoutes> + Send + Sync>> {
     lifecycle: Arc<Lifecycle>,
     request_ids: RequestIds,
     publisher: Box<dyn EventSink>,
+    /// Holds each attempt to what is left of its service's timeout.
+    cutoffs: Arc<Cutoffs>,
 }
 
 impl<R: Access<EgressRoutes> + Send + Sync + 'static> EgressProxy<R> {
@@ -70,6 +72,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> EgressProxy<R> {
             lifecycle,
             request_ids: RequestIds::default(),
             publisher,
+            cutoffs: Cutoffs::new(),
         }
     }
 }
@@ -233,7 +236,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         // neither the headers nor a run of 1xx answers: the cutoff ends
         // the attempt when the exchange's time is up, wherever it is.
         if let Some(exchange) = &ctx.exchange {
-            ctx.cutoff = match Cutoff::arm(fd, exchange.time_left()) {
+            ctx.cutoff = match self.cutoffs.arm(fd, exchange.time_left()) {
                 Ok(cutoff) => Some(cutoff),
                 Err(error) => {
                     tracing::warn!(%error, "no deadline cutoff for an upstream connection");

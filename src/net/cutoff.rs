@@ -18,6 +18,13 @@
 //! crate forbids; the window left is the two system calls of `fire`, and
 //! only for an exchange that failed on its own at its deadline's instant.)
 
+//!
+//! The cutoffs of all exchanges are watched by one task ([`Cutoffs`]),
+//! which looks every [`SWEEP_EVERY`] while any is armed: a timer task per
+//! attempt cost more than a tenth of a proxied request's instructions. A
+//! cutoff fires up to that much after its deadline; a silent upstream is
+//! still cut at the deadline itself by the per-read timeout.
+
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,17 +32,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora::protocols::l4::ext::get_socket_cookie;
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How often the armed cutoffs are looked at, and so how late one may fire.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// The armed cutoffs of one proxy, and the task that fires them.
+#[derive(Default)]
+pub struct Cutoffs {
+    armed: Mutex<Vec<(Instant, Arc<Shared>)>>,
+    /// Wakes the task when the first cutoff is armed after none were.
+    armed_again: Notify,
+    watching: AtomicBool,
+}
 
 /// Armed for one attempt; disarmed (or dropped) when the answer was read
 /// whole, before the connection can go back to the pool.
 pub struct Cutoff {
     shared: Arc<Shared>,
-    timer: JoinHandle<()>,
 }
 
 struct Shared {
-    /// Taken by whoever comes first: the timer (to shut the socket down)
+    /// Taken by whoever comes first: the sweep (to shut the socket down)
     /// or `disarm` (to leave it alone).
     socket: Mutex<Option<Socket>>,
     fired: AtomicBool,
@@ -47,29 +66,63 @@ struct Socket {
     cookie: u64,
 }
 
-impl Cutoff {
-    /// Shuts the socket of `fd` down `after` from now unless disarmed
-    /// first. Needs a Tokio runtime; `fd` must be open (Pingora's, for the
-    /// duration of the callback that received it).
-    pub fn arm(fd: RawFd, after: Duration) -> io::Result<Self> {
-        let socket = Socket {
-            fd,
-            cookie: get_socket_cookie(fd)?,
-        };
-        let shared = Arc::new(Shared {
-            socket: Mutex::new(Some(socket)),
-            fired: AtomicBool::new(false),
-        });
-        let timer = tokio::spawn({
-            let shared = Arc::clone(&shared);
-            async move {
-                tokio::time::sleep(after).await;
-                shared.fire();
-            }
-        });
-        Ok(Self { shared, timer })
+impl Cutoffs {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
     }
 
+    /// Shuts the socket of `fd` down `after` from now (up to
+    /// [`SWEEP_EVERY`] later) unless disarmed first. Needs a Tokio runtime
+    /// that lasts (the first call starts the watching task on it); `fd`
+    /// must be open (Pingora's, for the callback that received it).
+    pub fn arm(self: &Arc<Self>, fd: RawFd, after: Duration) -> io::Result<Cutoff> {
+        let shared = Arc::new(Shared {
+            socket: Mutex::new(Some(Socket {
+                fd,
+                cookie: get_socket_cookie(fd)?,
+            })),
+            fired: AtomicBool::new(false),
+        });
+        let was_empty = {
+            let mut armed = lock(&self.armed);
+            armed.push((Instant::now() + after, Arc::clone(&shared)));
+            armed.len() == 1
+        };
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Arc::clone(self).watch());
+        } else if was_empty {
+            self.armed_again.notify_one();
+        }
+        Ok(Cutoff { shared })
+    }
+
+    async fn watch(self: Arc<Self>) {
+        loop {
+            if self.sweep(Instant::now()) {
+                tokio::time::sleep(SWEEP_EVERY).await;
+            } else {
+                // Nothing armed: no wake-ups until something is.
+                self.armed_again.notified().await;
+            }
+        }
+    }
+
+    /// Fires the cutoffs whose deadline passed by `now` and forgets the
+    /// disarmed ones; whether any are still armed.
+    fn sweep(&self, now: Instant) -> bool {
+        let mut armed = lock(&self.armed);
+        armed.retain(|(at, shared)| {
+            if *at <= now {
+                shared.fire();
+                return false;
+            }
+            lock(&shared.socket).is_some()
+        });
+        !armed.is_empty()
+    }
+}
+
+impl Cutoff {
     /// Whether the deadline passed and the socket was shut down.
     pub fn fired(&self) -> bool {
         self.shared.fired.load(Ordering::Acquire)
@@ -78,7 +131,6 @@ impl Cutoff {
     /// The exchange ended in time: the socket is never touched from here on.
     pub fn disarm(&self) {
         self.shared.take();
-        self.timer.abort();
     }
 }
 
@@ -88,9 +140,13 @@ impl Drop for Cutoff {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Shared {
     fn take(&self) -> Option<Socket> {
-        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take()
+        lock(&self.socket).take()
     }
 
     fn fire(&self) {
@@ -131,7 +187,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_read_that_outlives_the_deadline_ends_when_it_passes() {
         let (mut client, mut server) = pair().await;
-        let cutoff = Cutoff::arm(client.as_raw_fd(), Duration::from_secs(3)).unwrap();
+        let cutoffs = Cutoffs::new();
+        let cutoff = cutoffs
+            .arm(client.as_raw_fd(), Duration::from_secs(3))
+            .unwrap();
         // The upstream trickles: every read gets a byte, none times out.
         let trickle = tokio::spawn(async move {
             for _ in 0..100 {
@@ -153,7 +212,8 @@ mod tests {
             read += 1;
         }
         assert!(cutoff.fired());
-        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        let late = started.elapsed() - Duration::from_secs(3);
+        assert!(late <= SWEEP_EVERY, "{late:?} late");
         assert!(read >= 1, "the upstream's bytes were read until the cut");
         trickle.abort();
     }
@@ -161,10 +221,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_disarmed_cutoff_leaves_the_connection_alone() {
         let (mut client, mut server) = pair().await;
-        let cutoff = Cutoff::arm(client.as_raw_fd(), Duration::from_secs(1)).unwrap();
+        let cutoffs = Cutoffs::new();
+        let cutoff = cutoffs
+            .arm(client.as_raw_fd(), Duration::from_secs(1))
+            .unwrap();
         cutoff.disarm();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!cutoff.fired());
+        // Forgotten, and the task asleep until another is armed.
+        assert!(!cutoffs.sweep(Instant::now()));
         server.write_all(b"still open").await.unwrap();
         let mut buffer = [0u8; 10];
         client.read_exact(&mut buffer).await.unwrap();
@@ -175,23 +240,15 @@ mod tests {
     async fn a_descriptor_closed_and_reused_before_the_deadline_is_left_alone() {
         let (client, mut server) = pair().await;
         let fd = client.as_raw_fd();
-        let cutoff = Cutoff::arm(fd, Duration::from_secs(1)).unwrap();
-        // Pingora closed its connection; a new one gets the same number
-        // (the lowest free one; tests on other threads may take it first).
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        drop(client);
-        let mut others = Vec::new();
-        let (mut other, mut other_server) = loop {
-            let other = TcpStream::connect(listener.local_addr().unwrap())
-                .await
-                .unwrap();
-            let (other_server, _) = listener.accept().await.unwrap();
-            if other.as_raw_fd() == fd {
-                break (other, other_server);
-            }
-            assert!(others.len() < 50, "descriptor {fd} never reused");
-            others.push((other, other_server));
-        };
+        let cutoffs = Cutoffs::new();
+        let cutoff = cutoffs.arm(fd, Duration::from_secs(1)).unwrap();
+        // Pingora closed its connection and another one got the number:
+        // dup2 does both at once, where the kernel's choice of the lowest
+        // free number would race with every other test's sockets.
+        let (mut other, mut other_server) = pair().await;
+        let mut number: std::os::fd::OwnedFd = client.into_std().unwrap().into();
+        nix::unistd::dup2(&other, &mut number).unwrap();
+        assert_eq!(number.as_raw_fd(), fd);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!cutoff.fired());
         other_server.write_all(b"ok").await.unwrap();

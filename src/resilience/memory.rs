@@ -46,16 +46,51 @@ pub fn budget(configured: Option<u64>, container_limit: Option<u64>) -> u64 {
     configured.unwrap_or(by_default)
 }
 
-/// The memory limit of the cgroup this process runs in (v2, then v1);
-/// None without one. The files' contents are not trusted: anything but a
-/// plain number of bytes reads as no limit.
+/// The memory limit of the cgroup this process runs in: the tightest on
+/// the way from its own cgroup (`/proc/self/cgroup`) up to the root of the
+/// hierarchy mounted at `/sys/fs/cgroup`, v2 or v1; None without one. In a
+/// container with its own cgroup namespace the path is `/` and the root
+/// is the container's.
 pub fn container_limit() -> Option<u64> {
-    let read = |path: &str| std::fs::read_to_string(path).ok();
-    read("/sys/fs/cgroup/memory.max")
-        .and_then(|text| parse_limit(&text))
-        .or_else(|| {
-            read("/sys/fs/cgroup/memory/memory.limit_in_bytes").and_then(|text| parse_limit(&text))
-        })
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    cgroup_limit(&cgroups, |path| std::fs::read_to_string(path).ok())
+}
+
+/// `cgroups` is `/proc/self/cgroup`'s text; `read` reads a file. Neither
+/// is trusted: a line that does not parse, or a path that climbs (`..`),
+/// is passed over.
+fn cgroup_limit(cgroups: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let mut tightest: Option<u64> = None;
+    for line in cgroups.lines().take(64) {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (base, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        if !path.starts_with('/') || path.split('/').any(|part| part == "..") || path.len() > 4096 {
+            continue;
+        }
+        let mut dir = path.trim_end_matches('/');
+        loop {
+            if let Some(limit) = read(&format!("{base}{dir}/{file}")).and_then(|t| parse_limit(&t))
+            {
+                tightest = Some(tightest.map_or(limit, |t| t.min(limit)));
+            }
+            match dir.rfind('/') {
+                Some(at) => dir = &dir[..at],
+                None => break,
+            }
+        }
+    }
+    tightest
 }
 
 /// `max` (v2) and v1's "unlimited" (a page-rounded `i64::MAX`) are no limit.
@@ -182,6 +217,50 @@ mod tests {
         assert_eq!(parse_limit("9223372036854771712"), None);
         for hostile in ["", "-1", "12 34", "0x100", "1e9", &"9".repeat(4096)] {
             assert_eq!(parse_limit(hostile), None, "{hostile:?}");
+        }
+    }
+
+    #[test]
+    fn the_container_limit_is_the_tightest_from_the_process_cgroup_up() {
+        let files = |entries: &'static [(&'static str, &'static str)]| {
+            move |path: &str| {
+                entries
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, text)| text.to_string())
+            }
+        };
+        // cgroup v2 in its own namespace: the root is the container's.
+        let v2 = files(&[("/sys/fs/cgroup/memory.max", "134217728\n")]);
+        assert_eq!(cgroup_limit("0::/\n", v2), Some(128 << 20));
+        // v2 without a namespace: the pod's limit is on a parent.
+        let nested = files(&[
+            ("/sys/fs/cgroup/kubepods/pod1/memory.max", "268435456"),
+            ("/sys/fs/cgroup/kubepods/pod1/app/memory.max", "max"),
+        ]);
+        assert_eq!(
+            cgroup_limit("0::/kubepods/pod1/app\n", nested),
+            Some(256 << 20)
+        );
+        // v1, the memory controller among others.
+        let v1 = files(&[
+            (
+                "/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes",
+                "67108864",
+            ),
+            (
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "9223372036854771712",
+            ),
+        ]);
+        let lines = "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n0::/\n";
+        assert_eq!(cgroup_limit(lines, v1), Some(64 << 20));
+        // No limit anywhere, and hostile lines.
+        let none = files(&[("/sys/fs/cgroup/memory.max", "max")]);
+        assert_eq!(cgroup_limit("0::/\n", none), None);
+        let anything = |_: &str| Some("1048576".to_string());
+        for hostile in ["", "garbage", "0::relative", "0::/../../etc", "3:memory"] {
+            assert_eq!(cgroup_limit(hostile, anything), None, "{hostile:?}");
         }
     }
 
