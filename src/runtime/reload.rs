@@ -88,7 +88,7 @@ impl Reloader {
         };
         if fixed(&next) != fixed(was) {
             tracing::warn!(
-                "listen addresses, store settings, the ingress bounds and limits cannot change while running; keeping the running ones (restart to change them)"
+                "listen addresses and store settings cannot change while running, nor the ingress bounds or limits; keeping the running ones (restart to change them)"
             );
             next.listen = was.listen.clone();
             next.ingress = was.ingress.clone();
