@@ -170,7 +170,7 @@ impl Metrics {
         .expect("static metric definition");
         let store_used_bytes = IntGauge::new(
             "sidecar_store_used_bytes",
-            "Bytes the event store holds: the embedded database's pages in use, or the Redis masters' used_memory added up.",
+            "Bytes the event store holds: the embedded database's pages in use (while its file is under half the capacity, the file's size), or the Redis masters' used_memory added up.",
         )
         .expect("static metric definition");
         let store_capacity_bytes = IntGauge::new(

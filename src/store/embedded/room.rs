@@ -40,6 +40,10 @@ const RESERVE_FILE: &str = "reserve";
 const MIN_EVERY: Duration = Duration::from_millis(250);
 const MAX_EVERY: Duration = Duration::from_secs(30);
 
+/// How full the database's file must be, as a share of the capacity,
+/// before its pages in use are counted (see `RoomMeter::measure`).
+pub const COUNT_PAGES_FROM: f64 = 0.5;
+
 /// About what an event takes in the database: redb keeps a body in leaf
 /// pages of its own size class and each job, queue entry and dedup key in
 /// B-tree leaves that are half full after a split. Measured on 2 KiB
@@ -103,15 +107,27 @@ impl RoomMeter {
     }
 
     /// Measures the room now and schedules the next measurement.
+    ///
+    /// The pages in use are counted (redb's statistics, which walk the
+    /// whole database inside a write transaction: the writer takes no
+    /// accepts meanwhile, half a second for a 1 GiB file) only once the
+    /// file itself reaches [`COUNT_PAGES_FROM`] of the capacity. Below
+    /// that the file's size stands for what is used: an upper bound, as
+    /// its free pages count as used, which errs on the full side only
+    /// where the gate is far from its marks.
     pub fn measure(&mut self, store: &LocalStore) -> Result<Room, StoreError> {
         let started = Instant::now();
-        let used = store.used_bytes()?;
-        let room = self.room(used).map_err(|e| {
+        let unavailable = |e: io::Error| {
             StoreError::Unavailable(format!(
                 "cannot measure the store's volume at {}: {e}",
                 self.dir.display()
             ))
-        });
+        };
+        let file = allocated(&self.database).unwrap_or(0);
+        let mut room = self.room(file).map_err(unavailable);
+        if room.as_ref().is_ok_and(|r| r.fullest >= COUNT_PAGES_FROM) {
+            room = self.room(store.used_bytes()?).map_err(unavailable);
+        }
         self.keep_reserve();
         let took = started.elapsed();
         self.next_at = Instant::now() + (took * 50).clamp(MIN_EVERY, MAX_EVERY);
@@ -251,6 +267,22 @@ mod tests {
         assert_eq!(room.capacity, Some((8 << 20) - RESERVE_BYTES));
         assert!(room.used > 0 && room.used < 2 << 20, "{room:?}");
         assert!((room.fullest - room.used as f64 / room.capacity.unwrap() as f64).abs() < 1e-9);
+    }
+
+    #[test]
+    fn pages_are_counted_only_once_the_file_nears_the_capacity() {
+        let dir = dir("count-pages");
+        let store = LocalStore::open(&dir).unwrap();
+        let file = allocated(store.path().unwrap()).unwrap();
+        // Far from the capacity, the file's size stands for what is used.
+        let mut roomy = RoomMeter::new(&dir, store.path().unwrap(), Some(64 << 20));
+        assert_eq!(roomy.measure(&store).unwrap().used, file);
+        // Near it, the pages in use are counted: fewer than the file has.
+        let capacity = file + RESERVE_BYTES + file / 2;
+        let mut tight = RoomMeter::new(&dir, store.path().unwrap(), Some(capacity));
+        let room = tight.measure(&store).unwrap();
+        assert_eq!(room.used, store.used_bytes().unwrap());
+        assert!(room.used < file, "{} pages in use, file {file}", room.used);
     }
 
     #[test]
