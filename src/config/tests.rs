@@ -396,15 +396,19 @@ fn the_ingress_bounds_have_defaults_that_fit_a_small_pod() {
 }
 
 #[test]
-fn the_memory_limit_is_a_size_from_64_mib_or_left_to_the_container() {
+fn the_memory_limit_is_a_size_from_16_mib_or_left_to_the_container() {
     assert_eq!(load("{}").unwrap().limits.memory, None);
     assert_eq!(
         load("limits: { memory: 128MiB }\n").unwrap().limits.memory,
         Some(128 << 20)
     );
     let errors_of = |text: &str| errors(text).join("\n");
-    assert!(errors_of("limits: { memory: 32MiB }\n")
-        .contains("limits.memory: must be between 64MiB and 1TiB"));
+    assert_eq!(
+        load("limits: { memory: 32MiB }\n").unwrap().limits.memory,
+        Some(32 << 20)
+    );
+    assert!(errors_of("limits: { memory: 8MiB }\n")
+        .contains("limits.memory: must be between 16MiB and 1TiB"));
     assert!(errors_of("limits: { memory: 2000GiB }\n").contains("limits.memory: must be between"));
     assert!(errors_of("limits: { memory: lots }\n").contains("limits.memory"));
     assert!(errors_of("limits: { cpu: 1 }\n").contains("limits.cpu"));

@@ -373,6 +373,12 @@ fn memory_guard(config: &Config, metrics: &Metrics) -> MemoryGuard {
         (None, None) => "the default, without a container memory limit",
     };
     tracing::info!(budget_mib = budget >> 20, source, "memory budget");
+    if budget < crate::config::SAFE_MEMORY {
+        tracing::warn!(
+            budget_mib = budget >> 20,
+            "the memory budget is under 64 MiB: the app's connections to the egress hold 64 KiB each whatever it says, so bursts may cross it"
+        );
+    }
     metrics.memory_limit_bytes.set(budget as i64);
     MemoryGuard::new(budget)
 }
