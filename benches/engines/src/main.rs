@@ -1,8 +1,14 @@
-//! The embedded store's job cycle on two embedded engines, side by side in
-//! one run: redb (what the sidecar uses, a copy-on-write B-tree) and fjall
-//! (an LSM tree with a write-ahead journal). Both get the same records and
-//! the same transactions, so the ratio says what changing the engine could
-//! give before any of the sidecar's store is rewritten for it.
+//! The embedded store's job cycle on three embedded stores, side by side in
+//! one run: redb (what the sidecar uses, a copy-on-write B-tree), fjall
+//! (an LSM tree with a write-ahead journal), and `log`: an append-only file
+//! that holds each event's record, body included, and each outcome (the
+//! durable write an ack waits for: one sequential append and one
+//! `fdatasync`), with redb keeping only the indexes (event number to its
+//! place in the log, dedup keys, the queue, leases) in commits without
+//! fsync, made durable once a second (a crash replays the log's tail into
+//! them). All get the same records and the same transactions, so the ratio
+//! says what changing the engine could give before any of the sidecar's
+//! store is rewritten for it.
 //!
 //! A round, as the sidecar's writer does under load (and as
 //! `examples/store_cycle.rs` does on the sidecar's own store):
@@ -30,13 +36,14 @@
 //!     cargo run --release --locked --manifest-path benches/engines/Cargo.toml -- [ROUNDS] [REPEATS]
 //!
 //! with `BATCH` (jobs per commit, 32), `BODY` (bytes, 2048), `BACKLOG` (0),
-//! `ENGINES` (`redb,fjall`) and `JOURNAL_MIB` (fjall's journal bound) in the
-//! environment.
+//! `ENGINES` (`redb,fjall,log`) and `JOURNAL_MIB` (fjall's journal bound) in
+//! the environment.
 //!
 //! Prints, per engine and repeat: jobs/s, CPU µs per job (all the process's
 //! threads, so an engine's background flush and compaction count), bytes
 //! written to the disk per job, and the data directory's size at the end.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -46,6 +53,8 @@ const EVENTS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("ev
 const DEDUP: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("dedup");
 const QUEUE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("queue");
 const LEASES: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("leases");
+/// The log engine's index: event number to (offset, length) in the log.
+const PLACES: redb::TableDefinition<u64, (u64, u32)> = redb::TableDefinition::new("places");
 
 /// The meta part of an event record (id, type, webhook, context, targets),
 /// about what the sidecar stores beside the body.
@@ -269,6 +278,147 @@ impl Engine for Fjall {
     }
 }
 
+/// The log engine: events and outcomes appended to one file, the indexes
+/// in redb. An accept is durable once its records are appended and
+/// fdatasynced; redb's commits are not fsynced but once a second, since
+/// the log can rebuild them. Outcomes (here: acks) are appended too, and
+/// fsynced with the next accept or within the second, as the sidecar does
+/// with acks today.
+struct Log {
+    file: std::fs::File,
+    /// Bytes appended so far: the next record's offset.
+    end: u64,
+    index: redb::Database,
+    buffer: Vec<u8>,
+    last_durable: Instant,
+}
+
+impl Log {
+    fn open(dir: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("events.log"))
+            .expect("open the log");
+        let index = redb::Database::create(dir.join("index.redb")).expect("create redb");
+        let txn = index.begin_write().expect("begin");
+        txn.open_table(PLACES).expect("table");
+        txn.open_table(DEDUP).expect("table");
+        txn.open_table(QUEUE).expect("table");
+        txn.open_table(LEASES).expect("table");
+        txn.commit().expect("commit");
+        Log {
+            file,
+            end: 0,
+            index,
+            buffer: Vec::new(),
+            last_durable: Instant::now(),
+        }
+    }
+
+    /// Frames one record: kind, length, and the bytes (a real log adds a
+    /// checksum, which this one's CPU does not miss by much).
+    fn frame(&mut self, kind: u8, bytes: &[u8]) -> (u64, u32) {
+        let at = self.end + self.buffer.len() as u64;
+        self.buffer.push(kind);
+        self.buffer
+            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        self.buffer.extend_from_slice(bytes);
+        (at, bytes.len() as u32)
+    }
+
+    fn append(&mut self, sync: bool) {
+        self.file.write_all(&self.buffer).expect("append");
+        self.end += self.buffer.len() as u64;
+        self.buffer.clear();
+        if sync {
+            self.file.sync_data().expect("fdatasync the log");
+        }
+    }
+
+    /// The index's commits are made durable once a second: the log holds
+    /// what a crash would lose of them.
+    fn begin(&mut self) -> redb::WriteTransaction {
+        let mut txn = self.index.begin_write().expect("begin");
+        if self.last_durable.elapsed().as_secs() >= 1 {
+            self.last_durable = Instant::now();
+        } else {
+            txn.set_durability(redb::Durability::None)
+                .expect("durability");
+        }
+        txn
+    }
+}
+
+impl Engine for Log {
+    fn accept(&mut self, events: std::ops::Range<u64>, body: &[u8]) {
+        let places: Vec<(u64, (u64, u32))> = events
+            .clone()
+            .map(|event| (event, self.frame(b'E', &record(event, body))))
+            .collect();
+        self.append(true);
+        let txn = self.begin();
+        {
+            let mut index = txn.open_table(PLACES).expect("places");
+            let mut dedup = txn.open_table(DEDUP).expect("dedup");
+            let mut queue = txn.open_table(QUEUE).expect("queue");
+            for (event, place) in places {
+                index.insert(event, place).expect("insert");
+                dedup
+                    .insert(dedup_key(event).as_slice(), event.to_be_bytes().as_slice())
+                    .expect("insert");
+                queue
+                    .insert(queue_key(event).as_slice(), event.to_be_bytes().as_slice())
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn lease(&mut self, max: usize, head: [u8; 9], _durable: bool) -> Vec<u64> {
+        let txn = self.begin();
+        let mut jobs = Vec::with_capacity(max);
+        {
+            let mut queue = txn.open_table(QUEUE).expect("queue");
+            let mut leases = txn.open_table(LEASES).expect("leases");
+            let mut keys = Vec::with_capacity(max);
+            for entry in queue.range(head.as_slice()..).expect("range").take(max) {
+                let (key, _) = entry.expect("entry");
+                keys.push(key.value().to_vec());
+            }
+            for key in keys {
+                queue.remove(key.as_slice()).expect("remove");
+                let job = u64::from_be_bytes(key[1..].try_into().expect("9-byte key"));
+                leases
+                    .insert(job, 30_000u64.to_be_bytes().as_slice())
+                    .expect("insert");
+                jobs.push(job);
+            }
+        }
+        txn.commit().expect("commit");
+        jobs
+    }
+
+    /// The outcome is a record of its own (what the event log keeps), and
+    /// the lease leaves the index; the event's place stays for its history.
+    fn ack(&mut self, jobs: &[u64], durable: bool) {
+        for &job in jobs {
+            let mut outcome = [0u8; 24];
+            outcome[..8].copy_from_slice(&job.to_be_bytes());
+            self.frame(b'O', &outcome);
+        }
+        self.append(durable);
+        let txn = self.begin();
+        {
+            let mut leases = txn.open_table(LEASES).expect("leases");
+            for &job in jobs {
+                leases.remove(job).expect("remove");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+}
+
 /// The process's user + system CPU in microseconds, every thread counted.
 fn cpu_us() -> u64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -355,7 +505,7 @@ fn main() {
     let repeats: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(3);
     let batch = setting("BATCH", 32);
     let backlog = setting("BACKLOG", 0);
-    let engines = std::env::var("ENGINES").unwrap_or_else(|_| "redb,fjall".into());
+    let engines = std::env::var("ENGINES").unwrap_or_else(|_| "redb,fjall,log".into());
     // On the disk, not a tmpfs: what is measured is the durable write.
     let base = std::env::var_os("DIR")
         .map(PathBuf::from)
@@ -369,10 +519,10 @@ fn main() {
     for repeat in 1..=repeats {
         // Alternating, so neither engine always runs in the machine's
         // quieter moment.
-        let order: [&str; 2] = if repeat % 2 == 1 {
-            ["redb", "fjall"]
+        let order: [&str; 3] = if repeat % 2 == 1 {
+            ["redb", "fjall", "log"]
         } else {
-            ["fjall", "redb"]
+            ["log", "fjall", "redb"]
         };
         for name in order {
             if !engines.split(',').any(|e| e == name) {
@@ -381,10 +531,10 @@ fn main() {
             let dir = base.join(format!("{name}-{repeat}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("data dir");
-            let result = if name == "redb" {
-                run(&mut Redb::open(&dir), &dir, rounds, batch, backlog)
-            } else {
-                run(&mut Fjall::open(&dir), &dir, rounds, batch, backlog)
+            let result = match name {
+                "redb" => run(&mut Redb::open(&dir), &dir, rounds, batch, backlog),
+                "fjall" => run(&mut Fjall::open(&dir), &dir, rounds, batch, backlog),
+                _ => run(&mut Log::open(&dir), &dir, rounds, batch, backlog),
             };
             println!(
                 "{name:<7} {repeat:>6} {:>9.0} {:>11.1} {:>13.1} {:>8.1}",
