@@ -1,0 +1,423 @@
+//! One write transaction's tables, opened once, and the changes a write
+//! makes to them: jobs and their queue entries, dead letters, events and
+//! their references, counters added up in memory until the commit.
+
+use std::time::Duration;
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::schema::*;
+use crate::event::Priority;
+use crate::store::embedded::leases::{Leases, Place};
+use crate::store::records::{
+    dedup_key, Acceptance, DeadLetter, Job, LeaseRequest, NewEvent, UNROUTED,
+};
+use crate::store::StoreError;
+
+/// Every table of the store, opened once per write transaction: opening a
+/// redb table looks it up and type-checks it, which cost about a third of
+/// the writer's instructions when each step opened its own.
+pub(super) struct Tables<'t> {
+    pub(super) dedup: Table<'t, &'static str, u64>,
+    events: Table<'t, u64, &'static [u8]>,
+    bodies: Table<'t, u64, &'static [u8]>,
+    pub(super) refs: Table<'t, u64, u64>,
+    pub(super) jobs: Table<'t, u64, &'static [u8]>,
+    queue: Table<'t, (u8, &'static str, u64, u64), ()>,
+    queued: Table<'t, (u8, &'static str), u64>,
+    dead: Table<'t, u64, &'static [u8]>,
+    dead_order: Table<'t, (u64, u64), ()>,
+    counters: Table<'t, &'static str, u64>,
+    /// Changes to `queued` and `counters` not written yet: added up here and
+    /// written by `write_counts`, before a lease reads them and before the
+    /// commit.
+    counts: Vec<(Count, i64)>,
+    /// The store refuses new events for want of room: a retry does not
+    /// grow its job's history (`Job::record_in_place`).
+    pub(super) full: bool,
+}
+
+/// A count kept in the QUEUED or COUNTERS table.
+#[derive(Debug)]
+enum Count {
+    /// Jobs queued in a lane for a target.
+    Queued(u8, String),
+    /// A key of the COUNTERS table.
+    Counter(String),
+}
+
+impl<'t> Tables<'t> {
+    pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            dedup: txn.open_table(DEDUP).map_err(failed)?,
+            events: txn.open_table(EVENTS).map_err(failed)?,
+            bodies: txn.open_table(BODIES).map_err(failed)?,
+            refs: txn.open_table(REFS).map_err(failed)?,
+            jobs: txn.open_table(JOBS).map_err(failed)?,
+            queue: txn.open_table(QUEUE).map_err(failed)?,
+            queued: txn.open_table(QUEUED).map_err(failed)?,
+            dead: txn.open_table(DEAD).map_err(failed)?,
+            dead_order: txn.open_table(DEAD_ORDER).map_err(failed)?,
+            counters: txn.open_table(COUNTERS).map_err(failed)?,
+            counts: Vec::new(),
+            full: false,
+        })
+    }
+
+    /// Adds `delta` to the count `is` picks out, in memory until
+    /// `write_counts`; `new` names it the first time in a transaction. A
+    /// batch touches a few counts many times: they are found by a look
+    /// along, without making their key again.
+    fn count(&mut self, is: impl Fn(&Count) -> bool, new: impl FnOnce() -> Count, delta: i64) {
+        match self.counts.iter_mut().find(|(c, _)| is(c)) {
+            Some((_, sum)) => *sum += delta,
+            None => self.counts.push((new(), delta)),
+        }
+    }
+
+    /// Writes the counts changed since the last call.
+    pub(super) fn write_counts(&mut self) -> Result<(), StoreError> {
+        for (count, delta) in std::mem::take(&mut self.counts) {
+            if delta == 0 {
+                continue;
+            }
+            match count {
+                Count::Queued(rank, target) => {
+                    add_count(&mut self.queued, (rank, target.as_str()), delta)?
+                }
+                Count::Counter(key) => add_count(&mut self.counters, key.as_str(), delta)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The `max` oldest due jobs of a lane among every target with room,
+    /// each target giving at most its room: targets are looked at one by
+    /// one, so a full target's backlog costs nothing.
+    pub(super) fn lease(
+        &mut self,
+        request: &LeaseRequest,
+        leases: &mut Leases,
+    ) -> Result<Vec<Job>, StoreError> {
+        let LeaseRequest {
+            priority,
+            now_ms,
+            visibility,
+            ref room,
+            max,
+        } = *request;
+        let r = rank(priority);
+        // Jobs accepted earlier in this transaction are listed by target.
+        self.write_counts()?;
+        let mut due: Vec<(u64, u64, String)> = Vec::new();
+        for entry in self.queued.range((r, "")..(r + 1, "")).map_err(failed)? {
+            let (key, _) = entry.map_err(failed)?;
+            let target = key.value().1;
+            let take = room
+                .iter()
+                .find(|(t, _)| t == target)
+                .map_or(max, |(_, left)| (*left as usize).min(max));
+            if take == 0 {
+                continue;
+            }
+            let range = self
+                .queue
+                .range((r, target, 0, 0)..=(r, target, now_ms, u64::MAX))
+                .map_err(failed)?;
+            // Jobs leased and not yet settled keep their place: passed over.
+            let mut taken = 0;
+            for entry in range {
+                let (key, _) = entry.map_err(failed)?;
+                let (_, target, due_ms, id) = key.value();
+                if leases.blocks(id, now_ms) {
+                    continue;
+                }
+                due.push((due_ms, id, target.to_string()));
+                taken += 1;
+                if taken == take {
+                    break;
+                }
+            }
+        }
+        due.sort_unstable();
+        due.truncate(max);
+        let mut leased = Vec::with_capacity(due.len());
+        for (due_ms, id, target) in due {
+            let job = match self.job(id) {
+                Ok(Some(job)) => job,
+                // One unreadable record must not fail every lease after it.
+                Ok(None) => {
+                    let place = (r, target, due_ms);
+                    self.set_aside(id, Some(place), "it has no record", now_ms)?;
+                    continue;
+                }
+                Err(StoreError::Corrupt(reason)) => {
+                    self.set_aside(id, Some((r, target, due_ms)), &reason, now_ms)?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let until_ms = now_ms + visibility.as_millis() as u64;
+            let place = Place {
+                rank: r,
+                target,
+                due_ms,
+                event: job.event,
+            };
+            let mut taken = job;
+            taken.lease = leases.grant(id, until_ms, place);
+            taken.leased = true;
+            taken.due_ms = until_ms;
+            leased.push(taken);
+        }
+        Ok(leased)
+    }
+
+    /// Takes a job whose record cannot be read off the queue and keeps it
+    /// as a dead letter `corrupt`, with what could be read of it, so that
+    /// it never fails another batch. `place` is its queue entry (rank,
+    /// target, due) when known; otherwise the queue is searched for it.
+    pub(super) fn set_aside(
+        &mut self,
+        id: u64,
+        place: Option<(u8, String, u64)>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let raw = self
+            .jobs
+            .get(id)
+            .map_err(failed)?
+            .map(|v| v.value().to_vec());
+        let place = match place {
+            Some(place) => Some(place),
+            None => self.queue_entry_of(id)?,
+        };
+        let priority = match place.as_ref().map(|(rank, _, _)| *rank) {
+            Some(0) => Priority::High,
+            Some(2) => Priority::Low,
+            _ => Priority::Normal,
+        };
+        let target = place.as_ref().map(|(_, target, _)| target.clone());
+        let letter = crate::store::records::set_aside(
+            id,
+            raw.as_deref(),
+            priority,
+            target.as_deref().unwrap_or(UNROUTED),
+            reason,
+            now_ms,
+        );
+        let mut job = letter.job.clone();
+        job.due_ms = place.as_ref().map_or(0, |(_, _, due)| *due);
+        self.jobs.remove(id).map_err(failed)?;
+        if let Some((rank, target, due_ms)) = &place {
+            self.queue
+                .remove((*rank, target.as_str(), *due_ms, id))
+                .map_err(failed)?;
+            self.count_queued(&job, -1);
+            self.bump(depth_key(job.priority), -1);
+        }
+        tracing::error!(job = id, %reason, "a job's record cannot be read; it is set aside as a dead letter (corrupt)");
+        job.due_ms = letter.job.due_ms;
+        self.insert_dead(&DeadLetter { job, ..letter })
+    }
+
+    /// Where job `id` waits in the queue (rank, target, due), searched for.
+    fn queue_entry_of(&self, id: u64) -> Result<Option<(u8, String, u64)>, StoreError> {
+        for entry in self.queue.iter().map_err(failed)? {
+            let (key, _) = entry.map_err(failed)?;
+            let (rank, target, due_ms, job_id) = key.value();
+            if job_id == id {
+                return Ok(Some((rank, target.to_string(), due_ms)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let value = self.jobs.get(id).map_err(failed)?;
+        value.map(|v| decode(v.value())).transpose()
+    }
+
+    /// The job as stored, if `held` is still its current lease.
+    pub(super) fn held_job(&self, held: &Job, leases: &Leases) -> Result<Job, StoreError> {
+        leases.check(held)?;
+        self.job(held.id)?.ok_or(StoreError::LeaseLost(held.id))
+    }
+
+    /// Adds `delta` to a counter of the COUNTERS table.
+    pub(super) fn bump(&mut self, key: &str, delta: i64) {
+        self.count(
+            |c| matches!(c, Count::Counter(k) if k == key),
+            || Count::Counter(key.to_string()),
+            delta,
+        );
+    }
+
+    /// A new job: its records and one more in its priority's depth (kept as
+    /// a counter so the gauges never scan the queue).
+    pub(super) fn insert_job(&mut self, job: &Job) -> Result<(), StoreError> {
+        self.insert_job_records(job)?;
+        self.count_queued(job, 1);
+        self.bump(depth_key(job.priority), 1);
+        Ok(())
+    }
+
+    pub(super) fn remove_job(&mut self, job: &Job) -> Result<(), StoreError> {
+        self.remove_job_records(job)?;
+        self.count_queued(job, -1);
+        self.bump(depth_key(job.priority), -1);
+        Ok(())
+    }
+
+    /// Keeps a (lane, target) listed while it has jobs queued.
+    fn count_queued(&mut self, job: &Job, delta: i64) {
+        self.count_queued_at(rank(job.priority), &job.target, delta);
+    }
+
+    fn count_queued_at(&mut self, rank: u8, target: &str, delta: i64) {
+        self.count(
+            |c| matches!(c, Count::Queued(r, t) if *r == rank && t == target),
+            || Count::Queued(rank, target.to_string()),
+            delta,
+        );
+    }
+
+    fn insert_job_records(&mut self, job: &Job) -> Result<(), StoreError> {
+        self.jobs
+            .insert(job.id, encode(job).as_slice())
+            .map_err(failed)?;
+        self.queue.insert(queue_key(job), ()).map_err(failed)?;
+        Ok(())
+    }
+
+    /// Removes a leased job from where its lease found it, without reading
+    /// its record.
+    pub(super) fn remove_job_at(&mut self, id: u64, place: &Place) -> Result<(), StoreError> {
+        self.jobs.remove(id).map_err(failed)?;
+        self.queue
+            .remove((place.rank, place.target.as_str(), place.due_ms, id))
+            .map_err(failed)?;
+        self.count_queued_at(place.rank, &place.target, -1);
+        self.bump(depth_key(priority_of(place.rank)), -1);
+        Ok(())
+    }
+
+    fn remove_job_records(&mut self, job: &Job) -> Result<(), StoreError> {
+        self.jobs.remove(job.id).map_err(failed)?;
+        self.queue.remove(queue_key(job)).map_err(failed)?;
+        Ok(())
+    }
+
+    /// The same job in a new state: its record is overwritten and its queue
+    /// entry moved; its priority, target and age never change.
+    pub(super) fn replace_job(&mut self, old: &Job, new: &Job) -> Result<(), StoreError> {
+        debug_assert_eq!(
+            (old.priority, &old.target, old.received_at_ms),
+            (new.priority, &new.target, new.received_at_ms)
+        );
+        self.jobs
+            .insert(new.id, encode(new).as_slice())
+            .map_err(failed)?;
+        if old.due_ms != new.due_ms {
+            self.queue.remove(queue_key(old)).map_err(failed)?;
+            self.queue.insert(queue_key(new), ()).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn insert_dead(&mut self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.dead
+            .insert(letter.job.id, encode(letter).as_slice())
+            .map_err(failed)?;
+        self.dead_order
+            .insert((letter.dead_at_ms, letter.job.id), ())
+            .map_err(failed)?;
+        self.bump(&dead_key(&letter.job.webhook), 1);
+        Ok(())
+    }
+
+    pub(super) fn remove_dead(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let letter: Option<DeadLetter> = {
+            let removed = self.dead.remove(id).map_err(failed)?;
+            removed.map(|v| decode(v.value())).transpose()?
+        };
+        if let Some(letter) = &letter {
+            self.dead_order
+                .remove((letter.dead_at_ms, id))
+                .map_err(failed)?;
+            self.bump(&dead_key(&letter.job.webhook), -1);
+        }
+        Ok(letter)
+    }
+
+    /// One job or dead letter no longer refers to the event; the last one
+    /// takes the event and its body with it. An event without a count has
+    /// one reference: counts are written only for events with more, and an
+    /// earlier version reads a missing count the same way.
+    pub(super) fn release_event(&mut self, event: u64) -> Result<(), StoreError> {
+        let count = self.refs.get(event).map_err(failed)?.map(|v| v.value());
+        if let Some(count) = count {
+            if count > 1 {
+                // Kept even at 1, which any version reads as one reference.
+                self.refs.insert(event, count - 1).map_err(failed)?;
+                return Ok(());
+            }
+            self.refs.remove(event).map_err(failed)?;
+        }
+        self.events.remove(event).map_err(failed)?;
+        self.bodies.remove(event).map_err(failed)?;
+        Ok(())
+    }
+
+    /// One event's records.
+    pub(super) fn insert(
+        &mut self,
+        event: &NewEvent<'_>,
+        now_ms: u64,
+        dedup_window: Duration,
+    ) -> Result<Acceptance, StoreError> {
+        let key = dedup_key(event.webhook, &event.meta.dedup);
+        if let Some(seen_at) = self.dedup.get(key.as_str()).map_err(failed)? {
+            if now_ms.saturating_sub(seen_at.value()) < dedup_window.as_millis() as u64 {
+                return Ok(Acceptance::Duplicate);
+            }
+        }
+        self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
+        let sequence = {
+            let next = self
+                .counters
+                .get("sequence")
+                .map_err(failed)?
+                .map_or(1, |v| v.value());
+            // One number per event and per job: a job's id never repeats.
+            let jobs = event.meta.targets.len().max(1) as u64;
+            self.counters
+                .insert("sequence", next + 1 + jobs)
+                .map_err(failed)?;
+            next
+        };
+        self.events
+            .insert(sequence, encode(&event.stored(now_ms)).as_slice())
+            .map_err(failed)?;
+        self.bodies.insert(sequence, event.body).map_err(failed)?;
+        let refs = event.meta.targets.len().max(1) as u64;
+        if refs > 1 {
+            self.refs.insert(sequence, refs).map_err(failed)?;
+        }
+        if event.meta.targets.is_empty() {
+            let job = event.job(sequence + 1, sequence, &UNROUTED.into(), now_ms);
+            self.insert_dead(&DeadLetter {
+                job,
+                reason: "unrouted".into(),
+                dead_at_ms: now_ms,
+            })?;
+        } else {
+            for (offset, target) in event.meta.targets.iter().enumerate() {
+                let id = sequence + 1 + offset as u64;
+                self.insert_job(&event.job(id, sequence, target, now_ms))?;
+            }
+        }
+        Ok(Acceptance::Accepted(sequence))
+    }
+}
