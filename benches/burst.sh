@@ -31,13 +31,7 @@ run() { # mode rate
 listen: { egress: 127.0.0.1:$eg, ingress: 127.0.0.1:$in, admin: 127.0.0.1:$ad }
 store: { path: $WORK/data }
 $LIMITS
-upstreams:
-  notify: { backends: [127.0.0.1:9] }
-webhooks:
-  stripe:
-    path: /webhooks/stripe
-    verify: { kind: stripe, secrets: [$SECRET] }
-    routes: [{ events: ["*"], targets: [notify] }]
+$(webhook_yaml "$SECRET")
 events:
   wedding:
     path: /events/wedding

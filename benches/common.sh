@@ -65,6 +65,20 @@ WORK=$(mktemp -d)
 # Pingora drains for minutes on SIGTERM; nothing here needs a graceful end.
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
+# The Stripe webhook (secret $1) the ingest benchmarks post to; its one
+# target is unreachable, so every accepted event stays in the store.
+webhook_yaml() {
+  cat <<YAML
+upstreams:
+  notify: { backends: [127.0.0.1:9] }
+webhooks:
+  stripe:
+    path: /webhooks/stripe
+    verify: { kind: stripe, secrets: [$1] }
+    routes: [{ events: ["*"], targets: [notify] }]
+YAML
+}
+
 # The sidecar's egress with every feature on (bearer injection, request ids,
 # the access log, a per-pod rate limit that never refuses, a breaker), as
 # YAML on stdout: egress_yaml EGRESS_PORT INGRESS_PORT ADMIN_PORT DATA_DIR UPSTREAM_PORT

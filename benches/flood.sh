@@ -19,13 +19,7 @@ eg=$(port); in=$(port); ad=$(port)
 cat > "$WORK/flood.yaml" <<YAML
 listen: { egress: 127.0.0.1:$eg, ingress: 127.0.0.1:$in, admin: 127.0.0.1:$ad }
 store: { path: $WORK/data }
-upstreams:
-  notify: { backends: [127.0.0.1:9] }
-webhooks:
-  stripe:
-    path: /webhooks/stripe
-    verify: { kind: stripe, secrets: [$SECRET] }
-    routes: [{ events: ["*"], targets: [notify] }]
+$(webhook_yaml "$SECRET")
 YAML
 RUST_LOG=warn "${SIDECAR:-./target/release/wedsync-sidecar}" run -c "$WORK/flood.yaml" 2>"$WORK/flood.log" &
 pid=$!

@@ -30,13 +30,7 @@ start() { # name store-yaml -> sets URL and PID
   cat > "$WORK/$1.yaml" <<YAML
 listen: { egress: 127.0.0.1:$eg, ingress: 127.0.0.1:$in, admin: 127.0.0.1:$ad }
 $2
-upstreams:
-  notify: { backends: [127.0.0.1:9] }
-webhooks:
-  stripe:
-    path: /webhooks/stripe
-    verify: { kind: stripe, secrets: [$SECRET] }
-    routes: [{ events: ["*"], targets: [notify] }]
+$(webhook_yaml "$SECRET")
 YAML
   RUST_LOG=warn ./target/release/wedsync-sidecar run -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
   PID=$!

@@ -22,20 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
 mod common;
-use common::{connect, SignedEvents};
-
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use common::{connect, rss_kib, SignedEvents};
 
 enum Mode {
     Webhook(SignedEvents),

@@ -18,18 +18,8 @@ use tokio::net::TcpStream;
 use wedsync_sidecar::webhooks::verify::stripe::Stripe;
 use wedsync_sidecar::webhooks::verify::Scheme;
 
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+mod common;
+use common::rss_kib;
 
 fn now() -> u64 {
     SystemTime::now()

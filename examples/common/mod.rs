@@ -1,5 +1,9 @@
 //! What the webhook load generators share: Stripe-signed 2 KiB events with
-//! fresh ids, and keep-alive HTTP/1 connections to the sidecar's ingress.
+//! fresh ids, keep-alive HTTP/1 connections to the sidecar's ingress, and
+//! the resident memory of the sidecar under load.
+
+// Each example uses a part of it.
+#![allow(dead_code)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,4 +60,18 @@ pub async fn connect(url: &hyper::Uri) -> SendRequest<Full<Bytes>> {
         .unwrap();
     tokio::spawn(driver);
     connection
+}
+
+/// The resident memory of process `pid` in KiB (0 once it is gone).
+pub fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -111,6 +111,45 @@ trait Engine {
     fn ack(&mut self, jobs: &[u64], durable: bool);
 }
 
+type KeyTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// An event's dedup key and its job's queue entry, in both redb-backed
+/// engines.
+fn insert_keys(dedup: &mut KeyTable<'_>, queue: &mut KeyTable<'_>, event: u64) {
+    dedup
+        .insert(dedup_key(event).as_slice(), event.to_be_bytes().as_slice())
+        .expect("insert");
+    queue
+        .insert(queue_key(event).as_slice(), event.to_be_bytes().as_slice())
+        .expect("insert");
+}
+
+/// Moves the oldest `max` jobs from `head` on from the queue to the leases
+/// in `txn` and commits it; their numbers. Both redb-backed engines lease
+/// alike.
+fn lease_in(txn: redb::WriteTransaction, max: usize, head: [u8; 9]) -> Vec<u64> {
+    let mut jobs = Vec::with_capacity(max);
+    {
+        let mut queue = txn.open_table(QUEUE).expect("queue");
+        let mut leases = txn.open_table(LEASES).expect("leases");
+        let mut keys = Vec::with_capacity(max);
+        for entry in queue.range(head.as_slice()..).expect("range").take(max) {
+            let (key, _) = entry.expect("entry");
+            keys.push(key.value().to_vec());
+        }
+        for key in keys {
+            queue.remove(key.as_slice()).expect("remove");
+            let job = u64::from_be_bytes(key[1..].try_into().expect("9-byte key"));
+            leases
+                .insert(job, 30_000u64.to_be_bytes().as_slice())
+                .expect("insert");
+            jobs.push(job);
+        }
+    }
+    txn.commit().expect("commit");
+    jobs
+}
+
 struct Redb(redb::Database);
 
 impl Redb {
@@ -146,39 +185,14 @@ impl Engine for Redb {
                 records
                     .insert(event, record(event, body).as_slice())
                     .expect("insert");
-                dedup
-                    .insert(dedup_key(event).as_slice(), event.to_be_bytes().as_slice())
-                    .expect("insert");
-                queue
-                    .insert(queue_key(event).as_slice(), event.to_be_bytes().as_slice())
-                    .expect("insert");
+                insert_keys(&mut dedup, &mut queue, event);
             }
         }
         txn.commit().expect("commit");
     }
 
     fn lease(&mut self, max: usize, head: [u8; 9], durable: bool) -> Vec<u64> {
-        let txn = self.begin(durable);
-        let mut jobs = Vec::with_capacity(max);
-        {
-            let mut queue = txn.open_table(QUEUE).expect("queue");
-            let mut leases = txn.open_table(LEASES).expect("leases");
-            let mut keys = Vec::with_capacity(max);
-            for entry in queue.range(head.as_slice()..).expect("range").take(max) {
-                let (key, _) = entry.expect("entry");
-                keys.push(key.value().to_vec());
-            }
-            for key in keys {
-                queue.remove(key.as_slice()).expect("remove");
-                let job = u64::from_be_bytes(key[1..].try_into().expect("9-byte key"));
-                leases
-                    .insert(job, 30_000u64.to_be_bytes().as_slice())
-                    .expect("insert");
-                jobs.push(job);
-            }
-        }
-        txn.commit().expect("commit");
-        jobs
+        lease_in(self.begin(durable), max, head)
     }
 
     fn ack(&mut self, jobs: &[u64], durable: bool) {
@@ -364,39 +378,14 @@ impl Engine for Log {
             let mut queue = txn.open_table(QUEUE).expect("queue");
             for (event, place) in places {
                 index.insert(event, place).expect("insert");
-                dedup
-                    .insert(dedup_key(event).as_slice(), event.to_be_bytes().as_slice())
-                    .expect("insert");
-                queue
-                    .insert(queue_key(event).as_slice(), event.to_be_bytes().as_slice())
-                    .expect("insert");
+                insert_keys(&mut dedup, &mut queue, event);
             }
         }
         txn.commit().expect("commit");
     }
 
     fn lease(&mut self, max: usize, head: [u8; 9], _durable: bool) -> Vec<u64> {
-        let txn = self.begin();
-        let mut jobs = Vec::with_capacity(max);
-        {
-            let mut queue = txn.open_table(QUEUE).expect("queue");
-            let mut leases = txn.open_table(LEASES).expect("leases");
-            let mut keys = Vec::with_capacity(max);
-            for entry in queue.range(head.as_slice()..).expect("range").take(max) {
-                let (key, _) = entry.expect("entry");
-                keys.push(key.value().to_vec());
-            }
-            for key in keys {
-                queue.remove(key.as_slice()).expect("remove");
-                let job = u64::from_be_bytes(key[1..].try_into().expect("9-byte key"));
-                leases
-                    .insert(job, 30_000u64.to_be_bytes().as_slice())
-                    .expect("insert");
-                jobs.push(job);
-            }
-        }
-        txn.commit().expect("commit");
-        jobs
+        lease_in(self.begin(), max, head)
     }
 
     /// The outcome is a record of its own (what the event log keeps), and

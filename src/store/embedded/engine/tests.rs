@@ -1,6 +1,6 @@
 use super::*;
-use redb::TableDefinition;
 use crate::event::EventMeta;
+use redb::TableDefinition;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
