@@ -63,7 +63,7 @@ redis_scripts() {
 
 WORK=$(mktemp -d)
 # Pingora drains for minutes on SIGTERM; nothing here needs a graceful end.
-trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # The Stripe webhook (secret $1) the ingest benchmarks post to; its one
 # target is unreachable, so every accepted event stays in the store.
