@@ -36,6 +36,8 @@ const MAX_BATCH: usize = 256;
 /// at most every second.
 const RECOVERY_FIRST: Duration = Duration::from_millis(50);
 const RECOVERY_MAX: Duration = Duration::from_secs(1);
+/// A batch that takes this long to apply and commit is logged (debug).
+const SLOW_BATCH: Duration = Duration::from_millis(20);
 /// The soonest a measurement follows the last one when the gate asks for
 /// one (an estimate stopped accepting).
 const REMEASURE_MIN: Duration = Duration::from_millis(50);
@@ -320,10 +322,26 @@ impl Writer<'_> {
     /// Applies one batch and answers every sender; on a failure to commit,
     /// answers them all with it and returns it.
     fn commit(&self, batch: Vec<Request>) -> Result<(), String> {
+        let started = Instant::now();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let writes: Vec<Write<'_>> = batch.iter().map(|r| r.write.borrowed()).collect();
             self.store.apply(&writes)
         }));
+        let took = started.elapsed();
+        if took >= SLOW_BATCH {
+            // Every accept in the batch waited this long for its answer.
+            let count =
+                |kind: fn(&OwnedWrite) -> bool| batch.iter().filter(|r| kind(&r.write)).count();
+            tracing::debug!(
+                took_ms = took.as_millis() as u64,
+                accepts = count(|w| matches!(w, OwnedWrite::Accept(_))),
+                leases = count(|w| matches!(w, OwnedWrite::Lease(_))),
+                acks = count(|w| matches!(w, OwnedWrite::Ack(_))),
+                retries = count(|w| matches!(w, OwnedWrite::Retry(..))),
+                dead_letters = count(|w| matches!(w, OwnedWrite::DeadLetter { .. })),
+                "a slow embedded store batch"
+            );
+        }
         let failure = match outcome {
             Ok(Ok(answers)) => {
                 for (request, answer) in batch.into_iter().zip(answers) {
@@ -361,6 +379,11 @@ impl Writer<'_> {
                 self.gate.measured(room);
             }
             Err(error) => tracing::warn!(%error, "cannot measure the event store's room"),
+        }
+        let took = self.measured_at.elapsed();
+        if took >= SLOW_BATCH {
+            // Accepts waited behind it.
+            tracing::debug!(took_ms = took.as_millis() as u64, "a slow room measurement");
         }
     }
 }
