@@ -1024,19 +1024,20 @@ async fn a_target_that_trickles_its_headers_or_sends_endless_1xx_fails_the_attem
         post_event(&sidecar, "evt_slow", "payment_intent.succeeded").await,
         202
     );
-    // Each attempt ends at 1 s, then waits 100-400 ms: three attempts in
-    // 4.5 s. Without the whole-exchange deadline the first one alone
-    // would take 17 s (trickle) or forever (continues).
+    // Each attempt ends at 1 s, then waits 100-400 ms: two attempts end
+    // well within 4.5 s on a loaded machine. Without the whole-exchange
+    // deadline the first one alone would take 17 s (trickle) or forever
+    // (continues).
     let started = Instant::now();
     sidecar
-        .metrics_until("three attempts each", Duration::from_millis(4500), |text| {
+        .metrics_until("two attempts each", Duration::from_millis(4500), |text| {
             ["trickle", "continues"].iter().all(|target| {
                 Sidecar::metric_value(
                     text,
                     &format!(
                         "sidecar_deliveries_total{{outcome=\"retried\",target=\"{target}\",webhook=\"stripe\"}}"
                     ),
-                ) >= 3.0
+                ) >= 2.0
             })
         })
         .await;

@@ -345,6 +345,39 @@ async fn a_flood_of_held_bodies_costs_bounded_memory_and_a_genuine_webhook_gets_
     drop(held);
 }
 
+/// One answer read off `stream`: its header section (returned) and the
+/// body its `content-length` announces.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "the connection closed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&seen).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head
+}
+
 /// A small event the app publishes to `events.wedding` with `key`.
 async fn publish_small(sidecar: &Sidecar, key: &str) -> Answer {
     send(
@@ -416,6 +449,23 @@ async fn webhooks_and_published_events_are_refused_before_memory_crosses_its_lim
         peak_kib < budget_mib << 10,
         "RSS reached {peak_kib} KiB (now {rss_kib}) against a budget of {budget_mib} MiB"
     );
+    // A refused small event keeps its connection: an app retrying at once
+    // sends its next request on it instead of opening another.
+    let mut kept = TcpStream::connect(sidecar.egress).await.unwrap();
+    for n in 0..2 {
+        let body = r#"{"type":"payment.succeeded"}"#;
+        let request = format!(
+            "POST /events/wedding HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nidempotency-key: kept-{n}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        kept.write_all(request.as_bytes()).await.unwrap();
+        let head = read_answer(&mut kept).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
     let webhook = post_stripe(&sidecar, "evt_during").await;
     assert_eq!(webhook.status, 503);
     assert_eq!(webhook.headers["x-sidecar-error"], "overloaded");
@@ -427,7 +477,7 @@ async fn webhooks_and_published_events_are_refused_before_memory_crosses_its_lim
     sidecar
         .metrics_containing(&[
             "sidecar_webhook_rejections_total{reason=\"overloaded\",webhook=\"stripe\"} 1",
-            "sidecar_webhook_rejections_total{reason=\"overloaded\",webhook=\"wedding\"} 1",
+            "sidecar_webhook_rejections_total{reason=\"overloaded\",webhook=\"wedding\"} 3",
         ])
         .await;
 
