@@ -117,35 +117,31 @@ impl RoomMeter {
     /// where the gate is far from its marks.
     pub fn measure(&mut self, store: &LocalStore) -> Result<Room, StoreError> {
         let started = Instant::now();
-        let unavailable = |e: io::Error| {
-            StoreError::Unavailable(format!(
-                "cannot measure the store's volume at {}: {e}",
-                self.dir.display()
-            ))
-        };
         let file = allocated(&self.database).unwrap_or(0);
-        let mut room = self.room(file).map_err(unavailable);
-        if room.as_ref().is_ok_and(|r| r.fullest >= COUNT_PAGES_FROM) {
-            room = self.room(store.used_bytes()?).map_err(unavailable);
-        }
+        let room = match self.capacity(file) {
+            Ok(capacity) => {
+                let near = file as f64 >= COUNT_PAGES_FROM * capacity.max(1) as f64;
+                let used = if near { store.used_bytes()? } else { file };
+                Ok(Room::single(used, Some(capacity)))
+            }
+            Err(error) => Err(StoreError::Unavailable(format!(
+                "cannot measure the store's volume at {}: {error}",
+                self.dir.display()
+            ))),
+        };
         self.keep_reserve();
         let took = started.elapsed();
         self.next_at = Instant::now() + (took * 50).clamp(MIN_EVERY, MAX_EVERY);
         room
     }
 
-    /// What the database may hold: every byte its file already has on the
-    /// volume (free pages inside it are reused) and what the volume has
-    /// left, at most `max_size`, less the reserve.
-    fn room(&self, used: u64) -> io::Result<Room> {
-        let available = volume_available(&self.dir)?;
-        let file = allocated(&self.database).unwrap_or(0);
-        let reachable = file.saturating_add(available);
+    /// What the database may hold: every byte its `file` already has on
+    /// the volume (free pages inside it are reused) and what the volume
+    /// has left, at most `max_size`, less the reserve.
+    fn capacity(&self, file: u64) -> io::Result<u64> {
+        let reachable = file.saturating_add(volume_available(&self.dir)?);
         let bound = self.max_size.map_or(reachable, |max| max.min(reachable));
-        Ok(Room::single(
-            used,
-            Some(bound.saturating_sub(RESERVE_BYTES)),
-        ))
+        Ok(bound.saturating_sub(RESERVE_BYTES))
     }
 
     /// Takes the reserve file where the volume has room for it and for the
