@@ -94,9 +94,8 @@ impl EgressCtx {
     /// The attempt's answer was read whole in time: its connection may go
     /// back to the pool, untouched by the cutoff.
     pub fn answer_read(&mut self) {
-        if let Some(cutoff) = self.cutoff.take() {
-            cutoff.disarm();
-        }
+        // Dropping a cutoff disarms it.
+        self.cutoff = None;
     }
 
     /// Whether the attempt that failed was cut off at the deadline (the

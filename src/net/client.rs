@@ -102,12 +102,10 @@ impl SmallClient {
             // server likes: the deadline above bounds them.
             let (status, headers) = loop {
                 session.read_response_header().await.map_err(describe)?;
-                let (status, headers) = session
-                    .response_header()
-                    .map(|h| (h.status.as_u16(), h.headers.clone()))
-                    .unwrap_or_default();
-                if !(100..200).contains(&status) || status == 101 {
-                    break (status, headers);
+                match session.response_header() {
+                    Some(h) if h.status.is_informational() && h.status.as_u16() != 101 => {}
+                    Some(h) => break (h.status.as_u16(), h.headers.clone()),
+                    None => break Default::default(),
                 }
             };
             let mut collected = Vec::new();

@@ -36,14 +36,21 @@ pub const DEFAULT_BUDGET: u64 = 100 << 20;
 /// stack, the kernel's socket buffers charged to the cgroup).
 const SHARE_OF_CONTAINER: f64 = 0.8;
 
-/// The budget: `configured`, else 80% of the container's memory limit,
-/// else [`DEFAULT_BUDGET`].
-pub fn budget(configured: Option<u64>, container_limit: Option<u64>) -> u64 {
-    let by_default = match container_limit {
-        Some(limit) => (limit as f64 * SHARE_OF_CONTAINER) as u64,
-        None => DEFAULT_BUDGET,
-    };
-    configured.unwrap_or(by_default)
+/// The budget in bytes, and where it comes from (for the start-up log):
+/// `configured`, else 80% of the container's memory limit, else
+/// [`DEFAULT_BUDGET`].
+pub fn budget(configured: Option<u64>, container_limit: Option<u64>) -> (u64, &'static str) {
+    match (configured, container_limit) {
+        (Some(bytes), _) => (bytes, "limits.memory"),
+        (None, Some(limit)) => (
+            (limit as f64 * SHARE_OF_CONTAINER) as u64,
+            "80% of the container's memory limit",
+        ),
+        (None, None) => (
+            DEFAULT_BUDGET,
+            "the default, without a container memory limit",
+        ),
+    }
 }
 
 /// The memory limit of the cgroup this process runs in: the tightest on
@@ -204,9 +211,9 @@ mod tests {
 
     #[test]
     fn the_budget_is_the_configured_one_or_80_percent_of_the_container_or_100_mib() {
-        assert_eq!(budget(Some(64 << 20), Some(1 << 30)), 64 << 20);
-        assert_eq!(budget(None, Some(128 << 20)), 107_374_182);
-        assert_eq!(budget(None, None), 100 << 20);
+        assert_eq!(budget(Some(64 << 20), Some(1 << 30)).0, 64 << 20);
+        assert_eq!(budget(None, Some(128 << 20)).0, 107_374_182);
+        assert_eq!(budget(None, None).0, 100 << 20);
     }
 
     #[test]

@@ -78,15 +78,8 @@ impl Reloader {
         let mut next = Config::load(&self.path)?;
         let running = self.snapshot.load_full();
         let was = &running.config;
-        let fixed = |c: &Config| {
-            (
-                c.listen.clone(),
-                c.ingress.clone(),
-                c.store.clone(),
-                c.limits.clone(),
-            )
-        };
-        if fixed(&next) != fixed(was) {
+        let fixed = (&next.listen, &next.ingress, &next.store, &next.limits);
+        if fixed != (&was.listen, &was.ingress, &was.store, &was.limits) {
             tracing::warn!(
                 "listen addresses and store settings cannot change while running, nor the ingress bounds or limits; keeping the running ones (restart to change them)"
             );

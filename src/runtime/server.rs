@@ -365,13 +365,7 @@ fn event_store(
 /// The memory budget: `limits.memory`, or 80% of the container's limit,
 /// or 100 MiB; said at start and exported as a gauge.
 fn memory_guard(config: &Config, metrics: &Metrics) -> MemoryGuard {
-    let container = memory::container_limit();
-    let budget = memory::budget(config.limits.memory, container);
-    let source = match (config.limits.memory, container) {
-        (Some(_), _) => "limits.memory",
-        (None, Some(_)) => "80% of the container's memory limit",
-        (None, None) => "the default, without a container memory limit",
-    };
+    let (budget, source) = memory::budget(config.limits.memory, memory::container_limit());
     tracing::info!(budget_mib = budget >> 20, source, "memory budget");
     if budget < crate::config::SAFE_MEMORY {
         tracing::warn!(

@@ -261,7 +261,7 @@ impl IngressApp {
 /// The answer while resident memory is near `limits.memory`: nothing new
 /// comes in until it falls (the store's writes, the deliveries and the
 /// allocator's returns bring it down within seconds).
-pub fn memory_overloaded() -> Problem {
+fn memory_overloaded() -> Problem {
     Problem::new(
         ErrorCode::Overloaded,
         "the sidecar is near its memory limit (limits.memory); retry",
