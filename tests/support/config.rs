@@ -38,23 +38,22 @@ impl Yaml {
 
     /// `services.<name>` with its route and upstream, and `keys` (each a
     /// `key: value` line) below them.
-    pub fn service(mut self, name: &str, route: &str, upstream: &str, keys: &[&str]) -> Self {
-        let mut lines = vec![
-            format!("  {name}:"),
-            format!("    route: {route}"),
-            format!("    upstream: {upstream}"),
-        ];
-        lines.extend(keys.iter().map(|k| indented(k, 4)));
-        self.services.push(lines.join("\n"));
-        self
+    pub fn service(self, name: &str, route: &str, upstream: &str, keys: &[&str]) -> Self {
+        self.service_to(name, route, &format!("upstream: {upstream}"), keys)
     }
 
     /// `services.<name>` on the upstream group `group`, with `keys`.
-    pub fn group_service(mut self, name: &str, route: &str, group: &str, keys: &[&str]) -> Self {
+    pub fn group_service(self, name: &str, route: &str, group: &str, keys: &[&str]) -> Self {
+        self.service_to(name, route, &format!("group: {group}"), keys)
+    }
+
+    /// `services.<name>` with its route, `destination` (an `upstream:` or
+    /// `group:` line) and `keys`.
+    fn service_to(mut self, name: &str, route: &str, destination: &str, keys: &[&str]) -> Self {
         let mut lines = vec![
             format!("  {name}:"),
             format!("    route: {route}"),
-            format!("    group: {group}"),
+            format!("    {destination}"),
         ];
         lines.extend(keys.iter().map(|k| indented(k, 4)));
         self.services.push(lines.join("\n"));
