@@ -67,6 +67,7 @@ fn main() {
                     webhook: &webhook,
                     meta,
                     content_type: Some("application/json"),
+                    headers: &[],
                     body: &body,
                 };
                 Write::Accept(event, now_ms, Duration::from_secs(3600))
@@ -85,7 +86,7 @@ fn main() {
             other => panic!("a lease answers with jobs, not {other:?}"),
         };
         assert_eq!(leased.len(), batch, "every job accepted is due");
-        let acks: Vec<Write<'_>> = leased.iter().map(Write::Ack).collect();
+        let acks: Vec<Write<'_>> = leased.iter().map(|job| Write::Ack(job, None)).collect();
         store.apply(&acks).expect("ack");
     }
     drop(store);

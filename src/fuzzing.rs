@@ -355,6 +355,11 @@ pub fn request_building(data: &[u8]) {
         context: vec![("wedding_id".into(), fields.text())],
         received_at_ms: fields.number(),
         trace: None,
+        targets: Vec::new(),
+        priority: None,
+        size: 0,
+        headers: Vec::new(),
+        finished_at_ms: None,
     };
     let table = RouteTable::new(prefixes.iter().map(String::as_str));
     let (_, rest) = table.find(&path).expect("`/` matches every path");
@@ -368,6 +373,7 @@ pub fn request_building(data: &[u8]) {
         attempt: 1,
         now_secs: 0,
         traceparent: None,
+        redelivery: false,
     };
     build(&delivery, None, b"{}").expect("any stored event makes a request");
 }

@@ -96,6 +96,132 @@ enum Command {
         #[command(subcommand)]
         command: Dlq,
     },
+    /// The event log of the running sidecar, through its admin listener.
+    Events {
+        #[command(subcommand)]
+        command: Events,
+    },
+}
+
+/// What `events list` and `events redeliver` filter by.
+#[derive(clap::Args)]
+struct EventFilters {
+    /// The webhook (or event source) that received it.
+    #[arg(long)]
+    source: Option<String>,
+    /// An event type, or a `prefix.*` glob.
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+    /// pending, delivered, dead or partial (with --target: that target's).
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    /// A context field's value, FIELD=VALUE (repeatable).
+    #[arg(long, value_name = "FIELD=VALUE", value_parser = wedsync_sidecar::cli::events::parse_context)]
+    context: Vec<(String, String)>,
+    /// Received at or after: RFC 3339, or a duration back from now (2h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Received at or before: RFC 3339, or a duration back from now.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl From<EventFilters> for wedsync_sidecar::cli::events::Filters {
+    fn from(f: EventFilters) -> Self {
+        Self {
+            source: f.source,
+            event_type: f.event_type,
+            status: f.status,
+            target: f.target,
+            context: f.context,
+            since: f.since,
+            until: f.until,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Events {
+    /// List events, newest first.
+    List {
+        #[command(flatten)]
+        filters: EventFilters,
+        /// Rows per page (1 to 500, default 50).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Continue after a previous page (its `more:` line, or `next` in JSON).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Output format: a table, or the admin API's JSON page.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: ListFormat,
+    },
+    /// Show one event: headers, body, and every attempt per target.
+    Show { source: String, id: String },
+    /// Queue one event again (SOURCE ID), or with --all every event the filters match.
+    Redeliver {
+        /// The webhook that received it; omit with --all.
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            requires = "id"
+        )]
+        source: Option<String>,
+        /// The event's id.
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filters: EventFilters,
+        /// With --all: refuse when more than this many match (default 10000).
+        #[arg(long, requires = "all")]
+        max: Option<u64>,
+        /// With --all: only count what matches.
+        #[arg(long, requires = "all")]
+        dry_run: bool,
+    },
+}
+
+impl From<Events> for wedsync_sidecar::cli::events::EventsCommand {
+    fn from(command: Events) -> Self {
+        match command {
+            Events::List {
+                filters,
+                limit,
+                cursor,
+                output,
+            } => Self::List {
+                filters: filters.into(),
+                limit,
+                cursor,
+                json: matches!(output, ListFormat::Json),
+            },
+            Events::Show { source, id } => Self::Show { source, id },
+            Events::Redeliver {
+                source: Some(source),
+                id: Some(id),
+                all: false,
+                filters,
+                ..
+            } => Self::Redeliver {
+                source,
+                id,
+                target: filters.target,
+            },
+            Events::Redeliver {
+                filters,
+                max,
+                dry_run,
+                ..
+            } => Self::RedeliverMatching {
+                filters: filters.into(),
+                max,
+                dry_run,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -203,6 +329,7 @@ fn main() -> ExitCode {
         },
         Command::Sign { webhook } => sign(&path, &webhook),
         Command::Dlq { command } => dlq(&path, command.into()),
+        Command::Events { command } => events(&path, command.into()),
         Command::Publish {
             name,
             idempotency_key,
@@ -364,6 +491,16 @@ fn publish(path: &std::path::Path, name: &str, idempotency_key: Option<&str>) ->
 fn dlq(path: &std::path::Path, command: DlqCommand) -> ExitCode {
     match load_config(path) {
         Ok(config) => talk("", wedsync_sidecar::cli::dlq::run(&config, &command)),
+        Err(code) => code,
+    }
+}
+
+fn events(
+    path: &std::path::Path,
+    command: wedsync_sidecar::cli::events::EventsCommand,
+) -> ExitCode {
+    match load_config(path) {
+        Ok(config) => talk("", wedsync_sidecar::cli::events::run(&config, &command)),
         Err(code) => code,
     }
 }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub event_age_seconds: Gauge,
     pub store_used_bytes: IntGauge,
     pub store_capacity_bytes: IntGauge,
+    pub store_history_events: IntGauge,
+    pub store_history_bytes: IntGauge,
     pub memory_limit_bytes: IntGauge,
     pub upstream_backend_healthy: IntGaugeVec,
     pub upstream_requests_total: IntCounterVec,
@@ -178,6 +180,16 @@ impl Metrics {
             "Bytes the event store may hold before new events are refused (503 store_full): the embedded store's store.max_size or its volume, or the Redis masters' maxmemory times store.max_memory_ratio, less the reserve kept for draining; 0 when nothing bounds it.",
         )
         .expect("static metric definition");
+        let store_history_events = IntGauge::new(
+            "sidecar_store_history_events",
+            "Events the event log keeps (store.history): pending, dead-lettered and finished ones until retention drops them.",
+        )
+        .expect("static metric definition");
+        let store_history_bytes = IntGauge::new(
+            "sidecar_store_history_bytes",
+            "Bytes of the events the event log keeps (records, attempts and bodies), counted against store.history.max_size.",
+        )
+        .expect("static metric definition");
         let memory_limit_bytes = IntGauge::new(
             "sidecar_memory_limit_bytes",
             "The memory budget (limits.memory, or 80% of the container's limit): webhooks and published events are answered 503 overloaded while resident memory is near it.",
@@ -272,6 +284,8 @@ impl Metrics {
             Box::new(event_age_seconds.clone()),
             Box::new(store_used_bytes.clone()),
             Box::new(store_capacity_bytes.clone()),
+            Box::new(store_history_events.clone()),
+            Box::new(store_history_bytes.clone()),
             Box::new(memory_limit_bytes.clone()),
             Box::new(upstream_backend_healthy.clone()),
             Box::new(upstream_requests_total.clone()),
@@ -307,6 +321,8 @@ impl Metrics {
             event_age_seconds,
             store_used_bytes,
             store_capacity_bytes,
+            store_history_events,
+            store_history_bytes,
             memory_limit_bytes,
             upstream_backend_healthy,
             upstream_requests_total,

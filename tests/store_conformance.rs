@@ -1,7 +1,8 @@
 //! One conformance suite for both event stores: every check runs against
 //! the embedded store (a fresh redb file), against the Redis store on a
 //! private `redis-server` and on a private Redis Cluster (three masters,
-//! three replicas), through the `Store` trait alone. Times are
+//! three replicas), through the `Store` trait alone; the embedded store
+//! both with the event log (the default) and without it. Times are
 //! passed in, so leases, visibility timeouts and retry times are exact.
 
 mod support;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use support::{RedisCluster, RedisServer};
 use wedsync_sidecar::event::{EventMeta, Priority};
 use wedsync_sidecar::store::embedded::EmbeddedStore;
+use wedsync_sidecar::store::history::{EventFilter, EventStatus, HistoryLimits};
 use wedsync_sidecar::store::records::HISTORY_LIMIT;
 use wedsync_sidecar::store::redis::RedisTarget;
 use wedsync_sidecar::store::{
@@ -35,9 +37,41 @@ struct Subject {
     reopen: Box<dyn Fn() -> Arc<dyn Store>>,
     _redis: Option<RedisServer>,
     _cluster: Option<RedisCluster>,
+    /// The store keeps the event log: an event stays after its last job.
+    history: bool,
+}
+
+/// An event after its last job: kept and no longer pending where the store
+/// keeps the event log, otherwise gone.
+async fn assert_finished(subject: &Subject, sequence: u64) {
+    let store = &*subject.store;
+    let kept = store.event(sequence).await.unwrap();
+    if !subject.history {
+        assert!(kept.is_none(), "delivered events are cleaned up");
+        return;
+    }
+    let (event, _) = kept.expect("the event log keeps it");
+    let pending = EventFilter {
+        status: Some(EventStatus::Pending),
+        ..EventFilter::default()
+    };
+    let page = store.events(&pending, None, 500).await.unwrap();
+    assert!(
+        page.items.iter().all(|(s, _)| *s != sequence),
+        "{} is no longer pending",
+        event.id
+    );
 }
 
 fn embedded() -> Subject {
+    embedded_keeping(Some(HistoryLimits::default()))
+}
+
+fn embedded_without_history() -> Subject {
+    embedded_keeping(None)
+}
+
+fn embedded_keeping(history: Option<HistoryLimits>) -> Subject {
     let dir = std::env::temp_dir().join(format!(
         "sidecar-conformance-{}-{}",
         std::process::id(),
@@ -45,7 +79,10 @@ fn embedded() -> Subject {
     ));
     let open = {
         let dir = dir.clone();
-        move || -> Arc<dyn Store> { Arc::new(EmbeddedStore::open(&dir, HOUR, None).unwrap()) }
+        move || -> Arc<dyn Store> {
+            let cache = wedsync_sidecar::store::embedded::engine::DEFAULT_CACHE;
+            Arc::new(EmbeddedStore::open_with_cache(&dir, HOUR, None, cache, history).unwrap())
+        }
     };
     let store = open();
     Subject {
@@ -54,6 +91,7 @@ fn embedded() -> Subject {
         reopen: Box::new(open),
         _redis: None,
         _cluster: None,
+        history: history.is_some(),
     }
 }
 
@@ -67,6 +105,7 @@ fn redis() -> Subject {
         reopen: Box::new(open),
         _redis: Some(redis),
         _cluster: None,
+        history: false,
     }
 }
 
@@ -84,6 +123,7 @@ fn redis_cluster() -> Subject {
         reopen: Box::new(open),
         _redis: None,
         _cluster: Some(cluster),
+        history: false,
     }
 }
 
@@ -93,6 +133,10 @@ macro_rules! conformance {
         mod embedded_store {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() { super::$check(super::embedded()).await })*
+        }
+        mod embedded_store_without_history {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() { super::$check(super::embedded_without_history()).await })*
         }
         mod redis_store {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +185,7 @@ fn event(webhook: &str, meta: EventMeta, now_ms: u64, window: Duration) -> Owned
         webhook: webhook.into(),
         meta,
         content_type: Some("application/json".into()),
+        headers: Vec::new(),
         body: bytes::Bytes::from_static(b"{\"id\":\"evt\"}\xff"),
         now_ms,
         dedup_window: window,
@@ -211,6 +256,7 @@ fn failure(at_ms: u64, status: u16) -> Attempt {
         backend: Some("127.0.0.1:7001".into()),
         status: Some(status),
         error: None,
+        response: None,
     }
 }
 
@@ -407,13 +453,13 @@ async fn a_holder_whose_lease_expired_can_neither_ack_nor_reschedule(subject: Su
     let stale = lease(store, Priority::High, T0).await.unwrap();
     let current = lease(store, Priority::High, T0 + 60_000).await.unwrap();
     let lost = Err(StoreError::LeaseLost(stale.id));
-    assert_eq!(store.ack(&stale).await, lost);
+    assert_eq!(store.ack(&stale, None).await, lost);
     assert_eq!(store.retry_at(&stale, failure(T0, 500), T0).await, lost);
     assert_eq!(store.dead_letter(&stale, None, "rejected", T0).await, lost);
-    store.ack(&current).await.unwrap();
+    store.ack(&current, None).await.unwrap();
     assert_eq!(store.queue_depth().await.unwrap().total(), 0);
     assert_eq!(
-        store.ack(&current).await,
+        store.ack(&current, None).await,
         Err(StoreError::LeaseLost(current.id)),
         "a job is acked once"
     );
@@ -518,16 +564,13 @@ async fn an_acked_job_is_gone_and_its_event_with_the_last_one(subject: Subject) 
     let store = &*subject.store;
     let sequence = accept(store, "evt_1", Priority::High, &["notify", "supplier"]).await;
     let jobs = drain(store, T0).await;
-    store.ack(&jobs[0]).await.unwrap();
+    store.ack(&jobs[0], None).await.unwrap();
     assert!(
         store.event(sequence).await.unwrap().is_some(),
         "one target still waits"
     );
-    store.ack(&jobs[1]).await.unwrap();
-    assert!(
-        store.event(sequence).await.unwrap().is_none(),
-        "delivered events are cleaned up"
-    );
+    store.ack(&jobs[1], None).await.unwrap();
+    assert_finished(&subject, sequence).await;
     assert_eq!(store.queue_depth().await.unwrap().total(), 0);
     assert!(drain(store, T0 + 3_600_000).await.is_empty());
 }
@@ -661,9 +704,12 @@ async fn a_replay_puts_the_job_back_with_fresh_attempts_and_its_history(subject:
         again.lease > job.lease,
         "tokens keep counting across a replay"
     );
-    assert_eq!(store.ack(&job).await, Err(StoreError::LeaseLost(job.id)));
-    store.ack(&again).await.unwrap();
-    assert!(store.event(sequence).await.unwrap().is_none());
+    assert_eq!(
+        store.ack(&job, None).await,
+        Err(StoreError::LeaseLost(job.id))
+    );
+    store.ack(&again, None).await.unwrap();
+    assert_finished(&subject, sequence).await;
 }
 
 async fn replay_all_and_delete(subject: Subject) {
@@ -694,9 +740,9 @@ async fn replay_all_and_delete(subject: Subject) {
         "its notify job still needs it"
     );
     for job in drain(store, T0).await {
-        store.ack(&job).await.unwrap();
+        store.ack(&job, None).await.unwrap();
     }
-    assert!(store.event(kept).await.unwrap().is_none());
+    assert_finished(&subject, kept).await;
     assert!(store.dead_letter_counts().await.unwrap().is_empty());
 }
 
@@ -732,7 +778,7 @@ async fn queue_depth_and_oldest_event_age(subject: Subject) {
         lease(store, Priority::High, T0).await.unwrap(),
         lease(store, Priority::High, T0).await.unwrap(),
     ] {
-        store.ack(&job).await.unwrap();
+        store.ack(&job, None).await.unwrap();
     }
     assert_eq!(store.oldest_pending_ms().await.unwrap(), Some(T0 + 50));
     let low = lease(store, Priority::Low, T0 + 50).await.unwrap();

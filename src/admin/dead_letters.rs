@@ -33,6 +33,16 @@ impl Query {
             .map(|(_, value)| value.as_str())
     }
 
+    /// Every non-empty `<prefix><name>=value` pair, as (name, value).
+    pub fn prefixed(&self, prefix: &str) -> Vec<(String, String)> {
+        self.pairs
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .filter_map(|(key, value)| Some((key.strip_prefix(prefix)?.to_string(), value.clone())))
+            .filter(|(name, _)| !name.is_empty())
+            .collect()
+    }
+
     /// The page size asked for: 1 to 500, 50 when not given.
     pub fn limit(&self) -> Result<usize, Problem> {
         match self.get("limit") {

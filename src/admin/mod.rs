@@ -8,6 +8,7 @@
 //! Never shows a secret.
 
 pub mod dead_letters;
+pub mod events;
 
 use std::sync::Arc;
 
@@ -34,6 +35,13 @@ pub struct AdminApp {
     store: Option<Arc<dyn Store>>,
     /// The event store's latest inspection (`/admin/store`).
     store_report: Option<Arc<arc_swap::ArcSwapOption<StoreReport>>>,
+}
+
+/// The store's APIs, behind the same token and request checks.
+#[derive(Clone, Copy)]
+enum Api {
+    DeadLetters,
+    Events,
 }
 
 /// What the admin API reads of a request.
@@ -64,33 +72,45 @@ impl AdminApp {
 
     pub async fn route(&self, request: &AdminRequest<'_>) -> http::Response<Vec<u8>> {
         let (method, path) = (request.method, request.path);
-        if let Some(rest) = path.strip_prefix("/admin/dead-letters") {
-            if rest.is_empty() || rest.starts_with('/') {
-                let config = Arc::clone(&self.snapshot.load().config);
-                if let Err(problem) =
-                    check_token(config.admin.token.as_ref(), request.authorization)
-                {
-                    return problem.into_http_response();
-                }
-                if let Err(problem) =
-                    check_simple_request(config.admin.token.is_some(), method, request.content_type)
-                {
-                    return problem.into_http_response();
-                }
-                let Some(store) = &self.store else {
-                    return Problem::new(
-                        ErrorCode::NotFound,
-                        "no webhooks are configured, so there is no event store and no dead letter",
-                    )
-                    .into_http_response();
-                };
-                let query = dead_letters::Query::parse(request.query);
-                let now_ms = unix_time().as_millis() as u64;
-                return match dead_letters::handle(&**store, method, rest, &query, now_ms).await {
-                    Ok((status, value)) => json(status, &value),
-                    Err(problem) => problem.into_http_response(),
-                };
+        let api = [
+            ("/admin/dead-letters", Api::DeadLetters),
+            ("/admin/events", Api::Events),
+        ];
+        for (prefix, api) in api {
+            let Some(rest) = path.strip_prefix(prefix) else {
+                continue;
+            };
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                continue;
             }
+            let config = Arc::clone(&self.snapshot.load().config);
+            if let Err(problem) = check_token(config.admin.token.as_ref(), request.authorization) {
+                return problem.into_http_response();
+            }
+            if let Err(problem) =
+                check_simple_request(config.admin.token.is_some(), method, request.content_type)
+            {
+                return problem.into_http_response();
+            }
+            let Some(store) = &self.store else {
+                return Problem::new(
+                    ErrorCode::NotFound,
+                    "no webhooks are configured, so there is no event store and no event",
+                )
+                .into_http_response();
+            };
+            let query = dead_letters::Query::parse(request.query);
+            let now_ms = unix_time().as_millis() as u64;
+            let answer = match api {
+                Api::DeadLetters => {
+                    dead_letters::handle(&**store, method, rest, &query, now_ms).await
+                }
+                Api::Events => events::handle(&**store, method, rest, &query, now_ms).await,
+            };
+            return match answer {
+                Ok((status, value)) => json(status, &value),
+                Err(problem) => problem.into_http_response(),
+            };
         }
         self.route_get(method, path, request.authorization)
     }

@@ -2,15 +2,9 @@
 //! `listen.admin` and `admin.token` from the config, calls the running
 //! sidecar, and prints a table (list) or JSON (show).
 
-use std::time::Duration;
-
-use bytes::Bytes;
-use pingora::http::RequestHeader;
-use pingora::upstreams::peer::HttpPeer;
-
-use super::{reachable, CommandError};
+use super::admin_api::{call, query, segment};
+use super::CommandError;
 use crate::config::Config;
-use crate::net::client::SmallClient;
 
 /// A dlq subcommand, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,27 +30,6 @@ pub enum DlqCommand {
     Purge {
         id: String,
     },
-}
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let mut encoder = form_urlencoded::Serializer::new(String::new());
-    for (name, value) in pairs {
-        if let Some(value) = value {
-            encoder.append_pair(name, value);
-        }
-    }
-    let encoded = encoder.finish();
-    if encoded.is_empty() {
-        encoded
-    } else {
-        format!("?{encoded}")
-    }
-}
-
-fn segment(id: &str) -> String {
-    form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
 impl DlqCommand {
@@ -98,46 +71,8 @@ impl DlqCommand {
 /// Runs the command against the sidecar `config` describes; returns what
 /// to print.
 pub async fn run(config: &Config, command: &DlqCommand) -> Result<String, CommandError> {
-    let admin = reachable(config.listen.admin);
     let (method, path) = command.request();
-    let invalid = |error: pingora::BError| {
-        CommandError::refused(format!("cannot make the request {method} {path}: {error}"))
-    };
-    let mut request = RequestHeader::build(method, path.as_bytes(), None).map_err(invalid)?;
-    request
-        .insert_header("host", admin.to_string())
-        .map_err(invalid)?;
-    if let Some(token) = &config.admin.token {
-        request
-            .insert_header("authorization", format!("Bearer {}", token.expose()))
-            .map_err(invalid)?;
-    }
-    // Both: with a token the admin API needs it; without one, a POST must
-    // say it sends JSON (which keeps browsers from sending it cross-site).
-    let body = if method == "POST" {
-        request
-            .insert_header("content-type", "application/json")
-            .map_err(invalid)?;
-        Bytes::from_static(b"{}")
-    } else {
-        Bytes::new()
-    };
-    let peer = HttpPeer::new(admin, false, String::new());
-    let response = SmallClient::default()
-        .exchange(&peer, request, body, TIMEOUT)
-        .await
-        .map_err(|error| CommandError {
-            exit_code: 2,
-            message: format!("cannot reach the sidecar's admin listener at {admin}: {error}"),
-        })?;
-    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
-    if response.status >= 400 {
-        let detail = body["detail"].as_str().unwrap_or("no detail").to_string();
-        return Err(CommandError {
-            exit_code: if response.status >= 500 { 2 } else { 1 },
-            message: format!("the sidecar answered {}: {detail}", response.status),
-        });
-    }
+    let body = call(config, method, &path).await?;
     Ok(match command {
         DlqCommand::List { json: true, .. } => {
             serde_json::to_string_pretty(&body).unwrap_or_default()
@@ -163,37 +98,9 @@ fn table(page: &serde_json::Value) -> String {
         "attempts",
         "last_error",
     ];
-    let text = |value: &serde_json::Value| match value {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".to_string(),
-        other => other.to_string(),
-    };
-    let mut rows: Vec<Vec<String>> = vec![columns.iter().map(|c| c.to_uppercase()).collect()];
-    for item in page["items"].as_array().into_iter().flatten() {
-        rows.push(columns.iter().map(|c| text(&item[*c])).collect());
-    }
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out: Vec<String> = rows
-        .iter()
-        .map(|row| {
-            row.iter()
-                .zip(&widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_string()
-        })
-        .collect();
-    if rows.len() == 1 {
-        out.push("(no dead letters)".into());
-    }
-    if let Some(next) = page["next"].as_str() {
-        out.push(format!("more: dlq list --cursor {next}"));
-    }
-    out.join("\n")
+    super::admin_api::table(page, &columns, "(no dead letters)", |next| {
+        format!("more: dlq list --cursor {next}")
+    })
 }
 
 #[cfg(test)]

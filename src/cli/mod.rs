@@ -1,7 +1,9 @@
 //! The subcommands beyond `run` and `check`: each does its work here and
 //! returns what to print or an error for `main.rs` to show.
 
+pub mod admin_api;
 pub mod dlq;
+pub mod events;
 pub mod inject;
 pub mod publish;
 pub mod sign;

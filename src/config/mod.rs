@@ -193,6 +193,42 @@ pub struct Store {
     /// How long the store may fail before `/readyz` turns 503.
     #[serde(serialize_with = "ser::duration")]
     pub unready_after: Duration,
+    /// `store.history`: the event log.
+    pub history: History,
+}
+
+/// `store.history`: events kept after delivery, with every attempt, for
+/// the event log (`/admin/events`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct History {
+    pub enabled: bool,
+    /// Finished events older than this go.
+    #[serde(serialize_with = "ser::duration")]
+    pub retention: Duration,
+    /// Beyond this many bytes of events, the oldest finished ones go.
+    pub max_size: u64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        let limits = crate::store::history::HistoryLimits::default();
+        Self {
+            enabled: true,
+            retention: limits.retention,
+            max_size: limits.max_size,
+        }
+    }
+}
+
+impl History {
+    /// The limits the store keeps the log within; None when it is off.
+    pub fn limits(&self) -> Option<crate::store::history::HistoryLimits> {
+        self.enabled
+            .then_some(crate::store::history::HistoryLimits {
+                retention: self.retention,
+                max_size: self.max_size,
+            })
+    }
 }
 
 impl Store {
@@ -203,6 +239,7 @@ impl Store {
             replicas: 0,
             replica_timeout: Duration::from_millis(500),
             unready_after: Duration::from_secs(10),
+            history: History::default(),
         }
     }
 }
@@ -580,8 +617,13 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
             "key_file",
             "max_size",
             "max_memory_ratio",
+            "history",
         ],
     )?;
+    let history = match f.get("history") {
+        Some(n) => decode_history(d, &n),
+        None => Some(History::default()),
+    };
     let defaults = Store::with_kind(StoreKind::Local {
         path: PathBuf::from("./data"),
         max_size: None,
@@ -772,5 +814,30 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         replicas: replicas?,
         replica_timeout: replica_timeout?,
         unready_after: unready_after?,
+        history: history?,
+    })
+}
+
+/// The least `store.history.max_size`: a few thousand events.
+pub const MIN_HISTORY_SIZE: u64 = 1 << 20;
+
+fn decode_history(d: &mut Decoder, node: &Node) -> Option<History> {
+    let f = d.fields(node, &["enabled", "retention", "max_size"])?;
+    let defaults = History::default();
+    let enabled = d.or(&f, "enabled", defaults.enabled, |d, n| d.boolean(n));
+    let retention = services::positive_duration(d, &f, "retention", defaults.retention);
+    let max_size = d.or(&f, "max_size", defaults.max_size, |d, n| {
+        d.size(n).filter(|size| {
+            let ok = *size >= MIN_HISTORY_SIZE;
+            if !ok {
+                d.error(&n.path, "must be at least 1MiB");
+            }
+            ok
+        })
+    });
+    Some(History {
+        enabled: enabled?,
+        retention: retention?,
+        max_size: max_size?,
     })
 }

@@ -28,6 +28,7 @@ use crate::metrics::{DeadLetterReason, DeliveryOutcome, Metrics};
 use crate::net::client::{ClientError, ClientResponse, SmallClient};
 use crate::resilience::cooldown::parse_retry_after;
 use crate::resilience::retry::unit_random;
+use crate::store::records::response_excerpt;
 use crate::store::{Attempt, Job, Store, StoreError};
 use crate::time::unix_time;
 
@@ -131,6 +132,7 @@ fn no_attempt(error: String) -> Attempt {
         backend: None,
         status: None,
         error: Some(error),
+        response: None,
     }
 }
 
@@ -183,6 +185,8 @@ impl Deliverer {
             .map(|parent| (parent.child(), parent.span_id));
         let traceparent = trace.map(|(t, _)| t.header());
         let chosen = group.choose();
+        // The start of the target's answer, kept with the attempt.
+        let mut excerpt = None;
         let answer = match &chosen {
             None => Answer::NoBackend,
             Some(chosen) => {
@@ -194,6 +198,7 @@ impl Deliverer {
                     attempt: attempt_number,
                     now_secs: at_ms / 1000,
                     traceparent: traceparent.as_deref(),
+                    redelivery: job.redelivery,
                 };
                 match request::build(&delivery, plan.settings.signer.as_ref(), &body) {
                     Err(error) => Answer::Internal(format!(
@@ -213,14 +218,19 @@ impl Deliverer {
                         )
                         .await
                     {
-                        Ok(response) => Answer::Status {
-                            status: response.status,
-                            retry_after: response
-                                .headers
-                                .get(http::header::RETRY_AFTER)
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
-                        },
+                        Ok(response) => {
+                            excerpt = response_excerpt(&response.body);
+                            Answer::Status {
+                                status: response.status,
+                                retry_after: response
+                                    .headers
+                                    .get(http::header::RETRY_AFTER)
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(|v| {
+                                        parse_retry_after(v, std::time::SystemTime::now())
+                                    }),
+                            }
+                        }
                         Err(error) => Answer::Failed(error.to_string()),
                     },
                 }
@@ -248,12 +258,14 @@ impl Deliverer {
             backend,
             status: answer.status(),
             error: answer.error(&job.target),
+            response: excerpt,
         };
         let decision = decide(
             &answer,
             attempt_number,
             &policy,
-            stored.received_at_ms,
+            // The job's: a redelivery's age counts from when it was queued.
+            job.received_at_ms,
             now_ms(),
             unit_random(),
         );
@@ -397,7 +409,7 @@ impl Deliverer {
         decision: Decision,
     ) -> Result<(), StoreError> {
         match (decision, attempt) {
-            (Decision::Delivered, _) => self.store.ack(job).await,
+            (Decision::Delivered, attempt) => self.store.ack(job, attempt).await,
             (Decision::Retry { due_ms }, Some(attempt)) => {
                 self.store.retry_at(job, attempt, due_ms).await
             }
@@ -530,6 +542,7 @@ webhooks:
                 webhook: "stripe".into(),
                 meta,
                 content_type: Some("application/json".into()),
+                headers: Vec::new(),
                 body: Bytes::from_static(b"{\"id\":\"evt_1\"}"),
                 now_ms: now_ms(),
                 dedup_window: Duration::from_secs(3600),
@@ -569,7 +582,7 @@ webhooks:
         async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError> {
             self.inner.lease(request).await
         }
-        async fn ack(&self, job: &Job) -> Result<(), StoreError> {
+        async fn ack(&self, job: &Job, attempt: Option<Attempt>) -> Result<(), StoreError> {
             let left = self.failing.load(Ordering::SeqCst);
             if left > 0 {
                 if left != u32::MAX {
@@ -577,7 +590,7 @@ webhooks:
                 }
                 return Err(StoreError::Unavailable("No space left on device".into()));
             }
-            self.inner.ack(job).await
+            self.inner.ack(job, attempt).await
         }
         async fn retry_at(
             &self,

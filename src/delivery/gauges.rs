@@ -1,5 +1,5 @@
 //! The queue's gauges (depth per priority, oldest waiting event, dead
-//! letters per webhook) and the upstream groups' per-backend gauges,
+//! letters per webhook, the event log's size) and the upstream groups' per-backend gauges,
 //! refreshed every second by the scheduler.
 
 use super::attempt::{now_ms, Deliverer};
@@ -31,6 +31,10 @@ pub async fn refresh(deliverer: &Deliverer, plan: &Plan) {
                 .with_label_values(&[webhook.as_str()])
                 .set(count as i64);
         }
+    }
+    if let Ok(usage) = store.history_usage().await {
+        metrics.store_history_events.set(usage.events as i64);
+        metrics.store_history_bytes.set(usage.bytes as i64);
     }
     for group in plan.upstreams.all() {
         group.refresh_gauges();

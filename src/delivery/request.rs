@@ -22,6 +22,8 @@ pub struct Delivery<'a> {
     /// This attempt's `traceparent`: a child of the span that accepted
     /// the event (none when the event has no trace context).
     pub traceparent: Option<&'a str>,
+    /// An operator queued it again: `x-redelivery: true`.
+    pub redelivery: bool,
 }
 
 /// A header value from text that may hold anything: bytes outside visible
@@ -62,6 +64,9 @@ pub fn build(
         ("x-event-id".into(), header_safe(&event.id)),
         ("x-delivery-attempt".into(), delivery.attempt.to_string()),
     ];
+    if delivery.redelivery {
+        headers.push(("x-redelivery".into(), "true".into()));
+    }
     if let Some(traceparent) = delivery.traceparent {
         headers.push(("traceparent".into(), header_safe(traceparent)));
     }
@@ -104,6 +109,11 @@ mod tests {
             context: vec![("wedding_id".into(), "w-42".into())],
             received_at_ms: 0,
             trace: None,
+            targets: Vec::new(),
+            priority: None,
+            size: 0,
+            headers: Vec::new(),
+            finished_at_ms: None,
         }
     }
 
@@ -122,6 +132,7 @@ mod tests {
             attempt: 3,
             now_secs: 1_700_000_000,
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            redelivery: false,
         };
         let request = build(&delivery, None, b"{}").unwrap();
         assert_eq!(request.method, "POST");
@@ -158,6 +169,7 @@ mod tests {
             attempt: 1,
             now_secs: now,
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            redelivery: false,
         };
         let body = br#"{"id":"evt_1"}"#;
         let request = build(&delivery, Some(&signer), body).unwrap();

@@ -204,6 +204,7 @@ impl DeliveryService {
                     backend: None,
                     status: None,
                     error: Some("the sidecar failed while delivering (internal error)".into()),
+                    response: None,
                 };
                 let decision = Decision::DeadLetter(DeadLetterReason::InternalError);
                 deliverer.settle(&job, Some(attempt), decision).await;

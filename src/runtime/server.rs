@@ -356,6 +356,7 @@ fn event_store(
                 horizon,
                 *max_size,
                 store_cache(memory_budget),
+                config.store.history.limits(),
             )?)
         }
         (StoreKind::Redis(_), None) => unreachable!("the foundation holds the Redis store"),

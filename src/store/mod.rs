@@ -6,6 +6,7 @@
 //! queue (their primitives live in `resilience::global`).
 
 pub mod embedded;
+pub mod history;
 pub mod records;
 pub mod redis;
 pub mod space;
@@ -60,9 +61,10 @@ pub trait Store: Send + Sync {
     /// or another.
     async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>, StoreError>;
 
-    /// Delivered: the job is gone, and its event too once no job or dead
-    /// letter refers to it.
-    async fn ack(&self, job: &Job) -> Result<(), StoreError>;
+    /// Delivered by `attempt` (None when it was not recorded): the job is
+    /// gone; its event is finished once no job or dead letter refers to it,
+    /// kept by the event log or removed.
+    async fn ack(&self, job: &Job, attempt: Option<Attempt>) -> Result<(), StoreError>;
 
     /// Failed, to be tried again at `due_ms`.
     async fn retry_at(&self, job: &Job, attempt: Attempt, due_ms: u64) -> Result<(), StoreError>;
@@ -126,6 +128,55 @@ pub trait Store: Send + Sync {
     /// An event's metadata and body; None when either is missing.
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError>;
 
+    /// The event log, newest first, `limit` at most, below `cursor` (a
+    /// previous page's `next`).
+    async fn events(
+        &self,
+        _filter: &history::EventFilter,
+        _cursor: Option<&str>,
+        _limit: usize,
+    ) -> Result<history::EventPage, StoreError> {
+        Err(no_event_log())
+    }
+
+    /// The newest event `id` received by webhook `source`.
+    async fn event_detail(
+        &self,
+        _source: &str,
+        _id: &str,
+    ) -> Result<Option<history::EventDetail>, StoreError> {
+        Err(no_event_log())
+    }
+
+    /// Queues event `sequence` again, due now, for `target` or each of its
+    /// targets, even if delivered; its deliveries say `x-redelivery:
+    /// true`. How many jobs were queued; None when the event is not kept.
+    async fn redeliver(
+        &self,
+        _sequence: u64,
+        _target: Option<&str>,
+        _now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        Err(no_event_log())
+    }
+
+    /// Counts what the filter matches (`dry_run`, or more than `max`), or
+    /// redelivers exactly that.
+    async fn redeliver_matching(
+        &self,
+        _filter: &history::EventFilter,
+        _max: u64,
+        _dry_run: bool,
+        _now_ms: u64,
+    ) -> Result<history::Redelivered, StoreError> {
+        Err(no_event_log())
+    }
+
+    /// Events kept and their bytes.
+    async fn history_usage(&self) -> Result<history::HistoryUsage, StoreError> {
+        Ok(history::HistoryUsage::default())
+    }
+
     /// When a lease could next find a job: delivery sleeps until then
     /// instead of polling. `Unknown` (the default) where other processes
     /// add jobs too (a shared Redis).
@@ -162,6 +213,10 @@ pub trait Store: Send + Sync {
     /// settings (at start and every minute): shown in `/admin/store`, logged
     /// when it warns, and fatal when it would lose acknowledged events.
     async fn inspect(&self) -> Result<StoreReport, StoreError>;
+}
+
+fn no_event_log() -> StoreError {
+    StoreError::Unavailable("this store does not keep the event log".into())
 }
 
 /// How a store keeps events, as far as the sidecar can tell.

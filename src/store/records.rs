@@ -22,6 +22,8 @@ pub struct NewEvent<'a> {
     pub webhook: &'a WebhookName,
     pub meta: &'a EventMeta,
     pub content_type: Option<&'a str>,
+    /// The request's headers as the event log shows them (`history`).
+    pub headers: &'a [(String, String)],
     pub body: &'a [u8],
 }
 
@@ -36,7 +38,25 @@ impl NewEvent<'_> {
             context: self.meta.context.clone(),
             received_at_ms,
             trace: self.meta.trace.clone(),
+            targets: self.targets(),
+            priority: Some(self.meta.priority),
+            size: self.body.len() as u64,
+            headers: self.headers.to_vec(),
+            finished_at_ms: None,
         }
+    }
+
+    /// One outcome per job, in the jobs' order (their ids follow the
+    /// event's sequence in this order); an unrouted event's one dead letter.
+    fn targets(&self) -> Vec<TargetOutcome> {
+        if self.meta.targets.is_empty() {
+            return vec![TargetOutcome::new(UNROUTED.into(), TargetStatus::Dead)];
+        }
+        self.meta
+            .targets
+            .iter()
+            .map(|target| TargetOutcome::new(target.clone(), TargetStatus::Pending))
+            .collect()
     }
 
     /// The job for one target of this event, before it has a number.
@@ -55,6 +75,7 @@ impl NewEvent<'_> {
             history: Vec::new(),
             lease: 0,
             leased: false,
+            redelivery: false,
         }
     }
 }
@@ -65,6 +86,7 @@ pub struct OwnedEvent {
     pub webhook: WebhookName,
     pub meta: EventMeta,
     pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
     pub body: bytes::Bytes,
     pub now_ms: u64,
     pub dedup_window: Duration,
@@ -90,6 +112,7 @@ impl OwnedEvent {
             webhook: &self.webhook,
             meta: &self.meta,
             content_type: self.content_type.as_deref(),
+            headers: &self.headers,
             body: &self.body,
         }
     }
@@ -116,7 +139,100 @@ pub struct StoredEvent {
     /// written before traces were kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// Each target's delivery, in the order of the event's jobs. Records
+    /// written before the event log have none: their jobs and dead letters
+    /// add theirs as they finish.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// The body's length in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// The request's headers, signature headers redacted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// When the last job or dead letter referring to it went: from then on
+    /// only the event log keeps it, and retention may drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
 }
+
+/// Where one target's delivery of an event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetStatus {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl TargetStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// One target's delivery of an event, kept in the event's record. While it
+/// is pending its attempts are the job's; they are copied here when the job
+/// is delivered or becomes a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetOutcome {
+    pub target: UpstreamName,
+    pub status: TargetStatus,
+    /// The job (or dead letter) that delivers it now or did last: a
+    /// redelivery makes a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<u64>,
+    /// Every attempt of the finished jobs, oldest first (the latest
+    /// [`HISTORY_LIMIT`] of each job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+impl TargetOutcome {
+    pub fn new(target: UpstreamName, status: TargetStatus) -> Self {
+        Self {
+            target,
+            status,
+            job: None,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+impl StoredEvent {
+    /// The outcome kept for `target`, added when a record written before
+    /// the event log has none.
+    pub fn outcome_mut(&mut self, target: &str) -> &mut TargetOutcome {
+        let at = match self.targets.iter().position(|t| t.target == target) {
+            Some(at) => at,
+            None => {
+                let status = TargetStatus::Pending;
+                self.targets.push(TargetOutcome::new(target.into(), status));
+                self.targets.len() - 1
+            }
+        };
+        &mut self.targets[at]
+    }
+
+    /// A job of this event finished: `job`'s attempts join the outcome.
+    pub fn finish_job(&mut self, job: &Job, status: TargetStatus) {
+        let outcome = self.outcome_mut(&job.target);
+        outcome.status = status;
+        outcome.job = Some(job.id);
+        outcome.attempts.extend(job.history.iter().cloned());
+        let excess = outcome.attempts.len().saturating_sub(KEPT_ATTEMPTS);
+        outcome.attempts.drain(..excess);
+    }
+}
+
+/// Attempts the event log keeps per target, across redeliveries.
+pub const KEPT_ATTEMPTS: usize = 50;
 
 /// One delivery attempt, as the dead-letter view shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +245,32 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// What went wrong, when something did (connect error, timeout, 5xx…).
     pub error: Option<String>,
+    /// The start of the target's answer (at most [`RESPONSE_EXCERPT`]
+    /// bytes, as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// How much of a target's answer an attempt keeps.
+pub const RESPONSE_EXCERPT: usize = 1024;
+
+/// The start of an answer's body as an attempt keeps it: at most
+/// [`RESPONSE_EXCERPT`] bytes, cut at a character boundary, invalid UTF-8
+/// replaced; None when it is empty.
+pub fn response_excerpt(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let head = &body[..body.len().min(RESPONSE_EXCERPT)];
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => text.to_string(),
+        // Cut inside a character: keep what is whole before it.
+        Err(e) if e.error_len().is_none() => {
+            String::from_utf8_lossy(&head[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(head).into_owned(),
+    };
+    Some(text)
 }
 
 /// What a delivery worker asks of the queue: up to `max` due jobs of
@@ -172,6 +314,10 @@ pub struct Job {
     /// comes from a worker whose lease expired, and is refused.
     pub lease: u64,
     pub leased: bool,
+    /// Queued again by an operator (`/admin/events/.../redeliver`): its
+    /// deliveries say `x-redelivery: true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redelivery: bool,
 }
 
 impl Job {
@@ -362,6 +508,7 @@ pub fn set_aside(
         history: Vec::new(),
         lease: number("lease"),
         leased: false,
+        redelivery: false,
     };
     job.record(Attempt {
         at_ms: now_ms,
@@ -371,6 +518,7 @@ pub fn set_aside(
         error: Some(format!(
             "the job's record could not be read ({reason}); what could be read is kept"
         )),
+        response: None,
     });
     DeadLetter {
         job,
@@ -390,6 +538,7 @@ mod tests {
             backend: None,
             status: Some(503),
             error: None,
+            response: None,
         }
     }
 

@@ -169,6 +169,7 @@ impl IngressWebhook {
                 webhook: self.config.name.clone(),
                 meta,
                 content_type,
+                headers: super::kept_headers::kept(headers),
                 body,
                 now_ms: now.as_millis() as u64,
                 dedup_window: self.config.dedup_window,

@@ -10,6 +10,7 @@ pub mod ack;
 pub mod budget;
 pub mod extract;
 pub mod json_pointer;
+pub mod kept_headers;
 pub mod listener;
 pub mod publish;
 pub mod verify;

@@ -74,11 +74,42 @@ impl WriterHealth {
 /// How often expired dedup keys are removed.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// How often the event log's retention runs.
+pub const PRUNE_HISTORY_EVERY: Duration = Duration::from_secs(5);
+/// The most batches one retention run drops, so that a log far over its
+/// limits (a lowered retention) is brought down over a few runs.
+const PRUNE_HISTORY_BATCHES: usize = 20;
+
+/// Drops what the event log no longer keeps, a batch per transaction.
+fn prune_history(store: &LocalStore, now_ms: u64) {
+    let mut dropped = 0;
+    for _ in 0..PRUNE_HISTORY_BATCHES {
+        match store.prune_history(now_ms) {
+            Ok(n) => {
+                dropped += n;
+                if n < super::engine::PRUNE_BATCH as u64 {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not drop old events from the event log");
+                break;
+            }
+        }
+    }
+    if dropped > 0 {
+        tracing::debug!(
+            dropped,
+            "dropped finished events past the event log's retention or size"
+        );
+    }
+}
+
 /// A write handed to the writer thread, owning what it needs.
 pub enum OwnedWrite {
     Accept(OwnedEvent),
     Lease(LeaseRequest),
-    Ack(Job),
+    Ack(Job, Option<Attempt>),
     Retry(Job, Attempt, u64),
     DeadLetter {
         held: Job,
@@ -95,7 +126,7 @@ impl OwnedWrite {
                 Write::Accept(event.borrowed(), event.now_ms, event.dedup_window)
             }
             Self::Lease(request) => Write::Lease(request),
-            Self::Ack(job) => Write::Ack(job),
+            Self::Ack(job, attempt) => Write::Ack(job, attempt.clone()),
             Self::Retry(job, attempt, due_ms) => Write::Retry(job, attempt.clone(), *due_ms),
             Self::DeadLetter {
                 held,
@@ -157,8 +188,16 @@ impl GroupCommitter {
         let cleaner = std::thread::Builder::new()
             .name("event-store-cleanup".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(PRUNE_EVERY) {
+                let mut dedup_pruned = Instant::now();
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(PRUNE_HISTORY_EVERY)
+                {
                     let now_ms = unix_time().as_millis() as u64;
+                    prune_history(&store, now_ms);
+                    if dedup_pruned.elapsed() < PRUNE_EVERY {
+                        continue;
+                    }
+                    dedup_pruned = Instant::now();
                     match store.prune_dedup(now_ms, dedup_horizon) {
                         Ok(0) => {}
                         Ok(removed) => tracing::debug!(removed, "forgot expired dedup keys"),
@@ -336,7 +375,7 @@ impl Writer<'_> {
                 took_ms = took.as_millis() as u64,
                 accepts = count(|w| matches!(w, OwnedWrite::Accept(_))),
                 leases = count(|w| matches!(w, OwnedWrite::Lease(_))),
-                acks = count(|w| matches!(w, OwnedWrite::Ack(_))),
+                acks = count(|w| matches!(w, OwnedWrite::Ack(..))),
                 retries = count(|w| matches!(w, OwnedWrite::Retry(..))),
                 dead_letters = count(|w| matches!(w, OwnedWrite::DeadLetter { .. })),
                 "a slow embedded store batch"
@@ -454,6 +493,7 @@ mod tests {
                 trace: None,
             },
             content_type: None,
+            headers: Vec::new(),
             body: bytes::Bytes::from_static(b"{}"),
             now_ms: 1,
             dedup_window: Duration::from_secs(60),
@@ -522,7 +562,7 @@ mod tests {
         };
         // Right after the fsynced accept: this ack is committed without one.
         committer
-            .write(OwnedWrite::Ack(jobs[0].clone()))
+            .write(OwnedWrite::Ack(jobs[0].clone(), None))
             .await
             .unwrap();
         assert!(store.sync_due_in().is_some(), "the ack is not durable yet");

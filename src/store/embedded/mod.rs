@@ -13,6 +13,9 @@ pub mod group_commit;
 pub mod leases;
 pub mod room;
 
+use crate::store::history::{
+    EventDetail, EventFilter, EventPage, HistoryLimits, HistoryUsage, Redelivered,
+};
 use crate::store::records::{
     Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
     OwnedEvent, QueueDepth, StoredEvent,
@@ -40,18 +43,21 @@ impl EmbeddedStore {
         dedup_horizon: Duration,
         max_size: Option<u64>,
     ) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, dedup_horizon, max_size, engine::DEFAULT_CACHE)
+        let history = Some(HistoryLimits::default());
+        Self::open_with_cache(dir, dedup_horizon, max_size, engine::DEFAULT_CACHE, history)
     }
 
     /// [`open`](Self::open) with redb's page cache at `cache` bytes (see
-    /// [`LocalStore::open_with_cache`]).
+    /// [`LocalStore::open_with_cache`]) and the event log kept within
+    /// `history` (None: an event goes with its last job).
     pub fn open_with_cache(
         dir: &Path,
         dedup_horizon: Duration,
         max_size: Option<u64>,
         cache: usize,
+        history: Option<HistoryLimits>,
     ) -> Result<Self, StoreError> {
-        let engine = Arc::new(LocalStore::open_with_cache(dir, cache)?);
+        let engine = Arc::new(LocalStore::open_with_cache(dir, cache)?.with_history(history));
         let file = engine
             .path()
             .expect("a store opened from a file has its path");
@@ -115,9 +121,9 @@ impl Store for EmbeddedStore {
         }
     }
 
-    async fn ack(&self, job: &Job) -> Result<(), StoreError> {
+    async fn ack(&self, job: &Job, attempt: Option<Attempt>) -> Result<(), StoreError> {
         self.committer
-            .write(OwnedWrite::Ack(job.clone()))
+            .write(OwnedWrite::Ack(job.clone(), attempt))
             .await
             .map(drop)
     }
@@ -197,6 +203,54 @@ impl Store for EmbeddedStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(LocalStore::flush).await
+    }
+
+    async fn events(
+        &self,
+        filter: &EventFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let (filter, cursor) = (filter.clone(), cursor.map(str::to_string));
+        self.blocking(move |engine| engine.events(&filter, cursor.as_deref(), limit))
+            .await
+    }
+
+    async fn event_detail(
+        &self,
+        source: &str,
+        id: &str,
+    ) -> Result<Option<EventDetail>, StoreError> {
+        let (source, id) = (source.to_string(), id.to_string());
+        self.blocking(move |engine| engine.event_detail(&source, &id))
+            .await
+    }
+
+    async fn redeliver(
+        &self,
+        sequence: u64,
+        target: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let target = target.map(str::to_string);
+        self.blocking(move |engine| engine.redeliver(sequence, target.as_deref(), now_ms))
+            .await
+    }
+
+    async fn redeliver_matching(
+        &self,
+        filter: &EventFilter,
+        max: u64,
+        dry_run: bool,
+        now_ms: u64,
+    ) -> Result<Redelivered, StoreError> {
+        let filter = filter.clone();
+        self.blocking(move |engine| engine.redeliver_matching(&filter, max, dry_run, now_ms))
+            .await
+    }
+
+    async fn history_usage(&self) -> Result<HistoryUsage, StoreError> {
+        self.blocking(LocalStore::history_usage).await
     }
 
     /// Fails while the writer cannot commit (it is recovering), or when a

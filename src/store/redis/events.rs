@@ -617,7 +617,9 @@ impl Store for RedisEventStore {
         Ok(jobs)
     }
 
-    async fn ack(&self, job: &Job) -> Result<(), StoreError> {
+    /// The Redis store does not keep the event log yet: the attempt goes
+    /// with the job.
+    async fn ack(&self, job: &Job, _attempt: Option<Attempt>) -> Result<(), StoreError> {
         let (mut invocation, shard) = self.guarded_invocation(&self.scripts.ack, job)?;
         invocation
             .key(self.key(shard, "refs"))
@@ -1036,6 +1038,7 @@ mod tests {
             webhook: "stripe".into(),
             meta,
             content_type: None,
+            headers: Vec::new(),
             body: bytes::Bytes::new(),
             now_ms: 7,
             dedup_window: Duration::from_secs(1),

@@ -33,21 +33,26 @@ use redb::{
 };
 
 use crate::event::Priority;
+use crate::store::history::HistoryLimits;
 use crate::store::records::{
     parse_cursor, Acceptance, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
-    NewEvent, QueueDepth, StoredEvent, UNROUTED,
+    NewEvent, QueueDepth, StoredEvent, TargetStatus, UNROUTED,
 };
 use crate::store::StoreError;
 use crate::time::unix_time;
 
 use super::leases::Leases;
 
+mod history;
+#[cfg(test)]
+mod history_tests;
 mod schema;
 mod tables;
 #[cfg(test)]
 mod tests;
 mod write;
 
+pub use history::PRUNE_BATCH;
 use schema::*;
 use tables::Tables;
 pub use write::{Write, Written};
@@ -85,6 +90,8 @@ pub struct LocalStore {
     /// (a target down, hundreds a second) took more than the whole
     /// reserve in fresh pages and filled the volume.
     tight: AtomicBool,
+    /// The event log is kept, within these limits (`store.history`).
+    history: Option<HistoryLimits>,
 }
 
 impl LocalStore {
@@ -139,8 +146,10 @@ impl LocalStore {
             leases: Mutex::default(),
             full: AtomicBool::new(false),
             tight: AtomicBool::new(false),
+            history: Some(HistoryLimits::default()),
         };
         store.create_tables_and_release_leases()?;
+        store.count_history()?;
         Ok(store)
     }
 
@@ -292,6 +301,7 @@ impl LocalStore {
         let full = self.full.load(Ordering::Relaxed);
         let changed = Tables::open(&txn).and_then(|mut tables| {
             tables.full = full;
+            tables.history = self.history.is_some();
             let value = change(&mut tables)?;
             tables.write_counts()?;
             Ok(value)
@@ -418,7 +428,9 @@ impl LocalStore {
                 tables.insert_dead(&letter)?;
                 return Ok(false);
             }
-            tables.insert_job(&letter.job.replayed(now_ms))?;
+            let job = letter.job.replayed(now_ms);
+            tables.record_outcome(&job, TargetStatus::Pending)?;
+            tables.insert_job(&job)?;
             Ok(true)
         })
     }
@@ -427,7 +439,8 @@ impl LocalStore {
         self.write(true, |tables| match tables.remove_dead(id)? {
             None => Ok(false),
             Some(letter) => {
-                tables.release_event(letter.job.event)?;
+                let now_ms = unix_time().as_millis() as u64;
+                tables.release_event(letter.job.event, now_ms, None)?;
                 Ok(true)
             }
         })

@@ -27,6 +27,23 @@ pub(super) const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_
 /// (dead at ms, job id): the dead-letter list's order.
 pub(super) const DEAD_ORDER: TableDefinition<(u64, u64), ()> = TableDefinition::new("dead_order");
 pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// (webhook, event id) -> the sequence of the newest event with that id:
+/// the event log's lookup by id.
+pub(super) const BY_ID: TableDefinition<(&str, &str), u64> = TableDefinition::new("events_by_id");
+/// Events that no job or dead letter refers to any more, kept by the event
+/// log: sequence -> (received ms, bytes). Retention drops them from the
+/// first (the oldest) on; an event listed here has no references.
+pub(super) const FINISHED: TableDefinition<u64, (u64, u64)> =
+    TableDefinition::new("finished_events");
+
+/// COUNTERS keys: events kept (pending and finished alike) and their bytes
+/// (record and body), for the `sidecar_store_history_*` gauges and
+/// `store.history.max_size`.
+pub(super) const HISTORY_EVENTS: &str = "history_events";
+pub(super) const HISTORY_BYTES: &str = "history_bytes";
+/// Set once the two counts above cover the events of a file written
+/// before them (`LocalStore::count_history`).
+pub(super) const HISTORY_COUNTED: &str = "history_counted";
 
 pub(super) fn failed(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {error}"))

@@ -10,7 +10,8 @@ use super::schema::*;
 use crate::event::Priority;
 use crate::store::embedded::leases::{Leases, Place};
 use crate::store::records::{
-    dedup_key, Acceptance, DeadLetter, Job, LeaseRequest, NewEvent, UNROUTED,
+    dedup_key, Acceptance, DeadLetter, Job, LeaseRequest, NewEvent, StoredEvent, TargetStatus,
+    UNROUTED,
 };
 use crate::store::StoreError;
 
@@ -19,15 +20,17 @@ use crate::store::StoreError;
 /// the writer's instructions when each step opened its own.
 pub(super) struct Tables<'t> {
     pub(super) dedup: Table<'t, &'static str, u64>,
-    events: Table<'t, u64, &'static [u8]>,
-    bodies: Table<'t, u64, &'static [u8]>,
+    pub(super) events: Table<'t, u64, &'static [u8]>,
+    pub(super) bodies: Table<'t, u64, &'static [u8]>,
+    pub(super) by_id: Table<'t, (&'static str, &'static str), u64>,
+    pub(super) finished: Table<'t, u64, (u64, u64)>,
     pub(super) refs: Table<'t, u64, u64>,
     pub(super) jobs: Table<'t, u64, &'static [u8]>,
     queue: Table<'t, (u8, &'static str, u64, u64), ()>,
     queued: Table<'t, (u8, &'static str), u64>,
     dead: Table<'t, u64, &'static [u8]>,
     dead_order: Table<'t, (u64, u64), ()>,
-    counters: Table<'t, &'static str, u64>,
+    pub(super) counters: Table<'t, &'static str, u64>,
     /// Changes to `queued` and `counters` not written yet: added up here and
     /// written by `write_counts`, before a lease reads them and before the
     /// commit.
@@ -35,6 +38,9 @@ pub(super) struct Tables<'t> {
     /// The store refuses new events for want of room: a retry does not
     /// grow its job's history (`Job::record_in_place`).
     pub(super) full: bool,
+    /// The event log is kept (`store.history.enabled`): an event no job
+    /// refers to any more stays, listed as finished, until retention.
+    pub(super) history: bool,
 }
 
 /// A count kept in the QUEUED or COUNTERS table.
@@ -52,6 +58,8 @@ impl<'t> Tables<'t> {
             dedup: txn.open_table(DEDUP).map_err(failed)?,
             events: txn.open_table(EVENTS).map_err(failed)?,
             bodies: txn.open_table(BODIES).map_err(failed)?,
+            by_id: txn.open_table(BY_ID).map_err(failed)?,
+            finished: txn.open_table(FINISHED).map_err(failed)?,
             refs: txn.open_table(REFS).map_err(failed)?,
             jobs: txn.open_table(JOBS).map_err(failed)?,
             queue: txn.open_table(QUEUE).map_err(failed)?,
@@ -61,6 +69,7 @@ impl<'t> Tables<'t> {
             counters: txn.open_table(COUNTERS).map_err(failed)?,
             counts: Vec::new(),
             full: false,
+            history: false,
         })
     }
 
@@ -234,6 +243,36 @@ impl<'t> Tables<'t> {
         Ok(None)
     }
 
+    /// A counter of the COUNTERS table as committed so far (0 when absent).
+    pub(super) fn counter(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .counters
+            .get(key)
+            .map_err(failed)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Takes `count` numbers of the sequence events and jobs share.
+    pub(super) fn next_sequence(&mut self, count: u64) -> Result<u64, StoreError> {
+        let next = self
+            .counters
+            .get("sequence")
+            .map_err(failed)?
+            .map_or(1, |v| v.value());
+        self.counters
+            .insert("sequence", next + count)
+            .map_err(failed)?;
+        Ok(next)
+    }
+
+    /// Job `id`'s record, if it is kept and readable.
+    pub(super) fn job_record(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        match self.job(id) {
+            Err(StoreError::Corrupt(_)) => Ok(None),
+            other => other,
+        }
+    }
+
     fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         let value = self.jobs.get(id).map_err(failed)?;
         value.map(|v| decode(v.value())).transpose()
@@ -351,23 +390,164 @@ impl<'t> Tables<'t> {
         Ok(letter)
     }
 
-    /// One job or dead letter no longer refers to the event; the last one
-    /// takes the event and its body with it. An event without a count has
-    /// one reference: counts are written only for events with more, and an
-    /// earlier version reads a missing count the same way.
-    pub(super) fn release_event(&mut self, event: u64) -> Result<(), StoreError> {
+    /// One job or dead letter no longer refers to the event; `outcome` is
+    /// how that job ended, for the event log. After the last reference the
+    /// event is finished: kept and listed as such while the event log is,
+    /// otherwise removed with its body.
+    pub(super) fn release_event(
+        &mut self,
+        event: u64,
+        now_ms: u64,
+        outcome: Option<(&Job, TargetStatus)>,
+    ) -> Result<(), StoreError> {
+        let last = self.drop_ref(event)?;
+        if !self.history {
+            return if last {
+                self.remove_event(event)
+            } else {
+                Ok(())
+            };
+        }
+        let Some(mut stored) = self.stored_if_readable(event)? else {
+            return Ok(());
+        };
+        if let Some((job, status)) = outcome {
+            stored.finish_job(job, status);
+        }
+        if last {
+            stored.finished_at_ms = Some(now_ms);
+        }
+        let bytes = self.put_event(event, &stored)?;
+        if last {
+            self.finished
+                .insert(event, (stored.received_at_ms, bytes))
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Takes one reference off the event; true when it was the last. An
+    /// event without a count has one (counts are written only for events
+    /// with more, and an earlier version reads a missing count the same
+    /// way); a finished one has none left to take.
+    fn drop_ref(&mut self, event: u64) -> Result<bool, StoreError> {
+        if self.finished.get(event).map_err(failed)?.is_some() {
+            return Ok(false);
+        }
         let count = self.refs.get(event).map_err(failed)?.map(|v| v.value());
         if let Some(count) = count {
             if count > 1 {
                 // Kept even at 1, which any version reads as one reference.
                 self.refs.insert(event, count - 1).map_err(failed)?;
-                return Ok(());
+                return Ok(false);
             }
             self.refs.remove(event).map_err(failed)?;
         }
-        self.events.remove(event).map_err(failed)?;
-        self.bodies.remove(event).map_err(failed)?;
+        Ok(true)
+    }
+
+    /// One more job refers to the event (a redelivery): a finished event
+    /// is pending again.
+    pub(super) fn add_ref(
+        &mut self,
+        event: u64,
+        stored: &mut StoredEvent,
+    ) -> Result<(), StoreError> {
+        if self.finished.remove(event).map_err(failed)?.is_some() {
+            stored.finished_at_ms = None;
+            return Ok(());
+        }
+        let count = self
+            .refs
+            .get(event)
+            .map_err(failed)?
+            .map_or(1, |v| v.value());
+        self.refs.insert(event, count + 1).map_err(failed)?;
         Ok(())
+    }
+
+    /// Removes an event, its body and its lookup by id.
+    pub(super) fn remove_event(&mut self, event: u64) -> Result<(), StoreError> {
+        let record = match self.events.remove(event).map_err(failed)? {
+            Some(record) => record.value().to_vec(),
+            None => return Ok(()),
+        };
+        let body_len = match self.bodies.remove(event).map_err(failed)? {
+            Some(body) => body.value().len(),
+            None => 0,
+        };
+        self.finished.remove(event).map_err(failed)?;
+        self.bump(HISTORY_EVENTS, -1);
+        self.bump(HISTORY_BYTES, -((record.len() + body_len) as i64));
+        if let Ok(stored) = decode::<StoredEvent>(&record) {
+            let key = (stored.webhook.as_str(), stored.id.as_str());
+            let newest = self.by_id.get(key).map_err(failed)?.map(|v| v.value());
+            if newest == Some(event) {
+                self.by_id.remove(key).map_err(failed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The event's record, if it is kept.
+    pub(super) fn stored(&self, event: u64) -> Result<Option<StoredEvent>, StoreError> {
+        let value = self.events.get(event).map_err(failed)?;
+        value.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Writes the event's record over the one kept; the event's bytes
+    /// (record and body) after the change.
+    pub(super) fn put_event(
+        &mut self,
+        event: u64,
+        stored: &StoredEvent,
+    ) -> Result<u64, StoreError> {
+        let record = encode(stored);
+        let old = self
+            .events
+            .insert(event, record.as_slice())
+            .map_err(failed)?
+            .map_or(0, |v| v.value().len());
+        self.bump(HISTORY_BYTES, record.len() as i64 - old as i64);
+        let body = self
+            .bodies
+            .get(event)
+            .map_err(failed)?
+            .map_or(0, |b| b.value().len());
+        Ok((record.len() + body) as u64)
+    }
+
+    /// The event's record; None when it is gone or cannot be read: the
+    /// log is what an operator reads, and an unreadable record must not
+    /// hold up the queue's work.
+    fn stored_if_readable(&self, event: u64) -> Result<Option<StoredEvent>, StoreError> {
+        match self.stored(event) {
+            Err(StoreError::Corrupt(_)) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Records in the event's record how one of its jobs stands now (a
+    /// dead letter, a replay), while the event log is kept.
+    pub(super) fn record_outcome(
+        &mut self,
+        job: &Job,
+        status: TargetStatus,
+    ) -> Result<(), StoreError> {
+        if !self.history {
+            return Ok(());
+        }
+        let Some(mut stored) = self.stored_if_readable(job.event)? else {
+            return Ok(());
+        };
+        if status == TargetStatus::Pending {
+            let outcome = stored.outcome_mut(&job.target);
+            outcome.status = status;
+            outcome.job = Some(job.id);
+        } else {
+            stored.finish_job(job, status);
+        }
+        self.put_event(job.event, &stored).map(drop)
     }
 
     /// One event's records.
@@ -384,23 +564,22 @@ impl<'t> Tables<'t> {
             }
         }
         self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
-        let sequence = {
-            let next = self
-                .counters
-                .get("sequence")
-                .map_err(failed)?
-                .map_or(1, |v| v.value());
-            // One number per event and per job: a job's id never repeats.
-            let jobs = event.meta.targets.len().max(1) as u64;
-            self.counters
-                .insert("sequence", next + 1 + jobs)
-                .map_err(failed)?;
-            next
-        };
+        // One number per event and per job: a job's id never repeats.
+        let sequence = self.next_sequence(1 + event.meta.targets.len().max(1) as u64)?;
+        let mut stored = event.stored(now_ms);
+        for (offset, outcome) in stored.targets.iter_mut().enumerate() {
+            outcome.job = Some(sequence + 1 + offset as u64);
+        }
+        let record = encode(&stored);
         self.events
-            .insert(sequence, encode(&event.stored(now_ms)).as_slice())
+            .insert(sequence, record.as_slice())
             .map_err(failed)?;
         self.bodies.insert(sequence, event.body).map_err(failed)?;
+        self.by_id
+            .insert((event.webhook.as_str(), event.meta.id.as_str()), sequence)
+            .map_err(failed)?;
+        self.bump(HISTORY_EVENTS, 1);
+        self.bump(HISTORY_BYTES, (record.len() + event.body.len()) as i64);
         let refs = event.meta.targets.len().max(1) as u64;
         if refs > 1 {
             self.refs.insert(sequence, refs).map_err(failed)?;

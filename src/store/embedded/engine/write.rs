@@ -5,14 +5,17 @@ use std::time::Duration;
 
 use super::tables::Tables;
 use crate::store::embedded::leases::Leases;
-use crate::store::records::{Acceptance, Attempt, DeadLetter, Job, LeaseRequest, NewEvent};
+use crate::store::records::{
+    Acceptance, Attempt, DeadLetter, Job, LeaseRequest, NewEvent, TargetStatus,
+};
 use crate::store::StoreError;
 
 /// A write the queue's hot path makes; several share one transaction.
 pub enum Write<'a> {
     Accept(NewEvent<'a>, u64, Duration),
     Lease(&'a LeaseRequest),
-    Ack(&'a Job),
+    /// Delivered, by this attempt (None when it was not recorded).
+    Ack(&'a Job, Option<Attempt>),
     Retry(&'a Job, Attempt, u64),
     DeadLetter {
         held: &'a Job,
@@ -48,10 +51,19 @@ impl Write<'_> {
                 .insert(event, *now_ms, *window)
                 .map(Written::Accepted),
             Self::Lease(request) => tables.lease(request, leases).map(Written::Leased),
-            Self::Ack(held) => {
+            Self::Ack(held, attempt) => {
                 let place = leases.check(held)?.place.clone();
                 tables.remove_job_at(held.id, &place)?;
-                tables.release_event(place.event)?;
+                // The job as leased carries its earlier attempts.
+                let mut job = (*held).clone();
+                let now_ms = match attempt {
+                    Some(attempt) => {
+                        job.record(attempt.clone());
+                        attempt.at_ms + attempt.duration_ms
+                    }
+                    None => job.due_ms,
+                };
+                tables.release_event(place.event, now_ms, Some((&job, TargetStatus::Delivered)))?;
                 leases.release(held.id);
                 Ok(Written::Done)
             }
@@ -77,6 +89,7 @@ impl Write<'_> {
                     job.record(attempt.clone());
                 }
                 job.leased = false;
+                tables.record_outcome(&job, TargetStatus::Dead)?;
                 tables.insert_dead(&DeadLetter {
                     job,
                     reason: reason.to_string(),
