@@ -164,11 +164,12 @@ enum Events {
     Redeliver {
         /// The webhook that received it; omit with --all.
         #[arg(
+            value_name = "SOURCE",
             required_unless_present = "all",
             conflicts_with = "all",
             requires = "id"
         )]
-        source: Option<String>,
+        event_source: Option<String>,
         /// The event's id.
         id: Option<String>,
         #[arg(long)]
@@ -200,7 +201,7 @@ impl From<Events> for wedsync_sidecar::cli::events::EventsCommand {
             },
             Events::Show { source, id } => Self::Show { source, id },
             Events::Redeliver {
-                source: Some(source),
+                event_source: Some(source),
                 id: Some(id),
                 all: false,
                 filters,
@@ -551,4 +552,16 @@ fn talk(
 fn print_out(text: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks its definition only when a subcommand is parsed: two
+    /// arguments of one name would panic in the operator's shell.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

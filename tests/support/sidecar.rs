@@ -224,8 +224,6 @@ impl Sidecar {
         .await
     }
 
-    /// The `/metrics` text once `done` holds for it; after `within`, a
-    /// panic naming `what` with the last text.
     /// The value of the sample `series` (name and labels, as exposed) in
     /// a `/metrics` text; 0 when absent.
     pub fn metric_value(text: &str, series: &str) -> f64 {
@@ -235,6 +233,8 @@ impl Sidecar {
             .unwrap_or(0.0)
     }
 
+    /// The `/metrics` text once `done` holds for it; after `within`, a
+    /// panic naming `what` with the last text.
     pub async fn metrics_until(
         &self,
         what: &str,
