@@ -257,17 +257,28 @@ async fn a_full_disk_means_503_never_202_and_acceptance_resumes_when_space_retur
         "the disk never filled ({} accepted)",
         acknowledged.len()
     );
-    // /admin/store says why: paused for space, or the writer's last error.
+    // /admin/store says why: paused for space, the writer's last error, or
+    // (between a failed write's recovery and the next refusal) a room left
+    // smaller than one of these events.
     let mut store = serde_json::Value::Null;
+    let too_small = |store: &serde_json::Value| {
+        let room = store["capacity_bytes"].as_u64().unwrap_or(u64::MAX)
+            - store["used_bytes"]
+                .as_u64()
+                .unwrap_or(0)
+                .min(store["capacity_bytes"].as_u64().unwrap_or(0));
+        room < padding.len() as u64
+    };
     for _ in 0..30 {
         store = get(&sidecar.admin_url("/admin/store")).await.json();
-        if store["answering"] == false || store["paused_for_space"] == true {
+        if store["answering"] == false || store["paused_for_space"] == true || too_small(&store) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
         store["paused_for_space"] == true
+            || too_small(&store)
             || store["last_error"]
                 .as_str()
                 .unwrap_or_default()

@@ -629,3 +629,32 @@ fn the_json_schema_knows_exactly_the_keys_the_decoder_takes() {
         "https://json-schema.org/draft/2020-12/schema"
     );
 }
+
+#[test]
+fn the_event_log_is_on_by_default_and_bounded_as_configured() {
+    let config = load("{}").unwrap();
+    assert_eq!(config.store.history, History::default());
+    let limits = config.store.history.limits().expect("on by default");
+    assert_eq!(limits.retention, Duration::from_secs(24 * 3600));
+    assert_eq!(limits.max_size, 256 << 20);
+    let config =
+        load("store: { history: { enabled: false, retention: 2h, max_size: 64MiB } }").unwrap();
+    assert_eq!(config.store.history.limits(), None);
+    assert_eq!(config.store.history.retention, Duration::from_secs(7200));
+    assert_eq!(config.store.history.max_size, 64 << 20);
+    let wrong = errors("store: { history: { max_size: 1KiB, retention: 0s, kept: true } }");
+    assert!(
+        wrong
+            .iter()
+            .any(|e| e.contains("store.history.max_size") && e.contains("at least 1MiB")),
+        "{wrong:?}"
+    );
+    assert!(
+        wrong.iter().any(|e| e.contains("store.history.retention")),
+        "{wrong:?}"
+    );
+    assert!(
+        wrong.iter().any(|e| e.contains("store.history.kept")),
+        "{wrong:?}"
+    );
+}
