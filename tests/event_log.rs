@@ -489,3 +489,98 @@ async fn retention_drops_finished_events_and_keeps_dead_letters_and_pending_ones
     assert_eq!(post(&sidecar, lone, "customer.created", "w-1").await, 200);
     assert_eq!(seen_with(&ok, lone).len(), 1);
 }
+
+/// SIGKILL while retention drops a backlog of finished events: every event
+/// still pending survives and is delivered once its target is back; the
+/// finished ones are dropped in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_history_pruning_loses_no_pending_event() {
+    let ok = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let no = MockServer::start(|_| MockAnswer::status(400, "no")).await;
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let taken: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+    let flaky = {
+        let (up, taken) = (Arc::clone(&up), Arc::clone(&taken));
+        MockServer::start(move |seen| {
+            if up.load(std::sync::atomic::Ordering::SeqCst) {
+                let id = seen.headers.get("x-event-id").cloned().unwrap_or_default();
+                taken.lock().unwrap().insert(id);
+                MockAnswer::status(200, "")
+            } else {
+                MockAnswer::status(503, "down")
+            }
+        })
+        .await
+    };
+    let data = unique_dir("pruning");
+    let store = format!(
+        "store:\n  path: {}\n  history: {{ retention: 1s }}\ndelivery: {{ workers: 8 }}",
+        data.display()
+    );
+    let mut sidecar = Sidecar::start(&config(&ok, &no, &flaky, &store, 1000));
+    const FINISHED: usize = 1_500;
+    const PENDING: usize = 100;
+    let ingress = sidecar.ingress;
+    let posted: Vec<u16> = futures_util::future::join_all((0..4).map(|sender| async move {
+        let mut statuses = Vec::new();
+        for n in (sender..FINISHED + PENDING).step_by(4) {
+            let (id, kind) = if n < FINISHED {
+                (format!("evt_done_{n}"), "customer.created")
+            } else {
+                (format!("evt_wait_{n}"), "payment_intent.succeeded")
+            };
+            let body = format!(r#"{{"id":"{id}","type":"{kind}"}}"#);
+            let signature = stripe_signature_with(SECRET, body.as_bytes());
+            statuses.push(
+                send(
+                    "POST",
+                    &format!("http://{ingress}/webhooks/stripe"),
+                    &[("stripe-signature", signature.as_str())],
+                    Bytes::from(body),
+                )
+                .await
+                .status,
+            );
+        }
+        statuses
+    }))
+    .await
+    .concat();
+    assert!(posted.iter().all(|s| *s == 202), "{posted:?}");
+    eventually(
+        Duration::from_secs(60),
+        "the finished ones delivered",
+        || ok.requests().len() >= FINISHED + PENDING,
+    )
+    .await;
+    // Retention runs 5 s after start, then every 5 s: kill around it.
+    for round in 0..4u64 {
+        tokio::time::sleep(Duration::from_millis(4_900 + round * 60)).await;
+        sidecar.child.kill().unwrap();
+        sidecar.child.wait().unwrap();
+        sidecar.respawn();
+    }
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let waiting: std::collections::BTreeSet<String> = (FINISHED..FINISHED + PENDING)
+        .map(|n| format!("evt_wait_{n}"))
+        .collect();
+    eventually(
+        Duration::from_secs(60),
+        "every pending event delivered",
+        || waiting.is_subset(&taken.lock().unwrap()),
+    )
+    .await;
+    assert!(!flaky.requests().is_empty());
+    // And retention went on: only what was pending is left.
+    let mut left = u64::MAX;
+    for _ in 0..150 {
+        left = admin(&sidecar, "GET", "/admin/events").await.json()["total_estimate"]
+            .as_u64()
+            .unwrap();
+        if left <= PENDING as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left <= PENDING as u64, "{left} events kept");
+}

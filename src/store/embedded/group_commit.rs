@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use super::engine::{LocalStore, Write, Written};
 use super::room::{self, RoomMeter};
 use crate::store::records::{Acceptance, Attempt, Job, LeaseRequest, OwnedEvent};
-use crate::store::space::{SpaceGate, RESUME_AT};
+use crate::store::space::SpaceGate;
 use crate::store::StoreError;
 use crate::time::unix_time;
 
@@ -287,8 +287,7 @@ impl Writer<'_> {
             let batch = self.admit(batch);
             // This batch's retries and commit see how full the store is now.
             let full = self.gate.status().paused;
-            self.store
-                .set_room(full, full || self.gate.fullness() >= RESUME_AT);
+            self.store.set_room(full, self.gate.fullness());
             if !batch.is_empty() {
                 if let Err(failure) = self.commit(batch) {
                     if let Some(meter) = &mut self.meter {

@@ -192,15 +192,15 @@ impl LocalStore {
     }
 
     /// Drops finished events, oldest first, while they are older than the
-    /// retention, the log is over its size, or the store refuses new
-    /// events for want of room (the log gives way to them); at most
+    /// retention, the log is over its size, or the store is past
+    /// [`HISTORY_SHARE`](super::HISTORY_SHARE) of its capacity (the log
+    /// gives way to new events); at most
     /// [`PRUNE_BATCH`] per call. How many went.
     pub fn prune_history(&self, now_ms: u64) -> Result<u64, StoreError> {
         let Some(limits) = self.history else {
             return Ok(0);
         };
-        let pressed = self.full.load(std::sync::atomic::Ordering::Relaxed)
-            || self.tight.load(std::sync::atomic::Ordering::Relaxed);
+        let pressed = self.crowded.load(std::sync::atomic::Ordering::Relaxed);
         let expired_before = now_ms.saturating_sub(limits.retention.as_millis() as u64);
         self.write(true, |tables| {
             let mut bytes = tables.counter(HISTORY_BYTES)?;

@@ -420,3 +420,32 @@ fn the_log_survives_reopening_and_a_file_from_before_it_is_counted_once() {
     let store = LocalStore::open(&path).unwrap();
     assert_eq!(store.history_usage().unwrap(), usage, "and only once");
 }
+
+#[test]
+fn past_half_the_capacity_finished_events_go_whatever_their_age() {
+    let store = LocalStore::open(&dir("crowded")).unwrap();
+    accept(&store, "stripe", &meta("done", "t", "w", &["ok"]), 1_000);
+    accept(
+        &store,
+        "stripe",
+        &meta("waiting", "t", "w", &["flaky"]),
+        1_001,
+    );
+    for job in lease(&store, 1_000) {
+        settle(
+            &store,
+            &job,
+            if job.target == "ok" { 200 } else { 503 },
+            1_100,
+        );
+    }
+    store.set_room(false, HISTORY_SHARE - 0.01);
+    assert_eq!(
+        store.prune_history(2_000).unwrap(),
+        0,
+        "young, and room enough"
+    );
+    store.set_room(false, HISTORY_SHARE);
+    assert_eq!(store.prune_history(2_000).unwrap(), 1);
+    assert_eq!(list(&store, EventFilter::default()), ["waiting"]);
+}

@@ -38,6 +38,7 @@ use crate::store::records::{
     parse_cursor, Acceptance, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
     NewEvent, QueueDepth, StoredEvent, TargetStatus, UNROUTED,
 };
+use crate::store::space::RESUME_AT;
 use crate::store::StoreError;
 use crate::time::unix_time;
 
@@ -56,6 +57,12 @@ pub use history::PRUNE_BATCH;
 use schema::*;
 use tables::Tables;
 pub use write::{Write, Written};
+
+/// The most of the store's capacity finished events may keep it at: past
+/// it, retention drops the oldest whatever their age, so that the log
+/// alone never holds a store near full (the `WedsyncStoreNearlyFull` alert
+/// fires at 80%) nor takes the room a backlog needs.
+pub const HISTORY_SHARE: f64 = 0.5;
 
 /// The longest a non-fsynced commit waits for the next fsync.
 pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
@@ -90,6 +97,9 @@ pub struct LocalStore {
     /// (a target down, hundreds a second) took more than the whole
     /// reserve in fresh pages and filled the volume.
     tight: AtomicBool,
+    /// The store holds more than [`HISTORY_SHARE`] of its capacity: the
+    /// event log gives way.
+    crowded: AtomicBool,
     /// The event log is kept, within these limits (`store.history`).
     history: Option<HistoryLimits>,
 }
@@ -146,6 +156,7 @@ impl LocalStore {
             leases: Mutex::default(),
             full: AtomicBool::new(false),
             tight: AtomicBool::new(false),
+            crowded: AtomicBool::new(false),
             history: Some(HistoryLimits::default()),
         };
         store.create_tables_and_release_leases()?;
@@ -188,11 +199,16 @@ impl LocalStore {
         Ok(stats.allocated_pages() * stats.page_size() as u64)
     }
 
-    /// Whether new events are refused for want of room, and whether the
-    /// store is near that (the writer's space gate says).
-    pub fn set_room(&self, full: bool, tight: bool) {
+    /// Whether new events are refused for want of room, and how full the
+    /// store is (the writer's space gate says): near the low-water mark
+    /// every commit is fsynced, and past [`HISTORY_SHARE`] the event log
+    /// drops finished events whatever their age.
+    pub fn set_room(&self, full: bool, fullness: f64) {
         self.full.store(full, Ordering::Relaxed);
-        self.tight.store(tight, Ordering::Relaxed);
+        self.tight
+            .store(full || fullness >= RESUME_AT, Ordering::Relaxed);
+        self.crowded
+            .store(full || fullness >= HISTORY_SHARE, Ordering::Relaxed);
     }
 
     /// The file; None for a store in memory.
