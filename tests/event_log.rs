@@ -148,11 +148,32 @@ fn expected(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_log_counts_shows_and_redelivers_exactly_what_was_sent() {
+    counts_shows_and_redelivers("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_in_redis_counts_shows_and_redelivers_exactly_what_was_sent() {
+    let redis = RedisServer::start();
+    counts_shows_and_redelivers(&format!(
+        "store: {{ kind: redis, url: {}, prefix: test }}\n",
+        redis.url()
+    ))
+    .await;
+}
+
+/// The whole walk, on the embedded store (`store` empty) or the one given.
+async fn counts_shows_and_redelivers(store: &str) {
     let ok = MockServer::start(|_| MockAnswer::status(204, "")).await;
     let no =
         MockServer::start(|_| MockAnswer::status(400, "{\"error\":\"unknown wedding\"}")).await;
     let flaky = flaky_target().await;
-    let mut sidecar = Sidecar::start(&config(&ok, &no, &flaky, "delivery: { workers: 8 }", 5));
+    let mut sidecar = Sidecar::start(&config(
+        &ok,
+        &no,
+        &flaky,
+        &format!("{store}delivery: {{ workers: 8 }}"),
+        5,
+    ));
     for n in 0..EVENTS {
         assert_eq!(
             post(&sidecar, &format!("evt_{n}"), event_type(n), &wedding(n)).await,
@@ -420,16 +441,30 @@ async fn the_event_log_counts_shows_and_redelivers_exactly_what_was_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_finished_events_and_keeps_dead_letters_and_pending_ones() {
+    let data = unique_dir("retention");
+    retention(&format!(
+        "store:\n  path: {}\n  history: {{ retention: 1s }}",
+        data.display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_in_redis_drops_finished_events_and_keeps_dead_letters_and_pending_ones() {
+    let redis = RedisServer::start();
+    retention(&format!(
+        "store: {{ kind: redis, url: {}, prefix: test, history: {{ retention: 1s }} }}",
+        redis.url()
+    ))
+    .await;
+}
+
+async fn retention(store: &str) {
     let ok = MockServer::start(|_| MockAnswer::status(204, "")).await;
     let no = MockServer::start(|_| MockAnswer::status(400, "no")).await;
     // Down: its events stay pending.
     let flaky = MockServer::start(|_| MockAnswer::status(503, "down")).await;
-    let data = unique_dir("retention");
-    let store = format!(
-        "store:\n  path: {}\n  history: {{ retention: 1s }}",
-        data.display()
-    );
-    let sidecar = Sidecar::start(&config(&ok, &no, &flaky, &store, 1000));
+    let sidecar = Sidecar::start(&config(&ok, &no, &flaky, store, 1000));
     for n in 0..4 {
         assert_eq!(
             post(&sidecar, &format!("evt_{n}"), event_type(n), "w-1").await,

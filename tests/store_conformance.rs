@@ -14,7 +14,8 @@ use std::time::Duration;
 use support::{RedisCluster, RedisServer};
 use wedsync_sidecar::event::{EventMeta, Priority};
 use wedsync_sidecar::store::embedded::EmbeddedStore;
-use wedsync_sidecar::store::history::{EventFilter, EventStatus, HistoryLimits};
+use wedsync_sidecar::store::history::{EventFilter, EventStatus, HistoryLimits, Redelivered};
+use wedsync_sidecar::store::records::TargetStatus;
 use wedsync_sidecar::store::records::HISTORY_LIMIT;
 use wedsync_sidecar::store::redis::RedisTarget;
 use wedsync_sidecar::store::{
@@ -105,7 +106,7 @@ fn redis() -> Subject {
         reopen: Box::new(open),
         _redis: Some(redis),
         _cluster: None,
-        history: false,
+        history: true,
     }
 }
 
@@ -123,7 +124,7 @@ fn redis_cluster() -> Subject {
         reopen: Box::new(open),
         _redis: None,
         _cluster: Some(cluster),
-        history: false,
+        history: true,
     }
 }
 
@@ -166,6 +167,7 @@ conformance!(
     queue_depth_and_oldest_event_age,
     what_was_accepted_survives_a_new_handle,
     a_bad_cursor_is_refused,
+    the_event_log_keeps_outcomes_and_redelivers,
 );
 
 fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
@@ -831,4 +833,128 @@ async fn a_bad_cursor_is_refused(subject: Subject) {
         .await
         .unwrap_err();
     assert_eq!(error, StoreError::InvalidCursor("nonsense".into()));
+}
+
+/// The event log through the `Store` trait: each target's outcome and
+/// attempts after delivery, filters, one redelivery (a new job for the
+/// delivered target, the dead letter replayed), a filtered one with its
+/// dry run, the log's counts. Without the log, an event is listed only
+/// while a job or dead letter refers to it.
+async fn the_event_log_keeps_outcomes_and_redelivers(subject: Subject) {
+    let store = &*subject.store;
+    let sequence = accept(store, "evt_log", Priority::Normal, &["notify", "supplier"]).await;
+    let jobs = drain(store, T0).await;
+    assert_eq!(jobs.len(), 2);
+    for job in &jobs {
+        if job.target == "notify" {
+            let mut ok = failure(T0 + 10, 200);
+            ok.response = Some("thanks".into());
+            store.ack(job, Some(ok)).await.unwrap();
+        } else {
+            kill_job(store, job, 400, T0 + 10).await;
+        }
+    }
+    if !subject.history {
+        // Its dead letter keeps it, without outcomes.
+        let page = store
+            .events(&EventFilter::default(), None, 50)
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+        return;
+    }
+    let filter = |status: Option<EventStatus>, target: Option<&str>| EventFilter {
+        status,
+        target: target.map(str::to_string),
+        ..EventFilter::default()
+    };
+    let count = |f: EventFilter| async move {
+        let page = store.events(&f, None, 50).await.unwrap();
+        assert_eq!(page.items.len() as u64, page.total_estimate);
+        page.items.len()
+    };
+    assert_eq!(count(filter(Some(EventStatus::Partial), None)).await, 1);
+    assert_eq!(
+        count(filter(Some(EventStatus::Dead), Some("supplier"))).await,
+        1
+    );
+    assert_eq!(
+        count(filter(Some(EventStatus::Dead), Some("notify"))).await,
+        0
+    );
+    let detail = store
+        .event_detail("stripe", "evt_log")
+        .await
+        .unwrap()
+        .expect("kept");
+    assert_eq!(detail.sequence, sequence);
+    assert!(!detail.body.is_empty());
+    let outcome = |detail: &wedsync_sidecar::store::history::EventDetail, target: &str| {
+        detail
+            .event
+            .targets
+            .iter()
+            .find(|t| t.target == target)
+            .cloned()
+            .unwrap()
+    };
+    let notify = outcome(&detail, "notify");
+    assert_eq!(notify.status, TargetStatus::Delivered);
+    assert_eq!(notify.attempts.len(), 1);
+    assert_eq!(notify.attempts[0].response.as_deref(), Some("thanks"));
+    assert_eq!(outcome(&detail, "supplier").attempts[0].status, Some(400));
+
+    assert_eq!(
+        store.redeliver(sequence, None, T0 + 100).await.unwrap(),
+        Some(2)
+    );
+    assert!(store
+        .dead_letters(&DeadLetterFilter::default(), None, 10)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let again = drain(store, T0 + 100).await;
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|j| j.redelivery && j.event == sequence));
+    assert_eq!(count(filter(Some(EventStatus::Pending), None)).await, 1);
+    for job in &again {
+        store.ack(job, Some(failure(T0 + 110, 200))).await.unwrap();
+    }
+    assert_eq!(count(filter(Some(EventStatus::Delivered), None)).await, 1);
+    let detail = store
+        .event_detail("stripe", "evt_log")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome(&detail, "notify").attempts.len(),
+        2,
+        "both deliveries"
+    );
+    assert_eq!(
+        outcome(&detail, "supplier").attempts.len(),
+        2,
+        "the rejection and the redelivery"
+    );
+
+    let delivered = filter(Some(EventStatus::Delivered), None);
+    assert_eq!(
+        store
+            .redeliver_matching(&delivered, 10, true, T0 + 200)
+            .await
+            .unwrap(),
+        Redelivered::Matched(1)
+    );
+    assert_eq!(
+        store
+            .redeliver_matching(&delivered, 10, false, T0 + 200)
+            .await
+            .unwrap(),
+        Redelivered::Queued(1)
+    );
+    assert_eq!(drain(store, T0 + 200).await.len(), 2);
+    let usage = store.history_usage().await.unwrap();
+    assert_eq!(usage.events, 1);
+    assert!(usage.bytes > 0);
 }

@@ -343,7 +343,8 @@ fn event_store(
                     config.store.replica_timeout,
                     metrics.store_replica_wait_seconds.clone(),
                 )
-                .with_max_memory_ratio(settings.max_memory_ratio),
+                .with_max_memory_ratio(settings.max_memory_ratio)
+                .with_history(config.store.history.limits()),
         ),
         (StoreKind::Local { path, max_size }, _) => {
             let horizon = config

@@ -20,6 +20,9 @@ use crate::store::{Store, StoreReport};
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 const INSPECT_EVERY: Duration = Duration::from_secs(60);
+/// How often the event log's retention runs where the store needs asking
+/// (Redis); the embedded store's own cleaner keeps the same pace.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 pub struct StoreMonitor {
     store: Arc<dyn Store>,
@@ -78,6 +81,16 @@ impl StoreMonitor {
 }
 
 impl StoreMonitor {
+    /// Retention of the event log, where the store needs asking.
+    async fn prune_history(&self) {
+        let now_ms = crate::time::unix_time().as_millis() as u64;
+        match self.store.prune_history(now_ms).await {
+            Ok(0) => {}
+            Ok(dropped) => tracing::debug!(dropped, "dropped finished events from the event log"),
+            Err(error) => tracing::warn!(%error, "could not drop old events from the event log"),
+        }
+    }
+
     /// The store's room into the gauges (capacity 0: nothing bounds it).
     async fn measure_space(&self) {
         if let Err(error) = self.store.measure_space().await {
@@ -96,6 +109,7 @@ impl StoreMonitor {
 impl BackgroundService for StoreMonitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut since_inspection = INSPECT_EVERY;
+        let mut since_pruning = Duration::ZERO;
         loop {
             // Until one inspection worked (Redis down at start), every round
             // tries one.
@@ -106,8 +120,15 @@ impl BackgroundService for StoreMonitor {
             let outcome = self.store.check().await;
             self.lifecycle.record_store_check(outcome);
             self.measure_space().await;
+            if since_pruning >= PRUNE_EVERY {
+                since_pruning = Duration::ZERO;
+                self.prune_history().await;
+            }
             tokio::select! {
-                _ = tokio::time::sleep(CHECK_EVERY) => since_inspection += CHECK_EVERY,
+                _ = tokio::time::sleep(CHECK_EVERY) => {
+                    since_inspection += CHECK_EVERY;
+                    since_pruning += CHECK_EVERY;
+                }
                 _ = shutdown.changed() => return,
             }
         }

@@ -9,6 +9,12 @@ use super::records::{StoredEvent, TargetStatus};
 /// The most events one filtered redelivery queues unless `max` says less.
 pub const DEFAULT_REDELIVER_MAX: u64 = 10_000;
 
+/// The most of the store's capacity finished events may keep it at: past
+/// it, retention drops the oldest whatever their age, so that the log
+/// alone never holds a store near full (the `WedsyncStoreNearlyFull` alert
+/// fires at 80%) nor takes the room a backlog needs.
+pub const HISTORY_SHARE: f64 = 0.5;
+
 /// How long and how much of the log is kept (`store.history`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryLimits {

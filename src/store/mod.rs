@@ -172,6 +172,13 @@ pub trait Store: Send + Sync {
         Err(no_event_log())
     }
 
+    /// Drops what the event log's retention no longer keeps, where the
+    /// store monitor must ask (the embedded store does it by itself); how
+    /// many events went.
+    async fn prune_history(&self, _now_ms: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Events kept and their bytes.
     async fn history_usage(&self) -> Result<history::HistoryUsage, StoreError> {
         Ok(history::HistoryUsage::default())

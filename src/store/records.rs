@@ -203,6 +203,18 @@ impl TargetOutcome {
             attempts: Vec::new(),
         }
     }
+
+    /// A job's attempts join those kept, each once (a replayed dead letter
+    /// carries the attempts it had), the latest [`KEPT_ATTEMPTS`] kept.
+    pub fn add_attempts(&mut self, job: &Job) {
+        for attempt in &job.history {
+            if !self.attempts.contains(attempt) {
+                self.attempts.push(attempt.clone());
+            }
+        }
+        let excess = self.attempts.len().saturating_sub(KEPT_ATTEMPTS);
+        self.attempts.drain(..excess);
+    }
 }
 
 impl StoredEvent {
@@ -225,9 +237,7 @@ impl StoredEvent {
         let outcome = self.outcome_mut(&job.target);
         outcome.status = status;
         outcome.job = Some(job.id);
-        outcome.attempts.extend(job.history.iter().cloned());
-        let excess = outcome.attempts.len().saturating_sub(KEPT_ATTEMPTS);
-        outcome.attempts.drain(..excess);
+        outcome.add_attempts(job);
     }
 }
 
@@ -564,6 +574,22 @@ mod tests {
         // A job with no history yet gets its first entry all the same.
         let first = job().retried(attempt(1), 100, false);
         assert_eq!((first.attempts, first.history.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_replayed_jobs_attempts_join_its_outcome_once() {
+        let mut job = job();
+        job.history = vec![attempt(1), attempt(2), attempt(3)];
+        let mut outcome = TargetOutcome::new("notify".into(), TargetStatus::Dead);
+        outcome.attempts = vec![attempt(1), attempt(2)];
+        outcome.add_attempts(&job);
+        assert_eq!(outcome.attempts, [attempt(1), attempt(2), attempt(3)]);
+        for at in 10..(10 + KEPT_ATTEMPTS as u64) {
+            job.history = vec![attempt(at)];
+            outcome.add_attempts(&job);
+        }
+        assert_eq!(outcome.attempts.len(), KEPT_ATTEMPTS);
+        assert_eq!(outcome.attempts[0].at_ms, 10, "the oldest go first");
     }
 
     #[test]

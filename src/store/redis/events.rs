@@ -31,11 +31,17 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 
+mod history;
+
 use super::connection::{is_out_of_memory, RedisCallError, RedisStore, EVENT_CALL_TIMEOUT};
 use super::scripts::Scripts;
 use super::settings::{info_field, info_texts, RedisSettings};
 use crate::config::DEFAULT_MAX_MEMORY_RATIO;
 use crate::event::Priority;
+use crate::store::history::{
+    EventDetail, EventFilter, EventPage, HistoryLimits, HistoryUsage, Redelivered,
+};
+use crate::store::records::TargetStatus;
 use crate::store::records::{
     dedup_key, parse_cursor, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage,
     Job, LeaseRequest, OwnedEvent, QueueDepth, StoredEvent, UNROUTED,
@@ -76,6 +82,8 @@ pub struct RedisEventStore {
     /// `maxmemory`, measured by `measure_space`.
     gate: SpaceGate,
     max_memory_ratio: f64,
+    /// The event log is kept, within these limits (`store.history`).
+    history: Option<HistoryLimits>,
 }
 
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
@@ -124,7 +132,15 @@ impl RedisEventStore {
             refusal: std::sync::RwLock::new(None),
             gate: SpaceGate::new("redis"),
             max_memory_ratio: DEFAULT_MAX_MEMORY_RATIO,
+            history: Some(HistoryLimits::default()),
         }
+    }
+
+    /// Keeps the event log within `limits`, or (None) drops each event with
+    /// its last job or dead letter.
+    pub fn with_history(mut self, limits: Option<HistoryLimits>) -> Self {
+        self.history = limits;
+        self
     }
 
     /// New events are refused once a master holds `ratio` of its
@@ -438,6 +454,43 @@ impl RedisEventStore {
         try_join_all((0..self.shards.len()).map(|shard| self.query("read", read(shard)))).await
     }
 
+    /// Puts dead letter `letter` back on the queue as `job` (due now), and
+    /// its target's outcome back to pending.
+    async fn replay_job(
+        &self,
+        letter: &DeadLetter,
+        job: &Job,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let id = letter.job.id;
+        let shard = self.shard_of_job(id)?;
+        let outcome = self.outcome_text(job, TargetStatus::Pending).await?;
+        let mut invocation = self.scripts.replay.prepare_invoke();
+        invocation
+            .key(self.key(shard, "dead"))
+            .key(self.key(shard, "dead_order"))
+            .key(self.key(shard, "jobs"))
+            .key(self.key(shard, "targets"))
+            .key(self.queue_key(shard, job.priority, &job.target))
+            .key(self.key(shard, "age"))
+            .key(self.key(shard, "dead_counts"))
+            .key(self.queued_key(shard, job.priority))
+            .key(self.key(shard, "outcomes"))
+            .arg(member(id))
+            .arg(letter.order_key())
+            .arg(encode(job))
+            .arg(&job.target)
+            .arg(now_ms)
+            .arg(job.received_at_ms)
+            .arg(&job.webhook)
+            .arg(history::outcome_field(job.event, &job.target))
+            .arg(outcome);
+        let replayed: i64 = self.invoke_durable("replay", invocation).await?;
+        self.lane_slot(shard, job.priority)
+            .store(0, Ordering::Relaxed);
+        Ok(replayed == 1)
+    }
+
     /// One batch of dead-letter order keys of every part, newest first,
     /// below `below`; the keys that are certainly the newest of all (down
     /// to the oldest key of a part that may have more), and whether any
@@ -539,12 +592,22 @@ impl Store for RedisEventStore {
             .key(self.key(shard, "dead"))
             .key(self.key(shard, "dead_order"))
             .key(self.key(shard, "dead_counts"))
-            .arg(event.dedup_window.as_millis().max(1) as u64)
-            .arg(encode(&new.stored(now_ms)))
+            .key(self.key(shard, "log"))
+            .key(self.key(shard, "by_id"))
+            .key(self.key(shard, "history"))
+            .key(self.key(shard, "index"))
+            .arg(event.dedup_window.as_millis().max(1) as u64);
+        let record = encode(&new.stored(now_ms));
+        let targets: Vec<&str> = event.meta.targets.iter().map(|t| t.as_str()).collect();
+        invocation
+            .arg(&record)
             .arg(now_ms)
             .arg(&event.body[..])
             .arg(&event.webhook)
-            .arg(shard);
+            .arg(shard)
+            .arg(history::by_id_field(&event.webhook, &event.meta.id))
+            .arg(record.len() + event.body.len())
+            .arg(targets.join("\x1f"));
         for target in &event.meta.targets {
             invocation.key(self.queue_key(shard, event.meta.priority, target));
         }
@@ -617,15 +680,20 @@ impl Store for RedisEventStore {
         Ok(jobs)
     }
 
-    /// The Redis store does not keep the event log yet: the attempt goes
-    /// with the job.
-    async fn ack(&self, job: &Job, _attempt: Option<Attempt>) -> Result<(), StoreError> {
+    async fn ack(&self, job: &Job, attempt: Option<Attempt>) -> Result<(), StoreError> {
+        let mut done = job.clone();
+        if let Some(attempt) = attempt {
+            done.record(attempt);
+        }
+        let outcome = self.outcome_text(&done, TargetStatus::Delivered).await?;
         let (mut invocation, shard) = self.guarded_invocation(&self.scripts.ack, job)?;
+        for key in self.event_keys(shard) {
+            invocation.key(key);
+        }
         invocation
-            .key(self.key(shard, "refs"))
-            .key(self.key(shard, "events"))
-            .key(self.key(shard, "bodies"))
-            .arg(job.event);
+            .arg(job.event)
+            .arg(self.history_flag())
+            .arg(outcome);
         self.guarded_call("ack", job, invocation).await
     }
 
@@ -659,14 +727,18 @@ impl Store for RedisEventStore {
             reason: reason.to_string(),
             dead_at_ms: now_ms,
         };
+        let outcome = self.outcome_text(&letter.job, TargetStatus::Dead).await?;
         let (mut invocation, shard) = self.guarded_invocation(&self.scripts.dead_letter, job)?;
         invocation
             .key(self.key(shard, "dead"))
             .key(self.key(shard, "dead_order"))
             .key(self.key(shard, "dead_counts"))
+            .key(self.key(shard, "outcomes"))
             .arg(encode(&letter))
             .arg(letter.order_key())
-            .arg(&job.webhook);
+            .arg(&job.webhook)
+            .arg(history::outcome_field(job.event, &job.target))
+            .arg(outcome);
         let done: i64 = self.invoke_durable("dead_letter", invocation).await?;
         if done == 1 {
             Ok(())
@@ -730,30 +802,8 @@ impl Store for RedisEventStore {
         if letter.job.target == UNROUTED {
             return Ok(false);
         }
-        let shard = self.shard_of_job(id)?;
-        let order = letter.order_key();
-        let job = letter.job.replayed(now_ms);
-        let mut invocation = self.scripts.replay.prepare_invoke();
-        invocation
-            .key(self.key(shard, "dead"))
-            .key(self.key(shard, "dead_order"))
-            .key(self.key(shard, "jobs"))
-            .key(self.key(shard, "targets"))
-            .key(self.queue_key(shard, job.priority, &job.target))
-            .key(self.key(shard, "age"))
-            .key(self.key(shard, "dead_counts"))
-            .key(self.queued_key(shard, job.priority))
-            .arg(member(id))
-            .arg(order)
-            .arg(encode(&job))
-            .arg(&job.target)
-            .arg(now_ms)
-            .arg(job.received_at_ms)
-            .arg(&job.webhook);
-        let replayed: i64 = self.invoke_durable("replay", invocation).await?;
-        self.lane_slot(shard, job.priority)
-            .store(0, Ordering::Relaxed);
-        Ok(replayed == 1)
+        let job = letter.job.clone().replayed(now_ms);
+        self.replay_job(&letter, &job, now_ms).await
     }
 
     async fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
@@ -765,15 +815,17 @@ impl Store for RedisEventStore {
         invocation
             .key(self.key(shard, "dead"))
             .key(self.key(shard, "dead_order"))
-            .key(self.key(shard, "leases"))
-            .key(self.key(shard, "refs"))
-            .key(self.key(shard, "events"))
-            .key(self.key(shard, "bodies"))
+            .key(self.key(shard, "leases"));
+        for key in self.event_keys(shard) {
+            invocation.key(key);
+        }
+        invocation
             .key(self.key(shard, "dead_counts"))
             .arg(member(id))
             .arg(letter.order_key())
             .arg(letter.job.event)
-            .arg(&letter.job.webhook);
+            .arg(&letter.job.webhook)
+            .arg(self.history_flag());
         let deleted: i64 = self.invoke_durable("delete", invocation).await?;
         Ok(deleted == 1)
     }
@@ -912,6 +964,50 @@ impl Store for RedisEventStore {
         let room = memory_room(&masters, self.max_memory_ratio);
         self.gate.measured(room);
         Ok(())
+    }
+
+    async fn events(
+        &self,
+        filter: &EventFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        self.list_events(filter, cursor, limit).await
+    }
+
+    async fn event_detail(
+        &self,
+        source: &str,
+        id: &str,
+    ) -> Result<Option<EventDetail>, StoreError> {
+        self.detail(source, id).await
+    }
+
+    async fn redeliver(
+        &self,
+        sequence: u64,
+        target: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.redeliver_event(sequence, target, now_ms).await
+    }
+
+    async fn redeliver_matching(
+        &self,
+        filter: &EventFilter,
+        max: u64,
+        dry_run: bool,
+        now_ms: u64,
+    ) -> Result<Redelivered, StoreError> {
+        self.redeliver_filtered(filter, max, dry_run, now_ms).await
+    }
+
+    async fn history_usage(&self) -> Result<HistoryUsage, StoreError> {
+        self.usage().await
+    }
+
+    async fn prune_history(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.prune(now_ms).await
     }
 
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError> {

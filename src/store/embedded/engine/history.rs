@@ -11,7 +11,6 @@ use super::schema::*;
 use super::tables::Tables;
 use super::LocalStore;
 use crate::event::Priority;
-use crate::store::embedded::leases::Leases;
 use crate::store::history::{
     cursor, parse_cursor, EventDetail, EventFilter, EventPage, HistoryLimits, HistoryUsage,
     Redelivered,
@@ -152,9 +151,8 @@ impl LocalStore {
         target: Option<&str>,
         now_ms: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         self.write(true, |tables| {
-            redeliver_event(tables, &leases, sequence, target, now_ms)
+            redeliver_event(tables, sequence, target, now_ms)
         })
     }
 
@@ -177,13 +175,12 @@ impl LocalStore {
         if dry_run || matched.len() as u64 > max {
             return Ok(Redelivered::Matched(matched.len() as u64));
         }
-        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         self.write(true, |tables| {
             // Matched again inside the write: exactly what matches now.
             let mut queued = 0;
             for sequence in matching(&tables.events, filter)? {
                 let target = filter.target.as_deref();
-                if redeliver_event(tables, &leases, sequence, target, now_ms)?.is_some() {
+                if redeliver_event(tables, sequence, target, now_ms)?.unwrap_or(0) > 0 {
                     queued += 1;
                 }
             }
@@ -193,7 +190,7 @@ impl LocalStore {
 
     /// Drops finished events, oldest first, while they are older than the
     /// retention, the log is over its size, or the store is past
-    /// [`HISTORY_SHARE`](super::HISTORY_SHARE) of its capacity (the log
+    /// [`HISTORY_SHARE`](crate::store::history::HISTORY_SHARE) of its capacity (the log
     /// gives way to new events); at most
     /// [`PRUNE_BATCH`] per call. How many went.
     pub fn prune_history(&self, now_ms: u64) -> Result<u64, StoreError> {
@@ -326,13 +323,12 @@ fn matching(
     Ok(found)
 }
 
-/// Queues event `sequence` again for `target` or each of its targets: a
-/// waiting job is made due now (one in flight is left to finish), a dead
-/// letter is replayed, a delivered target gets a new job. Jobs queued, or
-/// None when the event is not kept.
+/// Queues event `sequence` again for `target` or each of its finished
+/// targets: a dead letter is replayed, a delivered target gets a new job; a
+/// target still waiting is left as it is. Jobs queued, or None when the
+/// event is not kept.
 fn redeliver_event(
     tables: &mut Tables<'_>,
-    leases: &Leases,
     sequence: u64,
     target: Option<&str>,
     now_ms: u64,
@@ -346,31 +342,25 @@ fn redeliver_event(
         if outcome.target == UNROUTED || target.is_some_and(|t| outcome.target != *t) {
             continue;
         }
-        let live = match outcome.job {
-            Some(id) if outcome.status == TargetStatus::Pending => tables.job_record(id)?,
-            _ => None,
-        };
+        // A target still waiting keeps its job: its next attempt is already
+        // scheduled (and may be in flight).
+        if outcome.status == TargetStatus::Pending {
+            continue;
+        }
         let letter = match outcome.job {
             Some(id) if outcome.status == TargetStatus::Dead => tables.remove_dead(id)?,
             _ => None,
         };
-        let job = match (live, letter) {
-            (Some(job), _) if leases.holds(job.id) => continue,
-            (Some(job), _) => {
-                let mut now = job.clone();
-                now.due_ms = now_ms;
-                now.redelivery = true;
-                tables.replace_job(&job, &now)?;
-                now
-            }
-            (None, Some(letter)) => {
+        let job = match letter {
+            Some(letter) => {
                 let mut job = letter.job.replayed(now_ms);
                 job.redelivery = true;
                 job.received_at_ms = now_ms;
                 tables.insert_job(&job)?;
                 job
             }
-            (None, None) => {
+            // Delivered, or its dead letter was deleted: a new job.
+            None => {
                 let job = new_job(tables, sequence, &stored, index, now_ms)?;
                 tables.insert_job(&job)?;
                 tables.add_ref(sequence, &mut stored)?;

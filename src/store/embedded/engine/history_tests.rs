@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::event::EventMeta;
-use crate::store::history::{EventFilter, EventStatus, HistoryLimits, Redelivered};
+use crate::store::history::{EventFilter, EventStatus, HistoryLimits, Redelivered, HISTORY_SHARE};
 use crate::store::records::Attempt;
 
 const HOUR: Duration = Duration::from_secs(3600);

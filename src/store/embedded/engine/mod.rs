@@ -33,7 +33,7 @@ use redb::{
 };
 
 use crate::event::Priority;
-use crate::store::history::HistoryLimits;
+use crate::store::history::{HistoryLimits, HISTORY_SHARE};
 use crate::store::records::{
     parse_cursor, Acceptance, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
     NewEvent, QueueDepth, StoredEvent, TargetStatus, UNROUTED,
@@ -57,12 +57,6 @@ pub use history::PRUNE_BATCH;
 use schema::*;
 use tables::Tables;
 pub use write::{Write, Written};
-
-/// The most of the store's capacity finished events may keep it at: past
-/// it, retention drops the oldest whatever their age, so that the log
-/// alone never holds a store near full (the `WedsyncStoreNearlyFull` alert
-/// fires at 80%) nor takes the room a backlog needs.
-pub const HISTORY_SHARE: f64 = 0.5;
 
 /// The longest a non-fsynced commit waits for the next fsync.
 pub const DURABLE_EVERY: Duration = Duration::from_secs(1);

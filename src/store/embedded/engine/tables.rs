@@ -265,14 +265,6 @@ impl<'t> Tables<'t> {
         Ok(next)
     }
 
-    /// Job `id`'s record, if it is kept and readable.
-    pub(super) fn job_record(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        match self.job(id) {
-            Err(StoreError::Corrupt(_)) => Ok(None),
-            other => other,
-        }
-    }
-
     fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         let value = self.jobs.get(id).map_err(failed)?;
         value.map(|v| decode(v.value())).transpose()
