@@ -40,6 +40,9 @@ struct Subject {
     _cluster: Option<RedisCluster>,
     /// The store keeps the event log: an event stays after its last job.
     history: bool,
+    /// Its retention runs when the store monitor asks (`prune_history`);
+    /// the embedded store runs its own.
+    pruned_when_asked: bool,
 }
 
 /// An event after its last job: kept and no longer pending where the store
@@ -93,6 +96,7 @@ fn embedded_keeping(history: Option<HistoryLimits>) -> Subject {
         _redis: None,
         _cluster: None,
         history: history.is_some(),
+        pruned_when_asked: false,
     }
 }
 
@@ -107,6 +111,7 @@ fn redis() -> Subject {
         _redis: Some(redis),
         _cluster: None,
         history: true,
+        pruned_when_asked: true,
     }
 }
 
@@ -125,6 +130,7 @@ fn redis_cluster() -> Subject {
         _redis: None,
         _cluster: Some(cluster),
         history: true,
+        pruned_when_asked: true,
     }
 }
 
@@ -168,6 +174,7 @@ conformance!(
     what_was_accepted_survives_a_new_handle,
     a_bad_cursor_is_refused,
     the_event_log_keeps_outcomes_and_redelivers,
+    an_event_id_with_control_bytes_is_kept_and_dropped_whole,
 );
 
 fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
@@ -957,4 +964,38 @@ async fn the_event_log_keeps_outcomes_and_redelivers(subject: Subject) {
     let usage = store.history_usage().await.unwrap();
     assert_eq!(usage.events, 1);
     assert!(usage.bytes > 0);
+}
+
+/// An id may hold any byte, separators the stores use among them: the
+/// event is found by it, and dropped whole when it goes.
+async fn an_event_id_with_control_bytes_is_kept_and_dropped_whole(subject: Subject) {
+    let store = &*subject.store;
+    let odd = "evt\u{1e}odd\u{1f}id";
+    let sequence = accept(store, odd, Priority::Normal, &["notify"]).await;
+    for job in drain(store, T0).await {
+        store.ack(&job, None).await.unwrap();
+    }
+    if !subject.history {
+        assert!(store.event(sequence).await.unwrap().is_none());
+        return;
+    }
+    let detail = store
+        .event_detail("stripe", odd)
+        .await
+        .unwrap()
+        .expect("found by its id");
+    assert_eq!(detail.sequence, sequence);
+    // Far past the retention: a store that the monitor asks drops it now
+    // (the embedded store's own cleaner does it on its schedule).
+    let later = T0 + 30 * 24 * 3_600_000;
+    if store
+        .prune_history(unix_time().as_millis() as u64 + later)
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(store.event(sequence).await.unwrap().is_none());
+        assert!(store.event_detail("stripe", odd).await.unwrap().is_none());
+        assert_eq!(store.history_usage().await.unwrap().events, 0);
+    }
 }

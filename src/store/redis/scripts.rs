@@ -17,7 +17,8 @@
 /// just that record). Numbers are counted per part and written `local *
 /// 1024 + part`. The event joins the log (`log`, lexically sorted
 /// `<received ms>.<event>` members), its lookup by id and the log's
-/// counts; `index` keeps what removing it later needs.
+/// counts; `index` keeps what removing it later needs (member, weight,
+/// targets, and last the by-id field, which may hold any byte).
 const ACCEPT: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[1]) then return -1 end
 local part = tonumber(ARGV[6])
@@ -34,7 +35,7 @@ redis.call('ZADD', KEYS[13], 0, member)
 redis.call('HSET', KEYS[14], ARGV[7], event)
 redis.call('HINCRBY', KEYS[15], 'events', 1)
 redis.call('HINCRBY', KEYS[15], 'bytes', tonumber(ARGV[8]))
-redis.call('HSET', KEYS[16], event, member .. '\30' .. ARGV[7] .. '\30' .. ARGV[8] .. '\30' .. ARGV[9])
+redis.call('HSET', KEYS[16], event, member .. '\30' .. ARGV[8] .. '\30' .. ARGV[9] .. '\30' .. ARGV[7])
 if targets == 0 then
   local id = global(seq + 1)
   local record = '{"job":{"id":' .. string.format('%d', id) .. ',"event":' .. event .. ',' .. ARGV[10] .. ',"reason":"unrouted","dead_at_ms":' .. ARGV[3] .. '}'
@@ -178,11 +179,11 @@ pub const EVENT_KEYS: [&str; 9] = [
 /// outcomes and its share of the log's counts (`keys` from `EVENT_KEYS`,
 /// refs first).
 const DROP_EVENT: &str = r#"
-local function split(text, sep)
+local function split(text, sep, most)
   local out, start = {}, 1
   while true do
     local at = string.find(text, sep, start, true)
-    if not at then out[#out + 1] = string.sub(text, start) return out end
+    if not at or (most and #out == most - 1) then out[#out + 1] = string.sub(text, start) return out end
     out[#out + 1] = string.sub(text, start, at - 1)
     start = at + 1
   end
@@ -193,13 +194,13 @@ local function drop_event(k, ev)
   redis.call('HDEL', k[3], ev)
   local idx = redis.call('HGET', k[4], ev)
   if not idx then return end
-  local f = split(idx, '\30')
+  local f = split(idx, '\30', 4)
   redis.call('ZREM', k[5], f[1])
   redis.call('ZREM', k[8], f[1])
-  if redis.call('HGET', k[6], f[2]) == ev then redis.call('HDEL', k[6], f[2]) end
+  if f[4] and redis.call('HGET', k[6], f[4]) == ev then redis.call('HDEL', k[6], f[4]) end
   redis.call('HINCRBY', k[7], 'events', -1)
-  redis.call('HINCRBY', k[7], 'bytes', -tonumber(f[3]))
-  for _, target in ipairs(split(f[4] or '', '\31')) do redis.call('HDEL', k[9], ev .. '\31' .. target) end
+  redis.call('HINCRBY', k[7], 'bytes', -(tonumber(f[2]) or 0))
+  for _, target in ipairs(split(f[3] or '', '\31')) do redis.call('HDEL', k[9], ev .. '\31' .. target) end
   redis.call('HDEL', k[4], ev)
 end
 "#;
