@@ -16,6 +16,7 @@
 # single Redis side by side, and reports accepted/s and delivered/s of each,
 # Redis commands (round trips) per event, and how the keys spread over the
 # masters.
+# HISTORY=off runs the sidecars without the event log (store.history).
 # SIDECAR=path runs another build of the sidecar (e.g. an older commit's) for an
 # A/B comparison on the same machine.
 set -euo pipefail
@@ -26,6 +27,8 @@ SIDECAR=${SIDECAR:-./target/release/wedsync-sidecar}
 cargo build --release --locked --bin wedsync-sidecar --example delivery_load 2>&1 | tail -1
 . benches/common.sh
 SECRET=whsec_benchmark_secret_0123456789
+HISTORY_YAML=""
+[ "${HISTORY:-on}" = off ] && HISTORY_YAML=", history: { enabled: false }"
 
 stop() { kill -9 "$(cat "$WORK/$1.pid")" 2>/dev/null || true; }
 start() { # name store-yaml target-port -> prints the ingress URL
@@ -98,10 +101,10 @@ saturate() {
 }
 
 case "${STORE:-both}" in
-  embedded) bench embedded "store: { path: $WORK/data-RUN }" 3000 ;;
+  embedded) bench embedded "store: { path: $WORK/data-RUN$HISTORY_YAML }" 3000 ;;
   redis)
     start_redis
-    bench redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }" 8000 ;;
+    bench redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT$HISTORY_YAML }" 8000 ;;
   cluster)
     start_redis
     start_cluster
@@ -116,8 +119,8 @@ case "${STORE:-both}" in
       echo "master :$p holds $(redis-cli -p "$p" --scan --pattern 'cluster:dedup:*' | wc -l) events' dedup keys, $(redis-cli -p "$p" DBSIZE) keys"
     done ;;
   *)
-    bench embedded "store: { path: $WORK/data-RUN }" 3000
+    bench embedded "store: { path: $WORK/data-RUN$HISTORY_YAML }" 3000
     start_redis
-    bench redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }" 8000 ;;
+    bench redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT$HISTORY_YAML }" 8000 ;;
 esac
 echo "(redis without AOF: see README for the persistence settings durability needs)"

@@ -16,6 +16,7 @@
 # for the load generator (benches/cpu_per_event.py): with every core busy,
 # CPU per event is what sets the rate.
 # Usage: benches/ingest.sh [seconds] [senders]
+# HISTORY=off runs the sidecars without the event log (store.history).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
@@ -59,7 +60,9 @@ DURABLE=$(measured $FLOOR_PID "http://127.0.0.1:$FLOOR_PORT/webhooks/stripe")
 kill -9 $FLOOR_PID
 echo "durable floor (append + group fdatasync, no verification): $DURABLE"
 
-start embedded "store: { path: $WORK/data }"
+HISTORY_YAML=""
+[ "${HISTORY:-on}" = off ] && HISTORY_YAML=", history: { enabled: false }"
+start embedded "store: { path: $WORK/data$HISTORY_YAML }"
 EMBEDDED=$(measured $PID "$URL")
 echo "embedded: $EMBEDDED"
 SATURATION=$(echo "$EMBEDDED" | rate_of)
@@ -77,7 +80,7 @@ done
 kill -9 $PID
 
 start_redis
-start redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT }"
+start redis "store: { kind: redis, url: redis://127.0.0.1:$REDIS_PORT$HISTORY_YAML }"
 echo "redis: $(load "$URL")"
 kill -9 $PID
 echo "(redis without AOF: see README for the persistence settings durability needs)"

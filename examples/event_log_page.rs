@@ -59,7 +59,7 @@ fn main() {
             "source + type glob",
             EventFilter {
                 source: Some("stripe".into()),
-                event_type: Some("charge.*".into()),
+                event_type: Some("payment_intent.*".into()),
                 ..Default::default()
             },
         ),
