@@ -149,6 +149,56 @@ pub fn type_matches(pattern: &str, event_type: &str) -> bool {
     }
 }
 
+/// The most events one page reads, in either store: a filter that matches
+/// little answers fewer items and a cursor to go on from, instead of
+/// reading the whole log. About 10 ms of decoding.
+pub const SCAN_BUDGET: usize = 8_000;
+
+/// How far a newest-first read of the log got, and the filter's total
+/// that follows from it.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    read: usize,
+    matched: u64,
+    /// Received times of the first and the last event read.
+    newest_ms: u64,
+    last_ms: u64,
+    /// The budget ended the read before the candidates did.
+    cut_short: bool,
+}
+
+impl Tally {
+    /// One more event read, received at `received_ms`.
+    pub fn read(&mut self, received_ms: u64) {
+        if self.read == 0 {
+            self.newest_ms = received_ms;
+        }
+        self.read += 1;
+        self.last_ms = received_ms;
+    }
+
+    pub fn matched(&mut self) {
+        self.matched += 1;
+    }
+
+    /// Whether the budget is spent: then the read ends here, cut short.
+    pub fn spent(&mut self) -> bool {
+        self.cut_short = self.read >= SCAN_BUDGET;
+        self.cut_short
+    }
+
+    /// The filter's total: exact when every candidate was read, otherwise
+    /// the rate of matches over the time read, stretched to `lower_ms`.
+    pub fn estimate(&self, lower_ms: u64) -> u64 {
+        if !self.cut_short || self.read == 0 {
+            return self.matched;
+        }
+        let read_span = self.newest_ms.saturating_sub(self.last_ms).max(1);
+        let whole_span = self.newest_ms.saturating_sub(lower_ms).max(read_span);
+        (self.matched as u128 * whole_span as u128 / read_span as u128) as u64
+    }
+}
+
 /// A page of the log, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventPage {
@@ -251,6 +301,28 @@ mod tests {
         assert!(!filter(Some("notify"), Some(EventStatus::Dead)).matches(&e));
         assert!(filter(Some("notify"), None).matches(&e));
         assert!(!filter(Some("crm"), None).matches(&e));
+    }
+
+    #[test]
+    fn a_total_is_exact_when_all_was_read_and_stretched_over_time_when_not() {
+        let mut all = Tally::default();
+        for ms in (0..10).rev() {
+            all.read(ms * 1_000);
+            if ms % 2 == 0 {
+                all.matched();
+            }
+        }
+        assert!(!all.spent());
+        assert_eq!(all.estimate(0), 5);
+        // Half the time read (10 s of 20), 3 matched: about 6 in all.
+        let mut part = Tally::default();
+        for ms in [20_000, 15_000, 10_000] {
+            part.read(ms);
+            part.matched();
+        }
+        part.cut_short = true;
+        assert_eq!(part.estimate(0), 6);
+        assert_eq!(Tally::default().estimate(0), 0);
     }
 
     #[test]

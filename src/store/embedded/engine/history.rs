@@ -13,15 +13,11 @@ use super::LocalStore;
 use crate::event::Priority;
 use crate::store::history::{
     cursor, parse_cursor, EventDetail, EventFilter, EventPage, HistoryLimits, HistoryUsage,
-    Redelivered,
+    Redelivered, Tally,
 };
 use crate::store::records::{Job, StoredEvent, TargetStatus, UNROUTED};
 use crate::store::StoreError;
 
-/// The most records one page reads: a filter that matches little returns
-/// fewer items and a cursor to go on from, instead of reading the whole
-/// log. About 20 ms of decoding.
-const SCAN_BUDGET: usize = 8_000;
 /// The most finished events one retention pass drops in a transaction, so
 /// that the writer never waits long behind it.
 pub const PRUNE_BATCH: usize = 1_000;
@@ -94,7 +90,9 @@ impl LocalStore {
             None => page.clone(),
             Some(_) => scan(&events, filter, None, 0)?,
         };
-        let total_estimate = count.estimate(filter.since_ms.unwrap_or(0).max(oldest_ms));
+        let total_estimate = count
+            .tally
+            .estimate(filter.since_ms.unwrap_or(0).max(oldest_ms));
         Ok(EventPage {
             next: page.next.map(cursor),
             items: page.items,
@@ -220,33 +218,13 @@ impl LocalStore {
 }
 
 /// What one read of the log found.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Scan {
     items: Vec<(u64, StoredEvent)>,
     /// The sequence to go on below, when the page is full or the budget
     /// ran out before the end.
     next: Option<u64>,
-    /// Events read, and how many of them matched (past the page too).
-    read: usize,
-    matched: u64,
-    /// Received times of the first and last event read.
-    newest_ms: u64,
-    last_ms: u64,
-    /// Every candidate was read.
-    complete: bool,
-}
-
-impl Scan {
-    /// The filter's total: exact when the scan was complete, otherwise the
-    /// rate of matches over the time read, stretched to `lower_ms`.
-    fn estimate(&self, lower_ms: u64) -> u64 {
-        if self.complete || self.read == 0 {
-            return self.matched;
-        }
-        let read_span = self.newest_ms.saturating_sub(self.last_ms).max(1);
-        let whole_span = self.newest_ms.saturating_sub(lower_ms).max(read_span);
-        (self.matched as u128 * whole_span as u128 / read_span as u128) as u64
-    }
+    tally: Tally,
 }
 
 /// Reads the log newest first below `below`, keeping `limit` matches and
@@ -257,42 +235,29 @@ fn scan(
     below: Option<u64>,
     limit: usize,
 ) -> Result<Scan, StoreError> {
-    let mut found = Scan {
-        items: Vec::new(),
-        next: None,
-        read: 0,
-        matched: 0,
-        newest_ms: 0,
-        last_ms: 0,
-        complete: true,
-    };
+    let mut found = Scan::default();
     let range = events.range(..below.unwrap_or(u64::MAX)).map_err(failed)?;
     for entry in range.rev() {
         let (sequence, record) = entry.map_err(failed)?;
         let sequence = sequence.value();
-        if found.read == SCAN_BUDGET {
-            found.complete = false;
+        if found.tally.spent() {
             if found.items.len() < limit {
                 found.next = Some(sequence + 1);
             }
             break;
         }
-        found.read += 1;
         // One unreadable record is passed over, not the whole log.
         let Ok(event) = decode::<StoredEvent>(record.value()) else {
             continue;
         };
-        if found.read == 1 {
-            found.newest_ms = event.received_at_ms;
-        }
-        found.last_ms = event.received_at_ms;
+        found.tally.read(event.received_at_ms);
         if !filter.reaches_back_to(event.received_at_ms) {
             break;
         }
         if !filter.matches(&event) {
             continue;
         }
-        found.matched += 1;
+        found.tally.matched();
         if found.items.len() < limit {
             found.items.push((sequence, event));
         } else if found.next.is_none() {

@@ -16,7 +16,7 @@ use futures_util::future::try_join_all;
 use super::{encode, member, parse, record_tail, RedisEventStore, SHARD_SPACE};
 use crate::event::Priority;
 use crate::store::history::{
-    EventDetail, EventFilter, EventPage, HistoryUsage, Redelivered, HISTORY_SHARE,
+    EventDetail, EventFilter, EventPage, HistoryUsage, Redelivered, Tally, HISTORY_SHARE,
 };
 use crate::store::records::{Job, StoredEvent, TargetOutcome, TargetStatus, UNROUTED};
 use crate::store::redis::scripts::EVENT_KEYS;
@@ -24,8 +24,6 @@ use crate::store::{Store, StoreError};
 
 /// Log members read per part and round trip while filling a page.
 const BATCH: usize = 100;
-/// The most events one page reads (as the embedded store's).
-const SCAN_BUDGET: usize = 8_000;
 /// Finished events one retention round drops per part.
 const PRUNE_BATCH: usize = 1_000;
 
@@ -261,7 +259,7 @@ impl RedisEventStore {
             Some(_) => Some(self.scan(filter, None, 0).await?),
         };
         let count = count.as_ref().unwrap_or(&page);
-        let total_estimate = count.estimate(filter.since_ms.unwrap_or(0));
+        let total_estimate = count.tally.estimate(filter.since_ms.unwrap_or(0));
         Ok(EventPage {
             items: page.items,
             next: page.next,
@@ -276,37 +274,30 @@ impl RedisEventStore {
         limit: usize,
     ) -> Result<Scan, StoreError> {
         let mut scan = Scan::default();
-        let complete = self
-            .walk(below, |logged| {
-                if scan.read == SCAN_BUDGET {
-                    if scan.items.len() < limit {
-                        scan.next = Some(logged.member.clone());
-                    }
-                    return false;
+        self.walk(below, |logged| {
+            if scan.tally.spent() {
+                if scan.items.len() < limit {
+                    scan.next = Some(logged.member.clone());
                 }
-                scan.read += 1;
-                let received = logged.event.received_at_ms;
-                if scan.read == 1 {
-                    scan.newest_ms = received;
+                return false;
+            }
+            let received = logged.event.received_at_ms;
+            scan.tally.read(received);
+            if !filter.reaches_back_to(received) {
+                return false;
+            }
+            if filter.matches(&logged.event) {
+                scan.tally.matched();
+                if scan.items.len() < limit {
+                    scan.last_member = Some(logged.member.clone());
+                    scan.items.push((logged.number, logged.event));
+                } else if scan.next.is_none() {
+                    scan.next = scan.last_member.clone();
                 }
-                scan.last_ms = received;
-                if !filter.reaches_back_to(received) {
-                    scan.reached_back = true;
-                    return false;
-                }
-                if filter.matches(&logged.event) {
-                    scan.matched += 1;
-                    if scan.items.len() < limit {
-                        scan.last_member = Some(logged.member.clone());
-                        scan.items.push((logged.number, logged.event));
-                    } else if scan.next.is_none() {
-                        scan.next = scan.last_member.clone();
-                    }
-                }
-                true
-            })
-            .await?;
-        scan.complete = complete || scan.reached_back;
+            }
+            true
+        })
+        .await?;
         Ok(scan)
     }
 
@@ -585,29 +576,15 @@ impl RedisEventStore {
     }
 }
 
-/// What one read of the log found (as the embedded store's `Scan`).
+/// What one read of the log found.
 #[derive(Default)]
 struct Scan {
     items: Vec<(u64, StoredEvent)>,
+    /// The member to go on below.
     next: Option<String>,
+    /// The member of the last item kept.
     last_member: Option<String>,
-    read: usize,
-    matched: u64,
-    newest_ms: u64,
-    last_ms: u64,
-    reached_back: bool,
-    complete: bool,
-}
-
-impl Scan {
-    fn estimate(&self, lower_ms: u64) -> u64 {
-        if self.complete || self.read == 0 {
-            return self.matched;
-        }
-        let read_span = self.newest_ms.saturating_sub(self.last_ms).max(1);
-        let whole_span = self.newest_ms.saturating_sub(lower_ms).max(read_span);
-        (self.matched as u128 * whole_span as u128 / read_span as u128) as u64
-    }
+    tally: Tally,
 }
 
 #[cfg(test)]
