@@ -162,7 +162,18 @@ pub fn summary(config: &Config) -> String {
         ),
         StoreKind::Redis(redis) => format!("redis, {} shard(s)", redis.shards),
     };
-    out.push(format!("store    {store}, prefix {}", config.store.prefix));
+    let history = match config.store.history.limits() {
+        Some(limits) => format!(
+            "event log kept {}, at most {} MiB",
+            super::units::format_duration(limits.retention),
+            limits.max_size >> 20
+        ),
+        None => "no event log".to_string(),
+    };
+    out.push(format!(
+        "store    {store}, prefix {}; {history}",
+        config.store.prefix
+    ));
     out.join("\n")
 }
 

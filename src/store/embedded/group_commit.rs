@@ -294,6 +294,10 @@ impl Writer<'_> {
                         meter.after_failed_commit();
                     }
                     recover(self.store, self.health, incoming, failure);
+                    // What failed may have been the room (a full volume):
+                    // measured now, so that the gate refuses for space
+                    // instead of the next accepts failing the same way.
+                    self.measure();
                 }
             }
             if self.measurement_due() {
