@@ -5,6 +5,7 @@ use super::*;
 use crate::event::EventMeta;
 use crate::store::history::{EventFilter, EventStatus, HistoryLimits, Redelivered, HISTORY_SHARE};
 use crate::store::records::Attempt;
+use crate::store::records::DeadLetterFilter;
 
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::event::EventMeta;
+use crate::store::records::DeadLetterFilter;
 use redb::TableDefinition;
 
 const HOUR: Duration = Duration::from_secs(3600);
