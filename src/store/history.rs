@@ -187,6 +187,12 @@ impl Tally {
         self.cut_short
     }
 
+    /// The budget ended the read before the candidates did: the total is
+    /// an estimate, which needs the log's oldest time.
+    pub fn cut_short(&self) -> bool {
+        self.cut_short
+    }
+
     /// The filter's total: exact when every candidate was read, otherwise
     /// the rate of matches over the time read, stretched to `lower_ms`.
     pub fn estimate(&self, lower_ms: u64) -> u64 {

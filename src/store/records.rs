@@ -241,6 +241,29 @@ impl StoredEvent {
     }
 }
 
+impl StoredEvent {
+    /// A new job delivering this event again to `target`, due now and
+    /// marked `redelivery`; its age (`max_age`) counts from now.
+    pub fn redelivery_job(&self, id: u64, event: u64, target: &UpstreamName, now_ms: u64) -> Job {
+        Job {
+            id,
+            event,
+            webhook: self.webhook.clone(),
+            event_id: self.id.clone(),
+            event_type: self.event_type.clone(),
+            target: target.clone(),
+            priority: self.priority.unwrap_or(Priority::Normal),
+            received_at_ms: now_ms,
+            due_ms: now_ms,
+            attempts: 0,
+            history: Vec::new(),
+            lease: 0,
+            leased: false,
+            redelivery: true,
+        }
+    }
+}
+
 /// Attempts the event log keeps per target, across redeliveries.
 pub const KEPT_ATTEMPTS: usize = 50;
 
@@ -364,6 +387,15 @@ impl Job {
         self.leased = false;
         self.due_ms = due_ms;
         self
+    }
+
+    /// The job as an operator's redelivery of its dead letter puts it back:
+    /// a replay marked `redelivery`, whose age (`max_age`) counts from now.
+    pub fn redelivered(self, now_ms: u64) -> Self {
+        let mut job = self.replayed(now_ms);
+        job.redelivery = true;
+        job.received_at_ms = now_ms;
+        job
     }
 
     /// The job as a replay puts it back: due now, a fresh attempt count,

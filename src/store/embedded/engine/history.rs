@@ -10,7 +10,6 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::schema::*;
 use super::tables::Tables;
 use super::LocalStore;
-use crate::event::Priority;
 use crate::store::history::{
     cursor, parse_cursor, EventDetail, EventFilter, EventPage, HistoryLimits, HistoryUsage,
     Redelivered, Tally,
@@ -78,21 +77,20 @@ impl LocalStore {
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let events = txn.open_table(EVENTS).map_err(failed)?;
-        let oldest_ms = match events.first().map_err(failed)? {
-            Some((_, record)) => {
-                decode::<StoredEvent>(record.value()).map_or(0, |e| e.received_at_ms)
-            }
-            None => 0,
-        };
         let page = scan(&events, filter, below, limit)?;
         // The total counts from the newest event, wherever this page is.
-        let count = match below {
-            None => page.clone(),
-            Some(_) => scan(&events, filter, None, 0)?,
+        let counted = match below {
+            None => None,
+            Some(_) => Some(scan(&events, filter, None, 0)?),
         };
-        let total_estimate = count
-            .tally
-            .estimate(filter.since_ms.unwrap_or(0).max(oldest_ms));
+        let tally = counted.as_ref().map_or(&page.tally, |c| &c.tally);
+        let oldest_ms = match events.first().map_err(failed)? {
+            Some((_, record)) if tally.cut_short() => {
+                decode::<StoredEvent>(record.value()).map_or(0, |e| e.received_at_ms)
+            }
+            _ => 0,
+        };
+        let total_estimate = tally.estimate(filter.since_ms.unwrap_or(0).max(oldest_ms));
         Ok(EventPage {
             next: page.next.map(cursor),
             items: page.items,
@@ -218,7 +216,7 @@ impl LocalStore {
 }
 
 /// What one read of the log found.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Scan {
     items: Vec<(u64, StoredEvent)>,
     /// The sequence to go on below, when the page is full or the budget
@@ -318,15 +316,15 @@ fn redeliver_event(
         };
         let job = match letter {
             Some(letter) => {
-                let mut job = letter.job.replayed(now_ms);
-                job.redelivery = true;
-                job.received_at_ms = now_ms;
+                let job = letter.job.redelivered(now_ms);
                 tables.insert_job(&job)?;
                 job
             }
             // Delivered, or its dead letter was deleted: a new job.
             None => {
-                let job = new_job(tables, sequence, &stored, index, now_ms)?;
+                let id = tables.next_sequence(1)?;
+                let target = &stored.targets[index].target;
+                let job = stored.redelivery_job(id, sequence, target, now_ms);
                 tables.insert_job(&job)?;
                 tables.add_ref(sequence, &mut stored)?;
                 job
@@ -341,31 +339,4 @@ fn redeliver_event(
         tables.put_event(sequence, &stored)?;
     }
     Ok(Some(queued))
-}
-
-/// A job for target `index` of a kept event, with a new id. Its age counts
-/// from now: `max_age` is measured from the redelivery.
-fn new_job(
-    tables: &mut Tables<'_>,
-    sequence: u64,
-    stored: &StoredEvent,
-    index: usize,
-    now_ms: u64,
-) -> Result<Job, StoreError> {
-    Ok(Job {
-        id: tables.next_sequence(1)?,
-        event: sequence,
-        webhook: stored.webhook.clone(),
-        event_id: stored.id.clone(),
-        event_type: stored.event_type.clone(),
-        target: stored.targets[index].target.clone(),
-        priority: stored.priority.unwrap_or(Priority::Normal),
-        received_at_ms: now_ms,
-        due_ms: now_ms,
-        attempts: 0,
-        history: Vec::new(),
-        lease: 0,
-        leased: false,
-        redelivery: true,
-    })
 }

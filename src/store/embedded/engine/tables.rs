@@ -409,10 +409,17 @@ impl<'t> Tables<'t> {
         if last {
             stored.finished_at_ms = Some(now_ms);
         }
-        let bytes = self.put_event(event, &stored)?;
+        let record = self.put_event(event, &stored)?;
         if last {
+            // Its bytes (record and body), for retention's size bound: the
+            // body is read only for an event that finishes.
+            let body = self
+                .bodies
+                .get(event)
+                .map_err(failed)?
+                .map_or(0, |b| b.value().len());
             self.finished
-                .insert(event, (stored.received_at_ms, bytes))
+                .insert(event, (stored.received_at_ms, (record + body) as u64))
                 .map_err(failed)?;
         }
         Ok(())
@@ -487,13 +494,12 @@ impl<'t> Tables<'t> {
         value.map(|v| decode(v.value())).transpose()
     }
 
-    /// Writes the event's record over the one kept; the event's bytes
-    /// (record and body) after the change.
+    /// Writes the event's record over the one kept; the record's length.
     pub(super) fn put_event(
         &mut self,
         event: u64,
         stored: &StoredEvent,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<usize, StoreError> {
         let record = encode(stored);
         let old = self
             .events
@@ -501,12 +507,7 @@ impl<'t> Tables<'t> {
             .map_err(failed)?
             .map_or(0, |v| v.value().len());
         self.bump(HISTORY_BYTES, record.len() as i64 - old as i64);
-        let body = self
-            .bodies
-            .get(event)
-            .map_err(failed)?
-            .map_or(0, |b| b.value().len());
-        Ok((record.len() + body) as u64)
+        Ok(record.len())
     }
 
     /// The event's record; None when it is gone or cannot be read: the

@@ -54,16 +54,21 @@ impl Write<'_> {
             Self::Ack(held, attempt) => {
                 let place = leases.check(held)?.place.clone();
                 tables.remove_job_at(held.id, &place)?;
-                // The job as leased carries its earlier attempts.
-                let mut job = (*held).clone();
-                let now_ms = match attempt {
-                    Some(attempt) => {
+                let now_ms = attempt
+                    .as_ref()
+                    .map_or(held.due_ms, |a| a.at_ms + a.duration_ms);
+                if tables.history {
+                    // The job as leased carries its earlier attempts.
+                    let mut job = (*held).clone();
+                    if let Some(attempt) = attempt {
                         job.record(attempt.clone());
-                        attempt.at_ms + attempt.duration_ms
                     }
-                    None => job.due_ms,
-                };
-                tables.release_event(place.event, now_ms, Some((&job, TargetStatus::Delivered)))?;
+                    let delivered = Some((&job, TargetStatus::Delivered));
+                    tables.release_event(place.event, now_ms, delivered)?;
+                } else {
+                    // Without the log no outcome is written: no copy made.
+                    tables.release_event(place.event, now_ms, None)?;
+                }
                 leases.release(held.id);
                 Ok(Written::Done)
             }

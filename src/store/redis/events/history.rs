@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use futures_util::future::try_join_all;
 
 use super::{encode, member, parse, record_tail, RedisEventStore, SHARD_SPACE};
-use crate::event::Priority;
 use crate::store::history::{
     EventDetail, EventFilter, EventPage, HistoryUsage, Redelivered, Tally, HISTORY_SHARE,
 };
@@ -254,17 +253,47 @@ impl RedisEventStore {
             member_parts(cursor).ok_or_else(|| StoreError::InvalidCursor(cursor.to_string()))?;
         }
         let page = self.scan(filter, cursor, limit).await?;
-        let count = match cursor {
+        // The total counts from the newest event, wherever this page is.
+        let counted = match cursor {
             None => None,
             Some(_) => Some(self.scan(filter, None, 0).await?),
         };
-        let count = count.as_ref().unwrap_or(&page);
-        let total_estimate = count.tally.estimate(filter.since_ms.unwrap_or(0));
+        let tally = counted.as_ref().map_or(&page.tally, |c| &c.tally);
+        let oldest_ms = if tally.cut_short() {
+            self.oldest_logged_ms().await?
+        } else {
+            0
+        };
+        let total_estimate = tally.estimate(filter.since_ms.unwrap_or(0).max(oldest_ms));
         Ok(EventPage {
             items: page.items,
             next: page.next,
             total_estimate,
         })
+    }
+
+    /// When the oldest event kept in any part was received (0: none).
+    async fn oldest_logged_ms(&self) -> Result<u64, StoreError> {
+        let firsts: Vec<(Vec<String>,)> = self
+            .each_shard(|shard| {
+                let mut range = redis::pipe();
+                range
+                    .cmd("ZRANGEBYLEX")
+                    .arg(self.key(shard, "log"))
+                    .arg("-")
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1);
+                range
+            })
+            .await?;
+        Ok(firsts
+            .iter()
+            .flat_map(|(members,)| members.first().and_then(|m| member_parts(m)))
+            .map(|(ms, _)| ms)
+            .min()
+            .unwrap_or(0))
     }
 
     async fn scan(
@@ -421,32 +450,16 @@ impl RedisEventStore {
             // A dead letter still kept is replayed, marked a redelivery.
             if let (TargetStatus::Dead, Some(id)) = (outcome.status, outcome.job) {
                 if let Some(letter) = self.dead_letter_by_id(id).await? {
-                    let mut job = letter.job.clone().replayed(now_ms);
-                    job.redelivery = true;
-                    job.received_at_ms = now_ms;
+                    let job = letter.job.clone().redelivered(now_ms);
                     if self.replay_job(&letter, &job, now_ms).await? {
                         queued += 1;
                     }
                     continue;
                 }
             }
-            let priority = event.priority.unwrap_or(Priority::Normal);
-            let job = Job {
-                id: 0,
-                event: 0,
-                webhook: event.webhook.clone(),
-                event_id: event.id.clone(),
-                event_type: event.event_type.clone(),
-                target: outcome.target.clone(),
-                priority,
-                received_at_ms: now_ms,
-                due_ms: now_ms,
-                attempts: 0,
-                history: Vec::new(),
-                lease: 0,
-                leased: false,
-                redelivery: true,
-            };
+            // Numbered by the script.
+            let job = event.redelivery_job(0, 0, &outcome.target, now_ms);
+            let priority = job.priority;
             let pending = encode(&TargetOutcome {
                 job: None,
                 status: TargetStatus::Pending,
