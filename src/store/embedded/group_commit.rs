@@ -194,6 +194,14 @@ impl GroupCommitter {
                 {
                     let now_ms = unix_time().as_millis() as u64;
                     prune_history(&store, now_ms);
+                    match store.compact_log() {
+                        Ok(0) => {}
+                        Ok(moved) => tracing::debug!(
+                            moved,
+                            "copied events forward out of a sparse event log segment"
+                        ),
+                        Err(error) => tracing::warn!(%error, "could not compact the event log"),
+                    }
                     if dedup_pruned.elapsed() < PRUNE_EVERY {
                         continue;
                     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 pub mod engine;
 pub mod group_commit;
 pub mod leases;
+pub mod log;
 pub mod room;
 
 use crate::store::history::{

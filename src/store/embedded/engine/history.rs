@@ -38,11 +38,7 @@ impl LocalStore {
             let (mut events, mut bytes) = (0i64, 0i64);
             for entry in tables.events.iter().map_err(failed)? {
                 let (sequence, record) = entry.map_err(failed)?;
-                let body = tables
-                    .bodies
-                    .get(sequence.value())
-                    .map_err(failed)?
-                    .map_or(0, |b| b.value().len());
+                let body = tables.body_len(sequence.value())?;
                 events += 1;
                 bytes += (record.value().len() + body) as i64;
             }
@@ -111,11 +107,7 @@ impl LocalStore {
             return Ok(None);
         };
         let event: StoredEvent = decode(record.value())?;
-        let bodies = txn.open_table(BODIES).map_err(failed)?;
-        let body = bodies
-            .get(sequence)
-            .map_err(failed)?
-            .map_or_else(Vec::new, |b| b.value().to_vec());
+        let body = self.body(&txn, sequence)?.unwrap_or_default();
         let jobs_table = txn.open_table(JOBS).map_err(failed)?;
         let mut jobs = Vec::new();
         for outcome in &event.targets {

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::logged::{self, ACCEPTED};
 use super::schema::*;
 use crate::event::Priority;
 use crate::store::embedded::leases::{Leases, Place};
+use crate::store::embedded::log::{Place as LogPlace, SegmentLog};
 use crate::store::records::{
     dedup_key, Acceptance, DeadLetter, Job, LeaseRequest, NewEvent, StoredEvent, TargetStatus,
     UNROUTED,
@@ -31,6 +33,18 @@ pub(super) struct Tables<'t> {
     dead: Table<'t, u64, &'static [u8]>,
     dead_order: Table<'t, (u64, u64), ()>,
     pub(super) counters: Table<'t, &'static str, u64>,
+    pub(super) places: Table<'t, u64, (u32, u64, u32)>,
+    segments: Table<'t, u32, u64>,
+    /// The event log, where new events' records go (None: their bodies go
+    /// to BODIES, in a store held in memory).
+    pub(super) log: Option<&'t SegmentLog>,
+    /// Records were appended to the log in this transaction: it is synced
+    /// before the commit.
+    pub(super) appended: bool,
+    /// The lowest sequence number not handed out, by this transaction or
+    /// an earlier one that failed after its records reached the log: a
+    /// number that may lie in the log is never given again.
+    pub(super) sequence_floor: u64,
     /// Changes to `queued` and `counters` not written yet: added up here and
     /// written by `write_counts`, before a lease reads them and before the
     /// commit.
@@ -50,6 +64,8 @@ enum Count {
     Queued(u8, String),
     /// A key of the COUNTERS table.
     Counter(String),
+    /// Events kept whose record lies in a segment of the log.
+    Segment(u32),
 }
 
 impl<'t> Tables<'t> {
@@ -67,6 +83,11 @@ impl<'t> Tables<'t> {
             dead: txn.open_table(DEAD).map_err(failed)?,
             dead_order: txn.open_table(DEAD_ORDER).map_err(failed)?,
             counters: txn.open_table(COUNTERS).map_err(failed)?,
+            places: txn.open_table(PLACES).map_err(failed)?,
+            segments: txn.open_table(SEGMENTS).map_err(failed)?,
+            log: None,
+            appended: false,
+            sequence_floor: 0,
             counts: Vec::new(),
             full: false,
             history: false,
@@ -95,6 +116,7 @@ impl<'t> Tables<'t> {
                     add_count(&mut self.queued, (rank, target.as_str()), delta)?
                 }
                 Count::Counter(key) => add_count(&mut self.counters, key.as_str(), delta)?,
+                Count::Segment(segment) => add_count(&mut self.segments, segment, delta)?,
             }
         }
         Ok(())
@@ -258,10 +280,12 @@ impl<'t> Tables<'t> {
             .counters
             .get("sequence")
             .map_err(failed)?
-            .map_or(1, |v| v.value());
+            .map_or(1, |v| v.value())
+            .max(self.sequence_floor);
         self.counters
             .insert("sequence", next + count)
             .map_err(failed)?;
+        self.sequence_floor = next + count;
         Ok(next)
     }
 
@@ -413,11 +437,7 @@ impl<'t> Tables<'t> {
         if last {
             // Its bytes (record and body), for retention's size bound: the
             // body is read only for an event that finishes.
-            let body = self
-                .bodies
-                .get(event)
-                .map_err(failed)?
-                .map_or(0, |b| b.value().len());
+            let body = self.body_len(event)?;
             self.finished
                 .insert(event, (stored.received_at_ms, (record + body) as u64))
                 .map_err(failed)?;
@@ -475,6 +495,14 @@ impl<'t> Tables<'t> {
             Some(body) => body.value().len(),
             None => 0,
         };
+        let place = self
+            .places
+            .remove(event)
+            .map_err(failed)?
+            .map(|place| place.value());
+        if let Some((segment, _, _)) = place {
+            self.count_segment(segment, -1);
+        }
         self.finished.remove(event).map_err(failed)?;
         self.bump(HISTORY_EVENTS, -1);
         self.bump(HISTORY_BYTES, -((record.len() + body_len) as i64));
@@ -543,7 +571,8 @@ impl<'t> Tables<'t> {
         self.put_event(job.event, &stored).map(drop)
     }
 
-    /// One event's records.
+    /// One event's records, unless it is a duplicate within
+    /// `dedup_window`.
     pub(super) fn insert(
         &mut self,
         event: &NewEvent<'_>,
@@ -559,6 +588,161 @@ impl<'t> Tables<'t> {
         self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
         // One number per event and per job: a job's id never repeats.
         let sequence = self.next_sequence(1 + event.meta.targets.len().max(1) as u64)?;
+        self.insert_records(event, sequence, now_ms, None)?;
+        Ok(Acceptance::Accepted(sequence))
+    }
+
+    /// An event the log holds at `place` and these tables lost (a crash
+    /// took the commits that were not fsynced): accepted again with the
+    /// numbers it had, no dedup check (it was accepted), its record where
+    /// it lies.
+    pub(super) fn replay(&mut self, place: LogPlace, payload: &[u8]) -> Result<(), StoreError> {
+        let accepted = logged::decode_accepted(place, payload)?;
+        let event = accepted.new_event();
+        let now_ms = accepted.stored.received_at_ms;
+        let key = dedup_key(event.webhook, &event.meta.dedup);
+        self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
+        let sequence = accepted.sequence;
+        let next = sequence + 1 + event.meta.targets.len().max(1) as u64;
+        if self.counter("sequence")? < next {
+            self.counters.insert("sequence", next).map_err(failed)?;
+        }
+        self.sequence_floor = self.sequence_floor.max(next);
+        self.insert_records(&event, sequence, now_ms, Some(place))
+    }
+
+    /// Keeps an accepted event's body: appended to the log with what
+    /// accepts it again (or already there, `logged`), else in BODIES.
+    fn keep_body(
+        &mut self,
+        sequence: u64,
+        event: &NewEvent<'_>,
+        record: &[u8],
+        logged: Option<LogPlace>,
+    ) -> Result<(), StoreError> {
+        let place = match (logged, self.log) {
+            (Some(place), _) => place,
+            (None, Some(log)) => {
+                let payload = logged::encode_accepted(sequence, event, record);
+                self.appended = true;
+                log.append(ACCEPTED, &payload)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            }
+            (None, None) => {
+                return self
+                    .bodies
+                    .insert(sequence, event.body)
+                    .map(drop)
+                    .map_err(failed)
+            }
+        };
+        self.places
+            .insert(sequence, (place.segment, place.offset, place.len))
+            .map_err(failed)?;
+        self.count_segment(place.segment, 1);
+        Ok(())
+    }
+
+    /// Where an event's record lies in the log, if it does.
+    pub(super) fn place_of(&self, event: u64) -> Result<Option<LogPlace>, StoreError> {
+        Ok(self.places.get(event).map_err(failed)?.map(|v| {
+            let (segment, offset, len) = v.value();
+            LogPlace {
+                segment,
+                offset,
+                len,
+            }
+        }))
+    }
+
+    /// An event's record now lies at `to` (copied from `from`).
+    pub(super) fn move_record(
+        &mut self,
+        event: u64,
+        from: LogPlace,
+        to: LogPlace,
+    ) -> Result<(), StoreError> {
+        self.places
+            .insert(event, (to.segment, to.offset, to.len))
+            .map_err(failed)?;
+        self.count_segment(from.segment, -1);
+        self.count_segment(to.segment, 1);
+        Ok(())
+    }
+
+    /// The oldest segment below `below` keeping at most `few` events, and
+    /// whether any event is kept in segment `active`.
+    pub(super) fn sparse_segment(
+        &self,
+        below: u32,
+        few: u64,
+        active: u32,
+    ) -> Result<(Option<u32>, bool), StoreError> {
+        let mut sparse = None;
+        for entry in self.segments.iter().map_err(failed)? {
+            let (segment, kept) = entry.map_err(failed)?;
+            let (segment, kept) = (segment.value(), kept.value());
+            if segment < below && kept <= few && sparse.is_none() {
+                sparse = Some(segment);
+            }
+        }
+        let in_active = self.segments.get(active).map_err(failed)?.is_some();
+        Ok((sparse, in_active))
+    }
+
+    fn count_segment(&mut self, segment: u32, delta: i64) {
+        self.count(
+            |c| matches!(c, Count::Segment(s) if *s == segment),
+            || Count::Segment(segment),
+            delta,
+        );
+    }
+
+    /// The length of an event's body (what its log record holds beside it
+    /// counted in).
+    pub(super) fn body_len(&self, event: u64) -> Result<usize, StoreError> {
+        if let Some(place) = self.places.get(event).map_err(failed)? {
+            return Ok(place.value().2 as usize);
+        }
+        Ok(self
+            .bodies
+            .get(event)
+            .map_err(failed)?
+            .map_or(0, |b| b.value().len()))
+    }
+
+    /// Segments of the log that hold no event kept, below `below` (the
+    /// position this transaction records as applied): removable once this
+    /// transaction is durable.
+    pub(super) fn unused_segments(
+        &self,
+        log: &SegmentLog,
+        below: u32,
+    ) -> Result<Vec<u32>, StoreError> {
+        let mut unused = Vec::new();
+        let on_disk = log
+            .segments()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        for (segment, _) in on_disk {
+            if segment >= below {
+                break;
+            }
+            if self.segments.get(segment).map_err(failed)?.is_none() {
+                unused.push(segment);
+            }
+        }
+        Ok(unused)
+    }
+
+    /// An event's records and its jobs (or its `unrouted` dead letter),
+    /// numbered from `sequence`.
+    fn insert_records(
+        &mut self,
+        event: &NewEvent<'_>,
+        sequence: u64,
+        now_ms: u64,
+        logged: Option<LogPlace>,
+    ) -> Result<(), StoreError> {
         let mut stored = event.stored(now_ms);
         for (offset, outcome) in stored.targets.iter_mut().enumerate() {
             outcome.job = Some(sequence + 1 + offset as u64);
@@ -567,7 +751,7 @@ impl<'t> Tables<'t> {
         self.events
             .insert(sequence, record.as_slice())
             .map_err(failed)?;
-        self.bodies.insert(sequence, event.body).map_err(failed)?;
+        self.keep_body(sequence, event, &record, logged)?;
         self.by_id
             .insert((event.webhook.as_str(), event.meta.id.as_str()), sequence)
             .map_err(failed)?;
@@ -590,6 +774,6 @@ impl<'t> Tables<'t> {
                 self.insert_job(&event.job(id, sequence, target, now_ms))?;
             }
         }
-        Ok(Acceptance::Accepted(sequence))
+        Ok(())
     }
 }

@@ -35,10 +35,15 @@ pub enum Written {
 
 impl Write<'_> {
     /// Accepts are acknowledged to providers and dead letters to
-    /// operators: both wait for the fsync. Leases, acks and retries may be
+    /// operators: both wait for the fsync, an accept only where the event
+    /// log (`logged`) does not keep it. Leases, acks and retries may be
     /// lost in a crash at the cost of a repeated delivery.
-    pub(super) fn needs_fsync(&self) -> bool {
-        matches!(self, Self::Accept(..) | Self::DeadLetter { .. })
+    pub(super) fn needs_fsync(&self, logged: bool) -> bool {
+        match self {
+            Self::Accept(..) => !logged,
+            Self::DeadLetter { .. } => true,
+            _ => false,
+        }
     }
 
     pub(super) fn apply(
