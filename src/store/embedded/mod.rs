@@ -8,8 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod acceptor;
 pub mod engine;
 pub mod group_commit;
+mod health;
 pub mod leases;
 pub mod log;
 pub mod room;

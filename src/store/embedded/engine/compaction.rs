@@ -6,6 +6,7 @@
 
 use super::logged::{self, ACCEPTED, MOVED};
 use super::{LocalStore, StoreError};
+use crate::store::embedded::log::Place;
 
 /// A sealed segment keeping at most this many events has them copied
 /// forward: a copy costs at most this many records' bytes.
@@ -32,22 +33,26 @@ impl LocalStore {
                 }
                 return Ok(0);
             };
-            let mut moved = 0;
+            // The records still kept here, then copied in one append.
+            let mut kept: Vec<(u64, Place, Vec<u8>)> = Vec::new();
             log.records::<StoreError>(segment, |place, kind, payload| {
                 if kind != ACCEPTED && kind != MOVED {
                     return Ok(());
                 }
                 let sequence = logged::sequence_of(place, payload)?;
-                if tables.place_of(sequence)? != Some(place) {
-                    // Dropped, or copied already: not kept here.
-                    return Ok(());
+                // Dropped, or copied already: not kept here.
+                if tables.place_of(sequence)? == Some(place) {
+                    kept.push((sequence, place, payload.to_vec()));
                 }
-                let copy = log.append(MOVED, payload)?;
-                tables.appended = true;
-                tables.move_record(sequence, place, copy)?;
-                moved += 1;
                 Ok(())
             })?;
+            let records: Vec<(u8, &[u8])> =
+                kept.iter().map(|(_, _, p)| (MOVED, p.as_slice())).collect();
+            let copies = log.append(&records)?;
+            let moved = kept.len() as u64;
+            for ((sequence, from, _), to) in kept.iter().zip(copies) {
+                tables.move_record(*sequence, *from, to)?;
+            }
             Ok(moved)
         })
     }

@@ -50,6 +50,7 @@ impl LocalStore {
     }
 
     pub fn history_usage(&self) -> Result<HistoryUsage, StoreError> {
+        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let counters = txn.open_table(COUNTERS).map_err(failed)?;
@@ -69,6 +70,7 @@ impl LocalStore {
         cursor_text: Option<&str>,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
+        self.settle();
         let below = cursor_text.map(parse_cursor).transpose()?;
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
@@ -96,6 +98,7 @@ impl LocalStore {
 
     /// The newest event `id` of `source`, with its body and its live jobs.
     pub fn event_detail(&self, source: &str, id: &str) -> Result<Option<EventDetail>, StoreError> {
+        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let by_id = txn.open_table(BY_ID).map_err(failed)?;
@@ -139,6 +142,7 @@ impl LocalStore {
         target: Option<&str>,
         now_ms: u64,
     ) -> Result<Option<u64>, StoreError> {
+        self.settle();
         self.write(true, |tables| {
             redeliver_event(tables, sequence, target, now_ms)
         })
@@ -154,6 +158,7 @@ impl LocalStore {
         dry_run: bool,
         now_ms: u64,
     ) -> Result<Redelivered, StoreError> {
+        self.settle();
         let matched = {
             let db = self.db()?;
             let txn = db.begin_read().map_err(failed)?;

@@ -27,6 +27,16 @@ struct Head {
     targets: Vec<UpstreamName>,
 }
 
+/// The record the events table keeps for a new event numbered `sequence`:
+/// its jobs are numbered after it, in its targets' order.
+pub(super) fn stored_with_jobs(event: &NewEvent<'_>, sequence: u64, now_ms: u64) -> StoredEvent {
+    let mut stored = event.stored(now_ms);
+    for (offset, outcome) in stored.targets.iter_mut().enumerate() {
+        outcome.job = Some(sequence + 1 + offset as u64);
+    }
+    stored
+}
+
 /// The payload for an accepted event: the head's length and the head, the
 /// stored record's length and the record (`stored`, as the events table
 /// gets it), then the body.

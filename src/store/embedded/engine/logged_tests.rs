@@ -227,3 +227,71 @@ fn bodies_of_a_file_written_before_the_log_are_still_read() {
     let new = accept(&store, 1, 2_000);
     assert!(store.event(new).unwrap().is_some());
 }
+
+fn owned(n: usize, now_ms: u64) -> crate::store::records::OwnedEvent {
+    crate::store::records::OwnedEvent {
+        webhook: "stripe".into(),
+        meta: meta(&format!("evt_{n}")),
+        content_type: None,
+        headers: Vec::new(),
+        body: bytes::Bytes::from(body(n)),
+        now_ms,
+        dedup_window: HOUR,
+    }
+}
+
+#[test]
+fn accepted_into_the_log_ahead_of_the_tables_an_event_is_a_duplicate_at_once_and_applied_once() {
+    let at = dir("ahead");
+    let store = LocalStore::open(&at.0).unwrap();
+    let batch: Vec<_> = (0..10)
+        .map(|n| owned(n, 1_000))
+        .chain([owned(3, 1_000)])
+        .collect();
+    let answers = store.accept_into_log(&batch).unwrap().unwrap();
+    // The same event twice in one batch: the second is a duplicate.
+    assert!(matches!(answers[10].0, Acceptance::Duplicate));
+    assert_eq!(store.unapplied(), 10);
+    // Not applied yet, and already a duplicate for the next batch.
+    let again = store.accept_into_log(&[owned(7, 1_500)]).unwrap().unwrap();
+    assert!(matches!(again[0].0, Acceptance::Duplicate));
+    // The writer applies half, then its batch fails and gives the rest up.
+    let mut answers = answers.into_iter();
+    let mut applied = Vec::new();
+    for (_, logged) in answers.by_ref().take(5) {
+        let (logged, ticket) = logged.unwrap();
+        applied.push((logged, ticket));
+    }
+    let writes: Vec<Write<'_>> = applied
+        .iter()
+        .zip(&batch)
+        .map(|((logged, _), event)| Write::Apply(event.borrowed(), event.now_ms, *logged))
+        .collect();
+    store.apply(&writes).unwrap();
+    drop(writes);
+    drop(applied);
+    let given_up: Vec<_> = answers.collect();
+    store.needs_replay.store(true, Ordering::SeqCst);
+    drop(given_up);
+    // The next transaction applies the log again: every event once.
+    store.flush().unwrap();
+    assert_eq!(store.unapplied(), 0);
+    assert_eq!(
+        store.queue_depth().unwrap().normal,
+        20,
+        "two jobs each, once"
+    );
+    assert_eq!(store.history_usage().unwrap().events, 10);
+    for n in 0..10 {
+        let detail = store
+            .event_detail("stripe", &format!("evt_{n}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(detail.body, body(n));
+    }
+    // And a crash image of it opens to the same.
+    let crashed = dir("ahead-crashed");
+    crash_image(&at.0, &crashed.0);
+    let reopened = LocalStore::open(&crashed.0).unwrap();
+    assert_eq!(reopened.queue_depth().unwrap().normal, 20);
+}

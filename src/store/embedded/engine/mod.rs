@@ -46,6 +46,7 @@ use crate::time::unix_time;
 use super::leases::Leases;
 use super::log::{Place, Position, SegmentLog, SEGMENT_BYTES};
 
+mod acceptance;
 mod compaction;
 mod dead_letters;
 mod history;
@@ -60,6 +61,7 @@ mod tables;
 mod tests;
 mod write;
 
+pub use acceptance::{Logged, Ticket};
 pub use history::PRUNE_BATCH;
 use schema::*;
 use tables::Tables;
@@ -107,8 +109,16 @@ pub struct LocalStore {
     /// an accept is durable once its record is synced there, and the
     /// tables' commits need not be (opening replays what they lost).
     log: OnceLock<SegmentLog>,
-    /// The lowest sequence number never handed out (`Tables::sequence_floor`).
+    /// The lowest sequence number never handed out, by the writer or the
+    /// acceptor (`Tables::sequences`).
     sequence_floor: AtomicU64,
+    /// Events accepted into the log, not yet applied (`acceptance`).
+    unapplied: Mutex<acceptance::Unapplied>,
+    /// The acceptor's batches and events not yet applied (`acceptance`).
+    in_flight: acceptance::InFlight,
+    /// How far the log was applied again after the last reopen
+    /// (`Tables::replayed_to`).
+    replayed_to: Mutex<Position>,
     /// The database was reopened and has not applied the log again yet
     /// (`replay_log`).
     needs_replay: AtomicBool,
@@ -182,6 +192,9 @@ impl LocalStore {
             history: Some(HistoryLimits::default()),
             log: OnceLock::new(),
             sequence_floor: AtomicU64::new(0),
+            unapplied: Mutex::default(),
+            in_flight: acceptance::InFlight::default(),
+            replayed_to: Mutex::default(),
             needs_replay: AtomicBool::new(false),
         };
         store.create_tables_and_release_leases()?;
@@ -190,6 +203,8 @@ impl LocalStore {
             let _ = store.log.set(log);
         }
         store.count_history()?;
+        let counted = store.write(false, |tables| tables.counter("sequence"))?;
+        store.sequence_floor.fetch_max(counted, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -222,6 +237,16 @@ impl LocalStore {
         }
         self.needs_replay.store(true, Ordering::SeqCst);
         self.flush()
+    }
+
+    /// Events accepted into the log and not yet applied.
+    pub fn unapplied(&self) -> usize {
+        self.in_flight.unapplied.load(Ordering::SeqCst)
+    }
+
+    /// Whether new events' records go to an event log (not in memory).
+    pub fn has_log(&self) -> bool {
+        self.log.get().is_some()
     }
 
     /// Bytes in the event log's segments (0 in memory).
@@ -397,16 +422,21 @@ impl LocalStore {
         tables.full = self.full.load(Ordering::Relaxed);
         tables.history = self.history.is_some();
         tables.log = log;
-        tables.sequence_floor = self.sequence_floor.load(Ordering::Relaxed);
+        tables.sequences = Some(&self.sequence_floor);
+        tables.replayed_to = *self.replayed_to.lock().unwrap_or_else(|e| e.into_inner());
         // Transactions are one at a time: whichever comes first after a
         // reopen applies the log again, in its own commit.
         let replaying = self.needs_replay.load(Ordering::SeqCst);
         let replayed = match log {
             Some(log) if replaying => {
                 let from = applied(&tables)?;
-                log.replay::<StoreError>(from, |place, kind, payload| {
+                let mut end = from;
+                let replayed = log.replay::<StoreError>(from, |place, kind, payload| {
+                    end = place.end();
                     replay(&mut tables, place, kind, payload).map(drop)
-                })
+                });
+                tables.replayed_to = end;
+                replayed
             }
             _ => Ok(()),
         };
@@ -416,26 +446,37 @@ impl LocalStore {
                 tables.write_counts()?;
                 let mut unused = Vec::new();
                 if let Some(log) = log {
-                    if tables.appended {
-                        log.sync()?;
-                    }
+                    // The log's end counts as applied once every record
+                    // before it is (read first: a batch appended after it
+                    // is not counted); otherwise what this transaction
+                    // applied moves the mark.
                     let end = log.end();
-                    record_applied(&mut tables, end)?;
+                    let mark = if self.log_settled() {
+                        Some(tables.applied_to.map_or(end, |at| at.max(end)))
+                    } else {
+                        tables.applied_to
+                    };
+                    if let Some(mark) = mark.filter(|&m| m > applied(&tables).unwrap_or_default()) {
+                        record_applied(&mut tables, mark)?;
+                    }
                     if durable {
-                        unused = tables.unused_segments(log, end.segment)?;
+                        let below = applied(&tables)?.segment;
+                        unused = tables.unused_segments(log, below)?;
                     }
                 }
                 Ok((value, unused))
             });
-        // A number handed out in a transaction that failed may lie in the
-        // log: it is never handed out again.
-        self.sequence_floor
-            .fetch_max(tables.sequence_floor, Ordering::Relaxed);
+        let applied_keys = std::mem::take(&mut tables.applied_keys);
+        let (replayed_to, applied_below) = (tables.replayed_to, tables.applied_below);
         drop(tables);
         match changed {
             Ok((value, unused)) => {
                 self.commit(txn, durable)?;
+                self.forget_unapplied(&applied_keys);
+                self.applied_below(applied_below);
                 if replaying {
+                    *self.replayed_to.lock().unwrap_or_else(|e| e.into_inner()) = replayed_to;
+                    self.forget_unapplied_below(applied_below);
                     self.needs_replay.store(false, Ordering::SeqCst);
                 }
                 if let Some(log) = log {
@@ -444,10 +485,13 @@ impl LocalStore {
                 Ok(value)
             }
             Err(error) => {
-                if let Some(log) = log {
-                    log.discard();
-                }
                 let _ = txn.abort();
+                // What this transaction applied of the log is gone with it
+                // (and the writer gives up the events it was handed): the
+                // next transaction applies the log again from the mark.
+                if log.is_some() {
+                    self.needs_replay.store(true, Ordering::SeqCst);
+                }
                 Err(error)
             }
         }
@@ -512,6 +556,7 @@ impl LocalStore {
     }
 
     pub fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let counters = txn.open_table(COUNTERS).map_err(failed)?;
@@ -531,6 +576,7 @@ impl LocalStore {
     /// When the next job falls due (leased ones included: when their lease
     /// ends), or None when nothing is queued.
     pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.settle();
         let leases = self
             .leases
             .lock()
@@ -565,6 +611,7 @@ impl LocalStore {
     /// seconds. Records that cannot be read are passed over (the next lease
     /// sets them aside).
     pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let jobs = txn.open_table(JOBS).map_err(failed)?;

@@ -10,12 +10,13 @@ use super::logged::{self, ACCEPTED};
 use super::schema::*;
 use crate::event::Priority;
 use crate::store::embedded::leases::{Leases, Place};
-use crate::store::embedded::log::{Place as LogPlace, SegmentLog};
+use crate::store::embedded::log::{Place as LogPlace, Position, SegmentLog};
 use crate::store::records::{
     dedup_key, Acceptance, DeadLetter, Job, LeaseRequest, NewEvent, StoredEvent, TargetStatus,
     UNROUTED,
 };
 use crate::store::StoreError;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every table of the store, opened once per write transaction: opening a
 /// redb table looks it up and type-checks it, which cost about a third of
@@ -38,13 +39,23 @@ pub(super) struct Tables<'t> {
     /// The event log, where new events' records go (None: their bodies go
     /// to BODIES, in a store held in memory).
     pub(super) log: Option<&'t SegmentLog>,
-    /// Records were appended to the log in this transaction: it is synced
-    /// before the commit.
-    pub(super) appended: bool,
-    /// The lowest sequence number not handed out, by this transaction or
-    /// an earlier one that failed after its records reached the log: a
-    /// number that may lie in the log is never given again.
-    pub(super) sequence_floor: u64,
+    /// The lowest sequence number never handed out, shared with the
+    /// acceptor (`acceptance`): a number that may lie in the log, even
+    /// from a transaction that failed, is never given again. None: only
+    /// the COUNTERS table counts (tests of one transaction).
+    pub(super) sequences: Option<&'t AtomicU64>,
+    /// How far the log is applied once this transaction commits, if it
+    /// applied any of it.
+    pub(super) applied_to: Option<Position>,
+    /// The log was applied again up to here after a reopen: an event
+    /// accepted before it is in the tables already (`apply_logged`).
+    pub(super) replayed_to: Position,
+    /// Events accepted into the log that this transaction applied: dedup
+    /// key and sequence.
+    pub(super) applied_keys: Vec<(String, u64)>,
+    /// Above the highest sequence (its jobs too) this transaction applied
+    /// of the log, by a replay or for the acceptor.
+    pub(super) applied_below: u64,
     /// Changes to `queued` and `counters` not written yet: added up here and
     /// written by `write_counts`, before a lease reads them and before the
     /// commit.
@@ -86,8 +97,11 @@ impl<'t> Tables<'t> {
             places: txn.open_table(PLACES).map_err(failed)?,
             segments: txn.open_table(SEGMENTS).map_err(failed)?,
             log: None,
-            appended: false,
-            sequence_floor: 0,
+            sequences: None,
+            applied_to: None,
+            replayed_to: Position::default(),
+            applied_keys: Vec::new(),
+            applied_below: 0,
             counts: Vec::new(),
             full: false,
             history: false,
@@ -276,16 +290,23 @@ impl<'t> Tables<'t> {
 
     /// Takes `count` numbers of the sequence events and jobs share.
     pub(super) fn next_sequence(&mut self, count: u64) -> Result<u64, StoreError> {
-        let next = self
+        let counted = self
             .counters
             .get("sequence")
             .map_err(failed)?
-            .map_or(1, |v| v.value())
-            .max(self.sequence_floor);
+            .map_or(1, |v| v.value());
+        let next = match self.sequences {
+            Some(shared) => shared
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |next| {
+                    Some(next.max(counted) + count)
+                })
+                .unwrap_or_else(|next| next)
+                .max(counted),
+            None => counted,
+        };
         self.counters
             .insert("sequence", next + count)
             .map_err(failed)?;
-        self.sequence_floor = next + count;
         Ok(next)
     }
 
@@ -600,15 +621,41 @@ impl<'t> Tables<'t> {
         let accepted = logged::decode_accepted(place, payload)?;
         let event = accepted.new_event();
         let now_ms = accepted.stored.received_at_ms;
+        let jobs = event.meta.targets.len().max(1) as u64;
+        self.applied_below = self.applied_below.max(accepted.sequence + 1 + jobs);
+        self.apply_logged(&event, accepted.sequence, now_ms, place)
+    }
+
+    /// An event the acceptor accepted into the log at `place`, numbered
+    /// `sequence`: its dedup key and records, unless a replay after a
+    /// reopen applied it already.
+    pub(super) fn apply_logged(
+        &mut self,
+        event: &NewEvent<'_>,
+        sequence: u64,
+        now_ms: u64,
+        place: LogPlace,
+    ) -> Result<(), StoreError> {
+        // Applied already: by a replay after a reopen, or (the log applied
+        // again after a failed transaction) by a commit that stands.
         let key = dedup_key(event.webhook, &event.meta.dedup);
-        self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
-        let sequence = accepted.sequence;
         let next = sequence + 1 + event.meta.targets.len().max(1) as u64;
+        self.applied_below = self.applied_below.max(next);
+        if place.end() <= self.replayed_to || self.places.get(sequence).map_err(failed)?.is_some() {
+            self.applied_keys.push((key, sequence));
+            return Ok(());
+        }
+        self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
         if self.counter("sequence")? < next {
             self.counters.insert("sequence", next).map_err(failed)?;
         }
-        self.sequence_floor = self.sequence_floor.max(next);
-        self.insert_records(&event, sequence, now_ms, Some(place))
+        if let Some(shared) = self.sequences {
+            shared.fetch_max(next, Ordering::SeqCst);
+        }
+        self.insert_records(event, sequence, now_ms, Some(place))?;
+        self.applied_to = Some(place.end());
+        self.applied_keys.push((key, sequence));
+        Ok(())
     }
 
     /// Keeps an accepted event's body: appended to the log with what
@@ -624,9 +671,9 @@ impl<'t> Tables<'t> {
             (Some(place), _) => place,
             (None, Some(log)) => {
                 let payload = logged::encode_accepted(sequence, event, record);
-                self.appended = true;
-                log.append(ACCEPTED, &payload)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                let place = log.append(&[(ACCEPTED, &payload)])?[0];
+                self.applied_to = Some(place.end());
+                place
             }
             (None, None) => {
                 return self
@@ -743,10 +790,7 @@ impl<'t> Tables<'t> {
         now_ms: u64,
         logged: Option<LogPlace>,
     ) -> Result<(), StoreError> {
-        let mut stored = event.stored(now_ms);
-        for (offset, outcome) in stored.targets.iter_mut().enumerate() {
-            outcome.job = Some(sequence + 1 + offset as u64);
-        }
+        let stored = logged::stored_with_jobs(event, sequence, now_ms);
         let record = encode(&stored);
         self.events
             .insert(sequence, record.as_slice())

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::acceptance::Logged;
 use super::tables::Tables;
 use crate::store::embedded::leases::Leases;
 use crate::store::records::{
@@ -13,6 +14,9 @@ use crate::store::StoreError;
 /// A write the queue's hot path makes; several share one transaction.
 pub enum Write<'a> {
     Accept(NewEvent<'a>, u64, Duration),
+    /// An event accepted into the log (`acceptance`), received at ms,
+    /// applied to the tables.
+    Apply(NewEvent<'a>, u64, Logged),
     Lease(&'a LeaseRequest),
     /// Delivered, by this attempt (None when it was not recorded).
     Ack(&'a Job, Option<Attempt>),
@@ -55,6 +59,9 @@ impl Write<'_> {
             Self::Accept(event, now_ms, window) => tables
                 .insert(event, *now_ms, *window)
                 .map(Written::Accepted),
+            Self::Apply(event, now_ms, logged) => tables
+                .apply_logged(event, logged.sequence, *now_ms, logged.place)
+                .map(|()| Written::Done),
             Self::Lease(request) => tables.lease(request, leases).map(Written::Leased),
             Self::Ack(held, attempt) => {
                 let place = leases.check(held)?.place.clone();

@@ -173,22 +173,32 @@ impl SegmentLog {
         self.appender.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a record; it is durable, and readable, once [`sync`] returns.
-    /// Crossing the segment's size first syncs it and starts the next one.
-    pub fn append(&self, kind: u8, payload: &[u8]) -> Result<Place, LogError> {
+    /// Appends `records` (kind, payload) and makes them durable: their
+    /// places once one `fdatasync` covers them all. On an error none of
+    /// them is kept (a part written before it is cut off). Callers on
+    /// other threads take turns: a batch is appended and synced whole.
+    pub fn append(&self, records: &[(u8, &[u8])]) -> Result<Vec<Place>, LogError> {
         let mut appender = self.appender();
-        let at = appender.synced + appender.buffer.len() as u64;
-        let frame = (HEADER + payload.len()) as u64;
-        if at > START && at + frame > self.segment_bytes {
-            self.roll(&mut appender)?;
+        let mut places = Vec::with_capacity(records.len());
+        for &(kind, payload) in records {
+            let at = appender.synced + appender.buffer.len() as u64;
+            let frame = (HEADER + payload.len()) as u64;
+            if at > START && at + frame > self.segment_bytes {
+                if let Err(error) = self.roll(&mut appender) {
+                    appender.buffer.clear();
+                    return Err(error);
+                }
+            }
+            let offset = appender.synced + appender.buffer.len() as u64;
+            frame::encode(&mut appender.buffer, kind, payload);
+            places.push(Place {
+                segment: appender.segment,
+                offset,
+                len: payload.len() as u32,
+            });
         }
-        let offset = appender.synced + appender.buffer.len() as u64;
-        frame::encode(&mut appender.buffer, kind, payload);
-        Ok(Place {
-            segment: appender.segment,
-            offset,
-            len: payload.len() as u32,
-        })
+        Self::flush(&self.dir, &mut appender)?;
+        Ok(places)
     }
 
     /// Writes and syncs the segment being appended to, and starts the next.
@@ -202,8 +212,8 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Starts the next segment now (what was appended is synced first):
-    /// the one appended to so far can then go like any other.
+    /// Starts the next segment now: the one appended to so far can then
+    /// go like any other.
     pub fn roll_now(&self) -> Result<(), LogError> {
         self.roll(&mut self.appender())
     }
@@ -215,11 +225,6 @@ impl SegmentLog {
         mut visit: impl FnMut(Place, u8, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         scan(&self.dir, segment, START, &mut visit).map(drop)
-    }
-
-    /// Makes every record appended so far durable.
-    pub fn sync(&self) -> Result<(), LogError> {
-        Self::flush(&self.dir, &mut self.appender())
     }
 
     fn flush(dir: &Path, appender: &mut Appender) -> Result<(), LogError> {
@@ -248,12 +253,6 @@ impl SegmentLog {
         }
     }
 
-    /// Gives up what was appended since the last sync (its transaction
-    /// failed before it): never written.
-    pub fn discard(&self) {
-        self.appender().buffer.clear();
-    }
-
     /// Hands `replay` every record from `from` on, in order, as opening
     /// does, without cutting anything (what is synced is whole).
     pub fn replay<E: From<LogError>>(
@@ -272,8 +271,7 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Where the next record will go: everything before it is synced or
-    /// waiting for the next [`sync`].
+    /// Where the next record will go: everything before it is synced.
     pub fn end(&self) -> Position {
         let appender = self.appender();
         Position {

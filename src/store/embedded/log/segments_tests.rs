@@ -22,9 +22,8 @@ fn records_read_back_and_replay_in_order_from_any_position() {
     let (log, seen) = open(&dir, SEGMENT_BYTES, Position::default());
     assert!(seen.is_empty());
     let places: Vec<Place> = (0..100)
-        .map(|n| log.append(1 + (n % 3) as u8, &record(n)).unwrap())
+        .map(|n| log.append(&[(1 + (n % 3) as u8, &record(n))]).unwrap()[0])
         .collect();
-    log.sync().unwrap();
     for (n, place) in places.iter().enumerate() {
         assert_eq!(log.read(*place).unwrap(), (1 + (n % 3) as u8, record(n)));
     }
@@ -46,9 +45,10 @@ fn records_read_back_and_replay_in_order_from_any_position() {
 fn a_torn_tail_at_any_length_ends_the_records_and_is_cut_off() {
     let dir = tempfile_dir();
     let (log, _) = open(&dir, SEGMENT_BYTES, Position::default());
-    let kept: Vec<Place> = (0..5).map(|n| log.append(1, &record(n)).unwrap()).collect();
-    let torn = log.append(1, &record(5)).unwrap();
-    log.sync().unwrap();
+    let kept: Vec<Place> = (0..5)
+        .map(|n| log.append(&[(1, &record(n))]).unwrap()[0])
+        .collect();
+    let torn = log.append(&[(1, &record(5))]).unwrap()[0];
     drop(log);
     let path = dir.join(segment_name(torn.segment));
     let whole = std::fs::read(&path).unwrap();
@@ -64,9 +64,8 @@ fn a_torn_tail_at_any_length_ends_the_records_and_is_cut_off() {
             "cut at {cut}"
         );
         // New records follow the last whole one, and replay after it.
-        let next = log.append(2, b"after the crash").unwrap();
+        let next = log.append(&[(2, b"after the crash")]).unwrap()[0];
         assert_eq!(next.offset, torn.offset);
-        log.sync().unwrap();
         drop(log);
         let (_, seen) = open(&dir, SEGMENT_BYTES, kept[4].end());
         assert_eq!(seen, vec![(next, 2, b"after the crash".to_vec())]);
@@ -77,8 +76,7 @@ fn a_torn_tail_at_any_length_ends_the_records_and_is_cut_off() {
 fn zeros_a_crash_left_after_the_end_are_no_records() {
     let dir = tempfile_dir();
     let (log, _) = open(&dir, SEGMENT_BYTES, Position::default());
-    let place = log.append(1, &record(1)).unwrap();
-    log.sync().unwrap();
+    let place = log.append(&[(1, &record(1))]).unwrap()[0];
     drop(log);
     let path = dir.join(segment_name(place.segment));
     let mut bytes = std::fs::read(&path).unwrap();
@@ -94,14 +92,14 @@ fn segments_roll_at_their_size_and_leave_whole() {
     let dir = tempfile_dir();
     let (log, _) = open(&dir, 4096, Position::default());
     let body = vec![b'x'; 1000];
-    let places: Vec<Place> = (0..20).map(|_| log.append(1, &body).unwrap()).collect();
-    log.sync().unwrap();
+    let places: Vec<Place> = (0..20)
+        .map(|_| log.append(&[(1, &body)]).unwrap()[0])
+        .collect();
     let segments = log.segments().unwrap();
     assert!(segments.len() >= 5, "{segments:?}");
     assert!(segments.iter().all(|(_, len)| *len <= 4096));
     // A record larger than a segment gets one of its own.
-    let large = log.append(1, &vec![b'y'; 10_000]).unwrap();
-    log.sync().unwrap();
+    let large = log.append(&[(1, &vec![b'y'; 10_000])]).unwrap()[0];
     assert_eq!(log.read(large).unwrap().1.len(), 10_000);
     let first = places[0].segment;
     assert!(log.remove(first).unwrap());
@@ -122,25 +120,23 @@ fn segments_roll_at_their_size_and_leave_whole() {
 fn a_failed_sync_keeps_nothing_of_what_it_held() {
     let dir = tempfile_dir();
     let (log, _) = open(&dir, SEGMENT_BYTES, Position::default());
-    let first = log.append(1, &record(1)).unwrap();
-    log.sync().unwrap();
-    let lost = log.append(1, &record(2)).unwrap();
+    let first = log.append(&[(1, &record(1))]).unwrap()[0];
     {
         // A handle that cannot write stands for a disk that refuses.
         let mut appender = log.appender();
         let path = dir.join(segment_name(appender.segment));
         appender.file = File::open(&path).unwrap();
     }
-    assert!(matches!(log.sync(), Err(LogError::Io { .. })));
+    let refused = log.append(&[(1, &record(2)), (1, &record(3))]);
+    assert!(matches!(refused, Err(LogError::Io { .. })));
     assert_eq!(log.end(), first.end(), "the failed records are given up");
     {
         let mut appender = log.appender();
         let path = dir.join(segment_name(appender.segment));
         appender.file = OpenOptions::new().write(true).open(&path).unwrap();
     }
-    let next = log.append(3, b"next").unwrap();
-    assert_eq!(next.offset, lost.offset);
-    log.sync().unwrap();
+    let next = log.append(&[(3, b"next")]).unwrap()[0];
+    assert_eq!(next.offset, first.end().offset);
     drop(log);
     let (_, seen) = open(&dir, SEGMENT_BYTES, Position::default());
     assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), vec![1, 3]);
@@ -156,8 +152,7 @@ fn a_file_of_another_format_is_refused_and_a_segment_torn_at_birth_restarts() {
     std::fs::write(dir.join(segment_name(1)), &MAGIC[..3]).unwrap();
     let (log, seen) = open(&dir, SEGMENT_BYTES, Position::default());
     assert!(seen.is_empty());
-    let place = log.append(1, b"first").unwrap();
-    log.sync().unwrap();
+    let place = log.append(&[(1, b"first")]).unwrap()[0];
     assert_eq!(log.read(place).unwrap().1, b"first");
 }
 
@@ -165,8 +160,7 @@ fn a_file_of_another_format_is_refused_and_a_segment_torn_at_birth_restarts() {
 fn a_checkpoint_past_the_segments_end_is_an_error_not_a_hole() {
     let dir = tempfile_dir();
     let (log, _) = open(&dir, SEGMENT_BYTES, Position::default());
-    let place = log.append(1, &record(1)).unwrap();
-    log.sync().unwrap();
+    let place = log.append(&[(1, &record(1))]).unwrap()[0];
     drop(log);
     let from = Position {
         segment: place.segment,
