@@ -600,4 +600,66 @@ mod tests {
         tokio::time::sleep(super::super::engine::DURABLE_EVERY + Duration::from_millis(500)).await;
         assert_eq!(store.sync_due_in(), None, "made durable while idle");
     }
+
+    /// A copy of a store's files as a crash would leave them.
+    fn crash_image(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to.join("log")).unwrap();
+        std::fs::copy(from.join("events.redb"), to.join("events.redb")).unwrap();
+        for entry in std::fs::read_dir(from.join("log")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join("log").join(entry.file_name())).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn events_delivered_a_second_before_a_crash_are_not_delivered_again() {
+        let dir = std::env::temp_dir().join(format!(
+            "sidecar-group-crash-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = Arc::new(LocalStore::open(&dir).unwrap());
+        let committer = GroupCommitter::start(
+            Arc::clone(&store),
+            Duration::from_secs(3600),
+            None,
+            Arc::default(),
+        );
+        for i in 0..300 {
+            committer.accept(event(&format!("evt_{i}"))).await.unwrap();
+        }
+        loop {
+            let request = LeaseRequest {
+                priority: Priority::Normal,
+                now_ms: crate::time::unix_time().as_millis() as u64,
+                visibility: Duration::from_secs(60),
+                room: Vec::new(),
+                max: 100,
+            };
+            let jobs = match committer.write(OwnedWrite::Lease(request)).await.unwrap() {
+                Written::Leased(jobs) => jobs,
+                other => panic!("{other:?}"),
+            };
+            if jobs.is_empty() {
+                break;
+            }
+            for job in jobs {
+                committer.write(OwnedWrite::Ack(job, None)).await.unwrap();
+            }
+        }
+        // Past the longest a commit waits for an fsync, with the writer idle.
+        tokio::time::sleep(super::super::engine::DURABLE_EVERY + Duration::from_millis(500)).await;
+        let image = dir.with_extension("crashed");
+        crash_image(&dir, &image);
+        let reopened = LocalStore::open(&image).unwrap();
+        assert_eq!(
+            reopened.queue_depth().unwrap().normal,
+            0,
+            "delivered again after a crash"
+        );
+        assert_eq!(reopened.history_usage().unwrap().events, 300);
+        drop(committer);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&image);
+    }
 }
