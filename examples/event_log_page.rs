@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use wedsync_sidecar::event::{EventMeta, Priority};
 use wedsync_sidecar::store::embedded::engine::{LocalStore, Write};
 use wedsync_sidecar::store::history::{EventFilter, EventStatus, HistoryLimits};
-use wedsync_sidecar::store::records::{LeaseRequest, OwnedEvent};
+use wedsync_sidecar::store::records::{LeaseRequest, NewEvent};
 
 const BATCH: usize = 256;
 const START_MS: u64 = 1_800_000_000_000;
@@ -123,7 +123,7 @@ fn fill(store: &LocalStore, from: usize, to: usize) {
         "message.sent",
         "message.failed",
     ];
-    let body = bytes::Bytes::from(vec![b'x'; 512]);
+    let body = vec![b'x'; 512];
     let headers = vec![
         ("content-type".to_string(), "application/json".to_string()),
         ("stripe-signature".to_string(), "[redacted]".to_string()),
@@ -143,39 +143,25 @@ fn fill(store: &LocalStore, from: usize, to: usize) {
                 trace: None,
             })
             .collect();
-        // As the sidecar accepts them: into the event log (one fdatasync),
-        // then applied to the tables in one transaction.
-        let events: Vec<OwnedEvent> = metas
-            .into_iter()
+        let accepts: Vec<Write<'_>> = metas
+            .iter()
             .enumerate()
             .map(|(k, meta)| {
                 let i = n + k;
-                OwnedEvent {
-                    webhook: sources[i % sources.len()].clone(),
-                    meta,
-                    content_type: Some("application/json".into()),
-                    headers: headers.clone(),
-                    body: body.clone(),
-                    now_ms: START_MS + i as u64,
-                    dedup_window: Duration::from_secs(3600),
-                }
+                Write::Accept(
+                    NewEvent {
+                        webhook: &sources[i % sources.len()],
+                        meta,
+                        content_type: Some("application/json"),
+                        headers: &headers,
+                        body: &body,
+                    },
+                    START_MS + i as u64,
+                    Duration::from_secs(3600),
+                )
             })
             .collect();
-        let logged = store
-            .accept_into_log(&events)
-            .expect("a store on disk has an event log")
-            .expect("accept");
-        let applies: Vec<Write<'_>> = events
-            .iter()
-            .zip(&logged)
-            .filter_map(|(event, (_, logged))| {
-                let (logged, _) = logged.as_ref()?;
-                Some(Write::Apply(event.borrowed(), event.now_ms, *logged))
-            })
-            .collect();
-        store.apply(&applies).expect("apply");
-        drop(applies);
-        drop(logged);
+        store.apply(&accepts).expect("accept");
         let jobs = store
             .lease(&LeaseRequest {
                 priority: Priority::Normal,

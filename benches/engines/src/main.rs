@@ -1,14 +1,17 @@
-//! The embedded store's job cycle on three embedded stores, side by side in
-//! one run: redb (what the sidecar uses, a copy-on-write B-tree), fjall
-//! (an LSM tree with a write-ahead journal), and `log`: an append-only file
+//! The embedded store's job cycle on three embedded stores (and a variant
+//! of the third), side by side in one run: redb (what the sidecar uses, a
+//! copy-on-write B-tree), fjall (an LSM tree with a write-ahead journal),
+//! and `log`: an append-only file
 //! that holds each event's record, body included, and each outcome (the
 //! durable write an ack waits for: one sequential append and one
 //! `fdatasync`), with redb keeping only the indexes (event number to its
 //! place in the log, dedup keys, the queue, leases) in commits without
 //! fsync, made durable once a second (a crash replays the log's tail into
-//! them). All get the same records and the same transactions, so the ratio
-//! says what changing the engine could give before any of the sidecar's
-//! store is rewritten for it.
+//! them); and `logsync`, the same log with redb's index commit fsynced on
+//! every accept (what taking the records out of redb gives by itself). All
+//! get the same records and the same transactions, so the ratio says what
+//! changing the engine could give before any of the sidecar's store is
+//! rewritten for it.
 //!
 //! A round, as the sidecar's writer does under load (and as
 //! `examples/store_cycle.rs` does on the sidecar's own store):
@@ -36,7 +39,7 @@
 //!     cargo run --release --locked --manifest-path benches/engines/Cargo.toml -- [ROUNDS] [REPEATS]
 //!
 //! with `BATCH` (jobs per commit, 32), `BODY` (bytes, 2048), `BACKLOG` (0),
-//! `ENGINES` (`redb,fjall,log`) and `JOURNAL_MIB` (fjall's journal bound) in
+//! `ENGINES` (`redb,fjall,log,logsync`) and `JOURNAL_MIB` (fjall's journal bound) in
 //! the environment.
 //!
 //! Prints, per engine and repeat: jobs/s, CPU µs per job (all the process's
@@ -502,7 +505,7 @@ fn main() {
     let repeats: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(3);
     let batch = setting("BATCH", 32);
     let backlog = setting("BACKLOG", 0);
-    let engines = std::env::var("ENGINES").unwrap_or_else(|_| "redb,fjall,log".into());
+    let engines = std::env::var("ENGINES").unwrap_or_else(|_| "redb,fjall,log,logsync".into());
     // On the disk, not a tmpfs: what is measured is the durable write.
     let base = std::env::var_os("DIR")
         .map(PathBuf::from)

@@ -18,14 +18,12 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::acceptor::{AcceptRequest, Acceptor};
-use super::engine::{LocalStore, Logged, Ticket, Write, Written};
-pub use super::health::WriterHealth;
+use super::engine::{LocalStore, Write, Written};
 use super::room::{self, RoomMeter};
 use crate::store::records::{Acceptance, Attempt, Job, LeaseRequest, OwnedEvent};
 use crate::store::space::SpaceGate;
@@ -33,7 +31,7 @@ use crate::store::StoreError;
 use crate::time::unix_time;
 
 /// The most writes applied in one transaction.
-pub const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 256;
 /// Between attempts to bring a failed writer back: the first soon, then
 /// at most every second.
 const RECOVERY_FIRST: Duration = Duration::from_millis(50);
@@ -46,6 +44,33 @@ const REMEASURE_MIN: Duration = Duration::from_millis(50);
 /// How long an idle writer sleeps when nothing is measured.
 const IDLE: Duration = Duration::from_secs(3600);
 
+/// Whether the writer can commit; shared with the store's health check.
+#[derive(Default)]
+pub struct WriterHealth {
+    /// Since when and why commits fail; None while they work.
+    failing: Mutex<Option<(Instant, String)>>,
+}
+
+impl WriterHealth {
+    pub fn failure(&self) -> Option<(Instant, String)> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, reason: String) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let since = failing
+            .as_ref()
+            .map_or_else(Instant::now, |(since, _)| *since);
+        *failing = Some((since, reason));
+    }
+
+    fn recover(&self) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
 /// How often expired dedup keys are removed.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -83,8 +108,6 @@ fn prune_history(store: &LocalStore, now_ms: u64) {
 /// A write handed to the writer thread, owning what it needs.
 pub enum OwnedWrite {
     Accept(OwnedEvent),
-    /// An event the acceptor took into the log, to apply to the tables.
-    Apply(OwnedEvent, Logged, Ticket),
     Lease(LeaseRequest),
     Ack(Job, Option<Attempt>),
     Retry(Job, Attempt, u64),
@@ -102,7 +125,6 @@ impl OwnedWrite {
             Self::Accept(event) => {
                 Write::Accept(event.borrowed(), event.now_ms, event.dedup_window)
             }
-            Self::Apply(event, logged, _) => Write::Apply(event.borrowed(), event.now_ms, *logged),
             Self::Lease(request) => Write::Lease(request),
             Self::Ack(job, attempt) => Write::Ack(job, attempt.clone()),
             Self::Retry(job, attempt, due_ms) => Write::Retry(job, attempt.clone(), *due_ms),
@@ -121,17 +143,14 @@ impl OwnedWrite {
     }
 }
 
-pub struct Request {
-    pub write: OwnedWrite,
-    pub answer: oneshot::Sender<Result<Written, StoreError>>,
+struct Request {
+    write: OwnedWrite,
+    answer: oneshot::Sender<Result<Written, StoreError>>,
 }
 
 pub struct GroupCommitter {
     /// None once dropped: the writer sees the channel close and ends.
     requests: Option<mpsc::Sender<Request>>,
-    /// Accepts, for a store with an event log: its acceptor thread takes
-    /// them (None once dropped, or without a log: the writer takes them).
-    accepts: Option<mpsc::Sender<AcceptRequest>>,
     health: Arc<WriterHealth>,
     /// Closed on drop, which wakes the cleaner to end.
     stop_cleaner: Option<mpsc::Sender<()>>,
@@ -152,29 +171,6 @@ impl GroupCommitter {
         let (stop_cleaner, stopped) = mpsc::channel::<()>();
         let writer = Arc::clone(&store);
         let health = Arc::new(WriterHealth::default());
-        let mut threads = Vec::new();
-        let mut accepts = None;
-        if store.has_log() {
-            let (sender, incoming) = mpsc::channel::<AcceptRequest>();
-            let writer = requests.clone();
-            let acceptor = Acceptor {
-                store: Arc::clone(&store),
-                gate: Arc::clone(&gate),
-                health: Arc::clone(&health),
-                // Nobody waits for the apply: the event is acknowledged.
-                apply: Box::new(move |event, logged, ticket| {
-                    let (answer, _) = oneshot::channel();
-                    let write = OwnedWrite::Apply(event, logged, ticket);
-                    let _ = writer.send(Request { write, answer });
-                }),
-            };
-            let thread = std::thread::Builder::new()
-                .name("event-accept".into())
-                .spawn(move || acceptor.run(&incoming))
-                .expect("spawning the event store acceptor");
-            threads.push(thread);
-            accepts = Some(sender);
-        }
         let writer_health = Arc::clone(&health);
         let writer = std::thread::Builder::new()
             .name("event-store".into())
@@ -198,14 +194,6 @@ impl GroupCommitter {
                 {
                     let now_ms = unix_time().as_millis() as u64;
                     prune_history(&store, now_ms);
-                    match store.compact_log() {
-                        Ok(0) => {}
-                        Ok(moved) => tracing::debug!(
-                            moved,
-                            "copied events forward out of a sparse event log segment"
-                        ),
-                        Err(error) => tracing::warn!(%error, "could not compact the event log"),
-                    }
                     if dedup_pruned.elapsed() < PRUNE_EVERY {
                         continue;
                     }
@@ -218,13 +206,11 @@ impl GroupCommitter {
                 }
             })
             .expect("spawning the event store cleaner");
-        threads.extend([writer, cleaner]);
         Self {
             requests: Some(requests),
-            accepts,
             health,
             stop_cleaner: Some(stop_cleaner),
-            threads,
+            threads: vec![writer, cleaner],
         }
     }
 
@@ -249,21 +235,8 @@ impl GroupCommitter {
         answered.await.map_err(|_| stopped())?
     }
 
-    /// Stores the event; answers once it is durable: once its record is
-    /// in the event log (the acceptor), or without a log once the writer
-    /// committed it.
+    /// Stores the event; answers once it is durable.
     pub async fn accept(&self, event: OwnedEvent) -> Result<Acceptance, StoreError> {
-        if let Some(acceptor) = &self.accepts {
-            if let Some((_, reason)) = self.health.failure() {
-                return Err(StoreError::Unavailable(reason));
-            }
-            let stopped = || StoreError::Unavailable("the event store acceptor has stopped".into());
-            let (answer, answered) = oneshot::channel();
-            acceptor
-                .send(AcceptRequest { event, answer })
-                .map_err(|_| stopped())?;
-            return answered.await.map_err(|_| stopped())?;
-        }
         match self.write(OwnedWrite::Accept(event)).await? {
             Written::Accepted(acceptance) => Ok(acceptance),
             other => unreachable!("an accept answered {other:?}"),
@@ -275,7 +248,6 @@ impl Drop for GroupCommitter {
     /// Ends both threads after the writer has answered what it was given,
     /// so the database is closed when the store is dropped.
     fn drop(&mut self) {
-        self.accepts.take();
         self.requests.take();
         self.stop_cleaner.take();
         for thread in self.threads.drain(..) {
@@ -599,67 +571,5 @@ mod tests {
         assert!(store.sync_due_in().is_some(), "the ack is not durable yet");
         tokio::time::sleep(super::super::engine::DURABLE_EVERY + Duration::from_millis(500)).await;
         assert_eq!(store.sync_due_in(), None, "made durable while idle");
-    }
-
-    /// A copy of a store's files as a crash would leave them.
-    fn crash_image(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to.join("log")).unwrap();
-        std::fs::copy(from.join("events.redb"), to.join("events.redb")).unwrap();
-        for entry in std::fs::read_dir(from.join("log")).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), to.join("log").join(entry.file_name())).unwrap();
-        }
-    }
-
-    #[tokio::test]
-    async fn events_delivered_a_second_before_a_crash_are_not_delivered_again() {
-        let dir = std::env::temp_dir().join(format!(
-            "sidecar-group-crash-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let store = Arc::new(LocalStore::open(&dir).unwrap());
-        let committer = GroupCommitter::start(
-            Arc::clone(&store),
-            Duration::from_secs(3600),
-            None,
-            Arc::default(),
-        );
-        for i in 0..300 {
-            committer.accept(event(&format!("evt_{i}"))).await.unwrap();
-        }
-        loop {
-            let request = LeaseRequest {
-                priority: Priority::Normal,
-                now_ms: crate::time::unix_time().as_millis() as u64,
-                visibility: Duration::from_secs(60),
-                room: Vec::new(),
-                max: 100,
-            };
-            let jobs = match committer.write(OwnedWrite::Lease(request)).await.unwrap() {
-                Written::Leased(jobs) => jobs,
-                other => panic!("{other:?}"),
-            };
-            if jobs.is_empty() {
-                break;
-            }
-            for job in jobs {
-                committer.write(OwnedWrite::Ack(job, None)).await.unwrap();
-            }
-        }
-        // Past the longest a commit waits for an fsync, with the writer idle.
-        tokio::time::sleep(super::super::engine::DURABLE_EVERY + Duration::from_millis(500)).await;
-        let image = dir.with_extension("crashed");
-        crash_image(&dir, &image);
-        let reopened = LocalStore::open(&image).unwrap();
-        assert_eq!(
-            reopened.queue_depth().unwrap().normal,
-            0,
-            "delivered again after a crash"
-        );
-        assert_eq!(reopened.history_usage().unwrap().events, 300);
-        drop(committer);
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_dir_all(&image);
     }
 }

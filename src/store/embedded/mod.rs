@@ -8,12 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod acceptor;
 pub mod engine;
 pub mod group_commit;
-mod health;
 pub mod leases;
-pub mod log;
 pub mod room;
 
 use crate::store::history::{

@@ -117,17 +117,11 @@ impl RoomMeter {
     /// where the gate is far from its marks.
     pub fn measure(&mut self, store: &LocalStore) -> Result<Room, StoreError> {
         let started = Instant::now();
-        // The event log's segments are used whole: their size is their use.
-        let log = store.log_bytes();
-        let file = allocated(&self.database).unwrap_or(0) + log;
+        let file = allocated(&self.database).unwrap_or(0);
         let room = match self.capacity(file) {
             Ok(capacity) => {
                 let near = file as f64 >= COUNT_PAGES_FROM * capacity.max(1) as f64;
-                let used = if near {
-                    store.used_bytes()? + log
-                } else {
-                    file
-                };
+                let used = if near { store.used_bytes()? } else { file };
                 Ok(Room::single(used, Some(capacity)))
             }
             Err(error) => Err(StoreError::Unavailable(format!(
@@ -275,9 +269,7 @@ mod tests {
     fn pages_are_counted_only_once_the_file_nears_the_capacity() {
         let dir = dir("count-pages");
         let store = LocalStore::open(&dir).unwrap();
-        // The event log's segments count whole, beside the database file.
-        let file = allocated(store.path().unwrap()).unwrap() + store.log_bytes();
-        assert!(store.log_bytes() > 0);
+        let file = allocated(store.path().unwrap()).unwrap();
         // Far from the capacity, the file's size stands for what is used.
         let mut roomy = RoomMeter::new(&dir, store.path().unwrap(), Some(64 << 20));
         assert_eq!(roomy.measure(&store).unwrap().used, file);
@@ -285,7 +277,7 @@ mod tests {
         let capacity = file + RESERVE_BYTES + file / 2;
         let mut tight = RoomMeter::new(&dir, store.path().unwrap(), Some(capacity));
         let room = tight.measure(&store).unwrap();
-        assert_eq!(room.used, store.used_bytes().unwrap() + store.log_bytes());
+        assert_eq!(room.used, store.used_bytes().unwrap());
         assert!(room.used < file, "{} pages in use, file {file}", room.used);
     }
 

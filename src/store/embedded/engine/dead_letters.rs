@@ -19,7 +19,6 @@ impl LocalStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<DeadLetterPage, StoreError> {
-        self.settle();
         let below = match cursor {
             None => (u64::MAX, u64::MAX),
             Some(cursor) => parse_cursor(cursor)?,
@@ -51,7 +50,6 @@ impl LocalStore {
     }
 
     pub fn dead_letter_by_id(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let dead = txn.open_table(DEAD).map_err(failed)?;
@@ -89,7 +87,6 @@ impl LocalStore {
     /// From counters kept with every change: the gauges read them every
     /// second, however long the queue.
     pub fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let counters = txn.open_table(COUNTERS).map_err(failed)?;

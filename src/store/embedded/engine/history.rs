@@ -38,7 +38,11 @@ impl LocalStore {
             let (mut events, mut bytes) = (0i64, 0i64);
             for entry in tables.events.iter().map_err(failed)? {
                 let (sequence, record) = entry.map_err(failed)?;
-                let body = tables.body_len(sequence.value())?;
+                let body = tables
+                    .bodies
+                    .get(sequence.value())
+                    .map_err(failed)?
+                    .map_or(0, |b| b.value().len());
                 events += 1;
                 bytes += (record.value().len() + body) as i64;
             }
@@ -50,7 +54,6 @@ impl LocalStore {
     }
 
     pub fn history_usage(&self) -> Result<HistoryUsage, StoreError> {
-        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let counters = txn.open_table(COUNTERS).map_err(failed)?;
@@ -70,7 +73,6 @@ impl LocalStore {
         cursor_text: Option<&str>,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        self.settle();
         let below = cursor_text.map(parse_cursor).transpose()?;
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
@@ -98,7 +100,6 @@ impl LocalStore {
 
     /// The newest event `id` of `source`, with its body and its live jobs.
     pub fn event_detail(&self, source: &str, id: &str) -> Result<Option<EventDetail>, StoreError> {
-        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let by_id = txn.open_table(BY_ID).map_err(failed)?;
@@ -110,7 +111,11 @@ impl LocalStore {
             return Ok(None);
         };
         let event: StoredEvent = decode(record.value())?;
-        let body = self.body(&txn, sequence)?.unwrap_or_default();
+        let bodies = txn.open_table(BODIES).map_err(failed)?;
+        let body = bodies
+            .get(sequence)
+            .map_err(failed)?
+            .map_or_else(Vec::new, |b| b.value().to_vec());
         let jobs_table = txn.open_table(JOBS).map_err(failed)?;
         let mut jobs = Vec::new();
         for outcome in &event.targets {
@@ -142,7 +147,6 @@ impl LocalStore {
         target: Option<&str>,
         now_ms: u64,
     ) -> Result<Option<u64>, StoreError> {
-        self.settle();
         self.write(true, |tables| {
             redeliver_event(tables, sequence, target, now_ms)
         })
@@ -158,7 +162,6 @@ impl LocalStore {
         dry_run: bool,
         now_ms: u64,
     ) -> Result<Redelivered, StoreError> {
-        self.settle();
         let matched = {
             let db = self.db()?;
             let txn = db.begin_read().map_err(failed)?;

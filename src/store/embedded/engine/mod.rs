@@ -1,12 +1,8 @@
-//! The embedded store's engine: one redb file under `store.path` and the
-//! event log beside it (`log/`), used from one process. An event is
-//! accepted in a single write transaction that records its dedup key, its
-//! metadata, where its record lies in the log, and one job per target (or
-//! an `unrouted` dead letter); its record (body included) is appended to
-//! the log and fdatasynced before the commit, and before the provider may
-//! get its 2xx. The commit itself is not fsynced: opening applies again
-//! what a crash took (`logged`), and the log's segments go once nothing
-//! kept lies in them (`compaction`).
+//! The embedded store's engine: one redb file under `store.path`, used
+//! from one process. An event is accepted in a single write transaction
+//! that records its dedup key, its metadata and body, and one job per
+//! target (or an `unrouted` dead letter); the commit is fsynced before the
+//! provider may get its 2xx.
 //!
 //! Jobs are indexed by (priority rank, target, due time, id), so the next
 //! due jobs of a lane and target are the first keys of its range. Job ids
@@ -29,7 +25,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use redb::{
@@ -44,37 +40,24 @@ use crate::store::StoreError;
 use crate::time::unix_time;
 
 use super::leases::Leases;
-use super::log::{Place, Position, SegmentLog, SEGMENT_BYTES};
 
-mod acceptance;
-mod compaction;
 mod dead_letters;
 mod history;
 #[cfg(test)]
 mod history_tests;
-mod logged;
-#[cfg(test)]
-mod logged_tests;
 mod schema;
 mod tables;
 #[cfg(test)]
 mod tests;
 mod write;
 
-pub use acceptance::{Logged, Ticket};
 pub use history::PRUNE_BATCH;
 use schema::*;
 use tables::Tables;
 pub use write::{Write, Written};
 
-/// The longest a non-fsynced commit waits for the next fsync. What a
-/// crash takes is at most this much of the tables' work: acks (their
-/// deliveries are made again) and the application of accepted events (the
-/// log applies them again, and an event delivered meanwhile is delivered
-/// again). At 1 s, SIGKILLs under load delivered a third of the events
-/// twice (RELIABILITY.md); the fsync of a quarter of a second's pages costs
-/// the writer about what it saves.
-pub const DURABLE_EVERY: Duration = Duration::from_millis(250);
+/// The longest a non-fsynced commit waits for the next fsync.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 /// The page cache of a store opened without a memory budget to size it
 /// from (tests, tools): that of the default budget.
@@ -111,23 +94,6 @@ pub struct LocalStore {
     crowded: AtomicBool,
     /// The event log is kept, within these limits (`store.history`).
     history: Option<HistoryLimits>,
-    /// Where new events' records go, beside the file (None in memory):
-    /// an accept is durable once its record is synced there, and the
-    /// tables' commits need not be (opening replays what they lost).
-    log: OnceLock<SegmentLog>,
-    /// The lowest sequence number never handed out, by the writer or the
-    /// acceptor (`Tables::sequences`).
-    sequence_floor: AtomicU64,
-    /// Events accepted into the log, not yet applied (`acceptance`).
-    unapplied: Mutex<acceptance::Unapplied>,
-    /// The acceptor's batches and events not yet applied (`acceptance`).
-    in_flight: acceptance::InFlight,
-    /// How far the log was applied again after the last reopen
-    /// (`Tables::replayed_to`).
-    replayed_to: Mutex<Position>,
-    /// The database was reopened and has not applied the log again yet
-    /// (`replay_log`).
-    needs_replay: AtomicBool,
 }
 
 impl LocalStore {
@@ -144,16 +110,6 @@ impl LocalStore {
     /// soon) and what a transaction writes until it commits; an event's
     /// body is read once per delivery.
     pub fn open_with_cache(dir: &Path, cache: usize) -> Result<Self, StoreError> {
-        Self::open_with_segments(dir, cache, SEGMENT_BYTES)
-    }
-
-    /// [`open_with_cache`](Self::open_with_cache) with the event log's
-    /// segments closed at `segment_bytes` (tests use small ones).
-    pub(super) fn open_with_segments(
-        dir: &Path,
-        cache: usize,
-        segment_bytes: u64,
-    ) -> Result<Self, StoreError> {
         let path = dir.join("events.redb");
         let shown = path.display().to_string();
         let open_error = |message: String| {
@@ -164,8 +120,7 @@ impl LocalStore {
             .set_cache_size(cache)
             .create(&path)
             .map_err(|e| open_error(e.to_string()))?;
-        Self::with_database(Some(path), cache, db, segment_bytes)
-            .map_err(|e| open_error(e.to_string()))
+        Self::with_database(Some(path), cache, db).map_err(|e| open_error(e.to_string()))
     }
 
     /// A store held in memory: the same engine without a file, for tests of
@@ -176,14 +131,13 @@ impl LocalStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot create a store in memory: {e}"))
             })?;
-        Self::with_database(None, DEFAULT_CACHE, db, SEGMENT_BYTES)
+        Self::with_database(None, DEFAULT_CACHE, db)
     }
 
     fn with_database(
         path: Option<PathBuf>,
         cache: usize,
         db: Database,
-        segment_bytes: u64,
     ) -> Result<Self, StoreError> {
         let store = Self {
             path,
@@ -196,68 +150,10 @@ impl LocalStore {
             tight: AtomicBool::new(false),
             crowded: AtomicBool::new(false),
             history: Some(HistoryLimits::default()),
-            log: OnceLock::new(),
-            sequence_floor: AtomicU64::new(0),
-            unapplied: Mutex::default(),
-            in_flight: acceptance::InFlight::default(),
-            replayed_to: Mutex::default(),
-            needs_replay: AtomicBool::new(false),
         };
         store.create_tables_and_release_leases()?;
-        if let Some(dir) = store.path.as_ref().and_then(|p| p.parent()) {
-            let log = store.open_log(&dir.join("log"), segment_bytes)?;
-            let _ = store.log.set(log);
-        }
         store.count_history()?;
-        let counted = store.write(false, |tables| tables.counter("sequence"))?;
-        store.sequence_floor.fetch_max(counted, Ordering::SeqCst);
         Ok(store)
-    }
-
-    /// Opens the event log and applies what these tables lost of it (a
-    /// crash took the commits made since the last fsync), recording how
-    /// far it is applied in the same transaction.
-    fn open_log(&self, dir: &Path, segment_bytes: u64) -> Result<SegmentLog, StoreError> {
-        self.write(true, |tables| {
-            let from = applied(tables)?;
-            let mut replayed = 0u64;
-            let log = SegmentLog::open::<StoreError>(dir, segment_bytes, from, |place, kind, payload| {
-                replayed += replay(tables, place, kind, payload)?;
-                Ok(())
-            })?;
-            record_applied(tables, log.end())?;
-            if replayed > 0 {
-                tracing::info!(replayed, "accepted events the store's tables had lost in a crash applied again from the event log");
-            }
-            Ok(log)
-        })
-    }
-
-    /// After a reopen: the commits since the last fsync are gone, with
-    /// what they had applied of the log. The next transaction, whichever
-    /// it is, applies it again first: none may record the log as applied
-    /// without it.
-    fn replay_log(&self) -> Result<(), StoreError> {
-        if self.log.get().is_none() {
-            return Ok(());
-        }
-        self.needs_replay.store(true, Ordering::SeqCst);
-        self.flush()
-    }
-
-    /// Events accepted into the log and not yet applied.
-    pub fn unapplied(&self) -> usize {
-        self.in_flight.unapplied.load(Ordering::SeqCst)
-    }
-
-    /// Whether new events' records go to an event log (not in memory).
-    pub fn has_log(&self) -> bool {
-        self.log.get().is_some()
-    }
-
-    /// Bytes in the event log's segments (0 in memory).
-    pub fn log_bytes(&self) -> u64 {
-        self.log.get().and_then(|log| log.bytes().ok()).unwrap_or(0)
     }
 
     /// Closes the file and opens it again, after an I/O error. Leases held
@@ -280,8 +176,7 @@ impl LocalStore {
                 ))
             })?;
         *slot = Some(db);
-        drop(slot);
-        self.replay_log()
+        Ok(())
     }
 
     /// Bytes in redb's pages in use. Its statistics walk every table, so
@@ -373,19 +268,12 @@ impl LocalStore {
         }
     }
 
-    /// Whether a commit asked to be `durable` (or not) is fsynced: also when
-    /// the last fsync is [`DURABLE_EVERY`] old, or the store is tight.
-    fn durable_now(&self, durable: bool) -> bool {
-        let now_ms = unix_time().as_millis() as u64;
-        let overdue = now_ms.saturating_sub(self.last_durable_ms.load(Ordering::Relaxed))
-            >= DURABLE_EVERY.as_millis() as u64;
-        durable || overdue || self.tight.load(Ordering::Relaxed)
-    }
-
     fn commit(&self, txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
         let mut txn = txn;
         let now_ms = unix_time().as_millis() as u64;
-        let durable = self.durable_now(durable);
+        let overdue = now_ms.saturating_sub(self.last_durable_ms.load(Ordering::Relaxed))
+            >= DURABLE_EVERY.as_millis() as u64;
+        let durable = durable || overdue || self.tight.load(Ordering::Relaxed);
         if !durable {
             txn.set_durability(Durability::None).map_err(failed)?;
         }
@@ -409,10 +297,7 @@ impl LocalStore {
         Some(DURABLE_EVERY.saturating_sub(Duration::from_millis(since)))
     }
 
-    /// Runs `change` in one write transaction, committed only if it
-    /// succeeds. Records it appended to the event log are synced before
-    /// the commit, and the commit records how far the log is applied; a
-    /// durable commit then removes the log's segments nothing kept lies in.
+    /// Runs `change` in one write transaction, committed only if it succeeds.
     fn write<T>(
         &self,
         durable: bool,
@@ -420,84 +305,22 @@ impl LocalStore {
     ) -> Result<T, StoreError> {
         let db = self.db()?;
         let txn = db.begin_write().map_err(failed)?;
-        let durable = self.durable_now(durable);
-        let log = self.log.get();
         // The tables are closed before the commit, as redb requires.
-        // A transaction dropped without a commit is aborted.
-        let mut tables = Tables::open(&txn)?;
-        tables.full = self.full.load(Ordering::Relaxed);
-        tables.history = self.history.is_some();
-        tables.log = log;
-        tables.sequences = Some(&self.sequence_floor);
-        tables.replayed_to = *self.replayed_to.lock().unwrap_or_else(|e| e.into_inner());
-        // Transactions are one at a time: whichever comes first after a
-        // reopen applies the log again, in its own commit.
-        let replaying = self.needs_replay.load(Ordering::SeqCst);
-        let replayed = match log {
-            Some(log) if replaying => {
-                let from = applied(&tables)?;
-                let mut end = from;
-                let replayed = log.replay::<StoreError>(from, |place, kind, payload| {
-                    end = place.end();
-                    replay(&mut tables, place, kind, payload).map(drop)
-                });
-                tables.replayed_to = end;
-                replayed
-            }
-            _ => Ok(()),
-        };
-        let changed = replayed
-            .and_then(|()| change(&mut tables))
-            .and_then(|value| {
-                tables.write_counts()?;
-                let mut unused = Vec::new();
-                if let Some(log) = log {
-                    // The log's end counts as applied once every record
-                    // before it is (read first: a batch appended after it
-                    // is not counted); otherwise what this transaction
-                    // applied moves the mark.
-                    let end = log.end();
-                    let mark = if self.log_settled() {
-                        Some(tables.applied_to.map_or(end, |at| at.max(end)))
-                    } else {
-                        tables.applied_to
-                    };
-                    if let Some(mark) = mark.filter(|&m| m > applied(&tables).unwrap_or_default()) {
-                        record_applied(&mut tables, mark)?;
-                    }
-                    if durable {
-                        let below = applied(&tables)?.segment;
-                        unused = tables.unused_segments(log, below)?;
-                    }
-                }
-                Ok((value, unused))
-            });
-        let applied_keys = std::mem::take(&mut tables.applied_keys);
-        let (replayed_to, applied_below) = (tables.replayed_to, tables.applied_below);
-        drop(tables);
+        let full = self.full.load(Ordering::Relaxed);
+        let changed = Tables::open(&txn).and_then(|mut tables| {
+            tables.full = full;
+            tables.history = self.history.is_some();
+            let value = change(&mut tables)?;
+            tables.write_counts()?;
+            Ok(value)
+        });
         match changed {
-            Ok((value, unused)) => {
+            Ok(value) => {
                 self.commit(txn, durable)?;
-                self.forget_unapplied(&applied_keys);
-                self.applied_below(applied_below);
-                if replaying {
-                    *self.replayed_to.lock().unwrap_or_else(|e| e.into_inner()) = replayed_to;
-                    self.forget_unapplied_below(applied_below);
-                    self.needs_replay.store(false, Ordering::SeqCst);
-                }
-                if let Some(log) = log {
-                    remove_segments(log, &unused);
-                }
                 Ok(value)
             }
             Err(error) => {
                 let _ = txn.abort();
-                // What this transaction applied of the log is gone with it
-                // (and the writer gives up the events it was handed): the
-                // next transaction applies the log again from the mark.
-                if log.is_some() {
-                    self.needs_replay.store(true, Ordering::SeqCst);
-                }
                 Err(error)
             }
         }
@@ -510,8 +333,7 @@ impl LocalStore {
         &self,
         writes: &[Write<'_>],
     ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-        let logged = self.log.get().is_some();
-        let durable = writes.iter().any(|write| write.needs_fsync(logged));
+        let durable = writes.iter().any(Write::needs_fsync);
         // The batch works on a copy of the leases, kept only if it commits:
         // a lease granted in a batch that failed was never answered.
         let mut held = self.leases.lock().unwrap_or_else(|e| e.into_inner());
@@ -562,7 +384,6 @@ impl LocalStore {
     }
 
     pub fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
-        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let counters = txn.open_table(COUNTERS).map_err(failed)?;
@@ -582,7 +403,6 @@ impl LocalStore {
     /// When the next job falls due (leased ones included: when their lease
     /// ends), or None when nothing is queued.
     pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
-        self.settle();
         let leases = self
             .leases
             .lock()
@@ -617,7 +437,6 @@ impl LocalStore {
     /// seconds. Records that cannot be read are passed over (the next lease
     /// sets them aside).
     pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
-        self.settle();
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
         let jobs = txn.open_table(JOBS).map_err(failed)?;
@@ -639,41 +458,12 @@ impl LocalStore {
             return Ok(None);
         };
         let stored = decode(metadata.value())?;
+        let bodies = txn.open_table(BODIES).map_err(failed)?;
         // An event without its body is as good as gone: never delivered empty.
-        let Some(body) = self.body(&txn, sequence)? else {
+        let Some(body) = bodies.get(sequence).map_err(failed)? else {
             return Ok(None);
         };
-        Ok(Some((stored, body)))
-    }
-
-    /// An event's body: read from the event log where its record lies
-    /// there, else from BODIES.
-    fn body(
-        &self,
-        txn: &redb::ReadTransaction,
-        sequence: u64,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let places = txn.open_table(PLACES).map_err(failed)?;
-        if let Some(place) = places.get(sequence).map_err(failed)? {
-            let (segment, offset, len) = place.value();
-            let place = Place {
-                segment,
-                offset,
-                len,
-            };
-            let log = self.log.get().ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "event {sequence}'s record is in the event log, which a store in memory has not"
-                ))
-            })?;
-            let (_, payload) = log.read(place)?;
-            return Ok(Some(logged::body_of(place, &payload)?.to_vec()));
-        }
-        let bodies = txn.open_table(BODIES).map_err(failed)?;
-        Ok(bodies
-            .get(sequence)
-            .map_err(failed)?
-            .map(|b| b.value().to_vec()))
+        Ok(Some((stored, body.value().to_vec())))
     }
 
     /// A small fsynced commit, to tell whether writes work again.
@@ -686,7 +476,9 @@ impl LocalStore {
 
     /// One fsynced commit, so that every earlier commit is durable too.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.write(true, |_| Ok(()))
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(failed)?;
+        self.commit(txn, true)
     }
 
     /// Forgets dedup keys older than `window`; returns how many.
@@ -700,52 +492,6 @@ impl LocalStore {
                 .map_err(failed)?;
             Ok(before - dedup.len().map_err(failed)?)
         })
-    }
-}
-
-/// How far the event log is applied to the tables, as committed.
-fn applied(tables: &Tables<'_>) -> Result<Position, StoreError> {
-    Ok(Position {
-        segment: u32::try_from(tables.counter(LOG_SEGMENT)?).unwrap_or(u32::MAX),
-        offset: tables.counter(LOG_OFFSET)?,
-    })
-}
-
-fn record_applied(tables: &mut Tables<'_>, end: Position) -> Result<(), StoreError> {
-    let counters = &mut tables.counters;
-    counters
-        .insert(LOG_SEGMENT, u64::from(end.segment))
-        .map_err(failed)?;
-    counters.insert(LOG_OFFSET, end.offset).map_err(failed)?;
-    Ok(())
-}
-
-/// Applies one record of the log again; 1 if it was an accepted event.
-/// A kind this version does not know (a later one wrote it) is passed
-/// over: what it did is in the tables once they were fsynced.
-fn replay(
-    tables: &mut Tables<'_>,
-    place: Place,
-    kind: u8,
-    payload: &[u8],
-) -> Result<u64, StoreError> {
-    if kind != logged::ACCEPTED {
-        return Ok(0);
-    }
-    tables.replay(place, payload)?;
-    Ok(1)
-}
-
-/// Removes segments a durable commit left with nothing kept in them.
-fn remove_segments(log: &SegmentLog, unused: &[u32]) {
-    for &segment in unused {
-        match log.remove(segment) {
-            Ok(true) => {
-                tracing::debug!(segment, "removed an event log segment nothing kept lies in")
-            }
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "cannot remove an event log segment"),
-        }
     }
 }
 

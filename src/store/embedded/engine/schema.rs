@@ -106,20 +106,3 @@ pub(super) fn depth_key(priority: Priority) -> &'static str {
 pub(super) fn dead_key(webhook: &str) -> String {
     format!("dead:{webhook}")
 }
-
-/// Event sequence -> where its record (meta and body) lies in the event
-/// log (`log::SegmentLog`): segment, offset, payload length. An event
-/// without a place has its body in BODIES (written before the log, or a
-/// store held in memory).
-pub(super) const PLACES: TableDefinition<u64, (u32, u64, u32)> =
-    TableDefinition::new("event_places");
-/// Segment -> events kept whose record lies in it. A segment without an
-/// entry, below the one the last checkpoint reached, holds nothing kept:
-/// it is removed after the checkpoint.
-pub(super) const SEGMENTS: TableDefinition<u32, u64> = TableDefinition::new("log_segments");
-
-/// COUNTERS keys: how far the event log has been applied to these tables
-/// (segment and offset). A crash goes back to the last fsynced commit;
-/// opening applies the log's records from the position that commit kept.
-pub(super) const LOG_SEGMENT: &str = "log_segment";
-pub(super) const LOG_OFFSET: &str = "log_offset";

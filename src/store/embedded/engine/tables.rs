@@ -6,17 +6,14 @@ use std::time::Duration;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::logged::{self, ACCEPTED};
 use super::schema::*;
 use crate::event::Priority;
 use crate::store::embedded::leases::{Leases, Place};
-use crate::store::embedded::log::{Place as LogPlace, Position, SegmentLog};
 use crate::store::records::{
     dedup_key, Acceptance, DeadLetter, Job, LeaseRequest, NewEvent, StoredEvent, TargetStatus,
     UNROUTED,
 };
 use crate::store::StoreError;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every table of the store, opened once per write transaction: opening a
 /// redb table looks it up and type-checks it, which cost about a third of
@@ -34,28 +31,6 @@ pub(super) struct Tables<'t> {
     dead: Table<'t, u64, &'static [u8]>,
     dead_order: Table<'t, (u64, u64), ()>,
     pub(super) counters: Table<'t, &'static str, u64>,
-    pub(super) places: Table<'t, u64, (u32, u64, u32)>,
-    segments: Table<'t, u32, u64>,
-    /// The event log, where new events' records go (None: their bodies go
-    /// to BODIES, in a store held in memory).
-    pub(super) log: Option<&'t SegmentLog>,
-    /// The lowest sequence number never handed out, shared with the
-    /// acceptor (`acceptance`): a number that may lie in the log, even
-    /// from a transaction that failed, is never given again. None: only
-    /// the COUNTERS table counts (tests of one transaction).
-    pub(super) sequences: Option<&'t AtomicU64>,
-    /// How far the log is applied once this transaction commits, if it
-    /// applied any of it.
-    pub(super) applied_to: Option<Position>,
-    /// The log was applied again up to here after a reopen: an event
-    /// accepted before it is in the tables already (`apply_logged`).
-    pub(super) replayed_to: Position,
-    /// Events accepted into the log that this transaction applied: dedup
-    /// key and sequence.
-    pub(super) applied_keys: Vec<(String, u64)>,
-    /// Above the highest sequence (its jobs too) this transaction applied
-    /// of the log, by a replay or for the acceptor.
-    pub(super) applied_below: u64,
     /// Changes to `queued` and `counters` not written yet: added up here and
     /// written by `write_counts`, before a lease reads them and before the
     /// commit.
@@ -75,8 +50,6 @@ enum Count {
     Queued(u8, String),
     /// A key of the COUNTERS table.
     Counter(String),
-    /// Events kept whose record lies in a segment of the log.
-    Segment(u32),
 }
 
 impl<'t> Tables<'t> {
@@ -94,14 +67,6 @@ impl<'t> Tables<'t> {
             dead: txn.open_table(DEAD).map_err(failed)?,
             dead_order: txn.open_table(DEAD_ORDER).map_err(failed)?,
             counters: txn.open_table(COUNTERS).map_err(failed)?,
-            places: txn.open_table(PLACES).map_err(failed)?,
-            segments: txn.open_table(SEGMENTS).map_err(failed)?,
-            log: None,
-            sequences: None,
-            applied_to: None,
-            replayed_to: Position::default(),
-            applied_keys: Vec::new(),
-            applied_below: 0,
             counts: Vec::new(),
             full: false,
             history: false,
@@ -130,7 +95,6 @@ impl<'t> Tables<'t> {
                     add_count(&mut self.queued, (rank, target.as_str()), delta)?
                 }
                 Count::Counter(key) => add_count(&mut self.counters, key.as_str(), delta)?,
-                Count::Segment(segment) => add_count(&mut self.segments, segment, delta)?,
             }
         }
         Ok(())
@@ -290,20 +254,11 @@ impl<'t> Tables<'t> {
 
     /// Takes `count` numbers of the sequence events and jobs share.
     pub(super) fn next_sequence(&mut self, count: u64) -> Result<u64, StoreError> {
-        let counted = self
+        let next = self
             .counters
             .get("sequence")
             .map_err(failed)?
             .map_or(1, |v| v.value());
-        let next = match self.sequences {
-            Some(shared) => shared
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |next| {
-                    Some(next.max(counted) + count)
-                })
-                .unwrap_or_else(|next| next)
-                .max(counted),
-            None => counted,
-        };
         self.counters
             .insert("sequence", next + count)
             .map_err(failed)?;
@@ -458,7 +413,11 @@ impl<'t> Tables<'t> {
         if last {
             // Its bytes (record and body), for retention's size bound: the
             // body is read only for an event that finishes.
-            let body = self.body_len(event)?;
+            let body = self
+                .bodies
+                .get(event)
+                .map_err(failed)?
+                .map_or(0, |b| b.value().len());
             self.finished
                 .insert(event, (stored.received_at_ms, (record + body) as u64))
                 .map_err(failed)?;
@@ -516,14 +475,6 @@ impl<'t> Tables<'t> {
             Some(body) => body.value().len(),
             None => 0,
         };
-        let place = self
-            .places
-            .remove(event)
-            .map_err(failed)?
-            .map(|place| place.value());
-        if let Some((segment, _, _)) = place {
-            self.count_segment(segment, -1);
-        }
         self.finished.remove(event).map_err(failed)?;
         self.bump(HISTORY_EVENTS, -1);
         self.bump(HISTORY_BYTES, -((record.len() + body_len) as i64));
@@ -592,8 +543,7 @@ impl<'t> Tables<'t> {
         self.put_event(job.event, &stored).map(drop)
     }
 
-    /// One event's records, unless it is a duplicate within
-    /// `dedup_window`.
+    /// One event's records.
     pub(super) fn insert(
         &mut self,
         event: &NewEvent<'_>,
@@ -609,193 +559,15 @@ impl<'t> Tables<'t> {
         self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
         // One number per event and per job: a job's id never repeats.
         let sequence = self.next_sequence(1 + event.meta.targets.len().max(1) as u64)?;
-        self.insert_records(event, sequence, now_ms, None)?;
-        Ok(Acceptance::Accepted(sequence))
-    }
-
-    /// An event the log holds at `place` and these tables lost (a crash
-    /// took the commits that were not fsynced): accepted again with the
-    /// numbers it had, no dedup check (it was accepted), its record where
-    /// it lies.
-    pub(super) fn replay(&mut self, place: LogPlace, payload: &[u8]) -> Result<(), StoreError> {
-        let accepted = logged::decode_accepted(place, payload)?;
-        let event = accepted.new_event();
-        let now_ms = accepted.stored.received_at_ms;
-        let jobs = event.meta.targets.len().max(1) as u64;
-        self.applied_below = self.applied_below.max(accepted.sequence + 1 + jobs);
-        self.apply_logged(&event, accepted.sequence, now_ms, place)
-    }
-
-    /// An event the acceptor accepted into the log at `place`, numbered
-    /// `sequence`: its dedup key and records, unless a replay after a
-    /// reopen applied it already.
-    pub(super) fn apply_logged(
-        &mut self,
-        event: &NewEvent<'_>,
-        sequence: u64,
-        now_ms: u64,
-        place: LogPlace,
-    ) -> Result<(), StoreError> {
-        // Applied already: by a replay after a reopen, or (the log applied
-        // again after a failed transaction) by a commit that stands.
-        let key = dedup_key(event.webhook, &event.meta.dedup);
-        let next = sequence + 1 + event.meta.targets.len().max(1) as u64;
-        self.applied_below = self.applied_below.max(next);
-        if place.end() <= self.replayed_to || self.places.get(sequence).map_err(failed)?.is_some() {
-            self.applied_keys.push((key, sequence));
-            return Ok(());
+        let mut stored = event.stored(now_ms);
+        for (offset, outcome) in stored.targets.iter_mut().enumerate() {
+            outcome.job = Some(sequence + 1 + offset as u64);
         }
-        self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
-        if self.counter("sequence")? < next {
-            self.counters.insert("sequence", next).map_err(failed)?;
-        }
-        if let Some(shared) = self.sequences {
-            shared.fetch_max(next, Ordering::SeqCst);
-        }
-        self.insert_records(event, sequence, now_ms, Some(place))?;
-        self.applied_to = Some(place.end());
-        self.applied_keys.push((key, sequence));
-        Ok(())
-    }
-
-    /// Keeps an accepted event's body: appended to the log with what
-    /// accepts it again (or already there, `logged`), else in BODIES.
-    fn keep_body(
-        &mut self,
-        sequence: u64,
-        event: &NewEvent<'_>,
-        record: &[u8],
-        logged: Option<LogPlace>,
-    ) -> Result<(), StoreError> {
-        let place = match (logged, self.log) {
-            (Some(place), _) => place,
-            (None, Some(log)) => {
-                let payload = logged::encode_accepted(sequence, event, record);
-                let place = log.append(&[(ACCEPTED, &payload)])?[0];
-                self.applied_to = Some(place.end());
-                place
-            }
-            (None, None) => {
-                return self
-                    .bodies
-                    .insert(sequence, event.body)
-                    .map(drop)
-                    .map_err(failed)
-            }
-        };
-        self.places
-            .insert(sequence, (place.segment, place.offset, place.len))
-            .map_err(failed)?;
-        self.count_segment(place.segment, 1);
-        Ok(())
-    }
-
-    /// Where an event's record lies in the log, if it does.
-    pub(super) fn place_of(&self, event: u64) -> Result<Option<LogPlace>, StoreError> {
-        Ok(self.places.get(event).map_err(failed)?.map(|v| {
-            let (segment, offset, len) = v.value();
-            LogPlace {
-                segment,
-                offset,
-                len,
-            }
-        }))
-    }
-
-    /// An event's record now lies at `to` (copied from `from`).
-    pub(super) fn move_record(
-        &mut self,
-        event: u64,
-        from: LogPlace,
-        to: LogPlace,
-    ) -> Result<(), StoreError> {
-        self.places
-            .insert(event, (to.segment, to.offset, to.len))
-            .map_err(failed)?;
-        self.count_segment(from.segment, -1);
-        self.count_segment(to.segment, 1);
-        Ok(())
-    }
-
-    /// The oldest segment below `below` keeping at most `few` events, and
-    /// whether any event is kept in segment `active`.
-    pub(super) fn sparse_segment(
-        &self,
-        below: u32,
-        few: u64,
-        active: u32,
-    ) -> Result<(Option<u32>, bool), StoreError> {
-        let mut sparse = None;
-        for entry in self.segments.iter().map_err(failed)? {
-            let (segment, kept) = entry.map_err(failed)?;
-            let (segment, kept) = (segment.value(), kept.value());
-            if segment < below && kept <= few && sparse.is_none() {
-                sparse = Some(segment);
-            }
-        }
-        let in_active = self.segments.get(active).map_err(failed)?.is_some();
-        Ok((sparse, in_active))
-    }
-
-    fn count_segment(&mut self, segment: u32, delta: i64) {
-        self.count(
-            |c| matches!(c, Count::Segment(s) if *s == segment),
-            || Count::Segment(segment),
-            delta,
-        );
-    }
-
-    /// The length of an event's body (what its log record holds beside it
-    /// counted in).
-    pub(super) fn body_len(&self, event: u64) -> Result<usize, StoreError> {
-        if let Some(place) = self.places.get(event).map_err(failed)? {
-            return Ok(place.value().2 as usize);
-        }
-        Ok(self
-            .bodies
-            .get(event)
-            .map_err(failed)?
-            .map_or(0, |b| b.value().len()))
-    }
-
-    /// Segments of the log that hold no event kept, below `below` (the
-    /// position this transaction records as applied): removable once this
-    /// transaction is durable.
-    pub(super) fn unused_segments(
-        &self,
-        log: &SegmentLog,
-        below: u32,
-    ) -> Result<Vec<u32>, StoreError> {
-        let mut unused = Vec::new();
-        let on_disk = log
-            .segments()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        for (segment, _) in on_disk {
-            if segment >= below {
-                break;
-            }
-            if self.segments.get(segment).map_err(failed)?.is_none() {
-                unused.push(segment);
-            }
-        }
-        Ok(unused)
-    }
-
-    /// An event's records and its jobs (or its `unrouted` dead letter),
-    /// numbered from `sequence`.
-    fn insert_records(
-        &mut self,
-        event: &NewEvent<'_>,
-        sequence: u64,
-        now_ms: u64,
-        logged: Option<LogPlace>,
-    ) -> Result<(), StoreError> {
-        let stored = logged::stored_with_jobs(event, sequence, now_ms);
         let record = encode(&stored);
         self.events
             .insert(sequence, record.as_slice())
             .map_err(failed)?;
-        self.keep_body(sequence, event, &record, logged)?;
+        self.bodies.insert(sequence, event.body).map_err(failed)?;
         self.by_id
             .insert((event.webhook.as_str(), event.meta.id.as_str()), sequence)
             .map_err(failed)?;
@@ -818,6 +590,6 @@ impl<'t> Tables<'t> {
                 self.insert_job(&event.job(id, sequence, target, now_ms))?;
             }
         }
-        Ok(())
+        Ok(Acceptance::Accepted(sequence))
     }
 }

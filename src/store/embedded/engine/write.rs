@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use super::acceptance::Logged;
 use super::tables::Tables;
 use crate::store::embedded::leases::Leases;
 use crate::store::records::{
@@ -14,9 +13,6 @@ use crate::store::StoreError;
 /// A write the queue's hot path makes; several share one transaction.
 pub enum Write<'a> {
     Accept(NewEvent<'a>, u64, Duration),
-    /// An event accepted into the log (`acceptance`), received at ms,
-    /// applied to the tables.
-    Apply(NewEvent<'a>, u64, Logged),
     Lease(&'a LeaseRequest),
     /// Delivered, by this attempt (None when it was not recorded).
     Ack(&'a Job, Option<Attempt>),
@@ -39,15 +35,10 @@ pub enum Written {
 
 impl Write<'_> {
     /// Accepts are acknowledged to providers and dead letters to
-    /// operators: both wait for the fsync, an accept only where the event
-    /// log (`logged`) does not keep it. Leases, acks and retries may be
+    /// operators: both wait for the fsync. Leases, acks and retries may be
     /// lost in a crash at the cost of a repeated delivery.
-    pub(super) fn needs_fsync(&self, logged: bool) -> bool {
-        match self {
-            Self::Accept(..) => !logged,
-            Self::DeadLetter { .. } => true,
-            _ => false,
-        }
+    pub(super) fn needs_fsync(&self) -> bool {
+        matches!(self, Self::Accept(..) | Self::DeadLetter { .. })
     }
 
     pub(super) fn apply(
@@ -59,9 +50,6 @@ impl Write<'_> {
             Self::Accept(event, now_ms, window) => tables
                 .insert(event, *now_ms, *window)
                 .map(Written::Accepted),
-            Self::Apply(event, now_ms, logged) => tables
-                .apply_logged(event, logged.sequence, *now_ms, logged.place)
-                .map(|()| Written::Done),
             Self::Lease(request) => tables.lease(request, leases).map(Written::Leased),
             Self::Ack(held, attempt) => {
                 let place = leases.check(held)?.place.clone();
