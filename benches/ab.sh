@@ -25,21 +25,6 @@ load() { "$LOADGEN" "$1" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN" "${@:2}"; }
 rate_of() { sed -E 's/.*= ([0-9]+)\/s.*/\1/'; }
 p99_of() { sed -E 's/.* p99 ([0-9.]+) ms.*/\1/'; }
 
-start() { # binary -> URL, PID
-  local eg in ad
-  eg=$(port); in=$(port); ad=$(port)
-  rm -rf "$WORK/data"
-  cat > "$WORK/sidecar.yaml" <<YAML
-listen: { egress: 127.0.0.1:$eg, ingress: 127.0.0.1:$in, admin: 127.0.0.1:$ad }
-store: { path: $WORK/data }
-$(webhook_yaml "$SECRET")
-YAML
-  RUST_LOG=warn "$1" run -c "$WORK/sidecar.yaml" 2>"$WORK/sidecar.log" &
-  PID=$!
-  wait_ready "$ad"
-  URL="http://127.0.0.1:$in/webhooks/stripe"
-}
-
 FLOOR_PORT=$(port)
 echo "| round | build | accepted/s | x durable floor | ack p99, closed | ack p99 at half saturation |"
 echo "|---|---|---:|---:|---:|---:|"
@@ -57,7 +42,8 @@ for round in $(seq "$ROUNDS"); do
   for which in "${order[@]}"; do
     bin=$A
     [ "$which" = B ] && bin=$B
-    start "$bin"
+    rm -rf "$WORK/data"
+    start_webhook_sidecar sidecar "$bin" "store: { path: $WORK/data }"
     closed=$(load "$URL")
     rate=$(echo "$closed" | rate_of)
     half=$(load "$URL" 0 $((rate / 2)))

@@ -79,6 +79,24 @@ webhooks:
 YAML
 }
 
+# Starts a sidecar (binary $2) with the ingest benchmarks' webhook (secret
+# $SECRET) and the store $3 (YAML, e.g. "store: { path: ... }") on fresh
+# ports, config and log under $WORK/$1.*; sets URL (the webhook's),
+# ADMIN_PORT and PID once it is ready.
+start_webhook_sidecar() {
+  local eg in
+  eg=$(port); in=$(port); ADMIN_PORT=$(port)
+  cat > "$WORK/$1.yaml" <<YAML
+listen: { egress: 127.0.0.1:$eg, ingress: 127.0.0.1:$in, admin: 127.0.0.1:$ADMIN_PORT }
+$3
+$(webhook_yaml "$SECRET")
+YAML
+  RUST_LOG=warn "$2" run -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
+  PID=$!
+  wait_ready "$ADMIN_PORT"
+  URL="http://127.0.0.1:$in/webhooks/stripe"
+}
+
 # The sidecar's egress with every feature on (bearer injection, request ids,
 # the access log, a per-pod rate limit that never refuses, a breaker), as
 # YAML on stdout: egress_yaml EGRESS_PORT INGRESS_PORT ADMIN_PORT DATA_DIR UPSTREAM_PORT

@@ -15,16 +15,10 @@ SETTLE=${3:-20}
 cargo build --release --locked --bin wedsync-sidecar --example ingress_flood 2>&1 | tail -1
 . benches/common.sh
 SECRET=whsec_benchmark_secret_0123456789
-eg=$(port); in=$(port); ad=$(port)
-cat > "$WORK/flood.yaml" <<YAML
-listen: { egress: 127.0.0.1:$eg, ingress: 127.0.0.1:$in, admin: 127.0.0.1:$ad }
-store: { path: $WORK/data }
-$(webhook_yaml "$SECRET")
-YAML
-RUST_LOG=warn "${SIDECAR:-./target/release/wedsync-sidecar}" run -c "$WORK/flood.yaml" 2>"$WORK/flood.log" &
-pid=$!
-wait_ready "$ad"
+start_webhook_sidecar flood "${SIDECAR:-./target/release/wedsync-sidecar}" "store: { path: $WORK/data }"
+pid=$PID
+ad=$ADMIN_PORT
 sleep 1
-./target/release/examples/ingress_flood "http://127.0.0.1:$in/webhooks/stripe" "$SECRET" "$pid" "$CONNECTIONS" "$BODY" 3 "$SETTLE"
+./target/release/examples/ingress_flood "$URL" "$SECRET" "$pid" "$CONNECTIONS" "$BODY" 3 "$SETTLE"
 curl -s "http://127.0.0.1:$ad/metrics" | grep -E '^sidecar_webhook_rejections_total' || true
 kill -9 $pid

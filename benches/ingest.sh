@@ -25,19 +25,7 @@ cargo build --release --locked --bin wedsync-sidecar --example ingest_load --exa
 . benches/common.sh
 SECRET=whsec_benchmark_secret_0123456789
 
-start() { # name store-yaml -> sets URL and PID
-  local eg in ad
-  eg=$(port); in=$(port); ad=$(port)
-  cat > "$WORK/$1.yaml" <<YAML
-listen: { egress: 127.0.0.1:$eg, ingress: 127.0.0.1:$in, admin: 127.0.0.1:$ad }
-$2
-$(webhook_yaml "$SECRET")
-YAML
-  RUST_LOG=warn ./target/release/wedsync-sidecar run -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
-  PID=$!
-  wait_ready "$ad"
-  URL="http://127.0.0.1:$in/webhooks/stripe"
-}
+start() { start_webhook_sidecar "$1" ./target/release/wedsync-sidecar "$2"; }
 LOADGEN=./target/release/examples/ingest_load
 load() { "$LOADGEN" "$1" "$SECRET" "$SENDERS" "$SECONDS_PER_RUN" "${@:2}"; }
 rate_of() { head -1 | sed -E 's/.*= ([0-9]+)\/s.*/\1/'; }
