@@ -14,7 +14,7 @@ use crate::store::history::{
     cursor, parse_cursor, EventDetail, EventFilter, EventPage, HistoryLimits, HistoryUsage,
     Redelivered, Tally,
 };
-use crate::store::records::{Job, StoredEvent, TargetStatus, UNROUTED};
+use crate::store::records::{dedup_key, Job, StoredEvent, TargetStatus, UNROUTED};
 use crate::store::StoreError;
 
 /// The most finished events one retention pass drops in a transaction, so
@@ -102,15 +102,31 @@ impl LocalStore {
     pub fn event_detail(&self, source: &str, id: &str) -> Result<Option<EventDetail>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(failed)?;
-        let by_id = txn.open_table(BY_ID).map_err(failed)?;
-        let Some(sequence) = by_id.get((source, id)).map_err(failed)?.map(|v| v.value()) else {
-            return Ok(None);
-        };
         let events = txn.open_table(EVENTS).map_err(failed)?;
-        let Some(record) = events.get(sequence).map_err(failed)? else {
+        // The event whose dedup key is its id, else the lookup by id.
+        let dedup_ids = txn.open_table(DEDUP_IDS).map_err(failed)?;
+        let by_dedup = dedup_ids
+            .get(dedup_key(source, id).as_str())
+            .map_err(failed)?
+            .map(|v| v.value().1);
+        let by_id = txn.open_table(BY_ID).map_err(failed)?;
+        let by_id = by_id.get((source, id)).map_err(failed)?.map(|v| v.value());
+        let mut found = None;
+        for sequence in by_dedup.into_iter().chain(by_id) {
+            let Some(record) = events.get(sequence).map_err(failed)? else {
+                continue;
+            };
+            let event: StoredEvent = decode(record.value())?;
+            // A dedup key that is a digest never reads as an id, but a
+            // provider's id could look like one: the record decides.
+            if event.webhook.as_str() == source && event.id.as_str() == id {
+                found = Some((sequence, event));
+                break;
+            }
+        }
+        let Some((sequence, event)) = found else {
             return Ok(None);
         };
-        let event: StoredEvent = decode(record.value())?;
         let bodies = txn.open_table(BODIES).map_err(failed)?;
         let body = bodies
             .get(sequence)

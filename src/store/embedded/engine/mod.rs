@@ -485,12 +485,19 @@ impl LocalStore {
     pub fn prune_dedup(&self, now_ms: u64, window: Duration) -> Result<u64, StoreError> {
         let cutoff = now_ms.saturating_sub(window.as_millis() as u64);
         self.write(true, |tables| {
-            let dedup = &mut tables.dedup;
-            let before = dedup.len().map_err(failed)?;
-            dedup
+            let before =
+                tables.dedup.len().map_err(failed)? + tables.dedup_ids.len().map_err(failed)?;
+            tables
+                .dedup
                 .retain(|_, seen_at| seen_at >= cutoff)
                 .map_err(failed)?;
-            Ok(before - dedup.len().map_err(failed)?)
+            tables
+                .dedup_ids
+                .retain(|_, (seen_at, _)| seen_at >= cutoff)
+                .map_err(failed)?;
+            let after =
+                tables.dedup.len().map_err(failed)? + tables.dedup_ids.len().map_err(failed)?;
+            Ok(before - after)
         })
     }
 }

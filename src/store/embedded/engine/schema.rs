@@ -8,7 +8,15 @@ use crate::event::Priority;
 use crate::store::records::Job;
 use crate::store::StoreError;
 
+/// Dedup key -> when it was last accepted (ms), written by earlier
+/// versions: still read, pruned like the next one, no longer written.
 pub(super) const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+/// Dedup key -> (when it was last accepted, ms; the sequence of that
+/// event). Where the dedup key is the event's id (its signed bytes carry
+/// it) this is also the event log's lookup by id: one B-tree leaf per
+/// accepted event instead of two (each a random key, so each its own
+/// page in the commit: BENCHMARKS "One random key per event fewer").
+pub(super) const DEDUP_IDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("dedup_ids");
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 pub(super) const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// Jobs and dead letters still referring to an event.
@@ -27,8 +35,9 @@ pub(super) const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_
 /// (dead at ms, job id): the dead-letter list's order.
 pub(super) const DEAD_ORDER: TableDefinition<(u64, u64), ()> = TableDefinition::new("dead_order");
 pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-/// (webhook, event id) -> the sequence of the newest event with that id:
-/// the event log's lookup by id.
+/// (webhook, event id) -> the sequence of the newest event with that id,
+/// for events whose dedup key is not their id (DEDUP_IDS finds the others),
+/// and for every event of a file written before DEDUP_IDS.
 pub(super) const BY_ID: TableDefinition<(&str, &str), u64> = TableDefinition::new("events_by_id");
 /// Events that no job or dead letter refers to any more, kept by the event
 /// log: sequence -> (received ms, bytes). Retention drops them from the

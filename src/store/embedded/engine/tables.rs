@@ -20,6 +20,7 @@ use crate::store::StoreError;
 /// the writer's instructions when each step opened its own.
 pub(super) struct Tables<'t> {
     pub(super) dedup: Table<'t, &'static str, u64>,
+    pub(super) dedup_ids: Table<'t, &'static str, (u64, u64)>,
     pub(super) events: Table<'t, u64, &'static [u8]>,
     pub(super) bodies: Table<'t, u64, &'static [u8]>,
     pub(super) by_id: Table<'t, (&'static str, &'static str), u64>,
@@ -56,6 +57,7 @@ impl<'t> Tables<'t> {
     pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             dedup: txn.open_table(DEDUP).map_err(failed)?,
+            dedup_ids: txn.open_table(DEDUP_IDS).map_err(failed)?,
             events: txn.open_table(EVENTS).map_err(failed)?,
             bodies: txn.open_table(BODIES).map_err(failed)?,
             by_id: txn.open_table(BY_ID).map_err(failed)?,
@@ -551,14 +553,24 @@ impl<'t> Tables<'t> {
         dedup_window: Duration,
     ) -> Result<Acceptance, StoreError> {
         let key = dedup_key(event.webhook, &event.meta.dedup);
-        if let Some(seen_at) = self.dedup.get(key.as_str()).map_err(failed)? {
-            if now_ms.saturating_sub(seen_at.value()) < dedup_window.as_millis() as u64 {
+        let seen_at = match self.dedup_ids.get(key.as_str()).map_err(failed)? {
+            Some(seen) => Some(seen.value().0),
+            None => self
+                .dedup
+                .get(key.as_str())
+                .map_err(failed)?
+                .map(|v| v.value()),
+        };
+        if let Some(seen_at) = seen_at {
+            if now_ms.saturating_sub(seen_at) < dedup_window.as_millis() as u64 {
                 return Ok(Acceptance::Duplicate);
             }
         }
-        self.dedup.insert(key.as_str(), now_ms).map_err(failed)?;
         // One number per event and per job: a job's id never repeats.
         let sequence = self.next_sequence(1 + event.meta.targets.len().max(1) as u64)?;
+        self.dedup_ids
+            .insert(key.as_str(), (now_ms, sequence))
+            .map_err(failed)?;
         let mut stored = event.stored(now_ms);
         for (offset, outcome) in stored.targets.iter_mut().enumerate() {
             outcome.job = Some(sequence + 1 + offset as u64);
@@ -568,9 +580,11 @@ impl<'t> Tables<'t> {
             .insert(sequence, record.as_slice())
             .map_err(failed)?;
         self.bodies.insert(sequence, event.body).map_err(failed)?;
-        self.by_id
-            .insert((event.webhook.as_str(), event.meta.id.as_str()), sequence)
-            .map_err(failed)?;
+        if event.meta.dedup != event.meta.id.as_str() {
+            self.by_id
+                .insert((event.webhook.as_str(), event.meta.id.as_str()), sequence)
+                .map_err(failed)?;
+        }
         self.bump(HISTORY_EVENTS, 1);
         self.bump(HISTORY_BYTES, (record.len() + event.body.len()) as i64);
         let refs = event.meta.targets.len().max(1) as u64;

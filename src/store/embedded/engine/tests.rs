@@ -1,6 +1,6 @@
 use super::*;
 use crate::event::EventMeta;
-use crate::store::records::DeadLetterFilter;
+use crate::store::records::{dedup_key, DeadLetterFilter};
 use redb::TableDefinition;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -392,4 +392,48 @@ fn a_bad_cursor_is_refused() {
         .dead_letters(&DeadLetterFilter::default(), Some("nonsense"), 10)
         .unwrap_err();
     assert!(matches!(error, StoreError::InvalidCursor(_)));
+}
+
+#[test]
+fn dedup_keys_of_an_earlier_file_still_count_and_an_event_is_found_by_id_either_way() {
+    let store = LocalStore::open(&dir("dedup-ids")).unwrap();
+    // An earlier version's dedup key: in the DEDUP table only.
+    store
+        .write(true, |tables| {
+            tables
+                .dedup
+                .insert(dedup_key("stripe", "evt_old").as_str(), 1_000)
+                .map_err(failed)?;
+            Ok(())
+        })
+        .unwrap();
+    assert!(matches!(
+        accept(&store, "evt_old", 2_000),
+        Acceptance::Duplicate
+    ));
+    // Its dedup key is its id: found by id through the dedup table.
+    assert!(matches!(
+        accept(&store, "evt_new", 2_000),
+        Acceptance::Accepted(_)
+    ));
+    let found = store.event_detail("stripe", "evt_new").unwrap().unwrap();
+    assert_eq!(found.event.id.as_str(), "evt_new");
+    // Its dedup key is a digest: found through the lookup by id.
+    let mut digest = meta("evt_unsigned", &["notify"]);
+    digest.dedup = "sha256:0123".into();
+    let accepted = store
+        .accept(&event(&"stripe".into(), &digest), 2_000, HOUR)
+        .unwrap();
+    assert!(matches!(accepted, Acceptance::Accepted(_)));
+    let found = store
+        .event_detail("stripe", "evt_unsigned")
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.event.id.as_str(), "evt_unsigned");
+    assert!(store
+        .event_detail("stripe", "sha256:0123")
+        .unwrap()
+        .is_none());
+    // Both tables are pruned by age.
+    assert_eq!(store.prune_dedup(2_000 + 2 * 3_600_000, HOUR).unwrap(), 3);
 }
