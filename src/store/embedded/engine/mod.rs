@@ -491,15 +491,61 @@ impl LocalStore {
                 .dedup
                 .retain(|_, seen_at| seen_at >= cutoff)
                 .map_err(failed)?;
+            // A key past the window that finds a kept event by id hands
+            // that lookup to BY_ID as it goes.
+            let (events, by_id) = (&tables.events, &mut tables.by_id);
+            let mut failure = None;
             tables
                 .dedup_ids
-                .retain(|_, (seen_at, _)| seen_at >= cutoff)
+                .retain(|key, (seen_at, sequence)| {
+                    if seen_at >= cutoff {
+                        return true;
+                    }
+                    match keep_lookup_by_id(events, by_id, key, sequence) {
+                        Ok(()) => false,
+                        Err(error) => {
+                            failure.get_or_insert(error);
+                            true
+                        }
+                    }
+                })
                 .map_err(failed)?;
+            if let Some(error) = failure {
+                return Err(error);
+            }
             let after =
                 tables.dedup.len().map_err(failed)? + tables.dedup_ids.len().map_err(failed)?;
             Ok(before - after)
         })
     }
+}
+
+/// Where the expiring dedup key `key` is the id of the kept event
+/// `sequence`, that event's lookup by id moves to BY_ID (unless it holds a
+/// newer event with that id).
+fn keep_lookup_by_id(
+    events: &redb::Table<'_, u64, &'static [u8]>,
+    by_id: &mut redb::Table<'_, (&'static str, &'static str), u64>,
+    key: &str,
+    sequence: u64,
+) -> Result<(), StoreError> {
+    let Some(record) = events.get(sequence).map_err(failed)? else {
+        return Ok(());
+    };
+    // An unreadable record has no id to be found by.
+    let Ok(event) = decode::<StoredEvent>(record.value()) else {
+        return Ok(());
+    };
+    drop(record);
+    if crate::store::records::dedup_key(&event.webhook, &event.id) != key {
+        return Ok(());
+    }
+    let id = (event.webhook.as_str(), event.id.as_str());
+    let newer = by_id.get(id).map_err(failed)?.map(|v| v.value());
+    if newer.is_none_or(|newer| newer < sequence) {
+        by_id.insert(id, sequence).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// The open database while a read lock is held.

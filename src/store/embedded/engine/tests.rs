@@ -434,6 +434,23 @@ fn dedup_keys_of_an_earlier_file_still_count_and_an_event_is_found_by_id_either_
         .event_detail("stripe", "sha256:0123")
         .unwrap()
         .is_none());
-    // Both tables are pruned by age.
-    assert_eq!(store.prune_dedup(2_000 + 2 * 3_600_000, HOUR).unwrap(), 3);
+    // Both tables are pruned by age; a key that found a kept event by id
+    // hands that lookup over as it goes.
+    let later = 2_000 + 2 * 3_600_000;
+    assert_eq!(store.prune_dedup(later, HOUR).unwrap(), 3);
+    let found = store.event_detail("stripe", "evt_new").unwrap().unwrap();
+    assert_eq!(found.event.id.as_str(), "evt_new");
+    assert!(store
+        .event_detail("stripe", "evt_unsigned")
+        .unwrap()
+        .is_some());
+    assert!(store
+        .event_detail("stripe", "sha256:0123")
+        .unwrap()
+        .is_none());
+    // The lookup goes with its event.
+    store
+        .write(true, |tables| tables.remove_event(found.sequence))
+        .unwrap();
+    assert!(store.event_detail("stripe", "evt_new").unwrap().is_none());
 }
