@@ -136,14 +136,33 @@ fn no_attempt(error: String) -> Attempt {
     }
 }
 
+/// What an attempt decided, waiting to be recorded by `Deliverer::settle`.
+#[derive(Debug)]
+pub struct Settlement {
+    pub attempt: Option<Attempt>,
+    pub decision: Decision,
+}
+
 impl Deliverer {
-    /// One attempt for one job under `plan`, and what follows from its answer.
+    /// One attempt for one job under `plan`, and what follows from its
+    /// answer, recorded before this returns.
     pub async fn deliver(&self, job: Job, plan: &Plan) -> Decision {
+        let Settlement { attempt, decision } = self.attempt(&job, plan).await;
+        self.settle(&job, attempt, decision).await;
+        decision
+    }
+
+    /// One attempt for one job under `plan` and its decision, not yet
+    /// recorded: the scheduler frees the worker and the target's slot
+    /// before the store records it, so a slow commit does not idle them.
+    pub async fn attempt(&self, job: &Job, plan: &Plan) -> Settlement {
         let policy = plan.settings.policy(&job.webhook);
         let Some(group) = plan.upstreams.get(&job.target) else {
             let decision = Decision::DeadLetter(DeadLetterReason::UnknownTarget);
-            self.settle(&job, None, decision).await;
-            return decision;
+            return Settlement {
+                attempt: None,
+                decision,
+            };
         };
         let (stored, body) = match self.store.event(job.event).await {
             Ok(Some(event)) => event,
@@ -156,20 +175,28 @@ impl Deliverer {
                 );
                 let attempt = no_attempt("the event or its body is missing from the store".into());
                 let decision = Decision::DeadLetter(DeadLetterReason::EventMissing);
-                self.settle(&job, Some(attempt), decision).await;
-                return decision;
+                return Settlement {
+                    attempt: Some(attempt),
+                    decision,
+                };
             }
             Err(StoreError::Corrupt(reason)) => {
                 tracing::error!(job = job.id, event = job.event, %reason, "a job's event cannot be read; the job becomes a dead letter (corrupt)");
                 let attempt =
                     no_attempt(format!("the event's record could not be read ({reason})"));
                 let decision = Decision::DeadLetter(DeadLetterReason::Corrupt);
-                self.settle(&job, Some(attempt), decision).await;
-                return decision;
+                return Settlement {
+                    attempt: Some(attempt),
+                    decision,
+                };
             }
             Err(error) => {
                 tracing::warn!(job = job.id, %error, "cannot read an event to deliver; its lease will expire and it is tried again");
-                return Decision::LeftToLease;
+                let decision = Decision::LeftToLease;
+                return Settlement {
+                    attempt: None,
+                    decision,
+                };
             }
         };
         let started = Instant::now();
@@ -317,8 +344,10 @@ impl Deliverer {
                 decision = ?decision, "delivery attempt failed"
             );
         }
-        self.settle(&job, Some(attempt), decision).await;
-        decision
+        Settlement {
+            attempt: Some(attempt),
+            decision,
+        }
     }
 
     /// Records the decision in the store and the metrics. While the store
@@ -528,6 +557,11 @@ webhooks:
     }
 
     async fn accept_and_lease(store: &EmbeddedStore, id: &str) -> Job {
+        accept(store, id).await;
+        lease(store).await.expect("the job is due")
+    }
+
+    async fn accept(store: &EmbeddedStore, id: &str) {
         let meta = EventMeta {
             id: id.into(),
             dedup: id.into(),
@@ -550,7 +584,6 @@ webhooks:
             .await
             .unwrap();
         assert!(matches!(accepted, Acceptance::Accepted(_)));
-        lease(store).await.expect("the job is due")
     }
 
     async fn lease(store: &EmbeddedStore) -> Option<Job> {
@@ -568,10 +601,12 @@ webhooks:
     }
 
     /// The in-memory store, whose acks fail with `Unavailable` while
-    /// `failing` is above 0 (counting down; `u32::MAX`: always).
+    /// `failing` is above 0 (counting down; `u32::MAX`: always), and with
+    /// a `gate`, wait for one of its permits each (a slow commit).
     struct AcksFailing {
         inner: EmbeddedStore,
         failing: std::sync::atomic::AtomicU32,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     #[async_trait::async_trait]
@@ -583,6 +618,9 @@ webhooks:
             self.inner.lease(request).await
         }
         async fn ack(&self, job: &Job, attempt: Option<Attempt>) -> Result<(), StoreError> {
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("never closed").forget();
+            }
             let left = self.failing.load(Ordering::SeqCst);
             if left > 0 {
                 if left != u32::MAX {
@@ -658,6 +696,7 @@ webhooks:
         let store = Arc::new(AcksFailing {
             inner: EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap(),
             failing: failing.into(),
+            gate: None,
         });
         let metrics = Arc::clone(&bench.deliverer.metrics);
         bench.deliverer = Deliverer::new(
@@ -674,6 +713,62 @@ webhooks:
             .deliveries_total
             .with_label_values(&["stripe", "notify", outcome.as_str()])
             .get()
+    }
+
+    /// With one worker and acks that wait for a slow commit, the next job
+    /// is sent while the first one's outcome is still being recorded; and
+    /// the service stops only once both outcomes are recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_takes_the_next_job_while_the_last_outcome_is_recorded() {
+        use crate::delivery::scheduler::DeliveryService;
+        use pingora::services::background::BackgroundService;
+
+        let mut bench = bench(vec![status(204, None), status(204, None)]);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let store = Arc::new(AcksFailing {
+            inner: EmbeddedStore::in_memory(Duration::from_secs(3600)).unwrap(),
+            failing: 0.into(),
+            gate: Some(Arc::clone(&gate)),
+        });
+        let metrics = Arc::clone(&bench.deliverer.metrics);
+        bench.deliverer = Deliverer::new(
+            store.clone(),
+            Box::new(Arc::clone(&bench.transport)),
+            metrics,
+        );
+        accept(&store.inner, "evt_1").await;
+        accept(&store.inner, "evt_2").await;
+        let plan = Box::new(arc_swap::access::Constant(Arc::new(bench.plan)));
+        let service = Arc::new(DeliveryService::new(
+            bench.deliverer,
+            plan,
+            1,
+            crate::lifecycle::Lifecycle::new(),
+            Arc::default(),
+        ));
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn({
+            let service = Arc::clone(&service);
+            async move { service.start(shutdown).await }
+        });
+        let sent = || bench.transport.sent.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sent() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(sent(), 2, "the second job waited for the first one's ack");
+        assert_eq!(gate.available_permits(), 0);
+        assert_eq!(store.inner.queue_depth().await.unwrap().total(), 2);
+        stop.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!running.is_finished(), "stopped with outcomes unrecorded");
+        gate.add_permits(2);
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stops once the outcomes are recorded")
+            .unwrap();
+        assert_eq!(store.inner.queue_depth().await.unwrap().total(), 0);
+        assert_eq!(sent(), 2, "sent once each");
     }
 
     #[tokio::test(start_paused = true)]

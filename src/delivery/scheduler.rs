@@ -12,7 +12,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::attempt::{now_ms, Deliverer};
+use super::attempt::{now_ms, Deliverer, Settlement};
 use super::gauges;
 use super::lanes::{Lanes, TargetSlot, TargetSlots};
 use super::outcome::Decision;
@@ -48,6 +48,8 @@ pub struct DeliveryService {
     lanes: Lanes,
     slots: Arc<TargetSlots>,
     workers: Arc<Semaphore>,
+    /// Outcomes being recorded after their worker came free.
+    recording: Arc<Semaphore>,
     worker_count: u32,
     wake: Arc<Notify>,
     lifecycle: Arc<Lifecycle>,
@@ -69,6 +71,7 @@ impl DeliveryService {
             lanes: Lanes::default(),
             slots: Arc::default(),
             workers: Arc::new(Semaphore::new(workers as usize)),
+            recording: Arc::new(Semaphore::new(workers as usize)),
             worker_count: workers,
             wake,
             lifecycle,
@@ -171,8 +174,9 @@ impl DeliveryService {
         tracing::info!("delivery stopped leasing; deliveries in flight finish");
         // Outcomes still waiting for the store are left to be leased again.
         self.deliverer.unrecorded.give_up();
-        // Every permit back means no delivery is running.
+        // Every permit back means no delivery is running or recording.
         let _ = self.workers.acquire_many(self.worker_count).await;
+        let _ = self.recording.acquire_many(self.worker_count).await;
         match self.deliverer.store.flush().await {
             Ok(()) => tracing::info!("deliveries finished; the store is flushed"),
             Err(error) => tracing::warn!(%error, "cannot flush the store at shutdown"),
@@ -180,38 +184,53 @@ impl DeliveryService {
     }
 
     /// Runs one job's delivery as its own task, holding a worker permit.
-    /// The target's slot and the permit come back however the task ends;
-    /// an attempt that panics dead-letters its job (`internal_error`)
-    /// instead of leaving it to be leased, and to panic, again forever.
+    /// The target's slot and the worker come back once the attempt has its
+    /// answer, while its outcome is recorded (at most `workers` outcomes
+    /// wait at once): a worker waiting for the store's commit would cap
+    /// delivery at workers per commit. An attempt that panics dead-letters
+    /// its job (`internal_error`) instead of leaving it to be leased, and
+    /// to panic, again forever.
     fn start_delivery(&self, job: Job, permit: OwnedSemaphorePermit) {
         let slot = TargetSlot::take(Arc::clone(&self.slots), &job.target);
         let (deliverer, wake) = (Arc::clone(&self.deliverer), Arc::clone(&self.wake));
+        let recording = Arc::clone(&self.recording);
         let plan = self.plan();
         let in_flight = self.lifecycle.enter();
         tokio::spawn(async move {
             let attempt = tokio::spawn({
                 let (deliverer, job) = (Arc::clone(&deliverer), job.clone());
-                async move { deliverer.deliver(job, &plan).await }
+                async move { deliverer.attempt(&job, &plan).await }
             });
-            if let Err(failure) = attempt.await {
-                tracing::error!(
-                    job = job.id, webhook = %job.webhook, target = %job.target, error = %failure,
-                    "a delivery attempt failed inside the sidecar; the job becomes a dead letter"
-                );
-                let attempt = Attempt {
-                    at_ms: now_ms(),
-                    duration_ms: 0,
-                    backend: None,
-                    status: None,
-                    error: Some("the sidecar failed while delivering (internal error)".into()),
-                    response: None,
-                };
-                let decision = Decision::DeadLetter(DeadLetterReason::InternalError);
-                deliverer.settle(&job, Some(attempt), decision).await;
-            }
-            drop((slot, permit, in_flight));
+            let Settlement { attempt, decision } = match attempt.await {
+                Ok(settlement) => settlement,
+                Err(failure) => {
+                    tracing::error!(
+                        job = job.id, webhook = %job.webhook, target = %job.target, error = %failure,
+                        "a delivery attempt failed inside the sidecar; the job becomes a dead letter"
+                    );
+                    let attempt = Attempt {
+                        at_ms: now_ms(),
+                        duration_ms: 0,
+                        backend: None,
+                        status: None,
+                        error: Some("the sidecar failed while delivering (internal error)".into()),
+                        response: None,
+                    };
+                    Settlement {
+                        attempt: Some(attempt),
+                        decision: Decision::DeadLetter(DeadLetterReason::InternalError),
+                    }
+                }
+            };
+            let recorder = recording
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            drop((slot, permit));
             // A target below its cap again may have jobs waiting.
             wake.notify_one();
+            deliverer.settle(&job, attempt, decision).await;
+            drop((recorder, in_flight));
         });
     }
 }
