@@ -22,6 +22,19 @@ pub struct Lifecycle {
     upkeep_pending: AtomicBool,
     /// How long the store may fail before readiness does (`store.unready_after`).
     unready_after: std::sync::Mutex<Duration>,
+    /// The last config reload, for the console.
+    last_reload: std::sync::Mutex<Option<ReloadRecord>>,
+}
+
+/// A config reload as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadRecord {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// `applied` or `rejected` (as `sidecar_config_reloads_total`).
+    pub result: &'static str,
+    /// What was wrong with a rejected config.
+    pub error: Option<String>,
 }
 
 /// What the store's checks said, for readiness and `/admin/store`.
@@ -66,6 +79,17 @@ impl Lifecycle {
         let lifecycle = Self::default();
         lifecycle.set_unready_after(Duration::from_secs(10));
         Arc::new(lifecycle)
+    }
+
+    pub fn record_reload(&self, record: ReloadRecord) {
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn mark_listeners_bound(&self) {

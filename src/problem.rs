@@ -46,6 +46,10 @@ pub enum ErrorCode {
     Overloaded,
     /// An admin POST without `Content-Type: application/json`.
     UnsupportedMediaType,
+    /// A POST or DELETE to an admin listener set `read_only`.
+    Forbidden,
+    /// An admin request whose `Host` is not one the listener serves.
+    MisdirectedRequest,
     Internal,
 }
 
@@ -74,6 +78,8 @@ impl ErrorCode {
             Self::HeadersTooLarge => "headers_too_large",
             Self::Overloaded => "overloaded",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Forbidden => "forbidden",
+            Self::MisdirectedRequest => "misdirected_request",
             Self::Internal => "internal_error",
         }
     }
@@ -98,6 +104,8 @@ impl ErrorCode {
             Self::HeadersTooLarge => 431,
             Self::Overloaded => 503,
             Self::UnsupportedMediaType => 415,
+            Self::Forbidden => 403,
+            Self::MisdirectedRequest => 421,
             Self::Internal => 500,
         }
     }
@@ -126,6 +134,8 @@ impl ErrorCode {
             Self::HeadersTooLarge => "The request headers are too large",
             Self::Overloaded => "The sidecar is busy; retry",
             Self::UnsupportedMediaType => "Unsupported media type",
+            Self::Forbidden => "Forbidden",
+            Self::MisdirectedRequest => "Misdirected request",
             Self::Internal => "Internal error",
         }
     }

@@ -306,10 +306,14 @@ pub fn summary(event: &StoredEvent) -> serde_json::Value {
         .targets
         .iter()
         .map(|t| {
-            serde_json::json!({
+            let mut value = serde_json::json!({
                 "target": target_name(t),
                 "status": t.status.as_str(),
-            })
+            });
+            if let Some(id) = dead_letter_id(t) {
+                value["dead_letter"] = serde_json::json!(id);
+            }
+            value
         })
         .collect();
     serde_json::json!({
@@ -325,6 +329,14 @@ pub fn summary(event: &StoredEvent) -> serde_json::Value {
         "size": event.size,
         "targets": targets,
     })
+}
+
+/// A dead target's dead letter (`/admin/dead-letters/{id}`): its job's.
+fn dead_letter_id(outcome: &TargetOutcome) -> Option<String> {
+    (outcome.status == TargetStatus::Dead)
+        .then_some(outcome.job)
+        .flatten()
+        .map(|job| job.to_string())
 }
 
 fn target_name(outcome: &TargetOutcome) -> &str {
@@ -374,6 +386,7 @@ fn detail_json(detail: &EventDetail) -> serde_json::Value {
                 "status": outcome.status.as_str(),
                 "attempts": attempts.into_iter().map(attempt_json).collect::<Vec<_>>(),
                 "next_attempt_at": live.filter(|j| !j.leased).map(|j| rfc3339(j.due_ms)),
+                "dead_letter": dead_letter_id(outcome),
             })
         })
         .collect();

@@ -7,8 +7,12 @@
 //! browser tab on an operator's machine can replay dead letters.
 //! Never shows a secret.
 
+pub mod console;
 pub mod dead_letters;
 pub mod events;
+pub mod guard;
+pub mod overview;
+pub mod recent;
 
 use std::sync::Arc;
 
@@ -35,6 +39,12 @@ pub struct AdminApp {
     store: Option<Arc<dyn Store>>,
     /// The event store's latest inspection (`/admin/store`).
     store_report: Option<Arc<arc_swap::ArcSwapOption<StoreReport>>>,
+    /// Events in the last minutes, for the overview.
+    recent: Arc<recent::Recent>,
+    started: overview::Started,
+    /// The bound egress, ingress and admin addresses (port 0 settled);
+    /// the config's until told.
+    listening: Option<[std::net::SocketAddr; 3]>,
 }
 
 /// The store's APIs, behind the same token and request checks.
@@ -51,6 +61,7 @@ pub struct AdminRequest<'a> {
     pub query: Option<&'a str>,
     pub authorization: Option<&'a [u8]>,
     pub content_type: Option<&'a [u8]>,
+    pub host: Option<&'a [u8]>,
 }
 
 impl AdminApp {
@@ -60,6 +71,7 @@ impl AdminApp {
         lifecycle: Arc<Lifecycle>,
         store: Option<Arc<dyn Store>>,
         store_report: Option<Arc<arc_swap::ArcSwapOption<StoreReport>>>,
+        recent: Arc<recent::Recent>,
     ) -> Self {
         Self {
             snapshot,
@@ -67,11 +79,74 @@ impl AdminApp {
             lifecycle,
             store,
             store_report,
+            recent,
+            started: overview::Started::now(),
+            listening: None,
         }
     }
 
+    /// The addresses the listeners are bound to: egress, ingress, admin.
+    pub fn listening(mut self, addresses: [std::net::SocketAddr; 3]) -> Self {
+        self.listening = Some(addresses);
+        self
+    }
+
+    /// Every answer, refusals included, carries the security headers.
     pub async fn route(&self, request: &AdminRequest<'_>) -> http::Response<Vec<u8>> {
+        let mut answer = self.route_checked(request).await;
+        guard::secure(&mut answer);
+        answer
+    }
+
+    /// The checks in order: the `Host` (421), the token unless the path is
+    /// public (401), a state change while read-only (403), then the routes.
+    async fn route_checked(&self, request: &AdminRequest<'_>) -> http::Response<Vec<u8>> {
         let (method, path) = (request.method, request.path);
+        let config = Arc::clone(&self.snapshot.load().config);
+        let admin = &config.admin;
+        if !guard::host_allowed(path, request.host, &admin.hosts) {
+            return Problem::new(
+                ErrorCode::MisdirectedRequest,
+                "this Host is not served here: use localhost (kubectl port-forward) or a name listed in admin.hosts",
+            )
+            .into_http_response();
+        }
+        if let Some(asset) = console::asset(path) {
+            return match *method {
+                http::Method::GET | http::Method::HEAD => {
+                    response(200, asset.content_type, asset.body.to_vec())
+                }
+                _ => Problem::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{path} answers GET only"),
+                )
+                .with_header("allow", "GET, HEAD")
+                .into_http_response(),
+            };
+        }
+        if !guard::is_public(path) {
+            if let Err(problem) = check_token(admin.token.as_ref(), request.authorization) {
+                return problem.into_http_response();
+            }
+        }
+        if admin.read_only && guard::changes_state(method) {
+            return Problem::new(
+                ErrorCode::Forbidden,
+                format!("the admin API is read-only (admin.read_only): {method} is refused"),
+            )
+            .into_http_response();
+        }
+        if path == "/admin/overview" {
+            return match *method {
+                http::Method::GET | http::Method::HEAD => self.overview(&config).await,
+                _ => Problem::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{path} answers GET only"),
+                )
+                .with_header("allow", "GET, HEAD")
+                .into_http_response(),
+            };
+        }
         let api = [
             ("/admin/dead-letters", Api::DeadLetters),
             ("/admin/events", Api::Events),
@@ -82,10 +157,6 @@ impl AdminApp {
             };
             if !(rest.is_empty() || rest.starts_with('/')) {
                 continue;
-            }
-            let config = Arc::clone(&self.snapshot.load().config);
-            if let Err(problem) = check_token(config.admin.token.as_ref(), request.authorization) {
-                return problem.into_http_response();
             }
             if let Err(problem) =
                 check_simple_request(config.admin.token.is_some(), method, request.content_type)
@@ -112,15 +183,11 @@ impl AdminApp {
                 Err(problem) => problem.into_http_response(),
             };
         }
-        self.route_get(method, path, request.authorization)
+        self.route_get(method, path)
     }
 
-    fn route_get(
-        &self,
-        method: &http::Method,
-        path: &str,
-        authorization: Option<&[u8]>,
-    ) -> http::Response<Vec<u8>> {
+    /// What the GET-only endpoints answer; the token was checked.
+    fn route_get(&self, method: &http::Method, path: &str) -> http::Response<Vec<u8>> {
         if method != http::Method::GET && method != http::Method::HEAD {
             return Problem::new(
                 ErrorCode::MethodNotAllowed,
@@ -141,11 +208,6 @@ impl AdminApp {
             },
             _ if path.starts_with("/admin/") => {
                 let snapshot = self.snapshot.load();
-                if let Err(problem) =
-                    check_token(snapshot.config.admin.token.as_ref(), authorization)
-                {
-                    return problem.into_http_response();
-                }
                 match path {
                     "/admin/config" => json(200, &*snapshot.config),
                     "/admin/services" => json(200, &services_summary(&snapshot.egress)),
@@ -168,13 +230,18 @@ impl AdminApp {
     /// `/admin/store`: what the event store is, how it keeps events (its
     /// settings, warnings, a refusal) and whether it answers now.
     fn store_summary(&self) -> http::Response<Vec<u8>> {
-        let Some(report) = &self.store_report else {
-            return Problem::new(
+        match self.store_value() {
+            Some(value) => json(200, &value),
+            None => Problem::new(
                 ErrorCode::NotFound,
                 "no webhooks are configured, so there is no event store",
             )
-            .into_http_response();
-        };
+            .into_http_response(),
+        }
+    }
+
+    fn store_value(&self) -> Option<serde_json::Value> {
+        let report = self.store_report.as_ref()?;
         let report = report.load_full();
         let state = self.lifecycle.store_state();
         let space = self.store.as_ref().map(|s| s.space()).unwrap_or_default();
@@ -187,9 +254,7 @@ impl AdminApp {
                     .collect()
             })
             .unwrap_or_default();
-        json(
-            200,
-            &serde_json::json!({
+        Some(serde_json::json!({
                 "kind": report.as_deref().map(|r| r.kind),
                 "settings": settings,
                 "warnings": report.as_deref().map(|r| r.warnings.clone()).unwrap_or_default(),
@@ -200,8 +265,7 @@ impl AdminApp {
                 "used_bytes": space.used_bytes,
                 "capacity_bytes": space.capacity_bytes,
                 "paused_for_space": space.paused,
-            }),
-        )
+        }))
     }
 }
 
@@ -221,6 +285,12 @@ impl ServeHttp for AdminApp {
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .map(|v| v.as_bytes()),
+            // HTTP/2 and absolute-form requests name it in the URI.
+            host: header
+                .headers
+                .get(http::header::HOST)
+                .map(|v| v.as_bytes())
+                .or_else(|| header.uri.authority().map(|a| a.as_str().as_bytes())),
         };
         self.route(&request).await
     }
@@ -301,6 +371,7 @@ fn services_summary(egress: &EgressRoutes) -> serde_json::Value {
                     "per": crate::config::units::format_duration(limit.per),
                     "burst": limit.burst,
                     "scope": limit.scope,
+                    "remaining": guard.rate_limit_remaining(),
                 })),
                 "provider_pause_ms": guard.provider_pause_ms(),
             })

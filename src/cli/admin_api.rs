@@ -46,8 +46,10 @@ pub async fn call(
         CommandError::refused(format!("cannot make the request {method} {path}: {error}"))
     };
     let mut request = RequestHeader::build(method, path.as_bytes(), None).map_err(invalid)?;
+    // The listener serves loopback names whatever address it is bound to
+    // (a pod IP included); `localhost` is one.
     request
-        .insert_header("host", admin.to_string())
+        .insert_header("host", format!("localhost:{}", admin.port()))
         .map_err(invalid)?;
     if let Some(token) = &config.admin.token {
         request

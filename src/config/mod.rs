@@ -124,6 +124,13 @@ impl Default for Ingress {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Admin {
     pub token: Option<Secret>,
+    /// `admin.hosts`: `Host` names served besides localhost, 127.0.0.1 and
+    /// [::1] (any port), lowercased; any other is refused (421) so that a
+    /// page on a name rebound to this pod cannot read or act.
+    pub hosts: Vec<String>,
+    /// `admin.read_only`: the console and the GET API only; every POST
+    /// and DELETE is refused (403).
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -532,7 +539,28 @@ fn decode_ingress(d: &mut Decoder, node: &Node) -> Option<Ingress> {
 /// one is a mistake, not a way to turn it off: leave the key out instead
 /// (allowed only while the admin listener is on loopback).
 fn decode_admin(d: &mut Decoder, node: &Node) -> Option<Admin> {
-    let f = d.fields(node, &["token"])?;
+    let f = d.fields(node, &["token", "hosts", "read_only"])?;
+    let hosts = match f.get("hosts") {
+        Some(n) => d.list(&n, |d, item| {
+            let host = d.non_empty_string(item)?.to_ascii_lowercase();
+            let valid = host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+            if !valid || host.contains(':') && !host.starts_with('[') {
+                d.error(
+                    &item.path,
+                    format!("{host:?} is not a host name (give the name alone, without a port or a scheme)"),
+                );
+                return None;
+            }
+            Some(host)
+        }),
+        None => Some(Vec::new()),
+    };
+    let read_only = match f.get("read_only") {
+        Some(n) => d.boolean(&n),
+        None => Some(false),
+    };
     let token = match f.get("token") {
         Some(n) => {
             let token = d.secret(&n)?;
@@ -556,7 +584,11 @@ fn decode_admin(d: &mut Decoder, node: &Node) -> Option<Admin> {
         }
         None => None,
     };
-    Some(Admin { token })
+    Some(Admin {
+        token,
+        hosts: hosts?,
+        read_only: read_only?,
+    })
 }
 
 /// `store.sentinel`; None after an error (reported).

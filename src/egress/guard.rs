@@ -143,6 +143,13 @@ impl Guard {
     }
 
     /// Milliseconds left of a provider's requested pause, if one runs.
+    /// Requests this pod's rate limit would let through at once now (see
+    /// `LocalLimiter::service_remaining`); None without a limit or keyed
+    /// by a header.
+    pub fn rate_limit_remaining(&self) -> Option<u64> {
+        self.limit.as_ref()?.local.service_remaining()
+    }
+
     pub fn provider_pause_ms(&self) -> Option<u64> {
         self.cooldown.remaining_ms()
     }

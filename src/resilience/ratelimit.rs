@@ -127,6 +127,19 @@ impl LocalLimiter {
         }
     }
 
+    /// Requests the service's bucket would still let through at once (of
+    /// `burst`), without taking one; None when requests are keyed by a
+    /// header (a bucket per key, none of them the service's).
+    pub fn service_remaining(&self) -> Option<u64> {
+        if !matches!(self.keys.as_slice(), [LimitKey::Service]) {
+            return None;
+        }
+        let now = self.clock.now_micros();
+        let tat = self.service.load(Ordering::Acquire).max(now);
+        let allowed_until = now + self.gcra.tolerance;
+        Some(allowed_until.saturating_sub(tat) / self.gcra.interval)
+    }
+
     fn decide_service(&self, now: u64, cap: u64) -> Decision {
         let mut tat = self.service.load(Ordering::Acquire);
         loop {
@@ -271,6 +284,24 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         assert!(allowed(limiter.decide(&none, Duration::MAX)));
         assert!(!allowed(limiter.decide(&none, Duration::MAX)));
+    }
+
+    #[test]
+    fn what_the_service_bucket_has_left_is_read_without_taking_any() {
+        let (limiter, clock) = limiter(limit(60, Duration::from_secs(60), 5));
+        let none = HeaderMap::new();
+        clock.advance(Duration::from_secs(100));
+        assert_eq!(limiter.service_remaining(), Some(5));
+        assert_eq!(limiter.service_remaining(), Some(5), "reading takes none");
+        for _ in 0..3 {
+            assert!(allowed(limiter.decide(&none, Duration::MAX)));
+        }
+        assert_eq!(limiter.service_remaining(), Some(2));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(limiter.service_remaining(), Some(4));
+        let mut keyed = limit(60, Duration::from_secs(60), 5);
+        keyed.key = vec![LimitKey::Header("x-tenant".into())];
+        assert_eq!(self::limiter(keyed).0.service_remaining(), None);
     }
 
     #[test]

@@ -137,7 +137,17 @@ impl Reloader {
     }
 
     fn reload_and_count(&self, why: &str) {
-        match self.reload() {
+        let result = self.reload();
+        self.lifecycle
+            .record_reload(crate::lifecycle::ReloadRecord {
+                at_ms: crate::time::unix_time().as_millis() as u64,
+                result: match &result {
+                    Ok(()) => ReloadOutcome::Applied.as_str(),
+                    Err(_) => ReloadOutcome::Rejected.as_str(),
+                },
+                error: result.as_ref().err().map(ToString::to_string),
+            });
+        match result {
             Ok(()) => {
                 self.reloads
                     .with_label_values(&[ReloadOutcome::Applied.as_str()])

@@ -194,6 +194,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
             .tcp_socket_options(socket_options(&listeners[1]))
             .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
     );
+    let recent = crate::admin::recent::Recent::new(Arc::clone(&metrics));
     let mut admin_service = Service::new(
         "admin".to_string(),
         AdminApp::new(
@@ -202,7 +203,9 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
             Arc::clone(&lifecycle),
             store,
             store_report,
-        ),
+            Arc::clone(&recent),
+        )
+        .listening([listeners[0].addr, listeners[1].addr, listeners[2].addr]),
     );
     admin_service.add_tcp_with_settings(
         &listeners[2].addr.to_string(),
@@ -219,6 +222,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
         housekeeping.add("store monitor", monitor);
     }
     housekeeping.add("upstreams", upstreams_service);
+    housekeeping.add("recent events", crate::admin::recent::Sampler(recent));
     // Installed even without tracing.otlp, so that a reload can start it.
     match trace::export::install(
         config.tracing.otlp.as_ref(),
