@@ -114,7 +114,12 @@ impl AdminApp {
         if let Some(asset) = console::asset(path) {
             return match *method {
                 http::Method::GET | http::Method::HEAD => {
-                    response(200, asset.content_type, asset.body.to_vec())
+                    let body = if asset.content_type.starts_with("text/html") {
+                        console::page(admin.token.is_some(), admin.read_only)
+                    } else {
+                        asset.body.to_vec()
+                    };
+                    response(200, asset.content_type, body)
                 }
                 _ => Problem::new(
                     ErrorCode::MethodNotAllowed,

@@ -22,7 +22,7 @@ function h(tag, attrs, ...children) {
     else if (name === "text") el.textContent = value;
     else el.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -65,8 +65,14 @@ function bytes(n) {
   return (i ? n.toFixed(1) : n) + " " + units[i];
 }
 
+// What the server said in the page: "token_required=1 read_only=0".
+const PAGE = Object.fromEntries(
+  (document.querySelector('meta[name="wedsync-console"]')?.content || "")
+    .split(" ").filter(Boolean).map((pair) => pair.split("=")));
+
 function readOnly() {
-  return !!(state.overview && state.overview.console && state.overview.console.read_only);
+  return PAGE.read_only === "1" ||
+    !!(state.overview && state.overview.console && state.overview.console.read_only);
 }
 
 // ---- The admin API -------------------------------------------------------
@@ -100,7 +106,7 @@ async function api(method, path, { retry = true } = {}) {
 function askForToken(reason) {
   return new Promise((resolve) => {
     const input = h("input", { id: "admin-token", type: "password", autocomplete: "off", required: true });
-    const form = h("form", { class: "filters", "aria-label": "Admin token" },
+    const form = h("form", { class: "filters", "aria-label": "Sign in" },
       h("label", { for: "admin-token" }, "Admin token", input),
       h("button", { type: "submit", class: "primary" }, "Use token"));
     form.addEventListener("submit", (e) => {
@@ -144,6 +150,9 @@ async function route() {
     else link.removeAttribute("aria-current");
   }
   try {
+    if (PAGE.token_required === "1" && !sessionStorage.getItem(TOKEN_KEY)) {
+      await askForToken("This sidecar needs its admin token.");
+    }
     if (!state.overview) await loadOverview();
     if (path === "/events") await eventsView(params);
     else if (path === "/event") await eventView(params.get("source") || "", params.get("id") || "");
@@ -272,7 +281,7 @@ async function eventsView(params) {
   });
 
   const idInput = h("input", { id: "event-id", name: "event-id", size: 28, placeholder: "evt_…" });
-  const search = h("form", { class: "filters", role: "search", "aria-label": "Find an event" },
+  const search = h("form", { class: "filters", role: "search", "aria-label": "Find an event by id" },
     h("label", { for: "event-id" }, "Event id", idInput), h("button", { type: "submit" }, "Find"));
   search.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -292,38 +301,26 @@ async function eventsView(params) {
   });
 
   const status = h("div", { "aria-live": "polite" });
-  const dead = filters.status === "dead";
+  // Dead letters: every dead target of every event (an event with one
+  // target dead and one delivered is `partial` in the log), from the
+  // dead-letter API, each with Replay and Purge.
+  if (filters.status === "dead") return deadLettersView(filters, cursor, search, form, status);
   const page = await api("GET", "/admin/events" + query({ ...filterQuery(filters), limit: PAGE_SIZE, cursor }));
   const tbody = h("tbody", {});
   const seen = new Set();
   const row = (e) => {
     seen.add(e.source + "\n" + e.id);
-    const link = h("a", { href: "/event" + query({ source: e.source, id: e.id }) }, e.id);
-    link.addEventListener("click", (ev) => { ev.preventDefault(); go(link.getAttribute("href")); });
-    const actions = dead && !readOnly() ? deadLetterButtons(e, status) : null;
     return h("tr", {},
-      h("td", {}, e.received_at), h("td", {}, e.source), h("td", {}, link), h("td", {}, e.type || "—"),
+      h("td", {}, e.received_at), h("td", {}, e.source), h("td", {}, eventLink(e.source, e.id)), h("td", {}, e.type || "—"),
       h("td", {}, statusText(e.status)),
-      h("td", {}, e.targets.map((t, i) => [i ? ", " : "", t.target, " ", statusText(t.status)])),
-      dead && !readOnly() ? h("td", {}, actions) : null);
+      h("td", {}, e.targets.map((t, i) => [i ? ", " : "", t.target, " ", statusText(t.status)])));
   };
   page.items.forEach((e) => tbody.append(row(e)));
   const table = h("table", { "aria-label": "Events" },
-    h("thead", {}, h("tr", {}, ["Received", "Source", "Event id", "Type", "Status", "Targets"].map((t) => h("th", {}, t)),
-      dead && !readOnly() ? h("th", {}, "Dead letters") : null)),
+    h("thead", {}, h("tr", {}, ["Received", "Source", "Event id", "Type", "Status", "Targets"].map((t) => h("th", {}, t)))),
     tbody);
   const count = h("p", { class: "muted", id: "count" },
     page.items.length + " of about " + page.total_estimate + (cursor ? " (page " + (state.cursors.length + 1) + ")" : ""));
-  const prev = h("button", { type: "button", disabled: state.cursors.length === 0 }, "Previous");
-  prev.addEventListener("click", () => {
-    const back = state.cursors.pop();
-    go("/events" + query({ ...filterQuery(filters), cursor: back || "" }));
-  });
-  const next = h("button", { type: "button", disabled: !page.next }, "Next");
-  next.addEventListener("click", () => {
-    state.cursors.push(cursor);
-    go("/events" + query({ ...filterQuery(filters), cursor: page.next }));
-  });
   const live = h("input", { type: "checkbox", id: "live", disabled: !!cursor });
   live.addEventListener("change", () => {
     stopTimers();
@@ -338,9 +335,48 @@ async function eventsView(params) {
     }, 2000));
   });
   const bulk = readOnly() ? null : bulkRedeliver(filters, status);
-  show(h("h1", {}, dead ? "Dead letters" : "Events"), search, form, status,
-    h("div", { class: "row" }, count, prev, next, h("label", { for: "live" }, live, " Live"), bulk),
+  show(h("h1", {}, "Events"), search, form, status,
+    h("div", { class: "row" }, count, ...paging(filters, cursor, page.next), h("label", { for: "live" }, live, " Live"), bulk),
     page.items.length ? table : h("p", { class: "muted" }, "No event matches."));
+}
+
+function eventLink(source, id) {
+  const link = h("a", { href: "/event" + query({ source, id }) }, id);
+  link.addEventListener("click", (ev) => { ev.preventDefault(); go(link.getAttribute("href")); });
+  return link;
+}
+
+/// Previous and Next: the cursors walked so far are kept in this tab.
+function paging(filters, cursor, next) {
+  const prev = h("button", { type: "button", disabled: state.cursors.length === 0 }, "Previous");
+  prev.addEventListener("click", () => {
+    const back = state.cursors.pop();
+    go(location.pathname + query({ ...filterQuery(filters), cursor: back || "" }));
+  });
+  const forward = h("button", { type: "button", disabled: !next }, "Next");
+  forward.addEventListener("click", () => {
+    state.cursors.push(cursor);
+    go(location.pathname + query({ ...filterQuery(filters), cursor: next }));
+  });
+  return [prev, forward];
+}
+
+async function deadLettersView(filters, cursor, search, form, status) {
+  const page = await api("GET", "/admin/dead-letters" + query({
+    webhook: filters.source, target: filters.target, limit: PAGE_SIZE, cursor }));
+  const rows = page.items.map((d) => h("tr", {},
+    h("td", {}, d.dead_at), h("td", {}, d.webhook), h("td", {}, eventLink(d.webhook, d.event_id)),
+    h("td", {}, d.event_type || "—"), h("td", {}, d.target), h("td", {}, statusText("dead"), " ", d.reason),
+    h("td", {}, d.last_error || "—"),
+    readOnly() ? null : h("td", {}, deadLetterButtons({ id: d.event_id, targets: [{ target: d.target, status: "dead", dead_letter: d.id }] }, status))));
+  const table = h("table", { "aria-label": "Events" },
+    h("thead", {}, h("tr", {}, ["Dead since", "Source", "Event id", "Type", "Target", "Status", "Last error"].map((t) => h("th", {}, t)),
+      readOnly() ? null : h("th", {}, "Actions"))),
+    h("tbody", {}, rows));
+  show(h("h1", {}, "Dead letters"), search, form, status,
+    h("div", { class: "row" }, h("p", { class: "muted" }, rows.length + (page.next ? " shown, more on the next page" : " dead letters")),
+      ...paging(filters, cursor, page.next)),
+    rows.length ? table : h("p", { class: "muted" }, "No dead letter."));
 }
 
 function bulkRedeliver(filters, status) {

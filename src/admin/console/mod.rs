@@ -15,6 +15,23 @@ const PAGE: Asset = Asset {
     body: include_bytes!("index.html"),
 };
 
+/// What the page must know before its first call: whether to ask for the
+/// token first (an API call answered 401 would log an error in the
+/// browser's console) and whether to show buttons that change state.
+pub fn page(token_required: bool, read_only: bool) -> Vec<u8> {
+    let text = std::str::from_utf8(PAGE.body).expect("the page is UTF-8");
+    text.replacen(
+        r#"<meta name="wedsync-console" content="">"#,
+        &format!(
+            r#"<meta name="wedsync-console" content="token_required={} read_only={}">"#,
+            u8::from(token_required),
+            u8::from(read_only)
+        ),
+        1,
+    )
+    .into_bytes()
+}
+
 /// The asset at `path`, if the console serves one there.
 pub fn asset(path: &str) -> Option<Asset> {
     Some(match path {
@@ -48,6 +65,14 @@ mod tests {
         }
         assert!(asset("/console/other.js").is_none());
         assert!(asset("/admin/events").is_none());
+    }
+
+    #[test]
+    fn the_page_says_what_it_must_know_before_its_first_call() {
+        let guarded = String::from_utf8(page(true, false)).unwrap();
+        assert!(guarded.contains(r#"content="token_required=1 read_only=0""#));
+        let read_only = String::from_utf8(page(false, true)).unwrap();
+        assert!(read_only.contains(r#"content="token_required=0 read_only=1""#));
     }
 
     #[test]
