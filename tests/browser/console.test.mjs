@@ -247,6 +247,58 @@ test("a dead letter is replayed from the Dead letters page", async () => {
   await page.context().close();
 });
 
+test("Next and Previous walk the pages, and Live adds new events at the top", async () => {
+  for (let n = 0; n < 45; n++) {
+    assert.equal(await post(main.ingress, "evt_page_" + n, "payment_intent.created", "w-9"), 202);
+  }
+  const page = await open(main.admin + "/events?context.wedding_id=w-9");
+  const table = page.getByRole("table", { name: "Events" });
+  const ids = async () => table.locator("tbody tr td:nth-child(3)").allTextContents();
+  await page.getByText("45 of about 45").waitFor();
+  const wedding = (await page.getByRole("textbox", { name: "Context value" }).inputValue());
+  assert.equal(wedding, "w-9");
+  await page.getByLabel("Source").fill("stripe");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForURL(/source=stripe/);
+  await page.getByText("45 of about 45").waitFor();
+  const all = await ids();
+  assert.equal(all[0], "evt_page_44", "newest first");
+  // Fifty per page: the wedding's 45 and the rest of the log (65 events).
+  await page.getByLabel("Context field").fill("");
+  await page.getByLabel("Context value").fill("");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.getByText(/^50 of about/).waitFor();
+  const first = await ids();
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.waitForURL(/cursor=/);
+  await until("the second page", async () => (await ids())[0] !== first[0]);
+  const second = await ids();
+  assert.ok(second.length > 0 && second.every((id) => !first.includes(id)), "no event on both pages");
+  await page.getByRole("button", { name: "Previous" }).click();
+  await until("the first page again", async () => (await ids())[0] === first[0]);
+  assert.ok(await page.getByRole("button", { name: "Previous" }).isDisabled());
+  await page.getByRole("checkbox", { name: "Live" }).check();
+  assert.equal(await post(main.ingress, "evt_live", "payment_intent.created", "w-9"), 202);
+  await until("the new event at the top", async () => (await ids())[0] === "evt_live", 10000);
+  await page.context().close();
+});
+
+test("the config page shows the effective config, redacted, and the last reload", async () => {
+  const file = path.join(readOnly.dir, "sidecar.yaml");
+  fs.writeFileSync(file + ".new", fs.readFileSync(file, "utf8") + "drain_delay_typo: 1s\n");
+  fs.renameSync(file + ".new", file);
+  await until("the rejected reload", async () =>
+    JSON.parse((await adminGet(readOnly.admin, "/admin/overview")).text).last_reload?.result === "rejected");
+  const page = await open(readOnly.admin + "/config");
+  await page.getByRole("heading", { name: "Last reload" }).waitFor();
+  await page.getByText("rejected").waitFor();
+  await page.getByText(/drain_delay_typo/).first().waitFor();
+  const config = await page.getByLabel("Effective config").textContent();
+  assert.match(config, /"webhooks"/);
+  assert.ok(!config.includes(SECRET), "the webhook secret is redacted");
+  await page.context().close();
+});
+
 test("with admin.token the page asks for it and keeps it out of URLs and cookies", async () => {
   const page = await open(guarded.admin + "/events");
   await page.getByLabel("Admin token").fill(TOKEN);
