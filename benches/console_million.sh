@@ -11,6 +11,7 @@ COUNT=${2:-1000000}
 cargo build --release --locked --bin wedsync-sidecar --example event_log_page 2>&1 | tail -1
 ./target/release/examples/event_log_page "$DIR" "$COUNT" | tail -3
 . benches/common.sh
+SECRET=whsec_benchmark_secret_0123456789
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 # The log kept whole: no retention or size limit drops the filled events.
 start_webhook_sidecar million ./target/release/wedsync-sidecar \
