@@ -1,7 +1,8 @@
 //! Test support, one module per kind of real part: the sidecar binary
 //! (`sidecar`), mock HTTP servers (`mock`) and a client (`client`), Redis
 //! servers and a Redis Cluster (`redis_server`, `redis_cluster`), stores read directly (`store`), a private CA (`pki`),
-//! a tmpfs (`fs`) and the one config builder (`config`).
+//! a tmpfs (`fs`), the one config builder (`config`) and fakes of providers'
+//! APIs written from their references (`fake_stripe`).
 //!
 //! Each test binary compiles this whole tree and uses a part of it, so the
 //! rest would be reported as dead code in that binary.
@@ -9,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod fake_stripe;
 pub mod fs;
 pub mod mock;
 pub mod pki;
@@ -19,6 +21,7 @@ pub mod store;
 
 pub use client::*;
 pub use config::*;
+pub use fake_stripe::FakeStripe;
 pub use fs::*;
 pub use mock::*;
 pub use pki::*;
