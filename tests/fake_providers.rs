@@ -170,3 +170,150 @@ async fn stripe_answers_its_errors() {
     assert_eq!(list(&stripe, "").await.0, 200);
     assert_eq!(stripe.list_calls(), 3 + 6);
 }
+
+const GITHUB_TOKEN: &str = "ghs_fake_installation_token";
+const HOOK: &str = "/repos/wedsync/app/hooks/7";
+
+async fn github_get(github: &FakeGitHub, path_and_query: &str) -> Answer {
+    send(
+        "GET",
+        &format!("{}{HOOK}/deliveries{path_and_query}", github.url()),
+        &[("authorization", &format!("Bearer {GITHUB_TOKEN}"))],
+        Bytes::new(),
+    )
+    .await
+}
+
+/// The `rel="next"` URL of a `Link` header, if any.
+fn next_link(answer: &Answer) -> Option<String> {
+    let link = answer.headers.get("link")?;
+    link.split(',')
+        .find(|part| part.contains("rel=\"next\""))
+        .and_then(|part| part.trim().strip_prefix('<'))
+        .and_then(|part| part.split_once('>'))
+        .map(|(url, _)| url.to_string())
+}
+
+#[tokio::test]
+async fn github_pages_deliveries_by_the_link_header_and_redelivers_signed_with_the_same_guid() {
+    let target = MockServer::start(|_| MockAnswer::status(202, "")).await;
+    let github = FakeGitHub::start(
+        HOOK,
+        GITHUB_TOKEN,
+        "hook-secret-0123456789",
+        &format!("{}/webhooks/github", target.url()),
+    )
+    .await;
+    let mut guids = Vec::new();
+    for n in 0..45 {
+        guids.push(github.failed_event("push", &format!(r#"{{"n":{n}}}"#), 502));
+    }
+    let delivered = github.send_event("issues", r#"{"n":45}"#).await;
+    assert_eq!(github.deliveries().last().unwrap().status_code, 202);
+    // Newest first, 20 a page, the cursor only in the Link header.
+    let mut seen = Vec::new();
+    let mut url = "?per_page=20".to_string();
+    loop {
+        let answer = github_get(&github, &url).await;
+        assert_eq!(answer.status, 200);
+        let page: Value = serde_json::from_slice(&answer.body).unwrap();
+        seen.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["guid"].as_str().unwrap().to_string()),
+        );
+        match next_link(&answer) {
+            Some(next) => url = next.split_once('?').map(|(_, q)| format!("?{q}")).unwrap(),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = guids.clone();
+    expected.push(delivered.clone());
+    expected.reverse();
+    assert_eq!(seen, expected);
+    let first: Value =
+        serde_json::from_slice(&github_get(&github, "?per_page=1").await.body).unwrap();
+    assert_eq!(first[0]["status"], "OK");
+    let failed = &github.deliveries()[0];
+    let one: Value =
+        serde_json::from_slice(&github_get(&github, &format!("/{}", failed.id)).await.body)
+            .unwrap();
+    assert_eq!(one["status"], "Invalid HTTP Response: 502");
+    assert_eq!(one["request"]["payload"]["n"], 0);
+    // Redelivery: 202, then the original, signed, same guid, to the hook's URL.
+    let attempt = send(
+        "POST",
+        &format!("{}{HOOK}/deliveries/{}/attempts", github.url(), failed.id),
+        &[("authorization", &format!("Bearer {GITHUB_TOKEN}"))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(attempt.status, 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while github.deliveries().len() < 47 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let again = github.deliveries().last().unwrap().clone();
+    assert_eq!(
+        (again.guid.as_str(), again.redelivery, again.status_code),
+        (failed.guid.as_str(), true, 202)
+    );
+    let sent = target
+        .requests()
+        .into_iter()
+        .find(|s| s.headers.get("x-github-delivery") == Some(&failed.guid))
+        .unwrap();
+    assert_eq!(&sent.body[..], br#"{"n":0}"#);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"hook-secret-0123456789");
+    let expected_signature: String = ring::hmac::sign(&key, br#"{"n":0}"#)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        sent.headers["x-hub-signature-256"],
+        format!("sha256={expected_signature}")
+    );
+    let redelivered: Value =
+        serde_json::from_slice(&github_get(&github, "?redelivery=true").await.body).unwrap();
+    assert_eq!(redelivered.as_array().unwrap().len(), 1);
+    assert_eq!(github.redeliveries_asked(), [failed.id]);
+}
+
+#[tokio::test]
+async fn github_answers_its_errors() {
+    let github = FakeGitHub::start(
+        HOOK,
+        GITHUB_TOKEN,
+        "hook-secret-0123456789",
+        "http://127.0.0.1:9/",
+    )
+    .await;
+    github.failed_event("push", "{}", 502);
+    let anonymous = send(
+        "GET",
+        &format!("{}{HOOK}/deliveries", github.url()),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(github_get(&github, "?per_page=101").await.status, 422);
+    assert_eq!(github_get(&github, "?cursor=v1_1").await.status, 400);
+    assert_eq!(github_get(&github, "/999").await.status, 404);
+    github.fail_next(&[403, 500]);
+    let limited = github_get(&github, "").await;
+    assert_eq!(limited.status, 403);
+    assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
+    assert_eq!(github_get(&github, "").await.status, 500);
+    assert_eq!(github_get(&github, "").await.status, 200);
+    let other_hook = send(
+        "GET",
+        &format!("{}/repos/wedsync/app/hooks/8/deliveries", github.url()),
+        &[("authorization", &format!("Bearer {GITHUB_TOKEN}"))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(other_hook.status, 404);
+}

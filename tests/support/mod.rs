@@ -2,7 +2,7 @@
 //! (`sidecar`), mock HTTP servers (`mock`) and a client (`client`), Redis
 //! servers and a Redis Cluster (`redis_server`, `redis_cluster`), stores read directly (`store`), a private CA (`pki`),
 //! a tmpfs (`fs`), the one config builder (`config`) and fakes of providers'
-//! APIs written from their references (`fake_stripe`).
+//! APIs written from their references (`fake_stripe`, `fake_github`).
 //!
 //! Each test binary compiles this whole tree and uses a part of it, so the
 //! rest would be reported as dead code in that binary.
@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod fake_github;
 pub mod fake_stripe;
 pub mod fs;
 pub mod mock;
@@ -21,6 +22,7 @@ pub mod store;
 
 pub use client::*;
 pub use config::*;
+pub use fake_github::FakeGitHub;
 pub use fake_stripe::FakeStripe;
 pub use fs::*;
 pub use mock::*;
