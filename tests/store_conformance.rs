@@ -175,7 +175,91 @@ conformance!(
     a_bad_cursor_is_refused,
     the_event_log_keeps_outcomes_and_redelivers,
     an_event_id_with_control_bytes_is_kept_and_dropped_whole,
+    gap_repair_state_is_shared_and_one_holder_leases_it_at_a_time,
 );
+
+/// Gap repair's checkpoint is read by every handle and survives a new
+/// one; its lease is held by one holder at a time, renewed by that holder,
+/// and taken by another once it lapses.
+async fn gap_repair_state_is_shared_and_one_holder_leases_it_at_a_time(subject: Subject) {
+    let ttl = Duration::from_millis(300);
+    assert_eq!(subject.store.recover_state("stripe").await.unwrap(), None);
+    subject
+        .store
+        .save_recover_state("stripe", br#"{"checkpoint":1}"#)
+        .await
+        .unwrap();
+    subject
+        .store
+        .save_recover_state("github", b"other")
+        .await
+        .unwrap();
+    assert_eq!(
+        subject
+            .peer
+            .recover_state("stripe")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&br#"{"checkpoint":1}"#[..])
+    );
+    assert!(subject
+        .store
+        .lease_recover("stripe", "pod-a", ttl)
+        .await
+        .unwrap());
+    assert!(!subject
+        .peer
+        .lease_recover("stripe", "pod-b", ttl)
+        .await
+        .unwrap());
+    assert!(
+        subject
+            .peer
+            .lease_recover("github", "pod-b", ttl)
+            .await
+            .unwrap(),
+        "one lease per webhook"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        subject
+            .store
+            .lease_recover("stripe", "pod-a", ttl)
+            .await
+            .unwrap(),
+        "renewed by its holder"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !subject
+            .peer
+            .lease_recover("stripe", "pod-b", ttl)
+            .await
+            .unwrap(),
+        "the renewal counts from when it was made"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        subject
+            .peer
+            .lease_recover("stripe", "pod-b", ttl)
+            .await
+            .unwrap(),
+        "lapsed: another takes it"
+    );
+    assert!(!subject
+        .store
+        .lease_recover("stripe", "pod-a", ttl)
+        .await
+        .unwrap());
+    drop((subject.store, subject.peer));
+    let again = (subject.reopen)();
+    assert_eq!(
+        again.recover_state("github").await.unwrap().as_deref(),
+        Some(&b"other"[..])
+    );
+}
 
 fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
     EventMeta {

@@ -128,6 +128,29 @@ pub trait Store: Send + Sync {
     /// An event's metadata and body; None when either is missing.
     async fn event(&self, sequence: u64) -> Result<Option<(StoredEvent, Vec<u8>)>, StoreError>;
 
+    /// Gap repair's state for `webhook` (`webhooks.<name>.recover`), as
+    /// the recovery wrote it: its checkpoint survives restarts and is
+    /// shared by every replica on the store. None before the first run.
+    async fn recover_state(&self, _webhook: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Err(no_recover_state())
+    }
+
+    async fn save_recover_state(&self, _webhook: &str, _state: &[u8]) -> Result<(), StoreError> {
+        Err(no_recover_state())
+    }
+
+    /// Takes, or renews, the right to run `webhook`'s recovery for `ttl`
+    /// as `holder`: false while another holder has it. It lapses by itself
+    /// if its holder dies, so that another replica takes over.
+    async fn lease_recover(
+        &self,
+        _webhook: &str,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Err(no_recover_state())
+    }
+
     /// The event log, newest first, `limit` at most, below `cursor` (a
     /// previous page's `next`).
     async fn events(
@@ -220,6 +243,10 @@ pub trait Store: Send + Sync {
     /// settings (at start and every minute): shown in `/admin/store`, logged
     /// when it warns, and fatal when it would lose acknowledged events.
     async fn inspect(&self) -> Result<StoreReport, StoreError>;
+}
+
+fn no_recover_state() -> StoreError {
+    StoreError::Unavailable("this store does not keep gap repair's state".into())
 }
 
 fn no_event_log() -> StoreError {

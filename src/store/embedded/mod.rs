@@ -31,6 +31,11 @@ pub struct EmbeddedStore {
     committer: GroupCommitter,
     gate: Arc<SpaceGate>,
     max_size: Option<u64>,
+    /// Gap repair's leases: the file is this process's alone, so they only
+    /// keep two runs of one webhook's recovery in this process apart (the
+    /// schedule's and one an operator started).
+    recover_leases:
+        std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl EmbeddedStore {
@@ -86,6 +91,7 @@ impl EmbeddedStore {
             committer,
             gate,
             max_size,
+            recover_leases: Default::default(),
         }
     }
 
@@ -178,6 +184,38 @@ impl Store for EmbeddedStore {
 
     async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.blocking(LocalStore::dead_letter_counts).await
+    }
+
+    async fn recover_state(&self, webhook: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let webhook = webhook.to_string();
+        self.blocking(move |engine| engine.recover_state(&webhook))
+            .await
+    }
+
+    async fn save_recover_state(&self, webhook: &str, state: &[u8]) -> Result<(), StoreError> {
+        let (webhook, state) = (webhook.to_string(), state.to_vec());
+        self.blocking(move |engine| engine.save_recover_state(&webhook, &state))
+            .await
+    }
+
+    async fn lease_recover(
+        &self,
+        webhook: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut leases = self
+            .recover_leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match leases.get(webhook) {
+            Some((other, until)) if other != holder && *until > now => Ok(false),
+            _ => {
+                leases.insert(webhook.to_string(), (holder.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
     }
 
     async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {

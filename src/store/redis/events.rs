@@ -830,6 +830,45 @@ impl Store for RedisEventStore {
         Ok(deleted == 1)
     }
 
+    async fn recover_state(&self, webhook: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut read = redis::pipe();
+        read.get(self.store.key("recover", webhook, ""));
+        let (state,): (Option<Vec<u8>>,) = self.query("recover", read).await?;
+        Ok(state)
+    }
+
+    /// Not waited on by replicas: a checkpoint lost in a failover only
+    /// makes the next run fetch (and deduplicate) a longer stretch again.
+    async fn save_recover_state(&self, webhook: &str, state: &[u8]) -> Result<(), StoreError> {
+        let mut write = redis::pipe();
+        write
+            .set(self.store.key("recover", webhook, ""), state)
+            .ignore();
+        self.query::<()>("recover", write).await
+    }
+
+    async fn lease_recover(
+        &self,
+        webhook: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        // Renewed by its holder, taken by another only once it lapsed.
+        const LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+            redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
+            if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
+            return 0";
+        let mut call = redis::pipe();
+        call.cmd("EVAL")
+            .arg(LEASE)
+            .arg(1)
+            .arg(self.store.key("recover_lease", webhook, ""))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64);
+        let (taken,): (i64,) = self.query("recover", call).await?;
+        Ok(taken == 1)
+    }
+
     async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         // Counted by the scripts that add and remove dead letters, so this
         // stays one small read per part however many there are.

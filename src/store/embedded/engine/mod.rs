@@ -45,6 +45,7 @@ mod dead_letters;
 mod history;
 #[cfg(test)]
 mod history_tests;
+mod recover;
 mod schema;
 mod tables;
 #[cfg(test)]

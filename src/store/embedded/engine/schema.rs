@@ -18,6 +18,8 @@ pub(super) const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup
 /// page in the commit: BENCHMARKS "One random key per event fewer").
 pub(super) const DEDUP_IDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("dedup_ids");
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Webhook name -> gap repair's state (its recovery's own encoding).
+pub(super) const RECOVER: TableDefinition<&str, &[u8]> = TableDefinition::new("recover_state");
 pub(super) const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// Jobs and dead letters still referring to an event.
 pub(super) const REFS: TableDefinition<u64, u64> = TableDefinition::new("event_refs");
