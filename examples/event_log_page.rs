@@ -141,6 +141,7 @@ fn fill(store: &LocalStore, from: usize, to: usize) {
                 priority: Priority::Normal,
                 targets: targets.clone(),
                 trace: None,
+                recovered: false,
             })
             .collect();
         let accepts: Vec<Write<'_>> = metas

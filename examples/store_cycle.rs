@@ -57,6 +57,7 @@ fn main() {
                 priority: Priority::Normal,
                 targets: targets.clone(),
                 trace: None,
+                recovered: false,
             })
             .collect();
         let now_ms = 1_000 + round as u64;

@@ -48,4 +48,7 @@ pub struct EventMeta {
     /// The `traceparent` of the span that accepted the event: every
     /// delivery attempt is a child of it.
     pub trace: Option<String>,
+    /// Fetched back from the provider's API by gap repair (`recover`),
+    /// not received: delivered with `x-webhook-recovered: true`.
+    pub recovered: bool,
 }

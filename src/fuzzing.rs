@@ -360,6 +360,7 @@ pub fn request_building(data: &[u8]) {
         size: 0,
         headers: Vec::new(),
         finished_at_ms: None,
+        recovered: false,
     };
     let table = RouteTable::new(prefixes.iter().map(String::as_str));
     let (_, rest) = table.find(&path).expect("`/` matches every path");

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub trace_spans_exported_total: IntCounter,
     pub trace_spans_dropped_total: IntCounter,
     pub config_reloads_total: IntCounterVec,
+    pub recovered_events_total: IntCounterVec,
+    pub recover_runs_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -245,6 +247,22 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
+        let recovered_events_total = IntCounterVec::new(
+            Opts::new(
+                "sidecar_recovered_events_total",
+                "Events gap repair fetched back from a provider's API, by webhook and outcome (accepted, duplicate: already stored; skipped: another API version, or no route takes its type).",
+            ),
+            &["webhook", "outcome"],
+        )
+        .expect("static metric definition");
+        let recover_runs_total = IntCounterVec::new(
+            Opts::new(
+                "sidecar_recover_runs_total",
+                "Gap repair runs, by webhook and outcome (ok, failed; leased: another replica holds the run).",
+            ),
+            &["webhook", "outcome"],
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "sidecar_build_info",
@@ -294,6 +312,8 @@ impl Metrics {
             Box::new(trace_spans_exported_total.clone()),
             Box::new(trace_spans_dropped_total.clone()),
             Box::new(config_reloads_total.clone()),
+            Box::new(recovered_events_total.clone()),
+            Box::new(recover_runs_total.clone()),
             Box::new(build_info.clone()),
         ] {
             registry
@@ -331,6 +351,8 @@ impl Metrics {
             trace_spans_exported_total,
             trace_spans_dropped_total,
             config_reloads_total,
+            recovered_events_total,
+            recover_runs_total,
             build_info,
         }
     }
@@ -494,6 +516,24 @@ label_values! {
 }
 
 label_values! {
+    /// `sidecar_recovered_events_total{outcome}`.
+    RecoveredOutcome {
+        Accepted => "accepted",
+        Duplicate => "duplicate",
+        Skipped => "skipped",
+    }
+}
+
+label_values! {
+    /// `sidecar_recover_runs_total{outcome}`.
+    RecoverRunOutcome {
+        Ok => "ok",
+        Failed => "failed",
+        Leased => "leased",
+    }
+}
+
+label_values! {
     /// `sidecar_config_reloads_total{outcome}`.
     ReloadOutcome {
         Applied => "applied",
@@ -581,6 +621,8 @@ mod tests {
             &metrics.egress_rejected_total,
             &metrics.oauth2_token_refreshes_total,
             &metrics.config_reloads_total,
+            &metrics.recovered_events_total,
+            &metrics.recover_runs_total,
             &metrics.circuit_transitions_total,
             &metrics.store_errors_total,
         ]
@@ -594,7 +636,7 @@ mod tests {
                 .cloned()
                 .unwrap_or_else(|| panic!("{name} is described"))
         };
-        let cases: [(&str, Vec<&str>); 7] = [
+        let cases: [(&str, Vec<&str>); 9] = [
             (
                 "sidecar_dead_lettered_total",
                 DeadLetterReason::ALL.iter().map(|v| v.as_str()).collect(),
@@ -622,6 +664,14 @@ mod tests {
             (
                 "sidecar_config_reloads_total",
                 ReloadOutcome::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "sidecar_recovered_events_total",
+                RecoveredOutcome::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "sidecar_recover_runs_total",
+                RecoverRunOutcome::ALL.iter().map(|v| v.as_str()).collect(),
             ),
         ];
         for (name, values) in cases {

@@ -270,6 +270,7 @@ fn meta(id: &str, priority: Priority, targets: &[&str]) -> EventMeta {
         priority,
         targets: targets.iter().map(|t| (*t).into()).collect(),
         trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        recovered: false,
     }
 }
 

@@ -323,6 +323,7 @@ pub fn summary(event: &StoredEvent) -> serde_json::Value {
         "status": status_of(event).as_str(),
         "received_at": rfc3339(event.received_at_ms),
         "finished_at": event.finished_at_ms.map(rfc3339),
+        "recovered": event.recovered,
         "priority": event.priority.map(|p| p.as_str()),
         "context": context,
         "trace_id": trace_id(event),

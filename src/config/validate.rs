@@ -124,6 +124,26 @@ fn check_unique_paths(d: &mut Decoder, section: &str, sources: &[super::Webhook]
 
 fn check_webhooks(d: &mut Decoder, config: &Config) {
     check_unique_paths(d, "webhooks", &config.webhooks);
+    // Gap repair calls the provider through an egress service.
+    for webhook in &config.webhooks {
+        let Some(recover) = &webhook.recover else {
+            continue;
+        };
+        if !config.services.iter().any(|s| s.name == recover.service) {
+            let path = YamlPath::root()
+                .key("webhooks")
+                .key(&webhook.name)
+                .key("recover")
+                .key("service");
+            d.error(
+                &path,
+                format!(
+                    "no egress service {:?}: recover calls the provider's API through one (services.<name>, with its credentials)",
+                    recover.service
+                ),
+            );
+        }
+    }
     check_unique_paths(d, "events", &config.events);
     for event in &config.events {
         let base = YamlPath::root().key("events").key(&event.name);

@@ -36,6 +36,47 @@ pub struct Webhook {
     #[serde(serialize_with = "ser::duration")]
     pub dedup_window: Duration,
     pub ack: Option<Ack>,
+    /// `recover`: gap repair, what the provider sent while the sidecar
+    /// could not take it, fetched back from its API.
+    pub recover: Option<Recover>,
+}
+
+/// `webhooks.<name>.recover`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recover {
+    pub kind: RecoverKind,
+    /// The egress service the provider's API is called through (its
+    /// credentials, rate limit, breaker and pauses apply).
+    pub service: String,
+    #[serde(serialize_with = "ser::duration")]
+    pub every: Duration,
+    /// How far before the checkpoint each run looks again (events whose
+    /// `created` is a little older than when they became listable).
+    #[serde(serialize_with = "ser::duration")]
+    pub overlap: Duration,
+    /// The furthest back a first run (or one after a long outage) looks,
+    /// within the provider's retention.
+    #[serde(serialize_with = "ser::duration")]
+    pub lookback: Duration,
+    /// Stripe: events rendered at another API version are skipped (and
+    /// counted) instead of accepted.
+    pub api_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoverKind {
+    /// Stripe's `GET /v1/events?delivery_success=false`.
+    StripeEvents,
+}
+
+impl RecoverKind {
+    /// How long the provider keeps what a run lists.
+    pub fn retention(self) -> Duration {
+        match self {
+            Self::StripeEvents => Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -183,11 +224,12 @@ pub(super) const WEBHOOK_KEYS: &[&str] = &[
     "delivery",
     "dedup_window",
     "ack",
+    "recover",
 ];
 
 /// What only a provider's webhook has: an app's own events are not signed
 /// and take no custom answer.
-const WEBHOOK_ONLY_KEYS: &[&str] = &["verify", "ack"];
+const WEBHOOK_ONLY_KEYS: &[&str] = &["verify", "ack", "recover"];
 
 /// The keys of `events.<name>`: a webhook's, without `verify` and `ack`.
 pub(super) fn published_keys() -> Vec<&'static str> {
@@ -283,6 +325,10 @@ fn decode_source(
             ok
         });
     let ack = f.get("ack").and_then(|n| decode_ack(d, &n));
+    let recover = match f.get("recover") {
+        Some(n) => Some(decode_recover(d, &n, verify.as_ref().map(|v| v.kind))?),
+        None => None,
+    };
     Some(Webhook {
         name: name.into(),
         path: path?,
@@ -296,6 +342,61 @@ fn decode_source(
         delivery: delivery?,
         dedup_window: dedup_window?,
         ack,
+        recover,
+    })
+}
+
+/// `recover`: which API, through which egress service, how often and how
+/// far back. That the service exists is checked with the whole config.
+fn decode_recover(d: &mut Decoder, node: &Node, verify: Option<VerifyKind>) -> Option<Recover> {
+    let f = d.fields(
+        node,
+        &[
+            "kind",
+            "service",
+            "every",
+            "overlap",
+            "lookback",
+            "api_version",
+        ],
+    )?;
+    let kind = d
+        .required(&f, "kind")
+        .and_then(|n| d.choice(&n, &[("stripe_events", RecoverKind::StripeEvents)]));
+    if kind == Some(RecoverKind::StripeEvents) && verify.is_some_and(|v| v != VerifyKind::Stripe) {
+        d.error(
+            &f.path.key("kind"),
+            "stripe_events recovers a webhook verified with kind: stripe",
+        );
+    }
+    let service = d
+        .required(&f, "service")
+        .and_then(|n| d.non_empty_string(&n));
+    let every = positive_duration(d, &f, "every", Duration::from_secs(600)).filter(|every| {
+        let ok = *every >= Duration::from_secs(10);
+        if !ok {
+            d.error(
+                &f.path.key("every"),
+                "must be at least 10s (each run calls the provider's API)",
+            );
+        }
+        ok
+    });
+    let overlap = match f.get("overlap") {
+        Some(n) => d.duration(&n),
+        None => Some(Duration::from_secs(600)),
+    };
+    let lookback = positive_duration(d, &f, "lookback", Duration::from_secs(72 * 3600));
+    let api_version = f.get("api_version").and_then(|n| d.non_empty_string(&n));
+    let kind = kind?;
+    Some(Recover {
+        kind,
+        service: service?,
+        every: every?,
+        overlap: overlap?,
+        // Never further back than the provider keeps events.
+        lookback: lookback?.min(kind.retention()),
+        api_version,
     })
 }
 

@@ -570,6 +570,7 @@ webhooks:
             targets: vec!["notify".into()],
             trace: None,
             context: vec![("wedding_id".into(), "w_1".into())],
+            recovered: false,
         };
         let accepted = store
             .accept(OwnedEvent {

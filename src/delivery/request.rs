@@ -64,6 +64,9 @@ pub fn build(
         ("x-event-id".into(), header_safe(&event.id)),
         ("x-delivery-attempt".into(), delivery.attempt.to_string()),
     ];
+    if delivery.event.recovered {
+        headers.push(("x-webhook-recovered".into(), "true".into()));
+    }
     if delivery.redelivery {
         headers.push(("x-redelivery".into(), "true".into()));
     }
@@ -114,6 +117,7 @@ mod tests {
             size: 0,
             headers: Vec::new(),
             finished_at_ms: None,
+            recovered: false,
         }
     }
 

@@ -143,6 +143,18 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
         config.ingress.max_buffered,
         memory,
     ));
+    // Gap repair, for the webhooks with `recover` (a reload may add some).
+    let gap_repair = store.as_ref().map(|store| {
+        crate::webhooks::recover::GapRepair::new(
+            snapshot::part(&snapshot, |s| &s.webhooks),
+            snapshot::part(&snapshot, |s| &s.config),
+            Arc::clone(store),
+            loopback_for(listeners[0].addr),
+            Arc::clone(&metrics),
+            Arc::clone(&accepted),
+            Arc::clone(&lifecycle),
+        )
+    });
     let delivery = store.as_ref().map(|store| {
         let deliverer = Deliverer::new(
             Arc::clone(store),
@@ -223,6 +235,9 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
     }
     housekeeping.add("upstreams", upstreams_service);
     housekeeping.add("recent events", crate::admin::recent::Sampler(recent));
+    if let Some(gap_repair) = gap_repair {
+        housekeeping.add("gap repair", gap_repair);
+    }
     // Installed even without tracing.otlp, so that a reload can start it.
     match trace::export::install(
         config.tracing.otlp.as_ref(),

@@ -276,6 +276,7 @@ mod tests {
             size: 0,
             headers: Vec::new(),
             finished_at_ms: None,
+            recovered: false,
         }
     }
 

@@ -43,6 +43,7 @@ impl NewEvent<'_> {
             size: self.body.len() as u64,
             headers: self.headers.to_vec(),
             finished_at_ms: None,
+            recovered: self.meta.recovered,
         }
     }
 
@@ -156,6 +157,9 @@ pub struct StoredEvent {
     /// only the event log keeps it, and retention may drop it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// Fetched back from the provider's API by gap repair.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 /// Where one target's delivery of an event stands.

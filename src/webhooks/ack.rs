@@ -218,6 +218,58 @@ impl IngressWebhook {
         }
     }
 
+    /// Stores an event gap repair fetched back from the provider's API
+    /// (`body`, the event as the API renders it), as if its webhook had
+    /// arrived: the same id and dedup key, context, priority and routes,
+    /// marked recovered. Already accepted (the webhook did arrive, or the
+    /// provider retried it since) is a duplicate, delivered once. The
+    /// API's own credentials vouched for it: there is no signature.
+    pub async fn accept_recovered(
+        &self,
+        store: &dyn Store,
+        body: Bytes,
+        now: Duration,
+        accepted: &tokio::sync::Notify,
+    ) -> Result<Acceptance, StoreError> {
+        let headers = HeaderMap::new();
+        let Extracted {
+            mut meta,
+            wedding_date,
+        } = extract_all(&self.config, &headers, &body, &Default::default());
+        meta.recovered = true;
+        if self.propagate {
+            meta.trace = Some(
+                TraceContext::continue_or_start(None, trace::sample)
+                    .0
+                    .header(),
+            );
+        }
+        let wedding_day = self.mark_wedding_day(&mut meta, wedding_date.as_deref(), now);
+        let unrouted = meta.targets.is_empty();
+        let outcome = store
+            .accept(OwnedEvent {
+                webhook: self.config.name.clone(),
+                meta,
+                content_type: Some("application/json".into()),
+                headers: Vec::new(),
+                body,
+                now_ms: now.as_millis() as u64,
+                dedup_window: self.config.dedup_window,
+            })
+            .await?;
+        // Counted by gap repair's own metrics, not as webhook requests.
+        if let Acceptance::Accepted(_) = outcome {
+            accepted.notify_one();
+            if wedding_day {
+                self.wedding_day_events.inc();
+            }
+            if unrouted {
+                self.unrouted.inc();
+            }
+        }
+        Ok(outcome)
+    }
+
     /// An event whose wedding is today (or within the rule's reach) goes to
     /// the high lane whatever its type, and its deliveries carry
     /// `x-wedding-day: true` (a context value).

@@ -146,6 +146,7 @@ pub fn extract_all(
             priority,
             targets,
             trace: None,
+            recovered: false,
         },
         wedding_date,
     }
@@ -299,6 +300,7 @@ mod tests {
             },
             dedup_window: Duration::from_secs(72 * 3600),
             ack: None,
+            recover: None,
         }
     }
 

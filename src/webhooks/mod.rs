@@ -13,6 +13,7 @@ pub mod json_pointer;
 pub mod kept_headers;
 pub mod listener;
 pub mod publish;
+pub mod recover;
 pub mod verify;
 
 use std::sync::Arc;
@@ -378,6 +379,10 @@ impl Webhooks {
             .map(|w| IngressWebhook::new(w, metrics).map(|w| Arc::new(w.propagating(propagate))))
             .collect::<Result<_, _>>()
             .map(Self)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<IngressWebhook>> {
+        self.0.iter()
     }
 
     /// The source named `name`.

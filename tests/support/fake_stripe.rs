@@ -36,6 +36,8 @@ struct State {
     events: Vec<Value>,
     /// Statuses the next list calls answer instead of a page.
     failures: VecDeque<u16>,
+    /// (list call number, from 1; status): that call fails.
+    failing_calls: Vec<(usize, u16)>,
     list_calls: usize,
 }
 
@@ -46,6 +48,7 @@ impl FakeStripe {
             key: key.to_string(),
             events: Vec::new(),
             failures: VecDeque::new(),
+            failing_calls: Vec::new(),
             list_calls: 0,
         }));
         let handler_state = Arc::clone(&state);
@@ -99,6 +102,12 @@ impl FakeStripe {
     /// The next list calls answer these statuses (429, 500) instead.
     pub fn fail_next(&self, statuses: &[u16]) {
         self.state.lock().unwrap().failures.extend(statuses);
+    }
+
+    /// List call `n` (counting from 1, all calls so far included) answers
+    /// `status`: a run that fails mid-way.
+    pub fn fail_list_call(&self, n: usize, status: u16) {
+        self.state.lock().unwrap().failing_calls.push((n, status));
     }
 
     pub fn list_calls(&self) -> usize {
@@ -164,7 +173,12 @@ fn answer(state: &mut State, seen: &Seen) -> MockAnswer {
     match path.strip_prefix("/v1/events") {
         Some("") | Some("/") => {
             state.list_calls += 1;
-            if let Some(status) = state.failures.pop_front() {
+            let scripted = state
+                .failing_calls
+                .iter()
+                .find(|(n, _)| *n == state.list_calls)
+                .map(|(_, status)| *status);
+            if let Some(status) = scripted.or_else(|| state.failures.pop_front()) {
                 return match status {
                     429 => error(
                         429,

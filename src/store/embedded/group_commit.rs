@@ -494,6 +494,7 @@ mod tests {
                 priority: Priority::Normal,
                 targets: vec!["notify".into()],
                 trace: None,
+                recovered: false,
             },
             content_type: None,
             headers: Vec::new(),

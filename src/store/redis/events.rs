@@ -1168,6 +1168,7 @@ mod tests {
             priority: Priority::High,
             targets: vec!["notify".into()],
             trace: None,
+            recovered: false,
         };
         let event = OwnedEvent {
             webhook: "stripe".into(),

@@ -26,6 +26,7 @@ fn meta(id: &str, event_type: &str, wedding: &str, targets: &[&str]) -> EventMet
         priority: Priority::Normal,
         targets: targets.iter().map(|&t| t.into()).collect(),
         trace: None,
+        recovered: false,
     }
 }
 

@@ -23,6 +23,7 @@ fn meta(id: &str, targets: &[&str]) -> EventMeta {
         priority: Priority::High,
         targets: targets.iter().map(|&t| t.into()).collect(),
         trace: None,
+        recovered: false,
     }
 }
 
