@@ -101,6 +101,19 @@ enum Command {
         #[command(subcommand)]
         command: Events,
     },
+    /// Run a webhook's gap repair (`recover`) now, through the running
+    /// sidecar's admin listener, and print what it found.
+    Recover {
+        /// The webhook's name under `webhooks`.
+        webhook: String,
+        /// Look this far back instead of from the checkpoint (e.g. 6h),
+        /// within the webhook's lookback.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// List and count only: nothing stored, the checkpoint unchanged.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// What `events list` and `events redeliver` filter by.
@@ -331,6 +344,18 @@ fn main() -> ExitCode {
         Command::Sign { webhook } => sign(&path, &webhook),
         Command::Dlq { command } => dlq(&path, command.into()),
         Command::Events { command } => events(&path, command.into()),
+        Command::Recover {
+            webhook,
+            since,
+            dry_run,
+        } => recover(
+            &path,
+            wedsync_sidecar::cli::recover::RecoverCommand {
+                webhook,
+                since,
+                dry_run,
+            },
+        ),
         Command::Publish {
             name,
             idempotency_key,
@@ -502,6 +527,16 @@ fn events(
 ) -> ExitCode {
     match load_config(path) {
         Ok(config) => talk("", wedsync_sidecar::cli::events::run(&config, &command)),
+        Err(code) => code,
+    }
+}
+
+fn recover(
+    path: &std::path::Path,
+    command: wedsync_sidecar::cli::recover::RecoverCommand,
+) -> ExitCode {
+    match load_config(path) {
+        Ok(config) => talk("", wedsync_sidecar::cli::recover::run(&config, &command)),
         Err(code) => code,
     }
 }

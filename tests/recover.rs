@@ -82,7 +82,8 @@ fn undelivered(stripe: &FakeStripe, prefix: &str, n: u64) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+// Two threads: the CLI below blocks one while the fake Stripe answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_provider_sent_while_the_sidecar_was_down_is_delivered_exactly_once() {
     let stripe = FakeStripe::start(KEY).await;
     let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
@@ -163,6 +164,44 @@ async fn what_the_provider_sent_while_the_sidecar_was_down_is_delivered_exactly_
     assert_eq!(detail.json()["recovered"], false);
     // The API was called through the egress service, with its credentials.
     assert!(stripe.list_calls() >= 3, "25 a page");
+    // The last run, as /admin/webhooks shows it.
+    let listed = get(&sidecar.admin_url("/admin/webhooks")).await.json();
+    let recover = &listed["webhooks"][0]["recover"];
+    assert_eq!(recover["kind"], "stripe_events");
+    assert_eq!(recover["outcome"], "ok");
+    assert_eq!(recover["error"], serde_json::Value::Null);
+    assert_eq!(recover["last"]["found"], 52, "{listed}");
+    assert!(recover["checkpoint"].as_str().unwrap().starts_with("20"));
+    let overview = get(&sidecar.admin_url("/admin/overview")).await.json();
+    assert_eq!(overview["recover"][0]["webhook"], "stripe");
+    assert_eq!(overview["recover"][0]["outcome"], "ok");
+    // `recover --dry-run` lists and counts again, storing nothing.
+    let calls = stripe.list_calls();
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+        .args(["recover", "stripe", "--since", "2h", "--dry-run", "-c"])
+        .arg(sidecar.config_with_bound_ports())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{printed} {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(
+        printed.starts_with("stripe: 52 undelivered events listed since ")
+            && printed.contains("50 to accept, 0 already stored, 2 skipped")
+            && printed.contains("a dry run"),
+        "{printed}"
+    );
+    assert!(stripe.list_calls() > calls);
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_wedsync-sidecar"))
+        .args(["recover", "resend", "-c"])
+        .arg(sidecar.config_with_bound_ports())
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert_eq!(delivered(&target).0.len(), 50, "a dry run delivers nothing");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ pub mod events;
 pub mod guard;
 pub mod overview;
 pub mod recent;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -45,6 +46,8 @@ pub struct AdminApp {
     /// The bound egress, ingress and admin addresses (port 0 settled);
     /// the config's until told.
     listening: Option<[std::net::SocketAddr; 3]>,
+    /// Gap repair, for a run an operator starts.
+    gap_repair: Option<Arc<crate::webhooks::recover::GapRepair>>,
 }
 
 /// The store's APIs, behind the same token and request checks.
@@ -52,6 +55,7 @@ pub struct AdminApp {
 enum Api {
     DeadLetters,
     Events,
+    Webhooks,
 }
 
 /// What the admin API reads of a request.
@@ -82,7 +86,13 @@ impl AdminApp {
             recent,
             started: overview::Started::now(),
             listening: None,
+            gap_repair: None,
         }
+    }
+
+    pub fn gap_repair(mut self, repair: Option<Arc<crate::webhooks::recover::GapRepair>>) -> Self {
+        self.gap_repair = repair;
+        self
     }
 
     /// The addresses the listeners are bound to: egress, ingress, admin.
@@ -155,6 +165,7 @@ impl AdminApp {
         let api = [
             ("/admin/dead-letters", Api::DeadLetters),
             ("/admin/events", Api::Events),
+            ("/admin/webhooks", Api::Webhooks),
         ];
         for (prefix, api) in api {
             let Some(rest) = path.strip_prefix(prefix) else {
@@ -182,6 +193,18 @@ impl AdminApp {
                     dead_letters::handle(&**store, method, rest, &query, now_ms).await
                 }
                 Api::Events => events::handle(&**store, method, rest, &query, now_ms).await,
+                Api::Webhooks => {
+                    let snapshot = self.snapshot.load();
+                    webhooks::handle(
+                        &snapshot.webhooks,
+                        &**store,
+                        self.gap_repair.as_deref(),
+                        method,
+                        rest,
+                        &query,
+                    )
+                    .await
+                }
             };
             return match answer {
                 Ok((status, value)) => json(status, &value),

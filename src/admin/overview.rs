@@ -48,6 +48,24 @@ impl AdminApp {
                 }
             }
         };
+        // Each webhook's gap repair, as `/admin/webhooks` shows it.
+        let recover: Vec<serde_json::Value> = match &self.store {
+            None => Vec::new(),
+            Some(store) => match super::webhooks::list(&snapshot.webhooks, &**store).await {
+                Ok((_, listed)) => listed["webhooks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|w| !w["recover"].is_null())
+                    .map(|w| {
+                        let mut value = w["recover"].clone();
+                        value["webhook"] = w["name"].clone();
+                        value
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+        };
         let window = |minutes: u64| {
             self.recent
                 .window(now_ms, Duration::from_secs(minutes * 60))
@@ -82,6 +100,7 @@ impl AdminApp {
                 "upstreams": snapshot.upstreams.summary(),
                 "webhooks": config.webhooks.iter().map(|w| w.name.to_string()).collect::<Vec<_>>(),
                 "last_reload": self.lifecycle.last_reload(),
+                "recover": recover,
             }),
         )
     }

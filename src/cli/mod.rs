@@ -6,6 +6,7 @@ pub mod dlq;
 pub mod events;
 pub mod inject;
 pub mod publish;
+pub mod recover;
 pub mod sign;
 
 use std::net::SocketAddr;

@@ -145,7 +145,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
     ));
     // Gap repair, for the webhooks with `recover` (a reload may add some).
     let gap_repair = store.as_ref().map(|store| {
-        crate::webhooks::recover::GapRepair::new(
+        Arc::new(crate::webhooks::recover::GapRepair::new(
             snapshot::part(&snapshot, |s| &s.webhooks),
             snapshot::part(&snapshot, |s| &s.config),
             Arc::clone(store),
@@ -153,7 +153,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
             Arc::clone(&metrics),
             Arc::clone(&accepted),
             Arc::clone(&lifecycle),
-        )
+        ))
     });
     let delivery = store.as_ref().map(|store| {
         let deliverer = Deliverer::new(
@@ -217,7 +217,8 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
             store_report,
             Arc::clone(&recent),
         )
-        .listening([listeners[0].addr, listeners[1].addr, listeners[2].addr]),
+        .listening([listeners[0].addr, listeners[1].addr, listeners[2].addr])
+        .gap_repair(gap_repair.clone()),
     );
     admin_service.add_tcp_with_settings(
         &listeners[2].addr.to_string(),
@@ -236,7 +237,7 @@ pub fn run(config: Config, path: PathBuf, ready_file: Option<PathBuf>) -> Result
     housekeeping.add("upstreams", upstreams_service);
     housekeeping.add("recent events", crate::admin::recent::Sampler(recent));
     if let Some(gap_repair) = gap_repair {
-        housekeeping.add("gap repair", gap_repair);
+        housekeeping.add("gap repair", crate::webhooks::recover::Schedule(gap_repair));
     }
     // Installed even without tracing.otlp, so that a reload can start it.
     match trace::export::install(

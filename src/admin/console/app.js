@@ -198,6 +198,12 @@ async function overviewView() {
             h("tr", {}, h("th", {}, name + (w.over_s < (name.includes("60") ? 3600 : 300) - 60 ? " (since start)" : "")),
               h("td", { class: "num" }, w.accepted), h("td", { class: "num" }, w.delivered), h("td", { class: "num" }, w.dead)))))),
     ];
+    const recover = (o.recover || []).length ? h("table", { "aria-label": "Gap repair" },
+      h("thead", {}, h("tr", {}, ["Webhook", "Kind", "Last run", "Result", "Checkpoint", "Accepted", "Error"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, o.recover.map((r) => h("tr", {},
+        h("td", {}, r.webhook), h("td", {}, r.kind), h("td", {}, r.last_run_at || "not yet"),
+        h("td", {}, r.outcome ? statusText(r.outcome) : "—"), h("td", {}, r.checkpoint || "—"),
+        h("td", { class: "num" }, r.last ? r.last.accepted : "—"), h("td", {}, r.error || "—"))))) : null;
     const services = h("table", { "aria-label": "Egress services" },
       h("thead", {}, h("tr", {}, ["Service", "Route", "Breaker", "Rate limit", "Left now", "Provider pause"].map((t) => h("th", {}, t)))),
       h("tbody", {}, (o.services || []).map((s) => h("tr", {},
@@ -219,6 +225,7 @@ async function overviewView() {
     show(h("h1", {}, "Overview"), h("div", { class: "grid" }, cards.filter(Boolean)),
       h("h2", {}, "Egress services"), (o.services || []).length ? services : h("p", { class: "muted" }, "No egress services."),
       h("h2", {}, "Upstream groups"), upstreamRows.length ? upstreams : h("p", { class: "muted" }, "No upstream groups."),
+      recover && h("h2", {}, "Gap repair"), recover,
       h("p", { class: "muted" }, "Refreshes every 5 s."));
   };
   render(state.overview);

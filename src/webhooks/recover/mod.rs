@@ -319,9 +319,19 @@ pub fn window_start(
     from.max(furthest)
 }
 
+/// The schedule: gap repair as a housekeeping task, sharing its
+/// `GapRepair` with the admin API's runs.
+pub struct Schedule(pub Arc<GapRepair>);
+
 #[async_trait]
-impl BackgroundService for GapRepair {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl BackgroundService for Schedule {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.scheduled_runs(shutdown).await;
+    }
+}
+
+impl GapRepair {
+    async fn scheduled_runs(&self, mut shutdown: ShutdownWatch) {
         while self.lifecycle.readiness().is_err() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -1,0 +1,128 @@
+//! `/admin/webhooks`: each webhook and its gap repair (the last run's time,
+//! outcome, error and findings, and the checkpoint), and
+//! `POST /admin/webhooks/{name}/recover[?since=6h&dry_run=true]`: one run
+//! now (the `recover` CLI speaks this).
+
+use crate::config::units::{format_duration, parse_duration};
+use crate::problem::{ErrorCode, Problem};
+use crate::store::Store;
+use crate::webhooks::recover::state::RecoverState;
+use crate::webhooks::recover::{GapRepair, RecoverError, RunRequest};
+use crate::webhooks::Webhooks;
+
+use super::dead_letters::{rfc3339, Query};
+
+type Answer = Result<(u16, serde_json::Value), Problem>;
+
+pub async fn handle(
+    webhooks: &Webhooks,
+    store: &dyn Store,
+    repair: Option<&GapRepair>,
+    method: &http::Method,
+    rest: &str,
+    query: &Query,
+) -> Answer {
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET" | "HEAD", []) => list(webhooks, store).await,
+        ("POST", [name, "recover"]) => recover_now(repair, name, query).await,
+        (_, [] | [_, "recover"]) => Err(Problem::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed here"),
+        )),
+        _ => Err(Problem::new(
+            ErrorCode::NotFound,
+            format!("no admin endpoint at /admin/webhooks{rest}"),
+        )),
+    }
+}
+
+pub async fn list(webhooks: &Webhooks, store: &dyn Store) -> Answer {
+    let mut items = Vec::new();
+    for webhook in webhooks.iter() {
+        let config = &webhook.config;
+        let recover = match &config.recover {
+            None => serde_json::Value::Null,
+            Some(recover) => {
+                // A store that does not answer shows as such; the rest of
+                // the list still does.
+                let state = match store.recover_state(config.name.as_str()).await {
+                    Ok(Some(bytes)) => Ok(RecoverState::decode(&bytes)),
+                    Ok(None) => Ok(RecoverState::default()),
+                    Err(error) => Err(error.to_string()),
+                };
+                let mut value = serde_json::json!({
+                    "kind": recover.kind,
+                    "service": recover.service,
+                    "every": format_duration(recover.every),
+                });
+                match state {
+                    Ok(state) => {
+                        value["checkpoint"] =
+                            serde_json::json!(state.checkpoint.map(|s| rfc3339(s * 1000)));
+                        value["last_run_at"] = serde_json::json!(state.last_run_ms.map(rfc3339));
+                        value["outcome"] = serde_json::json!(state.outcome);
+                        value["error"] = serde_json::json!(state.error);
+                        value["last"] = serde_json::json!(state.last);
+                    }
+                    Err(error) => value["store_error"] = serde_json::json!(error),
+                }
+                value
+            }
+        };
+        items.push(serde_json::json!({
+            "name": config.name,
+            "path": config.path,
+            "verify": config.verify.kind,
+            "recover": recover,
+        }));
+    }
+    Ok((200, serde_json::json!({ "webhooks": items })))
+}
+
+async fn recover_now(repair: Option<&GapRepair>, name: &str, query: &Query) -> Answer {
+    let Some(repair) = repair else {
+        return Err(Problem::new(
+            ErrorCode::NotFound,
+            "there is no event store, so no gap repair",
+        ));
+    };
+    let since = match query.get("since") {
+        None => None,
+        Some(text) => Some(
+            parse_duration(text)
+                .map_err(|e| Problem::new(ErrorCode::BadRequest, format!("since: {e}")))?,
+        ),
+    };
+    let dry_run = match query.get("dry_run") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Problem::new(
+                ErrorCode::BadRequest,
+                format!("dry_run: {other:?} is not true or false"),
+            ))
+        }
+    };
+    match repair.run(name, RunRequest { since, dry_run }).await {
+        Ok(Some(report)) => Ok((
+            200,
+            serde_json::json!({ "webhook": name, "report": report }),
+        )),
+        Ok(None) => Err(Problem::new(
+            ErrorCode::Conflict,
+            format!("another replica is running {name}'s recovery now; try again shortly"),
+        )),
+        Err(error @ (RecoverError::NoRecover(_) | RecoverError::NoService(_))) => {
+            Err(Problem::new(ErrorCode::NotFound, error.to_string()))
+        }
+        Err(RecoverError::Provider(error)) => Err(Problem::new(
+            ErrorCode::UpstreamFailed,
+            format!("the run stopped; the checkpoint stays: {error}"),
+        )),
+        Err(RecoverError::Store(error)) => Err(Problem::new(
+            ErrorCode::StoreUnavailable,
+            format!("the event store: {error}"),
+        )),
+    }
+}
