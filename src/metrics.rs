@@ -258,7 +258,7 @@ impl Metrics {
         let recover_runs_total = IntCounterVec::new(
             Opts::new(
                 "sidecar_recover_runs_total",
-                "Gap repair runs, by webhook and outcome (ok, failed; leased: another replica holds the run).",
+                "Gap repair runs, by webhook and outcome (ok, failed; leased: another replica, or another run in this one, holds it).",
             ),
             &["webhook", "outcome"],
         )

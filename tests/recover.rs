@@ -272,3 +272,32 @@ async fn two_replicas_on_one_redis_recover_each_event_once() {
         "each event accepted by one replica"
     );
 }
+
+/// The schedule's run and an operator's never run at once in one sidecar:
+/// while one lists (a slow API), the other is refused with 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_run_at_a_time_per_webhook_in_a_sidecar() {
+    let stripe = FakeStripe::start(KEY).await;
+    let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    undelivered(&stripe, "slow", 3);
+    stripe.slow(Duration::from_millis(1500));
+    let sidecar = Sidecar::start(&config(&stripe, &target, None));
+    // The run at start is listing now.
+    wait_for("the run at start", Duration::from_secs(10), || {
+        stripe.list_calls() >= 1
+    })
+    .await;
+    let json = [("content-type", "application/json")];
+    let url = sidecar.admin_url("/admin/webhooks/stripe/recover");
+    let busy = send("POST", &url, &json, bytes::Bytes::new()).await;
+    assert_eq!(busy.status, 409, "{}", busy.text());
+    assert_eq!(busy.headers["x-sidecar-error"], "conflict");
+    wait_for("the run at start to end", Duration::from_secs(10), || {
+        delivered(&target).0.len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = send("POST", &url, &json, bytes::Bytes::new()).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.json()["report"]["duplicate"], 3);
+}

@@ -43,6 +43,18 @@ impl Query {
             .collect()
     }
 
+    /// A `true`/`false` parameter; false when not given.
+    pub fn flag(&self, name: &str) -> Result<bool, Problem> {
+        match self.get(name) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(Problem::new(
+                ErrorCode::BadRequest,
+                format!("{name} must be true or false, not {other:?}"),
+            )),
+        }
+    }
+
     /// The page size asked for: 1 to 500, 50 when not given.
     pub fn limit(&self) -> Result<usize, Problem> {
         match self.get("limit") {

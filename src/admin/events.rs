@@ -101,16 +101,7 @@ async fn redeliver_matching(store: &dyn Store, query: &Query, now_ms: u64) -> An
             }
         },
     };
-    let dry_run = match query.get("dry_run") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(Problem::new(
-                ErrorCode::BadRequest,
-                format!("dry_run must be true or false, not {other:?}"),
-            ))
-        }
-    };
+    let dry_run = query.flag("dry_run")?;
     match store
         .redeliver_matching(&filter, max, dry_run, now_ms)
         .await

@@ -94,16 +94,7 @@ async fn recover_now(repair: Option<&GapRepair>, name: &str, query: &Query) -> A
                 .map_err(|e| Problem::new(ErrorCode::BadRequest, format!("since: {e}")))?,
         ),
     };
-    let dry_run = match query.get("dry_run") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(Problem::new(
-                ErrorCode::BadRequest,
-                format!("dry_run: {other:?} is not true or false"),
-            ))
-        }
-    };
+    let dry_run = query.flag("dry_run")?;
     match repair.run(name, RunRequest { since, dry_run }).await {
         Ok(Some(report)) => Ok((
             200,

@@ -38,6 +38,8 @@ struct State {
     failures: VecDeque<u16>,
     /// (list call number, from 1; status): that call fails.
     failing_calls: Vec<(usize, u16)>,
+    /// How long each list answer takes.
+    delay: std::time::Duration,
     list_calls: usize,
 }
 
@@ -49,6 +51,7 @@ impl FakeStripe {
             events: Vec::new(),
             failures: VecDeque::new(),
             failing_calls: Vec::new(),
+            delay: std::time::Duration::ZERO,
             list_calls: 0,
         }));
         let handler_state = Arc::clone(&state);
@@ -108,6 +111,11 @@ impl FakeStripe {
     /// `status`: a run that fails mid-way.
     pub fn fail_list_call(&self, n: usize, status: u16) {
         self.state.lock().unwrap().failing_calls.push((n, status));
+    }
+
+    /// Every list answer from now on takes `delay` (a slow API).
+    pub fn slow(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn list_calls(&self) -> usize {
@@ -190,7 +198,7 @@ fn answer(state: &mut State, seen: &Seen) -> MockAnswer {
                     _ => error(status, "api_error", None, "An unknown error occurred", None),
                 };
             }
-            list(state, &params)
+            list(state, &params).delayed(state.delay)
         }
         Some(rest) if rest.starts_with('/') => {
             let id = &rest[1..];

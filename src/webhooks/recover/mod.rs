@@ -74,6 +74,22 @@ pub struct GapRepair {
     /// This process, as a lease holder.
     holder: String,
     client: SmallClient,
+    /// The webhooks whose recovery runs in this process now: the lease
+    /// keeps replicas apart, this the schedule and an operator's run.
+    running: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Marks a webhook's recovery as running in this process until dropped.
+struct Running<'a>(&'a GapRepair, String);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 impl GapRepair {
@@ -101,6 +117,7 @@ impl GapRepair {
                 uuid::Uuid::new_v4().simple()
             ),
             client: SmallClient::default(),
+            running: Default::default(),
         }
     }
 
@@ -135,6 +152,16 @@ impl GapRepair {
                 .with_label_values(&[webhook, outcome.as_str()])
                 .inc();
         };
+        let newly = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(webhook.to_string());
+        if !newly {
+            count_run(RecoverRunOutcome::Leased);
+            return Ok(None);
+        }
+        let _running = Running(self, webhook.to_string());
         if !self
             .store
             .lease_recover(webhook, &self.holder, LEASE)
