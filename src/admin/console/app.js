@@ -185,7 +185,7 @@ async function overviewView() {
       store && h("section", { class: "card" }, h("h2", {}, "Store"), dl([
         ["Kind", store.kind], ["Used", bytes(store.used_bytes) + (store.capacity_bytes ? " of " + bytes(store.capacity_bytes) : "")],
         ["Accepting", store.paused_for_space ? statusText("paused for space") : statusText(store.answering ? "yes" : "error")],
-        store.settings && store.settings.replicas !== undefined && ["Replicas", store.settings.replicas],
+        store.settings && store.settings["connected replicas"] !== undefined && ["Replicas", store.settings["connected replicas"]],
         store.last_error && ["Last error", store.last_error],
       ])),
       queue && h("section", { class: "card" }, h("h2", {}, "Queue"), queue.error ? notice(queue.error, true) : dl([
