@@ -573,9 +573,11 @@ async fn a_wedding_day_event_overtakes_a_backlog_of_low_priority_ones() {
         .map(|s| s.headers["x-event-id"].clone())
         .collect();
     let position = order.iter().position(|id| id == "evt_wedding").unwrap();
-    // At most the low one in flight and one leased just before the accept.
+    // At most the low one in flight, one leased just before the accept,
+    // and one whose lane's turn the 6:3:1 round robin gave the next lease
+    // (one in ten: low is never starved, even by wedding days).
     assert!(
-        position <= lows_seen + 1,
+        position <= lows_seen + 2,
         "delivered {position}th of {order:?}, {lows_seen} low ones before it was accepted"
     );
     let seen = target
