@@ -646,9 +646,11 @@ async fn a_high_priority_event_overtakes_a_backlog_of_low_ones() {
     let order: Vec<String> = target.requests().iter().map(event_id).collect();
     let position = order.iter().position(|id| id == "evt_high").unwrap();
     let lows_before = order[..position].len();
-    // At most the low one in flight and one leased just before the accept.
+    // At most the low one in flight, one leased just before the accept,
+    // and one whose lane's turn the 6:3:1 round robin gave the next lease
+    // (one in ten: low is never starved).
     assert!(
-        lows_before <= lows_seen + 1,
+        lows_before <= lows_seen + 2,
         "the high event came after {lows_before} of the 40 low ones, {lows_seen} of them \
          delivered before it was accepted: {order:?}"
     );
