@@ -31,7 +31,10 @@ pub struct Totals {
 impl Totals {
     pub fn read(metrics: &Metrics) -> Self {
         Self {
-            accepted: sum_where(&metrics.webhooks_received_total, "outcome", "accepted"),
+            // Stored events, however they came: received, or fetched back
+            // by gap repair.
+            accepted: sum_where(&metrics.webhooks_received_total, "outcome", "accepted")
+                + sum_where(&metrics.recovered_events_total, "outcome", "accepted"),
             delivered: sum_where(&metrics.deliveries_total, "outcome", "delivered"),
             dead: sum_where(&metrics.dead_lettered_total, "", ""),
         }
@@ -206,5 +209,17 @@ mod tests {
             .with_label_values(&["stripe", "rejected"])
             .inc();
         assert_eq!(Totals::read(&metrics), totals(5, 4, 1));
+        let recovered = &metrics.recovered_events_total;
+        recovered
+            .with_label_values(&["stripe", "accepted"])
+            .inc_by(2);
+        recovered
+            .with_label_values(&["stripe", "duplicate"])
+            .inc_by(9);
+        assert_eq!(
+            Totals::read(&metrics),
+            totals(7, 4, 1),
+            "recovered events count"
+        );
     }
 }
