@@ -140,7 +140,11 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  for (const s of [main, guarded, readOnly]) s?.child.kill("SIGKILL");
+  for (const s of [main, guarded, readOnly]) {
+    s?.child.kill("SIGKILL");
+    if (s) fs.rmSync(s.dir, { recursive: true, force: true, maxRetries: 5 });
+  }
+  if (!process.env.SCREENSHOT_DIR) fs.rmSync(SHOTS, { recursive: true, force: true });
   ok?.server.close();
   no?.server.close();
   assert.deepEqual(problems, [], "the browser's console showed errors or CSP violations");
