@@ -131,12 +131,7 @@ impl AdminApp {
                     };
                     response(200, asset.content_type, body)
                 }
-                _ => Problem::new(
-                    ErrorCode::MethodNotAllowed,
-                    format!("{path} answers GET only"),
-                )
-                .with_header("allow", "GET, HEAD")
-                .into_http_response(),
+                _ => get_only(path),
             };
         }
         if !guard::is_public(path) {
@@ -154,12 +149,7 @@ impl AdminApp {
         if path == "/admin/overview" {
             return match *method {
                 http::Method::GET | http::Method::HEAD => self.overview(&config).await,
-                _ => Problem::new(
-                    ErrorCode::MethodNotAllowed,
-                    format!("{path} answers GET only"),
-                )
-                .with_header("allow", "GET, HEAD")
-                .into_http_response(),
+                _ => get_only(path),
             };
         }
         let api = [
@@ -217,12 +207,7 @@ impl AdminApp {
     /// What the GET-only endpoints answer; the token was checked.
     fn route_get(&self, method: &http::Method, path: &str) -> http::Response<Vec<u8>> {
         if method != http::Method::GET && method != http::Method::HEAD {
-            return Problem::new(
-                ErrorCode::MethodNotAllowed,
-                format!("{path} answers GET only"),
-            )
-            .with_header("allow", "GET, HEAD")
-            .into_http_response();
+            return get_only(path);
         }
         match path {
             "/metrics" => response(200, "text/plain; version=0.0.4", self.metrics.render()),
@@ -322,6 +307,16 @@ impl ServeHttp for AdminApp {
         };
         self.route(&request).await
     }
+}
+
+/// `405` for a path that answers GET (and HEAD) only.
+fn get_only(path: &str) -> http::Response<Vec<u8>> {
+    Problem::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{path} answers GET only"),
+    )
+    .with_header("allow", "GET, HEAD")
+    .into_http_response()
 }
 
 fn check_token(expected: Option<&Secret>, authorization: Option<&[u8]>) -> Result<(), Problem> {

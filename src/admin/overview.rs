@@ -49,23 +49,16 @@ impl AdminApp {
             }
         };
         // Each webhook's gap repair, as `/admin/webhooks` shows it.
-        let recover: Vec<serde_json::Value> = match &self.store {
-            None => Vec::new(),
-            Some(store) => match super::webhooks::list(&snapshot.webhooks, &**store).await {
-                Ok((_, listed)) => listed["webhooks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|w| !w["recover"].is_null())
-                    .map(|w| {
-                        let mut value = w["recover"].clone();
-                        value["webhook"] = w["name"].clone();
-                        value
-                    })
-                    .collect(),
-                Err(_) => Vec::new(),
-            },
-        };
+        let mut recover = Vec::new();
+        if let Some(store) = &self.store {
+            for webhook in snapshot.webhooks.iter() {
+                let mut status = super::webhooks::recover_status(&webhook.config, &**store).await;
+                if !status.is_null() {
+                    status["webhook"] = serde_json::json!(webhook.config.name);
+                    recover.push(status);
+                }
+            }
+        }
         let window = |minutes: u64| {
             self.recent
                 .window(now_ms, Duration::from_secs(minutes * 60))

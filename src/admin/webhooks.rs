@@ -4,6 +4,7 @@
 //! now (the `recover` CLI speaks this).
 
 use crate::config::units::{format_duration, parse_duration};
+use crate::config::webhooks::Webhook;
 use crate::problem::{ErrorCode, Problem};
 use crate::store::Store;
 use crate::webhooks::recover::state::RecoverState;
@@ -37,47 +38,46 @@ pub async fn handle(
     }
 }
 
-pub async fn list(webhooks: &Webhooks, store: &dyn Store) -> Answer {
+async fn list(webhooks: &Webhooks, store: &dyn Store) -> Answer {
     let mut items = Vec::new();
     for webhook in webhooks.iter() {
         let config = &webhook.config;
-        let recover = match &config.recover {
-            None => serde_json::Value::Null,
-            Some(recover) => {
-                // A store that does not answer shows as such; the rest of
-                // the list still does.
-                let state = match store.recover_state(config.name.as_str()).await {
-                    Ok(Some(bytes)) => Ok(RecoverState::decode(&bytes)),
-                    Ok(None) => Ok(RecoverState::default()),
-                    Err(error) => Err(error.to_string()),
-                };
-                let mut value = serde_json::json!({
-                    "kind": recover.kind,
-                    "service": recover.service,
-                    "every": format_duration(recover.every),
-                });
-                match state {
-                    Ok(state) => {
-                        value["checkpoint"] =
-                            serde_json::json!(state.checkpoint.map(|s| rfc3339(s * 1000)));
-                        value["last_run_at"] = serde_json::json!(state.last_run_ms.map(rfc3339));
-                        value["outcome"] = serde_json::json!(state.outcome);
-                        value["error"] = serde_json::json!(state.error);
-                        value["last"] = serde_json::json!(state.last);
-                    }
-                    Err(error) => value["store_error"] = serde_json::json!(error),
-                }
-                value
-            }
-        };
         items.push(serde_json::json!({
             "name": config.name,
             "path": config.path,
             "verify": config.verify.kind,
-            "recover": recover,
+            "recover": recover_status(config, store).await,
         }));
     }
     Ok((200, serde_json::json!({ "webhooks": items })))
+}
+
+/// A webhook's gap repair as an operator sees it (null without
+/// `recover`): its settings, checkpoint and last run. A store that does not
+/// answer shows as such; the rest of the page still does.
+pub async fn recover_status(config: &Webhook, store: &dyn Store) -> serde_json::Value {
+    let Some(recover) = &config.recover else {
+        return serde_json::Value::Null;
+    };
+    let mut value = serde_json::json!({
+        "kind": recover.kind,
+        "service": recover.service,
+        "every": format_duration(recover.every),
+    });
+    match store.recover_state(config.name.as_str()).await {
+        Ok(bytes) => {
+            let state = bytes
+                .map(|bytes| RecoverState::decode(&bytes))
+                .unwrap_or_default();
+            value["checkpoint"] = serde_json::json!(state.checkpoint.map(|s| rfc3339(s * 1000)));
+            value["last_run_at"] = serde_json::json!(state.last_run_ms.map(rfc3339));
+            value["outcome"] = serde_json::json!(state.outcome);
+            value["error"] = serde_json::json!(state.error);
+            value["last"] = serde_json::json!(state.last);
+        }
+        Err(error) => value["store_error"] = serde_json::json!(error.to_string()),
+    }
+    value
 }
 
 async fn recover_now(repair: Option<&GapRepair>, name: &str, query: &Query) -> Answer {

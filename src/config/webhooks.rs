@@ -176,6 +176,13 @@ pub struct Route {
     pub targets: Vec<String>,
 }
 
+impl Route {
+    /// Whether events of `event_type` go to this route's targets.
+    pub fn takes(&self, event_type: &str) -> bool {
+        self.events.iter().any(|glob| glob.matches(event_type))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WebhookDelivery {
     #[serde(serialize_with = "ser::display")]

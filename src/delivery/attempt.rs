@@ -125,7 +125,7 @@ impl Deliverer {
 
 /// An attempt that could not reach a backend because the job's event is
 /// gone or unreadable: recorded as such in its dead letter.
-fn no_attempt(error: String) -> Attempt {
+pub(super) fn no_attempt(error: String) -> Attempt {
     Attempt {
         at_ms: now_ms(),
         duration_ms: 0,

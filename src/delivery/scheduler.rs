@@ -12,7 +12,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::attempt::{now_ms, Deliverer, Settlement};
+use super::attempt::{no_attempt, now_ms, Deliverer, Settlement};
 use super::gauges;
 use super::lanes::{Lanes, TargetSlot, TargetSlots};
 use super::outcome::Decision;
@@ -20,7 +20,7 @@ use super::settings::Plan;
 use crate::event::Priority;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::DeadLetterReason;
-use crate::store::{Attempt, Job, LeaseRequest, NextDue, StoreError};
+use crate::store::{Job, LeaseRequest, NextDue, StoreError};
 
 /// How often the queue is looked at when nothing woke the service.
 const POLL: Duration = Duration::from_millis(100);
@@ -208,14 +208,8 @@ impl DeliveryService {
                         job = job.id, webhook = %job.webhook, target = %job.target, error = %failure,
                         "a delivery attempt failed inside the sidecar; the job becomes a dead letter"
                     );
-                    let attempt = Attempt {
-                        at_ms: now_ms(),
-                        duration_ms: 0,
-                        backend: None,
-                        status: None,
-                        error: Some("the sidecar failed while delivering (internal error)".into()),
-                        response: None,
-                    };
+                    let attempt =
+                        no_attempt("the sidecar failed while delivering (internal error)".into());
                     Settlement {
                         attempt: Some(attempt),
                         decision: Decision::DeadLetter(DeadLetterReason::InternalError),

@@ -163,29 +163,13 @@ impl IngressWebhook {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let id = meta.id.clone();
-        let unrouted = meta.targets.is_empty();
-        let outcome = store
-            .accept(OwnedEvent {
-                webhook: self.config.name.clone(),
-                meta,
-                content_type,
-                headers: super::kept_headers::kept(headers),
-                body,
-                now_ms: now.as_millis() as u64,
-                dedup_window: self.config.dedup_window,
-            })
-            .await;
+        let kept = super::kept_headers::kept(headers);
+        let event = self.event(meta, content_type, kept, body, now);
+        let outcome = self.store_event(store, event, wedding_day, accepted).await;
         match outcome {
             Ok(Acceptance::Accepted(_)) => {
-                accepted.notify_one();
                 self.accepted.inc();
-                if wedding_day {
-                    self.wedding_day_events.inc();
-                }
                 span(202, &id);
-                if unrouted {
-                    self.unrouted.inc();
-                }
                 self.answer(http::StatusCode::ACCEPTED, "accepted", &id)
             }
             Ok(Acceptance::Duplicate) => {
@@ -245,19 +229,43 @@ impl IngressWebhook {
             );
         }
         let wedding_day = self.mark_wedding_day(&mut meta, wedding_date.as_deref(), now);
-        let unrouted = meta.targets.is_empty();
-        let outcome = store
-            .accept(OwnedEvent {
-                webhook: self.config.name.clone(),
-                meta,
-                content_type: Some("application/json".into()),
-                headers: Vec::new(),
-                body,
-                now_ms: now.as_millis() as u64,
-                dedup_window: self.config.dedup_window,
-            })
-            .await?;
         // Counted by gap repair's own metrics, not as webhook requests.
+        let json = Some("application/json".to_string());
+        let event = self.event(meta, json, Vec::new(), body, now);
+        self.store_event(store, event, wedding_day, accepted).await
+    }
+
+    /// This webhook's event as the store takes it.
+    fn event(
+        &self,
+        meta: EventMeta,
+        content_type: Option<String>,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+        now: Duration,
+    ) -> OwnedEvent {
+        OwnedEvent {
+            webhook: self.config.name.clone(),
+            meta,
+            content_type,
+            headers,
+            body,
+            now_ms: now.as_millis() as u64,
+            dedup_window: self.config.dedup_window,
+        }
+    }
+
+    /// Stores this webhook's event; an accepted one wakes delivery and
+    /// counts as a wedding-day or an unrouted event where it is one.
+    async fn store_event(
+        &self,
+        store: &dyn Store,
+        event: OwnedEvent,
+        wedding_day: bool,
+        accepted: &tokio::sync::Notify,
+    ) -> Result<Acceptance, StoreError> {
+        let unrouted = event.meta.targets.is_empty();
+        let outcome = store.accept(event).await?;
         if let Acceptance::Accepted(_) = outcome {
             accepted.notify_one();
             if wedding_day {

@@ -124,7 +124,7 @@ pub fn extract_all(
     };
     let mut targets: Vec<UpstreamName> = Vec::new();
     for route in &webhook.routes {
-        if route.events.iter().any(|g| g.matches(&event_type)) {
+        if route.takes(&event_type) {
             for target in &route.targets {
                 if !targets.iter().any(|t| t == target) {
                     targets.push(target.as_str().into());

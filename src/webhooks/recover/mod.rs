@@ -209,25 +209,16 @@ impl GapRepair {
             }
         };
         let finished_ms = unix_time().as_millis() as u64;
-        let after = match &fetched {
-            Ok(()) => RecoverState {
-                checkpoint: if request.dry_run {
-                    before.checkpoint
-                } else {
-                    Some(started_s)
-                },
-                last_run_ms: Some(finished_ms),
-                outcome: Some("ok".into()),
-                error: None,
-                last: Some(report.clone()),
+        let after = RecoverState {
+            // Moved only by a run that got through, and never by a dry run.
+            checkpoint: match fetched {
+                Ok(()) if !request.dry_run => Some(started_s),
+                _ => before.checkpoint,
             },
-            Err(error) => RecoverState {
-                checkpoint: before.checkpoint,
-                last_run_ms: Some(finished_ms),
-                outcome: Some("failed".into()),
-                error: Some(error.clone()),
-                last: Some(report.clone()),
-            },
+            last_run_ms: Some(finished_ms),
+            outcome: Some(if fetched.is_ok() { "ok" } else { "failed" }.into()),
+            error: fetched.as_ref().err().cloned(),
+            last: Some(report.clone()),
         };
         if !request.dry_run {
             self.store
@@ -281,12 +272,11 @@ impl GapRepair {
             .api_version
             .as_deref()
             .is_some_and(|version| event.api_version.as_deref() != Some(version));
-        let routed = ingress.config.routes.iter().any(|route| {
-            route
-                .events
-                .iter()
-                .any(|glob| glob.matches(&event.event_type))
-        });
+        let routed = ingress
+            .config
+            .routes
+            .iter()
+            .any(|route| route.takes(&event.event_type));
         if other_version || !routed {
             report.skipped += 1;
             count(RecoveredOutcome::Skipped);
