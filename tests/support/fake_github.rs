@@ -85,7 +85,7 @@ impl FakeGitHub {
     /// (a target that does not answer is recorded as status 0). Returns
     /// the guid.
     pub async fn send_event(&self, event: &str, payload: &str) -> String {
-        let guid = format!("{:08x}-0000-4000-8000-{:012x}", rand_u32(), rand_u32());
+        let guid = uuid::Uuid::new_v4().to_string();
         deliver(&self.state, &guid, event, payload, false).await;
         guid
     }
@@ -93,7 +93,7 @@ impl FakeGitHub {
     /// An event the hook failed to deliver (the sidecar was down): only
     /// its failed delivery is recorded.
     pub fn failed_event(&self, event: &str, payload: &str, status_code: u16) -> String {
-        let guid = format!("{:08x}-0000-4000-8000-{:012x}", rand_u32(), rand_u32());
+        let guid = uuid::Uuid::new_v4().to_string();
         record(&self.state, &guid, event, payload, status_code, false);
         guid
     }
@@ -111,18 +111,6 @@ impl FakeGitHub {
     pub fn fail_next(&self, statuses: &[u16]) {
         self.state.lock().unwrap().failures.extend(statuses);
     }
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    );
-    hasher.finish() as u32
 }
 
 fn now_secs() -> u64 {
@@ -220,25 +208,9 @@ fn item(d: &Delivery) -> Value {
 }
 
 fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    jiff::Timestamp::from_second(secs as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 fn answer(shared: &Arc<Mutex<State>>, seen: &Seen) -> MockAnswer {

@@ -75,11 +75,11 @@ impl<'a> Source<'a> {
         );
         for name in self.types.iter().flatten() {
             path.push_str("&types%5B%5D=");
-            path.push_str(&encode(name));
+            path.extend(form_urlencoded::byte_serialize(name.as_bytes()));
         }
         if let Some(after) = after {
             path.push_str("&starting_after=");
-            path.push_str(&encode(after));
+            path.extend(form_urlencoded::byte_serialize(after.as_bytes()));
         }
         path
     }
@@ -191,18 +191,6 @@ pub fn parse_page(body: &[u8]) -> Result<(Vec<ListedEvent>, bool), String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok((events, more))
-}
-
-/// Percent-encodes a query value.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
