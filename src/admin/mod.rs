@@ -380,6 +380,7 @@ fn services_summary(egress: &EgressRoutes) -> serde_json::Value {
                 Some(Auth::ApiKey { .. }) => "api_key",
                 Some(Auth::Basic { .. }) => "basic",
                 Some(Auth::OAuth2(_)) => "oauth2",
+                Some(Auth::GithubApp { .. }) => "github_app",
             };
             serde_json::json!({
                 "name": s.name,

@@ -125,6 +125,10 @@ pub enum ValueError {
     MaxMemoryRatio(String),
     #[error("{0}")]
     Secret(#[from] SecretError),
+    #[error("invalid hook \"{0}\": expected repos/OWNER/REPO/hooks/ID, orgs/ORG/hooks/ID or app")]
+    GithubHook(String),
+    #[error("{0}")]
+    PrivateKey(String),
 }
 
 /// A webhook secret that cannot stand for key bytes.

@@ -10,6 +10,7 @@ pub mod interpolate;
 mod locate;
 pub mod path;
 pub mod pattern;
+pub mod private_key;
 pub mod secret;
 mod ser;
 pub mod services;

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::decode::{Decoder, Fields, Node};
 use super::error::ValueError;
+use super::private_key::{RsaPrivateKey, MAX_PEM};
 use super::secret::Secret;
 use super::ser;
 
@@ -153,6 +154,13 @@ pub enum Auth {
     },
     #[serde(rename = "oauth2")]
     OAuth2(OAuth2),
+    /// A GitHub App: an RS256 JWT minted for each call from the app's
+    /// private key (`Authorization: Bearer <jwt>`, valid 10 minutes).
+    GithubApp {
+        app_id: String,
+        /// Read from its file when the config is (never shown).
+        private_key: RsaPrivateKey,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -402,6 +410,7 @@ fn decode_auth(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> Op
         ("api_key", "api_key"),
         ("basic", "basic"),
         ("oauth2", "oauth2"),
+        ("github_app", "github_app"),
     ];
     if !node.value.is_mapping() {
         d.error(
@@ -416,7 +425,7 @@ fn decode_auth(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> Op
         None => {
             d.error(
                 &node.path.key("kind"),
-                "is required (bearer, api_key, basic or oauth2)",
+                "is required (bearer, api_key, basic, oauth2 or github_app)",
             );
             return None;
         }
@@ -468,8 +477,44 @@ fn decode_auth(d: &mut Decoder, node: &Node, service_ca: Option<&PathBuf>) -> Op
                 password: password?,
             })
         }
+        "github_app" => {
+            let f = d.fields(node, &["kind", "app_id", "private_key"])?;
+            let app_id = d
+                .required(&f, "app_id")
+                .and_then(|n| d.non_empty_string(&n));
+            let private_key = d
+                .required(&f, "private_key")
+                .and_then(|n| d.parsed(&n, read_private_key));
+            Some(Auth::GithubApp {
+                app_id: app_id?,
+                private_key: private_key?,
+            })
+        }
         _ => decode_oauth2(d, node, service_ca).map(Auth::OAuth2),
     }
+}
+
+/// `github_app.private_key`: the path of the PEM file GitHub issued (a
+/// Kubernetes Secret mount), or the PEM itself (`${file:...}`,
+/// `${env:...}`). Read and parsed here, so that `check` refuses a key the
+/// egress could not sign with; a reload reads the file again.
+fn read_private_key(value: &str) -> Result<RsaPrivateKey, ValueError> {
+    let failed = |e: String| ValueError::PrivateKey(e);
+    let pem = if value.trim_start().starts_with("-----BEGIN") {
+        value.to_string()
+    } else {
+        let size = std::fs::metadata(value)
+            .map_err(|e| failed(format!("cannot read {value}: {e}")))?
+            .len();
+        if size > MAX_PEM {
+            return Err(failed(format!(
+                "{value} is larger than a private key ({} KiB at most)",
+                MAX_PEM / 1024
+            )));
+        }
+        std::fs::read_to_string(value).map_err(|e| failed(format!("cannot read {value}: {e}")))?
+    };
+    RsaPrivateKey::from_pem(&pem).map_err(|e| failed(e.to_string()))
 }
 
 /// Reads one key of a mapping without checking the key set (used to pick the variant first).

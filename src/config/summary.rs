@@ -24,6 +24,7 @@ pub fn summary(config: &Config) -> String {
             }) => format!("api key in query parameter {q}"),
             Some(Auth::Basic { .. }) => "basic auth".to_string(),
             Some(Auth::OAuth2(o)) => format!("oauth2 client credentials from {}", o.token_url),
+            Some(Auth::GithubApp { app_id, .. }) => format!("GitHub App {app_id} (JWT)"),
         };
         out.push(format!(
             "  {:<22} {} -> {} ({auth}; connect timeout {}, timeout {})",

@@ -658,3 +658,146 @@ fn the_event_log_is_on_by_default_and_bounded_as_configured() {
         "{wrong:?}"
     );
 }
+
+/// A key made for the tests only.
+const APP_KEY: &str = include_str!("../../tests/fixtures/github_app_test_key.pem");
+
+fn gap_repair_yaml(recover: &str, auth: &str) -> String {
+    format!(
+        r#"
+upstreams:
+  notify: {{ backends: [127.0.0.1:9000] }}
+services:
+  github-api:
+    route: /github
+    upstream: https://api.github.com
+    auth: {auth}
+  stripe-api:
+    route: /stripe
+    upstream: https://api.stripe.com
+    auth: {{ kind: bearer, token: sk_test_0123456789 }}
+webhooks:
+  github:
+    path: /webhooks/github
+    verify: {{ kind: github, secrets: [gh-secret-0123456789] }}
+    routes: [{{ events: ["*"], targets: [notify] }}]
+    recover: {recover}
+"#
+    )
+}
+
+#[test]
+fn github_gap_repair_and_the_app_key_are_read_from_a_path_or_a_file_reference() {
+    let mut lookup = lookup();
+    lookup
+        .files
+        .insert("/secrets/app.pem".into(), APP_KEY.into());
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/github_app_test_key.pem"
+    );
+    for key in [path, "\"${file:/secrets/app.pem}\""] {
+        let yaml = gap_repair_yaml(
+            "{ kind: github_deliveries, service: github-api, hook: repos/wedsync/app/hooks/7, lookback: 30d }",
+            &format!("{{ kind: github_app, app_id: 123456, private_key: {key} }}"),
+        );
+        let config = Config::from_yaml(&yaml, "test.yaml", &lookup).unwrap();
+        let recover = config.webhooks[0].recover.clone().unwrap();
+        assert_eq!(recover.hook.as_deref(), Some("/repos/wedsync/app/hooks/7"));
+        assert_eq!(
+            recover.lookback,
+            Duration::from_secs(3 * 86_400),
+            "GitHub keeps three days"
+        );
+        let Some(services::Auth::GithubApp { app_id, .. }) =
+            &config.service("github-api").unwrap().auth
+        else {
+            panic!("github_app");
+        };
+        assert_eq!(app_id, "123456");
+        let shown = serde_json::to_string(&config.service("github-api").unwrap().auth).unwrap();
+        assert!(!shown.contains("BEGIN"), "{shown}");
+    }
+    for (hook, api) in [
+        ("app", "/app/hook"),
+        ("orgs/wedsync/hooks/12", "/orgs/wedsync/hooks/12"),
+    ] {
+        let yaml = gap_repair_yaml(
+            &format!("{{ kind: github_deliveries, service: github-api, hook: {hook} }}"),
+            "{ kind: bearer, token: ghp_0123456789 }",
+        );
+        assert_eq!(
+            load(&yaml).unwrap().webhooks[0]
+                .recover
+                .as_ref()
+                .unwrap()
+                .hook
+                .as_deref(),
+            Some(api)
+        );
+    }
+}
+
+#[test]
+fn github_gap_repair_mistakes_are_named() {
+    let bearer = "{ kind: bearer, token: ghp_0123456789 }";
+    let errs = errors(&gap_repair_yaml(
+        "{ kind: github_deliveries, service: github-api }",
+        bearer,
+    ));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("webhooks.github.recover.hook: is required with github_deliveries"),
+        "{errs:#?}"
+    );
+    let errs = errors(&gap_repair_yaml(
+        "{ kind: github_deliveries, service: github-api, hook: repos/wedsync/hooks/x, api_version: \"2024-06-20\" }",
+        bearer,
+    ));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("webhooks.github.recover.hook: invalid hook \"repos/wedsync/hooks/x\""),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with(
+            "webhooks.github.recover.api_version: only stripe_events has an api_version"
+        ),
+        "{errs:#?}"
+    );
+    let errs = errors(&gap_repair_yaml(
+        "{ kind: stripe_events, service: stripe-api, hook: app }",
+        bearer,
+    ));
+    assert!(
+        errs[0].starts_with("webhooks.github.recover.kind: stripe_events recovers a webhook verified with kind: stripe"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("webhooks.github.recover.hook: only github_deliveries has a hook"),
+        "{errs:#?}"
+    );
+    let errs = errors(&gap_repair_yaml(
+        "{ kind: github_deliveries, service: github-api, hook: app }",
+        "{ kind: github_app, app_id: 1, private_key: /nonexistent/app.pem }",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0]
+            .starts_with("services.github-api.auth.private_key: cannot read /nonexistent/app.pem"),
+        "{errs:#?}"
+    );
+    let errs = errors(&gap_repair_yaml(
+        "{ kind: github_deliveries, service: github-api, hook: app }",
+        "{ kind: github_app, app_id: 1, private_key: \"-----BEGIN RSA PRIVATE KEY-----\\nMIIBAA==\\n-----END RSA PRIVATE KEY-----\\n\" }",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("not a usable RSA private key"),
+        "{errs:#?}"
+    );
+    assert!(
+        !errs[0].contains("MIIBAA"),
+        "the key is never echoed: {errs:#?}"
+    );
+}

@@ -61,6 +61,9 @@ pub struct Recover {
     /// Stripe: events rendered at another API version are skipped (and
     /// counted) instead of accepted.
     pub api_version: Option<String>,
+    /// GitHub: the hook's API path (`/repos/OWNER/REPO/hooks/ID`,
+    /// `/orgs/ORG/hooks/ID` or `/app/hook`), from `hook`.
+    pub hook: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,6 +71,8 @@ pub struct Recover {
 pub enum RecoverKind {
     /// Stripe's `GET /v1/events?delivery_success=false`.
     StripeEvents,
+    /// GitHub's hook deliveries: failed ones are redelivered by GitHub.
+    GithubDeliveries,
 }
 
 impl RecoverKind {
@@ -75,6 +80,22 @@ impl RecoverKind {
     pub fn retention(self) -> Duration {
         match self {
             Self::StripeEvents => Duration::from_secs(30 * 86_400),
+            Self::GithubDeliveries => Duration::from_secs(3 * 86_400),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StripeEvents => "stripe_events",
+            Self::GithubDeliveries => "github_deliveries",
+        }
+    }
+
+    /// The webhook verification this API's events arrive with.
+    pub fn verified_by(self) -> VerifyKind {
+        match self {
+            Self::StripeEvents => VerifyKind::Stripe,
+            Self::GithubDeliveries => VerifyKind::Github,
         }
     }
 }
@@ -92,6 +113,21 @@ pub enum VerifyKind {
     /// `events.<name>`: published by the pod's own app on the egress
     /// listener, which only the pod reaches; nothing to verify.
     App,
+}
+
+impl VerifyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stripe => "stripe",
+            Self::Standard => "standard",
+            Self::Github => "github",
+            Self::Shopify => "shopify",
+            Self::Slack => "slack",
+            Self::Twilio => "twilio",
+            Self::Hmac => "hmac",
+            Self::App => "app",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -365,16 +401,47 @@ fn decode_recover(d: &mut Decoder, node: &Node, verify: Option<VerifyKind>) -> O
             "overlap",
             "lookback",
             "api_version",
+            "hook",
         ],
     )?;
-    let kind = d
-        .required(&f, "kind")
-        .and_then(|n| d.choice(&n, &[("stripe_events", RecoverKind::StripeEvents)]));
-    if kind == Some(RecoverKind::StripeEvents) && verify.is_some_and(|v| v != VerifyKind::Stripe) {
-        d.error(
-            &f.path.key("kind"),
-            "stripe_events recovers a webhook verified with kind: stripe",
-        );
+    let kind = d.required(&f, "kind").and_then(|n| {
+        d.choice(
+            &n,
+            &[
+                ("stripe_events", RecoverKind::StripeEvents),
+                ("github_deliveries", RecoverKind::GithubDeliveries),
+            ],
+        )
+    });
+    if let (Some(kind), Some(verify)) = (kind, verify) {
+        if verify != kind.verified_by() {
+            d.error(
+                &f.path.key("kind"),
+                format!(
+                    "{} recovers a webhook verified with kind: {}",
+                    kind.as_str(),
+                    kind.verified_by().as_str()
+                ),
+            );
+        }
+    }
+    let hook = match (kind, f.get("hook")) {
+        (Some(RecoverKind::GithubDeliveries), Some(n)) => d.parsed(&n, github_hook).map(Some),
+        (Some(RecoverKind::GithubDeliveries), None) => {
+            d.error(
+                &f.path.key("hook"),
+                "is required with github_deliveries: repos/OWNER/REPO/hooks/ID, orgs/ORG/hooks/ID or app",
+            );
+            None
+        }
+        (_, Some(n)) => {
+            d.error(&n.path, "only github_deliveries has a hook");
+            None
+        }
+        (_, None) => Some(None),
+    };
+    if let (Some(RecoverKind::GithubDeliveries), Some(n)) = (kind, f.get("api_version")) {
+        d.error(&n.path, "only stripe_events has an api_version");
     }
     let service = d
         .required(&f, "service")
@@ -404,7 +471,34 @@ fn decode_recover(d: &mut Decoder, node: &Node, verify: Option<VerifyKind>) -> O
         // Never further back than the provider keeps events.
         lookback: lookback?.min(kind.retention()),
         api_version,
+        hook: hook?,
     })
+}
+
+/// `hook`: which GitHub hook's deliveries, as the API path under which
+/// they are listed.
+fn github_hook(text: &str) -> Result<String, ValueError> {
+    let name = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 100
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let id = |part: &str| {
+        !part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit())
+    };
+    let parts: Vec<&str> = text.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["app"] => Ok("/app/hook".into()),
+        ["repos", owner, repo, "hooks", hook] if name(owner) && name(repo) && id(hook) => {
+            Ok(format!("/repos/{owner}/{repo}/hooks/{hook}"))
+        }
+        ["orgs", org, "hooks", hook] if name(org) && id(hook) => {
+            Ok(format!("/orgs/{org}/hooks/{hook}"))
+        }
+        _ => Err(ValueError::GithubHook(text.into())),
+    }
 }
 
 pub(super) const VERIFY_KEYS: &[&str] =

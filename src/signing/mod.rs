@@ -3,5 +3,6 @@
 //! comparison (`mac`), and Standard Webhooks signing (`standard`). Never
 //! logs or returns a key.
 
+pub mod jwt;
 pub mod mac;
 pub mod standard;
