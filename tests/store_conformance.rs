@@ -176,7 +176,72 @@ conformance!(
     the_event_log_keeps_outcomes_and_redelivers,
     an_event_id_with_control_bytes_is_kept_and_dropped_whole,
     gap_repair_state_is_shared_and_one_holder_leases_it_at_a_time,
+    gap_repair_knows_what_was_accepted_and_what_it_asked_for,
 );
+
+/// `seen` finds an accepted event by its id, whether its dedup key is the
+/// id (Stripe's) or a digest (GitHub's), from every handle; a redelivery
+/// asked for is known, per webhook, until its time lapses.
+async fn gap_repair_knows_what_was_accepted_and_what_it_asked_for(subject: Subject) {
+    let store = &*subject.store;
+    accept(store, "evt_1", Priority::Normal, &["notify"]).await;
+    let mut github = meta("guid-1", Priority::Normal, &["notify"]);
+    github.dedup = "sha256:0b5f2c".into();
+    assert!(matches!(
+        store
+            .accept(event("github", github, T0, HOUR))
+            .await
+            .unwrap(),
+        Acceptance::Accepted(_)
+    ));
+    for (webhook, id, known) in [
+        ("stripe", "evt_1", true),
+        ("stripe", "evt_2", false),
+        ("github", "evt_1", false),
+        ("github", "guid-1", true),
+    ] {
+        assert_eq!(
+            subject.peer.seen(webhook, id).await.unwrap(),
+            known,
+            "{webhook} {id}"
+        );
+    }
+    let ttl = Duration::from_millis(400);
+    store
+        .note_redeliveries("github", &["guid-2".into(), "guid-3".into()], ttl)
+        .await
+        .unwrap();
+    store.note_redeliveries("github", &[], ttl).await.unwrap();
+    assert!(subject
+        .peer
+        .redelivery_asked("github", "guid-2")
+        .await
+        .unwrap());
+    assert!(subject
+        .peer
+        .redelivery_asked("github", "guid-3")
+        .await
+        .unwrap());
+    assert!(!subject
+        .peer
+        .redelivery_asked("github", "guid-1")
+        .await
+        .unwrap());
+    assert!(!subject
+        .peer
+        .redelivery_asked("stripe", "guid-2")
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !subject
+            .peer
+            .redelivery_asked("github", "guid-2")
+            .await
+            .unwrap(),
+        "lapsed"
+    );
+}
 
 /// Gap repair's checkpoint is read by every handle and survives a new
 /// one; its lease is held by one holder at a time, renewed by that holder,

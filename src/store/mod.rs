@@ -151,6 +151,32 @@ pub trait Store: Send + Sync {
         Err(no_recover_state())
     }
 
+    /// Whether an event `id` of `webhook` was accepted and is still known
+    /// (by its dedup key, or the event log's lookup by id): gap repair asks
+    /// a provider to send again only what this does not know. A miss costs
+    /// a redelivery, which the dedup store then refuses.
+    async fn seen(&self, _webhook: &str, _id: &str) -> Result<bool, StoreError> {
+        Err(no_recover_state())
+    }
+
+    /// Gap repair asked the provider to send these events of `webhook`
+    /// again: for `ttl` their arrival is marked recovered, whichever
+    /// replica it reaches.
+    async fn note_redeliveries(
+        &self,
+        _webhook: &str,
+        _ids: &[String],
+        _ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        Err(no_recover_state())
+    }
+
+    /// Whether gap repair asked for event `id` of `webhook` within the
+    /// `ttl` it noted it with.
+    async fn redelivery_asked(&self, _webhook: &str, _id: &str) -> Result<bool, StoreError> {
+        Err(no_recover_state())
+    }
+
     /// The event log, newest first, `limit` at most, below `cursor` (a
     /// previous page's `next`).
     async fn events(

@@ -17,8 +17,8 @@ use crate::store::history::{
     EventDetail, EventFilter, EventPage, HistoryLimits, HistoryUsage, Redelivered,
 };
 use crate::store::records::{
-    Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job, LeaseRequest,
-    OwnedEvent, QueueDepth, StoredEvent,
+    dedup_key, Acceptance, Attempt, DeadLetter, DeadLetterFilter, DeadLetterPage, Job,
+    LeaseRequest, OwnedEvent, QueueDepth, StoredEvent,
 };
 use crate::store::space::{SpaceGate, SpaceStatus};
 use crate::store::{NextDue, Store, StoreError, StoreReport};
@@ -36,7 +36,16 @@ pub struct EmbeddedStore {
     /// schedule's and one an operator started).
     recover_leases:
         std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    /// The redeliveries gap repair asked a provider for (dedup key -> until
+    /// when): in memory, as the file is this process's alone; a restart
+    /// forgets them, so one arriving after it is not marked recovered
+    /// (it is still accepted once).
+    asked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// The most redeliveries noted at once: a run asks for one per failed
+/// delivery, and GitHub keeps three days of them.
+const MAX_ASKED: usize = 100_000;
 
 impl EmbeddedStore {
     /// Opens `dir/events.redb`; dedup keys older than `dedup_horizon` (the
@@ -92,6 +101,7 @@ impl EmbeddedStore {
             gate,
             max_size,
             recover_leases: Default::default(),
+            asked: Default::default(),
         }
     }
 
@@ -216,6 +226,41 @@ impl Store for EmbeddedStore {
                 Ok(true)
             }
         }
+    }
+
+    async fn seen(&self, webhook: &str, id: &str) -> Result<bool, StoreError> {
+        let (webhook, id) = (webhook.to_string(), id.to_string());
+        self.blocking(move |engine| engine.seen(&webhook, &id))
+            .await
+    }
+
+    async fn note_redeliveries(
+        &self,
+        webhook: &str,
+        ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = std::time::Instant::now();
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.retain(|_, until| *until > now);
+        for id in ids {
+            if asked.len() >= MAX_ASKED {
+                tracing::warn!(
+                    webhook,
+                    "too many redeliveries asked at once; later ones are not marked recovered"
+                );
+                break;
+            }
+            asked.insert(dedup_key(webhook, id), now + ttl);
+        }
+        Ok(())
+    }
+
+    async fn redelivery_asked(&self, webhook: &str, id: &str) -> Result<bool, StoreError> {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(asked
+            .get(&dedup_key(webhook, id))
+            .is_some_and(|until| *until > std::time::Instant::now()))
     }
 
     async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {

@@ -869,6 +869,63 @@ impl Store for RedisEventStore {
         Ok(taken == 1)
     }
 
+    async fn seen(&self, webhook: &str, id: &str) -> Result<bool, StoreError> {
+        // The event log's lookup by id is in the part of the event's dedup
+        // key, which the id alone does not give: every part is asked. The
+        // dedup key where it is the id outlives the log's record.
+        let field = history::by_id_field(webhook, id);
+        let logged: Vec<(bool,)> = self
+            .each_shard(|shard| {
+                let mut read = redis::pipe();
+                read.hexists(self.key(shard, "by_id"), &field);
+                read
+            })
+            .await?;
+        if logged.iter().any(|(found,)| *found) {
+            return Ok(true);
+        }
+        let dedup = dedup_key(webhook, id);
+        let shard = self.shard_of_dedup(&dedup);
+        let mut read = redis::pipe();
+        read.exists(
+            self.store
+                .key("dedup", &self.shards[shard], &format!(":{dedup}")),
+        );
+        let (seen,): (bool,) = self.query("recover", read).await?;
+        Ok(seen)
+    }
+
+    /// One key per event, expiring by itself; under the webhook's tag, so
+    /// a run's are written in one call on a Cluster too.
+    async fn note_redeliveries(
+        &self,
+        webhook: &str,
+        ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut write = redis::pipe();
+        for id in ids {
+            write
+                .cmd("SET")
+                .arg(self.store.key("recover_asked", webhook, &format!(":{id}")))
+                .arg(1)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .ignore();
+        }
+        self.query::<()>("recover", write).await
+    }
+
+    async fn redelivery_asked(&self, webhook: &str, id: &str) -> Result<bool, StoreError> {
+        let mut read = redis::pipe();
+        read.exists(self.store.key("recover_asked", webhook, &format!(":{id}")));
+        let (asked,): (bool,) = self.query("recover", read).await?;
+        Ok(asked)
+    }
+
     async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         // Counted by the scripts that add and remove dead letters, so this
         // stays one small read per part however many there are.

@@ -3,8 +3,9 @@
 
 use redb::ReadableDatabase;
 
-use super::schema::{failed, RECOVER};
+use super::schema::{failed, BY_ID, DEDUP, DEDUP_IDS, RECOVER};
 use super::LocalStore;
+use crate::store::records::dedup_key;
 use crate::store::StoreError;
 
 impl LocalStore {
@@ -21,6 +22,39 @@ impl LocalStore {
             .get(webhook)
             .map_err(failed)?
             .map(|state| state.value().to_vec()))
+    }
+
+    /// Whether `webhook`'s event `id` was accepted and is still known: by
+    /// its dedup key where that is its id (in either generation's table),
+    /// or by the event log's lookup by id where it is not (GitHub's, a
+    /// signature digest).
+    pub fn seen(&self, webhook: &str, id: &str) -> Result<bool, StoreError> {
+        let key = dedup_key(webhook, id);
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(failed)?;
+        if txn
+            .open_table(DEDUP_IDS)
+            .map_err(failed)?
+            .get(key.as_str())
+            .map_err(failed)?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        match txn.open_table(BY_ID) {
+            Ok(table) => {
+                if table.get((webhook, id)).map_err(failed)?.is_some() {
+                    return Ok(true);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(error) => return Err(failed(error)),
+        }
+        match txn.open_table(DEDUP) {
+            Ok(table) => Ok(table.get(key.as_str()).map_err(failed)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(error) => Err(failed(error)),
+        }
     }
 
     /// Fsynced: a checkpoint that moved must not move back after a crash,
