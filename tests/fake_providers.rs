@@ -317,3 +317,46 @@ async fn github_answers_its_errors() {
     .await;
     assert_eq!(other_hook.status, 404);
 }
+
+#[tokio::test]
+async fn github_app_hooks_take_only_a_jwt_the_apps_key_signed_for_ten_minutes_at_most() {
+    use wedsync_sidecar::config::private_key::RsaPrivateKey;
+    let public = include_bytes!("fixtures/github_app_test_key.pub.der");
+    let key = RsaPrivateKey::from_pem(include_str!("fixtures/github_app_test_key.pem")).unwrap();
+    let github = FakeGitHub::start_app(
+        "42",
+        public,
+        "hook-secret-0123456789",
+        "http://127.0.0.1:9/",
+    )
+    .await;
+    let call = |token: String| {
+        let url = format!("{}/app/hook/deliveries", github.url());
+        async move {
+            send(
+                "GET",
+                &url,
+                &[("authorization", &format!("Bearer {token}"))],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    let now = wedsync_sidecar::time::unix_time().as_secs();
+    let jwt =
+        |app: &str, at: u64| wedsync_sidecar::signing::jwt::github_app(app, key.key(), at).unwrap();
+    assert_eq!(call(jwt("42", now)).await.status, 200);
+    let wrong_app = call(jwt("43", now)).await;
+    assert_eq!(wrong_app.status, 401);
+    assert_eq!(wrong_app.json()["message"], "Integration not found");
+    assert_eq!(call(jwt("42", now - 700)).await.status, 401, "expired");
+    let valid = jwt("42", now);
+    let mut tampered = valid.clone();
+    tampered.replace_range(valid.len() - 4.., "AAAA");
+    assert_eq!(call(tampered).await.status, 401, "not the app's signature");
+    assert_eq!(
+        call(GITHUB_TOKEN.to_string()).await.status,
+        401,
+        "a token is not a JWT"
+    );
+}

@@ -1,9 +1,10 @@
-//! Gap repair against a fake Stripe written from its API reference
-//! (`support::fake_stripe`), with the real binary: events the provider
-//! sent while the sidecar was down are fetched back through the egress
-//! service and delivered exactly once, whether or not the provider also
-//! retries them; a run cut short by a 429 is done again from the
-//! checkpoint; two replicas on one Redis recover once.
+//! Gap repair against a fake Stripe and a fake GitHub written from their
+//! API references (`support::fake_stripe`, `support::fake_github`), with
+//! the real binary: events the provider sent while the sidecar was down
+//! are fetched back (Stripe) or sent again by the provider (GitHub)
+//! through the egress service and delivered exactly once, whether or not
+//! the provider also retries them; a run cut short by a 429 is done again
+//! from the checkpoint; two replicas on one Redis recover once.
 
 mod support;
 
@@ -300,4 +301,258 @@ async fn one_run_at_a_time_per_webhook_in_a_sidecar() {
     let done = send("POST", &url, &json, bytes::Bytes::new()).await;
     assert_eq!(done.status, 200, "{}", done.text());
     assert_eq!(done.json()["report"]["duplicate"], 3);
+}
+
+const GITHUB_TOKEN: &str = "ghs_recover_installation_token";
+const GITHUB_SECRET: &str = "github-hook-secret-0123456789";
+const APP_ID: &str = "424242";
+/// A key made for the tests only (`openssl genrsa -traditional 2048`).
+const APP_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/github_app_test_key.pem"
+);
+const APP_PUBLIC: &[u8] = include_bytes!("fixtures/github_app_test_key.pub.der");
+
+/// The GitHub webhook on `/webhooks/github`, recovering through
+/// `github-api` (authenticated by `auth`) from `hook`.
+fn github_webhook(yaml: Yaml, github: &FakeGitHub, auth: &str, hook: &str, every: &str) -> Yaml {
+    yaml.service("github-api", "/github", &github.url(), &[&format!("auth: {auth}")])
+        .webhook(
+            "github",
+            &[
+                "path: /webhooks/github",
+                &format!("verify: {{ kind: github, secrets: [{GITHUB_SECRET}] }}"),
+                "routes: [{ events: [\"issues.*\", \"push\"], targets: [notify] }]",
+                &format!("recover: {{ kind: github_deliveries, service: github-api, hook: {hook}, every: {every} }}"),
+            ],
+        )
+}
+
+fn issue(n: usize) -> String {
+    format!(r#"{{"action":"opened","issue":{{"number":{n}}}}}"#)
+}
+
+fn counter(metrics: &str, webhook: &str, outcome: &str) -> u64 {
+    let line =
+        format!("sidecar_recovered_events_total{{outcome=\"{outcome}\",webhook=\"{webhook}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn github_sends_again_each_failed_delivery_the_store_lacks_once_marked_recovered() {
+    let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let hook = "/repos/wedsync/app/hooks/7";
+    let github = FakeGitHub::start(hook, GITHUB_TOKEN, GITHUB_SECRET, "http://127.0.0.1:9/").await;
+    let yaml = Yaml::new()
+        .with("drain_delay: 0s")
+        .upstream("notify", format!("{{ backends: [{}] }}", target.addr));
+    let auth = format!("{{ kind: bearer, token: {GITHUB_TOKEN} }}");
+    let sidecar = Sidecar::start(
+        &github_webhook(yaml, &github, &auth, "repos/wedsync/app/hooks/7", "1h").build(),
+    );
+    github.set_target(&format!("http://{}/webhooks/github", sidecar.ingress));
+    sidecar
+        .metrics_until("the run at start", Duration::from_secs(10), |m| {
+            m.contains("sidecar_recover_runs_total{outcome=\"ok\",webhook=\"github\"} 1")
+        })
+        .await;
+    // Taken, but GitHub gave up waiting for the answer: it lists a failure.
+    let taken = github.send_event("issues", &issue(0)).await;
+    github.mark_failed(&taken);
+    // The sidecar refused these (a full store, a restart): GitHub keeps the failures.
+    let failed: Vec<String> = (1..=20)
+        .map(|n| github.failed_event("issues", &issue(n), 503))
+        .collect();
+    let unrouted = github.failed_event("star", r#"{"action":"created"}"#, 503);
+    let url = sidecar.admin_url("/admin/webhooks/github/recover");
+    let json = [("content-type", "application/json")];
+    let dry = send(
+        "POST",
+        &format!("{url}?dry_run=true"),
+        &json,
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    let report = &dry.json()["report"];
+    assert_eq!(
+        (
+            &report["found"],
+            &report["requested"],
+            &report["duplicate"],
+            &report["skipped"]
+        ),
+        (&json!(22), &json!(20), &json!(1), &json!(1)),
+        "{report}"
+    );
+    assert!(
+        github.redeliveries_asked().is_empty(),
+        "a dry run asks for nothing"
+    );
+    let run = send("POST", &url, &json, bytes::Bytes::new()).await;
+    assert_eq!(run.status, 200, "{}", run.text());
+    assert_eq!(run.json()["report"]["requested"], 20);
+    assert_eq!(github.redeliveries_asked().len(), 20);
+    wait_for("the 20 sent again", Duration::from_secs(10), || {
+        delivered(&target).0.len() == 21
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (counts, recovered) = delivered(&target);
+    for guid in &failed {
+        assert_eq!(counts.get(guid), Some(&1), "{guid} delivered once");
+        assert!(recovered[guid], "{guid} marked recovered");
+    }
+    assert_eq!(counts.get(&taken), Some(&1));
+    assert!(!recovered[&taken], "arrived by itself");
+    assert!(!counts.contains_key(&unrouted));
+    let metrics = get(&sidecar.admin_url("/metrics")).await.text();
+    assert_eq!(counter(&metrics, "github", "accepted"), 20, "{metrics}");
+    assert_eq!(counter(&metrics, "github", "duplicate"), 1);
+    assert_eq!(counter(&metrics, "github", "skipped"), 1);
+    let detail = get(&sidecar.admin_url(&format!("/admin/events/github/{}", failed[3]))).await;
+    assert_eq!(detail.json()["recovered"], true);
+    // Now GitHub lists a successful redelivery for each: nothing to ask.
+    let again = send("POST", &url, &json, bytes::Bytes::new()).await;
+    assert_eq!(again.json()["report"]["requested"], 0, "{}", again.text());
+    assert_eq!(github.redeliveries_asked().len(), 20);
+    // A failing API: the run says so, the checkpoint stays, the next one works.
+    let listed = get(&sidecar.admin_url("/admin/webhooks")).await.json();
+    let checkpoint = listed["webhooks"][0]["recover"]["checkpoint"].clone();
+    github.fail_next(&[500]);
+    let failed_run = send("POST", &url, &json, bytes::Bytes::new()).await;
+    assert_eq!(failed_run.status, 502, "{}", failed_run.text());
+    let listed = get(&sidecar.admin_url("/admin/webhooks")).await.json();
+    let recover = &listed["webhooks"][0]["recover"];
+    assert_eq!(recover["hook"], hook);
+    assert_eq!(recover["outcome"], "failed");
+    assert!(
+        recover["error"].as_str().unwrap().contains("answered 500"),
+        "{recover}"
+    );
+    assert_eq!(recover["checkpoint"], checkpoint);
+    let ok = send("POST", &url, &json, bytes::Bytes::new()).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+/// The issue's "done when": the sidecar stopped for a while, a fake
+/// Stripe and a fake GitHub (an app's hook, its JWT checked) sending
+/// meanwhile; after the restart every event is delivered exactly once
+/// within one `every`, and the metrics and the log say which were
+/// recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_stop_every_event_both_providers_sent_is_delivered_once_within_one_every() {
+    let target = MockServer::start(|_| MockAnswer::status(204, "")).await;
+    let stripe = FakeStripe::start(KEY).await;
+    let github =
+        FakeGitHub::start_app(APP_ID, APP_PUBLIC, GITHUB_SECRET, "http://127.0.0.1:9/").await;
+    let yaml = Yaml::new()
+        .with("drain_delay: 0s")
+        .upstream("notify", format!("{{ backends: [{}] }}", target.addr))
+        .service(
+            "stripe-api",
+            "/stripe",
+            &stripe.url(),
+            &[&format!("auth: {{ kind: bearer, token: {KEY} }}")],
+        )
+        .stripe_webhook(&[
+            "routes: [{ events: [\"payment_intent.*\"], targets: [notify] }]",
+            "recover: { kind: stripe_events, service: stripe-api, every: 15s }",
+        ]);
+    let auth = format!("{{ kind: github_app, app_id: {APP_ID}, private_key: {APP_KEY} }}");
+    let mut sidecar = Sidecar::start(&github_webhook(yaml, &github, &auth, "app", "15s").build());
+    github.set_target(&format!("http://{}/webhooks/github", sidecar.ingress));
+    sidecar
+        .metrics_until("both runs at start", Duration::from_secs(10), |m| {
+            m.contains("sidecar_recover_runs_total{outcome=\"ok\",webhook=\"github\"} 1")
+                && m.contains("sidecar_recover_runs_total{outcome=\"ok\",webhook=\"stripe\"} 1")
+        })
+        .await;
+    // While it is up: five of each arrive as webhooks.
+    let mut github_sent = Vec::new();
+    for n in 0..5 {
+        github_sent.push(github.send_event("issues", &issue(n)).await);
+    }
+    for n in 0..5 {
+        assert_eq!(
+            post_stripe(&sidecar, &format!("evt_live_{n}")).await.status,
+            202
+        );
+    }
+    wait_for("the live ten delivered", Duration::from_secs(10), || {
+        delivered(&target).0.len() == 10
+    })
+    .await;
+    // Their outcomes recorded (a SIGKILL before that delivers them again).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Stopped: GitHub's deliveries fail to connect, Stripe's pile up.
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    for n in 5..30 {
+        github_sent.push(github.send_event("issues", &issue(n)).await);
+    }
+    let github_missed = github_sent[5..].to_vec();
+    assert!(
+        github
+            .deliveries()
+            .iter()
+            .filter(|d| d.status_code == 0)
+            .count()
+            == 25
+    );
+    let stripe_missed = undelivered(&stripe, "stopped", 25);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restarted = Instant::now();
+    sidecar.respawn();
+    // Stripe retries five of them itself, racing the recovery.
+    for id in &stripe_missed[..5] {
+        let status = post_stripe(&sidecar, id).await.status;
+        assert!(status == 202 || status == 200, "{status}");
+    }
+    wait_for("all 60 delivered", Duration::from_secs(15), || {
+        delivered(&target).0.len() == 60
+    })
+    .await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(15),
+        "within one `every`"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (counts, recovered) = delivered(&target);
+    let mut expected: Vec<String> = github_sent.clone();
+    expected.extend((0..5).map(|n| format!("evt_live_{n}")));
+    expected.extend(stripe_missed.iter().cloned());
+    for id in &expected {
+        assert_eq!(counts.get(id), Some(&1), "{id} delivered exactly once");
+    }
+    assert_eq!(counts.len(), 60, "nothing else");
+    for guid in &github_missed {
+        assert!(recovered[guid], "{guid} recovered");
+    }
+    assert!(github_sent[..5].iter().all(|g| !recovered[g]));
+    let stripe_recovered = stripe_missed.iter().filter(|id| recovered[*id]).count();
+    assert!(stripe_recovered >= 20, "{stripe_recovered}");
+    let metrics = get(&sidecar.admin_url("/metrics")).await.text();
+    assert_eq!(counter(&metrics, "github", "accepted"), 25, "{metrics}");
+    assert_eq!(
+        counter(&metrics, "stripe", "accepted"),
+        stripe_recovered as u64
+    );
+    assert_eq!(
+        counter(&metrics, "stripe", "accepted") + counter(&metrics, "stripe", "duplicate"),
+        25
+    );
+    // The event log says which were recovered.
+    let recovered_only = get(&sidecar.admin_url("/admin/events?source=github&limit=100"))
+        .await
+        .json();
+    let items = recovered_only["items"].as_array().unwrap();
+    assert_eq!(items.len(), 30, "{recovered_only}");
+    assert_eq!(items.iter().filter(|e| e["recovered"] == true).count(), 25);
+    let detail =
+        get(&sidecar.admin_url(&format!("/admin/events/stripe/{}", stripe_missed[10]))).await;
+    assert_eq!(detail.json()["recovered"], true);
 }

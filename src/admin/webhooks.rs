@@ -64,6 +64,9 @@ pub async fn recover_status(config: &Webhook, store: &dyn Store) -> serde_json::
         "service": recover.service,
         "every": format_duration(recover.every),
     });
+    if let Some(hook) = &recover.hook {
+        value["hook"] = serde_json::json!(hook);
+    }
     match store.recover_state(config.name.as_str()).await {
         Ok(bytes) => {
             let state = bytes

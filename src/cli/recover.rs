@@ -42,14 +42,29 @@ pub fn summary(webhook: &str, report: &serde_json::Value) -> String {
             .map_or_else(|| "-".to_string(), |t| t.to_string())
     };
     let dry_run = report["dry_run"].as_bool().unwrap_or(false);
+    let count = |key: &str| report[key].as_u64().unwrap_or(0);
+    // GitHub's are asked for again (and accepted as they arrive); Stripe's
+    // are accepted by the run itself.
+    let mut taken = Vec::new();
+    if count("accepted") > 0 || count("requested") == 0 {
+        let verb = if dry_run { "to accept" } else { "accepted" };
+        taken.push(format!("{} {verb}", count("accepted")));
+    }
+    if count("requested") > 0 {
+        let verb = if dry_run {
+            "to ask the provider for again"
+        } else {
+            "asked of the provider again"
+        };
+        taken.push(format!("{} {verb}", count("requested")));
+    }
     let mut text = format!(
-        "{webhook}: {} undelivered events listed since {}: {} {}, {} already stored, {} skipped",
-        report["found"],
+        "{webhook}: {} undelivered events listed since {}: {}, {} already stored, {} skipped",
+        count("found"),
         time(&report["since"]),
-        report["accepted"],
-        if dry_run { "to accept" } else { "accepted" },
-        report["duplicate"],
-        report["skipped"],
+        taken.join(", "),
+        count("duplicate"),
+        count("skipped"),
     );
     if dry_run {
         text.push_str(" (a dry run: nothing stored, the checkpoint unchanged)");
@@ -87,6 +102,14 @@ mod tests {
         assert_eq!(
             summary("stripe", &report),
             "stripe: 12 undelivered events listed since 2026-12-04T16:00:00Z: 9 accepted, 2 already stored, 1 skipped; checkpoint 2026-12-04T22:00:00Z"
+        );
+        let github = serde_json::json!({
+            "since": 1_796_400_000u64, "dry_run": true, "found": 4, "accepted": 0,
+            "requested": 3, "duplicate": 1, "skipped": 0, "checkpoint": null
+        });
+        assert_eq!(
+            summary("github", &github),
+            "github: 4 undelivered events listed since 2026-12-04T16:00:00Z: 3 to ask the provider for again, 1 already stored, 0 skipped (a dry run: nothing stored, the checkpoint unchanged)"
         );
     }
 }

@@ -10,9 +10,11 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::extract::{extract_all, Extracted};
 use super::verify::{self, Inbound, Scheme};
-use crate::config::webhooks::{VerifyKind, Webhook};
+use crate::config::webhooks::{RecoverKind, VerifyKind, Webhook};
 use crate::event::{EventMeta, Priority, WEDDING_DAY_CONTEXT};
-use crate::metrics::{DeadLetterReason, Metrics, ReceivedOutcome, RejectionReason};
+use crate::metrics::{
+    DeadLetterReason, Metrics, ReceivedOutcome, RecoveredOutcome, RejectionReason,
+};
 use crate::problem::{ErrorCode, Problem};
 use crate::store::{Acceptance, OwnedEvent, Store, StoreError};
 use crate::trace::export::{Span, SpanKind};
@@ -46,6 +48,11 @@ pub struct IngressWebhook {
     wedding_day_events: IntCounter,
     /// `tracing.propagate`: each accepted event keeps its trace context.
     propagate: bool,
+    /// `recover: { kind: github_deliveries }`: the provider resends what
+    /// gap repair asked for, and those arrivals are marked recovered.
+    resent_on_request: bool,
+    recovered_accepted: IntCounter,
+    recovered_duplicate: IntCounter,
 }
 
 impl IngressWebhook {
@@ -74,6 +81,16 @@ impl IngressWebhook {
             wedding_day: config.priority.wedding_day.as_ref().map(|w| w.rule()),
             wedding_day_events: metrics.wedding_day_events_total.with_label_values(&[name]),
             propagate: true,
+            resent_on_request: config
+                .recover
+                .as_ref()
+                .is_some_and(|r| r.kind == RecoverKind::GithubDeliveries),
+            recovered_accepted: metrics
+                .recovered_events_total
+                .with_label_values(&[name, RecoveredOutcome::Accepted.as_str()]),
+            recovered_duplicate: metrics
+                .recovered_events_total
+                .with_label_values(&[name, RecoveredOutcome::Duplicate.as_str()]),
             config: config.clone(),
         })
     }
@@ -162,6 +179,10 @@ impl IngressWebhook {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        if self.resent_on_request {
+            meta.recovered = self.asked_for(store, &meta.id).await;
+        }
+        let recovered = meta.recovered;
         let id = meta.id.clone();
         let kept = super::kept_headers::kept(headers);
         let event = self.event(meta, content_type, kept, body, now);
@@ -169,10 +190,16 @@ impl IngressWebhook {
         match outcome {
             Ok(Acceptance::Accepted(_)) => {
                 self.accepted.inc();
+                if recovered {
+                    self.recovered_accepted.inc();
+                }
                 span(202, &id);
                 self.answer(http::StatusCode::ACCEPTED, "accepted", &id)
             }
             Ok(Acceptance::Duplicate) => {
+                if recovered {
+                    self.recovered_duplicate.inc();
+                }
                 self.duplicate.inc();
                 span(200, &id);
                 self.answer(http::StatusCode::OK, "duplicate", &id)
@@ -200,6 +227,19 @@ impl IngressWebhook {
                 .into_http_response()
             }
         }
+    }
+
+    /// Whether gap repair asked the provider to send event `id` again. A
+    /// store that cannot say leaves the event unmarked, not refused: the
+    /// mark is for the people reading the log, the event is what counts.
+    async fn asked_for(&self, store: &dyn Store, id: &str) -> bool {
+        store
+            .redelivery_asked(&self.config.name, id)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::debug!(webhook = %self.config.name, %error, "could not tell whether gap repair asked for this event");
+                false
+            })
     }
 
     /// Stores an event gap repair fetched back from the provider's API

@@ -14,10 +14,11 @@
 //!   (`X-Hub-Signature-256`), with the same `X-GitHub-Delivery` guid, and
 //!   recorded as a new delivery with `redelivery: true`;
 //! - `{hook}` is `/repos/OWNER/REPO/hooks/ID`, `/orgs/ORG/hooks/ID` or
-//!   `/app/hook`; requests need `Authorization: Bearer <token>` (the app's
-//!   a JWT: any three dot-separated parts are accepted here, the sidecar's
-//!   tests check its claims themselves); errors as `{"message",
-//!   "documentation_url"}`, and scripted 403 (rate limited) or 500 answers.
+//!   `/app/hook`; requests need `Authorization: Bearer <token>`, for the
+//!   app's hook a JWT ("Authenticating as a GitHub App"): RS256, signed
+//!   by the app's key, `iss` the app's id, `exp` at most 10 minutes after
+//!   `iat`, valid now; errors as `{"message", "documentation_url"}`, and
+//!   scripted 403 (rate limited) or 500 answers.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -45,8 +46,12 @@ pub struct Delivery {
 }
 
 struct State {
+    /// The fake's own URL, for the absolute `Link` URLs GitHub sends.
+    base: String,
     hook: String,
     token: String,
+    /// `/app/hook`: the app's id and its public key (PKCS#1 DER).
+    app: Option<(String, Vec<u8>)>,
     secret: String,
     /// Where the hook delivers (the sidecar's webhook URL).
     target: String,
@@ -61,9 +66,28 @@ impl FakeGitHub {
     /// `hook` is the hook's API path (`/repos/wedsync/app/hooks/7`);
     /// `target` the URL it delivers to; `secret` its signing secret.
     pub async fn start(hook: &str, token: &str, secret: &str, target: &str) -> Self {
+        Self::start_with(hook, token, None, secret, target).await
+    }
+
+    /// A GitHub App's hook (`/app/hook`): calls must carry a JWT the app's
+    /// key signed (`public_key`, PKCS#1 DER) for `app_id`.
+    pub async fn start_app(app_id: &str, public_key: &[u8], secret: &str, target: &str) -> Self {
+        let app = Some((app_id.to_string(), public_key.to_vec()));
+        Self::start_with("/app/hook", "", app, secret, target).await
+    }
+
+    async fn start_with(
+        hook: &str,
+        token: &str,
+        app: Option<(String, Vec<u8>)>,
+        secret: &str,
+        target: &str,
+    ) -> Self {
         let state = Arc::new(Mutex::new(State {
+            base: String::new(),
             hook: hook.trim_end_matches('/').to_string(),
             token: token.to_string(),
+            app,
             secret: secret.to_string(),
             target: target.to_string(),
             deliveries: Vec::new(),
@@ -73,7 +97,14 @@ impl FakeGitHub {
         }));
         let handler_state = Arc::clone(&state);
         let server = MockServer::start(move |seen| answer(&handler_state, seen)).await;
+        state.lock().unwrap().base = server.url();
         Self { server, state }
+    }
+
+    /// Where the hook delivers from now on (a sidecar started after the
+    /// fake).
+    pub fn set_target(&self, target: &str) {
+        self.state.lock().unwrap().target = target.to_string();
     }
 
     pub fn url(&self) -> String {
@@ -105,6 +136,16 @@ impl FakeGitHub {
     /// The delivery ids redelivery was asked for, in order.
     pub fn redeliveries_asked(&self) -> Vec<u64> {
         self.state.lock().unwrap().redeliveries_asked.clone()
+    }
+
+    /// Every delivery of `guid` recorded as failed, as GitHub does when
+    /// the receiver took the event but answered after GitHub's 10 s.
+    pub fn mark_failed(&self, guid: &str) {
+        for d in &mut self.state.lock().unwrap().deliveries {
+            if d.guid == guid {
+                d.status_code = 504;
+            }
+        }
     }
 
     /// The next API calls answer these statuses (403, 500) instead.
@@ -200,7 +241,7 @@ fn item(d: &Delivery) -> Value {
         "status": if (200..300).contains(&d.status_code) { "OK".to_string() } else if d.status_code == 0 { "failed to connect to host".to_string() } else { format!("Invalid HTTP Response: {}", d.status_code) },
         "status_code": d.status_code,
         "event": d.event,
-        "action": null,
+        "action": serde_json::from_str::<Value>(&d.payload).ok().and_then(|p| p["action"].as_str().map(str::to_string)),
         "installation_id": null,
         "repository_id": 1296269,
         "throttled_at": null,
@@ -215,18 +256,19 @@ fn rfc3339(secs: u64) -> String {
 
 fn answer(shared: &Arc<Mutex<State>>, seen: &Seen) -> MockAnswer {
     let mut state = shared.lock().unwrap();
-    let authorized = seen
-        .headers
-        .get("authorization")
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("token "))
-        })
-        .is_some_and(|token| {
-            token == state.token || state.hook == "/app/hook" && token.split('.').count() == 3
-        });
-    if !authorized {
+    let token = seen.headers.get("authorization").and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("token "))
+    });
+    let Some(token) = token else {
         return error(401, "Requires authentication");
+    };
+    let refused = match &state.app {
+        Some((app_id, key)) => app_jwt_refused(token, app_id, key),
+        None => (token != state.token).then_some("Bad credentials"),
+    };
+    if let Some(message) = refused {
+        return error(401, message);
     }
     if let Some(status) = state.failures.pop_front() {
         return match status {
@@ -267,6 +309,61 @@ fn answer(shared: &Arc<Mutex<State>>, seen: &Seen) -> MockAnswer {
             None => error(404, "Not Found"),
         },
         _ => error(404, "Not Found"),
+    }
+}
+
+/// Why GitHub would refuse `token` as the app's JWT, if it would.
+fn app_jwt_refused(token: &str, app_id: &str, public_key: &[u8]) -> Option<&'static str> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return Some("A JSON web token could not be decoded");
+    };
+    let header: Value = b64
+        .decode(header)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .unwrap_or(Value::Null);
+    if header["alg"] != "RS256" {
+        return Some("A JSON web token could not be decoded");
+    }
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    let verified = b64.decode(signature).ok().is_some_and(|signature| {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            public_key,
+        )
+        .verify(signed.as_bytes(), &signature)
+        .is_ok()
+    });
+    if !verified {
+        return Some("A JSON web token could not be decoded");
+    }
+    let claims: Value = b64
+        .decode(claims)
+        .ok()
+        .and_then(|c| serde_json::from_slice(&c).ok())
+        .unwrap_or(Value::Null);
+    let (Some(iat), Some(exp)) = (claims["iat"].as_u64(), claims["exp"].as_u64()) else {
+        return Some("A JSON web token could not be decoded");
+    };
+    let iss = match &claims["iss"] {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    };
+    let now = now_secs();
+    if iss != app_id {
+        Some("Integration not found")
+    } else if exp.saturating_sub(iat) > 600 {
+        Some("'Expiration time' claim ('exp') is too far in the future")
+    } else if exp <= now {
+        Some("'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires")
+    } else if iat > now + 60 {
+        Some("'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued")
+    } else {
+        None
     }
 }
 
@@ -324,8 +421,8 @@ fn list(state: &State, query: &str) -> MockAnswer {
         .header("content-type", "application/json; charset=utf-8");
     if let Some(next) = newest_first.get(start + per_page) {
         let mut link = format!(
-            "<{}/deliveries?per_page={per_page}&cursor=v1_{}",
-            state.hook, next.id
+            "<{}{}/deliveries?per_page={per_page}&cursor=v1_{}",
+            state.base, state.hook, next.id
         );
         if let Some(r) = redelivery {
             link.push_str(&format!("&redelivery={r}"));

@@ -203,7 +203,8 @@ async function overviewView() {
       h("tbody", {}, o.recover.map((r) => h("tr", {},
         h("td", {}, r.webhook), h("td", {}, r.kind), h("td", {}, r.last_run_at || "not yet"),
         h("td", {}, r.outcome ? statusText(r.outcome) : "—"), h("td", {}, r.checkpoint || "—"),
-        h("td", { class: "num" }, r.last ? r.last.accepted : "—"), h("td", {}, r.error || "—"))))) : null;
+        h("td", { class: "num" }, r.last ? r.last.accepted + (r.last.requested ? ` (${r.last.requested} asked again)` : "") : "—"),
+        h("td", {}, r.error || "—"))))) : null;
     const services = h("table", { "aria-label": "Egress services" },
       h("thead", {}, h("tr", {}, ["Service", "Route", "Breaker", "Rate limit", "Left now", "Provider pause"].map((t) => h("th", {}, t)))),
       h("tbody", {}, (o.services || []).map((s) => h("tr", {},

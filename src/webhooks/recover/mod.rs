@@ -9,6 +9,8 @@
 //! whole window, so a run cut short by a 429 or a 500 is done again from
 //! the same place, and what it had accepted deduplicates.
 
+pub mod api;
+pub mod github;
 pub mod state;
 pub mod stripe;
 
@@ -38,6 +40,11 @@ const TICK: Duration = Duration::from_secs(1);
 /// After a failed run (a 429, a 500, the egress not up yet), the next one
 /// comes this soon, or at `every` if that is sooner.
 const AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// How long a redelivery asked of a provider is waited for, to be marked
+/// recovered when it arrives (GitHub sends within seconds; its own
+/// retries of a failed redelivery are not asked for again before the next
+/// run).
+const ASKED_FOR: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
@@ -181,31 +188,19 @@ impl GapRepair {
             dry_run: request.dry_run,
             ..RunReport::default()
         };
+        let api = api::Api {
+            client: &self.client,
+            egress: self.egress,
+            route: &service.route,
+        };
         let fetched = match recover.kind {
             RecoverKind::StripeEvents => {
-                let source = stripe::Source {
-                    client: &self.client,
-                    egress: self.egress,
-                    route: &service.route,
-                    types: stripe::listed_types(&ingress.config.routes),
-                };
-                let mut pages = source.pages(since);
-                loop {
-                    match pages.next().await {
-                        Ok(None) => break Ok(()),
-                        Ok(Some(events)) => {
-                            for event in events {
-                                self.take(&ingress, &recover, event, &mut report, request.dry_run)
-                                    .await?;
-                            }
-                            // Still this run's: a long run keeps its lease.
-                            self.store
-                                .lease_recover(webhook, &self.holder, LEASE)
-                                .await?;
-                        }
-                        Err(error) => break Err(error),
-                    }
-                }
+                self.stripe_run(&ingress, &recover, api, since, &mut report, request.dry_run)
+                    .await?
+            }
+            RecoverKind::GithubDeliveries => {
+                self.github_run(&ingress, &recover, api, since, &mut report, request.dry_run)
+                    .await?
             }
         };
         let finished_ms = unix_time().as_millis() as u64;
@@ -232,6 +227,7 @@ impl GapRepair {
                 tracing::info!(
                     webhook,
                     accepted = report.accepted,
+                    requested = report.requested,
                     duplicate = report.duplicate,
                     skipped = report.skipped,
                     since,
@@ -248,6 +244,107 @@ impl GapRepair {
         }
     }
 
+    /// Stripe: every undelivered event listed is accepted here. A store
+    /// error ends the run (`Err`); the provider's, the fetch (`Ok(Err)`).
+    async fn stripe_run(
+        &self,
+        ingress: &super::ack::IngressWebhook,
+        recover: &Recover,
+        api: api::Api<'_>,
+        since: u64,
+        report: &mut RunReport,
+        dry_run: bool,
+    ) -> Result<Result<(), String>, RecoverError> {
+        let webhook = ingress.config.name.as_str();
+        let source = stripe::Source {
+            api,
+            types: stripe::listed_types(&ingress.config.routes),
+        };
+        let mut pages = source.pages(since);
+        loop {
+            match pages.next().await {
+                Ok(None) => return Ok(Ok(())),
+                Ok(Some(events)) => {
+                    for event in events {
+                        self.take(ingress, recover, event, report, dry_run).await?;
+                    }
+                    // Still this run's: a long run keeps its lease.
+                    self.store
+                        .lease_recover(webhook, &self.holder, LEASE)
+                        .await?;
+                }
+                Err(error) => return Ok(Err(error)),
+            }
+        }
+    }
+
+    /// GitHub: the events of the window none of whose deliveries
+    /// succeeded and that the store does not know are redelivered by
+    /// GitHub itself (so they arrive signed, through the verified path,
+    /// and are marked recovered there: they are counted `accepted` when
+    /// they arrive, not here).
+    async fn github_run(
+        &self,
+        ingress: &super::ack::IngressWebhook,
+        recover: &Recover,
+        api: api::Api<'_>,
+        since: u64,
+        report: &mut RunReport,
+        dry_run: bool,
+    ) -> Result<Result<(), String>, RecoverError> {
+        let webhook = ingress.config.name.as_str();
+        let Some(hook) = recover.hook.as_deref() else {
+            return Ok(Err("no hook".into()));
+        };
+        let source = github::Source { api, hook };
+        let deliveries = match source.deliveries_since(since).await {
+            Ok(deliveries) => deliveries,
+            Err(error) => return Ok(Err(error)),
+        };
+        self.store
+            .lease_recover(webhook, &self.holder, LEASE)
+            .await?;
+        for event in github::undelivered(&deliveries, since) {
+            report.found += 1;
+            let routed = ingress
+                .config
+                .routes
+                .iter()
+                .any(|route| route.takes(&event.event_type));
+            if !routed {
+                report.skipped += 1;
+                self.count_recovered(webhook, RecoveredOutcome::Skipped, dry_run);
+                continue;
+            }
+            if self.store.seen(webhook, &event.guid).await? {
+                report.duplicate += 1;
+                self.count_recovered(webhook, RecoveredOutcome::Duplicate, dry_run);
+                continue;
+            }
+            report.requested += 1;
+            if dry_run {
+                continue;
+            }
+            // Noted first: the redelivery may arrive before GitHub answers.
+            self.store
+                .note_redeliveries(webhook, std::slice::from_ref(&event.guid), ASKED_FOR)
+                .await?;
+            if let Err(error) = source.redeliver(event.delivery).await {
+                return Ok(Err(error));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn count_recovered(&self, webhook: &str, outcome: RecoveredOutcome, dry_run: bool) {
+        if !dry_run {
+            self.metrics
+                .recovered_events_total
+                .with_label_values(&[webhook, outcome.as_str()])
+                .inc();
+        }
+    }
+
     /// One listed event: skipped (another API version, or no route takes
     /// its type), or accepted as if its webhook had arrived.
     async fn take(
@@ -259,14 +356,7 @@ impl GapRepair {
         dry_run: bool,
     ) -> Result<(), RecoverError> {
         let webhook = ingress.config.name.as_str();
-        let count = |outcome: RecoveredOutcome| {
-            if !dry_run {
-                self.metrics
-                    .recovered_events_total
-                    .with_label_values(&[webhook, outcome.as_str()])
-                    .inc();
-            }
-        };
+        let count = |outcome: RecoveredOutcome| self.count_recovered(webhook, outcome, dry_run);
         report.found += 1;
         let other_version = recover
             .api_version
@@ -398,6 +488,7 @@ mod tests {
             overlap: Duration::from_secs(overlap_s),
             lookback: Duration::from_secs(lookback_h * 3600),
             api_version: None,
+            hook: None,
         }
     }
 

@@ -39,6 +39,10 @@ pub struct RunReport {
     pub dry_run: bool,
     pub found: u64,
     pub accepted: u64,
+    /// GitHub: events the provider was asked to deliver again (they are
+    /// accepted, and counted, when they arrive).
+    #[serde(default)]
+    pub requested: u64,
     pub duplicate: u64,
     pub skipped: u64,
     /// The checkpoint after the run.

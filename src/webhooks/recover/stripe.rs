@@ -4,21 +4,15 @@
 //! provider's, so hostile until parsed: bounded (a page is read whole, at
 //! most 1 MiB: pages shrink when one is larger), and every field checked.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use bytes::Bytes;
-use pingora::http::RequestHeader;
-use pingora::upstreams::peer::HttpPeer;
 
+use super::api::{refusal, Api};
 use crate::config::webhooks::Route;
-use crate::net::client::{ClientError, SmallClient};
+use crate::net::client::ClientError;
 
 /// Events asked for per page at first (Stripe allows 100; its events can
 /// be large, and a page is read whole).
 const PAGE: usize = 25;
-/// A page's call, the egress's own timeouts inside it.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most pages one run reads: 250,000 events at the largest page.
 const MAX_PAGES: usize = 10_000;
 /// Stripe's `types[]` takes at most this many names.
@@ -49,10 +43,7 @@ pub fn listed_types(routes: &[Route]) -> Option<Vec<String>> {
 }
 
 pub struct Source<'a> {
-    pub client: &'a SmallClient,
-    pub egress: SocketAddr,
-    /// The egress service's route (`/stripe`).
-    pub route: &'a str,
+    pub api: Api<'a>,
     pub types: Option<Vec<String>>,
 }
 
@@ -69,10 +60,9 @@ impl<'a> Source<'a> {
     }
 
     fn path(&self, since: u64, limit: usize, after: Option<&str>) -> String {
-        let mut path = format!(
-            "{}/v1/events?delivery_success=false&created%5Bgte%5D={since}&limit={limit}",
-            self.route.trim_end_matches('/')
-        );
+        let mut path = self.api.path(&format!(
+            "/v1/events?delivery_success=false&created%5Bgte%5D={since}&limit={limit}"
+        ));
         for name in self.types.iter().flatten() {
             path.push_str("&types%5B%5D=");
             path.extend(form_urlencoded::byte_serialize(name.as_bytes()));
@@ -110,7 +100,13 @@ impl Pages<'_> {
             let path = self
                 .source
                 .path(self.since, self.page, self.after.as_deref());
-            match self.call(&path).await {
+            let answer = self
+                .source
+                .api
+                .call("GET", &path, &[("accept", "application/json")])
+                .await
+                .map(|answer| (answer.status, answer.body));
+            match answer {
                 Err(ClientError::TooLarge) if self.page > 1 => self.page = (self.page / 4).max(1),
                 Err(error) => return Err(format!("GET {path}: {error}")),
                 Ok((200, body)) => {
@@ -127,39 +123,6 @@ impl Pages<'_> {
                 }
             }
         }
-    }
-
-    async fn call(&self, path: &str) -> Result<(u16, Bytes), ClientError> {
-        let mut request = RequestHeader::build("GET", path.as_bytes(), None)
-            .map_err(|e| ClientError::Request(e.to_string()))?;
-        let host = self.source.egress.to_string();
-        request
-            .insert_header("host", host.as_str())
-            .and_then(|_| request.insert_header("accept", "application/json"))
-            .map_err(|e| ClientError::Request(e.to_string()))?;
-        let peer = HttpPeer::new(self.source.egress, false, String::new());
-        let answer = self
-            .source
-            .client
-            .exchange(&peer, request, Bytes::new(), CALL_TIMEOUT)
-            .await?;
-        Ok((answer.status, answer.body))
-    }
-}
-
-/// What a refusal says: Stripe's `error.message`, or the sidecar's own
-/// problem (`detail`) when the egress answered itself (a breaker, a pause).
-fn refusal(status: u16, body: &[u8]) -> String {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let message = parsed.as_ref().and_then(|v| {
-        v["error"]["message"]
-            .as_str()
-            .or_else(|| v["detail"].as_str())
-            .map(|m| m.chars().take(300).collect::<String>())
-    });
-    match message {
-        Some(message) => format!("answered {status}: {message}"),
-        None => format!("answered {status}"),
     }
 }
 
@@ -252,35 +215,18 @@ mod tests {
 
     #[test]
     fn the_path_asks_for_undelivered_events_from_the_start_under_the_route() {
-        let client = SmallClient::default();
+        let client = crate::net::client::SmallClient::default();
         let source = Source {
-            client: &client,
-            egress: "127.0.0.1:15001".parse().unwrap(),
-            route: "/stripe/",
+            api: Api {
+                client: &client,
+                egress: "127.0.0.1:15001".parse().unwrap(),
+                route: "/stripe/",
+            },
             types: Some(vec!["charge.refunded".into()]),
         };
         assert_eq!(
             source.path(1700000000, 25, Some("evt_1&x")),
             "/stripe/v1/events?delivery_success=false&created%5Bgte%5D=1700000000&limit=25&types%5B%5D=charge.refunded&starting_after=evt_1%26x"
         );
-    }
-
-    #[test]
-    fn a_refusal_says_what_the_provider_or_the_sidecar_said() {
-        assert_eq!(
-            refusal(
-                429,
-                br#"{"error":{"type":"rate_limit_error","message":"Too many requests"}}"#
-            ),
-            "answered 429: Too many requests"
-        );
-        assert_eq!(
-            refusal(
-                503,
-                br#"{"code":"circuit_open","detail":"the breaker is open"}"#
-            ),
-            "answered 503: the breaker is open"
-        );
-        assert_eq!(refusal(500, b"<html>"), "answered 500");
     }
 }
