@@ -12,6 +12,9 @@ pub struct Lifecycle {
     listeners_bound: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    /// Work the process must not exit under that is not a request (the
+    /// delivery scheduler until its store is flushed).
+    held_open: AtomicUsize,
     store: std::sync::Mutex<StoreState>,
     /// Set when there is an event store, until its first check passes: a
     /// store that never answered is no blip.
@@ -71,6 +74,16 @@ pub struct InFlightGuard(Arc<Lifecycle>);
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps the process from exiting until dropped, without counting as a
+/// request in flight.
+pub struct HoldOpen(Arc<Lifecycle>);
+
+impl Drop for HoldOpen {
+    fn drop(&mut self) {
+        self.0.held_open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -201,8 +214,20 @@ impl Lifecycle {
         InFlightGuard(Arc::clone(self))
     }
 
+    /// Requests and deliveries in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn hold_open(self: &Arc<Self>) -> HoldOpen {
+        self.held_open.fetch_add(1, Ordering::AcqRel);
+        HoldOpen(Arc::clone(self))
+    }
+
+    /// Whether the process may exit now: nothing in flight, nothing
+    /// holding it open.
+    pub fn idle(&self) -> bool {
+        self.in_flight() == 0 && self.held_open.load(Ordering::Acquire) == 0
     }
 }
 
@@ -273,6 +298,11 @@ mod tests {
     #[test]
     fn in_flight_counts_live_guards() {
         let lifecycle = Lifecycle::new();
+        let held = lifecycle.hold_open();
+        assert_eq!(lifecycle.in_flight(), 0, "held open is not in flight");
+        assert!(!lifecycle.idle());
+        drop(held);
+        assert!(lifecycle.idle());
         let a = lifecycle.enter();
         let b = lifecycle.enter();
         assert_eq!(lifecycle.in_flight(), 2);

@@ -63,7 +63,7 @@ enum Command {
     Inject {
         /// The manifests (default: standard input).
         file: Option<PathBuf>,
-        /// The sidecar's image.
+        /// The sidecar's image (default: wedsync-sidecar:VERSION, this binary's version).
         #[arg(long)]
         image: Option<String>,
         /// The ConfigMap holding sidecar.yaml.
@@ -380,16 +380,15 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Man => {
-            let page = clap_mangen::Man::new(Cli::command());
-            match page.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("wedsync-sidecar: man: {error}");
-                    ExitCode::from(2)
-                }
+        Command::Man => match man_page(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            // `man | head`: the reader has what it wanted.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("wedsync-sidecar: man: {error}");
+                ExitCode::from(2)
             }
-        }
+        },
         Command::Run { ready_file } => {
             let config = match load_config(&path) {
                 Ok(config) => config,
@@ -584,6 +583,56 @@ fn talk(
 }
 
 /// Writes a line to stdout; a reader that went away (`| head`) is not an error.
+/// One page with every command in it (`wedsync-sidecar run`, `dlq
+/// list` ...), instead of clap_mangen's list of `wedsync-sidecar-run(1)`
+/// pages, which nothing installs.
+fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let command = Cli::command();
+    let page = clap_mangen::Man::new(command.clone());
+    page.render_title(out)?;
+    page.render_name_section(out)?;
+    page.render_synopsis_section(out)?;
+    page.render_description_section(out)?;
+    page.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    man_commands(out, &command, "wedsync-sidecar")?;
+    page.render_version_section(out)
+}
+
+/// Each subcommand of `command` as a subsection: its synopsis, what it
+/// does and its options, then its own subcommands.
+fn man_commands(
+    out: &mut dyn std::io::Write,
+    command: &clap::Command,
+    prefix: &str,
+) -> std::io::Result<()> {
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("{prefix} {}", sub.get_name());
+        // clap takes a name as a `&'static str` (without its `string`
+        // feature); a page is printed once, then the process ends.
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        let named = sub.clone().name(leaked).bin_name(leaked);
+        let page = clap_mangen::Man::new(named.clone());
+        let mut text = Vec::new();
+        page.render_synopsis_section(&mut text)?;
+        page.render_description_section(&mut text)?;
+        if named.get_arguments().any(|a| !a.is_hide_set()) {
+            page.render_options_section(&mut text)?;
+        }
+        writeln!(out, ".SS \"{}\"", name.replace('-', "\\-"))?;
+        // Its sections become bold headings inside the subsection.
+        for line in String::from_utf8_lossy(&text).lines() {
+            match line.strip_prefix(".SH ") {
+                Some("SYNOPSIS" | "DESCRIPTION") => writeln!(out, ".PP")?,
+                Some(heading) => writeln!(out, ".PP\n.B {heading}\n.br")?,
+                None => writeln!(out, "{line}")?,
+            }
+        }
+        man_commands(out, sub, &name)?;
+    }
+    Ok(())
+}
+
 fn print_out(text: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout().lock(), "{text}");

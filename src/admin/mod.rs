@@ -15,6 +15,7 @@ pub mod overview;
 pub mod recent;
 pub mod webhooks;
 
+use crate::net::request_id;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -305,7 +306,10 @@ impl ServeHttp for AdminApp {
                 .map(|v| v.as_bytes())
                 .or_else(|| header.uri.authority().map(|a| a.as_str().as_bytes())),
         };
-        self.route(&request).await
+        let id = request_id::shared().for_request(header.headers.get(request_id::HEADER));
+        let mut response = self.route(&request).await;
+        response.headers_mut().insert(request_id::HEADER, id);
+        response
     }
 }
 

@@ -126,3 +126,20 @@ pub fn table(
     }
     out.join("\n")
 }
+/// `1 dead letter`, `3 dead letters`: what a command prints counts
+/// things in the right number.
+pub fn counted(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_printed_in_the_right_number() {
+        assert_eq!(counted(1, "dead letter", "dead letters"), "1 dead letter");
+        assert_eq!(counted(0, "dead letter", "dead letters"), "0 dead letters");
+        assert_eq!(counted(3, "delivery", "deliveries"), "3 deliveries");
+    }
+}

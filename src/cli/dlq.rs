@@ -2,7 +2,7 @@
 //! `listen.admin` and `admin.token` from the config, calls the running
 //! sidecar, and prints a table (list) or JSON (show).
 
-use super::admin_api::{call, query, segment};
+use super::admin_api::{call, counted, query, segment};
 use super::CommandError;
 use crate::config::Config;
 
@@ -80,7 +80,14 @@ pub async fn run(config: &Config, command: &DlqCommand) -> Result<String, Comman
         DlqCommand::List { .. } => table(&body),
         DlqCommand::Show { .. } => serde_json::to_string_pretty(&body).unwrap_or_default(),
         DlqCommand::Replay { id } => format!("replayed dead letter {id}"),
-        DlqCommand::ReplayAll { .. } => format!("replayed {} dead letters", body["replayed"]),
+        DlqCommand::ReplayAll { .. } => format!(
+            "replayed {}",
+            counted(
+                body["replayed"].as_u64().unwrap_or(0),
+                "dead letter",
+                "dead letters"
+            )
+        ),
         DlqCommand::Purge { id } => format!("deleted dead letter {id}"),
     })
 }

@@ -2,7 +2,7 @@
 //! (a table, or the API's JSON page), show one event (JSON), redeliver one
 //! or every event a filter matches (`--dry-run` counts them first).
 
-use super::admin_api::{call, query, segment, table};
+use super::admin_api::{call, counted, query, segment, table};
 use super::CommandError;
 use crate::config::Config;
 
@@ -144,19 +144,23 @@ pub async fn run(config: &Config, command: &EventsCommand) -> Result<String, Com
         }
         EventsCommand::List { .. } => list_table(&body),
         EventsCommand::Redeliver { source, id, .. } => {
+            let queued = body["queued"].as_u64().unwrap_or(0);
             format!(
-                "queued event {id} from {source} again ({} deliveries)",
-                body["queued"]
+                "queued event {id} from {source} again ({})",
+                counted(queued, "delivery", "deliveries")
             )
         }
         EventsCommand::RedeliverMatching { dry_run: true, .. } => {
+            let matched = body["matched"].as_u64().unwrap_or(0);
+            let verb = if matched == 1 { "matches" } else { "match" };
             format!(
-                "{} events match (nothing queued: a dry run)",
-                body["matched"]
+                "{} {verb} (nothing queued: a dry run)",
+                counted(matched, "event", "events")
             )
         }
         EventsCommand::RedeliverMatching { .. } => {
-            format!("queued {} events again", body["queued"])
+            let queued = body["queued"].as_u64().unwrap_or(0);
+            format!("queued {} again", counted(queued, "event", "events"))
         }
     })
 }

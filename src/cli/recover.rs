@@ -59,8 +59,8 @@ pub fn summary(webhook: &str, report: &serde_json::Value) -> String {
         taken.push(format!("{} {verb}", count("requested")));
     }
     let mut text = format!(
-        "{webhook}: {} undelivered events listed since {}: {}, {} already stored, {} skipped",
-        count("found"),
+        "{webhook}: {} listed since {}: {}, {} already stored, {} skipped",
+        super::admin_api::counted(count("found"), "undelivered event", "undelivered events"),
         time(&report["since"]),
         taken.join(", "),
         count("duplicate"),

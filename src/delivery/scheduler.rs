@@ -126,9 +126,10 @@ impl DeliveryService {
     }
 
     async fn run(&self, mut shutdown: ShutdownWatch) {
-        // The process exits once nothing is in flight: delivery counts as
-        // in flight until its store is closed cleanly.
-        let _running = self.lifecycle.enter();
+        // The process exits once nothing is in flight: delivery holds it
+        // open until its store is closed cleanly (not a request: an idle
+        // sidecar has nothing in flight).
+        let _running = self.lifecycle.hold_open();
         loop {
             if *shutdown.borrow() {
                 break;

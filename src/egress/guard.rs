@@ -363,6 +363,23 @@ impl Guard {
         Some(pause)
     }
 
+    /// The `Retry-After` the app gets in place of a provider's that asks
+    /// for longer than `max_pause` (the pause honoured, in seconds), so
+    /// that the app's first answer says what every later one will; None
+    /// when the provider's stands.
+    pub fn capped_retry_after(
+        &self,
+        status: u16,
+        retry_after: Option<&HeaderValue>,
+    ) -> Option<u64> {
+        if status != 429 && status != 503 {
+            return None;
+        }
+        let asked = parse_retry_after(retry_after?.to_str().ok()?, SystemTime::now())?;
+        let honoured = self.cooldown.clamp(asked);
+        (honoured < asked).then(|| honoured.as_secs().max(1))
+    }
+
     /// Tells the other replicas of a pause (a no-op without a Redis store).
     pub async fn share_pause(&self, pause: Duration) {
         if let Some(store) = &self.store {
@@ -514,6 +531,28 @@ mod tests {
             guard.admit_in_pod(&none, Duration::MAX),
             Verdict::Go(_)
         ));
+    }
+
+    #[test]
+    fn the_apps_retry_after_is_capped_like_the_pause() {
+        let (capped, _, _) = guard("    max_pause: 3s\n");
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        assert_eq!(capped.capped_retry_after(429, Some(&value("100"))), Some(3));
+        assert_eq!(capped.capped_retry_after(503, Some(&value("100"))), Some(3));
+        assert_eq!(
+            capped.capped_retry_after(429, Some(&value("2"))),
+            None,
+            "within"
+        );
+        assert_eq!(capped.capped_retry_after(200, Some(&value("100"))), None);
+        assert_eq!(capped.capped_retry_after(429, Some(&value("soon"))), None);
+        assert_eq!(capped.capped_retry_after(429, None), None);
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(
+            capped.capped_retry_after(429, Some(&HeaderValue::from_str(&later).unwrap())),
+            Some(3),
+            "an HTTP-date"
+        );
     }
 
     #[test]

@@ -30,7 +30,6 @@ pub mod oauth2;
 pub mod pause_sync;
 pub mod proxy;
 pub mod publish;
-pub mod request_id;
 pub mod retrying;
 pub mod routing;
 pub mod service;
@@ -48,7 +47,7 @@ use publish::PublishedPaths;
 use routing::RouteTable;
 use service::{EgressService, ServiceError};
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const REQUEST_ID_HEADER: &str = crate::net::request_id::HEADER;
 
 /// The services and their route table as one config made them; part of
 /// the runtime snapshot, so a request sees one config from start to end.

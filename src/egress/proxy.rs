@@ -29,13 +29,13 @@ use super::context::{exchange_of, EgressCtx};
 use super::exchange::{Exchange, Step};
 use super::headers::{set_request, set_response};
 use super::publish::EventSink;
-use super::request_id::RequestIds;
 use super::service::Destination;
 use super::{guard, routing, EgressRoutes, REQUEST_ID_HEADER};
 use crate::access_log;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, StatusCounters};
 use crate::net::cutoff::Cutoffs;
+use crate::net::request_id::RequestIds;
 use crate::problem::{ErrorCode, Problem};
 use crate::trace::export::{Span, SpanKind};
 use crate::trace::state::TRACESTATE;
@@ -301,6 +301,12 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
                     tokens,
                 )
                 .await;
+            if let Some(seconds) = service
+                .guard
+                .capped_retry_after(status, response.headers.get(http::header::RETRY_AFTER))
+            {
+                set_response(response, http::header::RETRY_AFTER, seconds.into())?;
+            }
             if let Step::Wait(_) = exchange.on_status(
                 status,
                 &session.req_header().headers,

@@ -66,11 +66,11 @@ pub fn exit_when_idle(
             }
         }
         let deadline = Instant::now() + grace;
-        while lifecycle.in_flight() > 0 && Instant::now() < deadline {
+        while !lifecycle.idle() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let left = lifecycle.in_flight();
-        if left > 0 {
+        if !lifecycle.idle() {
             tracing::warn!(
                 in_flight = left,
                 "shutdown grace period over: abandoning requests still in flight"

@@ -114,14 +114,30 @@ impl HealthTable {
 
 /// Pingora's probe, with every result recorded in our table.
 pub struct TrackedCheck {
-    probe: Box<dyn HealthCheck + Send + Sync>,
+    probes: Probes,
     table: std::sync::Arc<HealthTable>,
 }
 
-/// How an HTTP probe reaches the group: its Host, and TLS when the
-/// group's calls use it.
+type Probe = std::sync::Arc<dyn HealthCheck + Send + Sync>;
+
+/// One probe for the group when every backend is called with the same
+/// Host (the group's `host`, a DNS name), else one per backend, made at
+/// its first check: Pingora's HTTP probe sends one fixed Host.
+enum Probes {
+    One(Probe),
+    PerBackend {
+        config: HealthCheckConfig,
+        reach: ProbeReach,
+        made: std::sync::Mutex<HashMap<String, Probe>>,
+    },
+}
+
+/// How an HTTP probe reaches the group: its Host (None: each backend's
+/// address, as delivery and the egress send it), and TLS when the group's
+/// calls use it.
+#[derive(Clone)]
 pub struct ProbeReach {
-    pub host: String,
+    pub host: Option<String>,
     pub tls: bool,
     pub ca: Option<std::sync::Arc<pingora::protocols::tls::CaType>>,
 }
@@ -132,16 +148,45 @@ impl TrackedCheck {
         reach: ProbeReach,
         table: std::sync::Arc<HealthTable>,
     ) -> Self {
-        Self {
-            probe: probe(config, reach),
-            table,
+        let probes = match (&reach.host, config.kind) {
+            (None, HealthCheckKind::Http) => Probes::PerBackend {
+                config: config.clone(),
+                reach,
+                made: Default::default(),
+            },
+            (host, _) => {
+                let host = host.clone().unwrap_or_default();
+                Probes::One(probe(config, &host, &reach).into())
+            }
+        };
+        Self { probes, table }
+    }
+
+    fn probe_for(&self, addr: &str) -> Probe {
+        match &self.probes {
+            Probes::One(probe) => std::sync::Arc::clone(probe),
+            Probes::PerBackend {
+                config,
+                reach,
+                made,
+            } => {
+                let mut made = made.lock().unwrap_or_else(|e| e.into_inner());
+                std::sync::Arc::clone(
+                    made.entry(addr.to_string())
+                        .or_insert_with(|| probe(config, addr, reach).into()),
+                )
+            }
         }
     }
 }
 
 /// An HTTP GET of `path` expecting one of `expect`, or a TCP connect, each
 /// bounded by `timeout`. Pingora's own thresholds stay at one: ours decide.
-fn probe(config: &HealthCheckConfig, reach: ProbeReach) -> Box<dyn HealthCheck + Send + Sync> {
+fn probe(
+    config: &HealthCheckConfig,
+    host: &str,
+    reach: &ProbeReach,
+) -> Box<dyn HealthCheck + Send + Sync> {
     match config.kind {
         HealthCheckKind::Tcp => {
             let mut check = TcpHealthCheck::new();
@@ -150,8 +195,8 @@ fn probe(config: &HealthCheckConfig, reach: ProbeReach) -> Box<dyn HealthCheck +
             check
         }
         HealthCheckKind::Http => {
-            let mut check = HttpHealthCheck::new(&reach.host, reach.tls);
-            check.peer_template.options.ca = reach.ca;
+            let mut check = HttpHealthCheck::new(host, reach.tls);
+            check.peer_template.options.ca = reach.ca.clone();
             check.req.set_uri(http::Uri::from(config.path.clone()));
             check.peer_template.options.connection_timeout = Some(config.timeout);
             check.peer_template.options.read_timeout = Some(config.timeout);
@@ -175,8 +220,8 @@ fn probe(config: &HealthCheckConfig, reach: ProbeReach) -> Box<dyn HealthCheck +
 #[async_trait::async_trait]
 impl HealthCheck for TrackedCheck {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
-        let result = self.probe.check(target).await;
         let addr = target.addr.to_string();
+        let result = self.probe_for(&addr).check(target).await;
         if let Some(healthy) = self.table.record(&addr, result.is_ok()) {
             match &result {
                 Ok(()) => {

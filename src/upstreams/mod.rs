@@ -178,7 +178,12 @@ impl Group {
                 metrics.upstream_backend_healthy.clone(),
             ));
             let reach = ProbeReach {
-                host: config.host_for("localhost"),
+                // Static backends without `host` are each called with
+                // their own address.
+                host: match (&config.host, &config.backends) {
+                    (None, crate::config::upstreams::Backends::Static(_)) => None,
+                    _ => Some(config.host_for("")),
+                },
                 tls: config.tls,
                 ca: ca.clone(),
             };

@@ -16,6 +16,7 @@
 //! Each request counts as in flight for the lifecycle from its first byte
 //! to its last answer byte, so a shutdown waits for the acks it started.
 
+use crate::net::request_id;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,8 +197,13 @@ pub fn head_end(buffer: &[u8]) -> Option<usize> {
 }
 
 /// Answers a client that gets no session (or no more of it), then closes.
+/// Its request was not read (or not whole): its id is a new one.
 async fn refuse(mut stream: Stream, problem: &Problem) {
-    let answer = problem.to_http1_closing();
+    let id = request_id::shared().for_request(None);
+    let answer = problem
+        .clone()
+        .with_header(request_id::HEADER, id.to_str().unwrap_or_default())
+        .to_http1_closing();
     let _ = tokio::time::timeout(REFUSAL_WRITE, async {
         stream.write_all(&answer).await?;
         stream.flush().await?;

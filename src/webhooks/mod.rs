@@ -16,6 +16,7 @@ pub mod publish;
 pub mod recover;
 pub mod verify;
 
+use crate::net::request_id;
 use std::sync::Arc;
 
 use arc_swap::access::DynAccess;
@@ -93,7 +94,10 @@ impl IngressApp {
     /// Answers the request `session` has read; the session stays open for
     /// the next one only when its body was read whole.
     pub async fn serve(&self, session: &mut HttpSession, started: Instant, deadline: Instant) {
-        let (response, webhook) = match self.answer(session, deadline).await {
+        // The provider's id when it sent a usable one, as the egress does.
+        let request_id =
+            request_id::shared().for_request(session.req_header().headers.get(request_id::HEADER));
+        let (mut response, webhook) = match self.answer(session, deadline).await {
             Ok((response, webhook)) => (response, Some(webhook)),
             Err((refusal, webhook)) => {
                 if let Some(reason) = refusal.reason {
@@ -119,6 +123,9 @@ impl IngressApp {
                 .ack_duration
                 .observe(started.elapsed().as_secs_f64());
         }
+        response
+            .headers_mut()
+            .insert(request_id::HEADER, request_id);
         write_response(session, response).await;
     }
 

@@ -36,6 +36,16 @@ impl RequestIds {
     }
 }
 
+/// The ids of the ingress's and the admin listener's answers (the egress
+/// keeps its own, made with its listener).
+pub fn shared() -> &'static RequestIds {
+    static SHARED: std::sync::LazyLock<RequestIds> = std::sync::LazyLock::new(RequestIds::default);
+    &SHARED
+}
+
+/// The request id header every answer of the sidecar's carries.
+pub const HEADER: &str = "x-request-id";
+
 /// The longest request id an app may choose.
 pub const MAX_REQUEST_ID: usize = 128;
 
