@@ -192,6 +192,11 @@ impl<'l> Decoder<'l> {
         }
     }
 
+    /// Whether `path` can be opened now, as the config's lookup sees it.
+    pub fn readable(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.lookup.readable(&path.to_string_lossy())
+    }
+
     pub fn non_empty_string(&mut self, node: &Node) -> Option<String> {
         let value = self.string(node)?;
         if value.is_empty() {

@@ -9,6 +9,11 @@ use std::collections::HashMap;
 pub trait Lookup {
     fn env(&self, name: &str) -> Option<String>;
     fn file(&self, path: &str) -> std::io::Result<String>;
+    /// Whether a file the config names (a CA, a client certificate) can
+    /// be opened now.
+    fn readable(&self, path: &str) -> std::io::Result<()> {
+        std::fs::File::open(path).map(drop)
+    }
 }
 
 /// The process environment and the file system.
@@ -40,6 +45,10 @@ impl Lookup for MapLookup {
         self.files.get(path).cloned().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory")
         })
+    }
+
+    fn readable(&self, path: &str) -> std::io::Result<()> {
+        self.file(path).map(drop)
     }
 }
 

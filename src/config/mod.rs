@@ -269,8 +269,8 @@ impl Config {
 
     pub fn from_yaml(source: &str, file: &str, lookup: &dyn Lookup) -> Result<Self, ConfigErrors> {
         decode_with(source, file, lookup, |decoder, root| {
-            let config = decode_document(decoder, root)?;
-            validate::check(decoder, &config);
+            let (config, failed) = decode_document(decoder, root)?;
+            validate::check(decoder, &config, &failed);
             Some(config)
         })
     }
@@ -382,7 +382,12 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
 ];
 
-fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
+/// The document, and the top-level sections that had errors: each of
+/// those stands at its default, so that the checks between fields still
+/// run and every error is reported in one go (the errors make the load
+/// fail all the same). A check that would read a failed section is
+/// skipped rather than misled by its default.
+fn decode_document(d: &mut Decoder, root: &Node) -> Option<(Config, Vec<&'static str>)> {
     if root.value.is_null() {
         d.error(&root.path, "the file is empty");
         return None;
@@ -433,21 +438,38 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<Config> {
         .get("delivery")
         .map(|n| webhooks::decode_delivery_section(d, &n));
     let limits = d.or(&f, "limits", Limits::default(), |d, n| decode_limits(d, n));
-    Some(Config {
-        listen: listen?,
-        ingress: ingress?,
-        admin: admin?,
-        drain_delay: drain_delay?,
-        shutdown_grace: shutdown_grace?,
-        store: store?,
+    fn or_default<T>(failed: &mut Vec<&'static str>, section: &'static str, value: Option<T>, default: T) -> T {
+        value.unwrap_or_else(|| {
+            failed.push(section);
+            default
+        })
+    }
+    let mut failed = Vec::new();
+    let config = Config {
+        listen: or_default(&mut failed, "listen", listen, default_listen()),
+        ingress: or_default(&mut failed, "ingress", ingress, Ingress::default()),
+        admin: or_default(&mut failed, "admin", admin, Admin::default()),
+        drain_delay: drain_delay.unwrap_or(Duration::from_secs(5)),
+        shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(25)),
+        store: match store {
+            Some(store) => store,
+            None => {
+                failed.push("store");
+                Store::with_kind(StoreKind::Local {
+                    path: PathBuf::from("./data"),
+                    max_size: None,
+                })
+            }
+        },
         services,
         upstreams,
         webhooks,
         events,
         delivery: delivery.flatten(),
-        tracing: tracing?,
-        limits: limits?,
-    })
+        tracing: tracing.unwrap_or_default(),
+        limits: limits.unwrap_or_default(),
+    };
+    Some((config, failed))
 }
 
 fn decode_limits(d: &mut Decoder, node: &Node) -> Option<Limits> {

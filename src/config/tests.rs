@@ -16,6 +16,9 @@ fn lookup() -> MapLookup {
     lookup
         .files
         .insert("/secrets/sup".into(), "client-secret-value\n".into());
+    for file in ["/etc/redis/ca.pem", "/etc/redis/client.pem", "/etc/redis/client.key"] {
+        lookup.files.insert(file.into(), "-----BEGIN ...".into());
+    }
     lookup
 }
 
@@ -328,6 +331,45 @@ fn every_error_is_reported_not_only_the_first() {
     );
     assert!(errs[2].starts_with("services.b.auth.kind: unknown value \"magic\": expected one of bearer, api_key, basic, oauth2"));
     assert!(errs[3].starts_with("shutdown_grace: invalid duration \"forever\""));
+}
+
+#[test]
+fn errors_of_fields_between_fields_and_missing_files_come_in_one_list() {
+    let yaml = "listen: { egress: 127.0.0.1:9000, ingress: 127.0.0.1:9000 }
+shutdown_grace: forever
+services:
+  a:
+    route: /a
+    upstream: https://a.example
+    ca_file: /missing/a.pem
+  b:
+    route: /a/b
+    upstream: https://b.example
+    ca_file: /missing/b.pem
+upstreams:
+  notify: { backends: [127.0.0.1:1], tls: true, ca_file: /missing/n.pem }
+";
+    assert_eq!(
+        errors(yaml),
+        [
+            "listen.ingress: 127.0.0.1:9000 is already the egress listener (line 1, column 44)",
+            "shutdown_grace: invalid duration \"forever\": expected a number followed by ms, s, m, h or d (e.g. 250ms, 30s, 1h30m) (line 2, column 17)",
+            "services.a.ca_file: cannot read /missing/a.pem: No such file or directory (line 7, column 14)",
+            "services.b.route: route /a/b lies under route /a of services.a: it would shadow part of that service (line 9, column 12)",
+            "services.b.ca_file: cannot read /missing/b.pem: No such file or directory (line 11, column 14)",
+            "upstreams.notify.ca_file: cannot read /missing/n.pem: No such file or directory (line 13, column 58)",
+        ]
+    );
+}
+
+#[test]
+fn a_failed_section_does_not_mislead_the_checks_that_read_it() {
+    // The store's own error, not "global limits need Redis" on top.
+    let errs = errors(
+        "store: { kind: redis }\nservices:\n  s:\n    route: /s\n    upstream: https://s.example\n    rate_limit: { requests: 5, per: 1s, scope: global }\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("store"), "{errs:#?}");
 }
 
 #[test]

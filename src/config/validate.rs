@@ -5,16 +5,64 @@
 
 use super::decode::Decoder;
 use super::path::YamlPath;
-use super::services::{LimitScope, ServiceUpstream};
+use super::services::{Auth, LimitScope, ServiceUpstream};
 use super::upstreams::unknown_group;
 use super::{Config, StoreKind};
 
-pub fn check(d: &mut Decoder, config: &Config) {
-    check_listeners(d, config);
+/// The checks between fields, on what decoded; `failed` names the
+/// top-level sections that did not (they hold their defaults).
+pub fn check(d: &mut Decoder, config: &Config, failed: &[&str]) {
+    if !failed.contains(&"listen") && !failed.contains(&"admin") {
+        check_listeners(d, config);
+    }
     check_routes(d, config);
     check_service_groups(d, config);
     check_webhooks(d, config);
-    check_global_limits(d, config);
+    if !failed.contains(&"store") {
+        check_global_limits(d, config);
+    }
+    check_files(d, config);
+}
+
+/// Every file the config names that is read at start (CAs, the Redis
+/// client certificate and key) can be opened: reported with the key's
+/// line, all of them, not the first the start trips on.
+fn check_files(d: &mut Decoder, config: &Config) {
+    let mut files: Vec<(YamlPath, &std::path::Path)> = Vec::new();
+    for service in &config.services {
+        let at = YamlPath::root().key("services").key(&service.name);
+        if let Some(ca) = &service.ca_file {
+            files.push((at.key("ca_file"), ca));
+        }
+        if let Some(Auth::OAuth2(oauth)) = &service.auth {
+            // Inherited from the service unless set: reported there.
+            if oauth.ca_file.is_some() && oauth.ca_file != service.ca_file {
+                files.push((at.key("auth").key("ca_file"), oauth.ca_file.as_deref().unwrap()));
+            }
+        }
+    }
+    for group in &config.upstreams {
+        if let Some(ca) = &group.ca_file {
+            files.push((YamlPath::root().key("upstreams").key(&group.name).key("ca_file"), ca));
+        }
+    }
+    if let StoreKind::Redis(redis) = &config.store.kind {
+        let at = YamlPath::root().key("store");
+        for (key, file) in [
+            ("ca_file", &redis.ca_file),
+            ("cert_file", &redis.cert_file),
+            ("key_file", &redis.key_file),
+        ] {
+            if let Some(file) = file {
+                files.push((at.key(key), file));
+            }
+        }
+    }
+    for (path, file) in files {
+        if let Err(error) = d.readable(file) {
+            d.error(&path, format!("cannot read {}: {error}", file.display()));
+        }
+    }
 }
 
 fn check_listeners(d: &mut Decoder, config: &Config) {
