@@ -54,6 +54,35 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for the README's table to be held to.
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::NoRoute,
+        Self::UpstreamUnreachable,
+        Self::UpstreamTimeout,
+        Self::UpstreamFailed,
+        Self::CredentialsUnavailable,
+        Self::RateLimited,
+        Self::ProviderThrottled,
+        Self::CircuitOpen,
+        Self::NoHealthyBackend,
+        Self::StoreUnavailable,
+        Self::StoreFull,
+        Self::SignatureInvalid,
+        Self::PayloadTooLarge,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Unauthorized,
+        Self::BadRequest,
+        Self::Conflict,
+        Self::RequestTimeout,
+        Self::HeadersTooLarge,
+        Self::Overloaded,
+        Self::UnsupportedMediaType,
+        Self::Forbidden,
+        Self::MisdirectedRequest,
+        Self::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",

@@ -1,0 +1,355 @@
+//! The README (and `k8s/README.md`) held to the binary: every YAML block
+//! passes `check` (a fragment wrapped into a minimal config), the
+//! walk-through's shell lines run offline against a real sidecar on the
+//! demo config and print what their comments say, and the tables of
+//! metrics, error codes and dead-letter reasons list exactly what the
+//! binary can emit: nothing undocumented, nothing documented that is gone.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+use wedsync_sidecar::metrics::DeadLetterReason;
+use wedsync_sidecar::problem::ErrorCode;
+
+const README: &str = include_str!("../README.md");
+const K8S_README: &str = include_str!("../k8s/README.md");
+const BIN: &str = env!("CARGO_BIN_EXE_wedsync-sidecar");
+
+/// The fenced blocks of `text` tagged `lang`, each with its first line.
+fn blocks<'a>(text: &'a str, lang: &str) -> Vec<(usize, &'a str)> {
+    let fence = format!("```{lang}\n");
+    let mut found = Vec::new();
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(start) = rest.find(&fence) {
+        let body_start = start + fence.len();
+        let Some(len) = rest[body_start..].find("```") else {
+            break;
+        };
+        let line = text[..offset + start].lines().count() + 2;
+        found.push((line, &rest[body_start..body_start + len]));
+        offset += body_start + len + 3;
+        rest = &rest[body_start + len + 3..];
+    }
+    found
+}
+
+/// The rows of the Markdown table that follows `heading_line` (a line of
+/// the text that starts it, e.g. `| metric | labels |`): first cells.
+fn first_cells(text: &str, header: &str) -> Vec<String> {
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(header));
+    lines.next().unwrap_or_else(|| panic!("no table {header:?}"));
+    lines
+        .skip(1)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap_or_default().trim().to_string())
+        .collect()
+}
+
+/// Every `name` in backticks in `cell`.
+fn ticked(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// `check` on `yaml` as an operator would run it: the `${env:...}` it
+/// references set, the `${file:...}` it reads and the key files it
+/// names present (under `dir`).
+fn check_config(yaml: &str, dir: &Path) -> (bool, String) {
+    let mut yaml = yaml.to_string();
+    let mut env = Vec::new();
+    for reference in yaml.clone().split("${").skip(1) {
+        let Some(end) = reference.find('}') else { continue };
+        let reference = &reference[..end];
+        if let Some(name) = reference.strip_prefix("env:") {
+            let name = name.split(":-").next().unwrap().to_string();
+            env.push((name, "readme-example-value-0123456789".to_string()));
+        } else if let Some(file) = reference.strip_prefix("file:") {
+            let local = dir.join(file.trim_start_matches('/'));
+            std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+            std::fs::write(&local, "readme-example-secret-0123456789\n").unwrap();
+            yaml = yaml.replace(&format!("${{file:{file}}}"), &format!("${{file:{}}}", local.display()));
+        }
+    }
+    // A GitHub App's key file, as a Secret mount would hold it.
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/github_app_test_key.pem");
+    yaml = yaml.replace("/var/run/secrets/github/app.pem", key);
+    let path = dir.join("sidecar.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .envs(env)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A minimal config around a fragment: what its first key needs.
+const BASE: &str = "upstreams:\n  notify: { backends: [\"127.0.0.1:9\"] }\n";
+
+fn wrapped(fragment: &str) -> Vec<String> {
+    let first = fragment
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .unwrap_or_default();
+    let key = first.split(':').next().unwrap_or_default().trim();
+    let indent = |text: &str, by: usize| -> String {
+        text.lines()
+            .map(|l| format!("{:by$}{l}\n", ""))
+            .collect()
+    };
+    let service = |keys: &str| {
+        format!(
+            "{BASE}services:\n  demo:\n    route: /demo\n    upstream: https://api.example.com\n{}",
+            indent(keys, 4)
+        )
+    };
+    match key {
+        // One alternative a line (or a mapping over several).
+        "auth" => split_alternatives(fragment, "auth:")
+            .into_iter()
+            .map(|alternative| service(&alternative))
+            .collect(),
+        "rate_limit" | "circuit_breaker" | "retry" | "idempotency_key" => vec![service(fragment)],
+        "services" | "upstreams" | "webhooks" | "events" | "listen" | "store" | "delivery"
+        | "admin" | "ingress" | "tracing" | "limits" => {
+            if fragment.contains("upstreams:") {
+                vec![fragment.to_string()]
+            } else {
+                vec![format!("{BASE}{fragment}")]
+            }
+        }
+        other => panic!("a YAML block starting with {other:?}: say how to wrap it"),
+    }
+}
+
+/// `auth: {...}` lines and `auth:` mappings, each its own fragment.
+fn split_alternatives(fragment: &str, key: &str) -> Vec<String> {
+    let mut parts: Vec<String> = Vec::new();
+    for line in fragment.lines() {
+        if line.starts_with(key) {
+            parts.push(String::new());
+        }
+        if let Some(part) = parts.last_mut() {
+            part.push_str(line);
+            part.push('\n');
+        }
+    }
+    parts
+}
+
+#[test]
+fn every_yaml_block_of_the_readmes_passes_check() {
+    let dir = unique_dir("readme-yaml");
+    let mut checked = 0;
+    for (name, text) in [("README.md", README), ("k8s/README.md", K8S_README)] {
+        for (line, block) in blocks(text, "yaml") {
+            for config in wrapped(block) {
+                let (ok, printed) = check_config(&config, &dir);
+                assert!(
+                    ok,
+                    "{name} line {line}: the block fails check:\n{printed}\n--- as checked:\n{config}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} configs found");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_metrics_table_lists_exactly_the_metrics_the_binary_registers() {
+    let source = include_str!("../src/metrics.rs");
+    let registered: BTreeSet<String> = source
+        .split('"')
+        .filter(|s| {
+            s.starts_with("sidecar_")
+                && s.len() > 8
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+        })
+        .map(str::to_string)
+        .collect();
+    let documented: BTreeSet<String> = first_cells(README, "| metric | labels |")
+        .iter()
+        .flat_map(|cell| ticked(cell))
+        .filter(|name| name.starts_with("sidecar_"))
+        .collect();
+    let undocumented: Vec<_> = registered.difference(&documented).collect();
+    let gone: Vec<_> = documented.difference(&registered).collect();
+    assert!(
+        undocumented.is_empty() && gone.is_empty(),
+        "undocumented: {undocumented:?}; documented but gone: {gone:?}"
+    );
+}
+
+#[test]
+fn the_error_table_lists_exactly_the_codes_the_binary_answers() {
+    let emitted: BTreeSet<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_string())
+        .collect();
+    let documented: BTreeSet<String> = first_cells(README, "| code | status | when |")
+        .iter()
+        .flat_map(|cell| ticked(cell))
+        .collect();
+    let undocumented: Vec<_> = emitted.difference(&documented).collect();
+    let gone: Vec<_> = documented.difference(&emitted).collect();
+    assert!(
+        undocumented.is_empty() && gone.is_empty(),
+        "undocumented: {undocumented:?}; documented but gone: {gone:?}"
+    );
+}
+
+#[test]
+fn the_dead_letter_reasons_are_exactly_the_binarys() {
+    let emitted: BTreeSet<String> = DeadLetterReason::ALL
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
+    let row = README
+        .lines()
+        .find(|l| l.starts_with("| `sidecar_dead_lettered_total`"))
+        .expect("the dead-letter metric's row");
+    let documented: BTreeSet<String> = ticked(row.split("`reason`").nth(1).unwrap())
+        .into_iter()
+        .collect();
+    let undocumented: Vec<_> = emitted.difference(&documented).collect();
+    let gone: Vec<_> = documented.difference(&emitted).collect();
+    assert!(
+        undocumented.is_empty() && gone.is_empty(),
+        "undocumented: {undocumented:?}; documented but gone: {gone:?}"
+    );
+}
+
+/// The demo config on ports the kernel picks, with its store in `dir`.
+fn demo_sidecar() -> Sidecar {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml"))
+        .unwrap();
+    // Sidecar::start adds its own `listen` and `store`.
+    let mut body = String::new();
+    let mut skipping = false;
+    for line in demo.lines() {
+        if !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty() {
+            skipping = line.starts_with("listen:") || line.starts_with("store:");
+        }
+        if !skipping {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    Sidecar::start(&body)
+}
+
+/// The walk-through's shell blocks, as one script each; `# {json}`
+/// comments (at the end of a line, or on the next) are what the command
+/// prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walk_through_runs_offline_and_prints_what_it_says() {
+    let sidecar = demo_sidecar();
+    let walk = README
+        .split("## A walk-through")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let dir = unique_dir("readme-walk");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut ran = 0;
+    for (line, block) in blocks(walk, "sh") {
+        // Joined continuation lines; `scripts/run` is the sidecar above.
+        let mut commands: Vec<(String, Option<String>)> = Vec::new();
+        let mut pending = String::new();
+        for text in block.lines() {
+            if let Some(expected) = text.trim_start().strip_prefix("# ") {
+                if let Some(last) = commands.last_mut() {
+                    last.1.get_or_insert_with(|| expected.to_string());
+                }
+                continue;
+            }
+            pending.push_str(text.trim_end_matches('\\'));
+            if text.ends_with('\\') {
+                continue;
+            }
+            let (command, comment) = match pending.split_once("  # ") {
+                Some((c, e)) => (c.trim().to_string(), Some(e.trim().to_string())),
+                None => (pending.trim().to_string(), None),
+            };
+            pending.clear();
+            if command.contains("scripts/run") {
+                continue;
+            }
+            let command = command
+                .replace("./target/release/wedsync-sidecar", BIN)
+                .replace("wedsync-sidecar check", &format!("{BIN} check"))
+                .replace("127.0.0.1:9901", &sidecar.admin.to_string())
+                .replace("127.0.0.1:15001", &sidecar.egress.to_string())
+                .replace("127.0.0.1:8080", &sidecar.ingress.to_string())
+                .replace("-c conf/sidecar.yaml", &format!("-c {}", sidecar.config_with_bound_ports().display()));
+            commands.push((command, comment));
+        }
+        // One shell per block (a variable set on one line is read on the
+        // next), each command's output between markers.
+        let mut script = String::from("set -eo pipefail\n");
+        for (n, (command, _)) in commands.iter().enumerate() {
+            script.push_str(&format!("echo '@@{n}@@'\n{command}\necho\n"));
+        }
+        script.push_str("echo '@@end@@'\n");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("PATH", format!("{}:{}", root.join("target/debug").display(), std::env::var("PATH").unwrap()))
+            .env("SIDECAR_CONFIG", sidecar.config_with_bound_ports())
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            stdout.contains("@@end@@"),
+            "README walk-through (block at line {line}) stopped: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (n, (command, expected)) in commands.iter().enumerate() {
+            let printed = stdout
+                .split(&format!("@@{n}@@\n"))
+                .nth(1)
+                .and_then(|rest| rest.split("\n@@").next())
+                .unwrap_or_default()
+                .to_string();
+            if let Some(json) = expected.as_deref().and_then(|e| {
+                let end = e.find('}')?;
+                serde_json::from_str::<serde_json::Value>(&e[..=end]).ok()
+            }) {
+                let got: serde_json::Value = serde_json::from_str(printed.trim())
+                    .unwrap_or_else(|_| panic!("`{command}` printed {printed:?}, not JSON"));
+                for (key, value) in json.as_object().unwrap() {
+                    assert_eq!(&got[key], value, "`{command}` printed {printed}");
+                }
+            } else if let Some(expected) = expected.as_deref().filter(|e| e.starts_with("404")) {
+                for word in expected.split(", ").filter(|w| !w.contains(' ')) {
+                    let word = word.split(": ").last().unwrap();
+                    assert!(printed.contains(word), "`{command}`: {word} not in {printed}");
+                }
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 8, "only {ran} commands found");
+    let _ = std::fs::remove_dir_all(&dir);
+}
