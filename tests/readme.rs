@@ -42,7 +42,9 @@ fn blocks<'a>(text: &'a str, lang: &str) -> Vec<(usize, &'a str)> {
 /// the text that starts it, e.g. `| metric | labels |`): first cells.
 fn first_cells(text: &str, header: &str) -> Vec<String> {
     let mut lines = text.lines().skip_while(|l| !l.starts_with(header));
-    lines.next().unwrap_or_else(|| panic!("no table {header:?}"));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("no table {header:?}"));
     lines
         .skip(1)
         .take_while(|l| l.starts_with('|'))
@@ -66,20 +68,32 @@ fn check_config(yaml: &str, dir: &Path) -> (bool, String) {
     let mut yaml = yaml.to_string();
     let mut env = Vec::new();
     for reference in yaml.clone().split("${").skip(1) {
-        let Some(end) = reference.find('}') else { continue };
+        let Some(end) = reference.find('}') else {
+            continue;
+        };
         let reference = &reference[..end];
         if let Some(name) = reference.strip_prefix("env:") {
             let name = name.split(":-").next().unwrap().to_string();
-            env.push((name, "readme-example-value-0123456789".to_string()));
+            // Good for every kind of secret, Standard Webhooks' too.
+            env.push((
+                name,
+                "whsec_cmVhZG1lLWV4YW1wbGUtc2VjcmV0LTAxMjM0NTY3".to_string(),
+            ));
         } else if let Some(file) = reference.strip_prefix("file:") {
             let local = dir.join(file.trim_start_matches('/'));
             std::fs::create_dir_all(local.parent().unwrap()).unwrap();
             std::fs::write(&local, "readme-example-secret-0123456789\n").unwrap();
-            yaml = yaml.replace(&format!("${{file:{file}}}"), &format!("${{file:{}}}", local.display()));
+            yaml = yaml.replace(
+                &format!("${{file:{file}}}"),
+                &format!("${{file:{}}}", local.display()),
+            );
         }
     }
     // A GitHub App's key file, as a Secret mount would hold it.
-    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/github_app_test_key.pem");
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/github_app_test_key.pem"
+    );
     yaml = yaml.replace("/var/run/secrets/github/app.pem", key);
     let path = dir.join("sidecar.yaml");
     std::fs::write(&path, &yaml).unwrap();
@@ -109,9 +123,7 @@ fn wrapped(fragment: &str) -> Vec<String> {
         .unwrap_or_default();
     let key = first.split(':').next().unwrap_or_default().trim();
     let indent = |text: &str, by: usize| -> String {
-        text.lines()
-            .map(|l| format!("{:by$}{l}\n", ""))
-            .collect()
+        text.lines().map(|l| format!("{:by$}{l}\n", "")).collect()
     };
     let service = |keys: &str| {
         format!(
@@ -126,6 +138,16 @@ fn wrapped(fragment: &str) -> Vec<String> {
             .map(|alternative| service(&alternative))
             .collect(),
         "rate_limit" | "circuit_breaker" | "retry" | "idempotency_key" => vec![service(fragment)],
+        // One provider a line (or a mapping over several), in a webhook.
+        "verify" => split_alternatives(fragment, "verify:")
+            .into_iter()
+            .map(|alternative| {
+                format!(
+                    "{BASE}webhooks:\n  demo:\n    path: /webhooks/demo\n    routes: [{{ events: [\"*\"], targets: [notify] }}]\n{}",
+                    indent(&alternative, 4)
+                )
+            })
+            .collect(),
         "services" | "upstreams" | "webhooks" | "events" | "listen" | "store" | "delivery"
         | "admin" | "ingress" | "tracing" | "limits" => {
             if fragment.contains("upstreams:") {
@@ -181,7 +203,8 @@ fn the_metrics_table_lists_exactly_the_metrics_the_binary_registers() {
         .filter(|s| {
             s.starts_with("sidecar_")
                 && s.len() > 8
-                && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
         })
         .map(str::to_string)
         .collect();
@@ -239,8 +262,8 @@ fn the_dead_letter_reasons_are_exactly_the_binarys() {
 
 /// The demo config on ports the kernel picks, with its store in `dir`.
 fn demo_sidecar() -> Sidecar {
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml"))
-        .unwrap();
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml")).unwrap();
     // Sidecar::start adds its own `listen` and `store`.
     let mut body = String::new();
     let mut skipping = false;
@@ -301,7 +324,10 @@ async fn the_walk_through_runs_offline_and_prints_what_it_says() {
                 .replace("127.0.0.1:9901", &sidecar.admin.to_string())
                 .replace("127.0.0.1:15001", &sidecar.egress.to_string())
                 .replace("127.0.0.1:8080", &sidecar.ingress.to_string())
-                .replace("-c conf/sidecar.yaml", &format!("-c {}", sidecar.config_with_bound_ports().display()));
+                .replace(
+                    "-c conf/sidecar.yaml",
+                    &format!("-c {}", sidecar.config_with_bound_ports().display()),
+                );
             commands.push((command, comment));
         }
         // One shell per block (a variable set on one line is read on the
@@ -314,7 +340,14 @@ async fn the_walk_through_runs_offline_and_prints_what_it_says() {
         let out = Command::new("bash")
             .arg("-c")
             .arg(&script)
-            .env("PATH", format!("{}:{}", root.join("target/debug").display(), std::env::var("PATH").unwrap()))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    root.join("target/debug").display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
             .env("SIDECAR_CONFIG", sidecar.config_with_bound_ports())
             .current_dir(&dir)
             .output()
@@ -344,7 +377,10 @@ async fn the_walk_through_runs_offline_and_prints_what_it_says() {
             } else if let Some(expected) = expected.as_deref().filter(|e| e.starts_with("404")) {
                 for word in expected.split(", ").filter(|w| !w.contains(' ')) {
                     let word = word.split(": ").last().unwrap();
-                    assert!(printed.contains(word), "`{command}`: {word} not in {printed}");
+                    assert!(
+                        printed.contains(word),
+                        "`{command}`: {word} not in {printed}"
+                    );
                 }
             }
             ran += 1;
@@ -352,4 +388,156 @@ async fn the_walk_through_runs_offline_and_prints_what_it_says() {
     }
     assert!(ran >= 8, "only {ran} commands found");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The key paths a YAML example sets (maps of named entries as `<name>`).
+fn yaml_paths(value: &serde_json::Value, path: &str, out: &mut BTreeSet<String>) {
+    if let Some(map) = value.as_object() {
+        for (key, sub) in map {
+            let named = ["services", "upstreams", "webhooks", "events"].contains(&path);
+            let key = if named { "<name>" } else { key.as_str() };
+            let next = if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            };
+            out.insert(next.clone());
+            yaml_paths(sub, &next, out);
+        }
+    } else if let Some(items) = value.as_array() {
+        for item in items {
+            yaml_paths(item, path, out);
+        }
+    }
+}
+
+/// Every key path of the schema (`services.<name>.auth.kind`), from its
+/// `properties`, maps and list items, through every combinator.
+fn schema_paths(
+    node: &serde_json::Value,
+    defs: &serde_json::Value,
+    path: &str,
+    out: &mut BTreeSet<String>,
+) {
+    let node = match node.get("$ref").and_then(|r| r.as_str()) {
+        Some(reference) => &defs[reference.rsplit('/').next().unwrap()],
+        None => node,
+    };
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    if let Some(properties) = node.get("properties").and_then(|p| p.as_object()) {
+        for (key, sub) in properties {
+            out.insert(join(key));
+            schema_paths(sub, defs, &join(key), out);
+        }
+    }
+    if let Some(map) = node.get("additionalProperties").filter(|m| m.is_object()) {
+        schema_paths(map, defs, &join("<name>"), out);
+    }
+    if let Some(items) = node.get("items").filter(|m| m.is_object()) {
+        schema_paths(items, defs, path, out);
+    }
+    for combinator in ["anyOf", "oneOf", "allOf"] {
+        for sub in node
+            .get(combinator)
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+        {
+            schema_paths(sub, defs, path, out);
+        }
+    }
+}
+
+/// Every key the config takes has a row in the configuration reference
+/// (its own, or its parent's naming it), with its default: a reader can
+/// configure every part from the README alone.
+#[test]
+fn every_config_key_is_in_the_configuration_reference() {
+    let schema: serde_json::Value = serde_json::from_str(wedsync_sidecar::config::SCHEMA).unwrap();
+    let mut paths = BTreeSet::new();
+    schema_paths(&schema, &schema["$defs"], "", &mut paths);
+    // The reference's rows (the tables under "Configuration reference",
+    // and "Gap repair" whose rows are `recover.*`): first cell's keys and
+    // the row's text.
+    let mut rows: Vec<(Vec<String>, String)> = Vec::new();
+    for section in ["## Configuration reference", "### Gap repair"] {
+        let text = README.split(section).nth(1).unwrap();
+        let text = text.split("\n## ").next().unwrap();
+        for line in text.lines().filter(|l| l.starts_with("| `")) {
+            let first = line.split('|').nth(1).unwrap_or_default();
+            let keys = ticked(first)
+                .into_iter()
+                .map(|k| {
+                    if k.starts_with("recover.") {
+                        format!("webhooks.<name>.{k}")
+                    } else {
+                        k
+                    }
+                })
+                .collect();
+            rows.push((keys, line.to_string()));
+        }
+    }
+    let documented = |path: &str| {
+        rows.iter().any(|(keys, row)| {
+            keys.iter().any(|key| {
+                key == path
+                    || path.strip_prefix(key.as_str()).is_some_and(|rest| {
+                        let child = rest
+                            .trim_start_matches('.')
+                            .split('.')
+                            .next_back()
+                            .unwrap_or_default();
+                        rest.starts_with('.')
+                            && (row.contains(&format!("`{child}`"))
+                                || row.contains(&format!("{child}:")))
+                    })
+            })
+        })
+    };
+    // Keys explained by the commented examples of "Auth kinds" and
+    // "Resilience" (each key with what it does and its default).
+    let mut examples = BTreeSet::new();
+    for (_, block) in blocks(README, "yaml") {
+        for config in wrapped(block) {
+            let value: serde_json::Value = serde_yaml_ng::from_str(&config).unwrap();
+            yaml_paths(&value, "", &mut examples);
+        }
+    }
+    let explained_by_example = [
+        "services.<name>.auth.",
+        "services.<name>.rate_limit.",
+        "services.<name>.circuit_breaker.",
+        "services.<name>.retry.",
+    ];
+    let containers: BTreeSet<&String> = paths
+        .iter()
+        .filter(|p| paths.iter().any(|q| q.starts_with(&format!("{p}."))))
+        .collect();
+    let missing: Vec<&String> = paths
+        .iter()
+        .filter(|p| !containers.contains(p) || p.ends_with(".delivery"))
+        .filter(|p| {
+            // An event source takes a webhook's keys (its row says so).
+            let p = p.replacen("events.<name>.", "webhooks.<name>.", 1);
+            let p = p.replacen(
+                "upstreams.<name>.circuit_breaker.",
+                "services.<name>.circuit_breaker.",
+                1,
+            );
+            let by_example =
+                explained_by_example.iter().any(|e| p.starts_with(e)) && examples.contains(&p);
+            !(documented(&p) || by_example)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys without a row in the configuration reference: {missing:#?}"
+    );
 }

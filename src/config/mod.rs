@@ -438,7 +438,12 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<(Config, Vec<&'static
         .get("delivery")
         .map(|n| webhooks::decode_delivery_section(d, &n));
     let limits = d.or(&f, "limits", Limits::default(), |d, n| decode_limits(d, n));
-    fn or_default<T>(failed: &mut Vec<&'static str>, section: &'static str, value: Option<T>, default: T) -> T {
+    fn or_default<T>(
+        failed: &mut Vec<&'static str>,
+        section: &'static str,
+        value: Option<T>,
+        default: T,
+    ) -> T {
         value.unwrap_or_else(|| {
             failed.push(section);
             default

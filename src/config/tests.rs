@@ -16,7 +16,11 @@ fn lookup() -> MapLookup {
     lookup
         .files
         .insert("/secrets/sup".into(), "client-secret-value\n".into());
-    for file in ["/etc/redis/ca.pem", "/etc/redis/client.pem", "/etc/redis/client.key"] {
+    for file in [
+        "/etc/redis/ca.pem",
+        "/etc/redis/client.pem",
+        "/etc/redis/client.key",
+    ] {
         lookup.files.insert(file.into(), "-----BEGIN ...".into());
     }
     lookup

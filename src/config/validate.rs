@@ -37,13 +37,22 @@ fn check_files(d: &mut Decoder, config: &Config) {
         if let Some(Auth::OAuth2(oauth)) = &service.auth {
             // Inherited from the service unless set: reported there.
             if oauth.ca_file.is_some() && oauth.ca_file != service.ca_file {
-                files.push((at.key("auth").key("ca_file"), oauth.ca_file.as_deref().unwrap()));
+                files.push((
+                    at.key("auth").key("ca_file"),
+                    oauth.ca_file.as_deref().unwrap(),
+                ));
             }
         }
     }
     for group in &config.upstreams {
         if let Some(ca) = &group.ca_file {
-            files.push((YamlPath::root().key("upstreams").key(&group.name).key("ca_file"), ca));
+            files.push((
+                YamlPath::root()
+                    .key("upstreams")
+                    .key(&group.name)
+                    .key("ca_file"),
+                ca,
+            ));
         }
     }
     if let StoreKind::Redis(redis) = &config.store.kind {
