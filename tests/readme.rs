@@ -541,3 +541,44 @@ fn every_config_key_is_in_the_configuration_reference() {
         "keys without a row in the configuration reference: {missing:#?}"
     );
 }
+
+/// Wherever the READMEs write a status and a code (`503 store_full`), the
+/// code is one the binary answers, with that status.
+#[test]
+fn every_status_and_code_the_readmes_name_is_the_binarys() {
+    let codes: std::collections::BTreeMap<&str, u16> = ErrorCode::ALL
+        .iter()
+        .map(|c| (c.as_str(), c.status()))
+        .collect();
+    let mut wrong = Vec::new();
+    for (name, text) in [("README.md", README), ("k8s/README.md", K8S_README)] {
+        // `NNN word`: three digits (not part of a longer number) and one
+        // space, then a snake_case word.
+        let bytes = text.as_bytes();
+        for at in 0..bytes.len().saturating_sub(5) {
+            let digits = &bytes[at..at + 3];
+            let before = at.checked_sub(1).map(|b| bytes[b]);
+            if !digits.iter().all(u8::is_ascii_digit)
+                || before.is_some_and(|b| b.is_ascii_digit() || b == b',' || b == b'.')
+                || bytes[at + 3] != b' '
+            {
+                continue;
+            }
+            let word: String = text[at + 4..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let status: u16 = text[at..at + 3].parse().unwrap();
+            if !(400..600).contains(&status) || !word.contains('_') {
+                continue;
+            }
+            if codes.get(word.as_str()) != Some(&status) {
+                wrong.push(format!("{name}: {status} {word}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not a status and code the binary answers: {wrong:?}"
+    );
+}
