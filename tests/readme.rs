@@ -195,6 +195,17 @@ fn every_yaml_block_of_the_readmes_passes_check() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Both ways: nothing the binary emits is undocumented, nothing
+/// documented is gone.
+fn assert_documented_exactly(emitted: &BTreeSet<String>, documented: &BTreeSet<String>) {
+    let undocumented: Vec<_> = emitted.difference(documented).collect();
+    let gone: Vec<_> = documented.difference(emitted).collect();
+    assert!(
+        undocumented.is_empty() && gone.is_empty(),
+        "undocumented: {undocumented:?}; documented but gone: {gone:?}"
+    );
+}
+
 #[test]
 fn the_metrics_table_lists_exactly_the_metrics_the_binary_registers() {
     let source = include_str!("../src/metrics.rs");
@@ -213,12 +224,7 @@ fn the_metrics_table_lists_exactly_the_metrics_the_binary_registers() {
         .flat_map(|cell| ticked(cell))
         .filter(|name| name.starts_with("sidecar_"))
         .collect();
-    let undocumented: Vec<_> = registered.difference(&documented).collect();
-    let gone: Vec<_> = documented.difference(&registered).collect();
-    assert!(
-        undocumented.is_empty() && gone.is_empty(),
-        "undocumented: {undocumented:?}; documented but gone: {gone:?}"
-    );
+    assert_documented_exactly(&registered, &documented);
 }
 
 #[test]
@@ -231,12 +237,7 @@ fn the_error_table_lists_exactly_the_codes_the_binary_answers() {
         .iter()
         .flat_map(|cell| ticked(cell))
         .collect();
-    let undocumented: Vec<_> = emitted.difference(&documented).collect();
-    let gone: Vec<_> = documented.difference(&emitted).collect();
-    assert!(
-        undocumented.is_empty() && gone.is_empty(),
-        "undocumented: {undocumented:?}; documented but gone: {gone:?}"
-    );
+    assert_documented_exactly(&emitted, &documented);
 }
 
 #[test]
@@ -252,12 +253,7 @@ fn the_dead_letter_reasons_are_exactly_the_binarys() {
     let documented: BTreeSet<String> = ticked(row.split("`reason`").nth(1).unwrap())
         .into_iter()
         .collect();
-    let undocumented: Vec<_> = emitted.difference(&documented).collect();
-    let gone: Vec<_> = documented.difference(&emitted).collect();
-    assert!(
-        undocumented.is_empty() && gone.is_empty(),
-        "undocumented: {undocumented:?}; documented but gone: {gone:?}"
-    );
+    assert_documented_exactly(&emitted, &documented);
 }
 
 /// The demo config on ports the kernel picks, with its store in `dir`.
