@@ -167,3 +167,24 @@ fn the_in_cluster_config_is_valid_once_its_secrets_are_mounted() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Without `--image`, the sidecar's image is this binary's own version,
+/// as the README and `--help` say.
+#[test]
+fn the_default_image_is_this_binarys_version() {
+    let input = read(&root().join("tests/inject/pod.yaml"));
+    let output = inject(&["-c", "k8s/base/sidecar.yaml"], input.as_bytes());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let image = format!("wedsync-sidecar:{}", env!("CARGO_PKG_VERSION"));
+    let out = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        out.contains(&format!("image: \"{image}\"")) || out.contains(&format!("image: {image}")),
+        "{out}"
+    );
+    let readme = read(&root().join("README.md"));
+    assert!(readme.contains("`--image` defaults to `wedsync-sidecar:VERSION`"));
+}

@@ -86,6 +86,16 @@ pub struct GapRepair {
     running: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// What one run works on, whichever provider's.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    ingress: &'a super::ack::IngressWebhook,
+    recover: &'a Recover,
+    /// Unix seconds the run lists from.
+    since: u64,
+    dry_run: bool,
+}
+
 /// Marks a webhook's recovery as running in this process until dropped.
 struct Running<'a>(&'a GapRepair, String);
 
@@ -193,15 +203,15 @@ impl GapRepair {
             egress: self.egress,
             route: &service.route,
         };
+        let run = Run {
+            ingress: &ingress,
+            recover: &recover,
+            since,
+            dry_run: request.dry_run,
+        };
         let fetched = match recover.kind {
-            RecoverKind::StripeEvents => {
-                self.stripe_run(&ingress, &recover, api, since, &mut report, request.dry_run)
-                    .await?
-            }
-            RecoverKind::GithubDeliveries => {
-                self.github_run(&ingress, &recover, api, since, &mut report, request.dry_run)
-                    .await?
-            }
+            RecoverKind::StripeEvents => self.stripe_run(&run, api, &mut report).await?,
+            RecoverKind::GithubDeliveries => self.github_run(&run, api, &mut report).await?,
         };
         let finished_ms = unix_time().as_millis() as u64;
         let after = RecoverState {
@@ -248,13 +258,16 @@ impl GapRepair {
     /// error ends the run (`Err`); the provider's, the fetch (`Ok(Err)`).
     async fn stripe_run(
         &self,
-        ingress: &super::ack::IngressWebhook,
-        recover: &Recover,
+        run: &Run<'_>,
         api: api::Api<'_>,
-        since: u64,
         report: &mut RunReport,
-        dry_run: bool,
     ) -> Result<Result<(), String>, RecoverError> {
+        let Run {
+            ingress,
+            recover,
+            since,
+            dry_run,
+        } = *run;
         let webhook = ingress.config.name.as_str();
         let source = stripe::Source {
             api,
@@ -285,13 +298,16 @@ impl GapRepair {
     /// they arrive, not here).
     async fn github_run(
         &self,
-        ingress: &super::ack::IngressWebhook,
-        recover: &Recover,
+        run: &Run<'_>,
         api: api::Api<'_>,
-        since: u64,
         report: &mut RunReport,
-        dry_run: bool,
     ) -> Result<Result<(), String>, RecoverError> {
+        let Run {
+            ingress,
+            recover,
+            since,
+            dry_run,
+        } = *run;
         let webhook = ingress.config.name.as_str();
         let Some(hook) = recover.hook.as_deref() else {
             return Ok(Err("no hook".into()));
