@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use decode::{Decoder, Node};
+use decode::{Decoder, Fields, Node};
 pub use error::{ConfigError, ConfigErrors, Location};
 use interpolate::{Lookup, ProcessLookup};
 pub use secret::Secret;
@@ -393,24 +393,20 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<(Config, Vec<&'static
         return None;
     }
     let f = d.fields(root, TOP_LEVEL_KEYS)?;
-    let listen = d.or(&f, "listen", default_listen(), |d, n| decode_listen(d, n));
-    let ingress = d.or(&f, "ingress", Ingress::default(), |d, n| {
-        decode_ingress(d, n)
-    });
-    let admin = d.or(&f, "admin", Admin::default(), |d, n| decode_admin(d, n));
-    let drain_delay = d.or(&f, "drain_delay", Duration::from_secs(5), |d, n| {
-        d.duration(n)
-    });
-    let shutdown_grace = d.or(&f, "shutdown_grace", Duration::from_secs(25), |d, n| {
-        d.duration(n)
-    });
-    let store = match f.get("store") {
-        Some(n) => decode_store(d, &n),
-        None => Some(Store::with_kind(StoreKind::Local {
-            path: PathBuf::from("./data"),
-            max_size: None,
-        })),
+    let mut top = Sections {
+        fields: &f,
+        failed: Vec::new(),
     };
+    let listen = top.take(d, "listen", default_listen(), decode_listen);
+    let ingress = top.take(d, "ingress", Ingress::default(), decode_ingress);
+    let admin = top.take(d, "admin", Admin::default(), decode_admin);
+    let drain_delay = top.take(d, "drain_delay", Duration::from_secs(5), |d, n| {
+        d.duration(n)
+    });
+    let shutdown_grace = top.take(d, "shutdown_grace", Duration::from_secs(25), |d, n| {
+        d.duration(n)
+    });
+    let store = top.take(d, "store", default_store(), decode_store);
     let services = named_entries(d, f.get("services"), services::decode_service);
     let upstreams = named_entries(d, f.get("upstreams"), upstreams::decode_upstream);
     // Webhook targets are checked against every upstream that was named, even
@@ -428,53 +424,67 @@ fn decode_document(d: &mut Decoder, root: &Node) -> Option<(Config, Vec<&'static
     let webhooks = named_entries(d, f.get("webhooks"), |d, name, node| {
         webhooks::decode_webhook(d, name, node, &upstream_names)
     });
-    let tracing = d.or(&f, "tracing", telemetry::Tracing::default(), |d, n| {
-        telemetry::decode_tracing(d, n)
-    });
+    let tracing = top.take(
+        d,
+        "tracing",
+        telemetry::Tracing::default(),
+        telemetry::decode_tracing,
+    );
     let events = named_entries(d, f.get("events"), |d, name, node| {
         webhooks::decode_published(d, name, node, &upstream_names)
     });
     let delivery = f
         .get("delivery")
         .map(|n| webhooks::decode_delivery_section(d, &n));
-    let limits = d.or(&f, "limits", Limits::default(), |d, n| decode_limits(d, n));
-    fn or_default<T>(
-        failed: &mut Vec<&'static str>,
-        section: &'static str,
-        value: Option<T>,
-        default: T,
-    ) -> T {
-        value.unwrap_or_else(|| {
-            failed.push(section);
-            default
-        })
-    }
-    let mut failed = Vec::new();
+    let limits = top.take(d, "limits", Limits::default(), decode_limits);
     let config = Config {
-        listen: or_default(&mut failed, "listen", listen, default_listen()),
-        ingress: or_default(&mut failed, "ingress", ingress, Ingress::default()),
-        admin: or_default(&mut failed, "admin", admin, Admin::default()),
-        drain_delay: drain_delay.unwrap_or(Duration::from_secs(5)),
-        shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(25)),
-        store: match store {
-            Some(store) => store,
-            None => {
-                failed.push("store");
-                Store::with_kind(StoreKind::Local {
-                    path: PathBuf::from("./data"),
-                    max_size: None,
-                })
-            }
-        },
+        listen,
+        ingress,
+        admin,
+        drain_delay,
+        shutdown_grace,
+        store,
         services,
         upstreams,
         webhooks,
         events,
         delivery: delivery.flatten(),
-        tracing: tracing.unwrap_or_default(),
-        limits: limits.unwrap_or_default(),
+        tracing,
+        limits,
     };
-    Some((config, failed))
+    Some((config, top.failed))
+}
+
+/// The document's top-level keys, and those of them that had errors.
+struct Sections<'f, 'a> {
+    fields: &'f Fields<'a>,
+    failed: Vec<&'static str>,
+}
+
+impl<'a> Sections<'_, 'a> {
+    /// A top-level section, its default when absent; when it has errors,
+    /// its default too, and its name in `failed` (the errors fail the
+    /// load).
+    fn take<T: Clone>(
+        &mut self,
+        d: &mut Decoder,
+        key: &'static str,
+        default: T,
+        decode: impl FnOnce(&mut Decoder, &Node<'a>) -> Option<T>,
+    ) -> T {
+        d.or(self.fields, key, default.clone(), decode)
+            .unwrap_or_else(|| {
+                self.failed.push(key);
+                default
+            })
+    }
+}
+
+fn default_store() -> Store {
+    Store::with_kind(StoreKind::Local {
+        path: PathBuf::from("./data"),
+        max_size: None,
+    })
 }
 
 fn decode_limits(d: &mut Decoder, node: &Node) -> Option<Limits> {
@@ -684,10 +694,7 @@ fn decode_store(d: &mut Decoder, node: &Node) -> Option<Store> {
         Some(n) => decode_history(d, &n),
         None => Some(History::default()),
     };
-    let defaults = Store::with_kind(StoreKind::Local {
-        path: PathBuf::from("./data"),
-        max_size: None,
-    });
+    let defaults = default_store();
     let replicas = d.or(&f, "replicas", defaults.replicas, |d, n| {
         d.integer(n, 0, 16).map(|v| v as u32)
     });
