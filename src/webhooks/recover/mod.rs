@@ -96,6 +96,22 @@ struct Run<'a> {
     dry_run: bool,
 }
 
+impl Run<'_> {
+    fn webhook(&self) -> &str {
+        self.ingress.config.name.as_str()
+    }
+
+    /// Whether a route of the webhook takes events of `event_type`: what
+    /// none takes is skipped, not stored as unrouted.
+    fn routed(&self, event_type: &str) -> bool {
+        self.ingress
+            .config
+            .routes
+            .iter()
+            .any(|route| route.takes(event_type))
+    }
+}
+
 /// Marks a webhook's recovery as running in this process until dropped.
 struct Running<'a>(&'a GapRepair, String);
 
@@ -262,28 +278,21 @@ impl GapRepair {
         api: api::Api<'_>,
         report: &mut RunReport,
     ) -> Result<Result<(), String>, RecoverError> {
-        let Run {
-            ingress,
-            recover,
-            since,
-            dry_run,
-        } = *run;
-        let webhook = ingress.config.name.as_str();
         let source = stripe::Source {
             api,
-            types: stripe::listed_types(&ingress.config.routes),
+            types: stripe::listed_types(&run.ingress.config.routes),
         };
-        let mut pages = source.pages(since);
+        let mut pages = source.pages(run.since);
         loop {
             match pages.next().await {
                 Ok(None) => return Ok(Ok(())),
                 Ok(Some(events)) => {
                     for event in events {
-                        self.take(ingress, recover, event, report, dry_run).await?;
+                        self.take(run, event, report).await?;
                     }
                     // Still this run's: a long run keeps its lease.
                     self.store
-                        .lease_recover(webhook, &self.holder, LEASE)
+                        .lease_recover(run.webhook(), &self.holder, LEASE)
                         .await?;
                 }
                 Err(error) => return Ok(Err(error)),
@@ -302,49 +311,43 @@ impl GapRepair {
         api: api::Api<'_>,
         report: &mut RunReport,
     ) -> Result<Result<(), String>, RecoverError> {
-        let Run {
-            ingress,
-            recover,
-            since,
-            dry_run,
-        } = *run;
-        let webhook = ingress.config.name.as_str();
-        let Some(hook) = recover.hook.as_deref() else {
+        let webhook = run.webhook();
+        let Some(hook) = run.recover.hook.as_deref() else {
             return Ok(Err("no hook".into()));
         };
         let source = github::Source { api, hook };
-        let deliveries = match source.deliveries_since(since).await {
+        let deliveries = match source.deliveries_since(run.since).await {
             Ok(deliveries) => deliveries,
             Err(error) => return Ok(Err(error)),
         };
         self.store
             .lease_recover(webhook, &self.holder, LEASE)
             .await?;
-        for event in github::undelivered(&deliveries, since) {
+        let mut to_ask = Vec::new();
+        for event in github::undelivered(&deliveries, run.since) {
             report.found += 1;
-            let routed = ingress
-                .config
-                .routes
-                .iter()
-                .any(|route| route.takes(&event.event_type));
-            if !routed {
+            if !run.routed(&event.event_type) {
                 report.skipped += 1;
-                self.count_recovered(webhook, RecoveredOutcome::Skipped, dry_run);
-                continue;
-            }
-            if self.store.seen(webhook, &event.guid).await? {
+                self.count_recovered(run, RecoveredOutcome::Skipped);
+            } else if self.store.seen(webhook, &event.guid).await? {
                 report.duplicate += 1;
-                self.count_recovered(webhook, RecoveredOutcome::Duplicate, dry_run);
-                continue;
+                self.count_recovered(run, RecoveredOutcome::Duplicate);
+            } else {
+                to_ask.push(event);
             }
+        }
+        if run.dry_run || to_ask.is_empty() {
+            report.requested += to_ask.len() as u64;
+            return Ok(Ok(()));
+        }
+        // Noted first, in one call: a redelivery may arrive before GitHub
+        // answers the request for it.
+        let guids: Vec<String> = to_ask.iter().map(|e| e.guid.clone()).collect();
+        self.store
+            .note_redeliveries(webhook, &guids, ASKED_FOR)
+            .await?;
+        for event in to_ask {
             report.requested += 1;
-            if dry_run {
-                continue;
-            }
-            // Noted first: the redelivery may arrive before GitHub answers.
-            self.store
-                .note_redeliveries(webhook, std::slice::from_ref(&event.guid), ASKED_FOR)
-                .await?;
             if let Err(error) = source.redeliver(event.delivery).await {
                 return Ok(Err(error));
             }
@@ -352,11 +355,11 @@ impl GapRepair {
         Ok(Ok(()))
     }
 
-    fn count_recovered(&self, webhook: &str, outcome: RecoveredOutcome, dry_run: bool) {
-        if !dry_run {
+    fn count_recovered(&self, run: &Run<'_>, outcome: RecoveredOutcome) {
+        if !run.dry_run {
             self.metrics
                 .recovered_events_total
-                .with_label_values(&[webhook, outcome.as_str()])
+                .with_label_values(&[run.webhook(), outcome.as_str()])
                 .inc();
         }
     }
@@ -365,44 +368,37 @@ impl GapRepair {
     /// its type), or accepted as if its webhook had arrived.
     async fn take(
         &self,
-        ingress: &super::ack::IngressWebhook,
-        recover: &Recover,
+        run: &Run<'_>,
         event: stripe::ListedEvent,
         report: &mut RunReport,
-        dry_run: bool,
     ) -> Result<(), RecoverError> {
-        let webhook = ingress.config.name.as_str();
-        let count = |outcome: RecoveredOutcome| self.count_recovered(webhook, outcome, dry_run);
         report.found += 1;
-        let other_version = recover
+        let other_version = run
+            .recover
             .api_version
             .as_deref()
             .is_some_and(|version| event.api_version.as_deref() != Some(version));
-        let routed = ingress
-            .config
-            .routes
-            .iter()
-            .any(|route| route.takes(&event.event_type));
-        if other_version || !routed {
+        if other_version || !run.routed(&event.event_type) {
             report.skipped += 1;
-            count(RecoveredOutcome::Skipped);
+            self.count_recovered(run, RecoveredOutcome::Skipped);
             return Ok(());
         }
-        if dry_run {
+        if run.dry_run {
             report.accepted += 1;
             return Ok(());
         }
-        match ingress
+        match run
+            .ingress
             .accept_recovered(&*self.store, event.body, unix_time(), &self.accepted)
             .await?
         {
             Acceptance::Accepted(_) => {
                 report.accepted += 1;
-                count(RecoveredOutcome::Accepted);
+                self.count_recovered(run, RecoveredOutcome::Accepted);
             }
             Acceptance::Duplicate => {
                 report.duplicate += 1;
-                count(RecoveredOutcome::Duplicate);
+                self.count_recovered(run, RecoveredOutcome::Duplicate);
             }
         }
         Ok(())
