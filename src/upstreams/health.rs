@@ -12,7 +12,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
 use prometheus::IntGaugeVec;
 
-use crate::config::upstreams::{HealthCheck as HealthCheckConfig, HealthCheckKind};
+use crate::config::upstreams::{HealthCheck as HealthCheckConfig, HealthCheckKind, UpstreamGroup};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendHealth {
@@ -114,31 +114,21 @@ impl HealthTable {
 
 /// Pingora's probe, with every result recorded in our table.
 pub struct TrackedCheck {
-    probes: Probes,
+    config: HealthCheckConfig,
+    reach: ProbeReach,
+    /// One probe per `Host` the group's calls carry (Pingora's HTTP probe
+    /// sends one fixed Host): one for a group with `host` or a DNS name,
+    /// one per static backend otherwise, made at its first check.
+    probes: std::sync::Mutex<HashMap<String, Probe>>,
     table: std::sync::Arc<HealthTable>,
 }
 
 type Probe = std::sync::Arc<dyn HealthCheck + Send + Sync>;
 
-/// One probe for the group when every backend is called with the same
-/// Host (the group's `host`, a DNS name), else one per backend, made at
-/// its first check: Pingora's HTTP probe sends one fixed Host.
-enum Probes {
-    One(Probe),
-    PerBackend {
-        config: HealthCheckConfig,
-        reach: ProbeReach,
-        made: std::sync::Mutex<HashMap<String, Probe>>,
-    },
-}
-
-/// How an HTTP probe reaches the group: its Host (None: each backend's
-/// address, as delivery and the egress send it), and TLS when the group's
-/// calls use it.
-#[derive(Clone)]
+/// How a probe reaches the group: with the `Host` (and TLS server name)
+/// the group's own calls to a backend carry, and TLS when they use it.
 pub struct ProbeReach {
-    pub host: Option<String>,
-    pub tls: bool,
+    pub group: UpstreamGroup,
     pub ca: Option<std::sync::Arc<pingora::protocols::tls::CaType>>,
 }
 
@@ -148,35 +138,25 @@ impl TrackedCheck {
         reach: ProbeReach,
         table: std::sync::Arc<HealthTable>,
     ) -> Self {
-        let probes = match (&reach.host, config.kind) {
-            (None, HealthCheckKind::Http) => Probes::PerBackend {
-                config: config.clone(),
-                reach,
-                made: Default::default(),
-            },
-            (host, _) => {
-                let host = host.clone().unwrap_or_default();
-                Probes::One(probe(config, &host, &reach).into())
-            }
-        };
-        Self { probes, table }
+        Self {
+            config: config.clone(),
+            reach,
+            probes: Default::default(),
+            table,
+        }
     }
 
     fn probe_for(&self, addr: &str) -> Probe {
-        match &self.probes {
-            Probes::One(probe) => std::sync::Arc::clone(probe),
-            Probes::PerBackend {
-                config,
-                reach,
-                made,
-            } => {
-                let mut made = made.lock().unwrap_or_else(|e| e.into_inner());
-                std::sync::Arc::clone(
-                    made.entry(addr.to_string())
-                        .or_insert_with(|| probe(config, addr, reach).into()),
-                )
-            }
-        }
+        // A TCP probe sends nothing: one serves every backend.
+        let host = match self.config.kind {
+            HealthCheckKind::Http => self.reach.group.host_for(addr),
+            HealthCheckKind::Tcp => String::new(),
+        };
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let made = probes
+            .entry(host)
+            .or_insert_with_key(|host| probe(&self.config, host, &self.reach).into());
+        std::sync::Arc::clone(made)
     }
 }
 
@@ -195,7 +175,7 @@ fn probe(
             check
         }
         HealthCheckKind::Http => {
-            let mut check = HttpHealthCheck::new(host, reach.tls);
+            let mut check = HttpHealthCheck::new(host, reach.group.tls);
             check.peer_template.options.ca = reach.ca.clone();
             check.req.set_uri(http::Uri::from(config.path.clone()));
             check.peer_template.options.connection_timeout = Some(config.timeout);

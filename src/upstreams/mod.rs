@@ -178,13 +178,7 @@ impl Group {
                 metrics.upstream_backend_healthy.clone(),
             ));
             let reach = ProbeReach {
-                // Static backends without `host` are each called with
-                // their own address.
-                host: match (&config.host, &config.backends) {
-                    (None, crate::config::upstreams::Backends::Static(_)) => None,
-                    _ => Some(config.host_for("")),
-                },
-                tls: config.tls,
+                group: config.clone(),
                 ca: ca.clone(),
             };
             lb.set_health_check(Box::new(TrackedCheck::new(
