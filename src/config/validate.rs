@@ -36,11 +36,9 @@ fn check_files(d: &mut Decoder, config: &Config) {
         }
         if let Some(Auth::OAuth2(oauth)) = &service.auth {
             // Inherited from the service unless set: reported there.
-            if oauth.ca_file.is_some() && oauth.ca_file != service.ca_file {
-                files.push((
-                    at.key("auth").key("ca_file"),
-                    oauth.ca_file.as_deref().unwrap(),
-                ));
+            let own = oauth.ca_file.as_deref();
+            if let Some(ca) = own.filter(|ca| Some(*ca) != service.ca_file.as_deref()) {
+                files.push((at.key("auth").key("ca_file"), ca));
             }
         }
     }

@@ -124,30 +124,27 @@ impl PreparedAuth {
             }
             Self::OAuth2 => {
                 let token = oauth2_token.unwrap_or_default();
-                let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|e| {
-                    pingora::Error::because(
-                        pingora::ErrorType::InternalError,
-                        "access token is not a valid header value",
-                        e,
-                    )
-                })?;
-                value.set_sensitive(true);
-                set_request(request, http::header::AUTHORIZATION, value)?;
+                set_bearer(request, token, "access token is not a valid header value")?;
             }
             Self::GithubApp { app_id, key } => {
                 let jwt = crate::signing::jwt::github_app(app_id, key.key(), unix_time().as_secs())
                     .map_err(|e| {
                         pingora::Error::because(pingora::ErrorType::InternalError, "minting", e)
                     })?;
-                let mut value = HeaderValue::try_from(format!("Bearer {jwt}")).map_err(|e| {
-                    pingora::Error::because(pingora::ErrorType::InternalError, "a JWT header", e)
-                })?;
-                value.set_sensitive(true);
-                set_request(request, http::header::AUTHORIZATION, value)?;
+                set_bearer(request, &jwt, "a JWT header")?;
             }
         }
         Ok(())
     }
+}
+
+/// `Authorization: Bearer <token>` for a token made per request (an
+/// access token, a JWT), marked sensitive; `what` names it in the error.
+fn set_bearer(request: &mut RequestHeader, token: &str, what: &'static str) -> pingora::Result<()> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, what, e))?;
+    value.set_sensitive(true);
+    set_request(request, http::header::AUTHORIZATION, value)
 }
 
 /// The query without any `name=` pair the app sent, plus ours at the end.
