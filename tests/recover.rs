@@ -60,6 +60,28 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `sidecar_recovered_events_total` of `webhook` and `outcome`.
+fn counter(metrics: &str, webhook: &str, outcome: &str) -> u64 {
+    let series =
+        format!("sidecar_recovered_events_total{{outcome=\"{outcome}\",webhook=\"{webhook}\"}}");
+    Sidecar::metric_value(metrics, &series) as u64
+}
+
+/// Each of `ids` reached the target exactly once.
+fn assert_each_delivered_once(counts: &HashMap<String, usize>, ids: &[String]) {
+    for id in ids {
+        assert_eq!(counts.get(id), Some(&1), "{id} delivered exactly once");
+    }
+}
+
+/// The provider retries `ids` itself: each is taken (or a duplicate).
+async fn retried_by_provider(sidecar: &Sidecar, ids: &[String]) {
+    for id in ids {
+        let status = post_stripe(sidecar, id).await.status;
+        assert!(status == 202 || status == 200, "{status}");
+    }
+}
+
 fn now_s() -> u64 {
     wedsync_sidecar::time::unix_time().as_secs()
 }
@@ -117,19 +139,14 @@ async fn what_the_provider_sent_while_the_sidecar_was_down_is_delivered_exactly_
     );
     let sidecar = Sidecar::start(&config(&stripe, &target, None));
     // The provider retries ten of them now that the sidecar is back.
-    for id in &ids[..10] {
-        let status = post_stripe(&sidecar, id).await.status;
-        assert!(status == 202 || status == 200, "{status}");
-    }
+    retried_by_provider(&sidecar, &ids[..10]).await;
     wait_for("all 50 delivered", Duration::from_secs(20), || {
         delivered(&target).0.len() == 50
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (counts, recovered) = delivered(&target);
-    for id in &ids {
-        assert_eq!(counts.get(id), Some(&1), "{id} delivered exactly once");
-    }
+    assert_each_delivered_once(&counts, &ids);
     assert_eq!(counts.len(), 50, "nothing else: {counts:?}");
     let recovered_count = ids.iter().filter(|id| recovered[*id]).count();
     assert!(
@@ -137,14 +154,7 @@ async fn what_the_provider_sent_while_the_sidecar_was_down_is_delivered_exactly_
         "the 40 not retried came from the API: {recovered_count}"
     );
     let metrics = get(&sidecar.admin_url("/metrics")).await.text();
-    let counter = |outcome: &str| -> u64 {
-        let line =
-            format!("sidecar_recovered_events_total{{outcome=\"{outcome}\",webhook=\"stripe\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .map_or(0, |n| n.parse().unwrap())
-    };
+    let counter = |outcome: &str| counter(&metrics, "stripe", outcome);
     assert_eq!(counter("accepted") + counter("duplicate"), 50, "{metrics}");
     assert_eq!(counter("accepted"), recovered_count as u64);
     assert_eq!(
@@ -227,9 +237,7 @@ async fn a_run_cut_short_by_a_429_is_done_again_from_the_checkpoint() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (counts, _) = delivered(&target);
-    for id in &ids {
-        assert_eq!(counts.get(id), Some(&1), "{id} delivered exactly once");
-    }
+    assert_each_delivered_once(&counts, &ids);
     sidecar
         .metrics_containing(&["sidecar_recover_runs_total{outcome=\"ok\",webhook=\"stripe\"} 1"])
         .await;
@@ -250,19 +258,8 @@ async fn two_replicas_on_one_redis_recover_each_event_once() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (counts, _) = delivered(&target);
-    for id in &ids {
-        assert_eq!(counts.get(id), Some(&1), "{id} delivered exactly once");
-    }
-    let accepted = |metrics: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(
-                    "sidecar_recovered_events_total{outcome=\"accepted\",webhook=\"stripe\"} ",
-                )
-            })
-            .map_or(0, |n| n.parse().unwrap())
-    };
+    assert_each_delivered_once(&counts, &ids);
+    let accepted = |metrics: &str| counter(metrics, "stripe", "accepted");
     let (ma, mb) = (
         get(&a.admin_url("/metrics")).await.text(),
         get(&b.admin_url("/metrics")).await.text(),
@@ -330,15 +327,6 @@ fn github_webhook(yaml: Yaml, github: &FakeGitHub, auth: &str, hook: &str, every
 
 fn issue(n: usize) -> String {
     format!(r#"{{"action":"opened","issue":{{"number":{n}}}}}"#)
-}
-
-fn counter(metrics: &str, webhook: &str, outcome: &str) -> u64 {
-    let line =
-        format!("sidecar_recovered_events_total{{outcome=\"{outcome}\",webhook=\"{webhook}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&line))
-        .map_or(0, |n| n.parse().unwrap())
 }
 
 #[tokio::test]
@@ -508,10 +496,7 @@ async fn after_a_stop_every_event_both_providers_sent_is_delivered_once_within_o
     let restarted = Instant::now();
     sidecar.respawn();
     // Stripe retries five of them itself, racing the recovery.
-    for id in &stripe_missed[..5] {
-        let status = post_stripe(&sidecar, id).await.status;
-        assert!(status == 202 || status == 200, "{status}");
-    }
+    retried_by_provider(&sidecar, &stripe_missed[..5]).await;
     wait_for("all 60 delivered", Duration::from_secs(15), || {
         delivered(&target).0.len() == 60
     })
@@ -525,9 +510,7 @@ async fn after_a_stop_every_event_both_providers_sent_is_delivered_once_within_o
     let mut expected: Vec<String> = github_sent.clone();
     expected.extend((0..5).map(|n| format!("evt_live_{n}")));
     expected.extend(stripe_missed.iter().cloned());
-    for id in &expected {
-        assert_eq!(counts.get(id), Some(&1), "{id} delivered exactly once");
-    }
+    assert_each_delivered_once(&counts, &expected);
     assert_eq!(counts.len(), 60, "nothing else");
     for guid in &github_missed {
         assert!(recovered[guid], "{guid} recovered");
