@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 fn webhook_config(target: &MockServer) -> String {
     Yaml::new()
@@ -22,15 +22,6 @@ fn webhook_config(target: &MockServer) -> String {
             "routes: [{ events: [\"payment_intent.*\"], targets: [notify] }]",
         ])
         .build()
-}
-
-/// The raw answer to `request`, sent on a fresh connection.
-async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 fn assert_request_id(what: &str, answer: &Answer) {
@@ -88,7 +79,11 @@ async fn every_answer_of_the_ingress_and_the_admin_listener_carries_a_request_id
         "GET /webhooks/stripe HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
         "a".repeat(20 * 1024)
     );
-    let answer = raw(sidecar.ingress, huge.as_bytes()).await;
+    let mut stream = tokio::net::TcpStream::connect(sidecar.ingress)
+        .await
+        .unwrap();
+    stream.write_all(huge.as_bytes()).await.unwrap();
+    let answer = answer_within(&mut stream, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("\r\nx-request-id: "),

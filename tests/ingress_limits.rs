@@ -40,22 +40,6 @@ fn forged_head(length: usize) -> String {
     )
 }
 
-/// The status line and headers of whatever the sidecar answers within
-/// `wait`, as text ("" if nothing came).
-async fn answer_within(stream: &mut TcpStream, wait: Duration) -> String {
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let deadline = Instant::now() + wait;
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
-            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buffer[..n]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 async fn connect(sidecar: &Sidecar) -> TcpStream {
     TcpStream::connect(sidecar.ingress).await.unwrap()
 }

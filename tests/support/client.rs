@@ -138,3 +138,24 @@ where
         body,
     })
 }
+
+/// The status line and headers of whatever comes back on `stream` within
+/// `wait`, as text ("" if nothing came): for requests no HTTP client
+/// would send (a header section over the limit, a body never finished).
+pub async fn answer_within(
+    stream: &mut tokio::net::TcpStream,
+    wait: std::time::Duration,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = std::time::Instant::now() + wait;
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
