@@ -35,7 +35,7 @@ use crate::access_log;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, StatusCounters};
 use crate::net::cutoff::Cutoffs;
-use crate::net::request_id::RequestIds;
+use crate::net::request_id;
 use crate::problem::{ErrorCode, Problem};
 use crate::trace::export::{Span, SpanKind};
 use crate::trace::state::TRACESTATE;
@@ -50,7 +50,6 @@ pub struct EgressProxy<R = Box<dyn DynAccess<EgressRoutes> + Send + Sync>> {
     unrouted_requests: StatusCounters,
     unrouted_duration: prometheus::Histogram,
     lifecycle: Arc<Lifecycle>,
-    request_ids: RequestIds,
     publisher: Box<dyn EventSink>,
     /// Holds each attempt to what is left of its service's timeout.
     cutoffs: Arc<Cutoffs>,
@@ -70,7 +69,6 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> EgressProxy<R> {
                 .egress_request_duration_seconds
                 .with_label_values(&["-"]),
             lifecycle,
-            request_ids: RequestIds::default(),
             publisher,
             cutoffs: Cutoffs::new(),
         }
@@ -125,9 +123,7 @@ impl<R: Access<EgressRoutes> + Send + Sync + 'static> ProxyHttp for EgressProxy<
         ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
         let request = session.req_header();
-        ctx.request_id = self
-            .request_ids
-            .for_request(request.headers.get(REQUEST_ID_HEADER));
+        ctx.request_id = request_id::shared().for_request(request.headers.get(REQUEST_ID_HEADER));
         let (published, found, propagate) = {
             let routes = self.routes.load();
             match routes.published.at(request.uri.path()) {

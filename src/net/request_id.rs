@@ -36,8 +36,8 @@ impl RequestIds {
     }
 }
 
-/// The ids of the ingress's and the admin listener's answers (the egress
-/// keeps its own, made with its listener).
+/// The process's request ids: the egress's, the ingress's and the admin
+/// listener's.
 pub fn shared() -> &'static RequestIds {
     static SHARED: std::sync::LazyLock<RequestIds> = std::sync::LazyLock::new(RequestIds::default);
     &SHARED
