@@ -207,10 +207,10 @@ test("an event found by id shows every attempt, and Redeliver reaches the target
   await page.waitForURL(/\/event\?source=stripe&id=evt_3/);
   const noTarget = page.getByRole("region", { name: "Target no" });
   const attempts = noTarget.getByRole("table", { name: "Attempts to no" });
-  await attempts.getByRole("cell", { name: "400" }).waitFor();
+  await attempts.getByRole("cell", { name: "400", exact: true }).waitFor();
   await attempts.getByText("bad payload: wedding unknown").waitFor();
   const okTarget = page.getByRole("region", { name: "Target ok" });
-  await okTarget.getByRole("cell", { name: "204" }).waitFor();
+  await okTarget.getByRole("cell", { name: "204", exact: true }).waitFor();
   await page.getByRole("region", { name: "Context" }).getByText("w-3").waitFor();
   await page.screenshot({ path: path.join(SHOTS, "console-event.png"), fullPage: true });
   const before = ok.seen.filter((s) => s.id === "evt_3").length;
